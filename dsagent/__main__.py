@@ -1,0 +1,5 @@
+import sys
+
+from dsagent.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Runs and artifacts in DuckDB: the store and output capture."""

@@ -1,0 +1,70 @@
+"""The ``dsagent`` command: parses arguments and calls the library.
+
+Each command group lives in its own module with a ``register(subparsers)``
+function. Only argparse and the stdlib are imported here, so ``dsagent
+--help`` starts fast; a command imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_CELL_ERROR", "EXIT_USAGE", "EXIT_TIMEOUT", "EXIT_KERNEL_DIED"]
+
+EXIT_OK = 0
+EXIT_CELL_ERROR = 1  # the user's code raised
+EXIT_USAGE = 2  # bad arguments or a DsagentError (the message says what to do)
+EXIT_TIMEOUT = 3  # a cell ran past its timeout
+EXIT_KERNEL_DIED = 4  # the kernel process ended mid-cell
+EXIT_CANCELLED = 130  # SIGINT/SIGTERM
+
+#: modules that contribute commands, in the order --help lists them
+COMMAND_MODULES = ("dsagent.cli.kernels",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dsagent",
+        description="dsagent: data-science agents that work in Jupyter kernels and keep every output.",
+        epilog=f"exit codes: {EXIT_OK} ok, {EXIT_CELL_ERROR} code raised, {EXIT_USAGE} usage/setup error, "
+        f"{EXIT_TIMEOUT} timeout, {EXIT_KERNEL_DIED} kernel died, {EXIT_CANCELLED} cancelled",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (to stderr)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
+    return parser
+
+
+def _version() -> str:
+    from dsagent import __version__
+
+    return f"dsagent {__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from dsagent.errors import DsagentError
+
+    try:
+        return int(args.func(args) or 0)
+    except DsagentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("cancelled", file=sys.stderr)
+        return EXIT_CANCELLED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The one exception tree of dsagent.
+
+Every failure a user can see is a ``DsagentError``: it says what went wrong
+(``str(err)``) and what to do next (``err.hint``). Subclasses carry structured
+fields so callers (CLI, dashboard, runs) can act on them, and every class
+pickles cleanly so errors cross process boundaries (Dask, subprocesses).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "DsagentError",
+    "SettingsError",
+    "WorkspaceError",
+    "BackendNotFound",
+    "BackendUnavailable",
+    "KernelStartFailed",
+    "KernelDied",
+    "ExecutionTimeout",
+    "CellExecutionError",
+    "SessionClosed",
+    "FileAccessError",
+]
+
+
+class DsagentError(Exception):
+    """Root of all dsagent errors: a message plus a hint saying what to do next."""
+
+    hint: str = ""
+
+    def __init__(self, message: str, *, hint: str = "", **fields: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        if hint:
+            self.hint = hint
+        self.fields = fields
+        for key, value in fields.items():
+            setattr(self, key, value)
+
+    def __reduce__(self):  # keyword-only fields would be lost by the default
+        return (_rebuild, (type(self), self.message, self.hint, self.fields))
+
+    def __str__(self) -> str:
+        return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
+
+
+def _rebuild(cls: type[DsagentError], message: str, hint: str, fields: dict[str, Any]) -> DsagentError:
+    err = cls.__new__(cls)
+    DsagentError.__init__(err, message, hint=hint, **fields)
+    return err
+
+
+class SettingsError(DsagentError):
+    """A setting has a value that cannot be used (fields: name, value)."""
+
+
+class WorkspaceError(DsagentError):
+    """The workspace folder cannot be used (fields: path)."""
+
+
+class BackendNotFound(DsagentError):
+    """No kernel backend is registered under the name asked for (fields: name, known)."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(
+            f"no kernel backend named {name!r}; known: {', '.join(sorted(known)) or '(none)'}",
+            hint="pick one of the known names (`dsagent backends` lists them), "
+            "or install the package that provides it",
+            name=name,
+            known=sorted(known),
+        )
+
+
+class BackendUnavailable(DsagentError):
+    """A backend is installed but cannot run here (fields: name, reason)."""
+
+
+class KernelStartFailed(DsagentError):
+    """A kernel could not be started (fields: kernel_name, reason)."""
+
+
+class KernelDied(DsagentError):
+    """The kernel process ended while it was in use (fields: kernel_name, outputs)."""
+
+
+class ExecutionTimeout(DsagentError):
+    """A cell ran longer than its timeout and was interrupted (fields: timeout, outputs)."""
+
+
+class CellExecutionError(DsagentError):
+    """The user's code raised; raised only on request, via ``Execution.raise_for_status()``.
+
+    Fields: ename, evalue, traceback (list of str), execution_count.
+    """
+
+
+class SessionClosed(DsagentError):
+    """A kernel session was used after ``shutdown()``."""
+
+
+class FileAccessError(DsagentError):
+    """A file in a session's work dir cannot be read or written (fields: path)."""

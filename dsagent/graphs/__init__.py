@@ -1,0 +1,1 @@
+"""LangGraph agents: coding, analysis, review and team graphs (not built yet)."""

@@ -1,0 +1,422 @@
+"""The ``local`` backend: ipykernels on this machine through jupyter_client, with a warm pool.
+
+``local`` trusts the code it runs (it sees your files and environment); agent
+code uses the ``sandbox`` backend, which subclasses this one and changes only
+how the kernel process is launched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import queue
+import uuid
+import weakref
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+from jupyter_client import AsyncKernelClient, AsyncKernelManager
+from jupyter_client.kernelspec import NoSuchKernel
+
+from dsagent.errors import KernelDied, KernelStartFailed, SessionClosed
+from dsagent.kernel_gateway.base import KernelBackend, KernelSession, OutputHook, run_hook
+from dsagent.kernel_gateway.models import Execution, ExecutionError, FileInfo
+from dsagent.kernel_gateway.outputs import OutputCollector
+from dsagent.kernel_gateway.pool import WarmPool
+from dsagent.kernel_gateway.workdir import WorkDir
+from dsagent.settings import Settings
+from dsagent.workspace import Workspace
+
+__all__ = ["LocalBackend", "LocalSession"]
+
+log = logging.getLogger(__name__)
+
+#: how often a silent kernel is checked for being alive; bounds death detection
+ALIVE_POLL_SECONDS = 0.2
+_LIVE_MANAGERS: "weakref.WeakSet[AsyncKernelManager]" = weakref.WeakSet()
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _kill_sync(km: AsyncKernelManager) -> None:
+    """Kill a kernel without awaiting: safe in atexit and while being cancelled."""
+    process = getattr(km.provisioner, "process", None) if km.provisioner else None
+    if process is not None and process.poll() is None:
+        process.kill()
+        try:
+            process.wait(timeout=5)
+        except Exception:  # pragma: no cover - the kernel is killed either way
+            pass
+    try:
+        km.cleanup_connection_file()
+    except Exception:
+        pass
+
+
+@atexit.register
+def _kill_leftover_kernels() -> None:
+    for km in list(_LIVE_MANAGERS):
+        _kill_sync(km)
+
+
+@dataclass
+class _Kernel:
+    """A started, ready kernel and the folder it was launched in."""
+
+    km: AsyncKernelManager
+    kc: AsyncKernelClient
+    launch_dir: Path
+    log_file: Any  # kept open: a restart launches again with the same arguments
+
+
+class LocalBackend(KernelBackend):
+    """ipykernels on this machine; ``pool_size`` kernels are kept started ahead of time."""
+
+    name = "local"
+
+    def __init__(self, settings: Settings | None = None, *, pool_size: int | None = None, kernel_name: str | None = None, **options: Any) -> None:
+        super().__init__(settings, **options)
+        self.workspace = Workspace.from_settings(self.settings)
+        self.kernel_name = kernel_name or self.settings.kernel_name
+        size = self.settings.kernel_pool_size if pool_size is None else pool_size
+        self.pool: WarmPool[_Kernel] = WarmPool(
+            self._start_pooled, self._stop_kernel, size, self._kernel_alive, self.settings.kernel_pool_replenish_delay
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kernel_name": self.kernel_name,
+            "pool_size": self.pool.size,
+            "sessions_dir": str(self.workspace.sessions_dir),
+        }
+
+    async def warm(self) -> None:
+        """Fill the warm pool and wait until its kernels are ready."""
+        await self.pool.wait_ready()
+
+    async def start_session(self, *, work_dir: str | Path | None = None, env: Mapping[str, str] | None = None) -> "LocalSession":
+        if self.pool.size > 0:
+            kernel = await self.pool.get()
+            session = LocalSession(self, kernel, Path(work_dir) if work_dir else kernel.launch_dir, env)
+            try:
+                await session._apply_setup()
+            except BaseException:
+                await session.shutdown()
+                raise
+            if work_dir and kernel.launch_dir != session.work_path:
+                _remove_if_empty(kernel.launch_dir)
+            return session
+        folder = Path(work_dir) if work_dir else self._new_session_dir()
+        kernel = await self._start_kernel(folder, env)
+        return LocalSession(self, kernel, folder, None)
+
+    async def aclose(self) -> None:
+        await self.pool.aclose()
+
+    # -- launching (the sandbox backend overrides these two) -----------------
+
+    def _kernel_manager(self) -> AsyncKernelManager:
+        """A manager for one kernel of ``kernel_name``."""
+        return AsyncKernelManager(kernel_name=self.kernel_name)
+
+    def _kernel_env(self, extra: Mapping[str, str] | None) -> dict[str, str]:
+        """The environment the kernel process starts with."""
+        env = dict(os.environ)
+        env.update(extra or {})
+        return env
+
+    # -- kernel lifecycle ------------------------------------------------------
+
+    def _new_session_dir(self) -> Path:
+        folder = self.workspace.sessions_dir / uuid.uuid4().hex[:12]
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    async def _start_pooled(self) -> _Kernel:
+        kernel = await self._start_kernel(self._new_session_dir(), None)
+        # IPython's first execution pays one-off set-up costs (~50 ms); pay them
+        # here so a session's first cell is as fast as its later ones
+        msg_id = kernel.kc.execute("pass", silent=True, store_history=False, allow_stdin=False)
+        while (await kernel.kc.get_shell_msg(timeout=self.settings.kernel_start_timeout))["parent_header"].get("msg_id") != msg_id:
+            pass
+        return kernel
+
+    async def _start_kernel(self, folder: Path, env: Mapping[str, str] | None) -> _Kernel:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise KernelStartFailed(
+                f"cannot create the work dir {folder}: {exc.strerror}",
+                hint="pass a work dir in a writable folder",
+                kernel_name=self.kernel_name,
+                reason=str(exc),
+            ) from exc
+        log_path = self.workspace.home / "logs" / f"kernel-{folder.name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        km = self._kernel_manager()
+        km.shutdown_wait_time = 2.0
+        log_file = open(log_path, "ab")
+        try:
+            await km.start_kernel(cwd=str(folder), env=self._kernel_env(env), stdout=log_file, stderr=log_file)
+            _LIVE_MANAGERS.add(km)
+            kc = km.client()
+            kc.start_channels()
+            await kc.wait_for_ready(timeout=self.settings.kernel_start_timeout)
+        except NoSuchKernel:
+            log_file.close()
+            raise KernelStartFailed(
+                f"no Jupyter kernelspec named {self.kernel_name!r} is installed",
+                hint="install it (e.g. `python -m ipykernel install --user --name NAME`) "
+                "or set DSAGENT_KERNEL_NAME to one listed by `jupyter kernelspec list`",
+                kernel_name=self.kernel_name,
+                reason="no such kernelspec",
+            ) from None
+        except BaseException as exc:
+            _kill_sync(km)
+            log_file.close()
+            if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+                raise
+            tail = _tail(log_path)
+            raise KernelStartFailed(
+                f"kernel {self.kernel_name!r} failed to start: {exc or type(exc).__name__}"
+                + (f"\n  kernel log ({log_path}):\n    " + tail.replace("\n", "\n    ") if tail else ""),
+                hint="check the kernelspec (`jupyter kernelspec list`) and the kernel log",
+                kernel_name=self.kernel_name,
+                reason=str(exc),
+            ) from exc
+        return _Kernel(km, kc, folder, log_file)
+
+    async def _kernel_alive(self, kernel: _Kernel) -> bool:
+        return await kernel.km.is_alive()
+
+    async def _stop_kernel(self, kernel: _Kernel) -> None:
+        kernel.kc.stop_channels()
+        try:
+            await kernel.km.shutdown_kernel(now=False)
+        except asyncio.CancelledError:
+            _kill_sync(kernel.km)
+            raise
+        except Exception:
+            log.warning("graceful kernel shutdown failed; killing it", exc_info=True)
+            _kill_sync(kernel.km)
+        _LIVE_MANAGERS.discard(kernel.km)
+        kernel.log_file.close()
+
+
+def _tail(path: Path, lines: int = 8) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+class LocalSession(KernelSession):
+    """One kernel of a ``LocalBackend``; the work dir is on this machine."""
+
+    backend_name = "local"
+
+    def __init__(self, backend: LocalBackend, kernel: _Kernel, work_dir: Path, env: Mapping[str, str] | None) -> None:
+        self._backend = backend
+        self._kernel = kernel
+        self._files = WorkDir(work_dir)
+        self._setup_env = dict(env or {})
+        self._chdir = work_dir.resolve() != kernel.launch_dir.resolve()
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self._dead = False
+        self._files.root.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def work_dir(self) -> str:
+        return str(self._files.root)
+
+    @property
+    def work_path(self) -> Path:
+        return self._files.root
+
+    @property
+    def kernel_pid(self) -> int | None:
+        return getattr(self._kernel.km.provisioner, "pid", None)
+
+    @property
+    def settings(self) -> Settings:
+        return self._backend.settings
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise SessionClosed("this kernel session was shut down", hint="start a new session")
+        if self._dead:
+            raise KernelDied(
+                "the kernel of this session has died", hint="call restart() (state is lost)", kernel_name=self._backend.kernel_name, outputs=[]
+            )
+
+    async def _apply_setup(self) -> None:
+        """Move a pooled kernel into its session's work dir and environment (one silent round trip)."""
+        if not self._chdir and not self._setup_env:
+            return
+        self._files.root.mkdir(parents=True, exist_ok=True)
+        code = (
+            "import os as _dsagent_os\n"
+            + (f"_dsagent_os.chdir({str(self._files.root)!r})\n" if self._chdir else "")
+            + (f"_dsagent_os.environ.update({self._setup_env!r})\n" if self._setup_env else "")
+            + "del _dsagent_os\n"
+        )
+        kc = self._kernel.kc
+        msg_id = kc.execute(code, silent=True, store_history=False, allow_stdin=False)
+        reply = await self._reply(msg_id, self.settings.kernel_start_timeout)
+        if reply is None or reply["content"].get("status") != "ok":
+            raise KernelStartFailed(
+                f"could not move the kernel into its work dir {self.work_dir}",
+                hint="check that the folder is readable",
+                kernel_name=self._backend.kernel_name,
+                reason=str(reply and reply["content"]),
+            )
+
+    async def execute(self, code: str, *, timeout: float | None = None, on_output: OutputHook | None = None) -> Execution:
+        async with self._lock:
+            self._check_usable()
+            timeout = self.settings.execution_timeout if timeout is None else timeout
+            try:
+                return await self._execute(code, timeout, on_output)
+            except asyncio.CancelledError:
+                # the caller gave up: do not leave the cell running in the kernel
+                if not self._closed and await self._kernel.km.is_alive():
+                    await asyncio.shield(self._kernel.km.interrupt_kernel())
+                raise
+
+    async def _execute(self, code: str, timeout: float | None, on_output: OutputHook | None) -> Execution:
+        km, kc = self._kernel.km, self._kernel.kc
+        loop = asyncio.get_running_loop()
+        collector = OutputCollector(self.settings.max_output_bytes)
+        result = Execution(code=code, started=_now())
+        msg_id = kc.execute(code, allow_stdin=False)
+        deadline = loop.time() + timeout if timeout else None
+        interrupted = False
+        while True:
+            wait = ALIVE_POLL_SECONDS if deadline is None else max(0.0, min(ALIVE_POLL_SECONDS, deadline - loop.time()))
+            try:
+                msg = await kc.get_iopub_msg(timeout=wait)
+            except queue.Empty:
+                if not await km.is_alive():
+                    return self._died(result, collector)
+                if deadline is not None and loop.time() >= deadline:
+                    if interrupted:  # the cell ignored the interrupt: restart, state is lost
+                        await self._restart_kernel()
+                        return self._timed_out(result, collector, timeout, restarted=True)
+                    await km.interrupt_kernel()
+                    interrupted = True
+                    deadline = loop.time() + self.settings.interrupt_grace
+                continue
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle":
+                break
+            chunk = collector.handle(msg)
+            if chunk is not None:
+                await run_hook(on_output, chunk)
+        reply = await self._reply(msg_id, 5.0)
+        result.outputs = collector.finish()
+        result.execution_count = collector.execution_count
+        result.truncated = collector.truncated
+        result.finished = _now()
+        if interrupted:
+            return self._timed_out(result, collector, timeout, restarted=False)
+        status = reply["content"].get("status") if reply else "ok"
+        if collector.error is not None or status == "error":
+            result.status = "error"
+            content = reply["content"] if reply else {}
+            result.error = collector.error or ExecutionError(content.get("ename", "Error"), content.get("evalue", ""), content.get("traceback", []))
+        elif status == "aborted":
+            result.status = "error"
+            result.error = ExecutionError("Aborted", "the kernel aborted this cell")
+        return result
+
+    async def _reply(self, msg_id: str, timeout: float) -> dict[str, Any] | None:
+        """The shell reply to ``msg_id``, or None if the kernel died or stayed silent."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while loop.time() < end:
+            try:
+                msg = await self._kernel.kc.get_shell_msg(timeout=min(ALIVE_POLL_SECONDS, end - loop.time()))
+            except queue.Empty:
+                if not await self._kernel.km.is_alive():
+                    return None
+                continue
+            if msg["parent_header"].get("msg_id") == msg_id:
+                return msg
+        return None
+
+    def _died(self, result: Execution, collector: OutputCollector) -> Execution:
+        self._dead = True
+        process = getattr(self._kernel.km.provisioner, "process", None)
+        code = process.poll() if process is not None else None
+        result.outputs = collector.finish()
+        result.execution_count = collector.execution_count
+        result.truncated = collector.truncated
+        result.finished = _now()
+        result.status = "died"
+        how = f" (exit code {code})" if code is not None else ""
+        result.error = ExecutionError("KernelDied", f"the kernel process ended{how} while running this cell; call restart() to continue")
+        return result
+
+    def _timed_out(self, result: Execution, collector: OutputCollector, timeout: float | None, *, restarted: bool) -> Execution:
+        result.outputs = collector.finish()
+        result.execution_count = collector.execution_count
+        result.truncated = collector.truncated
+        result.finished = _now()
+        result.status = "timeout"
+        note = "; the kernel ignored the interrupt and was restarted, so its state is lost" if restarted else ""
+        result.error = ExecutionError("ExecutionTimeout", f"the cell ran past its {timeout:g}s timeout and was interrupted{note}")
+        return result
+
+    async def interrupt(self) -> None:
+        self._check_usable()
+        await self._kernel.km.interrupt_kernel()
+
+    async def restart(self) -> None:
+        if self._closed:
+            raise SessionClosed("this kernel session was shut down", hint="start a new session")
+        async with self._lock:
+            await self._restart_kernel()
+
+    async def _restart_kernel(self) -> None:
+        # jupyter_client relaunches in the original cwd: the pool's folder, which
+        # was removed if the session moved elsewhere
+        self._kernel.launch_dir.mkdir(parents=True, exist_ok=True)
+        await self._kernel.km.restart_kernel(now=True)
+        await self._kernel.kc.wait_for_ready(timeout=self.settings.kernel_start_timeout)
+        self._dead = False
+        await self._apply_setup()
+        if self._chdir:
+            _remove_if_empty(self._kernel.launch_dir)
+
+    async def is_alive(self) -> bool:
+        return not self._closed and await self._kernel.km.is_alive()
+
+    async def upload(self, path: str, data: bytes) -> None:
+        await asyncio.to_thread(self._files.write, path, data)
+
+    async def download(self, path: str) -> bytes:
+        return await asyncio.to_thread(self._files.read, path)
+
+    async def list_files(self, path: str = ".", *, recursive: bool = False) -> list[FileInfo]:
+        return await asyncio.to_thread(self._files.list, path, recursive=recursive)
+
+    async def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._backend._stop_kernel(self._kernel)

@@ -1,0 +1,1 @@
+"""The Panel dashboard (not built yet)."""

@@ -1,0 +1,1 @@
+"""Notebook runs (papermill), batch sweeps (Dask) and schedules."""

@@ -1,0 +1,154 @@
+"""One ``Settings`` object: every setting has a name, a default and one line of help.
+
+Values come from, highest first: keyword arguments, ``DSAGENT_<NAME>``
+environment variables, ``dsagent.toml`` in the workspace, the default.
+The table ``SETTINGS`` is the single source; ``dsagent settings`` prints it and
+``tests/test_settings.py`` checks that docs/settings.md documents every entry.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+from dsagent.errors import SettingsError
+
+__all__ = ["Setting", "SETTINGS", "Settings", "parse_size"]
+
+ENV_PREFIX = "DSAGENT_"
+
+
+def parse_size(value: str | int) -> int:
+    """Parse a byte size such as ``32MiB``, ``10 MB``, ``512k`` or ``1048576``."""
+    if isinstance(value, int):
+        return value
+    text = str(value).strip().lower().replace(" ", "").removesuffix("b").removesuffix("i")
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    factor = units.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in units else text
+    return int(float(number) * factor)
+
+
+def _parse_bool(value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One documented knob."""
+
+    name: str
+    default: Any
+    help: str
+    parse: Callable[[Any], Any] = str
+
+    @property
+    def env_var(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("home", ".dsagent", "Workspace folder: DuckDB file, blobs, run work dirs, checkpoints.", str),
+    Setting("backend", "local", "Kernel backend used when none is named (`dsagent backends` lists them).", str),
+    Setting("kernel_name", "python3", "Jupyter kernelspec that local kernels start from.", str),
+    Setting("kernel_pool_size", 2, "Warm kernels kept started per backend in long-lived processes (0 = none).", int),
+    Setting("kernel_pool_replenish_delay", 1.0, "Seconds after a handout before the pool starts a replacement kernel (keeps a new session's first cells fast).", float),
+    Setting("kernel_start_timeout", 60.0, "Seconds a kernel may take to start before it counts as failed.", float),
+    Setting("execution_timeout", 600.0, "Default seconds one cell may run before it is interrupted.", float),
+    Setting("interrupt_grace", 3.0, "Seconds to wait for an interrupted cell to stop before restarting the kernel.", float),
+    Setting("max_output_bytes", "16MiB", "Output kept in memory per execution; the rest is dropped and marked truncated.", parse_size),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+class Settings(Mapping[str, Any]):
+    """Resolved settings; read them as attributes (``settings.kernel_pool_size``)."""
+
+    def __init__(self, env: Mapping[str, str] | None = None, **overrides: Any) -> None:
+        env = os.environ if env is None else env
+        unknown = set(overrides) - set(_BY_NAME)
+        if unknown:
+            raise SettingsError(
+                f"unknown setting(s): {', '.join(sorted(unknown))}",
+                hint="`dsagent settings` lists the known ones",
+            )
+        raw: dict[str, tuple[Any, str]] = {s.name: (s.default, "default") for s in SETTINGS}
+        home = overrides.get("home") or env.get(ENV_PREFIX + "HOME") or SETTINGS[0].default
+        for name, value in _read_toml(Path(home) / "dsagent.toml").items():
+            raw[name] = (value, "dsagent.toml")
+        for s in SETTINGS:
+            if s.env_var in env:
+                raw[s.name] = (env[s.env_var], s.env_var)
+        for name, value in overrides.items():
+            raw[name] = (value, "argument")
+        self._values: dict[str, Any] = {}
+        self._sources: dict[str, str] = {}
+        for s in SETTINGS:
+            value, source = raw[s.name]
+            try:
+                self._values[s.name] = s.parse(value)
+            except (TypeError, ValueError) as exc:
+                raise SettingsError(
+                    f"setting {s.name} = {value!r} (from {source}) is invalid: {exc}",
+                    hint=f"{s.name}: {s.help} Default: {s.default!r}",
+                    name=s.name,
+                    value=value,
+                ) from None
+            self._sources[s.name] = source
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def source(self, name: str) -> str:
+        """Where a value came from: default, dsagent.toml, an env var, or argument."""
+        return self._sources[name]
+
+    def replace(self, **overrides: Any) -> "Settings":
+        """A copy with some values overridden."""
+        merged = {k: v for k, v in self._values.items() if self._sources[k] == "argument"}
+        merged.update(overrides)
+        return Settings(**merged)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SettingsError(
+            f"{path} is not valid TOML: {exc}", hint="fix or remove the file", name="dsagent.toml", value=str(path)
+        ) from None
+    section = data.get("dsagent", data)
+    unknown = set(section) - set(_BY_NAME)
+    if unknown:
+        raise SettingsError(
+            f"{path}: unknown setting(s) {', '.join(sorted(unknown))}",
+            hint="`dsagent settings` lists the known ones",
+            name=sorted(unknown)[0],
+            value=str(path),
+        )
+    return dict(section)

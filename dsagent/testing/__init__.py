@@ -1,0 +1,1 @@
+"""Test kits: the backend conformance suite and (later) a scripted LLM server."""

@@ -1,0 +1,13 @@
+"""Shared fixtures: every test gets its own workspace in a temp dir."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def workspace_home(tmp_path, monkeypatch):
+    """DSAGENT_HOME points at a fresh folder, so no test touches ./.dsagent."""
+    home = tmp_path / "dsagent-home"
+    monkeypatch.setenv("DSAGENT_HOME", str(home))
+    return home
