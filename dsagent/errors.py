@@ -22,6 +22,15 @@ __all__ = [
     "CellExecutionError",
     "SessionClosed",
     "FileAccessError",
+    "KernelServerError",
+    "StoreLocked",
+    "StoreCorrupt",
+    "SchemaTooNew",
+    "NotFound",
+    "StorageFull",
+    "SandboxServiceError",
+    "LLMUnavailable",
+    "LLMRequestError",
 ]
 
 
@@ -102,3 +111,50 @@ class SessionClosed(DsagentError):
 
 class FileAccessError(DsagentError):
     """A file in a session's work dir cannot be read or written (fields: path)."""
+
+
+class KernelServerError(BackendUnavailable):
+    """A remote Jupyter server cannot be reached or refused a request (fields: name, reason, url, status)."""
+
+
+class StoreLocked(DsagentError):
+    """The workspace database stayed busy past the lock timeout (fields: path, timeout)."""
+
+
+class StoreCorrupt(DsagentError):
+    """The file at the database path is not a usable DuckDB database; it is left untouched (fields: path)."""
+
+
+class SchemaTooNew(DsagentError):
+    """The database was written by a newer dsagent (fields: path, found, supported)."""
+
+
+class NotFound(DsagentError):
+    """No run or artifact has the id asked for (fields: what, id)."""
+
+
+class StorageFull(DsagentError):
+    """The disk ran out of space while saving run data (fields: path)."""
+
+
+class SandboxServiceError(BackendUnavailable):
+    """The E2B service or one of its sandboxes failed a request (fields: name, reason, sandbox_id).
+
+    ``reason``: ``no_api_key``, ``auth``, ``rate_limit``, ``busy``, ``expired``, ``network`` or ``sandbox``.
+    """
+
+
+class LLMUnavailable(DsagentError):
+    """The LLM endpoint could not be reached or kept failing after the retries.
+
+    Fields: endpoint (no credentials), model, role, status, attempts, and ``reason``:
+    ``connection``, ``timeout``, ``rate_limit``, ``server_error`` or ``stream_error``.
+    """
+
+
+class LLMRequestError(DsagentError):
+    """The LLM endpoint refused the request; retrying the same request cannot help.
+
+    Fields: endpoint, model, role, status, and ``reason``: ``bad_request``, ``auth``,
+    ``permission``, ``not_found``, ``quota`` or ``no_api_key``.
+    """

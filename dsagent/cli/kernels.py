@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", help="kernel backend (default: the 'backend' setting)")
     p.add_argument("--timeout", type=float, help="seconds before the cell is interrupted")
     p.add_argument("--output-dir", help="where images are saved (default: <workspace>/outputs/exec-<time>)")
+    p.add_argument("--no-record", action="store_true", help="do not record an `exec` run and its artifacts in the workspace")
     p.set_defaults(func=cmd_exec)
 
     p = sub.add_parser("settings", help="list every setting with its value, source and help")
@@ -118,7 +119,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     import asyncio
 
     from dsagent.cli import EXIT_CELL_ERROR, EXIT_KERNEL_DIED, EXIT_OK, EXIT_TIMEOUT
-    from dsagent.runs.exec import exec_code
+    from dsagent.runs.exec import exec_code, exec_recorded
     from dsagent.settings import Settings
     from dsagent.workspace import Workspace
 
@@ -126,7 +127,12 @@ def cmd_exec(args: argparse.Namespace) -> int:
     settings = Settings()
     output_dir = Path(args.output_dir) if args.output_dir else Workspace.from_settings(settings).outputs_dir / time.strftime("exec-%Y%m%d-%H%M%S")
     printer = OutputPrinter(output_dir)
-    result = asyncio.run(exec_code(code, backend=args.backend, timeout=args.timeout, on_output=printer, settings=settings))
+    if args.no_record:
+        result = asyncio.run(exec_code(code, backend=args.backend, timeout=args.timeout, on_output=printer, settings=settings))
+    else:
+        recorded = asyncio.run(exec_recorded(code, backend=args.backend, timeout=args.timeout, on_output=printer, settings=settings))
+        result = recorded.execution
+        print(f"[run {recorded.run.id} recorded with {len(recorded.artifacts)} artifacts: dsagent runs show {recorded.run.id}]", file=sys.stderr)
     if result.truncated:
         print("warning: output was truncated (max_output_bytes)", file=sys.stderr)
     if result.status == "ok":

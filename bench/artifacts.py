@@ -1,0 +1,193 @@
+"""Benchmark of the artifact store; prints one JSON object (figures next to their targets).
+
+    .venv/bin/python bench/artifacts.py              # ~1-2 min
+    .venv/bin/python bench/artifacts.py --soak 30    # 6 processes for 30 s instead of 10
+    .venv/bin/python bench/artifacts.py --quick      # smaller listing table (10,000), for a smoke run
+
+Every figure is measured on a real DuckDB file in a temp workspace, through
+the public ``Store`` API, with other processes where the figure says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from dsagent.artifacts.models import NewArtifact
+from dsagent.artifacts.store import Store
+from dsagent.settings import Settings
+
+PNG_BYTES = 30_000
+
+
+def png(tag: str, i: int, size: int = PNG_BYTES) -> bytes:
+    head = b"\x89PNG\r\n\x1a\n" + f"{tag}-{i}-".encode()
+    return head + os.urandom(size - len(head))
+
+
+def open_store(home: str) -> Store:
+    store = Store(settings=Settings(home=home))
+    store.setup()
+    return store
+
+
+def timed(fn: Any, repeat: int) -> dict[str, float]:
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    samples.sort()
+    return {"median_ms": round(1000 * statistics.median(samples), 2), "p95_ms": round(1000 * samples[int(0.95 * (len(samples) - 1))], 2)}
+
+
+def ingest(store: Store, total: int, batch: int, tag: str) -> float:
+    """Seconds to add ``total`` 30 KB PNGs in transactions of ``batch`` (one transaction = one cell)."""
+    run = store.create_run("batch-child", title=tag)
+    items = [NewArtifact(f"{tag}-{i}.png", "image", "image/png", png(tag, i), cell=i // batch) for i in range(total)]
+    start = time.perf_counter()
+    for first in range(0, total, batch):
+        with store.transaction() as tx:
+            tx.add_artifacts(run.id, items[first : first + batch])
+            tx.append_events(run.id, [("cell_finished", {"cell": first // batch})])
+    seconds = time.perf_counter() - start
+    store.update_run_status(run.id, "succeeded")
+    return seconds
+
+
+def bench_ingest(home: str) -> dict[str, Any]:
+    store = open_store(home)
+    out: dict[str, Any] = {"target_per_s": 1000}
+    for batch in (1, 10, 100, 1000):
+        total = 200 if batch == 1 else 1000
+        seconds = ingest(store, total, batch, f"b{batch}")
+        rate = total / seconds
+        out[f"per_cell_{batch}"] = {"artifacts": total, "per_s": round(rate), "ms_per_transaction": round(1000 * seconds / (total / batch), 1),
+                                    "meets_target": rate >= 1000}
+    return out
+
+
+def fill(store: Store, total: int) -> int:
+    """``total`` small artifacts over 100 runs, in big transactions; returns one run id to filter on."""
+    runs = [store.create_run("notebook" if r % 2 else "exec") for r in range(100)]
+    per_txn = 5000
+    for first in range(0, total, per_txn):
+        with store.transaction() as tx:
+            for run in runs[(first // per_txn) * 5 % 100 :][:5]:
+                items = [NewArtifact(f"a{first}-{k}.{'png' if k % 3 else 'csv'}", "image" if k % 3 else "file",
+                                     "image/png" if k % 3 else "text/csv", f"{run.id}-{first}-{k}".encode(), cell=k % 20)
+                         for k in range(per_txn // 5)]
+                tx.add_artifacts(run.id, items)
+    return runs[7].id
+
+
+def bench_listing(home: str, total: int) -> dict[str, Any]:
+    store = open_store(home)
+    start = time.perf_counter()
+    run_id = fill(store, total)
+    filled = time.perf_counter() - start
+    middle = str(store.list_artifacts(limit=1).items[0].id - total // 2)
+    latest = timed(lambda: store.list_artifacts(limit=50), 50)
+    filtered = timed(lambda: store.list_artifacts(run_id=run_id, kind="image", limit=50), 50)
+    by_name = timed(lambda: store.list_artifacts(name="*.csv", limit=50), 50)
+    deep_page = timed(lambda: store.list_artifacts(limit=50, cursor=middle), 50)
+    one = store.list_artifacts(limit=1).items[0]
+    get = timed(lambda: (store.get_artifact(one.id), store.read_bytes(one.id)), 50)
+    big = store.add_artifacts(run_id, [NewArtifact("plot.png", "image", "image/png", png("get", 0))])[0]
+    get_png = timed(lambda: store.read_bytes(big.id), 50)
+    within = lambda t: {**t, "target_ms": 10, "meets_target": t["median_ms"] <= 10}  # noqa: E731
+    return {
+        "artifacts": store.counts()["artifacts"],
+        "fill_seconds": round(filled, 1),
+        "db_mib": round(os.path.getsize(store.path) / 2**20, 1),
+        "latest_50": within(latest),
+        "filtered_run_and_kind_50": within(filtered),
+        "filtered_name_glob_50": within(by_name),
+        "page_at_middle_via_cursor": within(deep_page),
+        "get_metadata_and_bytes_tiny": get,
+        "get_bytes_30KB_png": get_png,
+    }
+
+
+def worker(home: str, total: int, batch: int, tag: str) -> None:
+    store = open_store(home)
+    began = time.time()
+    seconds = ingest(store, total, batch, tag)
+    s = store.lock_stats
+    print(json.dumps({"began": began, "ended": began + seconds, "seconds": seconds, "lock_waits": s.waits, "acquisitions": s.acquisitions,
+                      "lock_wait_seconds": s.wait_seconds, "max_lock_wait_seconds": s.max_wait_seconds}))
+
+
+def bench_four_processes(home: str, batch: int) -> dict[str, Any]:
+    open_store(home)
+    each = 250
+    start = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, __file__, "--worker", home, str(each), str(batch), f"p{i}"], stdout=subprocess.PIPE, text=True)
+             for i in range(4)]
+    reports = [json.loads(p.communicate()[0]) for p in procs]
+    wall = time.perf_counter() - start
+    # from the first write to the last (process start-up and set-up are not ingest)
+    ingest_seconds = max(r["ended"] for r in reports) - min(r["began"] for r in reports)
+    rate = 4 * each / ingest_seconds
+    return {
+        "processes": 4, "artifacts": 4 * each, "per_cell": batch, "wall_seconds_with_startup": round(wall, 2),
+        "ingest_seconds": round(ingest_seconds, 2), "total_per_s": round(rate),
+        "lock_waits": sum(r["lock_waits"] for r in reports), "lock_acquisitions": sum(r["acquisitions"] for r in reports),
+        "lock_wait_seconds_total": round(sum(r["lock_wait_seconds"] for r in reports), 2),
+        "max_lock_wait_ms": round(1000 * max(r["max_lock_wait_seconds"] for r in reports), 1),
+        "target_per_s": 1000, "meets_target": rate >= 1000,
+    }
+
+
+def bench_soak(home: str, seconds: float) -> dict[str, Any]:
+    """1 reader, 1 scheduler, 4 writers; uses the same worker roles as the reliability test."""
+    workers = Path(__file__).resolve().parents[1] / "tests" / "artifacts" / "workers.py"
+    open_store(home)
+    roles = ["reader", "scheduler", "writer-1", "writer-2", "writer-3", "writer-4"]
+    procs = {r: subprocess.Popen([sys.executable, str(workers), "soak", home, r, str(seconds)], stdout=subprocess.PIPE, text=True) for r in roles}
+    reports = {r: json.loads(p.communicate()[0]) for r, p in procs.items()}
+    latencies = sorted(reports["reader"].pop("latencies"))
+    store = open_store(home)
+    written = sum(reports[f"writer-{i}"]["artifacts"] for i in range(1, 5))
+    return {
+        "seconds": seconds,
+        "errors": [e for r in reports.values() for e in r["errors"]],
+        "artifacts_written": written, "artifacts_in_store": store.counts()["artifacts"], "exact": written == store.counts()["artifacts"],
+        "scheduler_runs": reports["scheduler"]["runs"], "reads": len(latencies),
+        "read_p50_ms": round(1000 * statistics.median(latencies), 1),
+        "read_p95_ms": round(1000 * latencies[int(0.95 * (len(latencies) - 1))], 1),
+        "note": "each reader iteration = 2 listings; writers write back to back (worst case)",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--soak", type=float, default=10.0, help="seconds of the 6-process run (0 = skip)")
+    parser.add_argument("--quick", action="store_true", help="10,000 artifacts for the listing figures instead of 100,000")
+    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        home, total, batch, tag = args.worker
+        worker(home, int(total), int(batch), tag)
+        return
+    results: dict[str, Any] = {"benchmark": "artifacts", "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)}
+    with tempfile.TemporaryDirectory(prefix="dsagent-bench-") as tmp:
+        results["ingest_1000x30KB_one_process"] = bench_ingest(f"{tmp}/ingest")
+        results["listing"] = bench_listing(f"{tmp}/listing", 10_000 if args.quick else 100_000)
+        results["ingest_4_processes_per_cell_10"] = bench_four_processes(f"{tmp}/multi10", 10)
+        results["ingest_4_processes_per_cell_100"] = bench_four_processes(f"{tmp}/multi100", 100)
+        if args.soak > 0:
+            results["six_processes"] = bench_soak(f"{tmp}/soak", args.soak)
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

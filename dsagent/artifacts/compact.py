@@ -1,0 +1,161 @@
+"""Retention for the store: ``gc`` deletes old runs, then gives the disk space back.
+
+DuckDB reuses freed blocks for new data but never shrinks its file, so after
+gc the live rows are copied into a fresh file that then replaces the old one
+(``os.replace`` is atomic: a crash leaves either file whole). This runs under
+the store's file lock, so no other process has the files open.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dsagent.artifacts import schema
+from dsagent.artifacts.models import GcReport, utcnow
+
+if TYPE_CHECKING:
+    from dsagent.artifacts.store import Store
+
+__all__ = ["collect_garbage", "rewrite", "file_bytes"]
+
+_NEW = "nw"
+
+
+def file_bytes(*paths: Path) -> int:
+    """Size of the database files plus their write-ahead logs, if any."""
+    total = 0
+    for candidate in [q for p in paths for q in (p, Path(str(p) + ".wal"))]:
+        try:
+            total += candidate.stat().st_size
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def collect_garbage(store: "Store", older_than: timedelta, *, dry_run: bool = False) -> GcReport:
+    """``Store.gc``: delete old finished runs and bytes nothing else uses, then rewrite the files."""
+    from dsagent.artifacts.store import ALIAS, _naive_utc
+
+    cutoff = _naive_utc(utcnow() - older_than)
+    before = file_bytes(store.path, store.inline.path)
+    with store.transaction() as tx:
+        con = tx.con
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE gc_runs AS SELECT id FROM runs WHERE status IN ? AND coalesce(finished, created) < ?",
+            [list(schema.TERMINAL_STATUSES), cutoff],
+        )
+        counts = con.execute(
+            "SELECT (SELECT count(*) FROM temp.gc_runs),"
+            " (SELECT count(*) FROM run_events WHERE run_id IN (SELECT id FROM temp.gc_runs)),"
+            " (SELECT count(*) FROM artifacts WHERE run_id IN (SELECT id FROM temp.gc_runs))"
+        ).fetchone()
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE gc_blobs AS SELECT sha256, size, shard IS NULL AS external FROM blobs b"
+            " WHERE NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.sha256 = b.sha256 AND a.run_id NOT IN (SELECT id FROM temp.gc_runs))"
+        )
+        blobs = con.execute("SELECT sha256, size, external FROM temp.gc_blobs").fetchall()
+        if not dry_run:
+            for table, key in (("run_events", "run_id"), ("artifacts", "run_id"), ("runs", "id")):
+                con.execute(f"DELETE FROM {table} WHERE {key} IN (SELECT id FROM temp.gc_runs)")
+            con.execute("DELETE FROM blobs WHERE sha256 IN (SELECT sha256 FROM temp.gc_blobs)")
+        con.execute("DROP TABLE temp.gc_runs")
+        con.execute("DROP TABLE temp.gc_blobs")
+    files_removed = orphans = 0
+    if not dry_run:
+        with store._session(write=False) as con:
+            orphans = store.inline.drop_unreferenced(con, ALIAS) - sum(1 for _, _, external in blobs if not external)
+        with store._locked_file():
+            files_removed = _remove_unreferenced_files(store)
+            if counts[0] or blobs:
+                rewrite(store)
+    return GcReport(
+        dry_run=dry_run,
+        runs=counts[0],
+        events=counts[1],
+        artifacts=counts[2],
+        blobs=len(blobs),
+        blob_bytes=sum(size for _, size, _ in blobs),
+        files_removed=files_removed,
+        db_bytes_before=before,
+        db_bytes_after=file_bytes(store.path, store.inline.path),
+        orphans_removed=orphans,
+    )
+
+
+def _remove_unreferenced_files(store: "Store") -> int:
+    """Delete blob files no row points to (left by gc'd runs or killed writers); caller holds the lock."""
+    con = store._connection()
+    store._attach(con, read_only=True)
+    try:
+        external = {r[0] for r in con.execute("SELECT sha256 FROM blobs WHERE shard IS NULL").fetchall()}
+    finally:
+        store._detach(con)
+    removed = store.blobs.remove_temp_files()
+    for sha in list(store.blobs.all_hashes()):
+        if sha not in external:
+            store.blobs.remove(sha)
+            removed += 1
+    return removed
+
+
+def rewrite(store: "Store") -> None:
+    """Rewrite the main database and the blob database, each into a fresh file swapped in place."""
+    from dsagent.artifacts.blobstore import BLOB_ALIAS
+    from dsagent.artifacts.store import ALIAS
+
+    main_ddl = [statement for step in schema.MIGRATIONS for statement in step]
+    _rewrite_file(store, store.path, ALIAS, main_ddl, list(schema.TABLES))
+    if store.inline.path.exists():
+        con = store._connection()
+        store._attach(con, read_only=True, path=store.inline.path, alias=BLOB_ALIAS)
+        try:
+            tables = store.inline.tables(con)
+        finally:
+            store._detach(con, alias=BLOB_ALIAS)
+        shards = [int(t.rsplit("_", 1)[1]) for t in tables if t.startswith("blob_data_")]
+        blob_ddl = list(schema.BLOB_DB_DDL) + [schema.shard_ddl("{db}", n) for n in shards]
+        _rewrite_file(store, store.inline.path, BLOB_ALIAS, blob_ddl, tables)
+
+
+def _rewrite_file(store: "Store", path: Path, alias: str, ddl: list[str], tables: list[str]) -> None:
+    con = store._connection()
+    target = Path(str(path) + ".compact")
+    for leftover in (target, Path(str(target) + ".wal")):
+        leftover.unlink(missing_ok=True)  # from a gc that was killed midway
+    # fold the write-ahead log into the file first: it must not outlive the swap
+    store._attach(con, read_only=False, path=path, alias=alias)
+    con.execute(f"CHECKPOINT {alias}")
+    store._detach(con, alias=alias)
+    store._attach(con, read_only=True, path=path, alias=alias)
+    try:
+        store._attach(con, read_only=False, path=target, alias=_NEW)
+        try:
+            con.execute("BEGIN")
+            for statement in ddl:
+                con.execute(statement.format(db=_NEW))
+            for table in tables:
+                con.execute(f"DELETE FROM {_NEW}.{table}")  # rows the DDL seeded
+                con.execute(f"INSERT INTO {_NEW}.{table} SELECT * FROM {alias}.{table}")
+            con.execute("COMMIT")
+            con.execute(f"CHECKPOINT {_NEW}")
+        finally:
+            store._detach(con, alias=_NEW)
+    finally:
+        store._detach(con, alias=alias)
+    if Path(str(target) + ".wal").exists() or Path(str(path) + ".wal").exists():
+        target.unlink(missing_ok=True)  # not fully checkpointed: keep the old file, it is still complete
+        return
+    _fsync(target)
+    os.replace(target, path)
+    _fsync(path.parent)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,199 @@
+"""Record one run: create it, capture every cell, finish it with the right status.
+
+Typical use (an exec, a notebook engine, an agent)::
+
+    with Store.open() as store:
+        async with RunRecorder(store, "notebook", title="report", params={"n": 3}) as rec:
+            await rec.attach(session)                      # installs the DataFrame hook
+            execution = await rec.execute("df.head()")     # cell_started, run, capture, one write
+            # or, when the caller executes cells itself:
+            #   await rec.cell_started(i, code); ...; await rec.record_cell(i, execution)
+        # leaving the block finishes the run: succeeded, or failed when a cell failed
+
+Leaving with an exception marks the run ``failed`` (with the error), with
+cancellation, Ctrl-C or SIGTERM ``cancelled``. A process killed outright leaves
+the run ``running``; the next ``Store.open`` on this host marks it failed.
+Store writes run in a worker thread so the event loop keeps serving the kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from typing import Any, Callable, Mapping, Sequence
+
+from dsagent.artifacts.capture import Capture, artifacts_from_outputs, CellCapture
+from dsagent.artifacts.models import Artifact, NewArtifact, Run
+from dsagent.artifacts.store import Store
+from dsagent.kernel_gateway.base import KernelSession, OutputHook
+from dsagent.kernel_gateway.models import Execution
+
+__all__ = ["RunRecorder"]
+
+log = logging.getLogger(__name__)
+
+_CODE_IN_EVENT_LIMIT = 20_000
+
+
+class RunRecorder:
+    """Creates a run on enter, records cells, sets the final status on exit (see module docstring)."""
+
+    def __init__(
+        self,
+        store: Store,
+        kind: str,
+        *,
+        title: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        backend: str | None = None,
+        parent_id: int | None = None,
+        schedule_id: str | None = None,
+        run_id: int | None = None,
+    ) -> None:
+        """``run_id``: take over an existing (say, queued) run instead of creating one."""
+        self.store = store
+        self._create = dict(kind=kind, title=title, params=params, backend=backend, parent_id=parent_id, schedule_id=schedule_id)
+        self._existing = run_id
+        self.run: Run | None = None
+        self.capture: Capture | None = None
+        self.artifacts: list[Artifact] = []
+        self.failed_cells: list[int] = []
+        self._first_error: str | None = None
+        self._next_cell = 0
+        self._finished = False
+        self._restore_signal: Callable[[], None] | None = None
+
+    @property
+    def run_id(self) -> int:
+        if self.run is None:
+            raise RuntimeError("the run is created when the recorder is entered (async with)")
+        return self.run.id
+
+    async def _write(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        # shielded: a cancellation must not cut a transaction off halfway through our bookkeeping
+        return await asyncio.shield(asyncio.to_thread(fn, *args, **kwargs))
+
+    async def __aenter__(self) -> "RunRecorder":
+        if self._existing is None:
+            kind = self._create.pop("kind")
+            self.run = await self._write(self.store.create_run, kind, **self._create)
+        else:
+            self.run = await self._write(self.store.update_run_status, self._existing, "running")
+        self._cancel_on_sigterm()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        try:
+            if self._finished:
+                return
+            if exc_type is not None and issubclass(exc_type, (asyncio.CancelledError, KeyboardInterrupt)):
+                await self.finish("cancelled", error="cancelled (Ctrl-C, SIGTERM or the caller gave up)")
+            elif exc is not None:
+                await self.finish("failed", error=f"{exc_type.__name__}: {exc}".strip())
+            else:
+                await self.finish()
+        except Exception:
+            if exc is None:
+                raise
+            log.warning("could not record the end of run %s", self.run and self.run.id, exc_info=True)
+        finally:
+            if self._restore_signal is not None:
+                self._restore_signal()
+
+    def _cancel_on_sigterm(self) -> None:
+        """SIGTERM cancels the task that entered the recorder, so the run ends ``cancelled``."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        previous = signal.getsignal(signal.SIGTERM)
+        try:
+            loop.add_signal_handler(signal.SIGTERM, task.cancel if task else (lambda: None))
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - not on this platform
+            return
+
+        def restore() -> None:
+            loop.remove_signal_handler(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+        self._restore_signal = restore
+
+    async def attach(self, session: KernelSession, *, capture: bool = True) -> None:
+        """Capture this session's cells: DataFrame hook installed, work dir watched."""
+        self.capture = Capture(session if capture else None, self.store.settings)
+        events = await self.capture.install()
+        if events:
+            await self._write(self.store.append_events, self.run_id, events)
+
+    async def cell_started(self, cell: int, code: str) -> None:
+        """Say a cell began (its own small write, so followers see long cells running)."""
+        await self._write(self.store.append_events, self.run_id, [("cell_started", {"cell": cell, "code": code[:_CODE_IN_EVENT_LIMIT]})])
+        if self.capture is not None:
+            await self.capture.before_cell()
+
+    async def record_cell(self, cell: int, execution: Execution, extra: Sequence[NewArtifact] = ()) -> list[Artifact]:
+        """Capture a finished cell and write its artifacts and events in one transaction."""
+        if self.capture is not None:
+            captured = await self.capture.after_cell(execution, cell)
+        else:
+            captured = CellCapture(artifacts_from_outputs(execution.outputs, cell))
+        captured.artifacts.extend(extra)
+        finished = {
+            "cell": cell,
+            "status": execution.status,
+            "execution_count": execution.execution_count,
+            "duration": round(execution.duration, 4),
+            "outputs": len(execution.outputs),
+            "artifacts": len(captured.artifacts),
+            "truncated": execution.truncated,
+        }
+        if execution.error is not None:
+            finished["error"] = {"ename": execution.error.ename, "evalue": execution.error.evalue}
+        if execution.status != "ok":
+            self.failed_cells.append(cell)
+            if self._first_error is None and execution.error is not None:
+                self._first_error = f"cell {cell}: {execution.error.ename}: {execution.error.evalue}"
+        added = await self._write(self._write_cell, captured, finished)
+        self.artifacts.extend(added)
+        return added
+
+    def _write_cell(self, captured: CellCapture, finished: dict[str, Any]) -> list[Artifact]:
+        with self.store.transaction() as tx:
+            added = tx.add_artifacts(self.run_id, captured.artifacts)
+            tx.append_events(self.run_id, [*captured.events, ("cell_finished", finished)])
+        return added
+
+    async def execute(
+        self, code: str, *, timeout: float | None = None, on_output: OutputHook | None = None, session: KernelSession | None = None
+    ) -> Execution:
+        """Run one cell on the attached session (or ``session``) and record it."""
+        session = session or (self.capture.session if self.capture else None)
+        if session is None:
+            raise RuntimeError("attach(session) first, or pass session=")
+        cell = self._next_cell
+        self._next_cell += 1
+        await self.cell_started(cell, code)
+        execution = await session.execute(code, timeout=timeout, on_output=on_output)
+        await self.record_cell(cell, execution)
+        return execution
+
+    async def add_artifacts(self, items: Sequence[NewArtifact]) -> list[Artifact]:
+        """Add artifacts not tied to a cell's capture (e.g. the executed notebook)."""
+        added = await self._write(self.store.add_artifacts, self.run_id, list(items))
+        self.artifacts.extend(added)
+        return added
+
+    async def event(self, type_: str, payload: Mapping[str, Any]) -> None:
+        """Append one event (agent step, review verdict, ...)."""
+        await self._write(self.store.append_events, self.run_id, [(type_, dict(payload))])
+
+    async def finish(self, status: str | None = None, *, error: str | None = None) -> Run:
+        """Set the final status; default: ``failed`` if a cell failed, else ``succeeded``."""
+        if status is None:
+            status = "failed" if self.failed_cells else "succeeded"
+            error = error or self._first_error
+        self.run = await self._write(self.store.update_run_status, self.run_id, status, error=error)
+        self._finished = True
+        return self.run

@@ -1,0 +1,631 @@
+"""The workspace database: runs, their events and artifacts in one DuckDB file.
+
+This is the only module that executes SQL. Use it like this::
+
+    with Store.open(workspace) as store:            # creates/upgrades the file, reaps dead runs
+        run = store.create_run("exec", title="plot")
+        with store.transaction() as tx:              # one transaction per cell
+            tx.append_events(run.id, [("cell_finished", {"cell": 0})])
+            tx.add_artifacts(run.id, [NewArtifact("plot.png", "image", "image/png", png)])
+        store.update_run_status(run.id, "succeeded")
+        page = store.list_artifacts(run_id=run.id, limit=50)   # then cursor=page.next_cursor
+
+Many processes share one workspace. DuckDB lets one process hold a file
+read-write and refuses every other open meanwhile (it fails at once, it does
+not wait), so no process keeps the file open: each operation takes the
+workspace's file lock (``dsagent.duckdb.lock``, taken in turns, see
+``turns.py``; waiting up to ``store_lock_timeout`` seconds, then
+``StoreLocked``), attaches the file to a
+long-lived in-memory DuckDB instance, runs one transaction, and detaches.
+Attaching costs ~1-2 ms where opening a new DuckDB instance costs ~20 ms
+(DuckDB builds its catalog of built-in functions per instance), which is why
+the instance outlives the attachment. Readers take the same lock, because a
+read-only open also fails while another process writes.
+
+Bytes are content-addressed by sha256 and stored once; up to
+``store_inline_max_bytes`` they live in a second DuckDB file beside this one
+(``blobstore.py`` says why), larger ones in ``<workspace>/blobs/ab/cdef...``.
+Callers never see the difference. This module, ``blobstore.py`` and
+``compact.py`` (gc's file rewrite) are the only code that runs SQL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import duckdb
+
+from dsagent.artifacts import schema
+from dsagent.artifacts.blobfiles import BlobFiles, sha256_hex
+from dsagent.artifacts.blobstore import InlineBlobs
+from dsagent.artifacts.models import Artifact, Event, GcReport, NewArtifact, Owner, Page, Run, utcnow
+from dsagent.artifacts.turns import LockTimeout, TurnLock
+from dsagent.errors import DsagentError, NotFound, SchemaTooNew, StorageFull, StoreCorrupt, StoreLocked
+from dsagent.settings import Settings
+from dsagent.workspace import Workspace
+
+__all__ = ["Store", "Transaction", "LockStats"]
+
+log = logging.getLogger(__name__)
+
+ALIAS = "ws"
+_RUN_COLS = "id, kind, status, title, params, backend, parent_id, schedule_id, created, started, finished, error, owner_pid, owner_host"
+_ART_COLS = "id, run_id, cell, name, kind, mime, size, sha256, created, tags, metadata"
+_ROWS_PER_INSERT = 200  # multi-row VALUES are far faster than executemany in DuckDB
+_DUCKDB_MAGIC = b"DUCK"
+CHECKPOINT_THRESHOLD = "16KB"
+
+
+@dataclass
+class LockStats:
+    """How long this Store waited for its turn at the file (what sharing costs)."""
+
+    acquisitions: int = 0
+    waits: int = 0  # acquisitions that waited more than 1 ms
+    wait_seconds: float = 0.0
+    max_wait_seconds: float = 0.0
+    hold_seconds: float = 0.0  # time spent holding the lock (attach, work, detach)
+
+
+def _naive_utc(value: datetime) -> datetime:
+    return value.astimezone(timezone.utc).replace(tzinfo=None) if value.tzinfo else value
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=timezone.utc) if value is not None else None
+
+
+def _values_sql(rows: int, width: int) -> str:
+    one = "(" + ", ".join("?" * width) + ")"
+    return ", ".join([one] * rows)
+
+
+class Store:
+    """Runs, events and artifacts of one workspace; see the module docstring for a tour."""
+
+    def __init__(self, workspace: Workspace | None = None, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.workspace = workspace or Workspace.from_settings(self.settings)
+        self.path: Path = self.workspace.db_path
+        self.blobs = BlobFiles(self.workspace.blobs_dir)
+        self.inline = InlineBlobs(self)
+        self.lock_stats = LockStats()
+        self._file_lock = TurnLock(str(self.path) + ".lock")
+        self._thread_lock = threading.RLock()
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    @classmethod
+    @contextmanager
+    def open(cls, workspace: Workspace | None = None, settings: Settings | None = None) -> Iterator["Store"]:
+        """A ready store: the file is created or upgraded, runs of dead processes marked failed."""
+        store = cls(workspace, settings)
+        try:
+            store.setup()
+            yield store
+        finally:
+            store.close()
+
+    def close(self) -> None:
+        with self._thread_lock:
+            if self._con is not None:
+                self._con.close()
+                self._con = None
+
+    # -- set-up ----------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Create or upgrade the database and mark runs of vanished processes failed (idempotent)."""
+        self.workspace.ensure()
+        self._refuse_foreign_file()
+        with self._session(write=True) as con:
+            found = self._schema_version(con)
+            if found > schema.SCHEMA_VERSION:
+                raise SchemaTooNew(
+                    f"{self.path} has schema version {found}; this dsagent understands up to {schema.SCHEMA_VERSION}",
+                    hint="upgrade dsagent (pip install -U dsagent), or point DSAGENT_HOME at another workspace",
+                    path=str(self.path),
+                    found=found,
+                    supported=schema.SCHEMA_VERSION,
+                )
+            if found < schema.SCHEMA_VERSION:
+                self._migrate(con, found)
+        self.reap_dead_runs()
+
+    def _refuse_foreign_file(self) -> None:
+        if not self.path.exists():
+            return
+        try:
+            with open(self.path, "rb") as handle:
+                header = handle.read(12)
+        except OSError as exc:
+            raise StoreCorrupt(f"cannot read {self.path}: {exc.strerror}", hint="check its permissions", path=str(self.path)) from exc
+        if header[8:12] != _DUCKDB_MAGIC:
+            raise self._corrupt("it is not a DuckDB database")
+
+    def _corrupt(self, why: str, path: Path | None = None) -> StoreCorrupt:
+        path = path or self.path
+        return StoreCorrupt(
+            f"{path} cannot be used as the workspace database: {why}; it was left untouched",
+            hint="move the file away (or set DSAGENT_HOME to another folder) and run again",
+            path=str(path),
+        )
+
+    @staticmethod
+    def _schema_version(con: duckdb.DuckDBPyConnection) -> int:
+        exists = con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND table_name = 'schema_version'", [ALIAS]
+        ).fetchone()
+        if not exists or not exists[0]:
+            return 0
+        row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+        return int(row[0] or 0) if row else 0
+
+    @staticmethod
+    def _migrate(con: duckdb.DuckDBPyConnection, found: int, alias: str = ALIAS) -> None:
+        con.execute("BEGIN")
+        try:
+            for step in schema.MIGRATIONS[found:]:
+                for statement in step:
+                    con.execute(statement.format(db=alias))
+            con.execute(f"DELETE FROM {alias}.schema_version")
+            con.execute(f"INSERT INTO {alias}.schema_version VALUES (?)", [schema.SCHEMA_VERSION])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    # -- access: lock, attach, run, detach ------------------------------------
+
+    def _connection(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            con = duckdb.connect(":memory:")
+            # Measured (bench/artifacts.py): a checkpoint at every detach
+            # rewrites the open row groups each time, so writes got slower as
+            # tables grew (80 ms per cell after 1,800 cells). Instead a commit
+            # checkpoints once the log passes a small bound; every attach
+            # replays the log, and its cost grows with the number of entries,
+            # hence a small bound (16 KB: listing ~4 ms, a cell's write ~20 ms).
+            con.execute("SET checkpoint_on_detach = 'DISABLED'")
+            con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
+            self._con = con
+        return self._con
+
+    @contextmanager
+    def _session(self, *, write: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The file attached as the current database, for one unit of work, under the file lock."""
+        with self._thread_lock:
+            self._acquire_file_lock()
+            held_from = time.perf_counter()
+            try:
+                con = self._connection()
+                self._attach(con, read_only=not write)
+                try:
+                    yield con
+                except duckdb.Error as exc:
+                    translated = self._translate(exc)
+                    if translated is exc:
+                        raise
+                    raise translated from exc
+                finally:
+                    self.inline.detach(con)
+                    self._detach(con)
+            finally:
+                self._file_lock.release()
+                self.lock_stats.hold_seconds += time.perf_counter() - held_from
+
+    def _acquire_file_lock(self) -> None:
+        timeout = self.settings.store_lock_timeout
+        try:
+            waited = self._file_lock.acquire(timeout)
+        except LockTimeout:
+            raise StoreLocked(
+                f"the workspace database {self.path} stayed busy for {timeout:g} s",
+                hint="another dsagent process holds it for long (a gc?); try again, or raise DSAGENT_STORE_LOCK_TIMEOUT",
+                path=str(self.path),
+                timeout=timeout,
+            ) from None
+        stats = self.lock_stats
+        stats.acquisitions += 1
+        stats.wait_seconds += waited
+        stats.max_wait_seconds = max(stats.max_wait_seconds, waited)
+        stats.waits += waited > 0.001
+
+    def _attach(self, con: duckdb.DuckDBPyConnection, *, read_only: bool, path: Path | None = None, alias: str = ALIAS) -> None:
+        target = str(path or self.path).replace("'", "''")
+        mode = " (READ_ONLY)" if read_only else ""
+        deadline = time.monotonic() + self.settings.store_lock_timeout
+        while True:
+            try:
+                con.execute(f"ATTACH '{target}' AS {alias}{mode}")
+                break
+            except duckdb.IOException as exc:
+                # a process outside dsagent (say the duckdb CLI) holds the file: wait for it too
+                if "lock" in str(exc).lower() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                if "lock" in str(exc).lower():
+                    raise StoreLocked(
+                        f"another program keeps {self.path} open: {exc}",
+                        hint="close the program named in the message (e.g. a duckdb shell) and run again",
+                        path=str(self.path),
+                        timeout=self.settings.store_lock_timeout,
+                    ) from None
+                raise self._corrupt(str(exc), path) from exc
+            except duckdb.Error as exc:
+                raise self._corrupt(str(exc), path) from exc
+        if alias == ALIAS:
+            con.execute(f"USE {alias}")
+
+    def _detach(self, con: duckdb.DuckDBPyConnection, alias: str = ALIAS) -> None:
+        if self._con is None:
+            return  # dropped after an earlier failure: nothing is attached any more
+        try:
+            if alias == ALIAS:
+                con.execute("USE memory")
+            con.execute(f"DETACH {alias}")
+        except duckdb.Error:
+            # a failed detach (full disk during the checkpoint, a fatal error) leaves
+            # the instance unusable: drop it so the next operation starts clean
+            log.warning("detaching %s failed; reopening DuckDB", self.path, exc_info=True)
+            con.close()
+            self._con = None
+
+    def _translate(self, exc: duckdb.Error) -> DsagentError | duckdb.Error:
+        text = str(exc)
+        if "No space left" in text or "disk is full" in text.lower():
+            return StorageFull(
+                f"the disk is full: cannot write {self.path}: {text}",
+                hint="free disk space (or run `dsagent gc --older-than 30d`) and run again; earlier data is intact",
+                path=str(self.path),
+            )
+        if "not a valid DuckDB database" in text or "orrupt" in text or "checksum" in text.lower():
+            return self._corrupt(text)
+        return exc
+
+    @contextmanager
+    def transaction(self) -> Iterator["Transaction"]:
+        """One atomic write: everything done through the yielded object commits together or not at all."""
+        with self._session(write=True) as con:
+            con.execute("BEGIN")
+            try:
+                yield Transaction(self, con)
+                con.execute("COMMIT")
+            except BaseException:
+                try:
+                    con.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass  # the transaction is gone already (a fatal error)
+                raise
+
+    # -- writes (each in its own transaction) -----------------------------------
+
+    def create_run(self, kind: str, **fields: Any) -> Run:
+        """A new run (status ``running`` unless given); see ``Transaction.create_run``."""
+        with self.transaction() as tx:
+            return tx.create_run(kind, **fields)
+
+    def update_run_status(self, run_id: int, status: str, *, error: str | None = None) -> Run:
+        with self.transaction() as tx:
+            return tx.update_run_status(run_id, status, error=error)
+
+    def append_events(self, run_id: int, events: Iterable[tuple[str, Mapping[str, Any]]]) -> list[int]:
+        with self.transaction() as tx:
+            return tx.append_events(run_id, events)
+
+    def add_artifacts(self, run_id: int, items: Sequence[NewArtifact]) -> list[Artifact]:
+        with self.transaction() as tx:
+            return tx.add_artifacts(run_id, items)
+
+    def reap_dead_runs(self) -> list[int]:
+        """Mark ``running`` runs whose owner process (on this host) is gone as failed; their ids."""
+        with self._session(write=False) as con:
+            rows = con.execute("SELECT id, owner_pid, owner_host, owner_started FROM runs WHERE status = 'running'").fetchall()
+        dead = [(rid, pid, host) for rid, pid, host, started in rows if pid is not None and Owner(pid, host, started).is_gone()]
+        if not dead:
+            return []
+        with self.transaction() as tx:
+            for rid, pid, host in dead:
+                reason = f"the process that ran it (pid {pid} on {host}) ended without finishing it"
+                tx.update_run_status(rid, "failed", error=reason, only_if="running")
+        return [rid for rid, _, _ in dead]
+
+    # -- reads ----------------------------------------------------------------
+
+    def get_run(self, run_id: int) -> Run:
+        with self._session(write=False) as con:
+            row = con.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", [run_id]).fetchone()
+        if row is None:
+            raise NotFound(f"no run with id {run_id}", hint="`dsagent runs ls` lists runs", what="run", id=run_id)
+        return _run(row)
+
+    def list_runs(
+        self,
+        *,
+        kind: str | None = None,
+        status: str | None = None,
+        parent_id: int | None = None,
+        since: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page[Run]:
+        """Newest first, ``limit`` per page; keyset pagination on id (no OFFSET)."""
+        where, params = _filters(kind=kind, status=status, parent_id=parent_id, since=since, cursor=cursor)
+        sql = f"SELECT {_RUN_COLS} FROM runs {where} ORDER BY id DESC LIMIT ?"
+        with self._session(write=False) as con:
+            rows = con.execute(sql, [*params, limit]).fetchall()
+        runs = [_run(r) for r in rows]
+        return Page(runs, str(runs[-1].id) if len(runs) == limit else None)
+
+    def events(self, run_id: int, *, after: int = 0, limit: int | None = None) -> list[Event]:
+        """Events of a run with ``seq > after``, oldest first (follow a run by passing the last seq)."""
+        sql = "SELECT run_id, seq, time, type, payload FROM run_events WHERE run_id = ? AND seq > ? ORDER BY seq"
+        params: list[Any] = [run_id, after]
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        with self._session(write=False) as con:
+            rows = con.execute(sql, params).fetchall()
+        return [Event(r[0], r[1], _aware(r[2]), r[3], json.loads(r[4]) if r[4] else {}) for r in rows]
+
+    def follow_events(self, run_id: int, *, after: int = 0, poll: float = 0.5) -> Iterator[Event]:
+        """Yield events as they are written until the run has finished and all are read."""
+        while True:
+            done = self.get_run(run_id).done  # read before the events, so none is missed
+            batch = self.events(run_id, after=after)
+            yield from batch
+            after = batch[-1].seq if batch else after
+            if done and not batch:
+                return
+            if not batch:
+                time.sleep(poll)
+
+    def get_artifact(self, artifact_id: int) -> Artifact:
+        with self._session(write=False) as con:
+            row = con.execute(f"SELECT {_ART_COLS} FROM artifacts WHERE id = ?", [artifact_id]).fetchone()
+        if row is None:
+            raise NotFound(f"no artifact with id {artifact_id}", hint="`dsagent artifacts ls` lists artifacts", what="artifact", id=artifact_id)
+        return _artifact(row)
+
+    def read_bytes(self, artifact_id: int) -> bytes:
+        """The exact bytes of an artifact, wherever they are kept."""
+        with self._session(write=False) as con:
+            row = con.execute(
+                "SELECT a.sha256, b.shard, b.sha256 IS NOT NULL FROM artifacts a LEFT JOIN blobs b ON a.sha256 = b.sha256 WHERE a.id = ?",
+                [artifact_id],
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no artifact with id {artifact_id}", hint="`dsagent artifacts ls` lists artifacts", what="artifact", id=artifact_id)
+            sha, shard, known = row
+            data = self.inline.read(con, sha, shard) if known and shard is not None else None
+            if not known or (shard is not None and data is None):
+                raise self._corrupt(f"artifact {artifact_id} references bytes {sha[:12]}... which are missing")
+            return data if data is not None else self.blobs.read(sha)
+
+    def list_artifacts(
+        self,
+        *,
+        run_id: int | None = None,
+        kind: str | None = None,
+        name: str | None = None,
+        since: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page[Artifact]:
+        """Newest first; ``name`` is a glob when it has ``*``/``?``, else a substring."""
+        where, params = _filters(run_id=run_id, kind=kind, name=name, since=since, cursor=cursor)
+        sql = f"SELECT {_ART_COLS} FROM artifacts {where} ORDER BY id DESC LIMIT ?"
+        with self._session(write=False) as con:
+            rows = con.execute(sql, [*params, limit]).fetchall()
+        items = [_artifact(r) for r in rows]
+        return Page(items, str(items[-1].id) if len(items) == limit else None)
+
+    def artifact_count(self, run_id: int) -> int:
+        """How many artifacts a run has."""
+        with self._session(write=False) as con:
+            return con.execute("SELECT count(*) FROM artifacts WHERE run_id = ?", [run_id]).fetchone()[0]
+
+    def counts(self) -> dict[str, int]:
+        """Row counts per table (for status displays and tests)."""
+        with self._session(write=False) as con:
+            return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("runs", "run_events", "artifacts", "blobs")}
+
+    # -- retention --------------------------------------------------------------
+
+    def gc(self, older_than: timedelta, *, dry_run: bool = False) -> GcReport:
+        """Delete finished runs older than ``older_than`` with their events, artifacts and unshared bytes.
+
+        Then both database files are rewritten (DuckDB reuses freed blocks but
+        never returns them to the OS), so the disk space really comes back.
+        """
+        from dsagent.artifacts import compact
+
+        return compact.collect_garbage(self, older_than, dry_run=dry_run)
+
+    @contextmanager
+    def _locked_file(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The file lock and the DuckDB instance, with nothing attached (for whole-file work)."""
+        with self._thread_lock:
+            self._acquire_file_lock()
+            try:
+                yield self._connection()
+            finally:
+                self._file_lock.release()
+
+
+class Transaction:
+    """Writes inside one ``Store.transaction()``; nothing is visible to others before it commits."""
+
+    def __init__(self, store: Store, con: duckdb.DuckDBPyConnection) -> None:
+        self.store = store
+        self.con = con
+
+    def _next_ids(self, counter: str, n: int) -> list[int]:
+        last = self.con.execute("UPDATE id_counters SET last_id = last_id + ? WHERE name = ? RETURNING last_id", [n, counter]).fetchone()[0]
+        return list(range(last - n + 1, last + 1))
+
+    def create_run(
+        self,
+        kind: str,
+        *,
+        status: str = "running",
+        title: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        backend: str | None = None,
+        parent_id: int | None = None,
+        schedule_id: str | None = None,
+    ) -> Run:
+        """Insert a run owned by this process (pid, host, start time) and its first ``status`` event."""
+        _check_choice("run kind", kind, schema.RUN_KINDS)
+        _check_choice("run status", status, schema.RUN_STATUSES)
+        (run_id,) = self._next_ids("runs", 1)
+        now = _naive_utc(utcnow())
+        owner = Owner.current()
+        self.con.execute(
+            f"INSERT INTO runs ({_RUN_COLS}, owner_started) VALUES ({', '.join('?' * 15)})",
+            [run_id, kind, status, title, json.dumps(dict(params or {}), default=str), backend, parent_id, schedule_id,
+             now, now if status == "running" else None, now if status in schema.TERMINAL_STATUSES else None,
+             None, owner.pid, owner.host, owner.started],
+        )
+        self.append_events(run_id, [("status", {"status": status})])
+        return _run(self.con.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", [run_id]).fetchone())
+
+    def update_run_status(self, run_id: int, status: str, *, error: str | None = None, only_if: str | None = None) -> Run | None:
+        """Set a run's status (and error); ``running`` makes this process its owner. Adds a ``status`` event.
+
+        With ``only_if``, nothing changes (and None is returned) unless the run is in that status now.
+        """
+        _check_choice("run status", status, schema.RUN_STATUSES)
+        now = _naive_utc(utcnow())
+        owner = Owner.current()
+        claim = status == "running"
+        row = self.con.execute(
+            f"""UPDATE runs SET status = ?, error = coalesce(?, error),
+                started = CASE WHEN ? THEN coalesce(started, ?) ELSE started END,
+                finished = CASE WHEN ? THEN ? ELSE finished END,
+                owner_pid = CASE WHEN ? THEN ? ELSE owner_pid END,
+                owner_host = CASE WHEN ? THEN ? ELSE owner_host END,
+                owner_started = CASE WHEN ? THEN ? ELSE owner_started END
+            WHERE id = ? AND (? IS NULL OR status = ?) RETURNING {_RUN_COLS}""",
+            [status, error, claim, now, status in schema.TERMINAL_STATUSES, now, claim, owner.pid, claim, owner.host,
+             claim, owner.started, run_id, only_if, only_if],
+        ).fetchone()
+        if row is None:
+            if only_if is not None and self.con.execute("SELECT count(*) FROM runs WHERE id = ?", [run_id]).fetchone()[0]:
+                return None  # someone else moved it on meanwhile
+            raise NotFound(f"no run with id {run_id}", hint="`dsagent runs ls` lists runs", what="run", id=run_id)
+        payload: dict[str, Any] = {"status": status}
+        if error:
+            payload["error"] = error
+        self.append_events(run_id, [("status", payload)])
+        return _run(row)
+
+    def append_events(self, run_id: int, events: Iterable[tuple[str, Mapping[str, Any]]]) -> list[int]:
+        """Append ``(type, payload)`` events; returns their sequence numbers."""
+        items = list(events)
+        exists, last = self.con.execute(
+            "SELECT (SELECT count(*) FROM runs WHERE id = ?), (SELECT coalesce(max(seq), 0) FROM run_events WHERE run_id = ?)",
+            [run_id, run_id],
+        ).fetchone()
+        if not exists:
+            raise NotFound(f"no run with id {run_id}", hint="create the run first", what="run", id=run_id)
+        now = _naive_utc(utcnow())
+        seqs = list(range(last + 1, last + 1 + len(items)))
+        rows = [[run_id, seq, now, kind, json.dumps(dict(payload), default=str)] for seq, (kind, payload) in zip(seqs, items)]
+        self._insert("run_events", rows)
+        return seqs
+
+    def add_artifacts(self, run_id: int, items: Sequence[NewArtifact]) -> list[Artifact]:
+        """Add artifacts with their bytes (stored once per sha256); returns them with ids."""
+        if not self.con.execute("SELECT count(*) FROM runs WHERE id = ?", [run_id]).fetchone()[0]:
+            raise NotFound(f"no run with id {run_id}", hint="create the run first", what="run", id=run_id)
+        for item in items:
+            _check_choice("artifact kind", item.kind, schema.ARTIFACT_KINDS)
+        hashes = [sha256_hex(item.data) for item in items]
+        self._store_blobs({sha: item.data for sha, item in zip(hashes, items)})
+        ids = self._next_ids("artifacts", len(items))
+        now = _naive_utc(utcnow())
+        rows = [
+            [aid, run_id, item.cell, item.name, item.kind, item.mime, len(item.data), sha, now, list(item.tags),
+             json.dumps(dict(item.metadata), default=str)]
+            for aid, sha, item in zip(ids, hashes, items)
+        ]
+        self._insert("artifacts", rows)
+        return [_artifact(tuple(r)) for r in rows]
+
+    def _store_blobs(self, by_sha: dict[str, bytes]) -> None:
+        if not by_sha:
+            return
+        known = dict(self.con.execute("SELECT sha256, shard IS NULL FROM blobs WHERE sha256 IN ?", [list(by_sha)]).fetchall())
+        limit = self.store.settings.store_inline_max_bytes
+        inline: dict[str, bytes] = {}
+        for sha, data in by_sha.items():
+            if sha in known:
+                if known[sha] and not self.store.blobs.exists(sha):
+                    self.store.blobs.write(sha, data)  # its file was lost: the same bytes restore it
+            elif len(data) > limit:
+                self.store.blobs.write(sha, data)
+            else:
+                inline[sha] = data
+        shards = self.store.inline.write(self.con, inline)  # committed first; orphans if we roll back
+        now = _naive_utc(utcnow())
+        self._insert("blobs", [[sha, len(data), shards.get(sha), now] for sha, data in by_sha.items() if sha not in known])
+
+    def _insert(self, table: str, rows: list[list[Any]]) -> None:
+        for start in range(0, len(rows), _ROWS_PER_INSERT):
+            chunk = rows[start : start + _ROWS_PER_INSERT]
+            flat = [value for row in chunk for value in row]
+            self.con.execute(f"INSERT INTO {table} VALUES {_values_sql(len(chunk), len(chunk[0]))}", flat)
+
+
+def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise DsagentError(f"unknown {what} {value!r}; known: {', '.join(allowed)}", hint=f"use one of: {', '.join(allowed)}")
+
+
+def _filters(**given: Any) -> tuple[str, list[Any]]:
+    """A WHERE clause for the filters that were given (None means: no filter)."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for key, value in given.items():
+        if value is None:
+            continue
+        if key == "cursor":
+            try:
+                params.append(int(value))
+            except ValueError:
+                raise DsagentError(f"invalid cursor {value!r}", hint="pass the next_cursor of a previous page") from None
+            clauses.append("id < ?")
+        elif key == "since":
+            clauses.append("created >= ?")
+            params.append(_naive_utc(value))
+        elif key == "name":
+            clauses.append("name GLOB ?" if any(c in value for c in "*?[") else "contains(name, ?)")
+            params.append(value)
+        else:
+            clauses.append(f"{key} = ?")
+            params.append(value)
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def _run(row: tuple[Any, ...]) -> Run:
+    return Run(
+        id=row[0], kind=row[1], status=row[2], title=row[3], params=json.loads(row[4]) if row[4] else {},
+        backend=row[5], parent_id=row[6], schedule_id=row[7], created=_aware(row[8]), started=_aware(row[9]),
+        finished=_aware(row[10]), error=row[11], owner_pid=row[12], owner_host=row[13],
+    )
+
+
+def _artifact(row: tuple[Any, ...]) -> Artifact:
+    metadata = row[10]
+    return Artifact(
+        id=row[0], run_id=row[1], cell=row[2], name=row[3], kind=row[4], mime=row[5], size=row[6], sha256=row[7],
+        created=_aware(row[8]), tags=tuple(row[9] or ()), metadata=json.loads(metadata) if isinstance(metadata, str) else dict(metadata or {}),
+    )

@@ -1,0 +1,582 @@
+"""The ``e2b`` backend: kernels in E2B cloud sandboxes, through ``e2b-code-interpreter``'s ``AsyncSandbox``.
+
+One session is one sandbox plus one code context (a Jupyter kernel in it) whose
+cwd is the session's work dir in the sandbox. The code interpreter's streamed
+results are translated into nbformat outputs by feeding them, shaped as iopub
+messages, through the same ``OutputCollector`` every other backend uses.
+
+Mapping of ``KernelSession`` semantics onto what the SDK and sandbox offer:
+
+- timeout: dsagent owns the deadline; at it the ``/execute`` stream is closed,
+  which makes the code interpreter interrupt the kernel. Before the next cell
+  an empty probe checks that the kernel is free again; if it is still busy
+  after ``interrupt_grace`` (+5 s, the server's keepalive period) the context
+  is restarted and the next cell says so.
+- interrupt: the same: cancel the running ``/execute`` stream (the SDK has no
+  interrupt call; the server interrupts the kernel when its client leaves).
+- kernel death: the sandbox's Jupyter restarts a dead kernel and the server
+  reports ``ContextRestarting``: that is status ``died``, and as on ``local``
+  the session then wants ``restart()``.
+- restart: ``restart_code_context`` (a fresh kernel, same cwd); if the sandbox
+  itself is gone, a new sandbox is created.
+- sandbox gone (timed out, killed): status ``died`` mid-cell, naming the sandbox.
+- keep-alive: while a session is in use, the sandbox timeout is pushed forward
+  (``set_timeout``) every third of ``e2b_timeout``.
+- resume: ``start_session(sandbox_id=..., context_id=...)`` connects to a
+  living sandbox and finds its context again, so a resumed agent run gets its
+  variables back; ``session.detach()`` leaves the sandbox running for that.
+
+``E2B_API_KEY`` is read by the SDK from the environment; dsagent never stores,
+logs or shows it. With ``E2B_DEBUG=true`` the SDK talks to localhost
+(``dsagent.testing.e2b_server`` serves that for the tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import posixpath
+import socket
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from e2b import (
+    CommandExitException,
+    FileNotFoundException,
+    NotFoundException,
+    SandboxException,
+)
+from e2b_code_interpreter import AsyncSandbox, Context
+from e2b_code_interpreter import ExecutionError as E2BExecutionError
+
+from dsagent.errors import (
+    DsagentError,
+    FileAccessError,
+    KernelDied,
+    SandboxServiceError,
+    SessionClosed,
+)
+from dsagent.kernel_gateway.base import (
+    KernelBackend,
+    KernelSession,
+    OutputHook,
+    run_hook,
+)
+from dsagent.kernel_gateway.e2b_translate import (
+    API_KEY_VAR,
+    E2B_MIME,
+    STARTUP_CODE,
+    STARTUP_FILE,
+    STARTUP_USER,
+    result_output,
+    translate_error,
+)
+from dsagent.kernel_gateway.models import Execution, ExecutionError, FileInfo
+from dsagent.kernel_gateway.outputs import OutputCollector
+from dsagent.settings import Settings
+
+__all__ = ["E2B_MIME", "CommandResult", "E2BBackend", "E2BSession", "SandboxServiceError"]
+
+log = logging.getLogger(__name__)
+
+NO_KEY = (
+    f"{API_KEY_VAR} is not set: the e2b backend needs an E2B API key "
+    "(export E2B_API_KEY=..., from https://e2b.dev/dashboard), or E2B_DEBUG=true to use a local E2B server"
+)
+#: the code interpreter's error names for a kernel that went away mid-cell
+DEATH_NAMES = {"ContextRestarting", "UnexpectedEndOfExecution", "WebSocketError"}
+#: seconds the code interpreter may take to notice a client that left (its keepalive period)
+SERVER_NOTICE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a shell command in the sandbox did; ``exit_code`` is None if it was killed at its timeout."""
+
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _debug() -> bool:
+    return os.environ.get("E2B_DEBUG", "false").lower() == "true"
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex(("localhost", port)) == 0
+
+
+class E2BBackend(KernelBackend):
+    """Sessions in E2B sandboxes; each session creates (or reconnects to) one sandbox."""
+
+    name = "e2b"
+    unsupported = {
+        "external_kill": "the kernel runs inside a remote E2B sandbox, so this process cannot kill it by pid "
+        "(a kernel killed from inside a cell is checked instead)",
+    }
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        template: str | None = None,
+        timeout: int | None = None,
+        metadata: Mapping[str, str] | None = None,
+        api_params: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(settings, **options)
+        self.template = template if template is not None else self.settings.e2b_template
+        self.timeout = int(timeout if timeout is not None else self.settings.e2b_timeout)
+        self.sessions_dir = self.settings.e2b_sessions_dir
+        self.metadata = {"dsagent": "1", **(metadata or {})}
+        #: extra ``ApiParams`` for the SDK (request_timeout, domain, api_url, debug ...); never the key
+        self.api_params = dict(api_params or {})
+
+    @classmethod
+    def check(cls) -> str | None:
+        if _debug():
+            if all(_listening(port) for port in (49999, 49983)):
+                return None
+            return (
+                "E2B_DEBUG=true, but no E2B server answers on localhost:49999 and :49983 "
+                "(start one: python -m dsagent.testing.e2b_server --root DIR, or unset E2B_DEBUG)"
+            )
+        return None if os.environ.get(API_KEY_VAR) else NO_KEY
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "template": self.template or f"{AsyncSandbox.default_template} (the SDK's default)",
+            "timeout": f"{self.timeout}s (extended while a session is in use)",
+            "sessions_dir": f"{self.sessions_dir}/ in the sandbox",
+            "api_key": "set" if os.environ.get(API_KEY_VAR) else f"not set ({API_KEY_VAR})",
+            "debug": "E2B_DEBUG=true: talks to localhost:49999/49983" if _debug() else "off",
+        }
+
+    async def start_session(
+        self,
+        *,
+        work_dir: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
+        sandbox_id: str | None = None,
+        context_id: str | None = None,
+    ) -> E2BSession:
+        """A session in a new sandbox, or, with ``sandbox_id``, in a living one (its kernel state comes back).
+
+        Reconnecting finds the kernel by ``context_id`` (``session.context_id``)
+        or else by ``work_dir``; if neither is there any more, a new kernel is
+        started and ``session.state_restored`` is False.
+        """
+        if not (_debug() or os.environ.get(API_KEY_VAR) or self.api_params.get("api_key")):
+            raise SandboxServiceError(NO_KEY, hint=f"export {API_KEY_VAR}=... or pick another backend", name="e2b", reason="no_api_key", sandbox_id=None)
+        if sandbox_id:
+            return await self._reconnect(sandbox_id, context_id, work_dir, env)
+        folder = self._sandbox_dir(work_dir)
+        sandbox = await self._create_sandbox(env, folder)
+        try:
+            context = await _new_context(sandbox, folder)
+        except BaseException:
+            await _kill_quietly(sandbox)
+            raise
+        return E2BSession(self, sandbox, context, env, state_restored=False)
+
+    def _sandbox_dir(self, work_dir: str | Path | None) -> str:
+        if work_dir is None:
+            return posixpath.join(self.sessions_dir, uuid.uuid4().hex[:12])
+        return posixpath.normpath(posixpath.join("/home/user", str(work_dir)))
+
+    async def _create_sandbox(self, env: Mapping[str, str] | None, folder: str) -> AsyncSandbox:
+        try:
+            return await AsyncSandbox.create(
+                template=self.template or None,
+                timeout=self.timeout,
+                metadata={**self.metadata, "dsagent_work_dir": folder},
+                envs=dict(env or {}) or None,
+                **self.api_params,
+            )
+        except Exception as exc:
+            raise translate_error(exc, "creating an E2B sandbox") from exc
+
+    async def _reconnect(
+        self, sandbox_id: str, context_id: str | None, work_dir: str | Path | None, env: Mapping[str, str] | None
+    ) -> E2BSession:
+        action = "reconnecting to the E2B sandbox"
+        try:
+            sandbox = await AsyncSandbox.connect(sandbox_id, timeout=self.timeout, **self.api_params)
+            contexts = await sandbox.list_code_contexts()
+        except Exception as exc:
+            raise translate_error(exc, action, sandbox_id) from exc
+        folder = self._sandbox_dir(work_dir) if work_dir is not None else None
+        found = next((c for c in contexts if c.id == context_id), None) or next(
+            (c for c in contexts if folder is not None and c.cwd == folder), None
+        )
+        if found is not None:
+            return E2BSession(self, sandbox, found, env, state_restored=True)
+        log.warning("sandbox %s has no kernel %s any more; starting a new one (variables are lost, files are kept)", sandbox_id, context_id)
+        context = await _new_context(sandbox, folder or self._sandbox_dir(None))
+        return E2BSession(self, sandbox, context, env, state_restored=False)
+
+
+async def _new_context(sandbox: AsyncSandbox, folder: str) -> Context:
+    """A fresh Python kernel in ``sandbox`` with cwd ``folder`` (created if missing)."""
+    try:
+        await sandbox.files.write(STARTUP_FILE, STARTUP_CODE.encode(), user=STARTUP_USER, use_octet_stream=True)
+    except SandboxException as exc:  # a template without root's profile: str results lose their quotes
+        log.warning("could not install the IPython startup file in sandbox %s: %s", sandbox.sandbox_id, exc)
+    try:
+        await sandbox.files.make_dir(folder)
+        return await sandbox.create_code_context(cwd=folder, language="python")
+    except Exception as exc:
+        raise translate_error(exc, "starting a kernel in the E2B sandbox", sandbox.sandbox_id) from exc
+
+
+async def _kill_quietly(sandbox: AsyncSandbox) -> None:
+    try:
+        await sandbox.kill()
+    except Exception:
+        log.warning("could not kill E2B sandbox %s; it ends at its timeout", sandbox.sandbox_id, exc_info=True)
+
+
+class E2BSession(KernelSession):
+    """One kernel (code context) in one E2B sandbox; ``work_dir`` is a path inside the sandbox."""
+
+    backend_name = "e2b"
+
+    def __init__(
+        self, backend: E2BBackend, sandbox: AsyncSandbox, context: Context, env: Mapping[str, str] | None, *, state_restored: bool
+    ) -> None:
+        self._backend = backend
+        self._sandbox = sandbox
+        self._context = context
+        self._env = dict(env or {})
+        #: True when this session reconnected to a kernel that kept its variables
+        self.state_restored = state_restored
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self._dead = False
+        self._gone = False  # the sandbox itself no longer exists
+        self._unsettled = False  # a cell was cut off; the kernel may still be busy
+        self._note = ""  # said on the next cell's stderr
+        self._last_count: int | None = 0 if not state_restored else None
+        self._running: asyncio.Task[Any] | None = None
+        self._interrupted = False
+        self._extended_at = asyncio.get_running_loop().time()
+
+    @property
+    def work_dir(self) -> str:
+        return self._context.cwd
+
+    @property
+    def sandbox_id(self) -> str:
+        return self._sandbox.sandbox_id
+
+    @property
+    def context_id(self) -> str:
+        return self._context.id
+
+    @property
+    def settings(self) -> Settings:
+        return self._backend.settings
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise SessionClosed("this kernel session was shut down", hint="start a new session")
+        if self._dead:
+            raise KernelDied(
+                f"the kernel of this session (sandbox {self.sandbox_id}) has died",
+                hint="call restart() (state is lost)",
+                kernel_name="e2b",
+                outputs=[],
+            )
+
+    # -- keeping the sandbox alive ----------------------------------------------
+
+    async def _extend(self) -> None:
+        """Push the sandbox's end back to ``e2b_timeout`` from now."""
+        try:
+            await self._sandbox.set_timeout(self._backend.timeout)
+            self._extended_at = asyncio.get_running_loop().time()
+        except Exception:
+            log.warning("could not extend the timeout of E2B sandbox %s", self.sandbox_id, exc_info=True)
+
+    @contextlib.asynccontextmanager
+    async def _in_use(self) -> AsyncIterator[None]:
+        """Keep the sandbox alive while the block runs (a third of its timeout at a time)."""
+        period = max(1.0, self._backend.timeout / 3)
+        if asyncio.get_running_loop().time() - self._extended_at > period:
+            await self._extend()
+
+        async def keep_alive() -> None:
+            while True:
+                await asyncio.sleep(period)
+                await self._extend()
+
+        task = asyncio.create_task(keep_alive())
+        try:
+            yield
+        finally:
+            task.cancel()
+
+    # -- code ------------------------------------------------------------------------
+
+    async def execute(self, code: str, *, timeout: float | None = None, on_output: OutputHook | None = None) -> Execution:
+        async with self._lock:
+            self._check_usable()
+            timeout = self.settings.execution_timeout if timeout is None else timeout
+            async with self._in_use():
+                if self._unsettled:
+                    await self._settle()
+                return await self._execute(code, timeout, on_output)
+
+    async def _execute(self, code: str, timeout: float | None, on_output: OutputHook | None) -> Execution:
+        collector = OutputCollector(self.settings.max_output_bytes)
+        result = Execution(code=code, started=_now())
+        predicted = self._last_count + 1 if self._last_count is not None else None
+        death: list[E2BExecutionError] = []
+
+        async def emit(msg_type: str, content: dict[str, Any]) -> None:
+            chunk = collector.handle({"header": {"msg_type": msg_type}, "content": content})
+            if chunk is not None:
+                await run_hook(on_output, chunk)
+
+        async def on_error(err: E2BExecutionError) -> None:
+            if err.name in DEATH_NAMES:
+                death.append(err)
+                return
+            await emit("error", {"ename": err.name, "evalue": err.value, "traceback": [err.traceback] if err.traceback else []})
+
+        if self._note:
+            await emit("stream", {"name": "stderr", "text": self._note})
+            self._note = ""
+        run = self._sandbox.run_code(
+            code,
+            context=self._context,
+            on_stdout=lambda m: emit("stream", {"name": "stdout", "text": m.line}),
+            on_stderr=lambda m: emit("stream", {"name": "stderr", "text": m.line}),
+            on_result=lambda r: emit(*result_output(r, predicted)),
+            on_error=on_error,
+            envs=self._env or None,
+            timeout=0,  # dsagent owns the deadline, below
+        )
+        self._running = asyncio.ensure_future(run)
+        self._interrupted = False
+        try:
+            async with asyncio.timeout(timeout or None):  # 0 or None: no deadline, as on local
+                sdk_execution = await asyncio.shield(self._running)
+        except TimeoutError:
+            await self._cut_off()
+            return self._finish(result, collector, "timeout", ExecutionError(
+                "ExecutionTimeout", f"the cell ran past its {timeout:g}s timeout and was interrupted"))
+        except asyncio.CancelledError:
+            await self._cut_off()
+            if not self._interrupted:
+                raise
+            await emit("error", {"ename": "KeyboardInterrupt", "evalue": "interrupted by interrupt()", "traceback": []})
+            return self._finish(result, collector, "error", None)
+        except Exception as exc:
+            return await self._failed(result, collector, exc)
+        finally:
+            self._running = None
+        count = sdk_execution.execution_count
+        self._last_count = count
+        for output in collector.outputs:
+            if output["output_type"] == "execute_result":
+                output["execution_count"] = count
+        collector.execution_count = count
+        if death:
+            self._dead = True
+            return self._finish(result, collector, "died", ExecutionError(
+                "KernelDied", f"the kernel in sandbox {self.sandbox_id} died while running this cell "
+                f"({death[0].name}: {death[0].value}); call restart() to continue"))
+        return self._finish(result, collector, "error" if collector.error else "ok", None)
+
+    def _finish(self, result: Execution, collector: OutputCollector, status: str, error: ExecutionError | None) -> Execution:
+        result.outputs = collector.finish()
+        result.execution_count = collector.execution_count
+        result.truncated = collector.truncated
+        result.finished = _now()
+        result.status = status  # type: ignore[assignment]
+        result.error = error or collector.error
+        return result
+
+    async def _cut_off(self) -> None:
+        """Close the running ``/execute`` stream; the server then interrupts the kernel."""
+        running = self._running
+        if running is not None and not running.done():
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+        self._unsettled = True
+        self._last_count = None
+
+    async def _failed(self, result: Execution, collector: OutputCollector, exc: Exception) -> Execution:
+        """A cell whose request failed: the sandbox or kernel gone is ``died``; anything else raises."""
+        error = translate_error(exc, "running a cell", self.sandbox_id)
+        running = await self._sandbox_state()
+        kernel_gone = isinstance(exc, NotFoundException) or getattr(error, "reason", "") == "expired"
+        if running is None or (running and not kernel_gone):
+            raise error from exc  # unreachable (network) or a failure of the service: not the kernel's doing
+        self._dead = True
+        self._gone = not running
+        what = f"the E2B sandbox {self.sandbox_id} is gone (it reached its timeout or was killed)" if self._gone else (
+            f"the kernel in sandbox {self.sandbox_id} is gone")
+        return self._finish(result, collector, "died", ExecutionError("KernelDied", f"{what}; call restart() to continue in a new one"))
+
+    async def _sandbox_state(self) -> bool | None:
+        """Whether the sandbox runs; None when it cannot be reached to tell."""
+        try:
+            return await self._sandbox.is_running(request_timeout=10)
+        except Exception:
+            return None
+
+    async def _settle(self) -> None:
+        """After a cut-off cell: wait until the kernel is free, else restart it (and say so)."""
+        grace = self.settings.interrupt_grace + SERVER_NOTICE_SECONDS
+        try:
+            async with asyncio.timeout(grace):
+                await self._sandbox.run_code("", context=self._context, timeout=0)
+        except Exception as exc:
+            if not isinstance(exc, TimeoutError):
+                log.warning("probe after an interrupted cell failed: %r", exc)
+            await self._restart_context()
+            self._note = "[dsagent: the previous cell did not stop when interrupted; the kernel was restarted, so its state is lost]\n"
+        self._unsettled = False
+
+    async def interrupt(self) -> None:
+        self._check_usable()
+        running = self._running
+        if running is not None and not running.done():
+            self._interrupted = True
+            running.cancel()
+
+    async def restart(self) -> None:
+        if self._closed:
+            raise SessionClosed("this kernel session was shut down", hint="start a new session")
+        async with self._lock:
+            await self._restart_context()
+
+    async def _restart_context(self) -> None:
+        if self._gone:
+            folder = self.work_dir
+            self._sandbox = await self._backend._create_sandbox(self._env, folder)
+            self._context = await _new_context(self._sandbox, folder)
+            self._gone = False
+        else:
+            try:
+                await self._sandbox.restart_code_context(self._context)
+            except Exception as exc:
+                raise translate_error(exc, "restarting the kernel", self.sandbox_id) from exc
+        self._dead = False
+        self._unsettled = False
+        self._last_count = 0
+
+    async def is_alive(self) -> bool:
+        return not self._closed and not self._dead and bool(await self._sandbox_state())
+
+    # -- files and commands ----------------------------------------------------------
+
+    def _path(self, path: str) -> str:
+        full = posixpath.normpath(posixpath.join(self.work_dir, path))
+        if full != self.work_dir and not full.startswith(self.work_dir.rstrip("/") + "/"):
+            raise FileAccessError(
+                f"path {path!r} is outside the session's work dir {self.work_dir}",
+                hint="use a path relative to the work dir, without '..'",
+                path=path,
+            )
+        return full
+
+    async def upload(self, path: str, data: bytes) -> None:
+        full = self._path(path)
+        try:
+            async with self._in_use():
+                await self._sandbox.files.write(full, data, use_octet_stream=True)
+        except Exception as exc:
+            raise translate_error(exc, f"uploading {path!r}", self.sandbox_id) from exc
+
+    async def download(self, path: str) -> bytes:
+        full = self._path(path)
+        try:
+            async with self._in_use():
+                return bytes(await self._sandbox.files.read(full, format="bytes"))
+        except FileNotFoundException:
+            raise FileAccessError(f"no file {path!r} in the session's work dir", hint="list_files() shows what is there", path=path) from None
+        except Exception as exc:
+            raise translate_error(exc, f"downloading {path!r}", self.sandbox_id) from exc
+
+    async def list_files(self, path: str = ".", *, recursive: bool = False) -> list[FileInfo]:
+        full = self._path(path)
+        try:
+            async with self._in_use():
+                entries = await self._sandbox.files.list(full, depth=64 if recursive else 1)
+        except FileNotFoundException:
+            raise FileAccessError(f"{path!r} is not a folder in the session's work dir", hint="pass a folder", path=path) from None
+        except Exception as exc:
+            if isinstance(exc, SandboxException) and "not a directory" in str(exc):
+                raise FileAccessError(f"{path!r} is not a folder in the session's work dir", hint="pass a folder", path=path) from None
+            raise translate_error(exc, f"listing {path!r}", self.sandbox_id) from exc
+        root = self.work_dir.rstrip("/") + "/"
+        infos = [
+            FileInfo(e.path[len(root):], e.size, e.modified_time.timestamp(), is_dir=e.type is not None and e.type.value == "dir")
+            for e in entries
+            if e.path.startswith(root)
+        ]
+        return sorted(infos, key=lambda info: info.path)
+
+    async def run_command(self, cmd: str, timeout: float | None = 60.0) -> CommandResult:
+        """Run ``cmd`` with bash in the sandbox, in the work dir; killed after ``timeout`` seconds (None: no limit).
+
+        Works while the kernel is dead too (the sandbox is still there); a
+        non-zero exit is data (``exit_code``), not an exception.
+        """
+        if self._closed:
+            raise SessionClosed("this kernel session was shut down", hint="start a new session")
+        try:
+            async with self._in_use():
+                handle = await self._sandbox.commands.run(cmd, background=True, cwd=self.work_dir, envs=self._env or None, timeout=0)
+                try:
+                    async with asyncio.timeout(timeout):
+                        done = await handle.wait()
+                except TimeoutError:
+                    await handle.kill()
+                    return CommandResult(None, handle.stdout or "", handle.stderr or "", timed_out=True)
+                except CommandExitException as exc:
+                    return CommandResult(exc.exit_code, exc.stdout or "", exc.stderr or "")
+                return CommandResult(done.exit_code, done.stdout or "", done.stderr or "")
+        except DsagentError:
+            raise
+        except Exception as exc:
+            raise translate_error(exc, f"running the command {cmd!r}", self.sandbox_id) from exc
+
+    # -- ending ------------------------------------------------------------------------
+
+    async def detach(self) -> None:
+        """Stop using the sandbox but leave it (and its kernel) running until its timeout, for a later reconnect."""
+        self._closed = True
+
+    async def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        running = self._running
+        if running is not None and not running.done():
+            running.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._sandbox.remove_code_context(self._context), 10)
+        await _kill_quietly(self._sandbox)
+

@@ -1,0 +1,141 @@
+"""Capture on a real kernel: rich outputs, displayed DataFrames as Parquet, changed work-dir files."""
+
+from __future__ import annotations
+
+import copy
+import io
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from dsagent.artifacts.capture import Capture
+from dsagent.artifacts.recorder import RunRecorder
+from dsagent.kernel_gateway.base import KernelSession
+from dsagent.kernel_gateway.local import LocalBackend
+
+RICH_CELL = '''
+import matplotlib
+matplotlib.use("module://matplotlib_inline.backend_inline")
+import matplotlib.pyplot as plt
+import pandas as pd
+from IPython.display import HTML, JSON, SVG, display
+frame = pd.DataFrame({"a": range(7), 2: [f"x{i}" for i in range(7)], "c": [i / 2 for i in range(7)]})
+display(frame)
+plt.plot([1, 3, 2]); plt.show()
+display(SVG('<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"><rect width="4" height="4"/></svg>'))
+display(HTML("<b>bold</b>"))
+display(JSON({"k": [1, 2]}))
+open("result.csv", "w").write("a,b\\n1,2\\n")
+open("same.txt", "w").write("unchanged")
+open("gone.txt", "w").write("soon deleted")
+print("printed")
+{"answer": 42}
+'''
+
+FILES_CELL = '''
+import os, time
+time.sleep(0.05)
+open("result.csv", "a").write("3,4\\n")
+os.utime("same.txt")  # touched, same bytes
+os.remove("gone.txt")
+os.makedirs("sub", exist_ok=True)
+open("sub/big.bin", "wb").write(b"x" * 300_000)
+'''
+
+
+class RemoteLike(KernelSession):
+    """Delegates to a real session and records which calls capture makes (a remote kernel offers only these)."""
+
+    def __init__(self, inner: KernelSession) -> None:
+        self.inner = inner
+        self.calls: list[str] = []
+
+    @property
+    def work_dir(self) -> str:
+        return "/nonexistent/remote/workdir"  # capture must not touch the local filesystem
+
+    async def execute(self, code: str, **kwargs: Any):
+        self.calls.append("execute")
+        return await self.inner.execute(code, **kwargs)
+
+    async def list_files(self, path: str = ".", *, recursive: bool = False):
+        self.calls.append("list_files")
+        return await self.inner.list_files(path, recursive=recursive)
+
+    async def download(self, path: str) -> bytes:
+        self.calls.append("download")
+        return await self.inner.download(path)
+
+    async def interrupt(self) -> None: ...
+    async def restart(self) -> None: ...
+    async def is_alive(self) -> bool: return True
+    async def upload(self, path: str, data: bytes) -> None: ...
+    async def shutdown(self) -> None: ...
+
+
+@pytest.fixture
+async def session(settings):
+    async with LocalBackend(settings, pool_size=0) as backend:
+        async with await backend.start_session() as real:
+            yield real
+
+
+async def test_a_recorded_session_captures_outputs_frames_and_files(store, session):
+    settings = store.settings.replace(capture_max_file_bytes=200_000)
+    store.settings = settings
+    remote = RemoteLike(session)
+    async with RunRecorder(store, "notebook", title="capture") as rec:
+        await rec.attach(remote)
+        first = await rec.execute(RICH_CELL)
+        second = await rec.execute(FILES_CELL)
+        third = await rec.execute("1 / 0")
+    assert first.ok and second.ok and first.execution_count == 1 and second.execution_count == 2
+    assert third.status == "error"
+    assert set(remote.calls) == {"execute", "list_files", "download"}
+
+    run = store.get_run(rec.run_id)
+    assert run.status == "failed" and "ZeroDivisionError" in run.error
+    by_cell: dict[int, list] = {}
+    for artifact in store.list_artifacts(run_id=run.id, limit=100).items:
+        by_cell.setdefault(artifact.cell, []).append(artifact)
+
+    kinds = sorted((a.kind, a.mime) for a in by_cell[0])
+    assert kinds == sorted([
+        ("table", "application/vnd.apache.parquet"), ("image", "image/png"), ("image", "image/svg+xml"),
+        ("html", "text/html"), ("json", "application/json"), ("text", "text/plain"),
+        ("file", "text/csv"), ("file", "text/plain"), ("file", "text/plain"),
+    ]), kinds
+    table = next(a for a in by_cell[0] if a.kind == "table")
+    assert (table.metadata["rows"], table.metadata["columns"]) == (7, 3)
+    frame = pd.read_parquet(io.BytesIO(store.read_bytes(table.id)))
+    assert list(frame.columns) == ["a", "2", "c"] and frame["c"].tolist() == [i / 2 for i in range(7)]
+    png = next(a for a in by_cell[0] if a.mime == "image/png")
+    assert store.read_bytes(png.id).startswith(b"\x89PNG")
+    assert store.read_bytes(next(a.id for a in by_cell[0] if a.name == "result.csv")) == b"a,b\n1,2\n"
+
+    # the frame's own display is exactly what IPython makes: no capture mime type added
+    frame_output = next(o for o in first.outputs if "text/html" in o.get("data", {}) and "dataframe" in o["data"]["text/html"])
+    assert set(frame_output["data"]) == {"text/html", "text/plain"}
+
+    files = [a for a in by_cell[1] if a.kind == "file"]
+    assert [(a.name, a.metadata["change"]) for a in files] == [("result.csv", "modified")]
+    assert store.read_bytes(files[0].id) == b"a,b\n1,2\n3,4\n"
+    events = store.events(run.id)
+    skipped = [e.payload for e in events if e.type == "file_skipped"]
+    assert skipped and skipped[0]["path"] == "sub/big.bin" and skipped[0]["size"] == 300_000
+    assert any(e.type == "files_deleted" and e.payload["paths"] == ["gone.txt"] for e in events)
+    assert [e.payload["status"] for e in events if e.type == "cell_finished"] == ["ok", "ok", "error"]
+    assert 2 not in by_cell  # an error is not an artifact; it is in the events
+
+
+async def test_capture_leaves_the_execution_untouched(session, settings):
+    capture = Capture(session, settings)
+    assert await capture.install() == []
+    await capture.before_cell()
+    execution = await session.execute('import pandas as pd\ndisplay(pd.DataFrame({"x": [1, 2]}))\n"text"')
+    before = copy.deepcopy(execution.outputs)
+    captured = await capture.after_cell(execution, 0)
+    assert execution.outputs == before
+    assert [a.kind for a in captured.artifacts] == ["table", "text"]
+    assert execution.execution_count == 1

@@ -1,0 +1,133 @@
+"""Real Jupyter servers on loopback for the ``jupyter`` backend's tests.
+
+Test modules import the fixtures (``from remote_servers import jupyter_server,
+kernel_gateway``; pytest puts this folder on sys.path). A fixture imported into
+two modules is two fixtures, so the servers are shared through a reference
+count: one Kernel Gateway and one Jupyter Server per test session.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+JUPYTER = str(Path(sys.executable).with_name("jupyter"))
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    kind: str  # "kernelgateway" or "server"
+    url: str
+    token: str
+    root: Path  # where the server starts kernels
+    log: Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _command(kind: str, port: int, token: str, root: Path) -> list[str]:
+    if kind == "kernelgateway":
+        return [
+            JUPYTER, "kernelgateway",
+            "--KernelGatewayApp.ip=127.0.0.1", f"--KernelGatewayApp.port={port}",
+            f"--KernelGatewayApp.auth_token={token}", "--KernelGatewayApp.port_retries=0",
+        ]
+    command = [
+        JUPYTER, "server", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+        f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}", "--ServerApp.port_retries=0",
+        "--ServerApp.open_browser=False",
+    ]
+    if os.geteuid() == 0:
+        command.append("--allow-root")
+    return command
+
+
+def _wait_ready(url: str, token: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/api/kernelspecs", headers={"Authorization": f"token {token}"}, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the server did not answer on {url} within {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+def start_server(kind: str, folder: Path) -> tuple[RunningServer, subprocess.Popen[bytes]]:
+    """Start ``jupyter kernelgateway`` or ``jupyter server`` on a free loopback port; wait until it answers."""
+    token = secrets.token_hex(16)
+    root = folder / "root"
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = folder / f"{kind}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER_TOKEN")}
+    with open(log, "wb") as out:
+        process = subprocess.Popen(_command(kind, port, token, root), cwd=root, stdout=out, stderr=subprocess.STDOUT, env=env)
+    server = RunningServer(kind, f"http://127.0.0.1:{port}", token, root, log)
+    try:
+        _wait_ready(server.url, token, process, log)
+    except BaseException:
+        stop_server(process)
+        raise
+    return server, process
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()  # the server shuts its kernels down on SIGTERM
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+_RUNNING: dict[str, tuple[RunningServer, subprocess.Popen[bytes], int]] = {}
+
+
+def _acquire(kind: str, factory: pytest.TempPathFactory) -> RunningServer:
+    if kind not in _RUNNING:
+        server, process = start_server(kind, factory.mktemp(kind))
+        _RUNNING[kind] = (server, process, 0)
+    server, process, count = _RUNNING[kind]
+    _RUNNING[kind] = (server, process, count + 1)
+    return server
+
+
+def _release(kind: str) -> None:
+    server, process, count = _RUNNING[kind]
+    if count > 1:
+        _RUNNING[kind] = (server, process, count - 1)
+        return
+    del _RUNNING[kind]
+    stop_server(process)
+
+
+@pytest.fixture(scope="session")
+def kernel_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A real Kernel Gateway (no contents API) with a token, for the whole test session."""
+    yield _acquire("kernelgateway", tmp_path_factory)
+    _release("kernelgateway")
+
+
+@pytest.fixture(scope="session")
+def jupyter_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A real Jupyter Server (with a contents API) with a token, for the whole test session."""
+    yield _acquire("server", tmp_path_factory)
+    _release("server")
