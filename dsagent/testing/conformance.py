@@ -89,3 +89,62 @@ class BackendConformance:
         assert result.status == "died"
         assert time.monotonic() - start < 5
         assert "started" in result.stream_text()
+
+    async def test_png_plot_is_display_data(self, session: KernelSession):
+        import base64
+
+        code = "import matplotlib\nmatplotlib.use('module://matplotlib_inline.backend_inline')\nimport matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()"
+        result = await session.execute(code, timeout=120)
+        assert result.status == "ok", result.error
+        images = [o for o in result.outputs if o["output_type"] == "display_data" and "image/png" in o.get("data", {})]
+        assert images, result.outputs
+        assert base64.b64decode(images[0]["data"]["image/png"])[:8] == b"\x89PNG\r\n\x1a\n"
+
+    async def test_streaming_order_with_async_hook(self, session: KernelSession):
+        seen: list[str] = []
+
+        async def hook(output):
+            seen.append(output.get("text", output["output_type"]))
+
+        code = "import time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(0.2)"
+        result = await session.execute(code, on_output=hook)
+        assert result.stream_text() == "0\n1\n2\n"
+        assert "".join(seen) == "0\n1\n2\n" and len(seen) == 3
+
+    async def test_timeout_interrupts_and_keeps_state(self, session: KernelSession):
+        await session.execute("kept = 7")
+        start = time.monotonic()
+        result = await session.execute("import time\ntime.sleep(60)", timeout=1)
+        assert result.status == "timeout" and result.error is not None
+        assert time.monotonic() - start < 15
+        assert (await session.execute("kept")).result == "7"
+
+    async def test_restart_loses_state(self, session: KernelSession):
+        await session.execute("gone = 1")
+        await session.restart()
+        result = await session.execute("gone")
+        assert result.status == "error" and result.error.ename == "NameError"
+
+    async def test_files_round_trip(self, session: KernelSession):
+        payload = bytes(range(256)) * 4
+        await session.upload("sub/data.bin", payload)
+        assert await session.download("sub/data.bin") == payload
+        result = await session.execute("print(len(open('sub/data.bin', 'rb').read()))")
+        assert result.stream_text() == "1024\n"
+        await session.execute("open('made.txt', 'w').write('héllo')")
+        paths = {f.path for f in await session.list_files(".", recursive=True)}
+        assert {"sub/data.bin", "made.txt"} <= paths
+
+    async def test_unicode_in_code_and_output(self, session: KernelSession):
+        result = await session.execute("s = '数据 ✓ 🚀'\nprint(s)\ns")
+        assert result.stream_text() == "数据 ✓ 🚀\n"
+        assert result.result == "'数据 ✓ 🚀'"
+
+    async def test_shutdown_is_idempotent_and_final(self, backend: KernelBackend):
+        from dsagent.errors import SessionClosed
+
+        session = await backend.start_session()
+        await session.shutdown()
+        await session.shutdown()
+        with pytest.raises(SessionClosed):
+            await session.execute("1")
