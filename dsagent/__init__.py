@@ -28,6 +28,7 @@ _EXPORTS = {
     "ExecutionError": "dsagent.kernel_gateway.models",
     "FileInfo": "dsagent.kernel_gateway.models",
     "get_backend": "dsagent.kernel_gateway.registry",
+    "run_notebook": "dsagent.runs.notebook_run",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])

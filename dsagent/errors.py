@@ -31,6 +31,7 @@ __all__ = [
     "SandboxServiceError",
     "LLMUnavailable",
     "LLMRequestError",
+    "NotebookError",
 ]
 
 
@@ -157,4 +158,12 @@ class LLMRequestError(DsagentError):
 
     Fields: endpoint, model, role, status, and ``reason``: ``bad_request``, ``auth``,
     ``permission``, ``not_found``, ``quota`` or ``no_api_key``.
+    """
+
+
+class NotebookError(DsagentError):
+    """A notebook run cannot start: the file, its parameters or the output path are unusable.
+
+    Fields: path, and ``reason``: ``not_found``, ``not_a_notebook``, ``no_kernelspec``,
+    ``wrong_language``, ``bad_parameter`` or ``bad_output``.
     """

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+# the conformance kit lives in the package, not in tests/: show values in its failed asserts too
+pytest.register_assert_rewrite("dsagent.testing.conformance")
+
 
 @pytest.fixture(autouse=True)
 def workspace_home(tmp_path, monkeypatch):

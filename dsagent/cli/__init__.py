@@ -23,7 +23,7 @@ EXIT_KERNEL_DIED = 4  # the kernel process ended mid-cell
 EXIT_CANCELLED = 130  # SIGINT/SIGTERM
 
 #: modules that contribute commands, in the order --help lists them
-COMMAND_MODULES = ("dsagent.cli.kernels", "dsagent.cli.artifacts")
+COMMAND_MODULES = ("dsagent.cli.kernels", "dsagent.cli.artifacts", "dsagent.cli.notebooks")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=_version())
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (to stderr)")
+    remote = parser.add_argument_group("remote kernels (the `jupyter` backend; same as DSAGENT_JUPYTER_URL/_TOKEN)")
+    remote.add_argument("--jupyter-url", metavar="URL", help="Jupyter Server / Kernel Gateway URL (?token=... in it works too)")
+    remote.add_argument("--jupyter-token", metavar="TOKEN", help="its token (prefer the env var: arguments show up in `ps`)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(sub)
@@ -53,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    _apply_global_settings(args)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from dsagent.errors import DsagentError
 
@@ -64,6 +68,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cancelled", file=sys.stderr)
         return EXIT_CANCELLED
+
+
+def _apply_global_settings(args: argparse.Namespace) -> None:
+    """Global flags override their settings for this process (Settings reads DSAGENT_* from the environment)."""
+    import os
+
+    for flag, variable in (("jupyter_url", "DSAGENT_JUPYTER_URL"), ("jupyter_token", "DSAGENT_JUPYTER_TOKEN")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            os.environ[variable] = value
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -130,6 +130,10 @@ class E2BBackend(KernelBackend):
     unsupported = {
         "external_kill": "the kernel runs inside a remote E2B sandbox, so this process cannot kill it by pid "
         "(a kernel killed from inside a cell is checked instead)",
+        "clear_output": "E2B's execution stream carries stdout, stderr, results and errors only; "
+        "clear_output() never reaches the client, so cleared output is kept",
+        "display_update": "E2B's execution stream has no update_display_data: "
+        "display(..., display_id=True).update() keeps the first value",
     }
 
     def __init__(

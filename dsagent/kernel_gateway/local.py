@@ -19,6 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
+import zmq
+import zmq.asyncio
 from jupyter_client import AsyncKernelClient, AsyncKernelManager
 from jupyter_client.kernelspec import NoSuchKernel
 
@@ -71,6 +73,21 @@ def _kill_sync(km: AsyncKernelManager) -> None:
         pass
 
 
+def _zmq_context() -> zmq.asyncio.Context:
+    """The process's one zmq context, shared by every kernel's manager and client.
+
+    jupyter_client would make a context per manager and leave it to the garbage
+    collector, whose ``zmq_ctx_term`` then blocks whatever thread collects it
+    for as long as a socket of a dead kernel holds an unsent message (seen: a
+    test run stuck at exit). One context that lives as long as the process is
+    never terminated that way; sockets are closed with their channels and give
+    up unsent messages after 100 ms.
+    """
+    context = zmq.asyncio.Context.instance()
+    context.setsockopt(zmq.LINGER, 100)  # a default for new sockets: idempotent
+    return context
+
+
 @atexit.register
 def _kill_leftover_kernels() -> None:
     for km in list(_LIVE_MANAGERS):
@@ -100,6 +117,7 @@ class LocalBackend(KernelBackend):
         self.pool: WarmPool[_Kernel] = WarmPool(
             self._start_pooled, self._stop_kernel, size, self._kernel_alive, self.settings.kernel_pool_replenish_delay
         )
+        self._sessions: "weakref.WeakSet[LocalSession]" = weakref.WeakSet()  # open ones: aclose() stops them too
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -115,7 +133,7 @@ class LocalBackend(KernelBackend):
     async def start_session(self, *, work_dir: str | Path | None = None, env: Mapping[str, str] | None = None) -> "LocalSession":
         if self.pool.size > 0:
             kernel = await self.pool.get()
-            session = LocalSession(self, kernel, Path(work_dir) if work_dir else kernel.launch_dir, env)
+            session = self._new_session(kernel, Path(work_dir) if work_dir else kernel.launch_dir, env)
             try:
                 await session._apply_setup()
             except BaseException:
@@ -126,10 +144,17 @@ class LocalBackend(KernelBackend):
             return session
         folder = Path(work_dir) if work_dir else self._new_session_dir()
         kernel = await self._start_kernel(folder, env)
-        return LocalSession(self, kernel, folder, None)
+        return self._new_session(kernel, folder, None)
+
+    def _new_session(self, kernel: _Kernel, work_dir: Path, env: Mapping[str, str] | None) -> "LocalSession":
+        """The session object around a started kernel (the sandbox backend makes its own kind)."""
+        return LocalSession(self, kernel, work_dir, env)
 
     async def aclose(self) -> None:
+        """Stop the pool's kernels and those of sessions still open: no kernel outlives its backend."""
         await self.pool.aclose()
+        for session in list(self._sessions):
+            await session.shutdown()
 
     # -- launching (the sandbox backend overrides these two) -----------------
 
@@ -140,6 +165,10 @@ class LocalBackend(KernelBackend):
     def _kernel_env(self, extra: Mapping[str, str] | None) -> dict[str, str]:
         """The environment the kernel process starts with."""
         env = dict(os.environ)
+        # ipykernel stops forwarding fd-level output (os.write, C code, subprocesses)
+        # when it sees this variable: a kernel started under pytest would then not
+        # behave as it does for users
+        env.pop("PYTEST_CURRENT_TEST", None)
         env.update(extra or {})
         return env
 
@@ -179,13 +208,14 @@ class LocalBackend(KernelBackend):
         log_path.parent.mkdir(parents=True, exist_ok=True)
         km = self._kernel_manager()
         km.shutdown_wait_time = 2.0
+        km.context = _zmq_context()
         log_file = open(log_path, "ab")
         try:
             await km.start_kernel(
                 cwd=str(folder), env=self._kernel_env(env), stdout=log_file, stderr=log_file, extra_arguments=_launch_arguments(km)
             )
             _LIVE_MANAGERS.add(km)
-            kc = km.client()
+            kc = km.client(context=km.context)  # the shared context, see _zmq_context
             # liveness comes from the manager (the process), so the heartbeat
             # thread jupyter_client would start, waking every second, is not needed
             kc.start_channels(hb=False)
@@ -273,6 +303,7 @@ class LocalSession(KernelSession):
         self._closed = False
         self._dead = False
         self._files.root.mkdir(parents=True, exist_ok=True)
+        backend._sessions.add(self)
 
     @property
     def work_dir(self) -> str:
@@ -337,7 +368,10 @@ class LocalSession(KernelSession):
         loop = asyncio.get_running_loop()
         collector = OutputCollector(self.settings.max_output_bytes)
         result = Execution(code=code, started=_now())
-        msg_id = kc.execute(code, allow_stdin=False)
+        # stop_on_error=False: cells run one at a time, so the only request that could
+        # be queued behind an error is the next cell after a cancelled one, which
+        # ipykernel would otherwise abort
+        msg_id = kc.execute(code, allow_stdin=False, stop_on_error=False)
         deadline = loop.time() + timeout if timeout else None
         interrupted = False
         while True:

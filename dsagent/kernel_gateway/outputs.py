@@ -58,6 +58,7 @@ class OutputCollector:
         self.kept_bytes = 0
         self.dropped_bytes = 0
         self._clear_on_next = False
+        self._full = False  # the cap was reached: keep nothing more until a clear_output
         self._display_ids: dict[str, list[Output]] = {}
 
     @property
@@ -94,9 +95,18 @@ class OutputCollector:
 
     def _keep(self, output: Output, content: dict[str, Any]) -> None:
         size = _size(output)
-        if self.kept_bytes + size > self.max_bytes and output["output_type"] != "error":
-            self.dropped_bytes += size
-            return
+        if output["output_type"] != "error" and (self._full or self.kept_bytes + size > self.max_bytes):
+            room = self.max_bytes - self.kept_bytes
+            if self._full or output["output_type"] != "stream" or room <= 0:
+                self.dropped_bytes += size
+                self._full = True
+                return
+            # keep the head of the chunk and nothing after it: what is kept reads
+            # on without gaps (a later, smaller chunk would otherwise slip in)
+            self.dropped_bytes += size - room
+            self._full = True
+            output = {**output, "text": output["text"][:room]}
+            size = room
         self.kept_bytes += size
         display_id = (content.get("transient") or {}).get("display_id")
         last = self.outputs[-1] if self.outputs else None
@@ -117,6 +127,7 @@ class OutputCollector:
         self.outputs.clear()
         self._display_ids.clear()
         self.kept_bytes = 0
+        self._full = False
         self._clear_on_next = False
 
     def _update_display(self, content: dict[str, Any]) -> None:

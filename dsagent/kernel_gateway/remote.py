@@ -81,6 +81,8 @@ class JupyterBackend(KernelBackend):
     unsupported = {
         "external_kill": "the kernel runs on the server's machine, so this process cannot kill it by pid "
         "(a kernel killed from inside a cell, or deleted on the server, is checked instead)",
+        "surrogate_text": "Jupyter servers drop an output message whose text holds lone surrogates "
+        "(they cannot encode it for the websocket); the cell still succeeds, that output is lost",
     }
 
     def __init__(
@@ -461,49 +463,28 @@ class JupyterSession(KernelSession):
             await self._restart_kernel()
 
     async def _restart_kernel(self) -> None:
-        timeout = self.settings.kernel_start_timeout
-        for delay in (0.0, 0.5, 1.0, 2.0):
-            await asyncio.sleep(delay)
-            try:
-                found = await self._client.restart(self.kernel_id, timeout)
-                break
-            except KernelServerError as exc:
-                # servers answer 500 both for a kernel they no longer have and for
-                # one they are restarting themselves right now
-                if exc.status is None or exc.status < 500:
-                    raise
-                if await self._client.kernel_model(self.kernel_id) is None:
-                    found = False
-                    break
-        else:
-            raise KernelStartFailed(f"the server at {self.url} could not restart kernel {self.kernel_id}", hint="start a new session", kernel_name=self._backend.kernel_name, reason="restart failed")
-        if not found:
-            self._dead = True
-            raise KernelDied(f"the server at {self.url} no longer has this kernel (it was shut down or culled)", hint="start a new session", kernel_name=self._backend.kernel_name, outputs=[])
-        await self._wait_ready(timeout)
+        """Replace the kernel with a fresh one in the same work dir (state is lost, as with any restart).
+
+        Not the server's own ``POST .../restart``: after it, Kernel Gateway's kernel
+        websocket sometimes stays silent for good, and on a loaded machine Jupyter
+        Server's restart took longer than starting a new kernel. A new kernel, a new
+        websocket and the same set-up is what a caller sees as a restart anyway.
+        """
+        old_id, old_channel = self.kernel_id, self._channel
+        self._dead = True  # until the new kernel is set up: a failure below leaves the session dead
+        old_channel.abort()
+        try:
+            await self._client.delete(old_id)
+        except KernelServerError as exc:
+            log.warning("could not delete kernel %s on %s (%s); the server will keep it until it is culled", old_id, self.url, exc)
+        _LIVE_KERNELS.pop(old_id, None)
+        self.kernel_id = await self._client.start_kernel(self._backend.kernel_name, self.settings.kernel_start_timeout)
+        _LIVE_KERNELS[self.kernel_id] = self._backend.address
+        self._channel = KernelChannel(self._backend.address, self.kernel_id, open_timeout=old_channel.open_timeout)
+        self._current = self._abandoned = ""
+        await self._channel.connect()
         self._dead = False
         await self._setup()
-
-    async def _wait_ready(self, timeout: float) -> None:
-        """Ask for kernel_info until the restarted kernel answers."""
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        self._channel.drain()  # the old kernel's shutdown_reply must not end the wait
-        attempts = 0
-        while loop.time() < end:
-            attempts += 1
-            try:
-                if attempts % 4 == 0:
-                    # seen with Kernel Gateway: after a restart the socket's channels stay silent;
-                    # a new session makes the server build them afresh
-                    await self._channel.connect(fresh=True)
-                await self._ensure_connected()
-                msg_id = await self._channel.send("shell", "kernel_info_request", {})
-                if await self._reply(msg_id, "kernel_info_reply", min(1.0, max(0.1, end - loop.time()))) is not None:
-                    return
-            except ChannelClosed:
-                continue
-        raise KernelStartFailed(f"the kernel on {self.url} did not come back within {timeout:g}s of a restart", hint="check the server's log", kernel_name=self._backend.kernel_name, reason="not ready")
 
     async def is_alive(self) -> bool:
         return not self._closed and not _gone_reason(await self._client.kernel_model(self.kernel_id))

@@ -150,11 +150,6 @@ class KernelServerClient:
     async def interrupt(self, kernel_id: str) -> None:
         await self.request("POST", f"kernels/{kernel_id}/interrupt", ok_missing=True)
 
-    async def restart(self, kernel_id: str, timeout: float) -> bool:
-        """Restart a kernel; False when the server no longer has it."""
-        response = await self.request("POST", f"kernels/{kernel_id}/restart", ok_missing=True, timeout=timeout)
-        return response.status_code != 404
-
     async def delete(self, kernel_id: str) -> None:
         await self.request("DELETE", f"kernels/{kernel_id}", ok_missing=True)
 

@@ -77,7 +77,9 @@ def start_server(kind: str, folder: Path) -> tuple[RunningServer, subprocess.Pop
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = folder / f"{kind}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER_TOKEN")}
+    # PYTEST_CURRENT_TEST would reach the kernels, and ipykernel stops forwarding
+    # fd-level output (os.write, C code) when it sees it: keep them as users run them
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER_TOKEN") and k != "PYTEST_CURRENT_TEST"}
     with open(log, "wb") as out:
         process = subprocess.Popen(_command(kind, port, token, root), cwd=root, stdout=out, stderr=subprocess.STDOUT, env=env)
     server = RunningServer(kind, f"http://127.0.0.1:{port}", token, root, log)

@@ -1,0 +1,150 @@
+"""Notebook commands: ``run`` (a parameterized notebook as a recorded run) and ``inspect`` (its parameters).
+
+Imports stay inside the commands: ``dsagent run`` starts its kernel before
+papermill and nbformat finish loading (see ``runs/notebook_run.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dsagent.artifacts.models import Run
+    from dsagent.runs.notebook_run import CellProgress, NotebookOutcome
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a parameterized notebook (papermill) as a recorded run; its notebook and outputs become artifacts")
+    p.add_argument("notebook", help="the .ipynb to run")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="a parameter, typed as papermill types it (0.5 float, True bool); text if the notebook declares it str")
+    p.add_argument("-r", "--parameter-raw", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="a parameter kept as a string")
+    p.add_argument("-f", "--parameters-file", action="append", default=[], metavar="YAML", help="parameters from a YAML file (repeatable)")
+    p.add_argument("-o", "--output", help="write the executed notebook here too (default: <workspace>/outputs/notebooks/)")
+    p.add_argument("--backend", help="kernel backend (default: the 'backend' setting)")
+    p.add_argument("--timeout", type=float, help="seconds one cell may run (default: the 'execution_timeout' setting)")
+    p.add_argument("--cwd", help="the kernel's work dir (default: the notebook's folder on local backends)")
+    p.add_argument("-k", "--kernel", help="kernelspec to use instead of the notebook's")
+    p.add_argument("--log-output", action="store_true", help="print the cells' stdout/stderr as they run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    p.add_argument("--json", action="store_true", help="print the finished run as one JSON object")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("inspect", help="list a notebook's parameters (name, type, default, help) as papermill infers them")
+    p.add_argument("notebook")
+    p.add_argument("--json", action="store_true", help="one JSON object per parameter")
+    p.set_defaults(func=cmd_inspect)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from dsagent.runs.notebook_input import notebook_parameters
+
+    rows = notebook_parameters(args.notebook)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    if not rows:
+        print(f"{args.notebook} has no parameters (no cell tagged 'parameters', or it assigns nothing)")
+        return 0
+    widths = [max(len(str(r[k])) for r in [*rows, {"name": "NAME", "type": "TYPE", "default": "DEFAULT"}]) for k in ("name", "type", "default")]
+    print(f"{'NAME':{widths[0]}}  {'TYPE':{widths[1]}}  {'DEFAULT':{widths[2]}}  HELP")
+    for r in rows:
+        print(f"{r['name']:{widths[0]}}  {r['type']:{widths[1]}}  {r['default']:{widths[2]}}  {r['help']}".rstrip())
+    return 0
+
+
+def _yaml_parameters(files: list[str]) -> dict[str, Any]:
+    from dsagent.errors import DsagentError
+
+    merged: dict[str, Any] = {}
+    for name in files:
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(name).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise DsagentError(f"cannot read parameters from {name}: {exc}", hint="pass a readable YAML file of name: value pairs") from None
+        if data is not None and not isinstance(data, dict):
+            raise DsagentError(f"{name} holds a YAML {type(data).__name__}, not a mapping of parameters", hint="write it as  name: value  lines")
+        merged.update(data or {})
+    return merged
+
+
+class _ProgressLines:
+    """Progress as plain lines on stderr (when it is not a terminal)."""
+
+    def __call__(self, step: "CellProgress") -> None:
+        if step.execution is None:
+            return
+        ex = step.execution
+        status = "ok" if ex.ok else ex.status
+        print(f"cell {step.index + 1}/{step.total} {status} in {ex.duration:.2f}s", file=sys.stderr, flush=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from dsagent.cli import EXIT_CANCELLED
+    from dsagent.runs.notebook_run import execute_notebook_run
+
+    started: dict[str, Any] = {}
+
+    def on_run(run: "Run", path: Path) -> None:
+        started.update(run=run, path=path)
+        print(f"run {run.id}: {args.notebook} on {run.backend}", file=sys.stderr, flush=True)
+
+    tty = sys.stderr.isatty()
+    quiet = args.no_progress or args.json and not tty
+
+    async def main() -> "NotebookOutcome":
+        task = asyncio.current_task()
+        if task is not None:  # SIGTERM cancels like Ctrl-C (the recorder takes this over while the run is open)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await execute_notebook_run(
+            args.notebook,
+            _yaml_parameters(args.parameters_file),
+            text_parameters=dict(args.parameter),
+            raw_parameters=dict(args.parameter_raw),
+            backend=args.backend,
+            output_path=args.output,
+            timeout=args.timeout,
+            cwd=args.cwd,
+            kernel_name=args.kernel,
+            progress_bar=tty and not args.no_progress,
+            on_cell=None if quiet or tty else _ProgressLines(),
+            on_run=on_run,
+            stdout_file=sys.stdout if args.log_output else None,
+            stderr_file=sys.stderr if args.log_output else None,
+        )
+
+    t0 = time.perf_counter()
+    try:
+        outcome = asyncio.run(main())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        where = f"run {started['run'].id} cancelled; partial notebook: {started['path']}" if started else "cancelled before the run started"
+        print(where, file=sys.stderr)
+        return EXIT_CANCELLED
+    return _report(outcome, args, time.perf_counter() - t0)
+
+
+def _report(outcome: "NotebookOutcome", args: argparse.Namespace, seconds: float) -> int:
+    from dsagent.cli import EXIT_CELL_ERROR, EXIT_KERNEL_DIED, EXIT_OK, EXIT_TIMEOUT
+
+    run = outcome.run
+    if args.json:
+        print(json.dumps({**run.to_json(), "notebook": str(outcome.notebook_path), "artifacts": len(outcome.artifacts), "seconds": round(seconds, 3)}))
+    if outcome.failure is None:
+        if not args.json:
+            print(f"run {run.id} succeeded in {seconds:.1f}s: {len(outcome.artifacts)} artifacts; notebook: {outcome.notebook_path}")
+        return EXIT_OK
+    print(f"error: run {run.id} failed: {outcome.failure.describe()}\n  notebook with the error cell: {outcome.notebook_path}", file=sys.stderr)
+    return {"timeout": EXIT_TIMEOUT, "died": EXIT_KERNEL_DIED}.get(outcome.failure.kind, EXIT_CELL_ERROR)

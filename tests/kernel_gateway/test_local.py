@@ -1,0 +1,94 @@
+"""The ``local`` backend beyond the conformance kit: the warm pool, start failures, clean exits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+import psutil
+import pytest
+
+from dsagent.errors import KernelStartFailed
+from dsagent.kernel_gateway.local import LocalBackend
+from dsagent.settings import Settings
+
+
+def kernel_processes() -> set[int]:
+    """Pids of ipykernels started by this test process (any depth)."""
+    found = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "ipykernel_launcher" in " ".join(child.cmdline()):
+                found.add(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+async def test_pool_hands_out_each_kernel_once_and_refills():
+    async with LocalBackend(Settings(kernel_pool_replenish_delay=0), pool_size=2) as backend:
+        await backend.warm()
+        pooled = kernel_processes()
+        assert len(pooled) == 2
+        seen = []
+        for _ in range(3):
+            async with await backend.start_session() as session:
+                assert session.kernel_pid not in seen
+                seen.append(session.kernel_pid)
+                await session.execute("used = True")
+        assert set(seen[:2]) == pooled  # the first two came warm from the pool
+        # the pool refills in the background with fresh kernels, never the used ones
+        end = time.monotonic() + 30
+        while backend.pool.ready < 2 and time.monotonic() < end:
+            await asyncio.sleep(0.1)
+        assert backend.pool.ready == 2
+        assert not kernel_processes() & set(seen)
+
+
+async def test_aclose_stops_every_kernel_pooled_or_in_use():
+    backend = LocalBackend(Settings(kernel_pool_replenish_delay=0), pool_size=2)
+    await backend.warm()
+    session = await backend.start_session()
+    await session.execute("x = 1")
+    assert session.kernel_pid in kernel_processes()
+    assert len(kernel_processes()) >= 2
+    await backend.aclose()
+    end = time.monotonic() + 10
+    while kernel_processes() and time.monotonic() < end:
+        await asyncio.sleep(0.1)
+    assert kernel_processes() == set()
+
+
+async def test_missing_kernelspec_is_named_with_what_to_do():
+    async with LocalBackend(pool_size=0, kernel_name="no-such-kernel") as backend:
+        with pytest.raises(KernelStartFailed) as caught:
+            await backend.start_session()
+    assert "'no-such-kernel'" in str(caught.value)
+    assert "jupyter kernelspec list" in caught.value.hint
+    assert caught.value.kernel_name == "no-such-kernel"
+
+
+async def test_kernel_that_exits_at_start_fails_fast_with_its_log(tmp_path, monkeypatch):
+    spec = tmp_path / "jupyter" / "kernels" / "broken"
+    spec.mkdir(parents=True)
+    crash = "import sys; print('boom: this kernel cannot start', file=sys.stderr); sys.exit(3)"
+    (spec / "kernel.json").write_text(json.dumps({"argv": [sys.executable, "-c", crash, "{connection_file}"], "display_name": "broken", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    start = time.monotonic()
+    async with LocalBackend(pool_size=0, kernel_name="broken") as backend:
+        with pytest.raises(KernelStartFailed) as caught:
+            await backend.start_session()
+    assert time.monotonic() - start < 20  # not the 60 s start timeout
+    assert "'broken' failed to start" in str(caught.value)
+    assert "boom: this kernel cannot start" in str(caught.value)  # the tail of the kernel's log
+    assert not kernel_processes()
+
+
+async def test_work_dir_that_cannot_be_created_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    async with LocalBackend(pool_size=0) as backend:
+        with pytest.raises(KernelStartFailed, match="cannot create the work dir"):
+            await backend.start_session(work_dir=blocker / "work")
