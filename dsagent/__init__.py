@@ -29,6 +29,7 @@ _EXPORTS = {
     "FileInfo": "dsagent.kernel_gateway.models",
     "get_backend": "dsagent.kernel_gateway.registry",
     "run_notebook": "dsagent.runs.notebook_run",
+    "ask": "dsagent.graphs.runner",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])

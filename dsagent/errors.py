@@ -32,6 +32,7 @@ __all__ = [
     "LLMUnavailable",
     "LLMRequestError",
     "NotebookError",
+    "AgentError",
 ]
 
 
@@ -167,3 +168,7 @@ class NotebookError(DsagentError):
     Fields: path, and ``reason``: ``not_found``, ``not_a_notebook``, ``no_kernelspec``,
     ``wrong_language``, ``bad_parameter`` or ``bad_output``.
     """
+
+
+class AgentError(DsagentError):
+    """An agent run cannot start: its inputs are unusable (fields: ``reason``: ``no_data``, ``bad_data``, ``no_task``)."""

@@ -96,6 +96,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("llm_max_retries", 4, "Retries of an LLM request after 429, 5xx, timeouts and connection errors before giving up with LLMUnavailable.", int),
     Setting("llm_backoff_initial", 1.0, "Seconds before the first LLM retry; doubles each retry (with jitter) unless the endpoint sends Retry-After.", float),
     Setting("llm_backoff_max", 30.0, "Longest wait in seconds between LLM retries (without Retry-After).", float),
+    Setting("agent_backend", "sandbox", "Kernel backend agent runs use when none is named (`local` trusts the agent's code with your files and network).", str),
+    Setting("agent_max_steps", 20, "Model turns an agent may take before its run ends failed (budget).", int),
+    Setting("agent_max_revisions", 2, "Times the reviewer may send an agent's work back before the run ends failed.", int),
+    Setting("agent_max_seconds", 900.0, "Wall seconds an agent run may take before it ends failed.", float),
+    Setting("agent_max_tokens", 200000, "Prompt + completion tokens (all roles) an agent run may use before it ends failed.", int),
+    Setting("agent_cell_timeout", 300.0, "Seconds one cell an agent runs may take before it is interrupted (the agent is told).", float),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

@@ -64,6 +64,9 @@ class RunRecorder:
         self._next_cell = 0
         self._finished = False
         self._restore_signal: Callable[[], None] | None = None
+        self._pending: list[tuple[str, dict[str, Any]]] = []  # deferred events, written with the next write
+        self._announce: asyncio.TimerHandle | None = None  # writes a deferred cell_started if the cell runs long
+        self._flushing: asyncio.Task[None] | None = None
 
     @property
     def run_id(self) -> int:
@@ -127,11 +130,34 @@ class RunRecorder:
         if events:
             await self._write(self.store.append_events, self.run_id, events)
 
-    async def cell_started(self, cell: int, code: str) -> None:
-        """Say a cell began (its own small write, so followers see long cells running)."""
-        await self._write(self.store.append_events, self.run_id, [("cell_started", {"cell": cell, "code": code[:_CODE_IN_EVENT_LIMIT]})])
+    async def cell_started(self, cell: int, code: str, *, announce_after: float | None = None) -> None:
+        """Say a cell began, so followers see long cells running.
+
+        ``announce_after``: write the event only once the cell has run that many
+        seconds; a cell that ends sooner gets it in its ``record_cell`` transaction
+        (one write per short cell instead of two).
+        """
+        self._pending.append(("cell_started", {"cell": cell, "code": code[:_CODE_IN_EVENT_LIMIT]}))
+        if announce_after is None:
+            await self.flush_events()
+        else:
+            loop = asyncio.get_running_loop()
+            self._announce = loop.call_later(announce_after, self._flush_in_background)
         if self.capture is not None:
             await self.capture.before_cell()
+
+    def _flush_in_background(self) -> None:
+        self._announce = None
+        self._flushing = asyncio.ensure_future(self.flush_events())
+
+    async def _settle_announcement(self) -> None:
+        """Cancel a pending announcement, or wait for one in flight (events stay in order)."""
+        if self._announce is not None:
+            self._announce.cancel()
+            self._announce = None
+        if self._flushing is not None:
+            flushing, self._flushing = self._flushing, None
+            await flushing
 
     async def record_cell(self, cell: int, execution: Execution, extra: Sequence[NewArtifact] = ()) -> list[Artifact]:
         """Capture a finished cell and write its artifacts and events in one transaction."""
@@ -155,14 +181,15 @@ class RunRecorder:
             self.failed_cells.append(cell)
             if self._first_error is None and execution.error is not None:
                 self._first_error = f"cell {cell}: {execution.error.ename}: {execution.error.evalue}"
-        added = await self._write(self._write_cell, captured, finished)
+        await self._settle_announcement()
+        added = await self._write(self._write_cell, captured, finished, self._take_pending())
         self.artifacts.extend(added)
         return added
 
-    def _write_cell(self, captured: CellCapture, finished: dict[str, Any]) -> list[Artifact]:
+    def _write_cell(self, captured: CellCapture, finished: dict[str, Any], pending: list[tuple[str, dict[str, Any]]]) -> list[Artifact]:
         with self.store.transaction() as tx:
             added = tx.add_artifacts(self.run_id, captured.artifacts)
-            tx.append_events(self.run_id, [*captured.events, ("cell_finished", finished)])
+            tx.append_events(self.run_id, [*pending, *captured.events, ("cell_finished", finished)])
         return added
 
     async def execute(
@@ -185,12 +212,30 @@ class RunRecorder:
         self.artifacts.extend(added)
         return added
 
-    async def event(self, type_: str, payload: Mapping[str, Any]) -> None:
-        """Append one event (agent step, review verdict, ...)."""
-        await self._write(self.store.append_events, self.run_id, [(type_, dict(payload))])
+    async def event(self, type_: str, payload: Mapping[str, Any], *, defer: bool = False) -> None:
+        """Append one event (agent step, review verdict, ...).
+
+        ``defer``: keep it for the next write (a cell starting or finishing, another event, the end of
+        the run) instead of a transaction of its own; for events another write follows at once.
+        """
+        self._pending.append((type_, dict(payload)))
+        if not defer:
+            await self.flush_events()
+
+    async def flush_events(self) -> None:
+        """Write the deferred events now."""
+        pending = self._take_pending()
+        if pending:
+            await self._write(self.store.append_events, self.run_id, pending)
+
+    def _take_pending(self) -> list[tuple[str, dict[str, Any]]]:
+        pending, self._pending = self._pending, []
+        return pending
 
     async def finish(self, status: str | None = None, *, error: str | None = None) -> Run:
         """Set the final status; default: ``failed`` if a cell failed, else ``succeeded``."""
+        await self._settle_announcement()
+        await self.flush_events()
         if status is None:
             status = "failed" if self.failed_cells else "succeeded"
             error = error or self._first_error

@@ -23,7 +23,7 @@ EXIT_KERNEL_DIED = 4  # the kernel process ended mid-cell
 EXIT_CANCELLED = 130  # SIGINT/SIGTERM
 
 #: modules that contribute commands, in the order --help lists them
-COMMAND_MODULES = ("dsagent.cli.kernels", "dsagent.cli.artifacts", "dsagent.cli.notebooks")
+COMMAND_MODULES = ("dsagent.cli.kernels", "dsagent.cli.artifacts", "dsagent.cli.notebooks", "dsagent.cli.agents")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cancelled", file=sys.stderr)
         return EXIT_CANCELLED
+    except BrokenPipeError:  # `dsagent runs events 3 | head`: the reader has what it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+        return EXIT_OK
 
 
 def _apply_global_settings(args: argparse.Namespace) -> None:

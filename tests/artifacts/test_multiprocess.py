@@ -13,7 +13,7 @@ import pytest
 from dsagent.artifacts.store import Store
 from dsagent.errors import StoreLocked
 
-from conftest import first_line, read_report, start_worker
+from store_helpers import first_line, read_report, start_worker
 
 SOAK_SECONDS = float(os.environ.get("DSAGENT_SOAK_SECONDS", "8"))
 

@@ -9,7 +9,7 @@ import papermill
 import pytest
 from papermill.exceptions import PapermillExecutionError
 
-from conftest import BIN, cli_env, statuses, write_notebook
+from notebook_helpers import BIN, cli_env, statuses, write_notebook
 
 PARAMS = "alpha = 0.1\nlabel = 'x'\nsteps = 2"
 

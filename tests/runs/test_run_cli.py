@@ -11,7 +11,7 @@ import nbformat
 import psutil
 import pytest
 
-from conftest import BIN, cli_env, read_runs, run_artifacts, run_cli, statuses, write_notebook
+from notebook_helpers import BIN, cli_env, read_runs, run_artifacts, run_cli, statuses, write_notebook
 
 
 def test_run_records_the_run_its_cells_and_the_notebook(tmp_path, workspace_home):

@@ -14,7 +14,7 @@ from dsagent.errors import NotebookError
 from dsagent.kernel_gateway.local import LocalBackend
 from dsagent.runs.notebook_run import execute_notebook_run
 
-from conftest import read_runs, run_artifacts, statuses, write_notebook
+from notebook_helpers import read_runs, run_artifacts, statuses, write_notebook
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

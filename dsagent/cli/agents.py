@@ -1,0 +1,102 @@
+"""Agent commands: ``ask`` (the analysis agent on your data)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+__all__ = ["register", "StepPrinter"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ask", help="ask the analysis agent a question about data files; prints the answer, artifacts and notebook")
+    p.add_argument("question", help="what to find out, in plain words")
+    p.add_argument("--data", nargs="+", default=[], metavar="FILE", help="data files (csv, parquet, xlsx, json); "
+                   "in the kernel their paths are `data`, `data_2`, ...")
+    p.add_argument("--backend", help="kernel backend (default: the 'agent_backend' setting, sandbox)")
+    p.add_argument("--model", help="model for every role (default: the llm_model settings)")
+    p.add_argument("--max-steps", type=int, help="model turns before the run ends failed (default: agent_max_steps)")
+    p.add_argument("--json", action="store_true", help="steps to stderr, then one JSON object: run_id, status, answer, artifacts, notebook")
+    p.set_defaults(func=cmd_ask)
+
+
+class StepPrinter:
+    """Prints an agent's steps as one short line each (the run's events hold the full story)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def __call__(self, kind: str, payload: dict[str, Any]) -> None:
+        line = self.describe(kind, payload)
+        if line:
+            print(line, file=self.stream, flush=True)
+
+    @staticmethod
+    def describe(kind: str, p: dict[str, Any]) -> str | None:
+        if kind == "profile":
+            return f"· profiled {len(p.get('datasets', []))} dataset(s)"
+        if kind == "plan":
+            return "· plan:\n" + "\n".join(f"    {line}" for line in str(p.get("plan", "")).strip().splitlines()[:8])
+        if kind == "tool":
+            code = str(p.get("arguments", {}).get("code") or p.get("arguments", {}).get("command") or p.get("arguments", {}).get("path") or "")
+            first = code.strip().splitlines()[0][:90] if code.strip() else ""
+            mark = "ok" if p.get("ok") else "failed"
+            summary = " ".join(str(p.get("summary", "")).split())[:110]
+            return f"· {p.get('tool')} [{mark}, {p.get('seconds', 0):.1f} s] {first}\n    {summary}"
+        if kind == "review":
+            problems = [f for f in p.get("findings", []) if f.get("severity") == "error"]
+            return f"· review: {p.get('verdict')}" + "".join(f"\n    - {f.get('reason')}" for f in problems)
+        if kind == "revise":
+            return f"· revising (revision {p.get('revision')})"
+        if kind in ("llm_retry", "llm_fallback"):
+            return f"· {kind.replace('_', ' ')}: {p.get('reason') or p.get('detail') or ''}".rstrip()
+        return None
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from dsagent.cli import EXIT_CANCELLED, EXIT_CELL_ERROR, EXIT_OK
+    from dsagent.graphs.context import Budget
+    from dsagent.graphs.runner import execute_agent_run
+    from dsagent.settings import Settings
+
+    settings = Settings()
+    if args.model:
+        settings = settings.replace(llm_model=args.model, llm_model_planner="", llm_model_coder="", llm_model_reviewer="")
+    steps = StepPrinter(sys.stderr if args.json else sys.stdout)
+
+    async def main() -> Any:
+        task = asyncio.current_task()
+        if task is not None:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await execute_agent_run(args.question, args.data, backend=args.backend, settings=settings,
+                                       budget=Budget.from_settings(settings, max_steps=args.max_steps), on_step=steps)
+
+    try:
+        outcome = asyncio.run(main())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("cancelled: the run is marked cancelled and its partial notebook kept (dsagent runs ls)", file=sys.stderr)
+        return EXIT_CANCELLED
+    run = outcome.run
+    artifacts = [{"id": a.id, "name": a.name, "kind": a.kind} for a in outcome.artifacts]
+    if args.json:
+        print(json.dumps({"run_id": run.id, "status": run.status, "answer": outcome.answer, "artifacts": artifacts,
+                          "notebook": str(outcome.notebook_path) if outcome.notebook_path else None, "error": run.error}))
+    else:
+        print()
+        print(outcome.answer.strip() or "(no answer)")
+        print()
+        shown = [a for a in artifacts if a["kind"] != "text"]
+        if shown:
+            print("artifacts: " + ", ".join(f"#{a['id']} {a['name']}" for a in shown))
+        print(f"notebook: {outcome.notebook_path}")
+        print(f"run {run.id}: {run.status}" + (f": {run.error}" if run.error else ""))
+    if run.status != "succeeded":
+        if not args.json:
+            print(f"error: the agent run failed: {run.error}", file=sys.stderr)
+        return EXIT_CELL_ERROR
+    return EXIT_OK

@@ -1,0 +1,193 @@
+"""The analysis agent: profile the data, plan, act in the kernel, get reviewed, revise or finish.
+
+::
+
+    START -> setup -> plan -> act <-> tools
+                               |
+                               v  (an answer without tool calls)
+                             review -> act (revise: blocking findings, revisions left)
+                               |
+                               v
+                             finish -> END          (any budget exhausted: finish as failed)
+
+``setup`` runs the parameters cell (one variable per dataset) and a profile
+cell in the kernel; the model sees the profile (shape, dtypes, nulls, head,
+describe), never the raw table.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+
+from dsagent.graphs.context import AgentContext
+from dsagent.graphs.export import parameters_code
+from dsagent.graphs.llm import ToolCall, tool_message
+from dsagent.graphs.review import review_work
+from dsagent.graphs.state import AgentState
+from dsagent.graphs.tools import trim
+
+__all__ = ["ANALYST_SYSTEM", "PLANNER_SYSTEM", "build_analysis_graph", "profile_code"]
+
+ROLE = "planner"  # the analyst uses the planner/analyst model
+PROFILE_CHARS = 8_000
+
+PLANNER_SYSTEM = """You are a careful data analyst. Given a task and a profile of the datasets, write a short \
+numbered plan (at most 6 steps) for answering it with Python in a Jupyter kernel. No code yet."""
+
+ANALYST_SYSTEM = """You are a careful data analyst working in a Jupyter kernel through tools. The datasets are \
+files in the work dir; their paths are in the variables {variables} (already defined in the kernel). \
+Use pandas and matplotlib (show plots with plt.show()). Print every number you will state. When you are done, \
+reply without calling a tool: give the answer, quoting the numbers from the outputs and naming the artifacts \
+(e.g. #12 output-1.png) it rests on."""
+
+_LOADER = '''import pandas as pd
+
+
+def load_table(path):
+    """Read a table by its extension (csv, tsv, parquet, xlsx, json)."""
+    lower = str(path).lower()
+    if lower.endswith((".parquet", ".pq")):
+        return pd.read_parquet(path)
+    if lower.endswith((".xlsx", ".xls")):
+        return pd.read_excel(path)
+    if lower.endswith((".json", ".jsonl")):
+        return pd.read_json(path, lines=lower.endswith(".jsonl"))
+    if lower.endswith((".tsv", ".tab")):
+        return pd.read_csv(path, sep="\\t")
+    return pd.read_csv(path)
+'''
+
+
+def profile_code(params: list[str]) -> str:
+    """A cell that loads each dataset and prints its profile."""
+    names = ", ".join(params)
+    return _LOADER + f'''
+
+for _name, _path in [{", ".join(f"({p!r}, {p})" for p in params)}]:
+    _df = load_table(_path)
+    print(f"== {{_name}} = {{_path!r}}: {{_df.shape[0]}} rows x {{_df.shape[1]}} columns")
+    print(pd.DataFrame({{"dtype": _df.dtypes.astype(str), "nulls": _df.isna().sum()}}).to_string())
+    print("-- head"); print(_df.head(5).to_string())
+    print("-- describe"); print(_df.describe(include="all").T.to_string(max_rows=40))
+del _name, _path, _df  # the tables are loaded again by the analysis: {names}
+'''
+
+
+async def setup(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    datasets = state.get("datasets", [])
+    cells = [await ctx.toolbox.run_cell(parameters_code(datasets, state["task"], use_source=False), role="setup")]
+    profile = "(no datasets given)"
+    if datasets:
+        cells.append(await ctx.toolbox.run_cell(profile_code([d["param"] for d in datasets]), role="setup"))
+        profile = trim(cells[-1]["observation"], PROFILE_CHARS - 1000, 1000)[0]
+    await ctx.step("profile", {"datasets": [d["source"] for d in datasets], "status": cells[-1]["status"]})
+    return {"cells": cells, "profile": profile, "started_at": state.get("started_at") or time.time(), "steps": 0,
+            "revisions": 0, "status": "running"}
+
+
+async def plan(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    reason = ctx.budget.exceeded(state, ctx.llm.usage.total.total_tokens)
+    if reason:
+        return {"status": "failed", "error": reason}
+    messages = [{"role": "system", "content": PLANNER_SYSTEM},
+                {"role": "user", "content": f"Task: {state['task']}\n\nDatasets:\n{state.get('profile', '')}"}]
+    reply = await ctx.llm.chat(messages, role=ROLE, on_event=ctx.on_llm_event)
+    await ctx.step("plan", {"role": "analyst", "plan": reply.text})
+    variables = ", ".join(f"`{d['param']}`" for d in state.get("datasets", [])) or "(none: no datasets)"
+    history = [
+        {"role": "system", "content": ANALYST_SYSTEM.format(variables=variables)},
+        {"role": "user", "content": f"Task: {state['task']}\n\nDatasets:\n{state.get('profile', '')}\n\nPlan:\n{reply.text}"},
+    ]
+    return {"plan": reply.text, "messages": history}
+
+
+async def act(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    reason = ctx.budget.exceeded(state, ctx.llm.usage.total.total_tokens)
+    if reason:
+        return {"status": "failed", "error": reason}
+    reply = await ctx.llm.chat(state["messages"], role=ROLE, tools=ctx.toolbox.specs(), on_event=ctx.on_llm_event)
+    update: dict[str, Any] = {"messages": [reply.assistant_message()], "steps": state.get("steps", 0) + 1}
+    if not reply.tool_calls:
+        update["answer"] = reply.text
+        await ctx.step("answer", {"role": "analyst", "answer": reply.text})
+    else:
+        await ctx.step("act", {"role": "analyst", "step": update["steps"], "tools": [c.name for c in reply.tool_calls],
+                               "thought": reply.text[:500]}, defer=True)
+    return update
+
+
+async def tools(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    last = state["messages"][-1]
+    messages, cells = [], []
+    for raw in last.get("tool_calls", []):
+        call = ToolCall.parse(raw["id"], raw["function"]["name"], raw["function"]["arguments"] or "")
+        result = await ctx.toolbox.call(call, role="analyst")
+        messages.append(tool_message(call.id, result.observation))
+        cells.extend(result.cells)
+    return {"messages": messages, "cells": cells}
+
+
+async def review(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    result = await review_work(ctx, state["task"], state.get("cells", []), state.get("answer", ""))
+    await ctx.step("review", {"role": "reviewer", "verdict": result["verdict"], "findings": result["findings"]})
+    update: dict[str, Any] = {"reviews": [result], "findings": result["findings"]}
+    if result["verdict"] == "revise":
+        revisions = state.get("revisions", 0)
+        if revisions >= ctx.budget.max_revisions:
+            update.update(status="failed", error=f"the reviewer still found problems after {revisions} revision(s) "
+                                                 f"(agent_max_revisions): " + "; ".join(f["reason"] for f in result["findings"]
+                                                                                        if f["severity"] == "error"))
+            return update
+        listed = "\n".join(f"- [{f['severity']}] {'cell ' + str(f['cell']) if f['cell'] is not None else 'answer'}: "
+                           f"{f['reason']}" + (f" (fix: {f['fix']})" if f["fix"] else "") for f in result["findings"])
+        update["messages"] = [{"role": "user", "content": f"A reviewer checked your work and found problems:\n{listed}\n"
+                                                          "Fix them, then answer again."}]
+        update["revisions"] = revisions + 1
+        await ctx.step("revise", {"role": "analyst", "revision": revisions + 1})
+    return update
+
+
+async def finish(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    status = "failed" if state.get("status") == "failed" else "succeeded"
+    await ctx.step("finish", {"status": status, "error": state.get("error"), "steps": state.get("steps", 0)})
+    return {"status": status}
+
+
+def _after_act(state: AgentState) -> str:
+    if state.get("status") == "failed":
+        return "finish"
+    last = state["messages"][-1]
+    return "tools" if last.get("tool_calls") else "review"
+
+
+def _after_review(state: AgentState) -> str:
+    return "act" if state.get("status") != "failed" and state["reviews"][-1]["verdict"] == "revise" else "finish"
+
+
+def _after_plan(state: AgentState) -> str:
+    return "finish" if state.get("status") == "failed" else "act"
+
+
+def build_analysis_graph(checkpointer: Any = None):
+    """The compiled analysis graph; invoke it with ``context=AgentContext(...)``."""
+    graph = StateGraph(AgentState, context_schema=AgentContext)
+    for node in (setup, plan, act, tools, review, finish):
+        graph.add_node(node.__name__, node)
+    graph.add_edge(START, "setup")
+    graph.add_edge("setup", "plan")
+    graph.add_conditional_edges("plan", _after_plan, ["act", "finish"])
+    graph.add_conditional_edges("act", _after_act, ["tools", "review", "finish"])
+    graph.add_edge("tools", "act")
+    graph.add_conditional_edges("review", _after_review, ["act", "finish"])
+    graph.add_edge("finish", END)
+    return graph.compile(checkpointer=checkpointer)

@@ -1,0 +1,177 @@
+"""The reviewer: do the outputs support the answer?
+
+Two kinds of check, merged into one list of findings (severity, cell, reason,
+fix):
+
+- checks in code that need no model: numbers in the answer that no output
+  shows, a plot asked for but none made, an answer resting on a cell that
+  failed;
+- the ``reviewer`` model, given the task, the cells (code + trimmed outputs)
+  and the answer, replying in JSON.
+
+``review_work`` is what the other graphs call; ``build_review_graph`` wraps it
+as a graph of its own (``dsagent review``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import Any, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+
+from dsagent.graphs.state import BLOCKING, CellRecord, Finding
+
+__all__ = ["REVIEW_SYSTEM", "ReviewState", "build_review_graph", "check_outputs", "parse_review", "review_work"]
+
+REVIEW_SYSTEM = """You review a data analysis done in a Jupyter kernel. Check that the outputs support every claim \
+of the answer: numbers must appear in (or follow directly from) the outputs, plots must exist when the task asks \
+for them, rows must not be dropped silently, errors must not be ignored. Reply with JSON only:
+{"verdict": "accept" or "revise", "findings": [{"severity": "error"|"warning"|"info", "cell": <cell number or null>, \
+"reason": "...", "fix": "..."}]}
+Use severity "error" only for problems that make the answer wrong or unsupported."""
+
+_NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?%?")
+_PLOT_WORDS = re.compile(r"\b(plot|chart|graph|figure|histogram|visuali[sz]e|scatter|bar ?chart|line ?chart)", re.IGNORECASE)
+_CELLS_CHARS = 40_000  # of cell text the reviewer sees (the latest cells win)
+
+
+class ReviewState(TypedDict, total=False):
+    task: str
+    cells: list[CellRecord]
+    answer: str
+    verdict: str
+    findings: list[Finding]
+
+
+def _finding(severity: str, cell: int | None, reason: str, fix: str) -> Finding:
+    return Finding(severity=severity, cell=cell, reason=reason, fix=fix)  # type: ignore[typeddict-item]
+
+
+def _numbers(text: str) -> list[tuple[str, float, int, bool]]:
+    """(as written, value, decimals, is percent) for each number in ``text``."""
+    found = []
+    for match in _NUMBER.finditer(text):
+        raw = match.group(0)
+        percent = raw.endswith("%")
+        digits = raw.rstrip("%").replace(",", "")
+        try:
+            value = float(digits)
+        except ValueError:
+            continue
+        decimals = len(digits.split(".")[1]) if "." in digits else 0
+        found.append((raw, value, decimals, percent))
+    return found
+
+
+def _trivial(value: float, decimals: int, percent: bool) -> bool:
+    """Small counts, ordinals and years are not claims worth re-deriving."""
+    if percent or decimals:
+        return False
+    return 0 <= value <= 31 or 1900 <= value <= 2100
+
+
+def _supported(value: float, decimals: int, percent: bool, shown: Sequence[float]) -> bool:
+    """Some output shows ``value`` to the precision the answer wrote it (a percent may show as a share)."""
+    tolerance = 0.5 * 10 ** (-decimals) + 1e-9
+    return any(abs(y - value) <= tolerance or (percent and abs(y * 100 - value) <= tolerance) for y in shown)
+
+
+def check_outputs(task: str, cells: Sequence[CellRecord], answer: str) -> list[Finding]:
+    """The checks that need no model."""
+    findings: list[Finding] = []
+    code_cells = [c for c in cells if c.get("kind", "code") in ("code", "shell") and c.get("role") != "setup"]
+    if code_cells and code_cells[-1].get("status") != "ok":
+        last = code_cells[-1]
+        findings.append(_finding("error", last["cell"], f"the last cell failed ({last.get('status')}) and the answer came after it",
+                                 "fix the failing code and run it again before answering"))
+    if _PLOT_WORDS.search(task) and not any(a.get("kind") == "image" for c in cells for a in c.get("artifacts", [])):
+        findings.append(_finding("error", None, "the task asks for a plot but no cell produced an image",
+                                 "draw the plot with matplotlib and show it (plt.show())"))
+    shown_text = "\n".join(c.get("observation", "") for c in cells if c.get("status") == "ok")
+    shown = [value for _, value, _, _ in _numbers(shown_text)]
+    missing = [raw for raw, value, decimals, percent in _numbers(answer)
+               if not _trivial(value, decimals, percent) and not _supported(value, decimals, percent, shown)]
+    if missing:
+        listed = ", ".join(dict.fromkeys(missing))
+        findings.append(_finding("error", None, f"the answer states {listed}, which no output shows",
+                                 "print the values the answer relies on, then quote them from the output"))
+    return findings
+
+
+def parse_review(text: str) -> tuple[str, list[Finding]]:
+    """The reviewer's JSON (bare, or in a ```json block) as (verdict, findings); ValueError says what is wrong."""
+    match = re.search(r"\{.*\}", text, re.DOTALL)
+    if not match:
+        raise ValueError("the reply holds no JSON object")
+    try:
+        data = json.loads(match.group(0))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"the JSON does not parse: {exc.msg} at line {exc.lineno}") from None
+    verdict = data.get("verdict")
+    if verdict not in ("accept", "revise"):
+        raise ValueError('"verdict" must be "accept" or "revise"')
+    findings = []
+    for item in data.get("findings") or []:
+        if not isinstance(item, dict) or not item.get("reason"):
+            raise ValueError('each finding needs at least a "reason"')
+        severity = item.get("severity") if item.get("severity") in ("error", "warning", "info") else "warning"
+        cell = item.get("cell") if isinstance(item.get("cell"), int) else None
+        findings.append(_finding(severity, cell, str(item["reason"]), str(item.get("fix") or "")))
+    if verdict == "revise" and not any(f["severity"] in BLOCKING for f in findings):
+        findings.append(_finding("error", None, "the reviewer asked for a revision", "address the findings above"))
+    return verdict, findings
+
+
+def _cells_text(cells: Sequence[CellRecord]) -> str:
+    parts = []
+    for c in cells:
+        parts.append(f"--- cell {c['cell']} ({c.get('kind', 'code')}, {c.get('status')})\n{c.get('code', '')[:2000]}\n"
+                     f">>> {c.get('observation', '')[:2500]}")
+    text = "\n".join(parts)
+    return text if len(text) <= _CELLS_CHARS else "[earlier cells left out]\n" + text[-_CELLS_CHARS:]
+
+
+async def review_work(ctx: Any, task: str, cells: Sequence[CellRecord], answer: str) -> dict[str, Any]:
+    """Review one piece of work: ``{"verdict", "findings", "source"}``; ``ctx`` is an ``AgentContext``."""
+    findings = check_outputs(task, cells, answer)
+    checks = "\n".join(f"- [{f['severity']}] {f['reason']}" for f in findings) or "- none"
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": REVIEW_SYSTEM},
+        {"role": "user", "content": f"Task:\n{task}\n\nCells:\n{_cells_text(cells)}\n\nAnswer:\n{answer}\n\n"
+                                    f"Automatic checks found:\n{checks}"},
+    ]
+    verdict_of_model, source = "accept", "checks+reviewer"
+    for attempt in range(2):
+        reply = await ctx.llm.chat(messages, role="reviewer", on_event=ctx.on_llm_event)
+        try:
+            verdict_of_model, from_model = parse_review(reply.text)
+            findings.extend(from_model)
+            break
+        except ValueError as exc:
+            if attempt == 1:
+                findings.append(_finding("info", None, f"the reviewer's reply could not be read ({exc})", ""))
+                source = "checks"
+                break
+            messages += [{"role": "assistant", "content": reply.text},
+                         {"role": "user", "content": f"That reply is not usable: {exc}. Reply with the JSON object only."}]
+    verdict = "revise" if any(f["severity"] in BLOCKING for f in findings) else "accept"
+    return {"verdict": verdict, "findings": findings, "source": source, "model_verdict": verdict_of_model}
+
+
+def build_review_graph():
+    """A graph of one node that reviews ``task`` + ``cells`` + ``answer``; run it with an ``AgentContext``."""
+
+    async def review(state: ReviewState, runtime: Runtime[Any]) -> dict[str, Any]:
+        result = await review_work(runtime.context, state.get("task", ""), state.get("cells", []), state.get("answer", ""))
+        await runtime.context.step("review", {"verdict": result["verdict"], "findings": result["findings"]})
+        return {"verdict": result["verdict"], "findings": result["findings"]}
+
+    graph = StateGraph(ReviewState)
+    graph.add_node("review", review)
+    graph.add_edge(START, "review")
+    graph.add_edge("review", END)
+    return graph.compile()
