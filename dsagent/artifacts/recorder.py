@@ -159,8 +159,18 @@ class RunRecorder:
             flushing, self._flushing = self._flushing, None
             await flushing
 
-    async def record_cell(self, cell: int, execution: Execution, extra: Sequence[NewArtifact] = ()) -> list[Artifact]:
-        """Capture a finished cell and write its artifacts and events in one transaction."""
+    async def record_cell(
+        self,
+        cell: int,
+        execution: Execution,
+        extra: Sequence[NewArtifact] = (),
+        follow_up: Callable[[list[Artifact]], Sequence[tuple[str, dict[str, Any]]]] | None = None,
+    ) -> list[Artifact]:
+        """Capture a finished cell and write its artifacts and events in one transaction.
+
+        ``follow_up(added_artifacts)`` returns more events for the same transaction (an agent's
+        journal of the cell, which names the artifact ids): all of it is kept, or none.
+        """
         if self.capture is not None:
             captured = await self.capture.after_cell(execution, cell)
         else:
@@ -182,14 +192,16 @@ class RunRecorder:
             if self._first_error is None and execution.error is not None:
                 self._first_error = f"cell {cell}: {execution.error.ename}: {execution.error.evalue}"
         await self._settle_announcement()
-        added = await self._write(self._write_cell, captured, finished, self._take_pending())
+        added = await self._write(self._write_cell, captured, finished, self._take_pending(), follow_up)
         self.artifacts.extend(added)
         return added
 
-    def _write_cell(self, captured: CellCapture, finished: dict[str, Any], pending: list[tuple[str, dict[str, Any]]]) -> list[Artifact]:
+    def _write_cell(self, captured: CellCapture, finished: dict[str, Any], pending: list[tuple[str, dict[str, Any]]],
+                    follow_up: Callable[[list[Artifact]], Sequence[tuple[str, dict[str, Any]]]] | None) -> list[Artifact]:
         with self.store.transaction() as tx:
             added = tx.add_artifacts(self.run_id, captured.artifacts)
-            tx.append_events(self.run_id, [*pending, *captured.events, ("cell_finished", finished)])
+            more = list(follow_up(added)) if follow_up is not None else []
+            tx.append_events(self.run_id, [*pending, *captured.events, ("cell_finished", finished), *more])
         return added
 
     async def execute(

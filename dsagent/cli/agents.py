@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-__all__ = ["register", "StepPrinter"]
+__all__ = ["register", "StepPrinter", "terminal_approver"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,8 +18,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", help="kernel backend (default: the 'agent_backend' setting, sandbox)")
     p.add_argument("--model", help="model for every role (default: the llm_model settings)")
     p.add_argument("--max-steps", type=int, help="model turns before the run ends failed (default: agent_max_steps)")
+    p.add_argument("--approve", action="store_true", help="show each cell before it runs and wait for y (or a reason to refuse)")
     p.add_argument("--json", action="store_true", help="steps to stderr, then one JSON object: run_id, status, answer, artifacts, notebook")
     p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("resume", help="continue an agent run that stopped (crash, kill -9, Ctrl-C, endpoint down)")
+    p.add_argument("run", type=int, help="the run id (dsagent runs ls --kind agent)")
+    p.add_argument("--backend", help="kernel backend (default: the one the run used)")
+    p.add_argument("--approve", action="store_true", help="show each cell before it runs and wait for y (or a reason to refuse)")
+    p.add_argument("--json", action="store_true", help="steps to stderr, then one JSON object: run_id, status, answer, artifacts, notebook")
+    p.set_defaults(func=cmd_resume)
 
 
 class StepPrinter:
@@ -48,6 +56,10 @@ class StepPrinter:
         if kind == "review":
             problems = [f for f in p.get("findings", []) if f.get("severity") == "error"]
             return f"· review: {p.get('verdict')}" + "".join(f"\n    - {f.get('reason')}" for f in problems)
+        if kind == "resume":
+            return f"· resumed: {p.get('replayed_cells')} cell(s) replayed into a fresh kernel, {p.get('reused')} result(s) reused"
+        if kind == "approval":
+            return f"· {'approved' if p.get('approved') else 'refused'}: {p.get('tool')}" + (f" ({p['reason']})" if p.get("reason") else "")
         if kind == "revise":
             return f"· revising (revision {p.get('revision')})"
         if kind in ("llm_retry", "llm_fallback"):
@@ -56,10 +68,6 @@ class StepPrinter:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    import asyncio
-    import signal
-
-    from dsagent.cli import EXIT_CANCELLED, EXIT_CELL_ERROR, EXIT_OK
     from dsagent.graphs.context import Budget
     from dsagent.graphs.runner import execute_agent_run
     from dsagent.settings import Settings
@@ -68,18 +76,52 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if args.model:
         settings = settings.replace(llm_model=args.model, llm_model_planner="", llm_model_coder="", llm_model_reviewer="")
     steps = StepPrinter(sys.stderr if args.json else sys.stdout)
+    return _run_agent(args, lambda: execute_agent_run(args.question, args.data, backend=args.backend, settings=settings,
+                                                      budget=Budget.from_settings(settings, max_steps=args.max_steps), on_step=steps,
+                                                      approve=terminal_approver if args.approve else None))
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from dsagent.graphs.runner import resume_agent_run
+
+    steps = StepPrinter(sys.stderr if args.json else sys.stdout)
+    return _run_agent(args, lambda: resume_agent_run(args.run, backend=args.backend, on_step=steps,
+                                                     approve=terminal_approver if args.approve else None))
+
+
+async def terminal_approver(request: dict[str, Any]) -> dict[str, Any]:
+    """Shows the code a tool call would run (on stderr) and reads the answer from stdin."""
+    import asyncio
+
+    arguments = request.get("arguments", {})
+    shown = arguments.get("code") or arguments.get("command") or f"{arguments.get('path')}:\n{arguments.get('content', '')}"
+    print(f"\n--- the agent wants to {request.get('tool')}:\n{shown}\n---\nrun it? [y = yes; anything else = no, "
+          "and is told to the agent as the reason] ", end="", file=sys.stderr, flush=True)
+    line = await asyncio.to_thread(sys.stdin.readline)
+    answer = line.strip()
+    if answer.lower() in ("y", "yes"):
+        return {"approved": True}
+    return {"approved": False, "reason": answer or ("no answer (stdin closed)" if not line else "refused")}
+
+
+def _run_agent(args: argparse.Namespace, start: Any) -> int:
+    """Run the coroutine ``start()`` makes (SIGTERM cancels like Ctrl-C), then print the outcome."""
+    import asyncio
+    import signal
+
+    from dsagent.cli import EXIT_CANCELLED, EXIT_CELL_ERROR, EXIT_OK
 
     async def main() -> Any:
         task = asyncio.current_task()
         if task is not None:
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        return await execute_agent_run(args.question, args.data, backend=args.backend, settings=settings,
-                                       budget=Budget.from_settings(settings, max_steps=args.max_steps), on_step=steps)
+        return await start()
 
     try:
         outcome = asyncio.run(main())
     except (KeyboardInterrupt, asyncio.CancelledError):
-        print("cancelled: the run is marked cancelled and its partial notebook kept (dsagent runs ls)", file=sys.stderr)
+        print("cancelled: the run is marked cancelled and its partial notebook kept; `dsagent resume RUN` continues it",
+              file=sys.stderr)
         return EXIT_CANCELLED
     run = outcome.run
     artifacts = [{"id": a.id, "name": a.name, "kind": a.kind} for a in outcome.artifacts]
@@ -97,6 +139,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         print(f"run {run.id}: {run.status}" + (f": {run.error}" if run.error else ""))
     if run.status != "succeeded":
         if not args.json:
-            print(f"error: the agent run failed: {run.error}", file=sys.stderr)
+            print(f"error: the agent run failed: {run.error}\n  hint: `dsagent resume {run.id}` continues it after you fix the cause",
+                  file=sys.stderr)
         return EXIT_CELL_ERROR
     return EXIT_OK

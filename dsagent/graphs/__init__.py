@@ -1,1 +1,4 @@
-"""LangGraph agents: coding, analysis, review and team graphs (not built yet)."""
+"""LangGraph agents: the analysis agent with its tools, reviewer, notebook export and resume.
+
+``runner.execute_agent_run``/``dsagent.ask`` run one; ``docs/architecture.md`` ("Agents") maps the modules.
+"""

@@ -22,6 +22,7 @@ from typing import Any
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
+from langgraph.types import interrupt
 
 from dsagent.graphs.context import AgentContext
 from dsagent.graphs.export import parameters_code
@@ -33,6 +34,7 @@ from dsagent.graphs.tools import trim
 __all__ = ["ANALYST_SYSTEM", "PLANNER_SYSTEM", "build_analysis_graph", "profile_code"]
 
 ROLE = "planner"  # the analyst uses the planner/analyst model
+NEEDS_APPROVAL = frozenset({"run_code", "shell", "write_file"})  # with --approve: what runs code or changes files
 PROFILE_CHARS = 8_000
 
 PLANNER_SYSTEM = """You are a careful data analyst. Given a task and a profile of the datasets, write a short \
@@ -92,7 +94,7 @@ async def setup(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
 
 async def plan(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     ctx = runtime.context
-    reason = ctx.budget.exceeded(state, ctx.llm.usage.total.total_tokens)
+    reason = ctx.budget.exceeded(state, ctx.llm.usage.total.total_tokens, ctx.started_at)
     if reason:
         return {"status": "failed", "error": reason}
     messages = [{"role": "system", "content": PLANNER_SYSTEM},
@@ -109,7 +111,7 @@ async def plan(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
 
 async def act(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     ctx = runtime.context
-    reason = ctx.budget.exceeded(state, ctx.llm.usage.total.total_tokens)
+    reason = ctx.budget.exceeded(state, ctx.llm.usage.total.total_tokens, ctx.started_at)
     if reason:
         return {"status": "failed", "error": reason}
     reply = await ctx.llm.chat(state["messages"], role=ROLE, tools=ctx.toolbox.specs(), on_event=ctx.on_llm_event)
@@ -124,15 +126,35 @@ async def act(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, An
 
 
 async def tools(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    """Run the model's tool calls. With approval on, each call that runs code or writes waits for a
+    yes (a LangGraph interrupt); the node then runs again from the top, so numbering restarts where the
+    state ends and cells already finished are taken from the toolbox's record."""
     ctx = runtime.context
+    ctx.toolbox.rewind(max((c["cell"] for c in state.get("cells", [])), default=-1) + 1)
     last = state["messages"][-1]
     messages, cells = [], []
     for raw in last.get("tool_calls", []):
         call = ToolCall.parse(raw["id"], raw["function"]["name"], raw["function"]["arguments"] or "")
+        refusal = await _approval(ctx, call)
+        if refusal is not None:
+            messages.append(tool_message(call.id, refusal))
+            continue
         result = await ctx.toolbox.call(call, role="analyst")
         messages.append(tool_message(call.id, result.observation))
         cells.extend(result.cells)
     return {"messages": messages, "cells": cells}
+
+
+async def _approval(ctx: AgentContext, call: ToolCall) -> str | None:
+    """None when the call may run; else what the model is told."""
+    if not ctx.approve or call.name not in NEEDS_APPROVAL or not call.ok:
+        return None
+    decision = interrupt({"tool": call.name, "arguments": ctx.scrubber.value(call.arguments or {})})
+    approved, reason = (decision.get("approved"), decision.get("reason", "")) if isinstance(decision, dict) else (bool(decision), "")
+    await ctx.step("approval", {"tool": call.name, "approved": bool(approved), "reason": reason})
+    if approved:
+        return None
+    return f"the user did not allow this {call.name} call" + (f": {reason}" if reason else "") + "; do something else or answer"
 
 
 async def review(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:

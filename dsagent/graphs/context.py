@@ -18,9 +18,11 @@ from dsagent.graphs.state import AgentState
 from dsagent.graphs.tools import Toolbox
 from dsagent.settings import Settings
 
-__all__ = ["AgentContext", "Budget"]
+__all__ = ["AgentContext", "Approver", "Budget"]
 
 StepHook = Callable[[str, dict[str, Any]], None | Awaitable[None]]
+# gets {"tool", "arguments"}; returns True/False or {"approved": bool, "reason": str} (may be async)
+Approver = Callable[[dict[str, Any]], Any]
 
 
 @dataclass(frozen=True)
@@ -43,11 +45,12 @@ class Budget:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
-    def exceeded(self, state: AgentState, tokens_used: int) -> str | None:
-        """Why the run must stop now, or None."""
+    def exceeded(self, state: AgentState, tokens_used: int, started_at: float) -> str | None:
+        """Why the run must stop now, or None. Time and tokens count from ``started_at`` (this attempt: a
+        resumed run gets its budget of time and tokens again, not its steps)."""
         if state.get("steps", 0) >= self.max_steps:
             return f"budget exhausted: {self.max_steps} agent steps (agent_max_steps)"
-        elapsed = time.time() - state.get("started_at", time.time())
+        elapsed = time.time() - started_at
         if elapsed >= self.max_seconds:
             return f"budget exhausted: {self.max_seconds:g} s of wall time (agent_max_seconds)"
         if tokens_used >= self.max_tokens:
@@ -65,7 +68,8 @@ class AgentContext:
     scrubber: Scrubber
     budget: Budget = field(default_factory=Budget)
     on_step: StepHook | None = None
-    stream_tokens: bool = False
+    started_at: float = field(default_factory=time.time)  # this attempt (a resumed run starts a new one)
+    approve: "Approver | None" = None  # asked before each code execution when set (--approve)
 
     async def step(self, kind: str, payload: dict[str, Any], *, defer: bool = False) -> None:
         """One visible step: an event in the store (the dashboard follows these) and the caller's hook.

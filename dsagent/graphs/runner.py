@@ -29,10 +29,10 @@ from dsagent.workspace import Workspace
 if TYPE_CHECKING:
     from dsagent.artifacts.models import Artifact, Run
     from dsagent.artifacts.store import Store
-    from dsagent.graphs.context import Budget, StepHook
+    from dsagent.graphs.context import Approver, Budget, StepHook
     from dsagent.kernel_gateway.base import KernelBackend
 
-__all__ = ["AgentOutcome", "ask", "execute_agent_run", "open_checkpointer"]
+__all__ = ["AgentOutcome", "ask", "execute_agent_run", "open_checkpointer", "resume_agent_run"]
 
 GRAPHS = ("analysis",)
 
@@ -75,50 +75,156 @@ async def execute_agent_run(
     store: "Store | None" = None,
     budget: "Budget | None" = None,
     on_step: "StepHook | None" = None,
+    approve: "Approver | None" = None,
 ) -> AgentOutcome:
     """Run ``graph`` on ``task`` as a recorded agent run; the outcome with answer, artifacts and notebook path."""
-    from dsagent.artifacts.recorder import RunRecorder
-    from dsagent.graphs.context import AgentContext, Budget
-    from dsagent.graphs.llm import LLMClient
-    from dsagent.graphs.secrets import Scrubber, secret_values
-    from dsagent.kernel_gateway.base import KernelBackend
-    from dsagent.kernel_gateway.registry import get_backend
-
     if not task.strip():
         raise AgentError("the task is empty", hint="say what the agent should find out or build", reason="no_task")
     if graph not in GRAPHS:
         raise AgentError(f"there is no agent graph {graph!r}", hint=f"use one of: {', '.join(GRAPHS)}", reason="no_graph")
     settings = settings or Settings()
     datasets = _datasets(data)
-    llm = LLMClient(settings)  # fails here, before any run exists, when no endpoint/key is configured
-    kernels = backend if isinstance(backend, KernelBackend) else get_backend(backend or settings.agent_backend, settings, pool_size=0)
-    own_store = store is None
-    if store is None:
-        store = await asyncio.to_thread(_open_store, settings)
-    scrubber = Scrubber()
-    try:
-        session = await kernels.start_session()
-        try:
-            params = {"task": task, "graph": graph, "data": [d["source"] for d in datasets]}
-            async with RunRecorder(store, "agent", title=task[:200], params=params, backend=kernels.name) as recorder:
-                await _prepare_kernel(session, datasets, list(secret_values()))
-                await recorder.attach(session)
-                from dsagent.graphs.export import parameters_code
-                from dsagent.graphs.tools import Toolbox
+    attempt = _Attempt(task, graph, datasets, settings, budget, on_step, approve)
+    return await attempt.run(backend, store, run_id=None)
 
-                toolbox = Toolbox(session, recorder, scrubber=scrubber, cell_timeout=settings.agent_cell_timeout,
-                                  setup_code=parameters_code(datasets, task, use_source=False), on_step=on_step)
-                context = AgentContext(llm=llm, toolbox=toolbox, recorder=recorder, scrubber=scrubber,
-                                       budget=budget or Budget.from_settings(settings), on_step=on_step)
-                return await _run_graph(graph, task, datasets, context, settings, recorder)
-        finally:
-            await asyncio.shield(session.shutdown())
+
+async def resume_agent_run(
+    run_id: int,
+    *,
+    backend: "str | KernelBackend | None" = None,
+    settings: Settings | None = None,
+    store: "Store | None" = None,
+    budget: "Budget | None" = None,
+    on_step: "StepHook | None" = None,
+    approve: "Approver | None" = None,
+) -> AgentOutcome:
+    """Continue an agent run that stopped (crash, kill -9, Ctrl-C, an endpoint that went away).
+
+    A fresh kernel gets the data again and replays the cells the run finished (rebuilding
+    its state), then the graph continues from its last checkpoint; a cell finished after
+    that checkpoint is not run again, its journaled result is used.
+    """
+    settings = settings or Settings()
+    own_store = store is None
+    store = store or await asyncio.to_thread(_open_store, settings)  # opening reaps runs whose process is gone
+    try:
+        run = await asyncio.to_thread(store.get_run, run_id)
+        if run.kind != "agent":
+            raise AgentError(f"run {run_id} is a {run.kind} run, not an agent run", hint="`dsagent runs ls --kind agent` lists agent runs",
+                             reason="not_agent")
+        if run.status == "succeeded":
+            raise AgentError(f"run {run_id} already succeeded; nothing to resume", hint="`dsagent runs show` shows it", reason="done")
+        if run.status in ("running", "queued"):
+            raise AgentError(f"run {run_id} is {run.status} in process {run.owner_pid} on {run.owner_host}",
+                             hint="wait for it, or stop that process first (a killed process's run is marked failed at the next open)",
+                             reason="busy")
+        params = run.params
+        datasets = _datasets(params.get("data", []))
+        attempt = _Attempt(params["task"], params.get("graph", "analysis"), datasets, settings, budget, on_step, approve)
+        return await attempt.run(backend or run.backend, store, run_id=run_id)
     finally:
-        await llm.aclose()
         if own_store:
             store.close()
-        if not isinstance(backend, KernelBackend):
-            await kernels.aclose()
+
+
+class _Attempt:
+    """One process's go at an agent run: a new run, or a resumed one."""
+
+    def __init__(self, task: str, graph: str, datasets: list[dict[str, str]], settings: Settings, budget: "Budget | None",
+                 on_step: "StepHook | None", approve: "Approver | None" = None) -> None:
+        self.task, self.graph, self.datasets, self.settings = task, graph, datasets, settings
+        self.budget, self.on_step, self.approve = budget, on_step, approve
+
+    async def run(self, backend: "str | KernelBackend | None", store: "Store | None", *, run_id: int | None) -> AgentOutcome:
+        from dsagent.graphs.llm import LLMClient
+        from dsagent.kernel_gateway.base import KernelBackend
+        from dsagent.kernel_gateway.registry import get_backend
+
+        settings = self.settings
+        llm = LLMClient(settings)  # fails here, before any run exists, when no endpoint/key is configured
+        kernels = backend if isinstance(backend, KernelBackend) else get_backend(backend or settings.agent_backend, settings, pool_size=0)
+        own_store = store is None
+        if store is None:
+            store = await asyncio.to_thread(_open_store, settings)
+        try:
+            session = await kernels.start_session()
+            try:
+                return await self._recorded(llm, kernels.name, session, store, run_id)
+            finally:
+                await asyncio.shield(session.shutdown())
+        finally:
+            await llm.aclose()
+            if own_store:
+                store.close()
+            if not isinstance(backend, KernelBackend):
+                await kernels.aclose()
+
+    async def _recorded(self, llm: Any, backend_name: str, session: Any, store: "Store", run_id: int | None) -> AgentOutcome:
+        from dsagent.artifacts.recorder import RunRecorder
+        from dsagent.graphs.context import AgentContext, Budget
+        from dsagent.graphs.export import parameters_code
+        from dsagent.graphs.secrets import Scrubber, secret_values
+        from dsagent.graphs.tools import Toolbox
+
+        params = {"task": self.task, "graph": self.graph, "data": [d["source"] for d in self.datasets]}
+        recorder = RunRecorder(store, "agent", title=self.task[:200], params=params, backend=backend_name, run_id=run_id)
+        workspace = Workspace.from_settings(self.settings).ensure()
+        async with recorder, open_checkpointer(workspace.checkpoints_path) as saver:
+            await _prepare_kernel(session, self.datasets, list(secret_values()))
+            app = _build(self.graph, saver)
+            config = {"configurable": {"thread_id": str(recorder.run_id)},
+                      "recursion_limit": 4 * (self.budget or Budget.from_settings(self.settings)).max_steps + 20}
+            recorded: dict[int, Any] = {}
+            next_cell = 0
+            graph_input: dict[str, Any] | None = {"task": self.task, "datasets": self.datasets, "started_at": time.time()}
+            if run_id is not None:
+                graph_input, recorded, next_cell = await self._replay(app, config, session, store, recorder)
+            await recorder.attach(session)  # after the replay: files it re-creates are not new artifacts
+            scrubber = Scrubber()
+            toolbox = Toolbox(session, recorder, scrubber=scrubber, cell_timeout=self.settings.agent_cell_timeout,
+                              setup_code=parameters_code(self.datasets, self.task, use_source=False), on_step=self.on_step,
+                              next_cell=next_cell, recorded=recorded)
+            context = AgentContext(llm=llm, toolbox=toolbox, recorder=recorder, scrubber=scrubber,
+                                   budget=self.budget or Budget.from_settings(self.settings), on_step=self.on_step,
+                                   approve=self.approve)
+            return await _drive(app, graph_input, config, context, workspace)
+
+    async def _replay(self, app: Any, config: dict[str, Any], session: Any, store: "Store", recorder: Any) -> tuple[Any, dict[int, Any], int]:
+        """Rebuild the kernel state of a stopped run; (graph input, journaled cells past the checkpoint, next cell number)."""
+        snapshot = await app.aget_state(config)
+        events = await asyncio.to_thread(store.events, recorder.run_id)
+        journal = {e.payload["cell"]: e.payload for e in events if e.type == "agent_cell"}
+        checkpointed = list(snapshot.values.get("cells", [])) if snapshot.values else []
+        known = {c["cell"] for c in checkpointed}
+        after_checkpoint = {n: c for n, c in journal.items() if n not in known}
+        replay = sorted([*checkpointed, *after_checkpoint.values()], key=lambda c: c["cell"])
+        replayed = 0
+        for cell in replay:
+            if cell.get("status") != "ok":
+                continue
+            result = await session.execute(cell["code"], timeout=self.settings.agent_cell_timeout)
+            replayed += 1
+            if result.status != "ok":
+                await recorder.event("agent_replay_failed", {"cell": cell["cell"], "status": result.status,
+                                                             "error": result.error.evalue if result.error else None})
+        next_cell = max(known, default=-1) + 1
+        await recorder.event("agent_resume", {"checkpoint": bool(snapshot.values), "replayed_cells": replayed,
+                                              "journaled_after_checkpoint": sorted(after_checkpoint),
+                                              "next": list(snapshot.next) if snapshot.values else ["setup"]})
+        from dsagent.kernel_gateway.base import run_hook
+
+        await run_hook(self.on_step, "resume", {"replayed_cells": replayed, "reused": len(after_checkpoint)})
+        if not snapshot.values:  # it stopped before the first checkpoint: start the graph over, reusing journaled cells
+            return {"task": self.task, "datasets": self.datasets, "started_at": time.time()}, after_checkpoint, 0
+        # the nodes after the checkpoint run again and number their cells as they did the first time;
+        # a cell whose number and code match a journaled one is taken from the journal
+        return None, after_checkpoint, next_cell
+
+
+def _build(graph: str, saver: Any) -> Any:
+    from dsagent.graphs.analysis import build_analysis_graph
+
+    return build_analysis_graph(saver)
 
 
 async def _prepare_kernel(session: Any, datasets: list[dict[str, str]], secret_names: list[str]) -> None:
@@ -134,9 +240,9 @@ async def _prepare_kernel(session: Any, datasets: list[dict[str, str]], secret_n
 async def open_checkpointer(path: Path) -> AsyncIterator[Any]:
     """LangGraph's SQLite checkpointer on the workspace's checkpoints file.
 
-    It runs SQLite in WAL mode; ``synchronous=NORMAL`` drops the fsync per commit
-    (a checkpoint still survives a killed process, just not a power cut), which
-    took ~20 ms of each agent step here.
+    SQLite in WAL mode with ``synchronous=NORMAL``: no fsync per commit; a
+    checkpoint survives a killed process, not a power cut (the store, which
+    holds the run's record, keeps its own guarantees).
     """
     import aiosqlite
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
@@ -147,26 +253,30 @@ async def open_checkpointer(path: Path) -> AsyncIterator[Any]:
         yield AsyncSqliteSaver(conn)
 
 
-async def _run_graph(graph: str, task: str, datasets: list[dict[str, str]], context: Any, settings: Settings, recorder: Any) -> AgentOutcome:
-    from dsagent.graphs.analysis import build_analysis_graph
+async def _drive(app: Any, graph_input: dict[str, Any] | None, config: dict[str, Any], context: Any, workspace: Workspace) -> AgentOutcome:
+    """Run (or continue, with ``graph_input=None``) the graph; keep the notebook; set the run's final status."""
+    recorder = context.recorder
+    state: dict[str, Any] = {}
+    try:
+        # checkpoints are written while the next step runs; resume finds a cell finished after
+        # the last checkpoint in the store's journal (agent_cell events)
+        state = await app.ainvoke(graph_input, config=config, context=context, durability="async")
+        while "__interrupt__" in state:  # --approve: a tool call waits for a yes
+            from langgraph.types import Command
 
-    workspace = Workspace.from_settings(settings).ensure()
-    config = {"configurable": {"thread_id": str(recorder.run_id)}, "recursion_limit": 4 * context.budget.max_steps + 20}
-    async with open_checkpointer(workspace.checkpoints_path) as saver:
-        app = build_analysis_graph(saver)
-        state: dict[str, Any] = {}
-        try:
-            state = await app.ainvoke({"task": task, "datasets": datasets, "started_at": time.time()}, config=config, context=context,
-                                     durability="async")
-        except (LLMUnavailable, LLMRequestError) as exc:
-            state = dict((await app.aget_state(config)).values)
-            state.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-            await context.step("finish", {"status": "failed", "error": state["error"]})
-        except BaseException:
-            state = dict((await asyncio.shield(app.aget_state(config))).values)
-            await asyncio.shield(_keep_notebook(state, context, workspace))
-            raise
-        path, artifacts = await _keep_notebook(state, context, workspace)
+            answer = context.approve(state["__interrupt__"][0].value)
+            if asyncio.iscoroutine(answer):
+                answer = await answer
+            state = await app.ainvoke(Command(resume=answer), config=config, context=context, durability="async")
+    except (LLMUnavailable, LLMRequestError) as exc:
+        state = dict((await app.aget_state(config)).values)
+        state.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        await context.step("finish", {"status": "failed", "error": state["error"]})
+    except BaseException:
+        state = dict((await asyncio.shield(app.aget_state(config))).values)
+        await asyncio.shield(_keep_notebook(state, context, workspace))
+        raise
+    path, _ = await _keep_notebook(state, context, workspace)
     await recorder.event("llm_usage", context.llm.usage.to_dict())
     status = "succeeded" if state.get("status") == "succeeded" else "failed"
     run = await recorder.finish(status, error=state.get("error") if status == "failed" else None)

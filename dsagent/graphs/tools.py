@@ -124,6 +124,7 @@ class Toolbox:
         next_cell: int = 0,
         setup_code: str = "",
         on_step: StepHook | None = None,
+        recorded: Mapping[int, CellRecord] | None = None,
     ) -> None:
         self.session = session
         self.recorder = recorder
@@ -132,6 +133,8 @@ class Toolbox:
         self.next_cell = next_cell
         self.setup_code = setup_code  # re-run after a kernel death, so `data` etc. exist again
         self.on_step = on_step
+        self.recorded = dict(recorded or {})  # cells finished earlier that a re-run node may ask for again, by number
+        self.finished: dict[int, CellRecord] = dict(self.recorded)  # every cell this run has finished, by number
 
     @staticmethod
     def specs() -> list[dict[str, Any]]:
@@ -224,27 +227,47 @@ class Toolbox:
             return ToolResult(f"error: cannot write {path!r}: {exc}", ok=False)
         cell_no = self._take_cell()
         shown = f"%%writefile {path}\n{self.scrubber.text(content)}"
-        await self.recorder.cell_started(cell_no, shown)
+        reused = self._reuse(cell_no, shown)
+        if reused is not None:
+            return ToolResult(reused["observation"], [reused])
+        await self.recorder.cell_started(cell_no, shown, announce_after=ANNOUNCE_AFTER)
         execution = Execution(code=shown, outputs=[{"output_type": "stream", "name": "stdout", "text": f"Writing {path}\n"}])
-        added = await self.recorder.record_cell(cell_no, execution)
         observation = f"wrote {len(content.encode('utf-8'))} bytes to {path}"
-        cell = CellRecord(cell=cell_no, kind="file", code=shown, status="ok", outputs=execution.outputs, execution_count=None,
-                          artifacts=[_ref(a) for a in added], observation=observation, role=role)
+
+        def record(added: list[Any]) -> CellRecord:
+            return CellRecord(cell=cell_no, kind="file", code=shown, status="ok", outputs=execution.outputs, execution_count=None,
+                              artifacts=[_ref(a) for a in added], observation=observation, role=role)
+
+        cell = await self._record(cell_no, execution, record)
         return ToolResult(observation, [cell])
 
     # -- cells ------------------------------------------------------------
+
+    def rewind(self, next_cell: int) -> None:
+        """A node starts (or starts again, after an interrupt or a resume) with ``next_cell`` as its first
+        number: cells it already finished under the same numbers are taken from the record, not re-run."""
+        self.next_cell = next_cell
+        self.recorded = {n: c for n, c in self.finished.items() if n >= next_cell}
 
     def _take_cell(self) -> int:
         cell, self.next_cell = self.next_cell, self.next_cell + 1
         return cell
 
     async def run_cell(self, code: str, *, role: str, kind: str = "code", timeout: float | None = None) -> CellRecord:
-        """Execute ``code`` as the run's next cell: recorded, captured, scrubbed, summarized for the model."""
+        """Execute ``code`` as the run's next cell: recorded, captured, scrubbed, summarized for the model.
+
+        On a resumed run, a cell this run already finished (same number, same code) is not run
+        again: its journaled record is returned (the kernel state was rebuilt by replay).
+        """
         cell_no = self._take_cell()
-        await self.recorder.cell_started(cell_no, self.scrubber.text(code), announce_after=ANNOUNCE_AFTER)
+        shown_code = self.scrubber.text(code)
+        reused = self._reuse(cell_no, shown_code)
+        if reused is not None:
+            return reused
+        await self.recorder.cell_started(cell_no, shown_code, announce_after=ANNOUNCE_AFTER)
         timeout = timeout or self.cell_timeout
         raw = await self.session.execute(code, timeout=timeout)
-        execution = dataclasses.replace(raw, code=self.scrubber.text(code), outputs=self.scrubber.outputs(raw.outputs))
+        execution = dataclasses.replace(raw, code=shown_code, outputs=self.scrubber.outputs(raw.outputs))
         if execution.error is not None:
             execution.error = dataclasses.replace(
                 execution.error, evalue=self.scrubber.text(execution.error.evalue), traceback=self.scrubber.value(execution.error.traceback)
@@ -253,13 +276,35 @@ class Toolbox:
         shown, cut = trim(text)
         extra = [NewArtifact(f"cell-{cell_no}-output.txt", "text", "text/plain", text.encode("utf-8"), cell=cell_no,
                              metadata={"reason": "full output of a cell the model saw trimmed"})] if cut else []
-        added = await self.recorder.record_cell(cell_no, execution, extra=extra)
-        refs = [_ref(a) for a in added]
-        observation = self._observation(cell_no, execution, shown, refs, timeout)
+
+        def record(added: list[Any]) -> CellRecord:
+            refs = [_ref(a) for a in added]
+            return CellRecord(cell=cell_no, kind=kind, code=execution.code, status=execution.status, outputs=execution.outputs,
+                              execution_count=execution.execution_count, artifacts=refs,
+                              observation=self._observation(cell_no, execution, shown, refs, timeout), role=role)
+
+        cell = await self._record(cell_no, execution, record, extra)
         if execution.status == "died":
-            observation += await self._recover()
-        return CellRecord(cell=cell_no, kind=kind, code=execution.code, status=execution.status, outputs=execution.outputs,
-                          execution_count=execution.execution_count, artifacts=refs, observation=observation, role=role)
+            cell["observation"] += await self._recover()
+        return cell
+
+    async def _record(self, cell_no: int, execution: Execution, record: Any, extra: list[NewArtifact] | None = None) -> CellRecord:
+        """Record the cell; its journal entry (``agent_cell``) goes in the same transaction."""
+        built: list[CellRecord] = []
+
+        def journal(added: list[Any]) -> list[tuple[str, dict[str, Any]]]:
+            built.append(record(added))
+            self.finished[cell_no] = built[0]
+            return [("agent_cell", dict(built[0]))]
+
+        await self.recorder.record_cell(cell_no, execution, extra=extra or [], follow_up=journal)
+        return built[0]
+
+    def _reuse(self, cell_no: int, code: str) -> CellRecord | None:
+        recorded = self.recorded.pop(cell_no, None)
+        if recorded is None or recorded.get("code") != code:
+            return None
+        return recorded
 
     def _observation(self, cell: int, execution: Execution, shown: str, refs: list[dict[str, Any]], timeout: float) -> str:
         head = {

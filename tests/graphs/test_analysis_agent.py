@@ -204,3 +204,48 @@ def test_cli_ask_endpoint_down_fails_with_a_clear_error(csv, workspace_home):
     assert SECRET not in done.stdout + done.stderr
     done = dsagent_cli("ask", "Mean of x", "--data", "/no/such.csv", env=env)
     assert done.returncode == 2 and "data file '/no/such.csv' does not exist" in done.stderr
+
+
+async def test_approve_runs_what_was_allowed_and_tells_the_model_what_was_not(csv, settings, tmp_path):
+    asked = []
+
+    def approver(request):
+        asked.append(request)
+        return {"approved": "allowed" in request["arguments"]["code"], "reason": "not that one"}
+
+    script = [
+        Reply("1. two cells"),
+        Reply(tool_calls=[ToolCall("run_code", {"code": "print('allowed 1')"}), ToolCall("run_code", {"code": "print('denied')"}),
+                          ToolCall("run_code", {"code": "print('allowed 2')"})]),
+        Reply("Done."),
+        ACCEPT,
+    ]
+    with LLMServer(script) as llm:
+        outcome = await execute_agent_run("Two cells", [csv], settings=settings.replace(llm_base_url=llm.base_url), approve=approver)
+        told = [m["content"] for m in llm.requests[2].messages if m["role"] == "tool"]
+    assert [a["arguments"]["code"] for a in asked] == ["print('allowed 1')", "print('denied')", "print('allowed 2')"]
+    assert "allowed 1" in told[0] and "the user did not allow this run_code call: not that one" in told[1] and "allowed 2" in told[2]
+    with Store.open(settings=settings) as store:
+        started = [e.payload["code"] for e in store.events(outcome.run.id) if e.type == "cell_started"]
+    # each approved cell ran once, although the node ran again after each answer; the refused one never ran
+    assert started.count("print('allowed 1')") == 1 and started.count("print('allowed 2')") == 1 and "print('denied')" not in started
+    assert outcome.run.status == "succeeded"
+
+
+def test_cli_approve_reads_the_answers_from_stdin(csv, workspace_home):
+    script = [
+        Reply("1."),
+        Reply(tool_calls=[ToolCall("run_code", {"code": "print('first')"})]),
+        Reply(tool_calls=[ToolCall("run_code", {"code": "print('second')"})]),
+        Reply("Done."),
+        ACCEPT,
+    ]
+    with LLMServer(script) as llm:
+        env = {**os.environ, "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": SECRET, "DSAGENT_HOME": str(workspace_home),
+               "DSAGENT_AGENT_BACKEND": "local"}
+        done = subprocess.run([sys.executable, "-m", "dsagent", "ask", "two", "--data", str(csv), "--approve", "--json"], env=env,
+                              input="y\nno thanks\n", capture_output=True, text=True, timeout=180)
+        told = [m["content"] for m in llm.requests[3].messages if m["role"] == "tool"]
+    assert done.returncode == 0, done.stderr
+    assert "the agent wants to run_code:\nprint('first')" in done.stderr and "· refused: run_code (no thanks)" in done.stderr
+    assert "first" in told[0] and "did not allow this run_code call: no thanks" in told[1]
