@@ -67,6 +67,9 @@ def _kill_sync(km: AsyncKernelManager) -> None:
             process.wait(timeout=5)
         except Exception:  # pragma: no cover - the kernel is killed either way
             pass
+    give_back = getattr(km, "_give_back", None)  # a sandbox returns a lent work dir to its owner
+    if give_back is not None:
+        give_back()
     try:
         km.cleanup_connection_file()
     except Exception:

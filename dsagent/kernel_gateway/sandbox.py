@@ -250,13 +250,39 @@ class _SandboxKernelManager(AsyncKernelManager):
         self._hand_over(work_dir)
         await super()._async_launch_kernel(self.policy.command(kernel_cmd, work_dir, [self.runtime_dir]), **kw)
 
+    async def _async_shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
+        try:
+            await super()._async_shutdown_kernel(now=now, restart=restart)
+        finally:
+            self._give_back()
+
+    shutdown_kernel = _async_shutdown_kernel  # the base class binds its own function to this name
+
     def _hand_over(self, work_dir: Path) -> None:
-        """Make the work dir, the IPC folder and the connection file usable by the dropped uid."""
+        """Make the work dir, the IPC folder and the connection file usable by the dropped uid.
+
+        A work dir the user chose (a notebook's folder, papermill's cwd) is only lent: its owner
+        is noted and given back when the kernel shuts down (files the kernel made stay its own).
+        """
         if self.policy.drop_to is None:
             return
         uid, gid = self.policy.drop_to
+        info = work_dir.stat()
+        if (info.st_uid, info.st_gid) != (uid, gid) and not hasattr(self, "_lent"):
+            self._lent = (work_dir, info.st_uid, info.st_gid)
         for path in (work_dir, self.runtime_dir, Path(self.connection_file)):
             os.chown(path, uid, gid)
+
+    def _give_back(self) -> None:
+        lent = getattr(self, "_lent", None)
+        if lent is None:
+            return
+        path, uid, gid = lent
+        del self._lent
+        try:
+            os.chown(path, uid, gid)
+        except OSError:  # gone with its session folder
+            pass
 
 
 class SandboxBackend(LocalBackend):

@@ -374,3 +374,21 @@ def test_unprivileged_mode_isolates_too(request, monkeypatch):
     assert int(lines[1]) < 10, "host processes are visible"
     assert lines[2:5] == ["usr-read-only", "work-writable", "no-shadow"]
     assert int(lines[5]) == 3, "only the loopback interface (2 header lines + lo)"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the work dir is only handed to another uid when dsagent runs as root")
+async def test_a_users_work_dir_is_lent_to_the_sandbox_uid_and_given_back(tmp_path):
+    from dsagent.kernel_gateway.sandbox import SandboxBackend
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    before = folder.stat()
+    async with SandboxBackend(pool_size=0) as backend:
+        session = await backend.start_session(work_dir=folder)
+        result = await session.execute("open('made.txt', 'w').write('x')")
+        assert result.status == "ok", result.error
+        assert folder.stat().st_uid == backend.policy.drop_to[0]
+        await session.shutdown()
+    after = folder.stat()
+    assert (after.st_uid, after.st_gid) == (before.st_uid, before.st_gid)
+    assert (folder / "made.txt").read_text() == "x"
