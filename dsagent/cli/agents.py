@@ -18,9 +18,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", help="kernel backend (default: the 'agent_backend' setting, sandbox)")
     p.add_argument("--model", help="model for every role (default: the llm_model settings)")
     p.add_argument("--max-steps", type=int, help="model turns before the run ends failed (default: agent_max_steps)")
+    p.add_argument("--team", action="store_true", help="let the team's lead give the task to the analyst or the coder")
     p.add_argument("--approve", action="store_true", help="show each cell before it runs and wait for y (or a reason to refuse)")
     p.add_argument("--json", action="store_true", help="steps to stderr, then one JSON object: run_id, status, answer, artifacts, notebook")
-    p.set_defaults(func=cmd_ask)
+    p.set_defaults(func=cmd_ask, graph="analysis")
+
+    p = sub.add_parser("code", help="ask the coding agent to write and test code in a work dir")
+    p.add_argument("question", metavar="TASK", help="what to build, in plain words")
+    p.add_argument("--data", nargs="+", default=[], metavar="FILE", help="input files it may use (`data`, `data_2`, ... in the code)")
+    p.add_argument("--backend", help="kernel backend (default: the 'agent_backend' setting, sandbox)")
+    p.add_argument("--model", help="model for every role (default: the llm_model settings)")
+    p.add_argument("--max-steps", type=int, help="model turns before the run ends failed (default: agent_max_steps)")
+    p.add_argument("--approve", action="store_true", help="show each cell before it runs and wait for y (or a reason to refuse)")
+    p.add_argument("--json", action="store_true", help="steps to stderr, then one JSON object: run_id, status, answer, artifacts, notebook")
+    p.set_defaults(func=cmd_ask, graph="coding", team=False)
+
+    p = sub.add_parser("review", help="review a notebook or an agent run: do its outputs support its claims? (nothing is executed)")
+    p.add_argument("target", help="a .ipynb file, or a run id")
+    p.add_argument("--task", help="what the notebook was meant to answer (default: its '# Task' cell)")
+    p.add_argument("--json", action="store_true", help="one JSON object: verdict, findings")
+    p.set_defaults(func=cmd_review)
+
+    p = sub.add_parser("eval", help="score the analysis agent on a benchmark (dabench: InfiAgent-DABench's closed-form format)")
+    p.add_argument("benchmark", choices=["dabench"])
+    p.add_argument("--questions", required=True, metavar="Q.jsonl", help="the questions (id, question, constraints, format, file_name, level)")
+    p.add_argument("--labels", required=True, metavar="L.jsonl", help="the answers (id, common_answers: [[name, value], ...])")
+    p.add_argument("--tables", required=True, metavar="DIR", help="the folder of the questions' tables")
+    p.add_argument("--limit", type=int, help="only the first N questions")
+    p.add_argument("--concurrency", type=int, default=1, help="questions at a time (default 1)")
+    p.add_argument("--backend", help="kernel backend (default: the 'agent_backend' setting, sandbox)")
+    p.add_argument("-o", "--output", help="write the report (JSON) here too")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("resume", help="continue an agent run that stopped (crash, kill -9, Ctrl-C, endpoint down)")
     p.add_argument("run", type=int, help="the run id (dsagent runs ls --kind agent)")
@@ -56,6 +85,8 @@ class StepPrinter:
         if kind == "review":
             problems = [f for f in p.get("findings", []) if f.get("severity") == "error"]
             return f"· review: {p.get('verdict')}" + "".join(f"\n    - {f.get('reason')}" for f in problems)
+        if kind == "delegate":
+            return f"· the lead gives the task to the {p.get('to')}: {p.get('reason')}"
         if kind == "resume":
             return f"· resumed: {p.get('replayed_cells')} cell(s) replayed into a fresh kernel, {p.get('reused')} result(s) reused"
         if kind == "approval":
@@ -76,9 +107,68 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if args.model:
         settings = settings.replace(llm_model=args.model, llm_model_planner="", llm_model_coder="", llm_model_reviewer="")
     steps = StepPrinter(sys.stderr if args.json else sys.stdout)
-    return _run_agent(args, lambda: execute_agent_run(args.question, args.data, backend=args.backend, settings=settings,
+    graph = "team" if args.team else args.graph
+    return _run_agent(args, lambda: execute_agent_run(args.question, args.data, graph=graph, backend=args.backend, settings=settings,
                                                       budget=Budget.from_settings(settings, max_steps=args.max_steps), on_step=steps,
                                                       approve=terminal_approver if args.approve else None))
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from dsagent.cli import EXIT_CELL_ERROR, EXIT_OK
+    from dsagent.graphs.llm import LLMClient
+    from dsagent.graphs.review_notebook import load_notebook, review_notebook
+    from dsagent.settings import Settings
+
+    settings = Settings()
+    nb, what = load_notebook(args.target, settings)
+
+    async def main() -> Any:
+        async with LLMClient(settings) as llm:
+            return await review_notebook(nb, llm, task=args.task)
+
+    review = asyncio.run(main())
+    if args.json:
+        print(json.dumps({"target": what, "verdict": review.verdict, "findings": review.findings, "source": review.source}))
+    else:
+        print(f"{what}: {review.verdict}")
+        for f in review.findings:
+            where = f"cell {f['cell']}" if f.get("cell") is not None else "claims"
+            print(f"  [{f['severity']}] {where}: {f['reason']}" + (f"\n      fix: {f['fix']}" if f.get("fix") else ""))
+        if not review.findings:
+            print("  no findings")
+    return EXIT_OK if review.verdict == "accept" else EXIT_CELL_ERROR
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import asyncio
+    from pathlib import Path
+
+    from dsagent.graphs.evaluation import load_questions, run_dabench
+
+    tables = Path(args.tables)
+    questions = load_questions(Path(args.questions), Path(args.labels), tables, args.limit)
+    total = len(questions)
+    done: list[int] = []
+
+    def progress(row: dict[str, Any]) -> None:
+        done.append(1)
+        mark = "correct" if row["correct"] else "wrong"
+        print(f"[{len(done)}/{total}] question {row['id']}: {mark} (run {row['run_id']}, {row['status']})", file=sys.stderr, flush=True)
+
+    report = asyncio.run(run_dabench(questions, tables, backend=args.backend, concurrency=args.concurrency, on_result=progress))
+    text = json.dumps(report, indent=2)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"accuracy: {report['accuracy_by_question']:.1%} of {report['questions']} questions, "
+              f"{report['accuracy_by_sub_answer']:.1%} of sub-answers"
+              + "".join(f"; {level} {acc:.1%}" for level, acc in report["by_level"].items()))
+        print(f"batch run {report['batch_run_id']} (its children are the agent runs; report artifact dabench-report.json)")
+    return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Kernel commands: ``backends``, ``exec``, ``settings``, ``demo``."""
+"""Kernel commands: ``backends``, ``exec``, ``settings``."""
 
 from __future__ import annotations
 
@@ -32,8 +32,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("settings", help="list every setting with its value, source and help")
     p.set_defaults(func=cmd_settings)
 
-    p = sub.add_parser("demo", help="start a warm kernel, make a matplotlib plot, show where it went")
-    p.set_defaults(func=cmd_demo)
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
@@ -155,52 +153,3 @@ def cmd_settings(args: argparse.Namespace) -> int:
     for s in SETTINGS:
         print(f"{s.env_var} = {settings[s.name]!r}   ({settings.source(s.name)})\n    {s.help}")
     return 0
-
-
-DEMO_CELL = """\
-import matplotlib
-matplotlib.use("module://matplotlib_inline.backend_inline")
-import matplotlib.pyplot as plt
-import numpy as np
-x = np.linspace(0, 4 * np.pi, 400)
-fig, ax = plt.subplots(figsize=(6, 3))
-ax.plot(x, np.sin(x), label="sin")
-ax.plot(x, np.cos(x), label="cos")
-ax.set_title("dsagent demo: a plot made in a warm kernel")
-ax.legend()
-plt.show()
-print("mean of sin over [0, 4pi]:", round(float(np.sin(x).mean()), 4))
-"""
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from dsagent.kernel_gateway.local import LocalBackend
-    from dsagent.settings import Settings
-    from dsagent.workspace import Workspace
-
-    settings = Settings()
-    workspace = Workspace.from_settings(settings).ensure()
-    output_dir = workspace.outputs_dir / time.strftime("demo-%Y%m%d-%H%M%S")
-
-    async def demo() -> int:
-        async with LocalBackend(settings, pool_size=1) as backend:
-            t0 = time.perf_counter()
-            print("starting a warm kernel pool (1 kernel) ...", flush=True)
-            await backend.warm()
-            print(f"  pool ready in {time.perf_counter() - t0:.2f} s")
-            t1 = time.perf_counter()
-            async with await backend.start_session() as session:
-                first = await session.execute("1 + 1")
-                print(f"session handed out; first result {first.result} after {1000 * (time.perf_counter() - t1):.1f} ms")
-                print(f"running a plotting cell in {session.work_dir} ...")
-                printer = OutputPrinter(output_dir)
-                result = await session.execute(DEMO_CELL, on_output=printer)
-                print(f"cell {result.status} in {result.duration:.2f} s, {len(result.outputs)} outputs")
-                if result.status != "ok":
-                    return 1
-            print(f"done. workspace: {workspace.home}\n  the plot: {printer.saved[0] if printer.saved else '(none)'}")
-        return 0
-
-    return asyncio.run(demo())

@@ -28,23 +28,14 @@ from dsagent.graphs.context import AgentContext
 from dsagent.graphs.export import parameters_code
 from dsagent.graphs.llm import ToolCall, tool_message
 from dsagent.graphs.review import review_work
+from dsagent.graphs.specs import SPECS, AgentSpec
 from dsagent.graphs.state import AgentState
 from dsagent.graphs.tools import trim
 
-__all__ = ["ANALYST_SYSTEM", "PLANNER_SYSTEM", "build_analysis_graph", "profile_code"]
+__all__ = ["build_agent_graph", "build_analysis_graph", "profile_code", "spec_of"]
 
-ROLE = "planner"  # the analyst uses the planner/analyst model
 NEEDS_APPROVAL = frozenset({"run_code", "shell", "write_file"})  # with --approve: what runs code or changes files
 PROFILE_CHARS = 8_000
-
-PLANNER_SYSTEM = """You are a careful data analyst. Given a task and a profile of the datasets, write a short \
-numbered plan (at most 6 steps) for answering it with Python in a Jupyter kernel. No code yet."""
-
-ANALYST_SYSTEM = """You are a careful data analyst working in a Jupyter kernel through tools. The datasets are \
-files in the work dir; their paths are in the variables {variables} (already defined in the kernel). \
-Use pandas and matplotlib (show plots with plt.show()). Print every number you will state. When you are done, \
-reply without calling a tool: give the answer, quoting the numbers from the outputs and naming the artifacts \
-(e.g. #12 output-1.png) it rests on."""
 
 _LOADER = '''import pandas as pd
 
@@ -84,7 +75,7 @@ async def setup(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
     datasets = state.get("datasets", [])
     cells = [await ctx.toolbox.run_cell(parameters_code(datasets, state["task"], use_source=False), role="setup")]
     profile = "(no datasets given)"
-    if datasets:
+    if datasets and spec_of(state).wants_data_profile:
         cells.append(await ctx.toolbox.run_cell(profile_code([d["param"] for d in datasets]), role="setup"))
         profile = trim(cells[-1]["observation"], PROFILE_CHARS - 1000, 1000)[0]
     await ctx.step("profile", {"datasets": [d["source"] for d in datasets], "status": cells[-1]["status"]})
@@ -97,13 +88,16 @@ async def plan(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
     reason = ctx.budget.exceeded(state, ctx.llm.usage.total.total_tokens, ctx.started_at)
     if reason:
         return {"status": "failed", "error": reason}
-    messages = [{"role": "system", "content": PLANNER_SYSTEM},
+    spec = spec_of(state)
+    messages = [{"role": "system", "content": spec.planner_system},
                 {"role": "user", "content": f"Task: {state['task']}\n\nDatasets:\n{state.get('profile', '')}"}]
-    reply = await ctx.llm.chat(messages, role=ROLE, on_event=ctx.on_llm_event)
-    await ctx.step("plan", {"role": "analyst", "plan": reply.text})
+    relay = ctx.token_relay(spec.actor)
+    reply = await ctx.llm.chat(messages, role=spec.role, on_event=ctx.on_llm_event, on_token=relay)
+    await relay.flush()
+    await ctx.step("plan", {"role": spec.actor, "plan": reply.text})
     variables = ", ".join(f"`{d['param']}`" for d in state.get("datasets", [])) or "(none: no datasets)"
     history = [
-        {"role": "system", "content": ANALYST_SYSTEM.format(variables=variables)},
+        {"role": "system", "content": spec.actor_system.format(variables=variables)},
         {"role": "user", "content": f"Task: {state['task']}\n\nDatasets:\n{state.get('profile', '')}\n\nPlan:\n{reply.text}"},
     ]
     return {"plan": reply.text, "messages": history}
@@ -114,13 +108,17 @@ async def act(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, An
     reason = ctx.budget.exceeded(state, ctx.llm.usage.total.total_tokens, ctx.started_at)
     if reason:
         return {"status": "failed", "error": reason}
-    reply = await ctx.llm.chat(state["messages"], role=ROLE, tools=ctx.toolbox.specs(), on_event=ctx.on_llm_event)
+    spec = spec_of(state)
+    relay = ctx.token_relay(spec.actor)
+    reply = await ctx.llm.chat(state["messages"], role=spec.role, tools=ctx.toolbox.specs(), on_event=ctx.on_llm_event,
+                               on_token=relay)
+    await relay.flush()
     update: dict[str, Any] = {"messages": [reply.assistant_message()], "steps": state.get("steps", 0) + 1}
     if not reply.tool_calls:
         update["answer"] = reply.text
-        await ctx.step("answer", {"role": "analyst", "answer": reply.text})
+        await ctx.step("answer", {"role": spec.actor, "answer": reply.text})
     else:
-        await ctx.step("act", {"role": "analyst", "step": update["steps"], "tools": [c.name for c in reply.tool_calls],
+        await ctx.step("act", {"role": spec.actor, "step": update["steps"], "tools": [c.name for c in reply.tool_calls],
                                "thought": reply.text[:500]}, defer=True)
     return update
 
@@ -139,7 +137,7 @@ async def tools(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
         if refusal is not None:
             messages.append(tool_message(call.id, refusal))
             continue
-        result = await ctx.toolbox.call(call, role="analyst")
+        result = await ctx.toolbox.call(call, role=spec_of(state).actor)
         messages.append(tool_message(call.id, result.observation))
         cells.extend(result.cells)
     return {"messages": messages, "cells": cells}
@@ -159,7 +157,8 @@ async def _approval(ctx: AgentContext, call: ToolCall) -> str | None:
 
 async def review(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     ctx = runtime.context
-    result = await review_work(ctx, state["task"], state.get("cells", []), state.get("answer", ""))
+    spec = spec_of(state)
+    result = await review_work(ctx, state["task"], state.get("cells", []), state.get("answer", ""), extra_checks=spec.checks)
     await ctx.step("review", {"role": "reviewer", "verdict": result["verdict"], "findings": result["findings"]})
     update: dict[str, Any] = {"reviews": [result], "findings": result["findings"]}
     if result["verdict"] == "revise":
@@ -174,7 +173,7 @@ async def review(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str,
         update["messages"] = [{"role": "user", "content": f"A reviewer checked your work and found problems:\n{listed}\n"
                                                           "Fix them, then answer again."}]
         update["revisions"] = revisions + 1
-        await ctx.step("revise", {"role": "analyst", "revision": revisions + 1})
+        await ctx.step("revise", {"role": spec.actor, "revision": revisions + 1})
     return update
 
 
@@ -200,16 +199,39 @@ def _after_plan(state: AgentState) -> str:
     return "finish" if state.get("status") == "failed" else "act"
 
 
-def build_analysis_graph(checkpointer: Any = None):
-    """The compiled analysis graph; invoke it with ``context=AgentContext(...)``."""
-    graph = StateGraph(AgentState, context_schema=AgentContext)
+def spec_of(state: AgentState) -> AgentSpec:
+    """The spec of the agent doing the work: the state's route (set by the graph, or the team's router)."""
+    return SPECS[state.get("route") or "analysis"]
+
+
+def add_agent_nodes(graph: StateGraph, entry: str) -> None:
+    """The shared nodes and edges: ``entry`` -> setup -> plan -> act <-> tools -> review -> finish."""
     for node in (setup, plan, act, tools, review, finish):
         graph.add_node(node.__name__, node)
-    graph.add_edge(START, "setup")
+    graph.add_edge(entry, "setup")
     graph.add_edge("setup", "plan")
     graph.add_conditional_edges("plan", _after_plan, ["act", "finish"])
     graph.add_conditional_edges("act", _after_act, ["tools", "review", "finish"])
     graph.add_edge("tools", "act")
     graph.add_conditional_edges("review", _after_review, ["act", "finish"])
     graph.add_edge("finish", END)
+
+
+def build_agent_graph(route: str, checkpointer: Any = None):
+    """A compiled single-agent graph (``analysis`` or ``coding``); invoke it with ``context=AgentContext(...)``."""
+    if route not in SPECS:
+        raise ValueError(f"no agent {route!r}; known: {', '.join(SPECS)}")
+
+    async def start(state: AgentState) -> dict[str, Any]:
+        return {"route": route}
+
+    graph = StateGraph(AgentState, context_schema=AgentContext)
+    graph.add_node("start", start)
+    graph.add_edge(START, "start")
+    add_agent_nodes(graph, "start")
     return graph.compile(checkpointer=checkpointer)
+
+
+def build_analysis_graph(checkpointer: Any = None):
+    """The analysis agent (see the module docstring)."""
+    return build_agent_graph("analysis", checkpointer)

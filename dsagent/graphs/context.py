@@ -83,6 +83,33 @@ class AgentContext:
             if isinstance(result, Awaitable):
                 await result
 
+    def token_relay(self, role: str) -> "TokenRelay":
+        """An ``on_token`` hook that writes the model's streamed text to the run's events in slices."""
+        return TokenRelay(self, role)
+
     async def on_llm_event(self, kind: str, data: dict[str, Any]) -> None:
         """Retries and fallbacks of the LLM client become events, so a slow endpoint explains itself."""
         await self.step(kind, data)
+
+
+class TokenRelay:
+    """Streams a model's tokens into ``agent_tokens`` events: one write per ``interval`` seconds of
+    generation, not one per token (a store write costs ~8 ms); the rest rides with the next write."""
+
+    def __init__(self, ctx: AgentContext, role: str, interval: float = 0.5) -> None:
+        self.ctx, self.role, self.interval = ctx, role, interval
+        self._buffer: list[str] = []
+        self._last = time.monotonic()
+
+    async def __call__(self, text: str) -> None:
+        self._buffer.append(text)
+        if time.monotonic() - self._last >= self.interval:
+            await self.flush(defer=False)
+
+    async def flush(self, *, defer: bool = True) -> None:
+        self._last = time.monotonic()
+        if not self._buffer:
+            return
+        text, self._buffer = "".join(self._buffer), []
+        await self.ctx.recorder.event("agent_tokens", {"role": self.role, "text": self.ctx.scrubber.text(text)}, defer=defer)
+

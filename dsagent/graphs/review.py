@@ -135,9 +135,15 @@ def _cells_text(cells: Sequence[CellRecord]) -> str:
     return text if len(text) <= _CELLS_CHARS else "[earlier cells left out]\n" + text[-_CELLS_CHARS:]
 
 
-async def review_work(ctx: Any, task: str, cells: Sequence[CellRecord], answer: str) -> dict[str, Any]:
-    """Review one piece of work: ``{"verdict", "findings", "source"}``; ``ctx`` is an ``AgentContext``."""
+async def review_work(ctx: Any, task: str, cells: Sequence[CellRecord], answer: str,
+                      extra_checks: Any = None) -> dict[str, Any]:
+    """Review one piece of work: ``{"verdict", "findings", "source"}``; ``ctx`` is an ``AgentContext``.
+
+    ``extra_checks(task, cells, answer)``: more checks in code (the coder's: did the tests pass?).
+    """
     findings = check_outputs(task, cells, answer)
+    if extra_checks is not None:
+        findings.extend(extra_checks(task, cells, answer))
     checks = "\n".join(f"- [{f['severity']}] {f['reason']}" for f in findings) or "- none"
     messages: list[dict[str, Any]] = [
         {"role": "system", "content": REVIEW_SYSTEM},

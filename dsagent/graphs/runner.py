@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AgentOutcome", "ask", "execute_agent_run", "open_checkpointer", "resume_agent_run"]
 
-GRAPHS = ("analysis",)
+GRAPHS = ("analysis", "coding", "team")
 
 
 @dataclass
@@ -76,15 +76,19 @@ async def execute_agent_run(
     budget: "Budget | None" = None,
     on_step: "StepHook | None" = None,
     approve: "Approver | None" = None,
+    parent_id: int | None = None,
 ) -> AgentOutcome:
-    """Run ``graph`` on ``task`` as a recorded agent run; the outcome with answer, artifacts and notebook path."""
+    """Run ``graph`` on ``task`` as a recorded agent run; the outcome with answer, artifacts and notebook path.
+
+    ``parent_id``: the run this one belongs to (an evaluation's batch run).
+    """
     if not task.strip():
         raise AgentError("the task is empty", hint="say what the agent should find out or build", reason="no_task")
     if graph not in GRAPHS:
         raise AgentError(f"there is no agent graph {graph!r}", hint=f"use one of: {', '.join(GRAPHS)}", reason="no_graph")
     settings = settings or Settings()
     datasets = _datasets(data)
-    attempt = _Attempt(task, graph, datasets, settings, budget, on_step, approve)
+    attempt = _Attempt(task, graph, datasets, settings, budget, on_step, approve, parent_id)
     return await attempt.run(backend, store, run_id=None)
 
 
@@ -131,9 +135,9 @@ class _Attempt:
     """One process's go at an agent run: a new run, or a resumed one."""
 
     def __init__(self, task: str, graph: str, datasets: list[dict[str, str]], settings: Settings, budget: "Budget | None",
-                 on_step: "StepHook | None", approve: "Approver | None" = None) -> None:
+                 on_step: "StepHook | None", approve: "Approver | None" = None, parent_id: int | None = None) -> None:
         self.task, self.graph, self.datasets, self.settings = task, graph, datasets, settings
-        self.budget, self.on_step, self.approve = budget, on_step, approve
+        self.budget, self.on_step, self.approve, self.parent_id = budget, on_step, approve, parent_id
 
     async def run(self, backend: "str | KernelBackend | None", store: "Store | None", *, run_id: int | None) -> AgentOutcome:
         from dsagent.graphs.llm import LLMClient
@@ -167,7 +171,8 @@ class _Attempt:
         from dsagent.graphs.tools import Toolbox
 
         params = {"task": self.task, "graph": self.graph, "data": [d["source"] for d in self.datasets]}
-        recorder = RunRecorder(store, "agent", title=self.task[:200], params=params, backend=backend_name, run_id=run_id)
+        recorder = RunRecorder(store, "agent", title=self.task[:200], params=params, backend=backend_name, run_id=run_id,
+                               parent_id=self.parent_id)
         workspace = Workspace.from_settings(self.settings).ensure()
         async with recorder, open_checkpointer(workspace.checkpoints_path) as saver:
             await _prepare_kernel(session, self.datasets, list(secret_values()))
@@ -222,9 +227,13 @@ class _Attempt:
 
 
 def _build(graph: str, saver: Any) -> Any:
-    from dsagent.graphs.analysis import build_analysis_graph
+    if graph == "team":
+        from dsagent.graphs.team import build_team_graph
 
-    return build_analysis_graph(saver)
+        return build_team_graph(saver)
+    from dsagent.graphs.analysis import build_agent_graph
+
+    return build_agent_graph(graph, saver)
 
 
 async def _prepare_kernel(session: Any, datasets: list[dict[str, str]], secret_names: list[str]) -> None:

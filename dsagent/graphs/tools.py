@@ -25,7 +25,7 @@ from dsagent.graphs.llm import ToolCall
 from dsagent.graphs.secrets import Scrubber
 from dsagent.graphs.state import CellRecord
 from dsagent.kernel_gateway.base import KernelSession
-from dsagent.kernel_gateway.models import Execution
+from dsagent.kernel_gateway.models import Execution, ExecutionError
 
 __all__ = ["TOOL_SPECS", "ToolResult", "Toolbox", "render_outputs", "trim"]
 
@@ -90,8 +90,8 @@ def render_outputs(outputs: list[dict[str, Any]]) -> str:
     parts: list[str] = []
     for out in outputs:
         kind = out.get("output_type")
-        if kind == "stream":
-            text = out["text"] if isinstance(out["text"], str) else "".join(out["text"])
+        if kind == "stream":  # colour codes (pytest, tqdm) mean nothing to the model and break number matching
+            text = _ANSI.sub("", out["text"] if isinstance(out["text"], str) else "".join(out["text"]))
             parts.append(text if out.get("name") == "stdout" else f"[stderr] {text}")
         elif kind in ("execute_result", "display_data"):
             data = out.get("data", {})
@@ -190,9 +190,10 @@ class Toolbox:
 
     async def _tool_shell(self, command: str, role: str, timeout: float | None = None) -> ToolResult:
         seconds = float(timeout or self.cell_timeout)
-        code = (
-            "import subprocess as _sp, sys as _sys\n"
-            f"_done = _sp.run({command!r}, shell=True, capture_output=True, text=True, timeout={seconds!r})\n"
+        code = (  # the kernel's interpreter first on PATH: `python`, `pytest` mean the kernel's own
+            "import os as _os, subprocess as _sp, sys as _sys\n"
+            "_env = dict(_os.environ, PATH=_os.path.dirname(_sys.executable) + _os.pathsep + _os.environ.get('PATH', ''))\n"
+            f"_done = _sp.run({command!r}, shell=True, capture_output=True, text=True, timeout={seconds!r}, env=_env)\n"
             "print(_done.stdout, end='')\nprint(_done.stderr, end='', file=_sys.stderr)\n"
             "print(f'[exit code {_done.returncode}]')"
         )
@@ -221,25 +222,30 @@ class Toolbox:
         return ToolResult(text[: max(0, max_chars)] + more)
 
     async def _tool_write_file(self, path: str, content: str, role: str) -> ToolResult:
-        try:
-            await self.session.upload(path, content.encode("utf-8"))
-        except Exception as exc:
-            return ToolResult(f"error: cannot write {path!r}: {exc}", ok=False)
         cell_no = self._take_cell()
         shown = f"%%writefile {path}\n{self.scrubber.text(content)}"
         reused = self._reuse(cell_no, shown)
-        if reused is not None:
+        if reused is not None:  # written before (a node run again, or a resumed run's replay wrote it)
             return ToolResult(reused["observation"], [reused])
+        # the cell starts before the write, so capture sees the file as this cell's (a file artifact)
         await self.recorder.cell_started(cell_no, shown, announce_after=ANNOUNCE_AFTER)
-        execution = Execution(code=shown, outputs=[{"output_type": "stream", "name": "stdout", "text": f"Writing {path}\n"}])
-        observation = f"wrote {len(content.encode('utf-8'))} bytes to {path}"
+        try:
+            await self.session.upload(path, content.encode("utf-8"))
+        except Exception as exc:
+            problem = f"cannot write {path!r}: {exc}"
+            execution = Execution(code=shown, status="error", error=ExecutionError("OSError", problem),
+                                  outputs=[{"output_type": "error", "ename": "OSError", "evalue": problem, "traceback": []}])
+            observation = f"error: {problem}"
+        else:
+            execution = Execution(code=shown, outputs=[{"output_type": "stream", "name": "stdout", "text": f"Writing {path}\n"}])
+            observation = f"wrote {len(content.encode('utf-8'))} bytes to {path}"
 
         def record(added: list[Any]) -> CellRecord:
-            return CellRecord(cell=cell_no, kind="file", code=shown, status="ok", outputs=execution.outputs, execution_count=None,
-                              artifacts=[_ref(a) for a in added], observation=observation, role=role)
+            return CellRecord(cell=cell_no, kind="file", code=shown, status=execution.status, outputs=execution.outputs,
+                              execution_count=None, artifacts=[_ref(a) for a in added], observation=observation, role=role)
 
         cell = await self._record(cell_no, execution, record)
-        return ToolResult(observation, [cell])
+        return ToolResult(observation, [cell], ok=execution.status == "ok")
 
     # -- cells ------------------------------------------------------------
 

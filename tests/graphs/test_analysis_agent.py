@@ -249,3 +249,50 @@ def test_cli_approve_reads_the_answers_from_stdin(csv, workspace_home):
     assert done.returncode == 0, done.stderr
     assert "the agent wants to run_code:\nprint('first')" in done.stderr and "· refused: run_code (no thanks)" in done.stderr
     assert "first" in told[0] and "did not allow this run_code call: no thanks" in told[1]
+
+
+async def test_streamed_tokens_reach_the_run_events_in_slices(csv, settings):
+    long_answer = "The mean of x is 2.5. " + "This sentence streams slowly. " * 12
+    script = [Reply("1. mean"), Reply(tool_calls=[ToolCall("run_code", {"code": "print(load_table(data)['x'].mean())"})]),
+              Reply(long_answer, chunk_size=8, chunk_delay=0.03), ACCEPT]
+    with LLMServer(script) as llm:
+        outcome = await execute_agent_run("Mean of x", [csv], settings=settings.replace(llm_base_url=llm.base_url))
+    with Store.open(settings=settings) as store:
+        slices = [e.payload["text"] for e in store.events(outcome.run.id) if e.type == "agent_tokens"]
+    answer_slices = slices[1:]  # the first slice is the plan
+    assert slices[0] == "1. mean"
+    assert "".join(answer_slices) == long_answer and len(answer_slices) >= 2  # ~1.4 s of streaming, a write per 0.5 s
+
+
+async def test_endpoint_without_tools_falls_back_to_python_blocks(csv, settings):
+    """An endpoint that refuses `tools` (vLLM without a tool parser): the graph goes on with ```python blocks."""
+    script = [
+        Reply("1. mean of x"),
+        Reply("Let me compute it.\n```python\nprint('mean x:', load_table(data)['x'].mean())\n```"),
+        Reply("The mean of x is 2.5."),
+        ACCEPT,
+    ]
+    with LLMServer(script, tools_supported=False) as llm:
+        outcome = await execute_agent_run("Mean of x", [csv], settings=settings.replace(llm_base_url=llm.base_url))
+        llm.assert_consumed()
+        followup = llm.requests_for("planner")[-1]
+    assert outcome.run.status == "succeeded" and "2.5" in outcome.answer
+    assert any("mean x: 2.5" in c.get("observation", "") for c in outcome.state["cells"])
+    assert followup.tools == [] and "```python" in json.dumps(followup.messages)
+    with Store.open(settings=settings) as store:
+        assert any(e.type == "agent_llm_fallback" for e in store.events(outcome.run.id))
+
+
+async def test_429_and_a_hung_request_are_retried_then_the_run_goes_on(csv, settings):
+    from dsagent.testing.llm_server import Fault
+
+    script = [Fault.http(429, retry_after=0.05), Reply("1. mean"), Fault.hang(3.0),
+              Reply(tool_calls=[ToolCall("run_code", {"code": "print(load_table(data)['x'].mean())"})]),
+              Reply("The mean of x is 2.5."), ACCEPT]
+    with LLMServer(script) as llm:
+        outcome = await execute_agent_run("Mean of x", [csv], settings=settings.replace(llm_base_url=llm.base_url, llm_timeout=1.0))
+        llm.assert_consumed()
+    assert outcome.run.status == "succeeded"
+    with Store.open(settings=settings) as store:
+        retries = [e.payload for e in store.events(outcome.run.id) if e.type == "agent_llm_retry"]
+    assert [r["reason"] for r in retries] == ["rate_limit", "timeout"]
