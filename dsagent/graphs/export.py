@@ -22,7 +22,8 @@ __all__ = ["export_notebook", "parameters_code"]
 
 def parameters_code(datasets: Sequence[DatasetRef], task: str, *, use_source: bool) -> str:
     """The parameters cell: one variable per dataset, plus the question."""
-    lines = ["# Parameters: papermill/`dsagent run -p NAME VALUE` replace these"]
+    lines = ["# Parameters: `dsagent run -p NAME VALUE` (or papermill) replace these; give data files as absolute",
+             "# paths (a re-run's kernel starts in this notebook's folder)"]
     for ref in datasets:
         lines.append(f"{ref['param']} = {(ref['source'] if use_source else ref['path'])!r}")
     lines.append(f"question = {task!r}")
