@@ -58,6 +58,17 @@ def test_failing_cell_fails_the_run_names_the_cell_and_keeps_earlier_work(tmp_pa
     assert any(o.get("ename") == "KeyError" for c in stored.cells for o in c.get("outputs", []))
 
 
+def _as_in_a_terminal() -> None:
+    """Give the child a default SIGINT, as a shell gives its foreground job.
+
+    A test run started in the background by a shell without job control
+    (`cmd &` in a script, CI runners) inherits SIGINT *ignored*, and so would
+    `dsagent run`: Python and asyncio keep an inherited ignore, as background
+    jobs should. Ctrl-C in a terminal is what this test is about.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_mid_cell_cancels_stores_the_partial_notebook_and_leaves_no_kernel(tmp_path, workspace_home, signum):
     source = write_notebook(
@@ -71,6 +82,7 @@ def test_signal_mid_cell_cancels_stores_the_partial_notebook_and_leaves_no_kerne
     proc = subprocess.Popen(
         [str(BIN / "dsagent"), "run", str(source), "-o", str(out), "--log-output", "--no-progress"],
         env=cli_env(workspace_home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_as_in_a_terminal,
     )
     try:
         kernel_pid = None
