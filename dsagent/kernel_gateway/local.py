@@ -26,6 +26,7 @@ from jupyter_client.kernelspec import NoSuchKernel
 
 from dsagent.errors import KernelDied, KernelStartFailed, SessionClosed
 from dsagent.kernel_gateway.base import KernelBackend, KernelSession, OutputHook, run_hook
+from dsagent.kernel_gateway.forkserver import ForkingKernelManager, preload_list
 from dsagent.kernel_gateway.models import Execution, ExecutionError, FileInfo
 from dsagent.kernel_gateway.outputs import OutputCollector
 from dsagent.kernel_gateway.pool import WarmPool
@@ -88,6 +89,11 @@ def _zmq_context() -> zmq.asyncio.Context:
     """
     context = zmq.asyncio.Context.instance()
     context.setsockopt(zmq.LINGER, 100)  # a default for new sockets: idempotent
+    # a client connects before a new kernel has bound its sockets; zmq's default
+    # 100 ms between connection attempts would add up to that to every (forked,
+    # ~0.1 s) kernel start; back off to 1 s while a kernel stays unreachable
+    context.setsockopt(zmq.RECONNECT_IVL, 5)
+    context.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
     return context
 
 
@@ -162,8 +168,15 @@ class LocalBackend(KernelBackend):
     # -- launching (the sandbox backend overrides these two) -----------------
 
     def _kernel_manager(self) -> AsyncKernelManager:
-        """A manager for one kernel of ``kernel_name``."""
-        return AsyncKernelManager(kernel_name=self.kernel_name)
+        """A manager for one kernel of ``kernel_name``: forked from a preloaded template unless ``kernel_fork`` is off."""
+        if not self.settings.kernel_fork:
+            return AsyncKernelManager(kernel_name=self.kernel_name)
+        return ForkingKernelManager(
+            kernel_name=self.kernel_name,
+            preload=preload_list(self.settings.kernel_preload),
+            start_timeout=self.settings.kernel_start_timeout,
+            template_log=self.workspace.home / "logs" / "fork-template.log",
+        )
 
     def _kernel_env(self, extra: Mapping[str, str] | None) -> dict[str, str]:
         """The environment the kernel process starts with."""
@@ -189,7 +202,7 @@ class LocalBackend(KernelBackend):
         # session's first cell is as fast as its later ones. A statement whose value
         # is None, with store_history=False: no In/Out/_ entry, execution count stays 1.
         kc = kernel.kc
-        msg_id = kc.execute(_WARM_UP_CELL, store_history=False, allow_stdin=False)
+        msg_id = kc.execute(_warm_up_cell(self.settings.kernel_preload), store_history=False, allow_stdin=False)
         timeout = self.settings.kernel_start_timeout
         while not _is_idle_of(await kc.get_iopub_msg(timeout=timeout), msg_id):
             pass  # drained, so the session's first execute does not skip stale messages
@@ -222,7 +235,7 @@ class LocalBackend(KernelBackend):
             # liveness comes from the manager (the process), so the heartbeat
             # thread jupyter_client would start, waking every second, is not needed
             kc.start_channels(hb=False)
-            await kc.wait_for_ready(timeout=self.settings.kernel_start_timeout)
+            await _wait_ready(km, kc, self.settings.kernel_start_timeout)
         except NoSuchKernel:
             log_file.close()
             raise KernelStartFailed(
@@ -262,6 +275,52 @@ class LocalBackend(KernelBackend):
             _kill_sync(kernel.km)
         _LIVE_MANAGERS.discard(kernel.km)
         kernel.log_file.close()
+
+
+async def _wait_ready(km: AsyncKernelManager, kc: AsyncKernelClient, timeout: float) -> None:
+    """Return once the kernel answers on shell and its iopub reaches us, drained up to that answer.
+
+    ``kc.wait_for_ready`` ends with 0.2 s of listening for silence on iopub and
+    retries only after a second: fine for a 1 s kernel start, most of a forked
+    kernel's ~0.1 s start. Here the proof that iopub is connected is the idle
+    status of our own ``kernel_info`` request; until it shows, ask again.
+    """
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    msg_id = kc.kernel_info()
+    answered = False
+    while loop.time() < end:
+        try:
+            if not answered:
+                msg = await kc.get_shell_msg(timeout=ALIVE_POLL_SECONDS)
+                if msg["parent_header"].get("msg_id") == msg_id:
+                    answered = True
+                    kc._handle_kernel_info_reply(msg)  # the protocol version adaptation wait_for_ready does
+                continue
+            msg = await kc.get_iopub_msg(timeout=ALIVE_POLL_SECONDS)
+            if _is_idle_of(msg, msg_id):
+                return
+        except queue.Empty:
+            if not await km.is_alive():
+                raise RuntimeError("the kernel died before it replied to kernel_info")
+            if answered:  # its status went out before iopub was connected: ask again
+                msg_id, answered = kc.kernel_info(), False
+    raise RuntimeError(f"the kernel did not answer within {timeout:g}s")
+
+
+def _warm_up_cell(preload: str) -> str:
+    """The pool's warm-up cell: also imports the preload list, so a handed-out kernel's first plot is not slowed by imports.
+
+    Runs in a throwaway namespace (no names left behind); a module that is not
+    installed is skipped, as the fork template does.
+    """
+    names = list(preload_list(preload))
+    if "matplotlib" in names:
+        names += ["matplotlib.pyplot", "matplotlib_inline.backend_inline"]
+    if not names:
+        return _WARM_UP_CELL
+    imports = f"for m in {names!r}:\n try: __import__(m)\n except Exception: pass\n"
+    return f"exec({imports!r}, {{}})\n{_WARM_UP_CELL}"
 
 
 def _tail(path: Path, lines: int = 8) -> str:

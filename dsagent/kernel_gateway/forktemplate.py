@@ -1,0 +1,242 @@
+"""The template process of the kernel fork server: imports once, then forks one ipykernel per request.
+
+Run as a script (``python forktemplate.py SOCKET OWNER_PID PRELOAD``), never
+imported by dsagent: whatever it imports is inherited by every kernel forked
+from it, so it imports only ipykernel, IPython and the preload list, never
+dsagent itself. The owner (``forkserver.ForkServer``) talks to it over a unix
+socket in an owner-only folder:
+
+- request: one JSON message ``{"argv", "cwd", "env", "owner"}`` with the
+  kernel's stdout and stderr file descriptors attached (SCM_RIGHTS);
+- reply: ``{"pid"}`` with a pidfd of the new kernel attached, or ``{"error"}``;
+- later, on the same connection: ``{"exit": code}`` once the kernel ended and
+  this process (its parent) reaped it; ``code`` follows ``Popen.returncode``.
+
+The template never starts a thread or a ZMQ context, so a fork copies one
+thread and no sockets; each child makes its own after the fork. It exits when
+its owner closes its stdin (the owner ended); kernels it forked keep running
+and end with their owner (they watch the owner's pid themselves).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+
+#: what ipykernel imports while a kernel initializes (found by diffing sys.modules in a
+#: forked kernel); imported here so each kernel does not repeat it (debugpy alone: ~0.2 s)
+KERNEL_MODULES = (
+    "IPython", "ipykernel_launcher", "ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell", "ipykernel.debugger",
+    "IPython.core.completerlib", "IPython.core.debugger", "IPython.core.oinspect", "IPython.extensions.storemagic",
+    "IPython.utils.wildcard", "pdb", "cProfile", "faulthandler", "mimetypes", "psutil", "resource",
+    "tornado.gen", "tornado.locks", "tornado.queues", "tornado.platform.asyncio", "http.server", "xmlrpc.server",
+    "encodings.idna",
+)  # fmt: skip
+#: the largest request (argv + env) a kernel launch sends
+MAX_REQUEST = 1 << 20
+
+
+def _preload(names: list[str]) -> None:
+    """Import the kernel machinery and the preload list; a module that fails to import is skipped."""
+    # ipykernel sets this default backend when a kernel starts; set it now so the
+    # preloaded pyplot resolves to the inline backend exactly as in a kernel
+    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    for name in KERNEL_MODULES:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # another ipykernel version may not have it: the kernel imports what it needs
+            print(f"fork template: cannot import {name}: {exc}", file=sys.stderr, flush=True)
+    for name in names:
+        try:
+            importlib.import_module(name)
+            if name == "matplotlib":  # "ready" means pyplot and the inline backend are loaded too
+                importlib.import_module("matplotlib.pyplot")
+                importlib.import_module("matplotlib_inline.backend_inline")
+        except Exception as exc:  # a missing package makes preloading it pointless, not the kernel broken
+            print(f"fork template: cannot preload {name}: {exc}", file=sys.stderr, flush=True)
+
+
+class Template:
+    """The accept/fork/reap loop of one template process."""
+
+    def __init__(self, listener: socket.socket) -> None:
+        self.listener = listener
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(listener, selectors.EVENT_READ, "accept")
+        self.selector.register(sys.stdin.fileno(), selectors.EVENT_READ, "owner")
+        self.children: dict[int, tuple[int, socket.socket]] = {}  # pidfd -> (pid, connection)
+
+    def serve(self) -> None:
+        while True:
+            for key, _ in self.selector.select():
+                if key.data == "owner":
+                    if not os.read(sys.stdin.fileno(), 4096):
+                        return  # the owner is gone; kernels already forked live on
+                elif key.data == "accept":
+                    conn, _ = self.listener.accept()
+                    self._handle(conn)
+                else:
+                    self._reap(key.fd)
+
+    def _handle(self, conn: socket.socket) -> None:
+        fds: list[int] = []
+        try:
+            conn.settimeout(10)
+            data, fds, _, _ = socket.recv_fds(conn, MAX_REQUEST, 4)
+            request = json.loads(data)
+            if threading.active_count() != 1:  # a fork would copy a thread's locks in a held state
+                raise RuntimeError(f"the template runs {threading.active_count()} threads")
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+        except Exception as exc:
+            for fd in fds:
+                os.close(fd)
+            _send(conn, {"error": f"{type(exc).__name__}: {exc}"})
+            conn.close()
+            return
+        if pid == 0:
+            _become_kernel(self, conn, request, fds)  # never returns
+        for fd in fds:
+            os.close(fd)
+        pidfd = os.pidfd_open(pid)  # before any reaping: it names this child, never a reused pid
+        try:
+            socket.send_fds(conn, [json.dumps({"pid": pid}).encode()], [pidfd])
+        except OSError:
+            pass  # the owner gave up waiting; the kernel is still ours to reap
+        self.children[pidfd] = (pid, conn)
+        self.selector.register(pidfd, selectors.EVENT_READ, "child")
+
+    def _reap(self, pidfd: int) -> None:
+        pid, conn = self.children.pop(pidfd)
+        self.selector.unregister(pidfd)
+        os.close(pidfd)
+        _, status = os.waitpid(pid, 0)
+        _send(conn, {"exit": os.waitstatus_to_exitcode(status)})
+        conn.close()
+
+    def close_in_child(self, keep: socket.socket) -> None:
+        """Close everything of the template in a new kernel, through the owning objects.
+
+        Closing only the numbers would let a stale Python object close a
+        descriptor number later reused by the kernel's ZMQ sockets.
+        """
+        self.selector.close()
+        self.listener.close()
+        for pidfd, (_, conn) in self.children.items():
+            os.close(pidfd)
+            conn.close()
+        self.children.clear()
+        keep.close()
+        sys.stdin.close()
+
+
+def _send(conn: socket.socket, message: dict) -> None:
+    try:
+        conn.sendall(json.dumps(message).encode())
+    except OSError:
+        pass  # the owner closed the connection: nobody is waiting for this
+
+
+def _watch_owner(owner: int) -> None:
+    """End this kernel when the process that asked for it ends (as ipykernel's parent poller would)."""
+    try:
+        pidfd = os.pidfd_open(owner)
+    except ProcessLookupError:
+        os._exit(1)
+    import select
+
+    def wait() -> None:
+        select.select([pidfd], [], [])
+        os._exit(1)
+
+    threading.Thread(target=wait, name="dsagent-owner-watch", daemon=True).start()
+
+
+def _reseed() -> None:
+    """Fresh random streams: a forked child would otherwise repeat its siblings' numbers."""
+    import random
+
+    random.seed()  # CPython also does this at fork; kept for the numpy seed's sake of symmetry
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed()  # the legacy global RandomState; default_rng() seeds from the OS anyway
+
+
+def _become_kernel(template: Template, conn: socket.socket, request: dict, fds: list[int]) -> None:
+    """In the forked child: become a fresh ipykernel with the request's argv, cwd, env and stdio."""
+    code = 1
+    try:
+        os.setsid()  # its own process group: jupyter_client interrupts with killpg
+        template.close_in_child(conn)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        for target, fd in zip((1, 2), fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        _reseed()
+        _watch_owner(int(request["owner"]))
+        code = _run_kernel(request["argv"])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        try:
+            import atexit
+
+            atexit._run_exitfuncs()  # what interpreter exit would run (ipykernel and IPython register some)
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def _run_kernel(argv: list[str]) -> int:
+    """What ``python -m ipykernel_launcher ARGS`` does, plus the inline backend's hook-up."""
+    import ipykernel_launcher
+    from ipykernel.kernelapp import IPKernelApp
+
+    del sys.path[0]  # this script's folder; IPython's init_path adds the work dir as a kernel has it
+    sys.argv = [ipykernel_launcher.__file__, *argv]
+    # the parent poller would see this template as the parent; _watch_owner does its job
+    app = IPKernelApp.instance()
+    app.initialize([*argv, "--IPKernelApp.parent_handle=0"])
+    if "matplotlib_inline.backend_inline" in sys.modules and app.shell is not None:
+        # the preloaded backend module cannot hook into a shell that did not exist at its
+        # import; %matplotlib inline does exactly that hook-up now
+        app.shell.enable_matplotlib("inline")
+    app.start()
+    return 0
+
+
+def main(argv: list[str]) -> None:
+    path, preload = argv[0], [n.strip() for n in argv[1].split(",") if n.strip()]
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is for the owner, not the template
+    started = time.perf_counter()
+    _preload(preload)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    os.chmod(path, 0o600)
+    listener.listen(64)
+    print(json.dumps({"ready": os.getpid(), "seconds": round(time.perf_counter() - started, 3)}), flush=True)
+    Template(listener).serve()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

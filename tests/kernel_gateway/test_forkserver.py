@@ -1,0 +1,168 @@
+"""Kernels forked from the preloaded template: the conformance kit, isolation, crashes, fallback."""
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import psutil
+import pytest
+
+from dsagent.kernel_gateway import forkserver
+from dsagent.kernel_gateway.local import LocalBackend
+from dsagent.settings import Settings
+from dsagent.testing.conformance import BackendConformance, process_gone
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the fork server uses Linux pidfds")
+
+
+def _settings(tmp_path, **values):
+    return Settings(home=str(tmp_path / "ws"), kernel_pool_replenish_delay=600, **values)
+
+
+def _template(session) -> forkserver.ForkServer:
+    """The fork server that made ``session``'s kernel (one per configuration in this process)."""
+    servers = [s for s in forkserver._SERVERS.values() if s.process is not None]
+    assert len(servers) == 1, servers
+    return servers[0]
+
+
+class TestForkServedConformance(BackendConformance):
+    """Every session a fresh fork (no pool). The template is per process, so backends share it."""
+
+    @pytest.fixture
+    async def backend(self, tmp_path):
+        async with LocalBackend(_settings(tmp_path), pool_size=0) as backend:
+            yield backend
+
+    async def test_the_kernel_is_a_fork_of_the_template(self, session):
+        assert session._kernel.km.forked
+        kernel = psutil.Process(session.kernel_pid)
+        assert kernel.ppid() == _template(session).process.pid
+        # its own session and process group: a SIGINT to the group reaches no sibling
+        assert os.getsid(session.kernel_pid) == session.kernel_pid
+        result = await session.execute("import sys; print('pandas' in sys.modules, 'matplotlib.pyplot' in sys.modules)")
+        assert result.outputs[0]["text"] == "True True\n"
+
+
+@pytest.fixture
+async def backend(tmp_path):
+    async with LocalBackend(_settings(tmp_path), pool_size=0) as backend:
+        yield backend
+
+
+async def test_two_children_share_no_state(backend, tmp_path):
+    a, b = await backend.start_session(), await backend.start_session()
+    try:
+        assert a._kernel.km.forked and b._kernel.km.forked
+        probe = "import random, uuid, numpy as np; print(random.random(), np.random.rand(), uuid.uuid4())"
+        first, second = (await a.execute(probe)).outputs[0]["text"], (await b.execute(probe)).outputs[0]["text"]
+        assert all(x != y for x, y in zip(first.split(), second.split())), (first, second)
+        # the inline backend closes a cell's figures unless told not to: keep this one open
+        await a.execute("%config InlineBackend.close_figures = False\nsecret = 42\nlog = open('held.txt', 'w')\nimport matplotlib.pyplot as plt\nfig = plt.figure()")
+        seen = await b.execute(
+            "import os, matplotlib.pyplot as plt\n"
+            "print('secret' in globals(), plt.get_fignums(),"
+            " any(os.path.realpath(f'/proc/self/fd/{fd}').endswith('held.txt') for fd in os.listdir('/proc/self/fd')))"
+        )
+        assert seen.outputs[0]["text"] == "False [] False\n"
+        assert (await a.execute("print(secret, plt.get_fignums())")).outputs[0]["text"] == "42 [1]\n"
+        assert a.work_dir != b.work_dir and (await b.execute("import os; print(os.getcwd())")).outputs[0]["text"] == b.work_dir + "\n"
+    finally:
+        await a.shutdown()
+        await b.shutdown()
+
+
+async def test_a_crashing_child_leaves_template_and_siblings_alone(backend):
+    a, b = await backend.start_session(), await backend.start_session()
+    try:
+        template = _template(a).process
+        await b.execute("x = 1")
+        died = await a.execute("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+        assert died.status == "died" and "exit code -11" in died.error.evalue
+        assert template.poll() is None and _template(b).process is template
+        assert (await b.execute("x + 1")).outputs[0]["data"]["text/plain"] == "2"
+        c = await backend.start_session()
+        assert c._kernel.km.forked and (await c.execute("1")).status == "ok"
+        await c.shutdown()
+        await a.restart()  # a forked kernel restarts as a new fork
+        assert a._kernel.km.forked and (await a.execute("'back'")).outputs[0]["data"]["text/plain"] == "'back'"
+    finally:
+        await a.shutdown()
+        await b.shutdown()
+
+
+async def test_a_dead_template_is_replaced_and_its_kernels_live_on(backend):
+    a = await backend.start_session()
+    try:
+        old = _template(a).process
+        old.kill()
+        old.wait()
+        assert (await a.execute("'still here'")).status == "ok"
+        b = await backend.start_session()
+        assert b._kernel.km.forked and _template(b).process.pid != old.pid
+        assert (await b.execute("1 + 1")).outputs[0]["data"]["text/plain"] == "2"
+        await b.shutdown()
+        # the orphaned kernel's end is still seen (no exit code from a dead template)
+        pid = a.kernel_pid
+        os.kill(pid, signal.SIGKILL)
+        died = await a.execute("1")
+        assert died.status == "died"
+    finally:
+        await a.shutdown()
+
+
+async def test_a_failed_fork_falls_back_to_a_normal_launch_logged_once(tmp_path, monkeypatch, caplog):
+    forkserver.stop_all()
+    monkeypatch.setattr(forkserver, "TEMPLATE_SCRIPT", tmp_path / "missing-template.py")
+    monkeypatch.setattr(forkserver, "_WARNED", set())
+    caplog.set_level(logging.WARNING, logger="dsagent.kernel_gateway.forkserver")
+    try:
+        async with LocalBackend(_settings(tmp_path, kernel_start_timeout=20), pool_size=0) as backend:
+            for _ in range(2):
+                session = await backend.start_session()
+                assert not session._kernel.km.forked
+                assert (await session.execute("6 * 7")).outputs[0]["data"]["text/plain"] == "42"
+                await session.shutdown()
+        warnings = [r for r in caplog.records if "fork server unavailable" in r.getMessage()]
+        assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+    finally:
+        forkserver.stop_all()
+
+
+async def test_pooled_kernels_import_the_preload_list_in_their_warm_up(tmp_path):
+    # a cold (not forked) kernel, so the imports can only come from the warm-up cell;
+    # a module that is not installed is skipped, not an error
+    settings = _settings(tmp_path, kernel_fork=False, kernel_preload="csv, no_such_module_dsagent")
+    async with LocalBackend(settings, pool_size=1) as backend:
+        session = await backend.start_session()
+        assert not session._kernel.km.forked if hasattr(session._kernel.km, "forked") else True
+        result = await session.execute("import sys; print('csv' in sys.modules, 'csv' in dir(), 'm' in dir())")
+        assert result.outputs[0]["text"] == "True False False\n"
+        assert result.execution_count == 1
+        await session.shutdown()
+
+
+def test_kernels_end_with_the_process_that_asked_for_them(tmp_path):
+    """An owner killed with -9 runs no cleanup: its forked kernels notice and exit on their own."""
+    script = textwrap.dedent(
+        f"""
+        import asyncio, os
+        from dsagent.kernel_gateway.local import LocalBackend
+        from dsagent.settings import Settings
+        async def main():
+            backend = LocalBackend(Settings(home={str(tmp_path / 'ws')!r}, kernel_preload=""), pool_size=0)
+            session = await backend.start_session()
+            assert session._kernel.km.forked
+            print(session.kernel_pid, flush=True)
+            os.kill(os.getpid(), 9)
+        asyncio.run(main())
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == -9, done.stderr
+    pid = int(done.stdout.split()[0])
+    assert asyncio.run(process_gone(pid, within=10))
