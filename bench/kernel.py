@@ -1,11 +1,14 @@
-"""Kernel benchmark: how fast dsagent gets a result out of a kernel, against the targets of issue 3 and 7.
+"""Kernel benchmark: how fast dsagent gets a result out of a kernel, against the targets of issues 3, 7 and 16.
 
 Prints ONE JSON object to stdout (progress goes to stderr). For each measured
 backend: cold start to first result, warm-pool handout to first result, the
 ``1+1`` round trip through a session against a raw ``jupyter_client`` loop in
 the same run, and a PNG plot cell. Then ``dsagent --help`` against
 ``python -c pass``. Samples of different backends and baselines are
-interleaved, so a noisy neighbour slows all of them alike.
+interleaved, so a noisy neighbour slows all of them alike. "cold" means a
+normal launch (``kernel_fork`` off), as before the fork server; the
+``fork_server`` section (issue 16) measures ``local`` kernels forked from the
+preloaded template against cold launches measured in the same run.
 
     .venv/bin/python bench/kernel.py                      # every usable backend
     .venv/bin/python bench/kernel.py --backends local,sandbox --repeat 20
@@ -39,6 +42,12 @@ TARGET_WARM_HANDOUT_MS = 10.0
 TARGET_OVERHEAD_RATIO = 1.15
 TARGET_SANDBOX_START_RATIO = 1.3
 TARGET_SANDBOX_ROUNDTRIP_RATIO = 1.1
+#: issue 16: forked kernels (medians; ratios against a cold launch in the same run)
+TARGET_FORK_FIRST_RESULT_MS = 50.0
+TARGET_FORK_SPEEDUP = 12.0
+TARGET_FORK_FIRST_PLOT_MS = 150.0
+TARGET_FORK_100_SEQUENTIAL_S = 5.0
+TARGET_FORK_PSS_RATIO = 1 / 3
 #: top-level packages ``dsagent --help`` must not import (issue 3 item 5: the CLI must start fast)
 HEAVY_MODULES = (
     "jupyter_client", "jupyter_server", "jupyter_core", "ipykernel", "zmq", "tornado", "panel", "bokeh",
@@ -265,6 +274,92 @@ async def measure_plot(name: str, settings: Settings, plan: Plan) -> dict[str, A
     return {"first_cell_ms": round(timings[0] * 1000, 3), "repeat": figure(timings[1:])}
 
 
+# -- the fork server (issue 16) ----------------------------------------------------
+
+
+async def one_kernel_job(backend: KernelBackend, code: str = "1+1") -> None:
+    """What a sweep does per notebook at the least: a fresh kernel, one cell, shutdown."""
+    async with await backend.start_session() as session:
+        execution = await session.execute(code)
+        if execution.status != "ok":
+            raise RuntimeError(f"{code!r} gave {execution.status}: {execution.error}")
+
+
+async def first_plot_ms(backend: KernelBackend) -> float:
+    async with await backend.start_session() as session:
+        t0 = time.perf_counter()
+        execution = await session.execute(PLOT_CELL)
+        elapsed = time.perf_counter() - t0
+    if not any("image/png" in out.get("data", {}) for out in execution.outputs):
+        raise RuntimeError(f"the plot cell gave no PNG: {execution.status} {execution.outputs}")
+    return elapsed
+
+
+async def kernel_pss(backend: KernelBackend, alive: int) -> list[int]:
+    """PSS of ``alive`` kernels of ``backend`` running at once, each with the preload list imported."""
+    import psutil
+
+    sessions = [await backend.start_session() for _ in range(alive)]
+    try:
+        for session in sessions:  # a cold kernel imports them here; a forked one has them already
+            await session.execute("import numpy, pandas, matplotlib.pyplot")
+        return [psutil.Process(s.kernel_pid).memory_full_info().pss for s in sessions if s.kernel_pid]
+    finally:
+        for session in sessions:
+            await session.shutdown()
+
+
+async def measure_fork_server(settings: Settings, plan: Plan, cold_first_result: list[float]) -> dict[str, Any]:
+    """Fresh forked kernels: first result, first plot, 100 in a row, 20 at once, memory; cold launches alongside."""
+    cold_settings = settings.replace(kernel_fork=False)
+    async with get_backend("local", settings, pool_size=0) as forked, get_backend("local", cold_settings, pool_size=0) as cold:
+        await one_kernel_job(forked)  # the template starts once per process; not part of a kernel's start
+        firsts, plots, cold_plots = [], [], []
+        for i in range(plan.starts):
+            start, first, session = await first_result(forked)
+            await session.shutdown()
+            firsts.append(start + first)
+            plots.append(await first_plot_ms(forked))
+            cold_plots.append(await first_plot_ms(cold))
+            progress(f"fork: first result {firsts[-1] * 1000:.0f} ms, first plot {plots[-1] * 1000:.0f} ms (cold {cold_plots[-1] * 1000:.0f} ms)")
+        jobs = 10 if plan.starts <= 2 else 100
+        t0 = time.perf_counter()
+        for _ in range(jobs):
+            await one_kernel_job(forked)
+        sequential = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one_kernel_job(forked) for _ in range(20)))
+        concurrent = time.perf_counter() - t0
+        progress(f"fork: {jobs} kernels one after another {sequential:.2f} s, 20 at once {concurrent:.2f} s")
+        alive = 4
+        forked_pss, cold_pss = await kernel_pss(forked, alive), await kernel_pss(cold, 1)
+    speedup = statistics.median(cold_first_result) / statistics.median(firsts)
+    pss_ratio = statistics.median(forked_pss) / statistics.median(cold_pss)
+    return {
+        "preload": settings.kernel_preload,
+        "fresh_kernel_to_first_result": figure(
+            firsts, target=TARGET_FORK_FIRST_RESULT_MS, meets_target=median_ms(firsts) <= TARGET_FORK_FIRST_RESULT_MS,
+            cold_median_ms=median_ms(cold_first_result),
+            speedup_vs_cold=against(1 / speedup, round(1 / TARGET_FORK_SPEEDUP, 4), speedup=round(speedup, 2), note="value = forked / cold"),
+        ),  # fmt: skip
+        "first_plot_cell_in_fresh_kernel": figure(
+            plots, target=TARGET_FORK_FIRST_PLOT_MS, meets_target=median_ms(plots) <= TARGET_FORK_FIRST_PLOT_MS,
+            cold=figure(cold_plots), speedup_vs_cold=round(statistics.median(cold_plots) / statistics.median(plots), 2),
+        ),  # fmt: skip
+        "sequential_kernels": against(
+            sequential * 100 / jobs, TARGET_FORK_100_SEQUENTIAL_S, unit="s per 100", kernels_run=jobs,
+            what="start + one cell + shutdown, one after another",
+            cold_estimate_s=round(statistics.median(cold_first_result) * 100, 1),
+        ),  # fmt: skip
+        "concurrent_20_kernels_wall_s": round(concurrent, 3),
+        "pss": against(
+            pss_ratio, round(TARGET_FORK_PSS_RATIO, 4), unit="forked / cold", forked_alive_at_once=alive,
+            forked_pss_mib=round(statistics.median(forked_pss) / 2**20, 1), cold_pss_mib=round(statistics.median(cold_pss) / 2**20, 1),
+            note="both with the preload list imported; a forked kernel shares the template's pages with its siblings",
+        ),  # fmt: skip
+    }
+
+
 # -- CLI start-up --------------------------------------------------------------
 
 
@@ -385,11 +480,14 @@ def machine() -> dict[str, Any]:
 
 async def run(names: list[str], plan: Plan, home: Path) -> tuple[dict[str, Any], dict[str, list[float]]]:
     settings = Settings(home=str(home))
-    cold = await measure_cold_starts(names, settings, plan)
+    cold_settings = settings.replace(kernel_fork=False)  # the figures of issues 3 and 7 are of normal launches
+    cold = await measure_cold_starts(names, cold_settings, plan)
     handouts = await measure_handouts(names, settings, plan)
-    trips = await measure_roundtrips(names, settings, plan, home)
-    plots = {name: await measure_plot(name, settings, plan) for name in names}
+    trips = await measure_roundtrips(names, cold_settings, plan, home)
+    plots = {name: await measure_plot(name, cold_settings, plan) for name in names}
     results = {name: backend_report(name, cold[name], handouts[name], trips, plots[name]) for name in names}
+    if "local" in names:
+        results["local"]["fork_server"] = await measure_fork_server(settings, plan, cold["local"])
     return results, trips
 
 

@@ -38,7 +38,7 @@ KERNEL_MODULES = (
     "IPython.core.completerlib", "IPython.core.debugger", "IPython.core.oinspect", "IPython.extensions.storemagic",
     "IPython.utils.wildcard", "pdb", "cProfile", "faulthandler", "mimetypes", "psutil", "resource",
     "tornado.gen", "tornado.locks", "tornado.queues", "tornado.platform.asyncio", "http.server", "xmlrpc.server",
-    "encodings.idna",
+    "encodings.idna", "setproctitle",
 )  # fmt: skip
 #: the largest request (argv + env) a kernel launch sends
 MAX_REQUEST = 1 << 20
@@ -186,6 +186,9 @@ def _become_kernel(template: Template, conn: socket.socket, request: dict, fds: 
         for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        if "setproctitle" in sys.modules:  # ps, psutil and kernel finders then see a kernel, not a template
+            # (before the environment is replaced: setproctitle needs the original environ block)
+            sys.modules["setproctitle"].setproctitle(" ".join([sys.executable, "-m", "ipykernel_launcher", *request["argv"]]))
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])

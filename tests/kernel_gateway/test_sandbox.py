@@ -392,3 +392,13 @@ async def test_a_users_work_dir_is_lent_to_the_sandbox_uid_and_given_back(tmp_pa
     after = folder.stat()
     assert (after.st_uid, after.st_gid) == (before.st_uid, before.st_gid)
     assert (folder / "made.txt").read_text() == "x"
+
+
+@needs_bwrap
+async def test_pooled_sandbox_kernels_import_the_preload_list_in_their_warm_up(tmp_path):
+    # sandboxed kernels are launched normally (never forked: each needs its own namespaces),
+    # so their preload happens in the pool's warm-up cell
+    async with SandboxBackend(Settings(home=str(tmp_path / "ws"), kernel_preload="csv"), pool_size=1) as backend:
+        async with await backend.start_session() as session:
+            result = await session.execute("import sys\nprint('csv' in sys.modules, 'csv' in dir())")
+            assert result.outputs[0]["text"] == "True False\n"

@@ -12,5 +12,7 @@ pytestmark = pytest.mark.skipif(probe(Settings()) is not None, reason=f"bwrap ca
 class TestSandboxConformance(BackendConformance):
     @pytest.fixture
     async def backend(self, tmp_path):
-        async with SandboxBackend(Settings(home=str(tmp_path / "ws")), pool_size=1) as backend:
+        # no preload: a pooled kernel per test would import numpy/pandas/matplotlib
+        # in its warm-up for checks that do not use them (test_sandbox.py covers it)
+        async with SandboxBackend(Settings(home=str(tmp_path / "ws"), kernel_preload=""), pool_size=1) as backend:
             yield backend
