@@ -64,6 +64,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("kernel_pool_size", 2, "Warm kernels kept started per backend in long-lived processes (0 = none).", int),
     Setting("kernel_pool_replenish_delay", 1.0, "Seconds after a handout before the pool starts a replacement kernel (keeps a new session's first cells fast).", float),
     Setting("kernel_fork", True, "Start `local` kernels as forks of a template process that has already imported ipykernel and kernel_preload (tens of ms instead of ~1 s); falls back to a normal launch when forking is not possible.", _parse_bool),
+    Setting("kernel_fork_idle", 600.0, "Seconds a kernel fork template (shared by this user's dsagent processes) stays alive with no request and no kernel of its own.", float),
     Setting("kernel_preload", "numpy, pandas, matplotlib", "Modules (comma-separated) the fork template and pooled kernels import ahead of time, so a new kernel's first cells do not wait for them (matplotlib includes pyplot and the inline backend; empty = none).", str),
     Setting("kernel_start_timeout", 60.0, "Seconds a kernel may take to start before it counts as failed.", float),
     Setting("execution_timeout", 600.0, "Default seconds one cell may run before it is interrupted.", float),

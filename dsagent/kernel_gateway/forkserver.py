@@ -20,26 +20,28 @@ that stops a fork (no template, a template that died, a kernelspec that is not
 from __future__ import annotations
 
 import asyncio
-import atexit
+import contextlib
+import fcntl
+import hashlib
 import json
 import logging
 import os
 import select
-import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from jupyter_client import AsyncKernelManager
 from jupyter_client.provisioning import LocalProvisioner
 
-__all__ = ["ForkServer", "ForkedProcess", "ForkingKernelManager", "fork_server_for", "preload_list", "stop_all"]
+__all__ = ["ForkServer", "ForkedProcess", "ForkingKernelManager", "fork_server_for", "preload_list", "runtime_dir", "stop_all"]
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +52,18 @@ IMPORT_ENV_PREFIXES = ("PYTHON", "MPL", "OMP_", "OPENBLAS", "MKL_", "NUMEXPR", "
 EXIT_CODE_WAIT = 1.0
 #: exit code reported when the template died before it could say how the kernel ended
 UNKNOWN_EXIT = 255
+#: besides IMPORT_ENV_PREFIXES, what a template's environment keeps (matplotlib's and IPython's config folders)
+TEMPLATE_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "USER")
+#: seconds before a process tries again to start a template after one it started died while starting
+RETRY_AFTER_FAILURE = 60.0
 
 
 class ForkFailed(RuntimeError):
-    """The template could not fork a kernel; the caller launches one the normal way."""
+    """The template could not fork a kernel; the caller launches one the normal way (and says so, once)."""
+
+
+class NotReady(ForkFailed):
+    """No template takes requests yet (it is starting): launch normally this time, quietly."""
 
 
 def preload_list(setting: str) -> tuple[str, ...]:
@@ -123,62 +133,123 @@ class ForkedProcess:
 
 
 class ForkServer:
-    """One template process for one kernel configuration, started on first use and replaced if it dies."""
+    """A client of the template for one kernel configuration; starts the template in the background when none runs.
 
-    def __init__(self, python: str, env: Mapping[str, str], preload: tuple[str, ...], log_path: Path | None = None) -> None:
+    Templates are shared by every dsagent process of this user (CLI calls,
+    ``serve``, Dask workers, test workers): the socket is named after the
+    configuration in an owner-only folder under the system temp dir. A
+    template that is still importing, or that died, is no reason to wait: the
+    caller launches its kernel normally and the next one is forked.
+    """
+
+    def __init__(self, python: str, env: Mapping[str, str], preload: tuple[str, ...], idle: float) -> None:
         self.python = python
-        self.env = dict(env)
+        self.env = _template_env(env)
         self.preload = preload
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-        self._dir: str | None = None
+        self.idle = idle
+        identity = json.dumps([python, sorted(self.env.items()), preload, str(TEMPLATE_SCRIPT), _mtime(TEMPLATE_SCRIPT)])
+        name = hashlib.sha256(identity.encode()).hexdigest()[:16]
+        folder = runtime_dir()
+        self.socket_path = os.path.join(folder, f"{name}.sock")
+        self.pid_path = os.path.join(folder, f"{name}.pid")
+        self.log_path = os.path.join(folder, f"{name}.log")
         self._lock = threading.Lock()
+        self._started: subprocess.Popen[bytes] | None = None  # a template this process started
+        self._failed_at: float | None = None  # when a template this process started died before it was ready
+        self._ready = False  # whether the template this process started ever took a request
 
-    @property
-    def socket_path(self) -> str:
-        assert self._dir is not None
-        return os.path.join(self._dir, "template.sock")
+    # -- the template ----------------------------------------------------------
 
-    def ensure_started(self, timeout: float) -> None:
-        """Start the template (or a new one after its death) and wait until it has imported everything."""
-        with self._lock:
-            if self.process is not None and self.process.poll() is None:
-                return
-            if self.process is not None:
-                log.warning("kernel fork template (pid %s) ended with %s; starting a new one", self.process.pid, self.process.returncode)
-            self._stop_locked()
-            self._start_locked(timeout)
-
-    def _start_locked(self, timeout: float) -> None:
-        self._dir = tempfile.mkdtemp(prefix="dsagent-fork-")  # 0700: only this user can ask for kernels
-        err = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+    def template_pid(self) -> int | None:
+        """The pid of the running (or starting) template, from its pid file; None if it is not alive."""
         try:
-            self.process = subprocess.Popen(
-                [self.python, str(TEMPLATE_SCRIPT), self.socket_path, ",".join(self.preload)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=self.env,
-                cwd=self._dir, start_new_session=True,  # a terminal's Ctrl-C is not for it
-            )  # fmt: skip
-        finally:
-            if err is not subprocess.DEVNULL:
-                err.close()
-        assert self.process.stdout is not None
-        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
-        line = self.process.stdout.readline() if ready else b""
-        if not line:
-            self._stop_locked()
-            raise ForkFailed(f"the fork template did not start within {timeout:g}s" if not ready else "the fork template exited while starting")
-        log.info("kernel fork template ready: %s", line.decode().strip())
+            with open(self.pid_path) as handle:
+                pid = int(handle.read().strip() or 0)
+        except (OSError, ValueError):
+            return None
+        if self._started is not None and self._started.pid == pid and self._started.poll() is not None:
+            return None  # ours and ended (reaped here, so its pid may already be reused)
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                alive = str(TEMPLATE_SCRIPT).encode() in handle.read()
+        except OSError:
+            return None
+        return pid if alive else None
+
+    def start(self) -> None:
+        """Start a template unless one is running or starting (any process's); returns at once."""
+        with self._lock, _file_lock(self.pid_path + ".lock"):
+            if self.template_pid() is not None:
+                return
+            if self._started is not None and self._started.poll() is not None:
+                if self._ready:  # it worked, then ended (killed): replace it
+                    log.warning("the kernel fork template (pid %s) ended with %s; starting a new one", self._started.pid, self._started.returncode)
+                else:
+                    self._failed_at = time.monotonic()
+                    warn_once(f"the fork template exited with {self._started.returncode} while starting (its log: {self.log_path})")
+                self._started, self._ready = None, False
+            if self._failed_at is not None and time.monotonic() - self._failed_at < RETRY_AFTER_FAILURE:
+                return
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket_path)  # stale: its template is gone
+            with open(self.log_path, "ab") as log_file:
+                self._started = subprocess.Popen(
+                    [self.python, str(TEMPLATE_SCRIPT), self.socket_path, ",".join(self.preload), str(self.idle)],
+                    stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=self.env,
+                    cwd=os.path.dirname(self.socket_path), start_new_session=True,  # outlives us; no terminal Ctrl-C
+                )  # fmt: skip
+            with open(self.pid_path, "w") as handle:
+                handle.write(str(self._started.pid))
+            log.info("starting a kernel fork template (pid %s, preload %s)", self._started.pid, ",".join(self.preload) or "none")
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Start the template if needed and wait until it takes requests (blocking); False if it did not."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self._connectable():
+                return True
+            self.start()
+            if self._failed_at is not None and time.monotonic() - self._failed_at < RETRY_AFTER_FAILURE:
+                return False  # it died while starting (start() said so, once)
+            time.sleep(0.02)
+        return False
+
+    def _connectable(self) -> bool:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(self.socket_path)
+            except OSError:
+                return False
+        self._ready = True
+        return True
+
+    def stop(self) -> None:
+        """End the template (tests; a template otherwise ends itself when idle). Its kernels keep running."""
+        pid = self.template_pid()
+        if pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        if self._started is not None:
+            self._started.wait()
+            self._started = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+
+    # -- kernels ---------------------------------------------------------------
 
     def spawn(self, argv: list[str], cwd: str, env: Mapping[str, str], stdout: int | None, stderr: int | None, timeout: float) -> ForkedProcess:
-        """Fork one kernel; blocking (call it in a thread)."""
-        self.ensure_started(timeout)
+        """Fork one kernel (blocking: call it in a thread); ``NotReady`` if no template takes requests yet."""
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        conn.settimeout(timeout)
-        null = None
         try:
             conn.connect(self.socket_path)
-            if stdout is None or stderr is None:
-                null = os.open(os.devnull, os.O_WRONLY)
+        except OSError as exc:
+            conn.close()
+            self.start()
+            raise NotReady(str(exc)) from None
+        self._ready = True
+        conn.settimeout(timeout)
+        null = os.open(os.devnull, os.O_WRONLY) if stdout is None or stderr is None else None
+        try:
             fds = [null if stdout is None else stdout, null if stderr is None else stderr]
             request = {"argv": argv[3:], "cwd": cwd, "env": dict(env), "owner": os.getpid()}
             socket.send_fds(conn, [json.dumps(request).encode()], fds)
@@ -186,7 +257,10 @@ class ForkServer:
             reply = json.loads(data) if data else {"error": "the template closed the connection"}
         except (OSError, ValueError) as exc:
             conn.close()
-            raise ForkFailed(f"cannot reach the fork template: {exc}") from exc
+            if self.template_pid() is None:  # it died (a new one is starting): as if it were not there yet
+                self.start()
+                raise NotReady(str(exc)) from None
+            raise ForkFailed(f"the fork template did not answer: {exc}") from exc
         finally:
             if null is not None:
                 os.close(null)
@@ -196,28 +270,42 @@ class ForkServer:
         conn.settimeout(None)
         return ForkedProcess(int(reply["pid"]), pidfds[0], conn)
 
-    def stop(self) -> None:
-        with self._lock:
-            self._stop_locked()
 
-    def _stop_locked(self) -> None:
-        if self.process is not None:
-            if self.process.poll() is None:
-                self.process.kill()  # its kernels are independent of it
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL does not wait for anything
-                pass
-            for pipe in (self.process.stdin, self.process.stdout):
-                if pipe is not None:
-                    pipe.close()
-            self.process = None
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
+def runtime_dir() -> str:
+    """``$TMPDIR/dsagent-fork-<uid>``: made 0700 and checked to be ours, so only this user reaches the sockets."""
+    folder = os.path.join(tempfile.gettempdir(), f"dsagent-fork-{os.getuid()}")
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(folder, 0o700)
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise ForkFailed(f"{folder} is not a folder only this user can use; remove it")
+    return folder
 
 
-# -- one fork server per configuration, per process --------------------------
+def _template_env(env: Mapping[str, str]) -> dict[str, str]:
+    """What the template starts with: what changes imports, and no more (its memory is every kernel's)."""
+    return {k: v for k, v in env.items() if k.startswith(IMPORT_ENV_PREFIXES) or k in TEMPLATE_ENV_KEYS}
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+@contextlib.contextmanager
+def _file_lock(path: str) -> Iterator[None]:
+    """An exclusive lock between processes starting templates (flock: released if the holder dies)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+# -- one client per configuration, per process -----------------------------------
 
 _SERVERS: dict[tuple[Any, ...], ForkServer] = {}
 _SERVERS_LOCK = threading.Lock()
@@ -225,28 +313,28 @@ _WARNED: set[str] = set()
 
 
 def _forget_in_child() -> None:
-    # a forked copy of this process (multiprocessing, Dask's fork start method) must
-    # not share the parent's templates: it would read its kernels' exit codes
+    # a forked copy of this process (multiprocessing, Dask's fork start method) starts
+    # with its own clients: the parent's lock may be held and its Popen is not ours
+    global _SERVERS_LOCK
     _SERVERS.clear()
+    _SERVERS_LOCK = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
 
 
-def fork_server_for(kernel_cmd: list[str], env: Mapping[str, str], preload: tuple[str, ...], log_path: Path | None = None) -> ForkServer:
-    """The process's fork server for kernels of this interpreter, import environment and preload list."""
-    import_env = tuple(sorted((k, v) for k, v in env.items() if k.startswith(IMPORT_ENV_PREFIXES)))
-    key = (kernel_cmd[0], import_env, preload)
+def fork_server_for(python: str, env: Mapping[str, str], preload: tuple[str, ...], idle: float) -> ForkServer:
+    """This process's client of the template for kernels of this interpreter, import environment and preload list."""
+    key = (python, tuple(sorted(_template_env(env).items())), preload, idle, str(TEMPLATE_SCRIPT))
     with _SERVERS_LOCK:
         server = _SERVERS.get(key)
         if server is None:
-            server = _SERVERS[key] = ForkServer(kernel_cmd[0], env, preload, log_path)
+            server = _SERVERS[key] = ForkServer(python, env, preload, idle)
         return server
 
 
-@atexit.register
 def stop_all() -> None:
-    """Stop every template of this process (kernels forked from them keep running until shut down)."""
+    """Stop the templates this process has used (tests); kernels forked from them keep running."""
     with _SERVERS_LOCK:
         servers = list(_SERVERS.values())
         _SERVERS.clear()
@@ -268,12 +356,17 @@ class ForkingKernelManager(AsyncKernelManager):
     stock ``LocalProvisioner``; only its process object is a ``ForkedProcess``.
     """
 
-    def __init__(self, *, preload: tuple[str, ...], start_timeout: float, template_log: Path | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, preload: tuple[str, ...], start_timeout: float, idle: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.preload = preload
         self.start_timeout = start_timeout
-        self.template_log = template_log
+        self.idle = idle
         self.forked = False  # whether the current kernel process came from the template
+
+    def fork_server(self, env: Mapping[str, str]) -> ForkServer | None:
+        """The template client this manager's kernels would come from; None if they cannot be forked."""
+        cmd = self.format_kernel_cmd(extra_arguments=[])
+        return fork_server_for(cmd[0], env, self.preload, self.idle) if forkable(cmd) else None
 
     async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
         provisioner = self.provisioner
@@ -281,6 +374,8 @@ class ForkingKernelManager(AsyncKernelManager):
         if type(provisioner) is LocalProvisioner and forkable(kernel_cmd):
             try:
                 process = await asyncio.to_thread(self._spawn, kernel_cmd, kw)
+            except NotReady:
+                pass  # the template is starting (in the background): this kernel launches normally
             except ForkFailed as exc:
                 warn_once(str(exc))
             else:
@@ -299,8 +394,22 @@ class ForkingKernelManager(AsyncKernelManager):
 
     def _spawn(self, kernel_cmd: list[str], kw: Mapping[str, Any]) -> ForkedProcess:
         env = kw.get("env") or dict(os.environ)
-        server = fork_server_for(kernel_cmd, env, self.preload, self.template_log)
+        server = fork_server_for(kernel_cmd[0], env, self.preload, self.idle)
         return server.spawn(kernel_cmd, str(kw.get("cwd") or os.getcwd()), env, _fd(kw.get("stdout")), _fd(kw.get("stderr")), self.start_timeout)
+
+
+async def warm_fork_server(km: ForkingKernelManager, env: Mapping[str, str], timeout: float) -> bool:
+    """Start the template ``km``'s kernels would be forked from and wait until it takes requests.
+
+    Kernels started before that launch normally; callers that start many
+    (a sweep, a test module) call this first. False if forking is not possible.
+    """
+    try:
+        server = km.fork_server(env)
+    except Exception as exc:  # no such kernelspec, an unusable runtime folder: kernels launch normally
+        warn_once(str(exc))
+        return False
+    return server is not None and await asyncio.to_thread(server.wait_ready, timeout)
 
 
 def _fd(stream: Any) -> int | None:

@@ -1,10 +1,11 @@
 """The template process of the kernel fork server: imports once, then forks one ipykernel per request.
 
-Run as a script (``python forktemplate.py SOCKET OWNER_PID PRELOAD``), never
-imported by dsagent: whatever it imports is inherited by every kernel forked
-from it, so it imports only ipykernel, IPython and the preload list, never
-dsagent itself. The owner (``forkserver.ForkServer``) talks to it over a unix
-socket in an owner-only folder:
+Run as a script (``python forktemplate.py SOCKET PRELOAD IDLE_SECONDS``),
+never imported by dsagent: whatever it imports is inherited by every kernel
+forked from it, so it imports only ipykernel, IPython and the preload list,
+never dsagent itself. Clients (``forkserver.ForkServer`` in any dsagent
+process of the same user) talk to it over a unix socket in an owner-only
+folder; connections from another uid are refused (SO_PEERCRED):
 
 - request: one JSON message ``{"argv", "cwd", "env", "owner"}`` with the
   kernel's stdout and stderr file descriptors attached (SCM_RIGHTS);
@@ -13,9 +14,14 @@ socket in an owner-only folder:
   this process (its parent) reaped it; ``code`` follows ``Popen.returncode``.
 
 The template never starts a thread or a ZMQ context, so a fork copies one
-thread and no sockets; each child makes its own after the fork. It exits when
-its owner closes its stdin (the owner ended); kernels it forked keep running
-and end with their owner (they watch the owner's pid themselves).
+thread and no sockets; each child makes its own after the fork. It outlives
+the process that started it (the next ``dsagent run`` finds it) and exits
+after IDLE_SECONDS with no request and no kernel alive. Each kernel ends with
+the process that asked for it (it watches that pid itself).
+
+The socket appears at SOCKET only once the imports are done (bound under a
+temporary name, then renamed), so a client that can connect gets a fork at
+once; one that cannot launches its kernel the normal way meanwhile.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import os
 import selectors
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -67,22 +74,25 @@ def _preload(names: list[str]) -> None:
 class Template:
     """The accept/fork/reap loop of one template process."""
 
-    def __init__(self, listener: socket.socket) -> None:
+    def __init__(self, listener: socket.socket, idle: float) -> None:
         self.listener = listener
+        self.idle = idle
         self.selector = selectors.DefaultSelector()
         self.selector.register(listener, selectors.EVENT_READ, "accept")
-        self.selector.register(sys.stdin.fileno(), selectors.EVENT_READ, "owner")
         self.children: dict[int, tuple[int, socket.socket]] = {}  # pidfd -> (pid, connection)
 
     def serve(self) -> None:
         while True:
-            for key, _ in self.selector.select():
-                if key.data == "owner":
-                    if not os.read(sys.stdin.fileno(), 4096):
-                        return  # the owner is gone; kernels already forked live on
-                elif key.data == "accept":
+            events = self.selector.select(self.idle)
+            if not events and not self.children:
+                return  # nobody asked for a kernel for a while and none is left to reap
+            for key, _ in events:
+                if key.data == "accept":
                     conn, _ = self.listener.accept()
-                    self._handle(conn)
+                    if _peer_uid(conn) == os.getuid():
+                        self._handle(conn)
+                    else:
+                        conn.close()  # the folder is owner-only; this is the second lock
                 else:
                     self._reap(key.fd)
 
@@ -136,7 +146,11 @@ class Template:
             conn.close()
         self.children.clear()
         keep.close()
-        sys.stdin.close()
+
+
+def _peer_uid(conn: socket.socket) -> int:
+    pid, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return uid
 
 
 def _send(conn: socket.socket, message: dict) -> None:
@@ -229,16 +243,26 @@ def _run_kernel(argv: list[str]) -> int:
 
 
 def main(argv: list[str]) -> None:
-    path, preload = argv[0], [n.strip() for n in argv[1].split(",") if n.strip()]
+    path, preload, idle = argv[0], [n.strip() for n in argv[1].split(",") if n.strip()], float(argv[2])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is for the owner, not the template
     started = time.perf_counter()
     _preload(preload)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    os.chmod(path, 0o600)
+    staging = f"{path}.{os.getpid()}"
+    listener.bind(staging)
+    os.chmod(staging, 0o600)
     listener.listen(64)
-    print(json.dumps({"ready": os.getpid(), "seconds": round(time.perf_counter() - started, 3)}), flush=True)
-    Template(listener).serve()
+    os.rename(staging, path)  # clients connect only once everything is imported
+    inode = os.stat(path).st_ino
+    print(json.dumps({"ready": os.getpid(), "socket": path, "seconds": round(time.perf_counter() - started, 3)}), file=sys.stderr, flush=True)
+    try:
+        Template(listener, idle).serve()
+    finally:
+        try:
+            if os.stat(path).st_ino == inode:  # not a successor's socket
+                os.unlink(path)
+        except OSError:
+            pass
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from jupyter_client.kernelspec import NoSuchKernel
 
 from dsagent.errors import KernelDied, KernelStartFailed, SessionClosed
 from dsagent.kernel_gateway.base import KernelBackend, KernelSession, OutputHook, run_hook
-from dsagent.kernel_gateway.forkserver import ForkingKernelManager, preload_list
+from dsagent.kernel_gateway.forkserver import ForkingKernelManager, preload_list, warm_fork_server
 from dsagent.kernel_gateway.models import Execution, ExecutionError, FileInfo
 from dsagent.kernel_gateway.outputs import OutputCollector
 from dsagent.kernel_gateway.pool import WarmPool
@@ -136,7 +136,10 @@ class LocalBackend(KernelBackend):
         }
 
     async def warm(self) -> None:
-        """Fill the warm pool and wait until its kernels are ready."""
+        """Start the fork template (if forking) and fill the warm pool; wait until both are ready."""
+        km = self._kernel_manager()
+        if isinstance(km, ForkingKernelManager):
+            await warm_fork_server(km, self._kernel_env(None), self.settings.kernel_start_timeout)
         await self.pool.wait_ready()
 
     async def start_session(self, *, work_dir: str | Path | None = None, env: Mapping[str, str] | None = None) -> "LocalSession":
@@ -175,7 +178,7 @@ class LocalBackend(KernelBackend):
             kernel_name=self.kernel_name,
             preload=preload_list(self.settings.kernel_preload),
             start_timeout=self.settings.kernel_start_timeout,
-            template_log=self.workspace.home / "logs" / "fork-template.log",
+            idle=self.settings.kernel_fork_idle,
         )
 
     def _kernel_env(self, extra: Mapping[str, str] | None) -> dict[str, str]:

@@ -23,11 +23,17 @@ def _settings(tmp_path, **values):
     return Settings(home=str(tmp_path / "ws"), kernel_pool_replenish_delay=600, **values)
 
 
-def _template(session) -> forkserver.ForkServer:
-    """The fork server that made ``session``'s kernel (one per configuration in this process)."""
-    servers = [s for s in forkserver._SERVERS.values() if s.process is not None]
-    assert len(servers) == 1, servers
-    return servers[0]
+def _template_pid() -> int:
+    """The pid of the template this process's kernels come from (one configuration in these tests)."""
+    pids = {s.template_pid() for s in forkserver._SERVERS.values()} - {None}
+    assert len(pids) == 1, pids
+    return pids.pop()
+
+
+async def _warm_backend(settings, **options):
+    backend = LocalBackend(settings, **options)
+    await backend.warm()  # the template is shared, so only the first test waits for its imports
+    return backend
 
 
 class TestForkServedConformance(BackendConformance):
@@ -35,13 +41,14 @@ class TestForkServedConformance(BackendConformance):
 
     @pytest.fixture
     async def backend(self, tmp_path):
-        async with LocalBackend(_settings(tmp_path), pool_size=0) as backend:
+        async with await _warm_backend(_settings(tmp_path), pool_size=0) as backend:
             yield backend
 
     async def test_the_kernel_is_a_fork_of_the_template(self, session):
         assert session._kernel.km.forked
         kernel = psutil.Process(session.kernel_pid)
-        assert kernel.ppid() == _template(session).process.pid
+        assert kernel.ppid() == _template_pid()
+        assert "ipykernel_launcher -f" in " ".join(kernel.cmdline())  # what ps and kernel finders look for
         # its own session and process group: a SIGINT to the group reaches no sibling
         assert os.getsid(session.kernel_pid) == session.kernel_pid
         result = await session.execute("import sys; print('pandas' in sys.modules, 'matplotlib.pyplot' in sys.modules)")
@@ -50,7 +57,7 @@ class TestForkServedConformance(BackendConformance):
 
 @pytest.fixture
 async def backend(tmp_path):
-    async with LocalBackend(_settings(tmp_path), pool_size=0) as backend:
+    async with await _warm_backend(_settings(tmp_path), pool_size=0) as backend:
         yield backend
 
 
@@ -79,11 +86,11 @@ async def test_two_children_share_no_state(backend, tmp_path):
 async def test_a_crashing_child_leaves_template_and_siblings_alone(backend):
     a, b = await backend.start_session(), await backend.start_session()
     try:
-        template = _template(a).process
+        template = _template_pid()
         await b.execute("x = 1")
         died = await a.execute("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
         assert died.status == "died" and "exit code -11" in died.error.evalue
-        assert template.poll() is None and _template(b).process is template
+        assert _template_pid() == template
         assert (await b.execute("x + 1")).outputs[0]["data"]["text/plain"] == "2"
         c = await backend.start_session()
         assert c._kernel.km.forked and (await c.execute("1")).status == "ok"
@@ -98,12 +105,16 @@ async def test_a_crashing_child_leaves_template_and_siblings_alone(backend):
 async def test_a_dead_template_is_replaced_and_its_kernels_live_on(backend):
     a = await backend.start_session()
     try:
-        old = _template(a).process
-        old.kill()
-        old.wait()
+        old = _template_pid()
+        os.kill(old, signal.SIGKILL)
+        assert await process_gone(old)
         assert (await a.execute("'still here'")).status == "ok"
+        b = await backend.start_session()  # no template: a normal launch, and a new template starts
+        assert not b._kernel.km.forked and (await b.execute("1")).status == "ok"
+        await b.shutdown()
+        await backend.warm()
         b = await backend.start_session()
-        assert b._kernel.km.forked and _template(b).process.pid != old.pid
+        assert b._kernel.km.forked and _template_pid() != old
         assert (await b.execute("1 + 1")).outputs[0]["data"]["text/plain"] == "2"
         await b.shutdown()
         # the orphaned kernel's end is still seen (no exit code from a dead template)
@@ -116,21 +127,18 @@ async def test_a_dead_template_is_replaced_and_its_kernels_live_on(backend):
 
 
 async def test_a_failed_fork_falls_back_to_a_normal_launch_logged_once(tmp_path, monkeypatch, caplog):
-    forkserver.stop_all()
+    # a template that cannot start (its script is missing: a broken install)
     monkeypatch.setattr(forkserver, "TEMPLATE_SCRIPT", tmp_path / "missing-template.py")
     monkeypatch.setattr(forkserver, "_WARNED", set())
     caplog.set_level(logging.WARNING, logger="dsagent.kernel_gateway.forkserver")
-    try:
-        async with LocalBackend(_settings(tmp_path, kernel_start_timeout=20), pool_size=0) as backend:
-            for _ in range(2):
-                session = await backend.start_session()
-                assert not session._kernel.km.forked
-                assert (await session.execute("6 * 7")).outputs[0]["data"]["text/plain"] == "42"
-                await session.shutdown()
-        warnings = [r for r in caplog.records if "fork server unavailable" in r.getMessage()]
-        assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
-    finally:
-        forkserver.stop_all()
+    async with await _warm_backend(_settings(tmp_path, kernel_start_timeout=20), pool_size=0) as backend:
+        for _ in range(3):
+            session = await backend.start_session()
+            assert not session._kernel.km.forked
+            assert (await session.execute("6 * 7")).outputs[0]["data"]["text/plain"] == "42"
+            await session.shutdown()
+    warnings = [r.getMessage() for r in caplog.records if "fork server unavailable" in r.getMessage()]
+    assert len(warnings) == 1 and "missing-template.py" not in warnings[0] and "while starting" in warnings[0], warnings
 
 
 async def test_pooled_kernels_import_the_preload_list_in_their_warm_up(tmp_path):
@@ -155,6 +163,7 @@ def test_kernels_end_with_the_process_that_asked_for_them(tmp_path):
         from dsagent.settings import Settings
         async def main():
             backend = LocalBackend(Settings(home={str(tmp_path / 'ws')!r}, kernel_preload=""), pool_size=0)
+            await backend.warm()
             session = await backend.start_session()
             assert session._kernel.km.forked
             print(session.kernel_pid, flush=True)
