@@ -22,6 +22,8 @@ EXIT_TIMEOUT = 3  # a cell ran past its timeout
 EXIT_KERNEL_DIED = 4  # the kernel process ended mid-cell
 EXIT_CANCELLED = 130  # SIGINT/SIGTERM
 
+#: jsonschema's optional string-format checkers, never needed by dsagent (see _skip_slow_optional_imports)
+FORMAT_CHECKER_MODULES = ("rfc3987_syntax", "rfc3987", "rfc3986_validator", "rfc3339_validator", "uri_template", "isoduration", "webcolors", "fqdn")
 #: modules that contribute commands, in the order --help lists them
 COMMAND_MODULES = ("dsagent.cli.kernels", "dsagent.cli.artifacts", "dsagent.cli.notebooks", "dsagent.cli.agents", "dsagent.cli.demo")
 
@@ -51,6 +53,7 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _skip_slow_optional_imports()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -73,6 +76,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
         return EXIT_OK
+
+
+def _skip_slow_optional_imports() -> None:
+    """Keep optional imports that cost seconds and serve no command out of this process.
+
+    jsonschema (imported by nbformat to validate notebooks) imports every
+    string-format checker package that is installed; ``rfc3987_syntax`` alone
+    compiles a grammar at import (~1.3 s, more than the rest of a ``dsagent
+    run``), the others add ~0.2 s. No schema dsagent validates uses those
+    formats (iri, uri, date-time, duration, uri-template, color, hostname), so
+    their imports fail here as if the packages were absent, and jsonschema
+    skips those checkers. Packages with other users (idna, jsonpointer) stay.
+    """
+    if "jsonschema" not in sys.modules:
+        for name in FORMAT_CHECKER_MODULES:
+            sys.modules.setdefault(name, None)  # type: ignore[assignment]
 
 
 def _apply_global_settings(args: argparse.Namespace) -> None:

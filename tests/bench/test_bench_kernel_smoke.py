@@ -31,6 +31,12 @@ def test_quick_run_on_local_prints_one_json_object_with_targets():
     assert local["plot_png_cell"]["first_cell_ms"] > 0
     assert set(report["raw_jupyter_client_stock_kernel_1p1"]) == {"tcp", "ipc"}
     assert "vs_local" not in local
+    fork = local["fork_server"]  # issue 16: forked kernels against cold launches of the same run
+    first = fork["fresh_kernel_to_first_result"]
+    assert first["median_ms"] > 0 and first["target"] == 50.0 and first["speedup_vs_cold"]["speedup"] > 0
+    assert fork["first_plot_cell_in_fresh_kernel"]["cold"]["median_ms"] > 0
+    assert fork["sequential_kernels"]["kernels_run"] > 0 and fork["concurrent_kernels"]["wall_s"] > 0
+    assert fork["pss"]["forked_pss_mib"] > 0 and fork["pss"]["cold_pss_mib"] > 0
 
     cli = report["cli"]
     assert cli["ratio"] > 0 and cli["python_pass"]["median_ms"] > 0

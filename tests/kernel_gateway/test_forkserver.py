@@ -132,7 +132,7 @@ async def test_a_failed_fork_falls_back_to_a_normal_launch_logged_once(tmp_path,
     monkeypatch.setattr(forkserver, "_WARNED", set())
     caplog.set_level(logging.WARNING, logger="dsagent.kernel_gateway.forkserver")
     async with await _warm_backend(_settings(tmp_path, kernel_start_timeout=20), pool_size=0) as backend:
-        for _ in range(3):
+        for _ in range(2):
             session = await backend.start_session()
             assert not session._kernel.km.forked
             assert (await session.execute("6 * 7")).outputs[0]["data"]["text/plain"] == "42"
