@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# kernel fork templates outlive the processes that start them (the next CLI call finds
+# them); the ones tests start need not wait the default 10 idle minutes after the suite
+os.environ.setdefault("DSAGENT_KERNEL_FORK_IDLE", "60")
 
 # the conformance kit lives in the package, not in tests/: show values in its failed asserts too
 pytest.register_assert_rewrite("dsagent.testing.conformance")

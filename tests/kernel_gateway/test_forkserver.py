@@ -180,3 +180,14 @@ def test_kernels_end_with_the_process_that_asked_for_them(tmp_path):
     assert done.returncode == -9, done.stderr
     pid = int(done.stdout.split()[0])
     assert asyncio.run(process_gone(pid, within=10))
+
+
+def test_a_runtime_folder_others_can_write_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(forkserver.tempfile, "tempdir", str(tmp_path))
+    folder = tmp_path / f"dsagent-fork-{os.getuid()}"
+    folder.mkdir()
+    folder.chmod(0o777)  # someone else could plant a socket here
+    with pytest.raises(forkserver.ForkFailed, match="only this user"):
+        forkserver.runtime_dir()
+    folder.chmod(0o700)
+    assert forkserver.runtime_dir() == str(folder)
