@@ -117,6 +117,8 @@ class LocalBackend(KernelBackend):
     """ipykernels on this machine; ``pool_size`` kernels are kept started ahead of time."""
 
     name = "local"
+    #: whether kernels may be forks of the preloaded template (setting ``kernel_fork``)
+    fork_kernels = True
 
     def __init__(self, settings: Settings | None = None, *, pool_size: int | None = None, kernel_name: str | None = None, **options: Any) -> None:
         super().__init__(settings, **options)
@@ -137,8 +139,9 @@ class LocalBackend(KernelBackend):
 
     async def warm(self) -> None:
         """Start the fork template (if forking) and fill the warm pool; wait until both are ready."""
-        km = self._kernel_manager()
-        if isinstance(km, ForkingKernelManager):
+        if self.fork_kernels and self.settings.kernel_fork:
+            km = self._kernel_manager()
+            assert isinstance(km, ForkingKernelManager)
             await warm_fork_server(km, self._kernel_env(None), self.settings.kernel_start_timeout)
         await self.pool.wait_ready()
 
@@ -172,7 +175,7 @@ class LocalBackend(KernelBackend):
 
     def _kernel_manager(self) -> AsyncKernelManager:
         """A manager for one kernel of ``kernel_name``: forked from a preloaded template unless ``kernel_fork`` is off."""
-        if not self.settings.kernel_fork:
+        if not (self.fork_kernels and self.settings.kernel_fork):
             return AsyncKernelManager(kernel_name=self.kernel_name)
         return ForkingKernelManager(
             kernel_name=self.kernel_name,

@@ -290,6 +290,9 @@ class SandboxBackend(LocalBackend):
 
     name = "sandbox"
     unsupported: Mapping[str, str] = {}
+    #: each kernel needs its own namespaces and mounts, which a fork of a shared template would
+    #: not have: launched normally, with kernel_preload imported in the pool's warm-up cell
+    fork_kernels = False
 
     def __init__(self, settings: Settings | None = None, *, pool_size: int | None = None, kernel_name: str | None = None, **options: Any) -> None:
         super().__init__(settings, pool_size=pool_size, kernel_name=kernel_name, **options)
