@@ -6,19 +6,31 @@ import asyncio
 import json
 import sys
 import time
+import uuid
 
 import psutil
 import pytest
 
 from dsagent.errors import KernelStartFailed
+from dsagent.kernel_gateway import forkserver
 from dsagent.kernel_gateway.local import LocalBackend
 from dsagent.settings import Settings
 
 
 def kernel_processes() -> set[int]:
-    """Pids of ipykernels started by this test process (any depth)."""
+    """Pids of ipykernels started by this test process (any depth), forked ones included.
+
+    A forked kernel is a child of its fork template, which is shared and not
+    ours; the pool tests below use a template of their own (``private``), so
+    the kernels under the templates this process used are its own.
+    """
     found = set()
-    for child in psutil.Process().children(recursive=True):
+    roots = [psutil.Process()]
+    for server in forkserver._SERVERS.values():
+        pid = server.template_pid()
+        if pid is not None and server.preload and server.preload[-1].startswith(PRIVATE_PRELOAD):
+            roots.append(psutil.Process(pid))
+    for child in (c for root in roots for c in root.children(recursive=True)):
         try:
             if child.status() != psutil.STATUS_ZOMBIE and "ipykernel_launcher" in " ".join(child.cmdline()):
                 found.add(child.pid)
@@ -27,8 +39,16 @@ def kernel_processes() -> set[int]:
     return found
 
 
+PRIVATE_PRELOAD = "dsagent_test_private_template_"
+
+
+def private() -> Settings:
+    """Settings whose fork template no other test (or test worker) shares: a preload entry of its own."""
+    return Settings(kernel_pool_replenish_delay=0, kernel_preload=f"{PRIVATE_PRELOAD}{uuid.uuid4().hex[:8]}")
+
+
 async def test_pool_hands_out_each_kernel_once_and_refills():
-    async with LocalBackend(Settings(kernel_pool_replenish_delay=0), pool_size=2) as backend:
+    async with LocalBackend(private(), pool_size=2) as backend:
         await backend.warm()
         pooled = kernel_processes()
         assert len(pooled) == 2
@@ -48,7 +68,7 @@ async def test_pool_hands_out_each_kernel_once_and_refills():
 
 
 async def test_aclose_stops_every_kernel_pooled_or_in_use():
-    backend = LocalBackend(Settings(kernel_pool_replenish_delay=0), pool_size=2)
+    backend = LocalBackend(private(), pool_size=2)
     await backend.warm()
     session = await backend.start_session()
     await session.execute("x = 1")
