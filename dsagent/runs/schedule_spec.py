@@ -121,8 +121,9 @@ def make_schedule(
     _choice("overlap", overlap, OVERLAP)
     _choice("misfire", misfire, MISFIRE)
     _choice("notify-on", notify_on, NOTIFY_ON)
+    cron, timezone = check_cron(cron), check_timezone(timezone)  # the cheap checks first
     target = _target(chosen[0], notebook or batch, parameters, text_parameters, agent, data, grid, backend)
-    return Schedule(name=name, cron=check_cron(cron), timezone=check_timezone(timezone), target=target, overlap=overlap,
+    return Schedule(name=name, cron=cron, timezone=timezone, target=target, overlap=overlap,
                     misfire=misfire, notify_url=notify_url or None, notify_on=notify_on)
 
 

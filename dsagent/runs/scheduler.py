@@ -136,9 +136,12 @@ class Scheduler:
         if self.holder is None or held.owner != self.holder.owner:
             who = "this process" if held.owner == self.owner else f"{held.owner} (pid {held.pid} on {held.host})"
             log.info("schedules are fired by %s", who)
+        gained = held.owner == self.owner and (self.holder is None or self.holder.owner != self.owner)
         self.holder = held
         if not self.is_firing:
             return []
+        if gained:  # the last holder may have been killed mid-run: its runs end failed, so they do not block their schedules
+            await asyncio.to_thread(store.reap_dead_runs)
         fired = []
         for schedule in await asyncio.to_thread(self._all):
             if not schedule.paused:
