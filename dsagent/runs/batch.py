@@ -198,8 +198,10 @@ async def _dask_client(cluster: str | None, settings: Settings, workers: int | N
     from distributed import Client, LocalCluster
 
     if cluster in (None, "", "local"):
+        home = str(Workspace.from_settings(settings).home)  # the workers' kernels keep their folders and logs in this workspace
         local = await LocalCluster(n_workers=workers or settings.batch_workers, threads_per_worker=settings.batch_threads_per_worker,
-                                   processes=True, asynchronous=True, dashboard_address=":0", silence_logs=logging.ERROR)
+                                   processes=True, asynchronous=True, dashboard_address=":0", silence_logs=logging.ERROR,
+                                   env={"DSAGENT_HOME": home})
         try:
             async with Client(local, asynchronous=True) as client:
                 yield client
