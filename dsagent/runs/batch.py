@@ -128,6 +128,7 @@ class BatchOutcome:
     run: "Run"
     children: list["Run"] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    store_seconds: float = 0.0  # what writing the children's results cost this process (bench/batch.py reports it)
 
 
 async def run_batch(notebook: str | Path, grid: Grid | str | Path, **options: Any) -> "Run":
@@ -176,6 +177,7 @@ async def execute_batch(
         raise DsagentError(f"the grid makes {len(sets)} runs, more than batch_confirm_above ({limit})",
                            hint="confirm with --yes (confirm=True), or make the grid smaller", reason="too_large", count=len(sets))
     await asyncio.to_thread(check_parameter_sets, path, kernel, sets)
+    log.info("batch: %d parameter sets checked", len(sets))
     sweep = _Sweep(path, kernel, sets, settings, backend or settings.backend, retries if retries is not None else settings.batch_retries,
                    timeout, on_child)
     own_store = store is None
@@ -202,6 +204,7 @@ async def _dask_client(cluster: str | None, settings: Settings, workers: int | N
         local = await LocalCluster(n_workers=workers or settings.batch_workers, threads_per_worker=settings.batch_threads_per_worker,
                                    processes=True, asynchronous=True, dashboard_address=":0", silence_logs=logging.ERROR,
                                    env={"DSAGENT_HOME": home})
+        log.info("batch: LocalCluster of %d workers started", len(local.workers))
         try:
             async with Client(local, asynchronous=True) as client:
                 yield client
@@ -234,6 +237,7 @@ class _Sweep:
         self.children: list["Run"] = []
         self.final: dict[int, "Run"] = {}
         self.started: dict[int, float] = {}
+        self.store_seconds = 0.0
 
     async def run(self, client: Any, store: "Store", max_parallel: int | None, title: str | None, schedule_id: str | None,
                   cluster: str, on_start: Callable[["Run", list["Run"]], None] | None) -> BatchOutcome:
@@ -250,6 +254,7 @@ class _Sweep:
                 on_start(recorder.run, self.children)  # type: ignore[arg-type]
             overrides = {"backend": self.backend, "kernel_pool_replenish_delay": 0.0}
             await client.register_plugin(KernelPoolPlugin(self.plugin, self.backend, self.kernel, overrides), name=self.plugin)
+            log.info("batch %s: kernel pools set up on the workers", recorder.run_id)
             try:
                 slots = sum((await client.nthreads()).values()) or 1
                 await self._drive(client, store, max_parallel or slots)
@@ -258,13 +263,14 @@ class _Sweep:
                 raise
             finally:
                 await asyncio.shield(_quietly(client.unregister_worker_plugin(self.plugin)))
+                log.info("batch %s: kernel pools removed", recorder.run_id)
             counts = _counts(self.final.values())
             failed = len(self.sets) - counts.get("succeeded", 0)
             await recorder.event("batch_finished", {"counts": counts})
             if failed:
                 await recorder.finish("failed", error=f"{failed} of {len(self.sets)} children did not succeed ({_describe(counts)})")
         children = [self.final.get(c.id, c) for c in self.children]
-        return BatchOutcome(recorder.run, children, _counts(children))  # type: ignore[arg-type]
+        return BatchOutcome(recorder.run, children, _counts(children), self.store_seconds)  # type: ignore[arg-type]
 
     def _spec(self, index: int, attempt: int) -> "ChildSpec":
         from dsagent.runs.batch_worker import ChildSpec
@@ -302,7 +308,9 @@ class _Sweep:
             index = index_of.pop(future)
             result = await self._result(future, index, attempts[index])
             retry = result.status != "succeeded" and attempts[index] <= self.retries
+            t0 = time.perf_counter()
             run = await asyncio.to_thread(self._store_result, store, result, retry)
+            self.store_seconds += time.perf_counter() - t0
             if run is not None:
                 done += 1
                 self.final[run.id] = run

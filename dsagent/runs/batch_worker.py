@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 PLUGIN_PREFIX = "dsagent-kernels"
 _RUNNING: dict[str, set["asyncio.Task[Any]"]] = {}  # batch token -> its children running in this worker
+_CLOSING: set["asyncio.Task[Any]"] = set()  # pools being closed (strong references: the loop keeps weak ones)
 
 
 @dataclass(frozen=True)
@@ -84,9 +85,15 @@ class KernelPoolPlugin(WorkerPlugin):
             asyncio.ensure_future(warm())
 
     async def teardown(self, worker: Any) -> None:
+        """Stop the pool's kernels. Not awaited to the end: a replacement kernel still starting would hold the
+        caller's ``unregister`` for as long as a kernel start takes (seconds on a busy machine); it is stopped as
+        soon as it is up, and a worker that exits kills what is left (``local``'s atexit hook)."""
         if self.backend is not None:
-            await self.backend.aclose()
+            closing = asyncio.ensure_future(self.backend.aclose())
+            _CLOSING.add(closing)
+            closing.add_done_callback(_CLOSING.discard)
             self.backend = None
+            await asyncio.wait({closing}, timeout=1.0)
 
 
 async def run_child(spec: ChildSpec) -> ChildResult:
