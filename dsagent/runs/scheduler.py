@@ -132,7 +132,11 @@ class Scheduler:
         """Renew the lease and start every firing that is due now; the firings started."""
         now = self.clock()
         store = await asyncio.to_thread(lambda: self.store)
-        held = await asyncio.to_thread(store.acquire_scheduler_lease, self.owner, now, self.settings.scheduler_lease_seconds)
+        ttl = self.settings.scheduler_lease_seconds
+        if self.is_firing and self.holder is not None and (self.holder.expires - now).total_seconds() > ttl / 2:
+            held = self.holder  # renewed at half its life, not every tick: a write per tick would grow the WAL for nothing
+        else:
+            held = await asyncio.to_thread(store.acquire_scheduler_lease, self.owner, now, ttl)
         if self.holder is None or held.owner != self.holder.owner:
             who = "this process" if held.owner == self.owner else f"{held.owner} (pid {held.pid} on {held.host})"
             log.info("schedules are fired by %s", who)

@@ -168,3 +168,23 @@ async def test_a_failed_firing_posts_to_the_webhook(store, settings, tmp_path, c
                                "link": f"dsagent runs show {run.id}"}]
     assert "ZeroDivisionError" in run.error
     assert f"schedule quiet: run {runs['quiet'].id} failed" in caplog.text  # no webhook: a clear log line
+
+
+def test_schedule_cli_add_ls_run_now_pause_rm(workspace_home, quick_nb):
+    from notebook_helpers import run_cli
+
+    added = run_cli(workspace_home, "schedule", "add", "daily", "--cron", "30 7 * * *", "--notebook", str(quick_nb), "-p", "n", "5")
+    assert added.returncode == 0, added.stderr
+    assert "At 07:30 AM" in added.stdout
+    bad = run_cli(workspace_home, "schedule", "add", "x", "--cron", "0 6 * 13 *", "--notebook", str(quick_nb))
+    assert bad.returncode == 2 and "the month field '13'" in bad.stderr
+    now = run_cli(workspace_home, "schedule", "run-now", "daily")
+    assert now.returncode == 0 and "succeeded" in now.stdout, now.stderr
+    assert run_cli(workspace_home, "schedule", "pause", "daily").returncode == 0
+    listing = json.loads(run_cli(workspace_home, "schedule", "ls", "--json").stdout)
+    (row,) = listing["schedules"]
+    assert (row["paused"], row["last_status"], row["next_fire"], row["cron_words"]) == (True, "succeeded", None, "At 07:30 AM")
+    assert listing["scheduler"] is None
+    assert run_cli(workspace_home, "schedule", "rm", "daily").returncode == 0
+    gone = run_cli(workspace_home, "schedule", "rm", "daily")
+    assert gone.returncode == 2 and "no schedule named 'daily'" in gone.stderr
