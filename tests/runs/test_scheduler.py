@@ -53,6 +53,21 @@ def test_cron_and_timezone_errors_name_the_problem():
     assert next_fire_after("0 6 * * *", "Europe/Berlin", T0 + timedelta(days=30)).hour == 4
 
 
+def test_targets_are_checked_when_the_schedule_is_made(quick_nb, tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("n: [1, 2]\n")
+    batch = make_schedule("sweep", "0 * * * *", batch=quick_nb, grid=grid)
+    assert batch.target == {"kind": "batch", "backend": None, "notebook": str(quick_nb), "grid": str(grid)}
+    agent = make_schedule("ask", "0 * * * *", agent="Which month sold most?", data=[quick_nb])
+    assert agent.target["kind"] == "agent" and agent.target["data"] == [str(quick_nb)]
+    with pytest.raises(DsagentError, match="data file .* does not exist"):
+        make_schedule("ask", "0 * * * *", agent="q", data=[tmp_path / "missing.csv"])
+    with pytest.raises(DsagentError, match="exactly one of --notebook, --agent, --batch"):
+        make_schedule("two", "0 * * * *", notebook=quick_nb, agent="q")
+    with pytest.raises(DsagentError, match="no parameter 'm'"):
+        make_schedule("p", "0 * * * *", notebook=quick_nb, text_parameters={"m": "1"})
+
+
 async def test_fires_on_time_as_a_normal_run_and_edits_count_without_restart(store, settings, quick_nb):
     store.add_schedule(make_schedule("every5", "*/5 * * * *", notebook=quick_nb, text_parameters={"n": "7"}))
     clock = Clock(T0)
