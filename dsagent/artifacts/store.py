@@ -311,17 +311,19 @@ class Store:
             return tx.add_artifacts(run_id, items)
 
     def reap_dead_runs(self) -> list[int]:
-        """Mark ``running`` runs whose owner process (on this host) is gone as failed; their ids."""
+        """Mark ``running`` (and ``queued``: a batch's children) runs whose owner process (on this host) is gone as failed; their ids."""
         with self._session(write=False) as con:
-            rows = con.execute("SELECT id, owner_pid, owner_host, owner_started FROM runs WHERE status = 'running'").fetchall()
-        dead = [(rid, pid, host) for rid, pid, host, started in rows if pid is not None and Owner(pid, host, started).is_gone()]
+            rows = con.execute(
+                "SELECT id, owner_pid, owner_host, owner_started, status FROM runs WHERE status IN ('running', 'queued')").fetchall()
+        dead = [(rid, pid, host, status) for rid, pid, host, started, status in rows
+                if pid is not None and Owner(pid, host, started).is_gone()]
         if not dead:
             return []
         with self.transaction() as tx:
-            for rid, pid, host in dead:
+            for rid, pid, host, status in dead:
                 reason = f"the process that ran it (pid {pid} on {host}) ended without finishing it"
-                tx.update_run_status(rid, "failed", error=reason, only_if="running")
-        return [rid for rid, _, _ in dead]
+                tx.update_run_status(rid, "failed", error=reason, only_if=status)
+        return [rid for rid, _, _, _ in dead]
 
     # -- reads ----------------------------------------------------------------
 

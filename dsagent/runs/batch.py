@@ -375,7 +375,8 @@ class _Sweep:
 
         inflight = dict(getattr(self, "_inflight", {}))
         try:
-            await asyncio.wait_for(client.run(cancel_batch, self.token), self.settings.batch_connect_timeout)
+            # the workers end their children's runs (partial notebooks kept) and stop the kernels before answering
+            await asyncio.wait_for(client.run(cancel_batch, self.token), 2 * self.settings.batch_connect_timeout)
         except Exception:
             log.warning("could not reach every Dask worker to cancel batch %s", batch_id, exc_info=True)
         for future, index in inflight.items():
