@@ -30,6 +30,8 @@ _EXPORTS = {
     "get_backend": "dsagent.kernel_gateway.registry",
     "run_notebook": "dsagent.runs.notebook_run",
     "ask": "dsagent.graphs.runner",
+    "run_batch": "dsagent.runs.batch",
+    "record": "dsagent.runs.record",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])

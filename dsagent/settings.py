@@ -104,6 +104,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("agent_max_revisions", 2, "Times the reviewer may send an agent's work back before the run ends failed.", int),
     Setting("agent_max_seconds", 900.0, "Wall seconds an agent run may take before it ends failed.", float),
     Setting("agent_max_tokens", 200000, "Prompt + completion tokens (all roles) an agent run may use before it ends failed.", int),
+    Setting("batch_workers", 2, "Dask worker processes of the LocalCluster a batch sweep starts when no --cluster address is given.", int),
+    Setting("batch_threads_per_worker", 1, "Children each LocalCluster worker runs at once (each has its own warm kernel).", int),
+    Setting("batch_retries", 1, "Further attempts of a failed batch child (a cell raised, its kernel or Dask worker died) before it is recorded failed.", int),
+    Setting("batch_confirm_above", 200, "A sweep with more parameter sets than this needs confirming (--yes, confirm=True).", int),
+    Setting("batch_connect_timeout", 10.0, "Seconds to reach a Dask scheduler address before giving up with a clear error.", float),
+    Setting("scheduler_tick", 1.0, "Seconds between the scheduler's looks at the schedules (a firing starts at most this late).", float),
+    Setting("scheduler_lease_seconds", 30.0, "How long the lease of the process that fires schedules lasts without renewal; another scheduler takes over after it.", float),
+    Setting("scheduler_misfire_grace", 60.0, "Seconds late a firing may start and still count as on time; later ones (the scheduler was down) follow the schedule's misfire policy.", float),
+    Setting("schedule_webhook_url", "", "Webhook that gets a JSON POST about scheduled runs when a schedule names none (empty: a log line only).", str),
+    Setting("schedule_link_base", "", "Base URL of the dashboard, for the run links in notifications (empty: the link is a `dsagent runs show` command).", str),
     Setting("agent_cell_timeout", 300.0, "Seconds one cell an agent runs may take before it is interrupted (the agent is told).", float),
 )
 

@@ -14,7 +14,7 @@ def test_public_api_is_pinned():
             "BackendNotFound", "CellExecutionError", "DsagentError", "Execution", "ExecutionError",
             "ExecutionTimeout", "FileInfo", "KernelBackend", "KernelDied", "KernelSession",
             "KernelStartFailed", "SETTINGS", "Settings", "Workspace", "__version__", "get_backend",
-            "run_notebook", "ask",
+            "run_notebook", "ask", "run_batch", "record",
         ]
     )
     for name in dsagent.__all__:

@@ -35,6 +35,7 @@ from dsagent.artifacts.models import NewArtifact
 from dsagent.errors import DsagentError
 from dsagent.kernel_gateway.base import KernelSession
 from dsagent.kernel_gateway.models import Execution, FileInfo, Output
+from dsagent.runs.record import recorded_value
 from dsagent.settings import Settings
 
 __all__ = ["Capture", "CellCapture", "FRAMES_DIR", "PARQUET_MIME", "artifacts_from_outputs"]
@@ -305,4 +306,7 @@ def _output_events(outputs: list[Output], cell: int) -> list[tuple[str, dict[str
             if "text/plain" in data:
                 payload["text"] = _text(data["text/plain"])[:_EVENT_TEXT_LIMIT]
         events.append(("output", payload))
+        scalar = recorded_value(output.get("data") or {}) if output.get("output_type") == "display_data" else None
+        if scalar is not None:  # dsagent.record / scrapbook glue: what a sweep's comparison reads
+            events.append(("record", {"cell": cell, "name": scalar[0], "value": scalar[1]}))
     return events

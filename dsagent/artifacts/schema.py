@@ -78,12 +78,45 @@ _V1 = (
     )""",
 )
 
+# schedules (runs/scheduler.py): one row per named schedule; next_fire is what the
+# scheduler claims with a compare-and-set, so two scheduler processes never both
+# fire one firing. scheduler_leases says which process is firing (one row).
+_V2_SCHEDULES = (
+    """CREATE TABLE {db}.schedules (
+        name VARCHAR NOT NULL,
+        cron VARCHAR NOT NULL,
+        timezone VARCHAR NOT NULL,
+        target JSON NOT NULL,
+        paused BOOLEAN NOT NULL,
+        overlap VARCHAR NOT NULL,
+        misfire VARCHAR NOT NULL,
+        notify_url VARCHAR,
+        notify_on VARCHAR NOT NULL,
+        version BIGINT NOT NULL,
+        created TIMESTAMP NOT NULL,
+        updated TIMESTAMP NOT NULL,
+        next_fire TIMESTAMP,
+        last_fire TIMESTAMP,
+        last_run_id BIGINT,
+        pending BOOLEAN NOT NULL
+    )""",
+    """CREATE TABLE {db}.scheduler_leases (
+        name VARCHAR NOT NULL,
+        owner VARCHAR NOT NULL,
+        pid INTEGER,
+        host VARCHAR,
+        started DOUBLE,
+        acquired TIMESTAMP NOT NULL,
+        expires TIMESTAMP NOT NULL
+    )""",
+)
+
 #: forward migrations; index i upgrades version i to i + 1
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2_SCHEDULES)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 #: tables in dependency order (copied in this order when gc compacts the file)
-TABLES = ("schema_version", "id_counters", "runs", "run_events", "artifacts", "blobs")
+TABLES = ("schema_version", "id_counters", "runs", "run_events", "artifacts", "blobs", "schedules", "scheduler_leases")
 
 # -- the blob database (dsagent-blobs.duckdb) ---------------------------------
 #

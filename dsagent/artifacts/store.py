@@ -311,17 +311,19 @@ class Store:
             return tx.add_artifacts(run_id, items)
 
     def reap_dead_runs(self) -> list[int]:
-        """Mark ``running`` runs whose owner process (on this host) is gone as failed; their ids."""
+        """Mark ``running`` (and ``queued``: a batch's children) runs whose owner process (on this host) is gone as failed; their ids."""
         with self._session(write=False) as con:
-            rows = con.execute("SELECT id, owner_pid, owner_host, owner_started FROM runs WHERE status = 'running'").fetchall()
-        dead = [(rid, pid, host) for rid, pid, host, started in rows if pid is not None and Owner(pid, host, started).is_gone()]
+            rows = con.execute(
+                "SELECT id, owner_pid, owner_host, owner_started, status FROM runs WHERE status IN ('running', 'queued')").fetchall()
+        dead = [(rid, pid, host, status) for rid, pid, host, started, status in rows
+                if pid is not None and Owner(pid, host, started).is_gone()]
         if not dead:
             return []
         with self.transaction() as tx:
-            for rid, pid, host in dead:
+            for rid, pid, host, status in dead:
                 reason = f"the process that ran it (pid {pid} on {host}) ended without finishing it"
-                tx.update_run_status(rid, "failed", error=reason, only_if="running")
-        return [rid for rid, _, _ in dead]
+                tx.update_run_status(rid, "failed", error=reason, only_if=status)
+        return [rid for rid, _, _, _ in dead]
 
     # -- reads ----------------------------------------------------------------
 
@@ -422,6 +424,117 @@ class Store:
         """Row counts per table (for status displays and tests)."""
         with self._session(write=False) as con:
             return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("runs", "run_events", "artifacts", "blobs")}
+
+    # -- batch sweeps and journals (SQL in batches.py / journal.py) ---------------
+
+    def apply_journal(self, run_id: int, entries: Sequence[Any]) -> Run:
+        """Write what a ``RunJournal`` recorded elsewhere (a Dask worker) for ``run_id``, in one transaction."""
+        from dsagent.artifacts.journal import apply_entries
+
+        with self.transaction() as tx:
+            return apply_entries(tx, run_id, entries)
+
+    def create_children(self, parent_id: int, param_sets: Sequence[Mapping[str, Any]], *, title: str | None = None,
+                        backend: str | None = None) -> list[Run]:
+        """One ``queued`` ``batch-child`` run per parameter set under ``parent_id``, in one transaction."""
+        from dsagent.artifacts import batches
+
+        with self.transaction() as tx:
+            return batches.create_children(tx, parent_id, param_sets, title=title, backend=backend)
+
+    def child_records(self, parent_id: int) -> dict[int, dict[str, Any]]:
+        """Scalars the children of a batch recorded (``dsagent.record``): ``{run id: {name: value}}``."""
+        from dsagent.artifacts import batches
+
+        with self._session(write=False) as con:
+            return batches.child_records(con, parent_id)
+
+    def cancel_children(self, parent_id: int, error: str) -> list[int]:
+        """Mark a batch's queued/running children cancelled; their ids."""
+        from dsagent.artifacts import batches
+
+        with self.transaction() as tx:
+            return batches.cancel_children(tx, parent_id, error)
+
+    # -- schedules (SQL in schedules.py) ---------------------------------------------
+
+    def add_schedule(self, schedule: Any) -> Any:
+        from dsagent.artifacts import schedules
+
+        with self.transaction() as tx:
+            return schedules.add_schedule(tx, schedule)
+
+    def update_schedule(self, name: str, **changes: Any) -> Any:
+        from dsagent.artifacts import schedules
+
+        with self.transaction() as tx:
+            return schedules.update_schedule(tx, name, changes)
+
+    def delete_schedule(self, name: str) -> None:
+        from dsagent.artifacts import schedules
+
+        with self.transaction() as tx:
+            schedules.delete_schedule(tx, name)
+
+    def get_schedule(self, name: str) -> Any:
+        from dsagent.artifacts import schedules
+
+        with self._session(write=False) as con:
+            return schedules.get_schedule(con, name)
+
+    def list_schedules(self, *, limit: int = 50, cursor: str | None = None) -> Page[Any]:
+        """Schedules by name, ``limit`` per page."""
+        from dsagent.artifacts import schedules
+
+        with self._session(write=False) as con:
+            items = schedules.list_schedules(con, limit, cursor)
+        return Page(items, items[-1].name if len(items) == limit else None)
+
+    def claim_firing(self, name: str, version: int, expected: datetime | None, next_fire: datetime | None, *,
+                     fired: datetime | None = None, pending: bool | None = None) -> bool:
+        """Compare-and-set of a schedule's ``next_fire`` (see ``schedules.claim_firing``)."""
+        from dsagent.artifacts import schedules
+
+        with self.transaction() as tx:
+            return schedules.claim_firing(tx, name, version, expected, next_fire, fired=fired, pending=pending)
+
+    def take_pending_firing(self, name: str, version: int) -> bool:
+        from dsagent.artifacts import schedules
+
+        with self.transaction() as tx:
+            return schedules.take_pending(tx, name, version)
+
+    def set_schedule_last_run(self, name: str, run_id: int) -> None:
+        from dsagent.artifacts import schedules
+
+        with self.transaction() as tx:
+            schedules.set_last_run(tx, name, run_id)
+
+    def active_schedule_runs(self, name: str) -> list[int]:
+        from dsagent.artifacts import schedules
+
+        with self._session(write=False) as con:
+            return schedules.active_runs(con, name)
+
+    def acquire_scheduler_lease(self, owner: str, now: datetime, ttl: float) -> Any:
+        """Take or renew the lease that makes one process the one that fires schedules; returns the holder."""
+        from dsagent.artifacts import schedules
+
+        with self.transaction() as tx:
+            return schedules.acquire_lease(tx, owner, now, ttl)
+
+    def release_scheduler_lease(self, owner: str) -> None:
+        from dsagent.artifacts import schedules
+
+        with self.transaction() as tx:
+            schedules.release_lease(tx, owner)
+
+    def scheduler_lease(self) -> Any:
+        """Who fires the schedules now (``SchedulerLease``), or None."""
+        from dsagent.artifacts import schedules
+
+        with self._session(write=False) as con:
+            return schedules.get_lease(con)
 
     # -- retention --------------------------------------------------------------
 

@@ -77,10 +77,11 @@ async def execute_agent_run(
     on_step: "StepHook | None" = None,
     approve: "Approver | None" = None,
     parent_id: int | None = None,
+    schedule_id: str | None = None,
 ) -> AgentOutcome:
     """Run ``graph`` on ``task`` as a recorded agent run; the outcome with answer, artifacts and notebook path.
 
-    ``parent_id``: the run this one belongs to (an evaluation's batch run).
+    ``parent_id``: the run this one belongs to (an evaluation's batch run). ``schedule_id``: the schedule that fired it.
     """
     if not task.strip():
         raise AgentError("the task is empty", hint="say what the agent should find out or build", reason="no_task")
@@ -89,6 +90,7 @@ async def execute_agent_run(
     settings = settings or Settings()
     datasets = _datasets(data)
     attempt = _Attempt(task, graph, datasets, settings, budget, on_step, approve, parent_id)
+    attempt.schedule_id = schedule_id
     return await attempt.run(backend, store, run_id=None)
 
 
@@ -138,6 +140,7 @@ class _Attempt:
                  on_step: "StepHook | None", approve: "Approver | None" = None, parent_id: int | None = None) -> None:
         self.task, self.graph, self.datasets, self.settings = task, graph, datasets, settings
         self.budget, self.on_step, self.approve, self.parent_id = budget, on_step, approve, parent_id
+        self.schedule_id: str | None = None
 
     async def run(self, backend: "str | KernelBackend | None", store: "Store | None", *, run_id: int | None) -> AgentOutcome:
         from dsagent.graphs.llm import LLMClient
@@ -172,7 +175,7 @@ class _Attempt:
 
         params = {"task": self.task, "graph": self.graph, "data": [d["source"] for d in self.datasets]}
         recorder = RunRecorder(store, "agent", title=self.task[:200], params=params, backend=backend_name, run_id=run_id,
-                               parent_id=self.parent_id)
+                               parent_id=self.parent_id, schedule_id=self.schedule_id)
         workspace = Workspace.from_settings(self.settings).ensure()
         async with recorder, open_checkpointer(workspace.checkpoints_path) as saver:
             await _prepare_kernel(session, self.datasets, list(secret_values()))

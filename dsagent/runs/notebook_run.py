@@ -127,8 +127,13 @@ async def execute_notebook_run(
     log_output: bool = False,
     stdout_file: TextIO | None = None,
     stderr_file: TextIO | None = None,
+    recorder_options: Mapping[str, Any] | None = None,
 ) -> NotebookOutcome:
-    """``run_notebook`` with everything the CLI needs: text parameters, progress hooks, the outcome."""
+    """``run_notebook`` with everything the CLI needs: text parameters, progress hooks, the outcome.
+
+    ``recorder_options``: passed to the run's ``RunRecorder`` (``schedule_id`` of a scheduled
+    firing; ``run_id`` of a batch child created beforehand, recorded into a ``RunJournal`` store).
+    """
     settings = settings or Settings()
     path = Path(path)
     output = check_output_path(output_path)
@@ -153,6 +158,7 @@ async def execute_notebook_run(
     runner = _NotebookRunner(
         path, prepared, store, kernels, output, watched, timeout, progress_bar, on_cell, log_output, stdout_file, stderr_file
     )
+    runner.recorder_options = dict(recorder_options or {})
     try:
         return await runner.run(session_task, on_run)
     finally:
@@ -208,12 +214,14 @@ class _NotebookRunner:
         self.timeout, self.progress_bar, self.on_cell = timeout, progress_bar, on_cell
         self.log_output, self.stdout_file, self.stderr_file = log_output, stdout_file, stderr_file
         self.recorder: "RunRecorder | None" = None
+        self.recorder_options: dict[str, Any] = {}
 
     async def run(self, session_task: "asyncio.Future[KernelSession]", on_run: Callable[["Run", Path], None] | None) -> NotebookOutcome:
         from dsagent.artifacts.recorder import RunRecorder
 
         params = {k: _jsonable(v) for k, v in self.prepared.parameters.items()}
-        async with RunRecorder(self.store, "notebook", title=self.path.name, params=params, backend=self.kernels.name) as recorder:
+        async with RunRecorder(self.store, "notebook", title=self.path.name, params=params, backend=self.kernels.name,
+                               **self.recorder_options) as recorder:
             self.recorder = recorder
             target = self.output or self._workspace_copy(recorder.run_id)
             if on_run is not None:

@@ -1,0 +1,134 @@
+"""Batch-sweep benchmark: N small notebooks through ``run_batch`` on a Dask LocalCluster vs papermill loops.
+
+Prints ONE JSON object to stdout (progress goes to stderr):
+
+* ``run_batch``: one sweep of N parameter sets (a 3-cell notebook) on a
+  LocalCluster started for it, for each worker count in ``--workers`` (2 and
+  4 by default): notebooks per second over the children (first submit to last
+  result) and over the whole call (cluster start, checks, store), and what
+  writing the children's results cost the caller per child (``store_ms_per_child``);
+* ``papermill_api``: a loop of ``papermill.execute_notebook(...)`` in this
+  process (its default engine: a fresh kernel per notebook), sampled on
+  ``--api-sample`` notebooks and extrapolated to N;
+* ``papermill_cli``: a loop of ``papermill in out -p n I`` processes, sampled on
+  ``--cli-sample`` notebooks and extrapolated to N (``extrapolated`` says so).
+
+Ratios are papermill seconds for N notebooks / run_batch seconds for N (above 1:
+run_batch is faster). Target: at least 10 notebooks/s through run_batch on the
+2-core machine. Each child needs a kernel no one used before, so the kernel
+start cost bounds the rate; the figures say where the time goes.
+
+    .venv/bin/python bench/batch.py                      # N=100, workers 2 and 4
+    .venv/bin/python bench/batch.py --n 20 --workers 2 --api-sample 5 --cli-sample 2   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+TARGET_NOTEBOOKS_PER_SECOND = 10.0
+BIN = Path(sys.executable).parent
+CELLS = ("n = 3", "squares = [i * i for i in range(n)]", "print(sum(squares))")
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def write_notebook(folder: Path) -> Path:
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in CELLS]
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    path = folder / "squares.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+async def sweep(nb: Path, n: int, workers: int, home: Path) -> dict[str, Any]:
+    from dsagent.runs.batch import execute_batch
+    from dsagent.settings import Settings
+
+    settings = Settings(home=str(home), batch_confirm_above=max(n, 1))
+    times: list[float] = []
+    t0 = time.perf_counter()
+    outcome = await execute_batch(nb, {"n": list(range(n))}, workers=workers, settings=settings, retries=0,
+                                  on_start=lambda run, children: times.append(time.perf_counter()),
+                                  on_child=lambda update: times.append(time.perf_counter()))
+    total = time.perf_counter() - t0
+    children = times[-1] - times[0]
+    ok = outcome.counts.get("succeeded", 0)
+    say(f"run_batch workers={workers}: {n} notebooks, {ok} succeeded, children {children:.1f}s, call {total:.1f}s")
+    return {
+        "workers": workers, "notebooks": n, "succeeded": ok, "children_seconds": round(children, 3), "call_seconds": round(total, 3),
+        "notebooks_per_second": round(n / children, 3), "notebooks_per_second_whole_call": round(n / total, 3),
+        "store_ms_per_child": round(1000 * outcome.store_seconds / max(n, 1), 2),
+    }
+
+
+def papermill_api(nb: Path, sample: int, folder: Path) -> float:
+    import papermill
+
+    t0 = time.perf_counter()
+    for i in range(sample):
+        papermill.execute_notebook(str(nb), str(folder / f"api-{i}.ipynb"), parameters={"n": i}, progress_bar=False, log_output=False)
+    return (time.perf_counter() - t0) / sample
+
+
+def papermill_cli(nb: Path, sample: int, folder: Path) -> float:
+    env = {**os.environ, "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+    t0 = time.perf_counter()
+    for i in range(sample):
+        subprocess.run([str(BIN / "papermill"), str(nb), str(folder / f"cli-{i}.ipynb"), "-p", "n", str(i), "--no-progress-bar"],
+                       env=env, check=True, capture_output=True)
+    return (time.perf_counter() - t0) / sample
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=100, help="notebooks per sweep")
+    parser.add_argument("--workers", default="2,4", help="worker counts of the LocalCluster, comma-separated")
+    parser.add_argument("--api-sample", type=int, default=20, help="papermill API runs to time (extrapolated to N)")
+    parser.add_argument("--cli-sample", type=int, default=5, help="papermill CLI runs to time (extrapolated to N)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="dsagent-bench-batch-") as tmp:
+        folder = Path(tmp)
+        nb = write_notebook(folder)
+        sweeps = [asyncio.run(sweep(nb, args.n, int(w), folder / f"home-{w}")) for w in args.workers.split(",")]
+        api = papermill_api(nb, args.api_sample, folder)
+        say(f"papermill API: {api:.2f}s per notebook")
+        cli = papermill_cli(nb, args.cli_sample, folder)
+        say(f"papermill CLI: {cli:.2f}s per notebook")
+    first = sweeps[0]
+    for s in sweeps:
+        s["ratio_papermill_api_over_run_batch"] = round(api * args.n / s["children_seconds"], 2)
+        s["ratio_papermill_cli_over_run_batch"] = round(cli * args.n / s["children_seconds"], 2)
+    report = {
+        "notebooks": args.n,
+        "run_batch": sweeps,
+        "papermill_api": {"seconds_per_notebook": round(api, 3), "sampled": args.api_sample, "extrapolated": args.api_sample != args.n,
+                          "seconds_for_n": round(api * args.n, 2), "notebooks_per_second": round(1 / api, 3)},
+        "papermill_cli": {"seconds_per_notebook": round(cli, 3), "sampled": args.cli_sample, "extrapolated": args.cli_sample != args.n,
+                          "seconds_for_n": round(cli * args.n, 2), "notebooks_per_second": round(1 / cli, 3)},
+        "scaling_last_over_first_workers": round(sweeps[-1]["notebooks_per_second"] / first["notebooks_per_second"], 2) if len(sweeps) > 1 else None,
+        "target_notebooks_per_second": TARGET_NOTEBOOKS_PER_SECOND,
+        "meets_target": first["notebooks_per_second"] >= TARGET_NOTEBOOKS_PER_SECOND,
+        "cpu_count": os.cpu_count(),
+        "load_average_at_end": os.getloadavg(),
+    }
+    report["all_targets_met"] = report["meets_target"]
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

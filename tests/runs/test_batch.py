@@ -1,0 +1,170 @@
+"""Batch sweeps on a real Dask LocalCluster (2 worker processes, shared by the module's tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from notebook_helpers import run_cli, write_notebook
+
+from dsagent.artifacts.store import Store
+from dsagent.errors import DsagentError
+from dsagent.runs.batch import execute_batch, expand_grid
+from dsagent.runs.batch_compare import batch_table, save_table
+
+SWEEP_CELLS = (
+    "import dsagent\nif region == 'us' and alpha > 0.3:\n    raise ValueError('no model for us at alpha > 0.3')",
+    "dsagent.record('score', alpha * (2 if region == 'eu' else 3))\n_ = open('out.txt', 'w').write(region)",
+)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    from distributed import LocalCluster
+
+    home = tmp_path_factory.mktemp("workers-home")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", env={"DSAGENT_HOME": str(home)}) as c:
+        yield c
+
+
+async def _no_kernels_left(cluster, timeout: float = 30) -> None:
+    """A pool's kernel that was still starting when its batch ended is stopped once it is up."""
+    deadline = time.monotonic() + timeout
+    while _kernels_under(_worker_pids(cluster)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert _kernels_under(_worker_pids(cluster)) == []
+
+
+@pytest.fixture
+def sweep_nb(tmp_path: Path) -> Path:
+    return write_notebook(tmp_path / "sweep.ipynb", *SWEEP_CELLS, params="alpha = 0.1\nregion = 'eu'")
+
+
+def _worker_pids(cluster) -> set[int]:
+    return {proc.pid for proc in (w.process.process for w in cluster.workers.values()) if proc is not None}
+
+
+def _kernels_under(pids: set[int]) -> list[psutil.Process]:
+    found = []
+    for pid in pids:
+        try:
+            found += [p for p in psutil.Process(pid).children(recursive=True) if "ipykernel" in " ".join(p.cmdline())]
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def test_grids_expand_to_parameter_sets():
+    assert expand_grid({"alpha": [0.1, 0.5], "region": ["eu", "us"]}) == [
+        {"alpha": 0.1, "region": "eu"}, {"alpha": 0.1, "region": "us"}, {"alpha": 0.5, "region": "eu"}, {"alpha": 0.5, "region": "us"}]
+    assert expand_grid({"alpha": 0.3, "n": [1, 2]}) == [{"alpha": 0.3, "n": 1}, {"alpha": 0.3, "n": 2}]  # a single value: a list of one
+    assert expand_grid([{"alpha": 1}, {"region": "us"}]) == [{"alpha": 1}, {"region": "us"}]  # explicit sets as they are
+
+
+async def test_sweep_runs_children_retries_failures_and_compares(cluster, settings, sweep_nb, tmp_path):
+    updates = []
+    outcome = await execute_batch(sweep_nb, {"alpha": [0.1, 0.5], "region": ["us"]}, cluster=cluster.scheduler_address,
+                                  retries=1, settings=settings, on_child=updates.append)
+    run = outcome.run
+    assert (run.kind, run.status, run.error) == ("batch", "failed", "1 of 2 children did not succeed (1 failed, 1 succeeded)")
+    ok, failed = outcome.children
+    assert (ok.status, ok.params, failed.status, failed.params) == ("succeeded", {"alpha": 0.1, "region": "us"}, "failed",
+                                                                     {"alpha": 0.5, "region": "us"})
+    assert "no model for us" in failed.error
+    assert [u.attempt for u in updates if u.run_id == failed.id] == [1, 2] and updates[-1].done == 2  # tried again once, then recorded
+    with Store.open(settings=settings) as store:
+        assert "attempt_failed" in [e.type for e in store.events(failed.id)]
+        kinds = sorted(a.kind for a in store.list_artifacts(run_id=ok.id).items)
+        assert kinds == ["file", "json", "notebook"]  # out.txt from the child's own work dir, the record, the notebook
+        assert ok.finished > ok.started and all(c.parent_id == run.id and c.kind == "batch-child" for c in outcome.children)
+        table = batch_table(store, run.id)
+        assert table.columns == ["run_id", "alpha", "region", "status", "seconds", "score", "error"]
+        assert [(r["alpha"], r["status"], r.get("score")) for r in table.rows] == [(0.1, "succeeded", pytest.approx(0.3)), (0.5, "failed", None)]
+        assert table.format().splitlines()[0].split() == ["RUN_ID", "alpha", "region", "STATUS", "SECONDS", "score", "ERROR"]
+        saved = save_table(store, table, "csv", tmp_path / "cmp.csv")
+        assert store.read_bytes(saved.id).decode().splitlines()[0] == "run_id,alpha,region,status,seconds,score,error"
+    await _no_kernels_left(cluster)  # the batch's pools are gone with it
+
+
+async def test_bad_grids_and_addresses_fail_before_any_run(settings, sweep_nb, tmp_path):
+    for grid, message in (({}, "names no parameters"), ([], "empty list"), ({"alpha": []}, "empty list of values"),
+                          ({"alpha": [1], "beta": [2]}, "has no parameter 'beta'"), ({"alpha": ["x"]}, "takes a float")):
+        with pytest.raises(DsagentError, match=message):
+            await execute_batch(sweep_nb, grid, settings=settings)
+    with pytest.raises(DsagentError, match="makes 3 runs, more than batch_confirm_above"):
+        await execute_batch(sweep_nb, {"alpha": [1.0, 2.0, 3.0]}, settings=settings.replace(batch_confirm_above=2), confirm=lambda n: False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there
+    started = time.monotonic()
+    with pytest.raises(DsagentError, match=f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port} within 1 s"):
+        await execute_batch(sweep_nb, {"alpha": [1.0]}, cluster=f"tcp://127.0.0.1:{port}", settings=settings.replace(batch_connect_timeout=1))
+    assert time.monotonic() - started < 10
+    with Store.open(settings=settings) as store:
+        assert store.list_runs().items == []
+
+
+def _marker_nb(tmp_path: Path) -> Path:
+    """Writes its kernel's parent (the Dask worker) to a marker file, then sleeps on the first attempt only."""
+    return write_notebook(tmp_path / "slow.ipynb", "import os, time\nif not os.path.exists(marker + str(i)):\n"
+                          "    open(marker + str(i), 'w').write(str(os.getppid()))\n    time.sleep(60)",
+                          params=f"marker = {str(tmp_path / 'started-')!r}\ni = 0")
+
+
+async def _wait_for(path_glob: Path, count: int, timeout: float = 60) -> list[Path]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = sorted(path_glob.parent.glob(path_glob.name))
+        if len(found) >= count:
+            return found
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"only {len(found)} of {count} children started")
+
+
+async def test_cancel_ends_children_cancelled_and_leaves_no_kernels_or_tasks(cluster, settings, tmp_path):
+    from distributed import Client
+
+    nb = _marker_nb(tmp_path)
+    task = asyncio.ensure_future(execute_batch(nb, {"i": [1, 2, 3]}, cluster=cluster.scheduler_address, settings=settings))
+    await _wait_for(tmp_path / "started-*", 2)  # two children run (one per worker), the third waits
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    with Store.open(settings=settings) as store:
+        batch = store.list_runs(kind="batch").items[0]
+        children = store.list_runs(parent_id=batch.id).items
+        assert batch.status == "cancelled" and sorted(c.status for c in children) == ["cancelled"] * 3
+        partial = [a for c in children for a in store.list_artifacts(run_id=c.id, kind="notebook").items]
+        assert len(partial) == 2  # the running ones kept their partial notebook
+    await _no_kernels_left(cluster)
+    async with Client(cluster.scheduler_address, asynchronous=True) as client:
+        assert not any((await client.processing()).values())
+
+
+async def test_a_killed_worker_does_not_stop_the_batch(cluster, settings, tmp_path):
+    nb = _marker_nb(tmp_path)
+    task = asyncio.ensure_future(execute_batch(nb, {"i": [1]}, cluster=cluster.scheduler_address, settings=settings, retries=1))
+    (marker,) = await _wait_for(tmp_path / "started-*", 1)
+    os.kill(int(marker.read_text()), signal.SIGKILL)  # the worker process running the child, mid-task
+    outcome = await asyncio.wait_for(task, 120)
+    # Dask runs the task again on a living worker (or we retry it); the second attempt skips the sleep
+    assert [c.status for c in outcome.children] == ["succeeded"] and outcome.run.status == "succeeded"
+
+
+def test_cli_sweep_and_compare(cluster, workspace_home, sweep_nb, tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("- {alpha: 0.2, region: eu}\n- {alpha: 0.4, region: eu}\n")
+    done = run_cli(workspace_home, "batch", str(sweep_nb), "--grid", str(grid), "--cluster", cluster.scheduler_address)
+    assert done.returncode == 0, done.stderr
+    assert "child 2/2" in done.stderr and "succeeded" in done.stdout
+    batch_id = int(done.stdout.split()[2])
+    shown = run_cli(workspace_home, "batch", "compare", str(batch_id), "--parquet", str(tmp_path / "t.parquet"), "--json")
+    data = json.loads(shown.stdout)
+    assert [r["score"] for r in data["rows"]] == [0.4, 0.8] and (tmp_path / "t.parquet").stat().st_size > 0

@@ -1,0 +1,64 @@
+"""Real `dsagent scheduler` processes on one workspace: one fires, a kill -9 hands over, the orphaned run ends failed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+from notebook_helpers import BIN, cli_env, write_notebook
+
+from dsagent.artifacts.store import Store
+from dsagent.runs.schedule_spec import make_schedule
+
+
+def _wait(predicate, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _runs(settings):
+    with Store.open(settings=settings) as store:
+        return [r for r in store.list_runs(kind="notebook", limit=200).items if r.schedule_id == "often"]
+
+
+def test_two_schedulers_fire_once_and_a_killed_one_hands_over(settings, workspace_home, tmp_path):
+    nb = write_notebook(tmp_path / "slow.ipynb", "import time; time.sleep(pause)", params="pause = 0.5")
+    with Store.open(settings=settings) as store:  # every second (six fields: seconds last)
+        store.add_schedule(make_schedule("often", "* * * * * *", notebook=nb, text_parameters={"pause": "1.5"}))
+    env = {**cli_env(workspace_home), "DSAGENT_SCHEDULER_TICK": "0.2", "DSAGENT_SCHEDULER_LEASE_SECONDS": "60"}
+    procs = [subprocess.Popen([str(BIN / "dsagent"), "scheduler"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    try:
+        running = _wait(lambda: [r for r in _runs(settings) if r.status == "running"], what="a scheduled run")[0]
+        holder = next(p for p in procs if p.pid == running.owner_pid)
+        other = next(p for p in procs if p is not holder)
+        os.kill(holder.pid, signal.SIGKILL)  # mid-run
+        holder.wait(10)
+        # the other process takes the lease over (the holder is gone), marks the orphan failed and fires again
+        orphan = _wait(lambda: next((r for r in _runs(settings) if r.id == running.id and r.status == "failed"), None),
+                       what="the orphaned run marked failed")
+        assert "ended without finishing" in orphan.error
+        later = _wait(lambda: [r for r in _runs(settings) if r.id > running.id and r.status == "succeeded"], what="a run after the handover")
+        assert {r.owner_pid for r in later} == {other.pid}
+        runs = _runs(settings)
+        assert {r.owner_pid for r in runs} <= {holder.pid, other.pid}
+        # never two at once: each run starts after the one before it finished
+        ordered = sorted((r for r in runs if r.id != running.id and r.finished), key=lambda r: r.started)
+        assert all(a.finished <= b.started for a, b in zip(ordered, ordered[1:]))
+        other.send_signal(signal.SIGTERM)
+        assert other.wait(30) == 0
+        with Store.open(settings=settings) as store:
+            assert store.scheduler_lease() is None
+            assert store.active_schedule_runs("often") == []  # a run cut off by the stop ended cancelled
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
