@@ -101,6 +101,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("agent_max_revisions", 2, "Times the reviewer may send an agent's work back before the run ends failed.", int),
     Setting("agent_max_seconds", 900.0, "Wall seconds an agent run may take before it ends failed.", float),
     Setting("agent_max_tokens", 200000, "Prompt + completion tokens (all roles) an agent run may use before it ends failed.", int),
+    Setting("chat_history_tokens", 6000, "Tokens (estimated as characters / 4) of a chat's earlier turns (tasks, code, trimmed outputs, answers) a follow-up turn's prompt carries; the oldest turns lose their outputs, then their place.", int),
     Setting("agent_cell_timeout", 300.0, "Seconds one cell an agent runs may take before it is interrupted (the agent is told).", float),
 )
 
