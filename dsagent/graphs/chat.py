@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,13 +37,14 @@ from dsagent.workspace import Workspace
 
 if TYPE_CHECKING:
     from dsagent.artifacts.chats import ChatRecord
-    from dsagent.artifacts.models import Page
+    from dsagent.artifacts.models import Event, Page
     from dsagent.artifacts.store import Store
     from dsagent.graphs.chat_history import TurnRecord
     from dsagent.graphs.context import Approver, Budget, StepHook
     from dsagent.kernel_gateway.base import KernelBackend, KernelSession
 
-__all__ = ["Chat", "PendingApproval", "Turn", "chat_data_dir", "create_chat", "delete_chat", "list_chats", "rename_chat"]
+__all__ = ["Chat", "PendingApproval", "Turn", "chat_data_dir", "create_chat", "delete_chat", "follow_events", "list_chats",
+           "rename_chat"]
 
 
 def chat_data_dir(settings: Settings, chat_id: int) -> Path:
@@ -85,6 +86,24 @@ def delete_chat(store: "Store", chat: int | str, *, purge: bool = False) -> list
     if purge:
         shutil.rmtree(chat_data_dir(store.settings, record.id).parent, ignore_errors=True)
     return deleted
+
+
+async def follow_events(store: "Store", run_id: int, *, after: int = 0, poll: float = 0.25) -> AsyncIterator["Event"]:
+    """The events of a run (a turn, or a chat's own run) as they are written, from ``seq > after``; ends
+    once the run has finished and every event is read (a chat's run goes on while the chat exists).
+    What a page shows of a turn: ``agent_plan``, ``cell_started``, ``agent_cell`` (code, outputs with plots,
+    artifacts), ``agent_tokens``, ``agent_delegate``, ``agent_approval_pending``, ``agent_review``,
+    ``agent_answer``, ``status``."""
+    while True:
+        done = (await asyncio.to_thread(store.get_run, run_id)).done  # before the events, so none is missed
+        batch = await asyncio.to_thread(store.events, run_id, after=after)
+        for event in batch:
+            yield event
+        after = batch[-1].seq if batch else after
+        if done and not batch:
+            return
+        if not batch:
+            await asyncio.sleep(poll)
 
 
 @dataclass

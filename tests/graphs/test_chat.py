@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import nbformat
 import pytest
 
 from dsagent.artifacts.store import Store
 from dsagent.errors import ChatError
-from dsagent.graphs.chat import Chat, create_chat, delete_chat, list_chats, rename_chat
+from dsagent.graphs.chat import Chat, create_chat, delete_chat, follow_events, list_chats, rename_chat
 from dsagent.graphs.chat_export import export_chat
 from dsagent.graphs.chat_history import TurnRecord, render_history
 from dsagent.runs.notebook_run import run_notebook
@@ -57,7 +58,9 @@ async def test_two_turns_share_kernel_and_history_then_the_chat_exports_and_reru
         async with await Chat.open("points", settings=settings, store=store) as chat:
             assert (await asyncio.to_thread(store.get_run, record.id)).status == "running"  # open: owned by this process
             first = await chat.ask("How many rows, and the mean of y?")
-            second = await chat.ask("And the sum of y?")
+            turn = await chat.start("And the sum of y?")
+            followed = [e async for e in follow_events(store, turn.run_id, poll=0.05)]  # what a page shows, live
+            second = await turn.wait()
             with pytest.raises(ChatError, match="already open"):
                 await Chat.open(record.id, settings=settings, store=store)
         llm.assert_consumed()
@@ -68,6 +71,9 @@ async def test_two_turns_share_kernel_and_history_then_the_chat_exports_and_reru
     assert "sum y: 20" in told  # `df` from turn 1, not reloaded
     assert "Turn 1 (succeeded): How many rows" in follow_up_prompt and "df = load_table(data)" in follow_up_prompt
     assert "mean y: 5.0" in follow_up_prompt and "4 rows x 2 columns" in follow_up_prompt  # trimmed output + the profile
+    types = [e.type + (":" + e.payload["role"] if e.type == "agent_cell" else "") for e in followed]
+    assert types.index("agent_plan") < types.index("agent_cell:analyst") < types.index("agent_answer") < types.index("agent_review")
+    assert followed[-1].type == "status" and followed[-1].payload["status"] == "succeeded"
     roles = [e.payload.get("role") for e in store.events(second.run.id) if e.type == "agent_cell"]
     assert roles == ["setup", "analyst"]  # the follow-up ran its parameters cell, no second profile
     chat_events = [e.type for e in store.events(record.id)]
@@ -163,7 +169,9 @@ def test_crud_names_pages_and_delete(csv, store, settings):
     assert delete_chat(store, "sales q3") == []
     assert store.get_run(first.id).status == "cancelled"  # kept, and gc may collect it later
     assert delete_chat(store, "b", purge=True)
-    assert [c.name for c in list_chats(store).items] == []
+    create_chat(store, "c")
+    store.gc(timedelta(0))  # collects the deleted chat's run and rewrites the files: the chats table comes along
+    assert [c.name for c in list_chats(store).items] == ["c"]
 
 
 def test_history_keeps_the_newest_turns_whole_within_the_budget():
