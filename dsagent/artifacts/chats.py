@@ -125,8 +125,22 @@ class ChatTable:
                 tx.append_events(chat_id, events)
 
     def set_open(self, chat_id: int, is_open: bool) -> Run:
-        """The chat's run becomes ``running`` owned by this process (open) or ``queued`` (closed)."""
-        return self.store.update_run_status(chat_id, "running" if is_open else "queued")
+        """Open: the chat's run becomes ``running``, owned by this process, unless a live process holds it
+        (checked and claimed in one transaction, so two openers cannot both win). Closed: ``queued``."""
+        if not is_open:
+            return self.store.update_run_status(chat_id, "queued")
+        self.store.reap_dead_runs()  # a crashed holder's claim ends here
+        with self.store.transaction() as tx:
+            row = tx.con.execute("SELECT status, owner_pid, owner_host, title FROM runs WHERE id = ?", [chat_id]).fetchone()
+            if row is None:
+                raise NotFound(f"no chat with id {chat_id}", hint="`dsagent chats ls` lists the chats", what="chat", id=chat_id)
+            if row[0] == "running":
+                raise ChatError(f"chat {row[3]!r} is already open in process {row[1]} on {row[2]}",
+                                hint="use it there, or close it first (a crashed process's chat is freed at the next open)",
+                                reason="open")
+            run = tx.update_run_status(chat_id, "running")
+        assert run is not None
+        return run
 
     def delete(self, chat_id: int, *, purge: bool = False) -> list[int]:
         """Remove the chat from the lists; the run ids deleted (none unless ``purge``).

@@ -161,15 +161,13 @@ class Chat:
         store = store or await asyncio.to_thread(_open_store, settings)
         try:
             record = await asyncio.to_thread(store.chats.get, chat)
-            await asyncio.to_thread(store.reap_dead_runs)
-            run = await asyncio.to_thread(store.get_run, record.id)
-            if run.status == "running":
-                raise ChatError(f"chat {record.name!r} is already open in process {run.owner_pid} on {run.owner_host}",
-                                hint="use it there, or close it first (a crashed process's chat is freed at the next open)",
-                                reason="open")
+            await asyncio.to_thread(store.chats.set_open, record.id, True)  # refuses a chat another live process holds
             own_backend = not isinstance(backend, KernelBackend)
-            kernels = backend if isinstance(backend, KernelBackend) else get_backend(backend or record.backend, settings, pool_size=0)
-            await asyncio.to_thread(store.chats.set_open, record.id, True)
+            try:
+                kernels = backend if isinstance(backend, KernelBackend) else get_backend(backend or record.backend, settings, pool_size=0)
+            except BaseException:
+                await asyncio.to_thread(store.chats.set_open, record.id, False)
+                raise
         except BaseException:
             if own_store:
                 store.close()

@@ -9,7 +9,7 @@ import nbformat
 import pytest
 
 from dsagent.artifacts.store import Store
-from dsagent.errors import ChatError
+from dsagent.errors import AgentError, ChatError
 from dsagent.graphs.chat import Chat, create_chat, delete_chat, follow_events, list_chats, rename_chat
 from dsagent.graphs.chat_export import export_chat
 from dsagent.graphs.chat_history import TurnRecord, render_history
@@ -111,6 +111,8 @@ async def test_stop_cancels_a_long_cell_and_the_chat_goes_on(csv, settings, stor
                 await asyncio.sleep(0.1)
             stopped = await chat.stop()
             assert stopped is not None and stopped.run.status == "cancelled"
+            with pytest.raises(AgentError, match="the task is empty"):  # refused before any run exists
+                await chat.start("  ")
             with pytest.raises(ChatError, match="no cell is waiting"):
                 chat.decide("run")
             after = await chat.ask("What is x + 1?")  # the kernel was interrupted, not lost
