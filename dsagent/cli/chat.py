@@ -156,6 +156,9 @@ async def _repl(args: argparse.Namespace) -> None:
     settings = Settings()
     if args.model:
         settings = settings.replace(llm_model=args.model, llm_model_planner="", llm_model_coder="", llm_model_reviewer="")
+    from dsagent.graphs.llm import LLMClient
+
+    await LLMClient(settings).aclose()  # no endpoint or key: say so before a kernel starts
     store = await asyncio.to_thread(_store)
     name = args.name or datetime.now().strftime("chat %Y-%m-%d %H:%M:%S")
     try:

@@ -185,3 +185,20 @@ def test_history_keeps_the_newest_turns_whole_within_the_budget():
     assert "task 4" in text and "step_4 = 4" in text and "out 4" not in text  # older: code and answer, no outputs
     assert "3 earlier turn(s) left out" in text and "task 3" not in text
     assert len(text) < 120 * 4 + 100
+
+
+async def test_terminal_approver_answers_run_edit_reject():
+    from dsagent.cli.chat import _terminal_approver
+
+    class Lines:  # what the REPL's stdin reader hands out
+        def __init__(self, *lines):
+            self.lines = list(lines)
+
+        async def next(self, prompt=""):
+            return self.lines.pop(0) if self.lines else None
+
+    request = {"tool": "run_code", "arguments": {"code": "print(1)"}}
+    assert await _terminal_approver(Lines("y"))(request) == {"action": "run"}
+    assert await _terminal_approver(Lines("e", "x = 2", "print(x)", "."))(request) == {"action": "edit", "code": "x = 2\nprint(x)"}
+    assert await _terminal_approver(Lines("not on my data"))(request) == {"action": "reject", "reason": "not on my data"}
+    assert await _terminal_approver(Lines())(request) == {"action": "reject", "reason": "refused"}  # stdin closed
