@@ -141,6 +141,8 @@ class Chat:
         self._own_store, self._own_backend = own_store, own_backend
         self._turn: Turn | None = None
         self.pending: PendingApproval | None = None  # a cell waiting for decide() (approve=True turns)
+        self._announcing: asyncio.Future[None] | None = None
+        self._history: list["TurnRecord"] = []  # the turns so far, read once at open, then one per finished turn
         self.closed = False
 
     @property
@@ -229,7 +231,7 @@ class Chat:
                                 hint="put the file back, or start a new chat with the data", reason="data")
             refs.append({**ref, "source": str(source)})
         await _prepare_kernel(self.session, refs, list(secret_values()))
-        turns = await asyncio.to_thread(load_turns, self.store, self.id)
+        turns = self._history = await asyncio.to_thread(load_turns, self.store, self.id)
         cells = replay_cells(turns)
         failed = []
         for number, (run_id, cell) in enumerate(cells, 1):
@@ -266,14 +268,14 @@ class Chat:
         ``approve``: None (cells run at once), True (each cell waits in ``pending`` until ``decide``),
         or a callable as ``execute_agent_run`` takes.
         """
-        from dsagent.graphs.chat_history import load_turns, render_history
+        from dsagent.graphs.chat_history import render_history
 
         if self.closed:
             raise ChatError(f"chat {self.record.name!r} is closed", hint="open it again with Chat.open", reason="closed")
         if self.running is not None:
             raise ChatError(f"chat {self.record.name!r} is still answering {self.running.task!r}",
                             hint="wait for that turn, or stop it (chat.stop(), the Stop button, Ctrl-C)", reason="busy")
-        earlier = await asyncio.to_thread(load_turns, self.store, self.id)
+        earlier = list(self._history)
         extra = {"conversation": render_history(earlier, self.settings.chat_history_tokens)} if earlier else {}
         profile = next((t.profile for t in earlier if t.profile), "")
         if profile:
@@ -307,15 +309,39 @@ class Chat:
                 raise
             run = await asyncio.shield(asyncio.to_thread(self.store.get_run, created.result()))
             outcome = AgentOutcome(run, "")
-        await asyncio.shield(asyncio.to_thread(self.store.chats.touch, self.id, [(
-            "chat_turn_finished", {"run_id": outcome.run.id, "status": outcome.run.status, "answer": outcome.answer,
-                                   "error": outcome.run.error})]))
+        except Exception:
+            if created.done():  # the run exists and ended with the error: the chat still counts the turn
+                run = await asyncio.shield(asyncio.to_thread(self.store.get_run, created.result()))
+                if self._announcing is not None:
+                    await asyncio.shield(self._announcing)
+                await asyncio.shield(asyncio.to_thread(self._turn_finished, AgentOutcome(run, "")))
+            raise
+        if self._announcing is not None:
+            await asyncio.shield(self._announcing)  # chat_turn_started stays before chat_turn_finished
+        await asyncio.shield(asyncio.to_thread(self._turn_finished, outcome))
         return outcome
 
-    async def _turn_started(self, run_id: int, task: str, graph: str, on_run: Any) -> None:
+    def _turn_finished(self, outcome: AgentOutcome) -> None:
+        from dsagent.graphs.chat_history import TurnRecord, load_turn, profile_of
+
+        number = len(self._history) + 1
+        state, run = outcome.state, outcome.run
+        if state.get("cells") is not None and run.status in ("succeeded", "failed"):  # the final state: no store read
+            turn = TurnRecord(run.id, number, state.get("task", ""), run.params.get("graph", "analysis"), run.status,
+                              plan=state.get("plan", ""), answer=state.get("answer", ""), error=run.error,
+                              cells=list(state.get("cells", [])), reviews=list(state.get("reviews", [])))
+            turn.profile = profile_of(turn.cells)
+        else:  # cancelled or broken: what the store journaled
+            turn = load_turn(self.store, run, number)
+        self._history.append(turn)
+        self.store.chats.touch(self.id, [("chat_turn_finished", {"run_id": outcome.run.id, "status": outcome.run.status,
+                                                                 "answer": outcome.answer, "error": outcome.run.error})])
+
+    def _turn_started(self, run_id: int, task: str, graph: str, on_run: Any) -> None:
         on_run(run_id)
-        await asyncio.to_thread(self.store.chats.touch, self.id, [("chat_turn_started", {"run_id": run_id, "task": task,
-                                                                                          "graph": graph})])
+        # written beside the turn, not before its first step (chat followers learn of it a moment later)
+        self._announcing = asyncio.ensure_future(asyncio.to_thread(
+            self.store.chats.touch, self.id, [("chat_turn_started", {"run_id": run_id, "task": task, "graph": graph})]))
 
     async def stop(self) -> AgentOutcome | None:
         """Cancel the running turn: its cell is interrupted, its run ends ``cancelled`` with its partial

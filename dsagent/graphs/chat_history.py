@@ -16,9 +16,10 @@ from dsagent.graphs.state import CellRecord
 from dsagent.graphs.tools import trim
 
 if TYPE_CHECKING:
+    from dsagent.artifacts.models import Run
     from dsagent.artifacts.store import Store
 
-__all__ = ["TurnRecord", "load_turns", "render_history", "replay_cells"]
+__all__ = ["TurnRecord", "load_turn", "load_turns", "profile_of", "render_history", "replay_cells"]
 
 CHARS_PER_TOKEN = 4  # the same rough estimate the LLM client uses when an endpoint reports no usage
 _OUTPUT_CHARS = 600  # of each cell's output a history entry keeps
@@ -59,27 +60,35 @@ def load_turns(store: "Store", chat_id: int) -> list[TurnRecord]:
         if page.next_cursor is None:
             break
         cursor = page.next_cursor
-    turns = []
-    for number, run in enumerate(sorted(runs, key=lambda r: r.id), 1):
-        turn = TurnRecord(run.id, number, run.params.get("task", run.title or ""), run.params.get("graph", "analysis"),
-                          run.status, error=run.error)
-        cells: dict[int, CellRecord] = {}
-        for event in store.events(run.id):
-            payload = event.payload
-            if event.type == "agent_cell":
-                cells[payload["cell"]] = payload  # type: ignore[assignment]
-            elif event.type == "agent_plan":
-                turn.plan = payload.get("plan", "")
-            elif event.type == "agent_answer":
-                turn.answer = payload.get("answer", "")
-            elif event.type == "agent_review":
-                turn.reviews.append({"verdict": payload.get("verdict"), "findings": payload.get("findings", [])})
-        turn.cells = [cells[n] for n in sorted(cells)]
-        profile = next((c for c in turn.cells if c.get("role") == "setup" and c["cell"] > 0), None)
-        if profile is not None and profile.get("status") == "ok":
-            turn.profile = trim(profile.get("observation", ""), 7000, 1000)[0]
-        turns.append(turn)
-    return turns
+    return [load_turn(store, run, number) for number, run in enumerate(sorted(runs, key=lambda r: r.id), 1)]
+
+
+def load_turn(store: "Store", run: "Run", number: int) -> TurnRecord:
+    """One turn (its run) rebuilt from its events."""
+    turn = TurnRecord(run.id, number, run.params.get("task", run.title or ""), run.params.get("graph", "analysis"),
+                      run.status, error=run.error)
+    cells: dict[int, CellRecord] = {}
+    for event in store.events(run.id):
+        payload = event.payload
+        if event.type == "agent_cell":
+            cells[payload["cell"]] = payload  # type: ignore[assignment]
+        elif event.type == "agent_plan":
+            turn.plan = payload.get("plan", "")
+        elif event.type == "agent_answer":
+            turn.answer = payload.get("answer", "")
+        elif event.type == "agent_review":
+            turn.reviews.append({"verdict": payload.get("verdict"), "findings": payload.get("findings", [])})
+    turn.cells = [cells[n] for n in sorted(cells)]
+    turn.profile = profile_of(turn.cells)
+    return turn
+
+
+def profile_of(cells: list[CellRecord]) -> str:
+    """The datasets' profile a turn's setup printed (as its prompt showed it), or ''."""
+    profile = next((c for c in cells if c.get("role") == "setup" and c["cell"] > 0), None)
+    if profile is None or profile.get("status") != "ok":
+        return ""
+    return trim(profile.get("observation", ""), 7000, 1000)[0]
 
 
 def replay_cells(turns: list[TurnRecord]) -> list[tuple[int, CellRecord]]:
