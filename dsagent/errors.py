@@ -33,6 +33,7 @@ __all__ = [
     "LLMRequestError",
     "NotebookError",
     "AgentError",
+    "ChatError",
 ]
 
 
@@ -172,3 +173,7 @@ class NotebookError(DsagentError):
 
 class AgentError(DsagentError):
     """An agent run cannot start: its inputs are unusable (fields: ``reason``: ``no_data``, ``bad_data``, ``no_task``)."""
+
+
+class ChatError(DsagentError):
+    """A chat cannot do what was asked (fields: ``reason``: ``name_taken``, ``busy``, ``open``, ``no_pending``, ``data``)."""

@@ -114,6 +114,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("scheduler_misfire_grace", 60.0, "Seconds late a firing may start and still count as on time; later ones (the scheduler was down) follow the schedule's misfire policy.", float),
     Setting("schedule_webhook_url", "", "Webhook that gets a JSON POST about scheduled runs when a schedule names none (empty: a log line only).", str),
     Setting("schedule_link_base", "", "Base URL of the dashboard, for the run links in notifications (empty: the link is a `dsagent runs show` command).", str),
+    Setting("chat_history_tokens", 6000, "Tokens (estimated as characters / 4) of a chat's earlier turns (tasks, code, trimmed outputs, answers) a follow-up turn's prompt carries; the oldest turns lose their outputs, then their place.", int),
     Setting("agent_cell_timeout", 300.0, "Seconds one cell an agent runs may take before it is interrupted (the agent is told).", float),
 )
 

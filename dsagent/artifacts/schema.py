@@ -18,7 +18,7 @@ __all__ = [
     "BLOB_DB_DDL", "BLOB_SHARD_MAX_BYTES", "BLOB_SHARD_MAX_BLOBS", "shard_table", "shard_ddl",
 ]
 
-RUN_KINDS = ("agent", "notebook", "batch", "batch-child", "exec")
+RUN_KINDS = ("agent", "notebook", "batch", "batch-child", "exec", "chat")
 RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 ARTIFACT_KINDS = ("image", "table", "html", "json", "text", "file", "notebook")
@@ -111,12 +111,27 @@ _V2_SCHEDULES = (
     )""",
 )
 
+# Chats (``chats.py``): a chat is a run of kind ``chat`` (its events: turns started and finished, renames,
+# restores; its artifacts: the exported notebook); its turns are ``agent`` runs whose parent it is. This
+# table holds what a run row cannot: the name users rename, the datasets and the agent it starts turns with.
+_V3_CHATS = (
+    """CREATE TABLE {db}.chats (
+        id BIGINT NOT NULL,
+        name VARCHAR NOT NULL,
+        graph VARCHAR NOT NULL,
+        backend VARCHAR NOT NULL,
+        datasets JSON NOT NULL,
+        created TIMESTAMP NOT NULL,
+        updated TIMESTAMP NOT NULL
+    )""",
+)
+
 #: forward migrations; index i upgrades version i to i + 1
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2_SCHEDULES)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2_SCHEDULES, _V3_CHATS)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 #: tables in dependency order (copied in this order when gc compacts the file)
-TABLES = ("schema_version", "id_counters", "runs", "run_events", "artifacts", "blobs", "schedules", "scheduler_leases")
+TABLES = ("schema_version", "id_counters", "runs", "run_events", "artifacts", "blobs", "schedules", "scheduler_leases", "chats")
 
 # -- the blob database (dsagent-blobs.duckdb) ---------------------------------
 #

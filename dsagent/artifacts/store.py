@@ -47,6 +47,7 @@ import duckdb
 from dsagent.artifacts import schema
 from dsagent.artifacts.blobfiles import BlobFiles
 from dsagent.artifacts.blobstore import InlineBlobs
+from dsagent.artifacts.chats import ChatTable
 from dsagent.artifacts.models import Artifact, Event, GcReport, NewArtifact, Owner, Page, Run
 from dsagent.artifacts.transaction import _ART_COLS, _RUN_COLS, Transaction, _artifact, _aware, _naive_utc, _run
 from dsagent.artifacts.turns import LockTimeout, TurnLock
@@ -83,6 +84,7 @@ class Store:
         self.path: Path = self.workspace.db_path
         self.blobs = BlobFiles(self.workspace.blobs_dir)
         self.inline = InlineBlobs(self)
+        self.chats = ChatTable(self)  # named conversations (chats.py)
         self.lock_stats = LockStats()
         self._file_lock = TurnLock(str(self.path) + ".lock")
         self._thread_lock = threading.RLock()

@@ -17,6 +17,8 @@ describe), never the raw table.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from typing import Any
 
@@ -35,6 +37,7 @@ from dsagent.graphs.tools import trim
 __all__ = ["build_agent_graph", "build_analysis_graph", "profile_code", "spec_of"]
 
 NEEDS_APPROVAL = frozenset({"run_code", "shell", "write_file"})  # with --approve: what runs code or changes files
+EDITABLE = {"run_code": "code", "shell": "command", "write_file": "content"}  # what an approver's Edit replaces
 PROFILE_CHARS = 8_000
 
 _LOADER = '''import pandas as pd
@@ -74,8 +77,8 @@ async def setup(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
     ctx = runtime.context
     datasets = state.get("datasets", [])
     cells = [await ctx.toolbox.run_cell(parameters_code(datasets, state["task"], use_source=False), role="setup")]
-    profile = "(no datasets given)"
-    if datasets and spec_of(state).wants_data_profile:
+    profile = state.get("profile") or "(no datasets given)"  # a chat's follow-up turn brings the first turn's
+    if datasets and spec_of(state).wants_data_profile and not state.get("profile"):
         cells.append(await ctx.toolbox.run_cell(profile_code([d["param"] for d in datasets]), role="setup"))
         profile = trim(cells[-1]["observation"], PROFILE_CHARS - 1000, 1000)[0]
     await ctx.step("profile", {"datasets": [d["source"] for d in datasets], "status": cells[-1]["status"]})
@@ -89,8 +92,7 @@ async def plan(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
     if reason:
         return {"status": "failed", "error": reason}
     spec = spec_of(state)
-    messages = [{"role": "system", "content": spec.planner_system},
-                {"role": "user", "content": f"Task: {state['task']}\n\nDatasets:\n{state.get('profile', '')}"}]
+    messages = [{"role": "system", "content": spec.planner_system}, {"role": "user", "content": briefing(state)}]
     relay = ctx.token_relay(spec.actor)
     reply = await ctx.llm.chat(messages, role=spec.role, on_event=ctx.on_llm_event, on_token=relay)
     await relay.flush()
@@ -98,9 +100,18 @@ async def plan(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
     variables = ", ".join(f"`{d['param']}`" for d in state.get("datasets", [])) or "(none: no datasets)"
     history = [
         {"role": "system", "content": spec.actor_system.format(variables=variables)},
-        {"role": "user", "content": f"Task: {state['task']}\n\nDatasets:\n{state.get('profile', '')}\n\nPlan:\n{reply.text}"},
+        {"role": "user", "content": f"{briefing(state)}\n\nPlan:\n{reply.text}"},
     ]
     return {"plan": reply.text, "messages": history}
+
+
+def briefing(state: AgentState) -> str:
+    """What the planner and the acting agent are told first: a chat's earlier turns, the task, the datasets."""
+    text = f"Task: {state['task']}\n\nDatasets:\n{state.get('profile', '')}"
+    if state.get("conversation"):
+        text = ("Earlier turns of this conversation (same kernel: their variables still exist, do not reload the data "
+                f"unless you must):\n{state['conversation']}\n\nNow the new {text}")
+    return text
 
 
 async def act(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
@@ -133,32 +144,57 @@ async def tools(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
     messages, cells = [], []
     for raw in last.get("tool_calls", []):
         call = ToolCall.parse(raw["id"], raw["function"]["name"], raw["function"]["arguments"] or "")
-        refusal = await _approval(ctx, call)
+        call, refusal, edited = await _approval(ctx, call)
         if refusal is not None:
             messages.append(tool_message(call.id, refusal))
             continue
         result = await ctx.toolbox.call(call, role=spec_of(state).actor)
-        messages.append(tool_message(call.id, result.observation))
+        note = f"note: the user edited this call before it ran; what ran was:\n{edited}\n\n" if edited is not None else ""
+        messages.append(tool_message(call.id, note + result.observation))
         cells.extend(result.cells)
     return {"messages": messages, "cells": cells}
 
 
-async def _approval(ctx: AgentContext, call: ToolCall) -> str | None:
-    """None when the call may run; else what the model is told."""
+async def _approval(ctx: AgentContext, call: ToolCall) -> tuple[ToolCall, str | None, str | None]:
+    """(the call to run, None or what the model is told instead, the edited text or None).
+
+    The approver answers True/False, ``{"approved": bool, "reason"}``, or ``{"action": "run" | "edit" |
+    "reject", "code": <edited text>, "reason"}``: an edit replaces the call's code (command, file content),
+    so the edited code is what runs and is recorded."""
     if not ctx.approve or call.name not in NEEDS_APPROVAL or not call.ok:
-        return None
+        return call, None, None
     decision = interrupt({"tool": call.name, "arguments": ctx.scrubber.value(call.arguments or {})})
-    approved, reason = (decision.get("approved"), decision.get("reason", "")) if isinstance(decision, dict) else (bool(decision), "")
-    await ctx.step("approval", {"tool": call.name, "approved": bool(approved), "reason": reason})
-    if approved:
-        return None
-    return f"the user did not allow this {call.name} call" + (f": {reason}" if reason else "") + "; do something else or answer"
+    action, reason, edited = _decision(decision)
+    if action == "edit" and (edited is None or edited == (call.arguments or {}).get(EDITABLE[call.name])):
+        action, edited = "run", None  # an edit that changes nothing is a plain yes
+    await ctx.step("approval", {"tool": call.name, "approved": action != "reject", "action": action, "reason": reason,
+                                "edited": edited})
+    if action == "reject":
+        return call, (f"the user did not allow this {call.name} call" + (f": {reason}" if reason else "")
+                      + "; do something else or answer"), None
+    if action == "edit":
+        arguments = {**(call.arguments or {}), EDITABLE[call.name]: edited}
+        call = dataclasses.replace(call, arguments=arguments, raw_arguments=json.dumps(arguments))
+    return call, None, edited
+
+
+def _decision(decision: Any) -> tuple[str, str, str | None]:
+    """An approver's answer as (run | edit | reject, reason, edited text)."""
+    if not isinstance(decision, dict):
+        return ("run" if decision else "reject"), "", None
+    reason = str(decision.get("reason") or "")
+    action = decision.get("action")
+    if action not in ("run", "edit", "reject"):
+        action = "run" if decision.get("approved") else "reject"
+    edited = decision.get("code")
+    return action, reason, edited if isinstance(edited, str) else None
 
 
 async def review(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     ctx = runtime.context
     spec = spec_of(state)
-    result = await review_work(ctx, state["task"], state.get("cells", []), state.get("answer", ""), extra_checks=spec.checks)
+    result = await review_work(ctx, state["task"], state.get("cells", []), state.get("answer", ""), extra_checks=spec.checks,
+                               earlier=state.get("conversation", ""))
     await ctx.step("review", {"role": "reviewer", "verdict": result["verdict"], "findings": result["findings"]})
     update: dict[str, Any] = {"reviews": [result], "findings": result["findings"]}
     if result["verdict"] == "revise":

@@ -17,7 +17,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 
 from dsagent.graphs.state import AgentState, CellRecord, DatasetRef
 
-__all__ = ["export_notebook", "parameters_code"]
+__all__ = ["export_notebook", "parameters_code", "work_cells"]
 
 
 def parameters_code(datasets: Sequence[DatasetRef], task: str, *, use_source: bool) -> str:
@@ -70,23 +70,31 @@ def export_notebook(state: AgentState, *, run_id: int | None = None, kernel_name
     params = new_code_cell(parameters_code(state.get("datasets", []), task, use_source=True))
     params.metadata["tags"] = ["parameters"]
     nb.cells.append(params)
-    nb.cells.append(new_markdown_cell(f"# Task\n\n{task}"))
+    nb.cells.extend(work_cells(state))
+    nbformat.validate(nb)
+    return nb
+
+
+def work_cells(state: AgentState, *, heading: str = "#") -> list[Any]:
+    """One run's work as notebook cells: task, plan, the clean cells with outputs, failed attempts as
+    markdown, answer, review. ``heading``: the task's markdown level (a chat's turns use ``##``)."""
+    cells: list[Any] = [new_markdown_cell(f"{heading} Task\n\n{state.get('task', '')}")]
+    sub = heading + "#"
     if state.get("plan"):
-        nb.cells.append(new_markdown_cell(f"## Plan\n\n{state['plan']}"))
+        cells.append(new_markdown_cell(f"{sub} Plan\n\n{state['plan']}"))
     for cell in state.get("cells", []):
         if cell.get("role") == "setup" and cell.get("kind") == "code" and cell["cell"] == 0:
             continue  # the parameters cell above replaces it
         if cell.get("status") != "ok":
-            nb.cells.append(_failed_attempt(cell))
+            cells.append(_failed_attempt(cell))
             continue
         code = new_code_cell(cell.get("code", ""), outputs=_outputs(cell), execution_count=cell.get("execution_count"))
         code.metadata["dsagent"] = {"cell": cell["cell"], "role": cell.get("role"), "artifacts": cell.get("artifacts", [])}
-        nb.cells.append(code)
+        cells.append(code)
     if state.get("answer"):
-        nb.cells.append(new_markdown_cell(f"## Answer\n\n{state['answer']}"))
+        cells.append(new_markdown_cell(f"{sub} Answer\n\n{state['answer']}"))
     if state.get("reviews"):
-        nb.cells.append(new_markdown_cell(_findings_markdown(state["reviews"])))
+        cells.append(new_markdown_cell(_findings_markdown(state["reviews"]).replace("## Review", f"{sub} Review", 1)))
     if state.get("status") == "failed" and state.get("error"):
-        nb.cells.append(new_markdown_cell(f"**The run failed:** {state['error']}"))
-    nbformat.validate(nb)
-    return nb
+        cells.append(new_markdown_cell(f"**The run failed:** {state['error']}"))
+    return cells

@@ -80,8 +80,8 @@ def _supported(value: float, decimals: int, percent: bool, shown: Sequence[float
     return any(abs(y - value) <= tolerance or (percent and abs(y * 100 - value) <= tolerance) for y in shown)
 
 
-def check_outputs(task: str, cells: Sequence[CellRecord], answer: str) -> list[Finding]:
-    """The checks that need no model."""
+def check_outputs(task: str, cells: Sequence[CellRecord], answer: str, earlier: str = "") -> list[Finding]:
+    """The checks that need no model; ``earlier``: a chat's earlier turns, whose outputs count as shown."""
     findings: list[Finding] = []
     code_cells = [c for c in cells if c.get("kind", "code") in ("code", "shell") and c.get("role") != "setup"]
     if code_cells and code_cells[-1].get("status") != "ok":
@@ -91,7 +91,7 @@ def check_outputs(task: str, cells: Sequence[CellRecord], answer: str) -> list[F
     if _PLOT_WORDS.search(task) and not any(a.get("kind") == "image" for c in cells for a in c.get("artifacts", [])):
         findings.append(_finding("error", None, "the task asks for a plot but no cell produced an image",
                                  "draw the plot with matplotlib and show it (plt.show())"))
-    shown_text = "\n".join(c.get("observation", "") for c in cells if c.get("status") == "ok")
+    shown_text = "\n".join([earlier, *(c.get("observation", "") for c in cells if c.get("status") == "ok")])
     shown = [value for _, value, _, _ in _numbers(shown_text)]
     missing = [raw for raw, value, decimals, percent in _numbers(answer)
                if not _trivial(value, decimals, percent) and not _supported(value, decimals, percent, shown)]
@@ -136,18 +136,20 @@ def _cells_text(cells: Sequence[CellRecord]) -> str:
 
 
 async def review_work(ctx: Any, task: str, cells: Sequence[CellRecord], answer: str,
-                      extra_checks: Any = None) -> dict[str, Any]:
+                      extra_checks: Any = None, earlier: str = "") -> dict[str, Any]:
     """Review one piece of work: ``{"verdict", "findings", "source"}``; ``ctx`` is an ``AgentContext``.
 
     ``extra_checks(task, cells, answer)``: more checks in code (the coder's: did the tests pass?).
+    ``earlier``: a chat's earlier turns (the answer may rest on their outputs).
     """
-    findings = check_outputs(task, cells, answer)
+    findings = check_outputs(task, cells, answer, earlier)
     if extra_checks is not None:
         findings.extend(extra_checks(task, cells, answer))
     checks = "\n".join(f"- [{f['severity']}] {f['reason']}" for f in findings) or "- none"
     messages: list[dict[str, Any]] = [
         {"role": "system", "content": REVIEW_SYSTEM},
-        {"role": "user", "content": f"Task:\n{task}\n\nCells:\n{_cells_text(cells)}\n\nAnswer:\n{answer}\n\n"
+        {"role": "user", "content": (f"Earlier turns of the conversation:\n{earlier}\n\n" if earlier else "")
+                                    + f"Task:\n{task}\n\nCells:\n{_cells_text(cells)}\n\nAnswer:\n{answer}\n\n"
                                     f"Automatic checks found:\n{checks}"},
     ]
     verdict_of_model, source = "accept", "checks+reviewer"

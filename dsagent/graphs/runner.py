@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from dsagent.artifacts.models import Artifact, Run
     from dsagent.artifacts.store import Store
     from dsagent.graphs.context import Approver, Budget, StepHook
-    from dsagent.kernel_gateway.base import KernelBackend
+    from dsagent.kernel_gateway.base import KernelBackend, KernelSession
 
 __all__ = ["AgentOutcome", "ask", "execute_agent_run", "open_checkpointer", "resume_agent_run"]
 
@@ -78,10 +78,16 @@ async def execute_agent_run(
     approve: "Approver | None" = None,
     parent_id: int | None = None,
     schedule_id: str | None = None,
+    session: "KernelSession | None" = None,
+    extra_input: dict[str, Any] | None = None,
+    on_run: "Callable[[int], Any] | None" = None,
 ) -> AgentOutcome:
     """Run ``graph`` on ``task`` as a recorded agent run; the outcome with answer, artifacts and notebook path.
 
-    ``parent_id``: the run this one belongs to (an evaluation's batch run). ``schedule_id``: the schedule that fired it.
+    ``parent_id``: the run this one belongs to (an evaluation's batch run, a chat). ``schedule_id``: the schedule that fired it.
+    ``session``: run in this live kernel (a chat's), which already has the data files; it is
+    left running. ``extra_input``: more graph input (a chat's ``conversation`` and ``profile``).
+    ``on_run(run_id)``: called as soon as the run exists.
     """
     if not task.strip():
         raise AgentError("the task is empty", hint="say what the agent should find out or build", reason="no_task")
@@ -91,6 +97,7 @@ async def execute_agent_run(
     datasets = _datasets(data)
     attempt = _Attempt(task, graph, datasets, settings, budget, on_step, approve, parent_id)
     attempt.schedule_id = schedule_id
+    attempt.session, attempt.extra_input, attempt.on_run = session, dict(extra_input or {}), on_run
     return await attempt.run(backend, store, run_id=None)
 
 
@@ -141,6 +148,9 @@ class _Attempt:
         self.task, self.graph, self.datasets, self.settings = task, graph, datasets, settings
         self.budget, self.on_step, self.approve, self.parent_id = budget, on_step, approve, parent_id
         self.schedule_id: str | None = None
+        self.session: Any = None  # a live session to use (and keep), else one is started and shut down
+        self.extra_input: dict[str, Any] = {}
+        self.on_run: Any = None
 
     async def run(self, backend: "str | KernelBackend | None", store: "Store | None", *, run_id: int | None) -> AgentOutcome:
         from dsagent.graphs.llm import LLMClient
@@ -149,6 +159,11 @@ class _Attempt:
 
         settings = self.settings
         llm = LLMClient(settings)  # fails here, before any run exists, when no endpoint/key is configured
+        if self.session is not None:
+            try:
+                return await self._recorded(llm, str(backend or settings.agent_backend), self.session, store, run_id)
+            finally:
+                await llm.aclose()
         kernels = backend if isinstance(backend, KernelBackend) else get_backend(backend or settings.agent_backend, settings, pool_size=0)
         own_store = store is None
         if store is None:
@@ -172,19 +187,24 @@ class _Attempt:
         from dsagent.graphs.export import parameters_code
         from dsagent.graphs.secrets import Scrubber, secret_values
         from dsagent.graphs.tools import Toolbox
+        from dsagent.kernel_gateway.base import run_hook
 
         params = {"task": self.task, "graph": self.graph, "data": [d["source"] for d in self.datasets]}
         recorder = RunRecorder(store, "agent", title=self.task[:200], params=params, backend=backend_name, run_id=run_id,
                                parent_id=self.parent_id, schedule_id=self.schedule_id)
         workspace = Workspace.from_settings(self.settings).ensure()
         async with recorder, open_checkpointer(workspace.checkpoints_path) as saver:
-            await _prepare_kernel(session, self.datasets, list(secret_values()))
+            if self.on_run is not None:
+                await run_hook(self.on_run, recorder.run_id)
+            if self.session is None:  # a caller's live session was prepared when it started
+                await _prepare_kernel(session, self.datasets, list(secret_values()))
             app = _build(self.graph, saver)
             config = {"configurable": {"thread_id": str(recorder.run_id)},
                       "recursion_limit": 4 * (self.budget or Budget.from_settings(self.settings)).max_steps + 20}
             recorded: dict[int, Any] = {}
             next_cell = 0
-            graph_input: dict[str, Any] | None = {"task": self.task, "datasets": self.datasets, "started_at": time.time()}
+            graph_input: dict[str, Any] | None = {"task": self.task, "datasets": self.datasets, "started_at": time.time(),
+                                                  **self.extra_input}
             if run_id is not None:
                 graph_input, recorded, next_cell = await self._replay(app, config, session, store, recorder)
             await recorder.attach(session)  # after the replay: files it re-creates are not new artifacts
@@ -276,7 +296,9 @@ async def _drive(app: Any, graph_input: dict[str, Any] | None, config: dict[str,
         while "__interrupt__" in state:  # --approve: a tool call waits for a yes
             from langgraph.types import Command
 
-            answer = context.approve(state["__interrupt__"][0].value)
+            request = state["__interrupt__"][0].value
+            await recorder.event("agent_approval_pending", request)  # a follower (the Chat page) shows the waiting cell
+            answer = context.approve(request)
             if asyncio.iscoroutine(answer):
                 answer = await answer
             state = await app.ainvoke(Command(resume=answer), config=config, context=context, durability="async")

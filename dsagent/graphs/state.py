@@ -52,6 +52,7 @@ class AgentState(TypedDict, total=False):
     """The state of the analysis, coding and team graphs."""
 
     task: str
+    conversation: str  # a chat's earlier turns (tasks, code, trimmed outputs, answers), as the prompt shows them
     datasets: list[DatasetRef]
     profile: str  # the datasets' profile as the prompt shows it (never the raw table)
     plan: str

@@ -1,0 +1,187 @@
+"""Named conversations in the workspace database (``store.chats``).
+
+A chat is a run of kind ``chat`` (so it has an event stream and artifacts like
+every run) plus a row of the ``chats`` table (same id) with what users change:
+its name, and what it starts turns with: datasets, agent graph, backend. Its
+turns are ``agent`` runs whose ``parent_id`` is the chat's id.
+
+The chat run's status says who holds the chat's kernel: ``running`` while a
+process has it open (that process is the run's owner, so a crash is reaped to
+``failed`` like any run's), ``queued`` while nobody has it open, ``cancelled``
+once the chat is deleted with its runs kept.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from dsagent.artifacts.models import Page, Run, _iso, utcnow
+from dsagent.errors import ChatError, DsagentError, NotFound
+
+if TYPE_CHECKING:
+    from dsagent.artifacts.store import Store
+
+__all__ = ["ChatRecord", "ChatTable"]
+
+_COLS = "c.id, c.name, c.graph, c.backend, c.datasets, c.created, c.updated, r.status, r.owner_pid, r.owner_host"
+_TURNS = "(SELECT count(*) FROM runs t WHERE t.parent_id = c.id AND t.kind = 'agent')"
+
+
+@dataclass(frozen=True)
+class ChatRecord:
+    """One chat as stored: name, datasets (``{"param", "path", "source"}``), agent graph, backend, turns."""
+
+    id: int
+    name: str
+    graph: str
+    backend: str
+    datasets: list[dict[str, str]] = field(default_factory=list)
+    created: datetime | None = None
+    updated: datetime | None = None
+    status: str = "queued"  # of the chat's run: running = open in a process
+    owner_pid: int | None = None
+    owner_host: str | None = None
+    turns: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "graph": self.graph, "backend": self.backend, "datasets": self.datasets,
+                "created": _iso(self.created), "updated": _iso(self.updated), "status": self.status, "turns": self.turns,
+                "owner_pid": self.owner_pid, "owner_host": self.owner_host}
+
+
+class ChatTable:
+    """Reads and writes of the ``chats`` table; each method is one transaction of the store."""
+
+    def __init__(self, store: "Store") -> None:
+        self.store = store
+
+    def create(self, name: str, *, graph: str, backend: str, datasets: Sequence[Mapping[str, str]]) -> ChatRecord:
+        """A new chat (its run starts ``queued``: nobody has it open yet)."""
+        from dsagent.artifacts.transaction import _naive_utc
+
+        name = _clean_name(name)
+        with self.store.transaction() as tx:
+            self._refuse_taken(tx.con, name)
+            run = tx.create_run("chat", status="queued", title=name, backend=backend,
+                                params={"graph": graph, "data": [d["source"] for d in datasets]})
+            now = _naive_utc(utcnow())
+            tx.con.execute("INSERT INTO chats VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           [run.id, name, graph, backend, json.dumps([dict(d) for d in datasets]), now, now])
+            tx.append_events(run.id, [("chat_created", {"name": name, "graph": graph, "backend": backend,
+                                                        "datasets": [d["source"] for d in datasets]})])
+        return self.get(run.id)
+
+    def get(self, chat: int | str) -> ChatRecord:
+        """A chat by id, or by name (a name made of digits is tried as a name first)."""
+        with self.store._session(write=False) as con:
+            row = con.execute(f"SELECT {_COLS}, {_TURNS} FROM chats c JOIN runs r ON r.id = c.id WHERE c.name = ?",
+                              [str(chat)]).fetchone()
+            if row is None and str(chat).isdigit():
+                row = con.execute(f"SELECT {_COLS}, {_TURNS} FROM chats c JOIN runs r ON r.id = c.id WHERE c.id = ?",
+                                  [int(chat)]).fetchone()
+        if row is None:
+            raise NotFound(f"no chat named or numbered {chat!r}", hint="`dsagent chats ls` lists the chats", what="chat", id=chat)
+        return _record(row)
+
+    def list(self, *, limit: int = 50, cursor: str | None = None) -> Page[ChatRecord]:
+        """Newest first, ``limit`` per page (keyset on id: pass ``next_cursor`` back)."""
+        where, params = "", []
+        if cursor is not None:
+            try:
+                params.append(int(cursor))
+            except ValueError:
+                raise DsagentError(f"invalid cursor {cursor!r}", hint="pass the next_cursor of a previous page") from None
+            where = "WHERE c.id < ?"
+        with self.store._session(write=False) as con:
+            rows = con.execute(f"SELECT {_COLS}, {_TURNS} FROM chats c JOIN runs r ON r.id = c.id {where} "
+                               "ORDER BY c.id DESC LIMIT ?", [*params, limit]).fetchall()
+        items = [_record(r) for r in rows]
+        return Page(items, str(items[-1].id) if len(items) == limit else None)
+
+    def rename(self, chat_id: int, name: str) -> ChatRecord:
+        """Give a chat another name (the chat run's title follows); an event records the change."""
+        from dsagent.artifacts.transaction import _naive_utc
+
+        name = _clean_name(name)
+        old = self.get(chat_id)
+        if old.name != name:
+            with self.store.transaction() as tx:
+                self._refuse_taken(tx.con, name)
+                tx.con.execute("UPDATE chats SET name = ?, updated = ? WHERE id = ?", [name, _naive_utc(utcnow()), chat_id])
+                tx.con.execute("UPDATE runs SET title = ? WHERE id = ?", [name, chat_id])
+                tx.append_events(chat_id, [("chat_renamed", {"from": old.name, "to": name})])
+        return self.get(chat_id)
+
+    def touch(self, chat_id: int, events: Sequence[tuple[str, Mapping[str, Any]]] = ()) -> None:
+        """Mark the chat as used now (lists show recent activity), with events for its stream."""
+        from dsagent.artifacts.transaction import _naive_utc
+
+        with self.store.transaction() as tx:
+            tx.con.execute("UPDATE chats SET updated = ? WHERE id = ?", [_naive_utc(utcnow()), chat_id])
+            if events:
+                tx.append_events(chat_id, events)
+
+    def set_open(self, chat_id: int, is_open: bool) -> Run:
+        """Open: the chat's run becomes ``running``, owned by this process, unless a live process holds it
+        (checked and claimed in one transaction, so two openers cannot both win). Closed: ``queued``."""
+        if not is_open:
+            return self.store.update_run_status(chat_id, "queued")
+        self.store.reap_dead_runs()  # a crashed holder's claim ends here
+        with self.store.transaction() as tx:
+            row = tx.con.execute("SELECT status, owner_pid, owner_host, title FROM runs WHERE id = ?", [chat_id]).fetchone()
+            if row is None:
+                raise NotFound(f"no chat with id {chat_id}", hint="`dsagent chats ls` lists the chats", what="chat", id=chat_id)
+            if row[0] == "running":
+                raise ChatError(f"chat {row[3]!r} is already open in process {row[1]} on {row[2]}",
+                                hint="use it there, or close it first (a crashed process's chat is freed at the next open)",
+                                reason="open")
+            run = tx.update_run_status(chat_id, "running")
+        assert run is not None
+        return run
+
+    def delete(self, chat_id: int, *, purge: bool = False) -> list[int]:
+        """Remove the chat from the lists; the run ids deleted (none unless ``purge``).
+
+        Without ``purge`` its runs, notebooks and artifacts stay (the chat run ends ``cancelled``, so
+        ``dsagent gc`` may collect it later); with it, the chat's run and its turns' runs go too, with
+        their events and artifacts (the bytes nothing else uses are freed by the next ``dsagent gc``).
+        """
+        self.get(chat_id)
+        with self.store.transaction() as tx:
+            con = tx.con
+            con.execute("DELETE FROM chats WHERE id = ?", [chat_id])
+            if not purge:
+                tx.update_run_status(chat_id, "cancelled", error="the chat was deleted; its turns and artifacts are kept")
+                return []
+            ids = [chat_id] + [r[0] for r in con.execute("SELECT id FROM runs WHERE parent_id = ?", [chat_id]).fetchall()]
+            for table, key in (("run_events", "run_id"), ("artifacts", "run_id"), ("runs", "id")):
+                con.execute(f"DELETE FROM {table} WHERE {key} IN ?", [ids])
+        return ids
+
+    @staticmethod
+    def _refuse_taken(con: Any, name: str) -> None:
+        row = con.execute("SELECT id FROM chats WHERE name = ?", [name]).fetchone()
+        if row is not None:
+            raise ChatError(f"there is already a chat named {name!r} (chat {row[0]})",
+                            hint="choose another name, or open that chat with `dsagent chat NAME`", reason="name_taken",
+                            name=name, chat_id=row[0])
+
+
+def _clean_name(name: str) -> str:
+    cleaned = " ".join(str(name).split())
+    if not cleaned or len(cleaned) > 200:
+        raise DsagentError(f"a chat name must be 1 to 200 characters, not {len(cleaned)}", hint="give a short name, e.g. 'sales q3'")
+    return cleaned
+
+
+def _record(row: tuple[Any, ...]) -> ChatRecord:
+    from dsagent.artifacts.transaction import _aware
+
+    datasets = row[4]
+    return ChatRecord(id=row[0], name=row[1], graph=row[2], backend=row[3],
+                      datasets=json.loads(datasets) if isinstance(datasets, str) else list(datasets or []),
+                      created=_aware(row[5]), updated=_aware(row[6]), status=row[7], owner_pid=row[8], owner_host=row[9],
+                      turns=int(row[10]))
