@@ -102,6 +102,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("agent_max_seconds", 900.0, "Wall seconds an agent run may take before it ends failed.", float),
     Setting("agent_max_tokens", 200000, "Prompt + completion tokens (all roles) an agent run may use before it ends failed.", int),
     Setting("agent_cell_timeout", 300.0, "Seconds one cell an agent runs may take before it is interrupted (the agent is told).", float),
+    Setting("dashboard_poll_interval", 0.5, "Seconds between a dashboard page's reads of the store while it follows a run or a list (bounds the load many open pages put on the workspace).", float),
+    Setting("dashboard_lock_timeout", 2.0, "Seconds a dashboard read waits for the workspace database before the page says it is busy and retries.", float),
+    Setting("dashboard_cookie_secret", "", "Secret that signs the dashboard's login cookies (empty = one generated once and kept in <workspace>/dashboard-cookie-secret).", str),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

@@ -23,7 +23,7 @@ EXIT_KERNEL_DIED = 4  # the kernel process ended mid-cell
 EXIT_CANCELLED = 130  # SIGINT/SIGTERM
 
 #: modules that contribute commands, in the order --help lists them
-COMMAND_MODULES = ("dsagent.cli.kernels", "dsagent.cli.artifacts", "dsagent.cli.notebooks", "dsagent.cli.agents", "dsagent.cli.demo")
+COMMAND_MODULES = ("dsagent.cli.kernels", "dsagent.cli.artifacts", "dsagent.cli.notebooks", "dsagent.cli.agents", "dsagent.cli.demo", "dsagent.cli.serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
