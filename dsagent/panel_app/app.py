@@ -83,4 +83,5 @@ def build_server(ctx: AppContext, *, port: int, address: str, cookie_secret: str
         if exc.errno == errno.EADDRINUSE:
             raise DsagentError(f"port {port} on {address} is already in use", hint=f"pick another one: dsagent serve --port {port + 1}") from None
         raise DsagentError(f"cannot listen on {address}:{port}: {exc.strerror or exc}", hint="check --address and --port") from None
+    ctx.executor.submit(rest.warm_up)
     return server

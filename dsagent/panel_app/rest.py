@@ -277,7 +277,7 @@ class PreviewHandler(ApiHandler):
         async def body() -> None:
             artifact, data = await self.read(self.ctx.store.read_artifact, _id(artifact_id, "artifact"))
             if artifact.kind == "notebook":
-                html = await self.read(render_notebook, data)
+                html = await self.read(rendered_notebook, self.ctx.home / "previews", artifact.sha256, data)
             elif artifact.mime == "image/svg+xml":
                 import base64
 
@@ -291,6 +291,26 @@ class PreviewHandler(ApiHandler):
             self.set_header("Content-Type", "text/html; charset=utf-8")
             self.finish(html)
         await self.guarded(body)
+
+
+def rendered_notebook(folder: Path, sha256: str, data: bytes) -> str:
+    """The notebook's HTML, rendered once per content (sha256) and kept in ``<workspace>/previews/``."""
+    import os
+
+    path = folder / f"{sha256}.html"
+    if path.exists():
+        return path.read_text(encoding="utf-8")
+    html = render_notebook(data)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(html, encoding="utf-8")
+    os.replace(tmp, path)
+    return html
+
+
+def warm_up() -> None:
+    """Import nbconvert and load its template once (seconds on a busy machine), before a page needs it."""
+    render_notebook(b'{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
 
 
 def render_notebook(data: bytes) -> str:

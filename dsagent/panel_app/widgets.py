@@ -7,6 +7,8 @@ import html
 import json
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
+import logging
+
 import panel as pn
 
 from dsagent.errors import DsagentError, NotFound, StoreLocked
@@ -14,6 +16,8 @@ from dsagent.errors import DsagentError, NotFound, StoreLocked
 if TYPE_CHECKING:
     from dsagent.artifacts.models import Artifact, Run
     from dsagent.panel_app.context import AppContext
+
+log = logging.getLogger(__name__)
 
 __all__ = ["page_frame", "status_badge", "run_link", "artifact_link", "query_arg", "Notice", "artifact_preview",
            "human_size", "duration_text", "time_text", "NAV", "html_pane", "image_tile"]
@@ -131,6 +135,10 @@ class Notice:
             return False
         except DsagentError as exc:
             self.show(html.escape(str(exc)), "danger")
+            return False
+        except Exception as exc:  # a bug or a vanished workspace: say so on the page, keep the server up
+            log.warning("dashboard refresh failed", exc_info=True)
+            self.show(f"Could not read the workspace: {html.escape(type(exc).__name__)}: {html.escape(str(exc))}", "danger")
             return False
         self.clear()
         return True
