@@ -138,4 +138,6 @@ def make_auth_provider(credentials: Credentials):
             LoginHandler._login_template = self._login_template
             return LoginHandler
 
-    return Provider()
+    templates = Path(__file__).with_name("templates")
+    # our own pages: Panel's load their logo and styles from a CDN, which a closed network cannot reach
+    return Provider(login_template=str(templates / "login.html"), logout_template=str(templates / "logout.html"))
