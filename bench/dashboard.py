@@ -117,18 +117,17 @@ def first_pages(browser, base: str, repeats: int = 5) -> dict:
         runs.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         page.goto(base + "artifacts")
-        page.wait_for_function("() => [...document.querySelectorAll('*')].some(e => e.shadowRoot && "
-                               "[...e.shadowRoot.querySelectorAll('img')].some(i => i.src.includes('/thumb') && i.complete && i.naturalWidth > 0))",
-                               timeout=60_000, polling=20)
+        thumb = page.locator("img[src*='/thumb']").first  # Playwright's locators pierce Panel's shadow roots
+        thumb.wait_for(timeout=60_000)
+        while not thumb.evaluate("i => i.complete && i.naturalWidth > 0"):
+            time.sleep(0.01)
         gallery.append(time.perf_counter() - t0)
         context.close()
     return {"runs_first_page_s": round(statistics.median(runs), 3), "gallery_first_page_s": round(statistics.median(gallery), 3),
             "runs_first_page_all": [round(x, 3) for x in runs], "gallery_first_page_all": [round(x, 3) for x in gallery]}
 
 
-TOP_TITLE = """() => { for (const e of document.querySelectorAll('*')) { if (!e.shadowRoot) continue;
-  const cell = e.shadowRoot.querySelector('.tabulator-row .tabulator-cell[tabulator-field=title]'); if (cell) return cell.textContent; }
-  return null; }"""
+TOP_TITLE = ".tabulator-row .tabulator-cell[tabulator-field=title]"
 
 
 def sessions(browser, base: str, home: Path, seconds: float = 15) -> dict:
@@ -144,7 +143,8 @@ def sessions(browser, base: str, home: Path, seconds: float = 15) -> dict:
     end = time.monotonic() + seconds + 2
     while time.monotonic() < end:
         for index, page in enumerate(pages):
-            title = page.evaluate(TOP_TITLE)
+            cell = page.locator(TOP_TITLE).first
+            title = cell.text_content(timeout=5000) if cell.count() else None
             now = time.time()
             if title and title.startswith("bench-") and title not in seen[index]:
                 seen[index].add(title)
