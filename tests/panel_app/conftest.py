@@ -62,7 +62,7 @@ def free_port() -> int:
 
 def dsagent_env(home: Path) -> dict[str, str]:
     return {**os.environ, "DSAGENT_HOME": str(home), "DSAGENT_BACKEND": "local", "DSAGENT_KERNEL_POOL_SIZE": "0",
-            "DSAGENT_DASHBOARD_POLL_INTERVAL": "0.25"}
+            "DSAGENT_DASHBOARD_POLL_INTERVAL": "0.25", "DSAGENT_DASHBOARD_LOCK_TIMEOUT": "0.5"}
 
 
 @contextmanager

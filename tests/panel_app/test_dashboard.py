@@ -225,3 +225,19 @@ def test_cancel_from_the_run_page_ends_the_run_cancelled_with_no_kernel_left(see
     gone, alive = psutil.wait_procs(kernels, timeout=10)
     assert alive == []
     assert problems.items == []
+
+
+def test_a_long_locked_store_makes_pages_say_busy_and_recover(seeded, new_page):
+    dashboard, _, _, _ = seeded
+    page, problems = new_page(dashboard.url)
+    page.goto("/runs")
+    page.get_by_text("seeded report").first.wait_for()
+    holder = Store(settings=Settings(home=str(dashboard.home)))
+    with holder._locked_file():  # another process keeps the workspace busy (a long gc, say)
+        page.get_by_text("is busy").first.wait_for()
+        status, body = dashboard.get_json("api/runs")
+        assert status == 503 and "busy" in body["hint"]
+    page.get_by_text("is busy").first.wait_for(state="hidden")
+    page.get_by_text("seeded report").first.wait_for()
+    holder.close()
+    assert [p for p in problems.items if "503" not in p] == []
