@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-import websockets.sync.client
 from websockets.exceptions import InvalidStatus
 
 from dsagent.artifacts import NewArtifact, Store
@@ -39,6 +38,13 @@ def guarded(tmp_path_factory):
         yield dashboard, artifact
 
 
+def _open_and_close(url: str, **kwargs) -> None:
+    import websockets.sync.client
+
+    with websockets.sync.client.connect(url, **kwargs):
+        pass
+
+
 def _basic(user: str, password: str) -> dict:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
@@ -55,7 +61,7 @@ def test_anonymous_requests_are_refused(guarded):
     assert dashboard.get(f"api/artifacts/{artifact.id}", _basic("alice", "wrong"))[0] == 401
     ws_url = dashboard.url.replace("http://", "ws://") + "ws"
     with pytest.raises(InvalidStatus):
-        websockets.sync.client.connect(ws_url, origin=dashboard.url.rstrip("/"), open_timeout=20).close()
+        _open_and_close(ws_url, origin=dashboard.url.rstrip("/"), open_timeout=20)
 
 
 def test_basic_auth_header_works_for_scripts(guarded):

@@ -27,6 +27,13 @@ document.getElementById("out").textContent = seen.join(" | ");
 </script></body></html>"""
 
 
+def _open_and_close(url: str, **kwargs) -> None:
+    import websockets.sync.client
+
+    with websockets.sync.client.connect(url, **kwargs):
+        pass
+
+
 def _png(width: int = 60, height: int = 40) -> bytes:
     from PIL import Image
 
@@ -241,3 +248,21 @@ def test_a_long_locked_store_makes_pages_say_busy_and_recover(seeded, new_page):
     page.get_by_text("seeded report").first.wait_for()
     holder.close()
     assert [p for p in problems.items if "503" not in p] == []
+
+
+def test_the_websocket_refuses_foreign_origins(seeded):
+    from websockets.exceptions import InvalidStatus
+
+    dashboard, _, _, _ = seeded
+    status, _, page_html = dashboard.get("runs")  # a session id the websocket would accept from our own origin
+    assert status == 200
+    ws_url = dashboard.url.replace("http://", "ws://") + "runs/ws"
+    with pytest.raises(InvalidStatus) as info:
+        _open_and_close(ws_url, origin="http://evil.example", open_timeout=20)
+    assert info.value.response.status_code == 403
+    try:  # the same request from the server's own origin gets past the origin check
+        _open_and_close(ws_url, origin=dashboard.url.rstrip("/"), open_timeout=20)
+        same_origin = 101
+    except InvalidStatus as exc:
+        same_origin = exc.response.status_code
+    assert same_origin != 403
