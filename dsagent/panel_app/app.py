@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -83,5 +84,6 @@ def build_server(ctx: AppContext, *, port: int, address: str, cookie_secret: str
         if exc.errno == errno.EADDRINUSE:
             raise DsagentError(f"port {port} on {address} is already in use", hint=f"pick another one: dsagent serve --port {port + 1}") from None
         raise DsagentError(f"cannot listen on {address}:{port}: {exc.strerror or exc}", hint="check --address and --port") from None
-    ctx.executor.submit(rest.warm_up)
+    # a daemon thread: Ctrl-C must not wait for an import that takes seconds on a busy machine
+    threading.Thread(target=rest.warm_up, name="nbconvert-warm-up", daemon=True).start()
     return server
