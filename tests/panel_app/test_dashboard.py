@@ -91,7 +91,7 @@ def test_every_page_loads_without_errors_and_shows_its_content(seeded, new_page,
     # the run page shows the rendered notebook in a sandboxed iframe
     page.goto(f"/run?id={run.id}")
     frame = page.frame_locator("iframe[sandbox='allow-scripts']")
-    frame.get_by_text("hi").first.wait_for()
+    frame.get_by_text("hi").first.wait_for(timeout=90_000)  # the first render imports nbconvert: slow on a loaded machine
     print(f"screenshots in {tmp_path}")
 
 
