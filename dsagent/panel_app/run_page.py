@@ -78,7 +78,10 @@ def page(ctx: "AppContext") -> pn.Column:
     downloads = html_pane("")
     cancel = pn.widgets.Button(name="Cancel run", button_type="danger", width=120, visible=False)
     message = html_pane("")
-    notebook = pn.Column(sizing_mode="stretch_width")
+    # made up front and shown when the notebook exists (changing a layout's children later rendered unreliably)
+    notebook_title = pn.pane.Markdown("### Executed notebook", visible=False)
+    notebook = sandboxed_iframe("about:blank")
+    notebook.visible = False
     artifacts = html_pane("")
     state: dict = {"after": 0, "status": None, "callback": None, "artifacts": -1}
 
@@ -113,9 +116,10 @@ def page(ctx: "AppContext") -> pn.Column:
         links = [f'<a href="./api/runs/{run_id}/export.zip" download>⬇ all artifacts (zip with manifest)</a>']
         if nb:
             links.insert(0, f'<a href="./api/artifacts/{nb[-1].id}" download>⬇ notebook ({html.escape(nb[-1].name)})</a>')
-            if not notebook.objects or state.get("notebook_id") != nb[-1].id:
+            if state.get("notebook_id") != nb[-1].id:
                 state["notebook_id"] = nb[-1].id
-                notebook.objects = [pn.pane.Markdown("### Executed notebook"), sandboxed_iframe(f"./api/artifacts/{nb[-1].id}/preview")]
+                notebook.object = sandboxed_iframe(f"./api/artifacts/{nb[-1].id}/preview").object
+                notebook.visible = notebook_title.visible = True
         downloads.object = " &nbsp;·&nbsp; ".join(links)
         tiles = []
         for a in items:
@@ -139,5 +143,5 @@ def page(ctx: "AppContext") -> pn.Column:
     cancel.on_click(on_cancel)
     pn.state.onload(refresh)
     state["callback"] = pn.state.add_periodic_callback(refresh, period=ctx.poll_ms)
-    body = [notice.pane, pn.Row(cancel, message), summary, downloads, pn.pane.Markdown("### Events"), events, notebook, artifacts]
+    body = [notice.pane, pn.Row(cancel, message), summary, downloads, pn.pane.Markdown("### Events"), events, notebook_title, notebook, artifacts]
     return page_frame("/runs", f"Run {run_id}", *body, user=current_user())
