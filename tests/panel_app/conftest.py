@@ -140,7 +140,7 @@ def new_page(browser, tmp_path):
         context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True, base_url=base_url)
         contexts.append(context)
         page = context.new_page()
-        page.set_default_timeout(20_000)
+        page.set_default_timeout(45_000)  # a fail-safe for a loaded machine, not a speed check
         return page, PageProblems(page)
 
     yield make
