@@ -7,6 +7,8 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
+CHROMIUM := /usr/bin/chromium
+
 .PHONY: serve test bench clean-venv
 
 $(STAMP): pyproject.toml
@@ -15,10 +17,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e '.[test]'
 	@touch $(STAMP)
 
+# the dashboard on ./.dsagent (filled with the demo runs the first time); Ctrl-C stops it
 serve: $(STAMP)
-	$(VENV)/bin/dsagent demo
+	$(VENV)/bin/dsagent serve
 
-test: $(STAMP)
+# the browser tests drive Debian's chromium (Playwright's own browser download is not reachable)
+$(CHROMIUM):
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -1,4 +1,4 @@
-"""`dsagent demo`, what `make serve` runs until the dashboard lands: every step of the tour works."""
+"""`dsagent demo`, which `dsagent serve` runs in the background on an empty workspace: every step of the tour works."""
 
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 import duckdb
 
@@ -54,6 +54,9 @@ from dsagent.artifacts.turns import LockTimeout, TurnLock
 from dsagent.errors import DsagentError, NotFound, SchemaTooNew, StorageFull, StoreCorrupt, StoreLocked
 from dsagent.settings import Settings
 from dsagent.workspace import Workspace
+
+if TYPE_CHECKING:
+    from dsagent.artifacts.run_queries import RunTablePage
 
 __all__ = ["Store", "Transaction", "LockStats"]
 
@@ -537,6 +540,37 @@ class Store:
 
         with self._session(write=False) as con:
             return schedules.get_lease(con)
+    # -- dashboard queries (SQL in run_queries.py) ---------------------------------
+
+    def search_runs(self, **filters: Any) -> "RunTablePage":
+        """A filtered, sorted page of runs with the total (see ``run_queries.search_runs``)."""
+        from dsagent.artifacts import run_queries
+
+        return run_queries.search_runs(self, **filters)
+
+    def search_artifacts(self, **filters: Any) -> Page[Artifact]:
+        """Keyset pages of artifacts with mime/date/excluded-kind filters (see ``run_queries``)."""
+        from dsagent.artifacts import run_queries
+
+        return run_queries.search_artifacts(self, **filters)
+
+    def overview(self) -> dict[str, Any]:
+        """Runs per status and kind, artifacts per kind, the running runs."""
+        from dsagent.artifacts import run_queries
+
+        return run_queries.overview_counts(self)
+
+    def read_artifact(self, artifact_id: int) -> tuple[Artifact, bytes]:
+        """An artifact's metadata and exact bytes in one lock turn."""
+        from dsagent.artifacts import run_queries
+
+        return run_queries.read_artifact(self, artifact_id)
+
+    def run_owner(self, run_id: int) -> "Owner | None":
+        """The process recorded as running a run (pid, host, start time), or None."""
+        from dsagent.artifacts import run_queries
+
+        return run_queries.run_owner(self, run_id)
 
     # -- retention --------------------------------------------------------------
 

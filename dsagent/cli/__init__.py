@@ -25,15 +25,10 @@ EXIT_CANCELLED = 130  # SIGINT/SIGTERM
 #: jsonschema's optional string-format checkers, never needed by dsagent (see _skip_slow_optional_imports)
 FORMAT_CHECKER_MODULES = ("rfc3987_syntax", "rfc3987", "rfc3986_validator", "rfc3339_validator", "uri_template", "isoduration", "webcolors", "fqdn")
 #: modules that contribute commands, in the order --help lists them
-<<<<<<< HEAD
 COMMAND_MODULES = (
     "dsagent.cli.kernels", "dsagent.cli.artifacts", "dsagent.cli.notebooks", "dsagent.cli.batch", "dsagent.cli.schedules",
-    "dsagent.cli.agents", "dsagent.cli.demo",
+    "dsagent.cli.agents", "dsagent.cli.chat", "dsagent.cli.demo", "dsagent.cli.serve",
 )
-=======
-COMMAND_MODULES = ("dsagent.cli.kernels", "dsagent.cli.artifacts", "dsagent.cli.notebooks", "dsagent.cli.agents", "dsagent.cli.chat",
-                   "dsagent.cli.demo")
->>>>>>> chat
 
 
 def build_parser() -> argparse.ArgumentParser:

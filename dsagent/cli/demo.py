@@ -1,4 +1,4 @@
-"""``dsagent demo`` (what ``make serve`` runs until the dashboard lands): a tour of what works.
+"""``dsagent demo``: a tour of what works (``dsagent serve`` runs it to fill an empty workspace).
 
 On the embedded defaults (this workspace, sandboxed kernels when the sandbox
 can run here): a plot from a warm kernel, a demo notebook run recorded with

@@ -1,0 +1,157 @@
+"""Read queries the dashboard needs beyond the store's plain listings.
+
+Filtered, sorted and counted pages of runs (a table with a pager needs the
+total), artifact pages with more filters (mime, date range, kind excluded),
+the overview's counts, and an artifact's metadata with its bytes in one lock
+turn. Part of the store (the only code that runs SQL); ``Store`` exposes each
+through a small method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from dsagent.artifacts.models import Artifact, Page, Run
+from dsagent.artifacts.transaction import _ART_COLS, _RUN_COLS, _artifact, _naive_utc, _run
+from dsagent.errors import DsagentError, NotFound
+
+if TYPE_CHECKING:
+    from dsagent.artifacts.store import Store
+
+__all__ = ["RunTablePage", "RUN_SORT_COLUMNS", "search_runs", "search_artifacts", "overview_counts", "read_artifact", "run_owner"]
+
+#: columns a runs table may be sorted by (anything else is refused, never spliced into SQL)
+RUN_SORT_COLUMNS = ("id", "kind", "status", "title", "created", "started", "finished", "duration", "backend", "parent_id")
+
+
+@dataclass(frozen=True)
+class RunTablePage:
+    """One page of a filtered, sorted runs table and how many runs match in all."""
+
+    items: list[Run]
+    total: int
+    offset: int
+    limit: int
+
+
+def _run_filters(kind: str | None, status: str | None, text: str | None, since: datetime | None,
+                 until: datetime | None, parent_id: int | None) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if kind:
+        clauses.append("kind = ?")
+        params.append(kind)
+    if status:
+        clauses.append("status = ?")
+        params.append(status)
+    if text:
+        clauses.append("contains(lower(coalesce(title, '')), lower(?))")
+        params.append(text)
+    if since is not None:
+        clauses.append("created >= ?")
+        params.append(_naive_utc(since))
+    if until is not None:
+        clauses.append("created < ?")
+        params.append(_naive_utc(until))
+    if parent_id is not None:
+        clauses.append("parent_id = ?")
+        params.append(parent_id)
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def search_runs(store: "Store", *, kind: str | None = None, status: str | None = None, text: str | None = None,
+                since: datetime | None = None, until: datetime | None = None, parent_id: int | None = None,
+                sort: str = "id", descending: bool = True, offset: int = 0, limit: int = 50) -> RunTablePage:
+    """Runs matching the filters, sorted, one page from ``offset`` (a table's pager), with the total."""
+    if sort not in RUN_SORT_COLUMNS:
+        raise DsagentError(f"cannot sort runs by {sort!r}", hint=f"sort by one of: {', '.join(RUN_SORT_COLUMNS)}", parameter="sort")
+    if offset < 0 or not 1 <= limit <= 1000:
+        raise DsagentError("offset must be >= 0 and limit 1..1000", hint="page through with offset += limit", parameter="limit")
+    where, params = _run_filters(kind, status, text, since, until, parent_id)
+    key = "(finished - started)" if sort == "duration" else sort
+    order = f"{key} {'DESC' if descending else 'ASC'} NULLS LAST, id DESC"
+    with store._session(write=False) as con:
+        total = con.execute(f"SELECT count(*) FROM runs {where}", params).fetchone()[0]
+        rows = con.execute(f"SELECT {_RUN_COLS} FROM runs {where} ORDER BY {order} LIMIT ? OFFSET ?", [*params, limit, offset]).fetchall()
+    return RunTablePage([_run(r) for r in rows], int(total), offset, limit)
+
+
+def search_artifacts(store: "Store", *, run_id: int | None = None, kind: str | None = None, exclude_kind: str | None = None,
+                     mime: str | None = None, name: str | None = None, since: datetime | None = None,
+                     until: datetime | None = None, limit: int = 50, cursor: str | None = None) -> Page[Artifact]:
+    """Newest first, keyset pages on id; ``name`` is a glob with ``*``/``?``, else a substring; ``mime`` a prefix."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in (("run_id", run_id), ("kind", kind)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if exclude_kind:
+        clauses.append("kind <> ?")
+        params.append(exclude_kind)
+    if mime:
+        clauses.append("starts_with(mime, ?)")
+        params.append(mime)
+    if name:
+        clauses.append("name GLOB ?" if any(c in name for c in "*?[") else "contains(name, ?)")
+        params.append(name)
+    if since is not None:
+        clauses.append("created >= ?")
+        params.append(_naive_utc(since))
+    if until is not None:
+        clauses.append("created < ?")
+        params.append(_naive_utc(until))
+    if cursor is not None:
+        try:
+            params.append(int(cursor))
+        except ValueError:
+            raise DsagentError(f"invalid cursor {cursor!r}", hint="pass the next_cursor of a previous page", parameter="cursor") from None
+        clauses.append("id < ?")
+    if not 1 <= limit <= 1000:
+        raise DsagentError("limit must be 1..1000", hint="page through with the cursor", parameter="limit")
+    where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+    with store._session(write=False) as con:
+        rows = con.execute(f"SELECT {_ART_COLS} FROM artifacts {where} ORDER BY id DESC LIMIT ?", [*params, limit]).fetchall()
+    items = [_artifact(r) for r in rows]
+    return Page(items, str(items[-1].id) if len(items) == limit else None)
+
+
+def overview_counts(store: "Store") -> dict[str, Any]:
+    """Runs per status and per kind, artifacts per kind, the running runs (at most 20)."""
+    with store._session(write=False) as con:
+        by_status = dict(con.execute("SELECT status, count(*) FROM runs GROUP BY status").fetchall())
+        by_kind = dict(con.execute("SELECT kind, count(*) FROM runs GROUP BY kind").fetchall())
+        artifacts = dict(con.execute("SELECT kind, count(*) FROM artifacts GROUP BY kind").fetchall())
+        running = con.execute(f"SELECT {_RUN_COLS} FROM runs WHERE status = 'running' ORDER BY id DESC LIMIT 20").fetchall()
+    return {"runs_by_status": by_status, "runs_by_kind": by_kind, "artifacts_by_kind": artifacts, "running": [_run(r) for r in running]}
+
+
+def read_artifact(store: "Store", artifact_id: int) -> tuple[Artifact, bytes]:
+    """An artifact's metadata and exact bytes, read in one lock turn (what a download route serves)."""
+    with store._session(write=False) as con:
+        row = con.execute(
+            f"SELECT {', '.join('a.' + c.strip() for c in _ART_COLS.split(','))}, b.shard, b.sha256 IS NOT NULL "
+            "FROM artifacts a LEFT JOIN blobs b ON a.sha256 = b.sha256 WHERE a.id = ?",
+            [artifact_id],
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no artifact with id {artifact_id}", hint="`dsagent artifacts ls` lists artifacts", what="artifact", id=artifact_id)
+        artifact = _artifact(row[:11])
+        shard, known = row[11], row[12]
+        data = store.inline.read(con, artifact.sha256, shard) if known and shard is not None else None
+        if not known or (shard is not None and data is None):
+            raise store._corrupt(f"artifact {artifact_id} references bytes {artifact.sha256[:12]}... which are missing")
+    return artifact, data if data is not None else store.blobs.read(artifact.sha256)
+
+
+def run_owner(store: "Store", run_id: int):
+    """The ``Owner`` (pid, host, process start time) recorded for a run, or None if it has none."""
+    from dsagent.artifacts.models import Owner
+
+    with store._session(write=False) as con:
+        row = con.execute("SELECT owner_pid, owner_host, owner_started FROM runs WHERE id = ?", [run_id]).fetchone()
+    if row is None:
+        raise NotFound(f"no run with id {run_id}", hint="`dsagent runs ls` lists runs", what="run", id=run_id)
+    return Owner(row[0], row[1], row[2]) if row[0] is not None else None

@@ -1,0 +1,129 @@
+"""``dsagent serve``: the dashboard (runs, artifacts, a REST API) in a browser; ``make serve`` runs it.
+
+On an empty workspace it fills it in the background with the demo (``dsagent
+demo`` in a child process: a notebook run and the analysis agent with a
+scripted model), so the first page shows real runs; ``--no-demo`` skips that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="the dashboard: runs, artifacts and a REST API in the browser (http://127.0.0.1:5006)")
+    p.add_argument("--port", type=int, default=5006, help="port to listen on (default 5006)")
+    p.add_argument("--address", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 needs --basic-auth)")
+    p.add_argument("--workspace", metavar="DIR", help="workspace folder (default: DSAGENT_HOME or ./.dsagent); must exist when named")
+    p.add_argument("--basic-auth", metavar="FILE", help="JSON file of user name to password (plain or hashed); turns the login on")
+    p.add_argument("--add-user", metavar="NAME", help="write NAME with a hashed password (asked for) into the --basic-auth file, then exit")
+    p.add_argument("--cookie-secret", metavar="S", help="secret for login cookies (default: DSAGENT_DASHBOARD_COOKIE_SECRET, else kept in the workspace)")
+    p.add_argument("--allow-websocket-origin", action="append", default=[], metavar="HOST:PORT",
+                   help="another origin the pages may be opened from (a proxy's name); repeatable")
+    p.add_argument("--no-demo", action="store_true", help="do not fill an empty workspace with the demo runs")
+    p.add_argument("--insecure-no-auth", action="store_true", help="allow a non-loopback --address without auth (anyone who reaches it sees everything)")
+    p.set_defaults(func=cmd_serve)
+
+
+def _add_user(args: argparse.Namespace) -> int:
+    import getpass
+
+    from dsagent.errors import DsagentError
+    from dsagent.panel_app.auth import add_user
+
+    if not args.basic_auth:
+        raise DsagentError("--add-user needs --basic-auth FILE (the file to write)", hint="dsagent serve --basic-auth users.json --add-user alice")
+    password = os.environ.get("DSAGENT_NEW_PASSWORD") or getpass.getpass(f"password for {args.add_user}: ")
+    if not password:
+        raise DsagentError("an empty password is not allowed", hint="type a password (or set DSAGENT_NEW_PASSWORD)")
+    add_user(args.basic_auth, args.add_user, password)
+    print(f"{args.add_user} written to {args.basic_auth} (hashed)")
+    return 0
+
+
+def _workspace_settings(args: argparse.Namespace):
+    from dsagent.errors import WorkspaceError
+    from dsagent.settings import Settings
+
+    named = args.workspace or os.environ.get("DSAGENT_HOME")
+    if named and not Path(named).expanduser().is_dir():
+        raise WorkspaceError(f"the workspace {named} does not exist",
+                             hint="create it (mkdir), or leave out --workspace/DSAGENT_HOME to use ./.dsagent")
+    if args.workspace:
+        os.environ["DSAGENT_HOME"] = str(Path(args.workspace).expanduser().resolve())
+    return Settings()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dsagent.errors import DsagentError
+
+    if args.add_user:
+        return _add_user(args)
+    loopback = args.address in ("127.0.0.1", "localhost", "::1")
+    if not loopback and not args.basic_auth and not args.insecure_no_auth:
+        raise DsagentError(f"refusing to serve on {args.address} without a login: anyone who reaches it could read every run",
+                           hint="turn auth on: dsagent serve --basic-auth users.json --add-user NAME, then --basic-auth users.json "
+                                "(or pass --insecure-no-auth if the network is yours alone)")
+    from dsagent.panel_app.app import build_server, origins_for
+    from dsagent.panel_app.auth import Credentials, cookie_secret
+    from dsagent.panel_app.context import AppContext
+
+    settings = _workspace_settings(args)
+    credentials = Credentials(args.basic_auth) if args.basic_auth else None
+    ctx = AppContext.create(settings, credentials)  # creates/upgrades the store; SchemaTooNew says why it refuses
+    secret = cookie_secret(args.cookie_secret, ctx.home)
+    server = build_server(ctx, port=args.port, address=args.address, cookie_secret=secret,
+                          websocket_origins=origins_for(args.address, args.port) + args.allow_websocket_origin)
+    demo = None
+    if not args.no_demo and ctx.store.counts()["runs"] == 0:
+        demo = _start_demo(ctx.home)
+    host = "127.0.0.1" if args.address in ("0.0.0.0", "") else args.address
+    print(f"dsagent dashboard on http://{host}:{server.port}/  (workspace {ctx.home}; Ctrl-C stops)", flush=True)
+    if credentials is not None:
+        print(f"login required (users in {args.basic_auth})", flush=True)
+    if demo is not None:
+        print(f"the workspace is empty: filling it with the demo in the background (log: {ctx.home / 'demo.log'})", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: server.io_loop.asyncio_loop.call_soon_threadsafe(server.io_loop.stop))
+    try:
+        server.start()
+        server.io_loop.start()  # Panel's SIGINT handler stops the loop (Ctrl-C)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("stopping the dashboard ...", file=sys.stderr, flush=True)
+        if demo is not None:
+            _stop_demo(demo)
+        server.stop()
+        ctx.close()
+    # everything is written and closed; skip the interpreter's teardown of Panel, Bokeh, pandas and DuckDB,
+    # which took seconds on a busy machine after Ctrl-C
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _start_demo(home: Path) -> subprocess.Popen:
+    log = open(home / "demo.log", "ab")
+    env = {**os.environ, "DSAGENT_HOME": str(home)}
+    # its own process (and process group): its kernels and the store's lock are its business; a Ctrl-C in
+    # the terminal reaches it too, and _stop_demo sends SIGINT so it shuts its kernels down cleanly
+    return subprocess.Popen([sys.executable, "-m", "dsagent", "demo"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+
+
+def _stop_demo(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

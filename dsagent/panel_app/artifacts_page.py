@@ -1,0 +1,156 @@
+"""The Artifacts page: a gallery of images (kept thumbnails) and a table of everything else.
+
+Both are keyset pages straight from the store (``id < cursor``), so the 100,000th
+artifact costs what the first does; "older" follows the cursor, "newest" starts over.
+"""
+
+from __future__ import annotations
+
+import html
+from datetime import datetime, time as dtime, timedelta, timezone
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import panel as pn
+
+from dsagent.artifacts import schema
+from dsagent.panel_app.widgets import html_pane, image_tile, Notice, artifact_link, current_user, human_size, page_frame, run_link, time_text
+
+if TYPE_CHECKING:
+    from dsagent.panel_app.context import AppContext
+
+__all__ = ["page"]
+
+GALLERY_SIZE = 24
+TABLE_SIZE = 50
+COLUMNS = ["artifact", "name", "kind", "mime", "size", "run", "created", "download"]
+
+
+class KeysetPager:
+    """Cursor bookkeeping for "newest / older / newer" over keyset pages."""
+
+    def __init__(self) -> None:
+        self.stack: list[str | None] = [None]  # cursors of the pages seen so far; the last one is shown
+        self.next: str | None = None
+
+    @property
+    def cursor(self) -> str | None:
+        return self.stack[-1]
+
+    def reset(self) -> None:
+        self.stack = [None]
+
+
+def _frame(items) -> pd.DataFrame:
+    return pd.DataFrame(
+        [{"artifact": artifact_link(a.id), "name": html.escape(a.name), "kind": a.kind, "mime": a.mime, "size": human_size(a.size),
+          "run": run_link(a.run_id), "created": time_text(a.created),
+          "download": f'<a href="./api/artifacts/{a.id}" download>⬇</a>'} for a in items],
+        columns=COLUMNS,
+    )
+
+
+def page(ctx: "AppContext") -> pn.Column:
+    notice = Notice()
+    run = pn.widgets.TextInput(name="run id", placeholder="any", width=100)
+    kind = pn.widgets.Select(name="table kind", options=["any", *[k for k in schema.ARTIFACT_KINDS if k != "image"]], value="any", width=120)
+    mime = pn.widgets.TextInput(name="mime starts with", placeholder="e.g. text/", width=150)
+    name = pn.widgets.TextInput(name="name (glob or text)", placeholder="e.g. *.png", width=170)
+    dates = pn.widgets.DateRangePicker(name="created between", width=220)
+    gallery = html_pane("loading…", min_height=200)
+    table = pn.widgets.Tabulator(_frame([]), show_index=False, disabled=True, height=450, sizing_mode="stretch_width",
+                                 layout="fit_data_fill", configuration={"columnDefaults": {"headerSort": False}}, name="artifacts",
+                                 formatters={c: {"type": "html"} for c in ("artifact", "name", "run", "download")})
+    pagers = {"gallery": KeysetPager(), "table": KeysetPager()}
+    buttons = {}
+    for which in pagers:
+        buttons[which] = (pn.widgets.Button(name="newest", width=80), pn.widgets.Button(name="◀ newer", width=90),
+                          pn.widgets.Button(name="older ▶", width=90))
+
+    def filters() -> dict:
+        since = until = None
+        if dates.value:
+            start, end = dates.value
+            since = datetime.combine(start, dtime.min, timezone.utc) if start else None
+            until = datetime.combine(end, dtime.min, timezone.utc) + timedelta(days=1) if end else None
+        run_id = None
+        if (run.value_input or run.value or "").strip():
+            try:
+                run_id = int((run.value_input or run.value).strip())
+            except ValueError:
+                notice.show("The run id must be a number.", "danger")
+        return dict(run_id=run_id, mime=mime.value or None, name=name.value or None, since=since, until=until)
+
+    async def load(which: str) -> None:
+        pager = pagers[which]
+
+        async def work() -> None:
+            common = filters()
+            if which == "gallery":
+                page_ = await ctx.read(ctx.store.search_artifacts, kind="image", limit=GALLERY_SIZE, cursor=pager.cursor, **common)
+                gallery.object = "".join(image_tile(a, f"{a.name[:40]} · run {a.run_id}") for a in page_.items) or "<i>no images match</i>"
+            else:
+                chosen = None if kind.value == "any" else kind.value
+                page_ = await ctx.read(ctx.store.search_artifacts, kind=chosen, exclude_kind=None if chosen else "image",
+                                       limit=TABLE_SIZE, cursor=pager.cursor, **common)
+                frame = _frame(page_.items)
+                if not frame.equals(table.value):
+                    table.value = frame
+            pager.next = page_.next_cursor
+            first, newer, older = buttons[which]
+            first.disabled = newer.disabled = len(pager.stack) == 1
+            older.disabled = pager.next is None
+        await notice.guard(work)
+
+    def wire(which: str) -> None:
+        first, newer, older = buttons[which]
+        pager = pagers[which]
+
+        async def on_first(_) -> None:
+            pager.reset()
+            await load(which)
+
+        async def on_newer(_) -> None:
+            if len(pager.stack) > 1:
+                pager.stack.pop()
+            await load(which)
+
+        async def on_older(_) -> None:
+            if pager.next is not None:
+                pager.stack.append(pager.next)
+            await load(which)
+
+        first.on_click(on_first)
+        newer.on_click(on_newer)
+        older.on_click(on_older)
+
+    for which in pagers:
+        wire(which)
+
+    async def reload(*_) -> None:
+        for pager in pagers.values():
+            pager.reset()
+        await load("gallery")
+        await load("table")
+
+    for widget in (kind, dates):
+        widget.param.watch(reload, "value")
+    for widget in (run, mime, name):
+        widget.param.watch(reload, "value")
+
+    async def first_load() -> None:
+        await reload()
+
+    async def follow() -> None:  # new artifacts appear on the first pages; later pages stay put
+        for which, pager in pagers.items():
+            if pager.cursor is None:
+                await load(which)
+
+    pn.state.onload(first_load)
+    pn.state.add_periodic_callback(follow, period=max(2000, ctx.poll_ms * 4))
+    return page_frame(
+        "/artifacts", "Artifacts", notice.pane, pn.Row(run, name, mime, dates),
+        pn.pane.Markdown("### Images"), pn.Row(*buttons["gallery"]), gallery,
+        pn.pane.Markdown("### Everything else"), pn.Row(kind, *buttons["table"]), table,
+        user=current_user(),
+    )

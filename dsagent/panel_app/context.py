@@ -1,0 +1,63 @@
+"""What every page and route of one dashboard server shares: the store, settings, who is logged in.
+
+Store calls block (they wait their turn at the workspace lock), so pages and
+routes make them through ``ctx.read(...)``: a worker thread, never the event
+loop, so a long lock wait slows one page's update and freezes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from dsagent.artifacts.store import Store
+from dsagent.panel_app.auth import Credentials
+from dsagent.settings import Settings
+
+__all__ = ["AppContext"]
+
+T = TypeVar("T")
+
+
+@dataclass
+class AppContext:
+    """One per server; pages get it when they are built."""
+
+    store: Store
+    settings: Settings
+    credentials: Credentials | None = None
+    pid: int = field(default_factory=os.getpid)
+    executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(4, thread_name_prefix="dashboard-read"))
+
+    @classmethod
+    def create(cls, settings: Settings, credentials: Credentials | None = None) -> "AppContext":
+        # dashboard reads give up sooner than CLI writers: the page shows "busy" and retries
+        read_settings = settings.replace(store_lock_timeout=settings.dashboard_lock_timeout)
+        store = Store(settings=read_settings)
+        store.setup()
+        return cls(store, settings, credentials)
+
+    @property
+    def home(self) -> Path:
+        return self.store.workspace.home
+
+    @property
+    def thumbnails_dir(self) -> Path:
+        return self.home / "thumbnails"
+
+    @property
+    def poll_ms(self) -> int:
+        return max(100, int(self.settings.dashboard_poll_interval * 1000))
+
+    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking store call in a worker thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.store.close()

@@ -1,0 +1,61 @@
+"""The Overview page: runs by status and kind, what is running, the latest runs and images, store size."""
+
+from __future__ import annotations
+
+import html
+from typing import TYPE_CHECKING
+
+import panel as pn
+
+from dsagent.panel_app.widgets import html_pane, image_tile, Notice, current_user, duration_text, human_size, page_frame, run_link, status_badge, time_text
+
+if TYPE_CHECKING:
+    from dsagent.panel_app.context import AppContext
+
+__all__ = ["page"]
+
+
+def _store_size(ctx: "AppContext") -> int:
+    home = ctx.home
+    return sum(p.stat().st_size for p in home.glob("dsagent*.duckdb*") if p.is_file())
+
+
+def _runs_table(runs) -> str:
+    rows = "".join(
+        f"<tr><td>{run_link(r.id)}</td><td>{html.escape(r.kind)}</td><td>{status_badge(r.status)}</td>"
+        f"<td>{html.escape(r.title or '')}</td><td>{time_text(r.started or r.created)}</td><td>{duration_text(r)}</td></tr>"
+        for r in runs
+    )
+    return ("<table class='ds-kv'><tr><th>run</th><th>kind</th><th>status</th><th>title</th><th>started</th><th>duration</th></tr>"
+            f"{rows}</table>") if rows else "<i>no runs yet</i>"
+
+
+def page(ctx: "AppContext") -> pn.Column:
+    notice = Notice()
+    counts = html_pane("loading…")
+    running = html_pane("")
+    latest = html_pane("")
+    images = html_pane("")
+
+    async def refresh() -> None:
+        async def work() -> None:
+            summary = await ctx.read(ctx.store.overview)
+            recent = await ctx.read(ctx.store.search_runs, limit=10)
+            pictures = await ctx.read(ctx.store.search_artifacts, kind="image", limit=8)
+            size = await ctx.read(_store_size, ctx)
+            by_status = " ".join(f"{status_badge(s)} {n}" for s, n in sorted(summary["runs_by_status"].items()))
+            by_kind = ", ".join(f"{html.escape(k)}: {n}" for k, n in sorted(summary["runs_by_kind"].items()))
+            arts = ", ".join(f"{html.escape(k)}: {n}" for k, n in sorted(summary["artifacts_by_kind"].items()))
+            counts.object = (f"<table class='ds-kv'><tr><td><b>runs</b></td><td>{recent.total} — {by_status or 'none yet'}</td></tr>"
+                             f"<tr><td><b>by kind</b></td><td>{by_kind or '—'}</td></tr>"
+                             f"<tr><td><b>artifacts</b></td><td>{arts or '—'}</td></tr>"
+                             f"<tr><td><b>store</b></td><td>{human_size(size)} in {html.escape(str(ctx.home))}</td></tr></table>")
+            running.object = "<h3>Running now</h3>" + (_runs_table(summary["running"]) if summary["running"] else "<i>nothing is running</i>")
+            latest.object = "<h3>Latest runs</h3>" + _runs_table(recent.items)
+            tiles = "".join(image_tile(a, f"{a.name[:40]} · run {a.run_id}") for a in pictures.items)
+            images.object = "<h3>Latest images</h3>" + (tiles or "<i>no images yet</i>")
+        await notice.guard(work)
+
+    pn.state.onload(refresh)
+    pn.state.add_periodic_callback(refresh, period=max(2000, ctx.poll_ms * 4))
+    return page_frame("/", "Overview", notice.pane, counts, running, latest, images, user=current_user())

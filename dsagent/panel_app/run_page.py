@@ -1,0 +1,147 @@
+"""A run's own page (``/run?id=N``): status, parameters, timings, family, live events, notebook, artifacts.
+
+While the run is going the page reads its new events every poll interval (only
+``seq > last``, so a long run costs no more per poll than a short one) and
+streams them into the table; once the run has ended and everything is read,
+polling stops.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import panel as pn
+
+from dsagent.panel_app.actions import cancel_run
+from dsagent.panel_app.widgets import (html_pane, image_tile, Notice, current_user, duration_text, page_frame, query_arg, run_link, sandboxed_iframe,
+                                       status_badge, time_text)
+
+if TYPE_CHECKING:
+    from dsagent.artifacts.models import Event, Run
+    from dsagent.panel_app.context import AppContext
+
+__all__ = ["page"]
+
+EVENT_COLUMNS = ["seq", "time", "type", "details"]
+
+
+def _details(event: "Event") -> str:
+    payload = event.payload
+    if event.type == "cell_started":
+        code = (payload.get("code") or "").strip().splitlines()
+        return f"cell {payload.get('cell')}: {code[0][:120] if code else ''}"
+    if event.type == "cell_finished":
+        return f"cell {payload.get('cell')} {payload.get('status')} in {payload.get('duration')} s, {payload.get('artifacts', 0)} artifacts"
+    return json.dumps(payload, default=str)[:240]
+
+
+def _events_frame(events: list["Event"]) -> pd.DataFrame:
+    return pd.DataFrame([{"seq": e.seq, "time": e.time.strftime("%H:%M:%S.%f")[:-3], "type": e.type, "details": _details(e)}
+                         for e in events], columns=EVENT_COLUMNS)
+
+
+def _summary(run: "Run", children, cancelled_by: list[str]) -> str:
+    rows = [
+        ("status", status_badge(run.status) + (f" — {html.escape(run.error)}" if run.error else "")),
+        ("kind", html.escape(run.kind)), ("title", html.escape(run.title or "")), ("backend", html.escape(run.backend or "")),
+        ("created", time_text(run.created)), ("started", time_text(run.started)), ("finished", time_text(run.finished)),
+        ("duration", duration_text(run)),
+        ("owner", html.escape(f"pid {run.owner_pid} on {run.owner_host}") if run.owner_pid else ""),
+    ]
+    if run.parent_id is not None:
+        rows.append(("parent", run_link(run.parent_id)))
+    if children.total:
+        more = f" (+{children.total - len(children.items)} more)" if children.total > len(children.items) else ""
+        rows.append(("children", ", ".join(run_link(c.id) for c in children.items) + more))
+    if cancelled_by:
+        rows.append(("cancel asked by", html.escape(", ".join(cancelled_by))))
+    params = json.dumps(run.params, indent=1, default=str) if run.params else "{}"
+    rows.append(("parameters", f"<pre style='margin:0'>{html.escape(params[:5000])}</pre>"))
+    return "<table class='ds-kv'>" + "".join(f"<tr><td><b>{k}</b></td><td>{v}</td></tr>" for k, v in rows) + "</table>"
+
+
+def page(ctx: "AppContext") -> pn.Column:
+    raw = query_arg("id")
+    notice = Notice()
+    try:
+        run_id = int(raw or "")
+    except ValueError:
+        notice.show(f"No run id {html.escape(raw or '')!s} in the address: open a run from the <a href='./runs'>Runs</a> page.", "danger")
+        return page_frame("/runs", "Run", notice.pane, user=current_user())
+
+    summary = html_pane("loading…")
+    events = pn.widgets.Tabulator(_events_frame([]), show_index=False, disabled=True, height=300, sizing_mode="stretch_width",
+                                  layout="fit_data_fill", name="events")
+    downloads = html_pane("")
+    cancel = pn.widgets.Button(name="Cancel run", button_type="danger", width=120, visible=False)
+    message = html_pane("")
+    # made up front and shown when the notebook exists (changing a layout's children later rendered unreliably)
+    notebook_title = pn.pane.Markdown("### Executed notebook", visible=False)
+    notebook = sandboxed_iframe("about:blank")
+    notebook.visible = False
+    artifacts = html_pane("")
+    state: dict = {"after": 0, "status": None, "callback": None, "artifacts": -1}
+
+    async def refresh() -> None:
+        async def work() -> None:
+            run = await ctx.read(ctx.store.get_run, run_id)
+            new = await ctx.read(ctx.store.events, run_id, after=state["after"], limit=500)
+            if new:
+                state["after"] = new[-1].seq
+                events.stream(_events_frame(new), follow=True)
+                state.setdefault("cancelled_by", []).extend(
+                    str(e.payload.get("user")) for e in new if e.type == "cancel_requested")
+            count = await ctx.read(ctx.store.artifact_count, run_id)
+            if run.status != state["status"] or count != state["artifacts"] or new:
+                children = await ctx.read(ctx.store.search_runs, parent_id=run_id, limit=20, sort="id", descending=False)
+                summary.object = _summary(run, children, state.get("cancelled_by", []))
+                cancel.visible = run.status in ("running", "queued")
+            if run.status != state["status"] or count != state["artifacts"]:
+                await _show_artifacts(run)
+            state["status"], state["artifacts"] = run.status, count
+            if run.done and not new and state["callback"] is not None:
+                state["callback"].stop()  # everything is read; nothing more will come
+                state["callback"] = None
+        if not await notice.guard(work) and notice.missing and state["callback"] is not None:
+            state["callback"].stop()
+            state["callback"] = None
+
+    async def _show_artifacts(run: "Run") -> None:
+        page_ = await ctx.read(ctx.store.search_artifacts, run_id=run_id, limit=200)
+        items = sorted(page_.items, key=lambda a: a.id)
+        nb = [a for a in items if a.kind == "notebook"]
+        links = [f'<a href="./api/runs/{run_id}/export.zip" download>⬇ all artifacts (zip with manifest)</a>']
+        if nb:
+            links.insert(0, f'<a href="./api/artifacts/{nb[-1].id}" download>⬇ notebook ({html.escape(nb[-1].name)})</a>')
+            if state.get("notebook_id") != nb[-1].id:
+                state["notebook_id"] = nb[-1].id
+                notebook.object = sandboxed_iframe(f"./api/artifacts/{nb[-1].id}/preview").object
+                notebook.visible = notebook_title.visible = True
+        downloads.object = " &nbsp;·&nbsp; ".join(links)
+        tiles = []
+        for a in items:
+            if a.kind == "image":
+                tiles.append(image_tile(a, a.name[:40]))
+            else:
+                tiles.append(f'<div class="ds-tile"><a href="./artifact?id={a.id}">{html.escape(a.name[:50])}</a><br>{html.escape(a.kind)} · '
+                             f'{html.escape(a.mime)}</div>')
+        more = " (first 200)" if page_.next_cursor else ""
+        artifacts.object = f"<h3>Artifacts{more}</h3>" + ("".join(tiles) or "<i>none yet</i>")
+
+    async def on_cancel(_) -> None:
+        cancel.disabled = True
+        try:
+            text = await ctx.read(cancel_run, ctx.store, run_id, current_user() or "anonymous")
+            message.object = html.escape(text)
+        except Exception as exc:  # shown on the page; the run is untouched
+            message.object = f"<span style='color:#dc3545'>{html.escape(str(exc))}</span>"
+            cancel.disabled = False
+
+    cancel.on_click(on_cancel)
+    pn.state.onload(refresh)
+    state["callback"] = pn.state.add_periodic_callback(refresh, period=ctx.poll_ms)
+    body = [notice.pane, pn.Row(cancel, message), summary, downloads, pn.pane.Markdown("### Events"), events, notebook_title, notebook, artifacts]
+    return page_frame("/runs", f"Run {run_id}", *body, user=current_user())

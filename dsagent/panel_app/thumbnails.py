@@ -1,0 +1,46 @@
+"""Gallery thumbnails: made once per image content (sha256) and kept in ``<workspace>/thumbnails/``.
+
+A gallery page of 24 images then costs 24 small files, not 24 full PNGs.
+Bytes are content-addressed, so a thumbnail never goes stale; a thumbnail
+that cannot be made (SVG, a broken image) is remembered as such and the
+gallery shows the full image instead.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+__all__ = ["thumbnail", "THUMB_SIZE"]
+
+THUMB_SIZE = (320, 240)
+
+
+def thumbnail(folder: Path, sha256: str, data_loader) -> bytes | None:
+    """The PNG thumbnail of the image with this sha256 (made from ``data_loader()`` the first time), or None."""
+    path = folder / sha256[:2] / f"{sha256}.png"
+    if path.exists():
+        data = path.read_bytes()
+        return data or None  # an empty file: known not to be thumbnailable
+    made = _make(data_loader())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(made or b"")
+    os.replace(tmp, path)
+    return made
+
+
+def _make(data: bytes) -> bytes | None:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.thumbnail(THUMB_SIZE)
+            if image.mode not in ("RGB", "RGBA", "L", "LA", "P"):
+                image = image.convert("RGBA")
+            out = io.BytesIO()
+            image.save(out, format="PNG", optimize=True)
+            return out.getvalue()
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return None

@@ -1,0 +1,192 @@
+"""Pieces every page uses, written once: the page frame and navigation, the run status badge,
+links, the "busy" notice, and the artifact preview (by kind)."""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+import logging
+
+import panel as pn
+
+from dsagent.errors import DsagentError, NotFound, StoreLocked
+
+if TYPE_CHECKING:
+    from dsagent.artifacts.models import Artifact, Run
+    from dsagent.panel_app.context import AppContext
+
+log = logging.getLogger(__name__)
+
+__all__ = ["page_frame", "status_badge", "run_link", "artifact_link", "query_arg", "Notice", "artifact_preview",
+           "human_size", "duration_text", "time_text", "NAV", "html_pane", "image_tile"]
+
+#: (route, title) shown in the navigation bar; app.py fills it from its page list
+NAV: list[tuple[str, str]] = []
+
+_STATUS_COLORS = {"queued": "#6c757d", "running": "#0d6efd", "succeeded": "#198754", "failed": "#dc3545", "cancelled": "#b8860b"}
+
+CSS = """
+.ds-nav a {margin-right: 18px; text-decoration: none; color: #0d6efd; font-weight: 500}
+.ds-nav a.active {color: #212529; border-bottom: 2px solid #0d6efd}
+.ds-badge {display: inline-block; padding: 1px 8px; border-radius: 10px; color: white; font-size: 0.85em}
+.ds-tile {display: inline-block; margin: 6px; text-align: center; font-size: 0.8em; width: 200px; vertical-align: top}
+.ds-tile img {max-width: 200px; max-height: 150px; border: 1px solid #ddd; background: white}
+.ds-kv td {padding: 2px 12px 2px 0; vertical-align: top}
+"""
+
+
+def page_frame(active: str, title: str, *body: Any, user: str | None = None) -> pn.Column:
+    """The common frame: a title bar with the navigation, then the page's content."""
+    links = " ".join(
+        f'<a href="./{route.lstrip("/")}" class="{"active" if route == active else ""}">{html.escape(name)}</a>' for route, name in NAV
+    )
+    who = f'<span style="float:right;color:#666">{html.escape(user)} · <a href="./logout">log out</a></span>' if user else ""
+    header = pn.pane.HTML(
+        f'<div class="ds-nav"><b style="margin-right:24px;font-size:1.15em">dsagent</b>{links}{who}</div>',
+        sizing_mode="stretch_width", stylesheets=[CSS],
+    )
+    return pn.Column(header, pn.pane.Markdown(f"## {html.escape(title)}", margin=(0, 10)), *body, sizing_mode="stretch_width",
+                     stylesheets=[CSS])
+
+
+def html_pane(text: str = "", **kwargs: Any) -> pn.pane.HTML:
+    """An HTML pane that knows the dashboard's classes (panes live in their own shadow DOM)."""
+    return pn.pane.HTML(text, stylesheets=[CSS], sizing_mode="stretch_width", **kwargs)
+
+
+def image_tile(artifact: "Artifact", caption: str) -> str:
+    return (f'<div class="ds-tile"><a href="./artifact?id={artifact.id}"><img loading="lazy" src="./api/artifacts/{artifact.id}/thumb" '
+            f'alt="{html.escape(artifact.name)}"></a><br>{html.escape(caption)}</div>')
+
+
+def current_user() -> str | None:
+    user = pn.state.user
+    return user if user and user != "guest" else None
+
+
+def status_badge(status: str) -> str:
+    color = _STATUS_COLORS.get(status, "#6c757d")
+    return (f'<span style="display:inline-block;padding:0 8px;border-radius:10px;color:white;font-size:0.85em;'
+            f'background:{color}">{html.escape(status)}</span>')
+
+
+def run_link(run_id: int | None) -> str:
+    return f'<a href="./run?id={int(run_id)}">{int(run_id)}</a>' if run_id is not None else ""
+
+
+def artifact_link(artifact_id: int, text: str | None = None) -> str:
+    return f'<a href="./artifact?id={int(artifact_id)}">{html.escape(text or str(artifact_id))}</a>'
+
+
+def query_arg(name: str) -> str | None:
+    values = pn.state.session_args.get(name) if pn.state.session_args else None
+    return values[0].decode("utf-8", "replace") if values else None
+
+
+def human_size(size: int | None) -> str:
+    if size is None:
+        return ""
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return ""
+
+
+def time_text(value) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+def duration_text(run: "Run") -> str:
+    if run.started is None:
+        return ""
+    if run.finished is None:
+        return "running"
+    return f"{(run.finished - run.started).total_seconds():.1f} s"
+
+
+class Notice:
+    """A line that says the store is busy (and the page retries) or what went wrong."""
+
+    def __init__(self) -> None:
+        self.pane = pn.pane.Alert("", alert_type="warning", visible=False, sizing_mode="stretch_width")
+        self.missing = False  # the page's subject does not exist: stop polling
+
+    def clear(self) -> None:
+        self.pane.visible = False
+
+    def show(self, text: str, kind: str = "warning") -> None:
+        self.pane.object = text
+        self.pane.alert_type = kind
+        self.pane.visible = True
+
+    async def guard(self, work: Callable[[], Awaitable[Any]]) -> bool:
+        """Run one refresh; a busy store or an error shows here instead of breaking the page. True if it worked."""
+        try:
+            await work()
+        except StoreLocked:
+            self.show("The workspace database is busy (another dsagent process holds it); retrying…")
+            return False
+        except NotFound as exc:
+            self.missing = True
+            self.show(f"{html.escape(exc.message)}. {html.escape(exc.hint)}", "danger")
+            return False
+        except DsagentError as exc:
+            self.show(html.escape(str(exc)), "danger")
+            return False
+        except Exception as exc:  # a bug or a vanished workspace: say so on the page, keep the server up
+            log.warning("dashboard refresh failed", exc_info=True)
+            self.show(f"Could not read the workspace: {html.escape(type(exc).__name__)}: {html.escape(str(exc))}", "danger")
+            return False
+        self.clear()
+        return True
+
+
+def artifact_preview(ctx: "AppContext", artifact: "Artifact", data: bytes | None) -> Any:
+    """A viewer for one artifact by kind; ``data`` is its bytes when the kind needs them here (text, json, table)."""
+    url = f"./api/artifacts/{artifact.id}"
+    if artifact.kind == "image" and artifact.mime != "image/svg+xml":
+        return pn.pane.HTML(f'<img src="{url}" alt="{html.escape(artifact.name)}" style="max-width:100%">', sizing_mode="stretch_width")
+    if artifact.mime == "image/svg+xml":  # through <img>: an SVG's scripts never run in this page
+        return pn.pane.HTML(f'<img src="{url}" alt="{html.escape(artifact.name)}" style="max-width:100%">', sizing_mode="stretch_width")
+    if artifact.kind in ("html", "notebook"):
+        return sandboxed_iframe(f"{url}/preview")
+    if artifact.kind == "table" and data is not None:
+        frame = _table(artifact, data)
+        if frame is not None:
+            return pn.widgets.Tabulator(frame, pagination="remote", page_size=25, disabled=True, sizing_mode="stretch_width")
+    if data is not None and (artifact.kind in ("text", "json") or artifact.mime.startswith("text/")):
+        text = data[:200_000].decode("utf-8", "replace")
+        if artifact.kind == "json":
+            try:
+                return pn.pane.JSON(json.loads(text), depth=3, sizing_mode="stretch_width")
+            except ValueError:
+                pass
+        return pn.pane.HTML(f"<pre style='white-space:pre-wrap'>{html.escape(text)}</pre>", sizing_mode="stretch_width")
+    return pn.pane.Markdown(f"No preview for `{html.escape(artifact.mime)}`; download it below.")
+
+
+def sandboxed_iframe(src: str, height: int = 700) -> pn.pane.HTML:
+    # sandbox without allow-same-origin: the content runs in an opaque origin, cannot read this page or its cookies
+    return pn.pane.HTML(
+        f'<iframe src="{src}" sandbox="allow-scripts" referrerpolicy="no-referrer" '
+        f'style="width:100%;height:{height - 10}px;border:1px solid #ddd"></iframe>',
+        sizing_mode="stretch_width", height=height,
+    )
+
+
+def _table(artifact: "Artifact", data: bytes):
+    import io
+
+    import pandas as pd
+
+    try:
+        if "parquet" in artifact.mime or artifact.name.endswith(".parquet"):
+            return pd.read_parquet(io.BytesIO(data))
+        if "csv" in artifact.mime or artifact.name.endswith(".csv"):
+            return pd.read_csv(io.BytesIO(data))
+    except Exception:  # a broken file: no table preview, the download still works
+        return None
+    return None
