@@ -173,6 +173,18 @@ def _start_cli(dashboard, code: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+def _kernels_working_in(home: Path) -> list[psutil.Process]:
+    """ipykernels whose cwd is under ``home``: launched ones are the CLI's children, forked ones its fork template's."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if "ipykernel" in " ".join(proc.info["cmdline"] or ()) and Path(proc.cwd()).is_relative_to(home):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
 def _wait_for_run(dashboard, title_part: str, timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -214,7 +226,7 @@ def test_cancel_from_the_run_page_ends_the_run_cancelled_with_no_kernel_left(see
         deadline = time.monotonic() + 60
         kernels: list[psutil.Process] = []
         while not kernels and time.monotonic() < deadline:  # the kernel the CLI started
-            kernels = [p for p in psutil.Process(cli.pid).children(recursive=True) if "ipykernel" in " ".join(p.cmdline())]
+            kernels = _kernels_working_in(dashboard.home)
             time.sleep(0.1)
         assert kernels, "the CLI's kernel never started"
         page.goto(f"/run?id={run['id']}")
