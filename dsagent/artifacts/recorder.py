@@ -19,6 +19,7 @@ Store writes run in a worker thread so the event loop keeps serving the kernel.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import signal
 import threading
@@ -30,9 +31,14 @@ from dsagent.artifacts.store import Store
 from dsagent.kernel_gateway.base import KernelSession, OutputHook
 from dsagent.kernel_gateway.models import Execution
 
-__all__ = ["RunRecorder"]
+__all__ = ["RunRecorder", "CALLER_HANDLES_SIGTERM"]
 
 log = logging.getLogger(__name__)
+
+#: set to True by a long-lived process that stops its own runs on SIGTERM (the scheduler, the
+#: dashboard): recorders entered in that context then leave SIGTERM alone, so the process's
+#: handler is never displaced while a run is open and a stop signal cannot fall between the two
+CALLER_HANDLES_SIGTERM: contextvars.ContextVar[bool] = contextvars.ContextVar("dsagent_caller_handles_sigterm", default=False)
 
 _CODE_IN_EVENT_LIMIT = 20_000
 
@@ -107,7 +113,7 @@ class RunRecorder:
 
     def _cancel_on_sigterm(self) -> None:
         """SIGTERM cancels the task that entered the recorder, so the run ends ``cancelled``."""
-        if threading.current_thread() is not threading.main_thread():
+        if threading.current_thread() is not threading.main_thread() or CALLER_HANDLES_SIGTERM.get():
             return
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()

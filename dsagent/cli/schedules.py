@@ -139,6 +139,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     import logging
     import signal
 
+    from dsagent.artifacts.recorder import CALLER_HANDLES_SIGTERM
     from dsagent.runs.scheduler import Scheduler
 
     logging.getLogger("dsagent.scheduler").setLevel(logging.INFO)
@@ -152,14 +153,8 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        def keep_our_handlers() -> None:
-            # a firing's RunRecorder takes SIGTERM over while its run is open and removes it afterwards: put ours back
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            if not stop.is_set():
-                loop.call_later(0.5, keep_our_handlers)
-
-        keep_our_handlers()
+        # firings' recorders leave SIGTERM to us; scheduler.stop() cancels them (their runs end cancelled)
+        CALLER_HANDLES_SIGTERM.set(True)
         await scheduler.start()
         print(f"scheduler {scheduler.owner} (pid {__import__('os').getpid()}) started; Ctrl-C stops it", file=sys.stderr, flush=True)
         try:
