@@ -316,10 +316,14 @@ class Store:
             return tx.add_artifacts(run_id, items)
 
     def reap_dead_runs(self) -> list[int]:
-        """Mark ``running`` (and ``queued``: a batch's children) runs whose owner process (on this host) is gone as failed; their ids."""
+        """Mark ``running`` runs (and a batch's ``queued`` children) whose owner process (on this host) is gone as failed; their ids.
+
+        Other ``queued`` runs wait for no process: a closed chat is ``queued`` until someone opens it again.
+        """
         with self._session(write=False) as con:
             rows = con.execute(
-                "SELECT id, owner_pid, owner_host, owner_started, status FROM runs WHERE status IN ('running', 'queued')").fetchall()
+                "SELECT id, owner_pid, owner_host, owner_started, status FROM runs "
+                "WHERE status = 'running' OR (status = 'queued' AND kind = 'batch-child')").fetchall()
         dead = [(rid, pid, host, status) for rid, pid, host, started, status in rows
                 if pid is not None and Owner(pid, host, started).is_gone()]
         if not dead:

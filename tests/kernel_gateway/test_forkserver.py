@@ -24,8 +24,14 @@ def _settings(tmp_path, **values):
 
 
 def _template_pid(preload: tuple[str, ...] = forkserver.preload_list(Settings().kernel_preload)) -> int:
-    """The pid of the template this process's kernels with ``preload`` come from."""
-    pids = {s.template_pid() for s in forkserver._SERVERS.values() if s.preload == preload} - {None}
+    """The pid of the template this process's kernels with ``preload`` come from.
+
+    Earlier tests in the same process may have used templates of another import environment
+    (a monkeypatched variable) or idle time: only the one these tests' settings pick counts.
+    """
+    here = forkserver._template_env(os.environ)
+    pids = {s.template_pid() for s in forkserver._SERVERS.values()
+            if s.preload == preload and s.env == here and s.idle == Settings().kernel_fork_idle} - {None}
     assert len(pids) == 1, pids
     return pids.pop()
 
