@@ -78,8 +78,15 @@ _V1 = (
     )""",
 )
 
+# where bytes written since v2 are: record at byte ``pack_offset`` of pack file
+# ``pack`` (``packs.py``); shard and pack both NULL = a file in <workspace>/blobs/
+_V2_BLOB_PACKS = (
+    """ALTER TABLE {db}.blobs ADD COLUMN pack INTEGER""",
+    """ALTER TABLE {db}.blobs ADD COLUMN pack_offset BIGINT""",
+)
+
 #: forward migrations; index i upgrades version i to i + 1
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2_BLOB_PACKS)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 #: tables in dependency order (copied in this order when gc compacts the file)
