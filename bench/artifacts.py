@@ -3,6 +3,12 @@
     .venv/bin/python bench/artifacts.py              # ~1-2 min
     .venv/bin/python bench/artifacts.py --soak 30    # 6 processes for 30 s instead of 10
     .venv/bin/python bench/artifacts.py --quick      # smaller listing table (10,000), for a smoke run
+    .venv/bin/python bench/artifacts.py --baseline none   # skip the same-run comparison with the old layout
+
+``--baseline REV`` (default: the commit before pack files) exports that
+revision's ``dsagent`` package with ``git archive`` into a temp dir and runs
+the per-cell and 4-process figures with it too, alternating rounds with the
+current code so both see the same machine load; ``ratios`` compares them.
 
 Every figure is measured on a real DuckDB file in a temp workspace, through
 the public ``Store`` API, with other processes where the figure says so.
@@ -117,6 +123,32 @@ def bench_listing(home: str, total: int) -> dict[str, Any]:
     }
 
 
+def cell_transactions(home: str, cells: int) -> dict[str, Any]:
+    """What one notebook cell costs the recorder: its events and one 30 KB PNG in one transaction."""
+    store = open_store(home)
+    run = store.create_run("notebook")
+
+    def cell(i: int) -> None:
+        with store.transaction() as tx:
+            tx.append_events(run.id, [("cell_started", {"cell": i}), ("stream", {"name": "stdout", "text": "x" * 200}),
+                                      ("display", {"mime": "image/png"}), ("cell_finished", {"cell": i, "status": "ok"})])
+            tx.add_artifacts(run.id, [NewArtifact(f"cell-{i}.png", "image", "image/png", png("cell", i), cell=i)])
+
+    for i in range(10):  # warm-up: schema, first pack, first checkpoint
+        cell(i)
+    samples = []
+    start = time.perf_counter()
+    for i in range(10, 10 + cells):
+        t = time.perf_counter()
+        cell(i)
+        samples.append(time.perf_counter() - t)
+    rate = cells / (time.perf_counter() - start)
+    samples.sort()
+    return {"cells": cells, "median_ms": round(1000 * statistics.median(samples), 2),
+            "p95_ms": round(1000 * samples[int(0.95 * (len(samples) - 1))], 2), "cells_per_s": round(rate, 1),
+            "code": str(Path(sys.modules[Store.__module__].__file__).parents[2])}
+
+
 def worker(home: str, total: int, batch: int, tag: str) -> None:
     store = open_store(home)
     began = time.time()
@@ -126,12 +158,12 @@ def worker(home: str, total: int, batch: int, tag: str) -> None:
                       "lock_wait_seconds": s.wait_seconds, "max_lock_wait_seconds": s.max_wait_seconds}))
 
 
-def bench_four_processes(home: str, batch: int) -> dict[str, Any]:
-    open_store(home)
+def bench_four_processes(home: str, batch: int, env: dict[str, str] | None = None) -> dict[str, Any]:
+    subprocess.run([sys.executable, __file__, "--setup", home], env=env, check=True)
     each = 250
     start = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, __file__, "--worker", home, str(each), str(batch), f"p{i}"], stdout=subprocess.PIPE, text=True)
-             for i in range(4)]
+    procs = [subprocess.Popen([sys.executable, __file__, "--worker", home, str(each), str(batch), f"p{i}"], stdout=subprocess.PIPE, text=True,
+                              env=env) for i in range(4)]
     reports = [json.loads(p.communicate()[0]) for p in procs]
     wall = time.perf_counter() - start
     # from the first write to the last (process start-up and set-up are not ingest)
@@ -168,21 +200,79 @@ def bench_soak(home: str, seconds: float) -> dict[str, Any]:
     }
 
 
+def baseline_env(rev: str, into: str) -> dict[str, str] | None:
+    """An environment whose ``import dsagent`` is the package as of ``rev`` (None: no baseline)."""
+    repo = Path(__file__).resolve().parents[1]
+    if rev == "none":
+        return None
+    if rev == "auto":
+        added = subprocess.run(["git", "log", "--diff-filter=A", "--format=%H", "--", "dsagent/artifacts/packs.py"], cwd=repo,
+                               capture_output=True, text=True).stdout.split()
+        if not added:
+            return None
+        rev = added[-1] + "^"
+    archive = subprocess.run(["git", "archive", rev, "dsagent"], cwd=repo, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", into], input=archive, check=True)
+    return {**os.environ, "PYTHONPATH": into}
+
+
+def compare_cells(tmp: str, env: dict[str, str] | None, rounds: int = 3, cells: int = 100) -> dict[str, Any]:
+    """Per-cell transaction figures, current code vs baseline, in alternating rounds (same load for both)."""
+    runs: dict[str, list[dict[str, Any]]] = {"current": [], "baseline": []}
+    for r in range(rounds):
+        for name, e in (("current", None), ("baseline", env)):
+            if name == "baseline" and env is None:
+                continue
+            out = subprocess.run([sys.executable, __file__, "--cells", f"{tmp}/cells-{name}-{r}", str(cells)], env=e,
+                                 capture_output=True, text=True, check=True).stdout
+            runs[name].append(json.loads(out))
+    result: dict[str, Any] = {}
+    for name, rs in runs.items():
+        if rs:
+            result[name] = {"median_ms": round(statistics.median(x["median_ms"] for x in rs), 2),
+                            "p95_ms": round(statistics.median(x["p95_ms"] for x in rs), 2),
+                            "cells_per_s": round(statistics.median(x["cells_per_s"] for x in rs), 1), "rounds": len(rs), "cells_per_round": cells,
+                            "code": rs[0]["code"]}
+    cur = result["current"]
+    cur.update(target_median_ms=8, meets_median_target=cur["median_ms"] <= 8, target_cells_per_s=100, meets_rate_target=cur["cells_per_s"] >= 100)
+    if "baseline" in result:
+        result["speedup_median"] = round(result["baseline"]["median_ms"] / cur["median_ms"], 2)
+        result["speedup_cells_per_s"] = round(cur["cells_per_s"] / result["baseline"]["cells_per_s"], 2)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--soak", type=float, default=10.0, help="seconds of the 6-process run (0 = skip)")
     parser.add_argument("--quick", action="store_true", help="10,000 artifacts for the listing figures instead of 100,000")
+    parser.add_argument("--baseline", default="auto", help="git revision to compare with ('none' to skip; default: before pack files)")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--cells", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--setup", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.setup:
+        open_store(args.setup)
+        return
+    if args.cells:
+        print(json.dumps(cell_transactions(args.cells[0], int(args.cells[1]))))
+        return
     if args.worker:
         home, total, batch, tag = args.worker
         worker(home, int(total), int(batch), tag)
         return
     results: dict[str, Any] = {"benchmark": "artifacts", "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)}
     with tempfile.TemporaryDirectory(prefix="dsagent-bench-") as tmp:
+        os.mkdir(f"{tmp}/baseline")
+        env = baseline_env(args.baseline, f"{tmp}/baseline")
+        results["baseline"] = args.baseline if env else None
+        results["cell_transaction_events_and_30KB_png"] = compare_cells(tmp, env)
         results["ingest_1000x30KB_one_process"] = bench_ingest(f"{tmp}/ingest")
         results["listing"] = bench_listing(f"{tmp}/listing", 10_000 if args.quick else 100_000)
-        results["ingest_4_processes_per_cell_10"] = bench_four_processes(f"{tmp}/multi10", 10)
+        results["ingest_4_processes_per_cell_10"] = four = bench_four_processes(f"{tmp}/multi10", 10)
+        if env:
+            old = bench_four_processes(f"{tmp}/multi10-baseline", 10, env)
+            four["baseline_total_per_s"] = old["total_per_s"]
+            four["speedup"] = round(four["total_per_s"] / old["total_per_s"], 2)
         results["ingest_4_processes_per_cell_100"] = bench_four_processes(f"{tmp}/multi100", 100)
         if args.soak > 0:
             results["six_processes"] = bench_soak(f"{tmp}/soak", args.soak)

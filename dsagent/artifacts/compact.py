@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from dsagent.artifacts import schema
 from dsagent.artifacts.models import GcReport, utcnow
+from dsagent.artifacts.packs import HEADER_BYTES
 
 if TYPE_CHECKING:
     from dsagent.artifacts.store import Store
@@ -40,7 +41,7 @@ def collect_garbage(store: "Store", older_than: timedelta, *, dry_run: bool = Fa
     from dsagent.artifacts.store import ALIAS, _naive_utc
 
     cutoff = _naive_utc(utcnow() - older_than)
-    before = file_bytes(store.path, store.inline.path)
+    before = file_bytes(store.path, store.inline.path) + store.packs.total_bytes()
     with store.transaction() as tx:
         con = tx.con
         con.execute(
@@ -57,6 +58,7 @@ def collect_garbage(store: "Store", older_than: timedelta, *, dry_run: bool = Fa
             " WHERE NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.sha256 = b.sha256 AND a.run_id NOT IN (SELECT id FROM temp.gc_runs))"
         )
         blobs = con.execute("SELECT sha256, size, external FROM temp.gc_blobs").fetchall()
+        packed_gone = {r[0] for r in con.execute("SELECT b.sha256 FROM blobs b JOIN temp.gc_blobs g ON b.sha256 = g.sha256 WHERE b.pack IS NOT NULL").fetchall()}
         if not dry_run:
             for table, key in (("run_events", "run_id"), ("artifacts", "run_id"), ("runs", "id")):
                 con.execute(f"DELETE FROM {table} WHERE {key} IN (SELECT id FROM temp.gc_runs)")
@@ -66,9 +68,11 @@ def collect_garbage(store: "Store", older_than: timedelta, *, dry_run: bool = Fa
     files_removed = orphans = 0
     if not dry_run:
         with store._session(write=False) as con:
-            orphans = store.inline.drop_unreferenced(con, ALIAS) - sum(1 for _, _, external in blobs if not external)
+            legacy_gone = sum(1 for sha, _, external in blobs if not external and sha not in packed_gone)
+            orphans = store.inline.drop_unreferenced(con, ALIAS) - legacy_gone
         with store._locked_file():
             files_removed = _remove_unreferenced_files(store)
+            orphans += repack(store, packed_gone)
             if counts[0] or blobs:
                 rewrite(store)
     return GcReport(
@@ -80,7 +84,7 @@ def collect_garbage(store: "Store", older_than: timedelta, *, dry_run: bool = Fa
         blob_bytes=sum(size for _, size, _ in blobs),
         files_removed=files_removed,
         db_bytes_before=before,
-        db_bytes_after=file_bytes(store.path, store.inline.path),
+        db_bytes_after=file_bytes(store.path, store.inline.path) + store.packs.total_bytes(),
         orphans_removed=orphans,
     )
 
@@ -99,6 +103,70 @@ def _remove_unreferenced_files(store: "Store") -> int:
             store.blobs.remove(sha)
             removed += 1
     return removed
+
+
+def repack(store: "Store", collected: set[str] = frozenset()) -> int:
+    """Copy referenced records out of packs that hold unreferenced ones; returns orphan records dropped.
+
+    ``collected``: sha256 of bytes this gc deleted on purpose (not counted as orphans).
+    Caller holds the file lock.
+    """
+    from dsagent.artifacts.store import ALIAS
+
+    numbers = store.packs.numbers()
+    if not numbers:
+        return 0
+    con = store._connection()
+    store._attach(con, read_only=False)
+    try:
+        # what to keep comes from the rows, never from scanning a pack: a torn record
+        # (a writer killed inside its append) hides the records written after it
+        live: dict[int, list[tuple[int, str, int]]] = {}
+        for sha, pack, offset, size in con.execute(
+            "SELECT sha256, pack, pack_offset, size FROM blobs WHERE pack IS NOT NULL ORDER BY pack, pack_offset"
+        ).fetchall():
+            live.setdefault(pack, []).append((offset, sha, size))
+        stale: list[int] = []
+        keep: list[tuple[int, int, str, int]] = []  # pack, offset, sha, length of records to copy
+        orphans = 0
+        for pack in numbers:
+            mine = live.get(pack, [])
+            if sum(HEADER_BYTES + size for _, _, size in mine) == store.packs.path(pack).stat().st_size:
+                continue  # every byte is referenced
+            stale.append(pack)
+            referenced = {offset for offset, _, _ in mine}
+            orphans += sum(1 for offset, sha, _ in store.packs.records(pack) if offset not in referenced and sha not in collected)
+            keep += [(pack, offset, sha, size) for offset, sha, size in mine]
+        if not stale:
+            return 0
+        moved: dict[str, tuple[int, int]] = {}
+        batch: dict[str, bytes] = {}
+        for pack, offset, sha, length in keep:
+            batch[sha] = store.packs.read_record(pack, offset, length)
+            if sum(map(len, batch.values())) >= 64 << 20:
+                moved.update(store.packs.append(batch, new_pack=not moved))
+                batch = {}
+        if batch:
+            moved.update(store.packs.append(batch, new_pack=not moved))
+        if moved:
+            con.execute("BEGIN")
+            try:
+                rows = [(sha, pack, offset) for sha, (pack, offset) in moved.items()]
+                for first in range(0, len(rows), 500):
+                    chunk = rows[first : first + 500]
+                    con.execute(
+                        f"UPDATE {ALIAS}.blobs SET pack = m.pack, pack_offset = m.off FROM (VALUES "
+                        + ", ".join(["(?, ?, ?)"] * len(chunk)) + ") m(sha, pack, off) WHERE blobs.sha256 = m.sha",
+                        [v for row in chunk for v in row],
+                    )
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+    finally:
+        store._detach(con)
+    store.packs.remove([p for p in stale if p not in {pack for pack, _ in moved.values()}])
+    return orphans
 
 
 def rewrite(store: "Store") -> None:

@@ -126,8 +126,15 @@ _V3_CHATS = (
     )""",
 )
 
+# where bytes written since v4 are: record at byte ``pack_offset`` of pack file
+# ``pack`` (``packs.py``); shard and pack both NULL = a file in <workspace>/blobs/
+_V4_BLOB_PACKS = (
+    """ALTER TABLE {db}.blobs ADD COLUMN pack INTEGER""",
+    """ALTER TABLE {db}.blobs ADD COLUMN pack_offset BIGINT""",
+)
+
 #: forward migrations; index i upgrades version i to i + 1
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2_SCHEDULES, _V3_CHATS)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2_SCHEDULES, _V3_CHATS, _V4_BLOB_PACKS)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 #: tables in dependency order (copied in this order when gc compacts the file)

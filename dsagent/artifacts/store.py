@@ -23,11 +23,14 @@ the instance outlives the attachment. Readers take the same lock, because a
 read-only open also fails while another process writes.
 
 Bytes are content-addressed by sha256 and stored once; up to
-``store_inline_max_bytes`` they live in a second DuckDB file beside this one
-(``blobstore.py`` says why), larger ones in ``<workspace>/blobs/ab/cdef...``.
-Callers never see the difference. This module, ``blobstore.py`` and
-``compact.py`` (gc's file rewrite) and ``transaction.py`` (the writes inside
-one transaction) are the only code that runs SQL.
+``store_inline_max_bytes`` they are appended to pack files under
+``<workspace>/blobs/packs/`` (one fdatasync per transaction, before the
+commit; ``packs.py`` says why), larger ones go to ``<workspace>/blobs/ab/cdef...``.
+Workspaces written before v4 of the schema also have bytes in a second
+DuckDB file (``blobstore.py``), which is still read. Callers never see the
+difference. This module, ``blobstore.py`` and ``compact.py`` (gc's file
+rewrite) and ``transaction.py`` (the writes inside one transaction) are the
+only code that runs SQL.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from dsagent.artifacts import schema
 from dsagent.artifacts.blobfiles import BlobFiles
 from dsagent.artifacts.blobstore import InlineBlobs
 from dsagent.artifacts.chats import ChatTable
+from dsagent.artifacts.packs import BlobPacks
 from dsagent.artifacts.models import Artifact, Event, GcReport, NewArtifact, Owner, Page, Run
 from dsagent.artifacts.transaction import _ART_COLS, _RUN_COLS, Transaction, _artifact, _aware, _naive_utc, _run
 from dsagent.artifacts.turns import LockTimeout, TurnLock
@@ -88,6 +92,8 @@ class Store:
         self.blobs = BlobFiles(self.workspace.blobs_dir)
         self.inline = InlineBlobs(self)
         self.chats = ChatTable(self)  # named conversations (chats.py)
+        self.inline = InlineBlobs(self)  # bytes written before schema v4
+        self.packs = BlobPacks(self.workspace.blobs_dir / "packs")
         self.lock_stats = LockStats()
         self._file_lock = TurnLock(str(self.path) + ".lock")
         self._thread_lock = threading.RLock()
@@ -395,16 +401,23 @@ class Store:
         """The exact bytes of an artifact, wherever they are kept."""
         with self._session(write=False) as con:
             row = con.execute(
-                "SELECT a.sha256, b.shard, b.sha256 IS NOT NULL FROM artifacts a LEFT JOIN blobs b ON a.sha256 = b.sha256 WHERE a.id = ?",
+                "SELECT a.sha256, b.shard, b.pack, b.pack_offset, b.sha256 IS NOT NULL"
+                " FROM artifacts a LEFT JOIN blobs b ON a.sha256 = b.sha256 WHERE a.id = ?",
                 [artifact_id],
             ).fetchone()
             if row is None:
                 raise NotFound(f"no artifact with id {artifact_id}", hint="`dsagent artifacts ls` lists artifacts", what="artifact", id=artifact_id)
-            sha, shard, known = row
-            data = self.inline.read(con, sha, shard) if known and shard is not None else None
-            if not known or (shard is not None and data is None):
+            sha, shard, pack, offset, known = row
+            if not known:
                 raise self._corrupt(f"artifact {artifact_id} references bytes {sha[:12]}... which are missing")
-            return data if data is not None else self.blobs.read(sha)
+            if pack is not None:
+                return self.packs.read(pack, offset, sha)  # under the lock: gc cannot move it meanwhile
+            if shard is not None:
+                data = self.inline.read(con, sha, shard)
+                if data is None:
+                    raise self._corrupt(f"artifact {artifact_id} references bytes {sha[:12]}... which are missing")
+                return data
+            return self.blobs.read(sha)
 
     def list_artifacts(
         self,

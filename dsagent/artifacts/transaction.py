@@ -143,9 +143,11 @@ class Transaction:
     def _store_blobs(self, by_sha: dict[str, bytes]) -> None:
         if not by_sha:
             return
-        known = dict(self.con.execute("SELECT sha256, shard IS NULL FROM blobs WHERE sha256 IN ?", [list(by_sha)]).fetchall())
+        known = dict(self.con.execute(
+            "SELECT sha256, shard IS NULL AND pack IS NULL FROM blobs WHERE sha256 IN ?", [list(by_sha)]
+        ).fetchall())
         limit = self.store.settings.store_inline_max_bytes
-        inline: dict[str, bytes] = {}
+        packed: dict[str, bytes] = {}
         for sha, data in by_sha.items():
             if sha in known:
                 if known[sha] and not self.store.blobs.exists(sha):
@@ -153,10 +155,12 @@ class Transaction:
             elif len(data) > limit:
                 self.store.blobs.write(sha, data)
             else:
-                inline[sha] = data
-        shards = self.store.inline.write(self.con, inline)  # committed first; orphans if we roll back
+                packed[sha] = data
+        # durable (one fdatasync) before the commit that references them; orphans if we roll back
+        places = self.store.packs.append(packed)
         now = _naive_utc(utcnow())
-        self._insert("blobs", [[sha, len(data), shards.get(sha), now] for sha, data in by_sha.items() if sha not in known])
+        self._insert("blobs", [[sha, len(data), None, now, *places.get(sha, (None, None))]
+                               for sha, data in by_sha.items() if sha not in known])
 
     def _insert(self, table: str, rows: list[list[Any]]) -> None:
         for start in range(0, len(rows), _ROWS_PER_INSERT):

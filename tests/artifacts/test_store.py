@@ -120,7 +120,8 @@ def test_gc_deletes_old_runs_keeps_shared_bytes_and_shrinks_the_file(settings):
         report = store.gc(timedelta(0))
         assert (report.runs, report.artifacts, report.blobs, report.files_removed) == (1, 152, 151, 1)
         assert report.db_bytes_after < report.db_bytes_before / 2, report
-        assert os.path.getsize(store.path) + os.path.getsize(store.inline.path) == report.db_bytes_after
+        assert os.path.getsize(store.path) + store.packs.total_bytes() == report.db_bytes_after
+        assert not store.inline.path.exists()  # schema v4 writes bytes to packs, not a second DuckDB file
         assert store.read_bytes(kept[0].id) == shared
         assert store.counts() == {"runs": 1, "run_events": 1, "artifacts": 1, "blobs": 1}
         assert list(store.blobs.all_hashes()) == []
@@ -133,3 +134,65 @@ def test_runs_of_recent_age_survive_gc(store):
     store.update_run_status(run.id, "succeeded")
     assert store.gc(timedelta(hours=1)).runs == 0
     assert store.get_run(run.id).status == "succeeded"
+
+
+def test_a_torn_pack_tail_and_uncommitted_records_are_skipped_and_reclaimed(store):
+    """A writer killed mid-append or before its commit leaves pack bytes nothing references."""
+    run = store.create_run("exec")
+    first = store.add_artifacts(run.id, [NewArtifact("a.png", "image", "image/png", png(1))])[0]
+    with pytest.raises(RuntimeError):
+        with store.transaction() as tx:  # its bytes are appended (and synced), then it rolls back
+            tx.add_artifacts(run.id, [NewArtifact("lost.png", "image", "image/png", png(2))])
+            raise RuntimeError("killed before the commit")
+    (pack,) = store.packs.numbers()
+    with open(store.packs.path(pack), "ab") as handle:
+        handle.write(b"DSB1" + os.urandom(20))  # a torn record: the writer died inside pwrite
+    second = store.add_artifacts(run.id, [NewArtifact("b.png", "image", "image/png", png(3))])[0]
+    assert store.read_bytes(first.id)[4:8] == (1).to_bytes(4, "big")
+    assert store.read_bytes(second.id)[4:8] == (3).to_bytes(4, "big")
+    before = store.packs.total_bytes()
+    report = store.gc(timedelta(days=1))
+    assert report.orphans_removed >= 1  # the rolled-back record (the scan stops at the torn one)
+    assert store.packs.total_bytes() < before
+    assert [store.read_bytes(a.id)[4:8] for a in (first, second)] == [(1).to_bytes(4, "big"), (3).to_bytes(4, "big")]
+    assert len(store.packs.numbers()) == 1  # the old pack is gone, the copy holds both records
+
+
+def test_damaged_pack_bytes_are_reported_not_returned(store):
+    run = store.create_run("exec")
+    art = store.add_artifacts(run.id, [NewArtifact("a.png", "image", "image/png", png(1))])[0]
+    path = store.packs.path(store.packs.numbers()[0])
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreCorrupt, match="missing or damaged"):
+        store.read_bytes(art.id)
+
+
+def test_a_v1_workspace_keeps_its_inline_bytes_after_the_upgrade(settings, monkeypatch):
+    """Bytes written before schema v4 live in the second DuckDB file; they stay readable and gc-able."""
+    from dsagent.artifacts.blobfiles import sha256_hex
+    from dsagent.artifacts.transaction import _naive_utc
+    from dsagent.artifacts.models import utcnow
+
+    data = png(9, 5000)
+    sha = sha256_hex(data)
+    with monkeypatch.context() as patch:
+        patch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:1])
+        patch.setattr(schema, "SCHEMA_VERSION", 1)
+        with Store.open(settings=settings) as old:
+            run = old.create_run("exec")
+            with old.transaction() as tx:
+                shard = old.inline.write(tx.con, {sha: data})[sha]
+                now = _naive_utc(utcnow())
+                tx.con.execute("INSERT INTO blobs VALUES (?, ?, ?, ?)", [sha, len(data), shard, now])
+                tx.con.execute("UPDATE id_counters SET last_id = 1 WHERE name = 'artifacts'")
+                tx.con.execute("INSERT INTO artifacts VALUES (1, ?, 0, 'old.png', 'image', 'image/png', ?, ?, ?, [], '{}')",
+                               [run.id, len(data), sha, now])
+            old.update_run_status(run.id, "succeeded")
+    with Store.open(settings=settings) as store:  # upgrades to the newest version in place
+        assert store.read_bytes(1) == data
+        again = store.add_artifacts(store.create_run("exec").id, [NewArtifact("same.png", "image", "image/png", data)])[0]
+        assert store.read_bytes(again.id) == data and store.packs.numbers() == []  # known bytes are not stored twice
+        report = store.gc(timedelta(0))
+        assert report.runs == 1 and store.read_bytes(again.id) == data  # still shared by the live run
