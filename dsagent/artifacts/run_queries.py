@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from dsagent.artifacts.models import Artifact, Page, Run
-from dsagent.artifacts.transaction import _ART_COLS, _RUN_COLS, _artifact, _naive_utc, _run
+from dsagent.artifacts.transaction import _ART_COLS, _RUN_COLS, BLOB_WHERE_COLUMNS, _artifact, _naive_utc, _run
 from dsagent.errors import DsagentError, NotFound
 
 if TYPE_CHECKING:
@@ -132,18 +132,14 @@ def read_artifact(store: "Store", artifact_id: int) -> tuple[Artifact, bytes]:
     """An artifact's metadata and exact bytes, read in one lock turn (what a download route serves)."""
     with store._session(write=False) as con:
         row = con.execute(
-            f"SELECT {', '.join('a.' + c.strip() for c in _ART_COLS.split(','))}, b.shard, b.sha256 IS NOT NULL "
+            f"SELECT {', '.join('a.' + c.strip() for c in _ART_COLS.split(','))}, {BLOB_WHERE_COLUMNS} "
             "FROM artifacts a LEFT JOIN blobs b ON a.sha256 = b.sha256 WHERE a.id = ?",
             [artifact_id],
         ).fetchone()
         if row is None:
             raise NotFound(f"no artifact with id {artifact_id}", hint="`dsagent artifacts ls` lists artifacts", what="artifact", id=artifact_id)
         artifact = _artifact(row[:11])
-        shard, known = row[11], row[12]
-        data = store.inline.read(con, artifact.sha256, shard) if known and shard is not None else None
-        if not known or (shard is not None and data is None):
-            raise store._corrupt(f"artifact {artifact_id} references bytes {artifact.sha256[:12]}... which are missing")
-    return artifact, data if data is not None else store.blobs.read(artifact.sha256)
+        return artifact, store.blob_bytes(con, artifact_id, artifact.sha256, row[11:])
 
 
 def run_owner(store: "Store", run_id: int):

@@ -53,7 +53,7 @@ from dsagent.artifacts.blobstore import InlineBlobs
 from dsagent.artifacts.chats import ChatTable
 from dsagent.artifacts.packs import BlobPacks
 from dsagent.artifacts.models import Artifact, Event, GcReport, NewArtifact, Owner, Page, Run
-from dsagent.artifacts.transaction import _ART_COLS, _RUN_COLS, Transaction, _artifact, _aware, _naive_utc, _run
+from dsagent.artifacts.transaction import _ART_COLS, _RUN_COLS, BLOB_WHERE_COLUMNS, Transaction, _artifact, _aware, _naive_utc, _run
 from dsagent.artifacts.turns import LockTimeout, TurnLock
 from dsagent.errors import DsagentError, NotFound, SchemaTooNew, StorageFull, StoreCorrupt, StoreLocked
 from dsagent.settings import Settings
@@ -400,24 +400,25 @@ class Store:
     def read_bytes(self, artifact_id: int) -> bytes:
         """The exact bytes of an artifact, wherever they are kept."""
         with self._session(write=False) as con:
-            row = con.execute(
-                "SELECT a.sha256, b.shard, b.pack, b.pack_offset, b.sha256 IS NOT NULL"
-                " FROM artifacts a LEFT JOIN blobs b ON a.sha256 = b.sha256 WHERE a.id = ?",
-                [artifact_id],
-            ).fetchone()
+            row = con.execute(f"SELECT a.sha256, {BLOB_WHERE_COLUMNS} FROM artifacts a LEFT JOIN blobs b ON a.sha256 = b.sha256 WHERE a.id = ?",
+                              [artifact_id]).fetchone()
             if row is None:
                 raise NotFound(f"no artifact with id {artifact_id}", hint="`dsagent artifacts ls` lists artifacts", what="artifact", id=artifact_id)
-            sha, shard, pack, offset, known = row
-            if not known:
+            return self.blob_bytes(con, artifact_id, row[0], row[1:])
+
+    def blob_bytes(self, con: duckdb.DuckDBPyConnection, artifact_id: int, sha: str, where: Sequence[Any]) -> bytes:
+        """An artifact's bytes from ``where`` (the ``BLOB_WHERE_COLUMNS`` of its blob row); call inside a session."""
+        shard, pack, offset, known = where
+        if not known:
+            raise self._corrupt(f"artifact {artifact_id} references bytes {sha[:12]}... which are missing")
+        if pack is not None:
+            return self.packs.read(pack, offset, sha)  # under the lock: gc cannot move it meanwhile
+        if shard is not None:
+            data = self.inline.read(con, sha, shard)
+            if data is None:
                 raise self._corrupt(f"artifact {artifact_id} references bytes {sha[:12]}... which are missing")
-            if pack is not None:
-                return self.packs.read(pack, offset, sha)  # under the lock: gc cannot move it meanwhile
-            if shard is not None:
-                data = self.inline.read(con, sha, shard)
-                if data is None:
-                    raise self._corrupt(f"artifact {artifact_id} references bytes {sha[:12]}... which are missing")
-                return data
-            return self.blobs.read(sha)
+            return data
+        return self.blobs.read(sha)
 
     def list_artifacts(
         self,

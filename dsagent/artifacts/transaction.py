@@ -24,6 +24,8 @@ __all__ = ["Transaction"]
 
 _RUN_COLS = "id, kind, status, title, params, backend, parent_id, schedule_id, created, started, finished, error, owner_pid, owner_host"
 _ART_COLS = "id, run_id, cell, name, kind, mime, size, sha256, created, tags, metadata"
+#: where a blob's bytes are, selected from ``blobs b`` joined to an artifact (read by ``Store.blob_bytes``)
+BLOB_WHERE_COLUMNS = "b.shard, b.pack, b.pack_offset, b.sha256 IS NOT NULL"
 _ROWS_PER_INSERT = 200  # multi-row VALUES are far faster than executemany in DuckDB
 
 
