@@ -415,6 +415,7 @@ class E2BSession(KernelSession):
         result.outputs = collector.finish()
         result.execution_count = collector.execution_count
         result.truncated = collector.truncated
+        result.displays = collector.displays()
         result.finished = _now()
         result.status = status  # type: ignore[assignment]
         result.error = error or collector.error

@@ -434,6 +434,7 @@ class JupyterSession(KernelSession):
         result.outputs = collector.finish()
         result.execution_count = collector.execution_count
         result.truncated = collector.truncated
+        result.displays = collector.displays()
         result.finished = _now()
 
     def _died(self, result: Execution, collector: OutputCollector, why: str) -> Execution:
