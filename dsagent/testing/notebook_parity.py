@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EngineRun", "run_engine", "normalized", "assert_same_notebook", "PARITY_NOTEBOOKS"]
+__all__ = ["EngineRun", "ReferenceRuns", "run_engine", "normalized", "assert_same_notebook", "PARITY_NOTEBOOKS"]
 
 #: the golden notebooks in tests/files/ (built by tests/files/make_parity_notebooks.py)
 PARITY_NOTEBOOKS = ("parity_displays", "parity_tags", "parity_history", "parity_failure")
@@ -47,6 +47,21 @@ def run_engine(source: Path, output: Path, engine: str, *, backend: str | None =
     except PapermillExecutionError as err:
         ename, index = err.ename, err.cell_index
     return EngineRun(nbformat.read(output, as_version=4), ename, index)
+
+
+class ReferenceRuns:
+    """papermill's nbclient engine on the golden notebooks of ``files``, each (with its options) run once."""
+
+    def __init__(self, files: Path, scratch: Path) -> None:
+        self.files, self.scratch = files, scratch
+        self._runs: dict[str, EngineRun] = {}
+
+    def __call__(self, name: str, **options: Any) -> EngineRun:
+        key = f"{name} {sorted(options.items())!r}"
+        if key not in self._runs:
+            output = self.scratch / f"{name}-{len(self._runs)}.ipynb"
+            self._runs[key] = run_engine(self.files / f"{name}.ipynb", output, "nbclient", cwd=self.scratch, **options)
+        return self._runs[key]
 
 
 def normalized(nb: Any, *, tracebacks: bool = True) -> dict[str, Any]:

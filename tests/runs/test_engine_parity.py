@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dsagent.testing.notebook_parity import PARITY_NOTEBOOKS, EngineRun, assert_same_notebook, run_engine
+from dsagent.testing.notebook_parity import PARITY_NOTEBOOKS, ReferenceRuns, assert_same_notebook, run_engine
 
 FILES = Path(__file__).parent.parent / "files"
 
@@ -18,16 +18,7 @@ FILES = Path(__file__).parent.parent / "files"
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The nbclient engine's saved notebook for a golden notebook (and engine options), run on first use."""
-    runs: dict[tuple, EngineRun] = {}
-    folder = tmp_path_factory.mktemp("nbclient")
-
-    def get(name: str, **options) -> EngineRun:
-        key = (name, repr(sorted(options.items())))
-        if key not in runs:
-            runs[key] = run_engine(FILES / f"{name}.ipynb", folder / f"{name}-{len(runs)}.ipynb", "nbclient", cwd=folder, **options)
-        return runs[key]
-
-    return get
+    return ReferenceRuns(FILES, tmp_path_factory.mktemp("nbclient"))
 
 
 @pytest.mark.parametrize("backend", ["local", "sandbox"])
