@@ -57,6 +57,8 @@ class _DsagentEngineMethods:
         nbclient's cell options in ``kwargs`` (``allow_errors``, ``skip_cells_with_tag``, ...) apply
         as under papermill's own engine; see docs/notebook-parity.md for each option.
         """
+        from papermill.log import logger
+
         from dsagent.settings import Settings
 
         # papermill always passes its own default (60); only a changed value overrides the setting
@@ -66,6 +68,7 @@ class _DsagentEngineMethods:
             async with make_backend(backend, settings, kernel_name, pool_size=0) as kernels:
                 work_dir = os.getcwd() if kernels.name in LOCAL_FS_BACKENDS else None
                 async with await kernels.start_session(work_dir=work_dir) as session:
+                    logger.info(f"Executing notebook with kernel: {kernel_name}")  # as papermill's own engine logs it
                     await execute_cells(
                         nb_man, session, timeout=execution_timeout, log_output=log_output, stdout_file=stdout_file, stderr_file=stderr_file,
                         options=CellOptions.from_kwargs(kwargs),

@@ -17,7 +17,7 @@ from typing import Any
 __all__ = ["EngineRun", "ReferenceRuns", "run_engine", "normalized", "assert_same_notebook", "PARITY_NOTEBOOKS"]
 
 #: the golden notebooks in tests/files/ (built by tests/files/make_parity_notebooks.py)
-PARITY_NOTEBOOKS = ("parity_displays", "parity_tags", "parity_history", "parity_failure")
+PARITY_NOTEBOOKS = ("parity_displays", "parity_tags", "parity_history", "parity_failure", "parity_autosave")
 
 _TIME = "<time>"
 _TIMED_KEYS = {"start_time", "end_time", "duration"}
@@ -31,7 +31,10 @@ class EngineRun:
 
 
 def run_engine(source: Path, output: Path, engine: str, *, backend: str | None = None, cwd: Path | None = None, **kwargs: Any) -> EngineRun:
-    """``papermill.execute_notebook`` on ``engine`` (``nbclient`` or ``dsagent`` with ``backend``), parameter ``n=3``."""
+    """``papermill.execute_notebook`` on ``engine`` (``nbclient`` or ``dsagent`` with ``backend``), parameter ``n=3``.
+
+    The kernel is the one the notebook names, as papermill picks it.
+    """
     import nbformat
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -41,8 +44,8 @@ def run_engine(source: Path, output: Path, engine: str, *, backend: str | None =
     ename = index = None
     try:
         papermill.execute_notebook(
-            str(source), str(output), parameters={"n": 3}, engine_name=engine, kernel_name="python3", progress_bar=False,
-            cwd=str(cwd) if cwd else None, **kwargs,
+            str(source), str(output), parameters={"n": 3}, engine_name=engine, cwd=str(cwd) if cwd else None,
+            **{"progress_bar": False, **kwargs},
         )
     except PapermillExecutionError as err:
         ename, index = err.ename, err.cell_index
@@ -59,8 +62,9 @@ class ReferenceRuns:
     def __call__(self, name: str, **options: Any) -> EngineRun:
         key = f"{name} {sorted(options.items())!r}"
         if key not in self._runs:
-            output = self.scratch / f"{name}-{len(self._runs)}.ipynb"
-            self._runs[key] = run_engine(self.files / f"{name}.ipynb", output, "nbclient", cwd=self.scratch, **options)
+            folder = self.scratch / str(len(self._runs))  # the output keeps its name: a notebook may read it back
+            folder.mkdir()
+            self._runs[key] = run_engine(self.files / f"{name}.ipynb", folder / f"{name}.ipynb", "nbclient", cwd=folder, **options)
         return self._runs[key]
 
 

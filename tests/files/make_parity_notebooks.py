@@ -59,6 +59,8 @@ def tags() -> nbformat.NotebookNode:
         ("raise RuntimeError('never runs')", ["skip-execution"]),
         ("print('expected failure')\n1 / 0", ["raises-exception"]),
         "print('the run went on', n)",
+        "import sys\nsys.exit(0)",  # ends the run early without an error, under papermill's engine too
+        "print('never runs: the notebook exited')",
     )
     nb.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="kept from before\n")]
     nb.cells[1].execution_count = 7
@@ -82,14 +84,27 @@ def failure() -> nbformat.NotebookNode:
     """A failing cell: papermill's error cell, later cells pending; sys.exit(0) is not an error."""
     return _notebook(
         ("n = 1", ["parameters"]),
-        "print('before')",
+        "import sys\nprint('before')\nprint('warned', file=sys.stderr)",
+        "n * 10",
         "try:\n    import sys; sys.exit(0)\nexcept SystemExit as stop:\n    print('exit', stop.code)",
         "raise ValueError(f'bad n={n}')",
         "print('never')",
     )
 
 
-NOTEBOOKS = {"parity_displays": displays, "parity_tags": tags, "parity_history": history, "parity_failure": failure}
+def autosave() -> nbformat.NotebookNode:
+    """What papermill has saved while a cell runs (request_save_on_cell_execute): read back from the output file."""
+    return _notebook(
+        ("n = 1", ["parameters"]),
+        "print('saved before the next cell starts')",
+        "import json\n"
+        "saved = json.load(open('parity_autosave.ipynb'))  # the output notebook, in the run's cwd\n"
+        "for cell in saved['cells']:\n"
+        "    print(cell['metadata']['papermill']['status'], cell.get('execution_count'), [o.get('text') for o in cell.get('outputs', [])])",
+    )
+
+
+NOTEBOOKS = {"parity_displays": displays, "parity_tags": tags, "parity_history": history, "parity_failure": failure, "parity_autosave": autosave}
 
 if __name__ == "__main__":
     for name, build in NOTEBOOKS.items():

@@ -6,6 +6,8 @@ Each nbclient reference run happens once per module and serves both backends.
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -28,13 +30,35 @@ def test_dsagent_engine_saves_the_notebook_nbclient_saves(reference, tmp_path, n
     assert_same_notebook(reference(name), ours)
 
 
-@pytest.mark.parametrize("options", [
-    {"allow_errors": True, "record_timing": False},
-    {"allow_error_names": ["ValueError"], "skip_cells_with_tag": "parameters"},
-], ids=lambda o: "+".join(o))
-def test_nbclient_options_passed_through_papermill_apply_alike(reference, tmp_path, options):
-    ours = run_engine(FILES / "parity_failure.ipynb", tmp_path / "out.ipynb", "dsagent", backend="local", cwd=tmp_path, **options)
-    assert_same_notebook(reference("parity_failure", **options), ours)
+@pytest.mark.parametrize(("name", "options"), [
+    ("parity_failure", {"allow_errors": True, "record_timing": False}),
+    ("parity_failure", {"allow_error_names": ["ValueError"], "skip_cells_with_tag": "parameters"}),
+    ("parity_tags", {"force_raise_errors": True}),
+], ids=lambda o: "+".join(o) if isinstance(o, dict) else o)
+def test_nbclient_options_passed_through_papermill_apply_alike(reference, tmp_path, name, options):
+    ours = run_engine(FILES / f"{name}.ipynb", tmp_path / "out.ipynb", "dsagent", backend="local", cwd=tmp_path, **options)
+    assert_same_notebook(reference(name, **options), ours)
+
+
+def test_log_output_stdout_stderr_files_and_progress_bar_alike(tmp_path, caplog, capfd):
+    """``--log-output``, ``--stdout-file``/``--stderr-file`` and ``--progress-bar``: what each engine logs and writes."""
+    seen = {}
+    for engine in ("nbclient", "dsagent"):
+        folder = tmp_path / engine
+        folder.mkdir()
+        caplog.clear()
+        capfd.readouterr()
+        with caplog.at_level(logging.INFO, logger="papermill"), open(folder / "out.txt", "w") as out, open(folder / "err.txt", "w") as err:
+            run_engine(FILES / "parity_failure.ipynb", folder / "nb.ipynb", engine, backend="local" if engine == "dsagent" else None,
+                       cwd=folder, log_output=True, progress_bar=True, stdout_file=out, stderr_file=err)
+        logged = [(r.levelname, r.getMessage().replace(str(folder), "<dir>")) for r in caplog.records if r.name.startswith("papermill")]
+        bars = re.findall(r"Executing: +\d+%\|[^|]*\| (\d+/\d+)", capfd.readouterr().err)
+        seen[engine] = (logged, (folder / "out.txt").read_text(), (folder / "err.txt").read_text(), bars[-1:])
+    for ours, theirs in zip(seen["dsagent"], seen["nbclient"]):
+        assert ours == theirs
+    logged, out, err, bars = seen["dsagent"]
+    assert ("INFO", "30") in logged and ("WARNING", "warned\n") in logged and out == "before\nexit 0\n" and err == "warned\n"
+    assert bars == ["6/7"]  # stopped at the failing cell, 6 of 7
 
 
 def test_the_golden_notebooks_exercise_what_they_claim(reference):
@@ -47,7 +71,9 @@ def test_the_golden_notebooks_exercise_what_they_claim(reference):
     tags = reference("parity_tags")
     skipped = next(c for c in tags.nb.cells if "skip-execution" in c.metadata.get("tags", []))
     assert skipped.execution_count is None and tags.ename == "ZeroDivisionError"  # papermill flags it after the run
-    assert "the run went on 3" in tags.nb.cells[-1].outputs[0].text
+    assert "the run went on 3" in tags.nb.cells[-3].outputs[0].text and tags.nb.cells[-1].metadata.papermill.status == "pending"
     history = reference("parity_history").nb
     assert "True 1 hm = get_ipython()" in history.cells[-2].outputs[0].text  # an enabled, in-memory history, session 1
     assert "x = n * 2" in history.cells[-1].outputs[0].text
+    autosave = reference("parity_autosave").nb.cells[-1].outputs[0].text
+    assert "completed 3 [['saved before the next cell starts\\n']]" in autosave and "running None []" in autosave
