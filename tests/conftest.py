@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 # the conformance kit lives in the package, not in tests/: show values in its failed asserts too
-pytest.register_assert_rewrite("dsagent.testing.conformance")
+pytest.register_assert_rewrite("dsagent.testing.conformance", "dsagent.testing.notebook_parity")
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EngineRun", "ReferenceRuns", "run_engine", "normalized", "assert_same_notebook", "PARITY_NOTEBOOKS"]
+import pytest
+
+__all__ = ["EngineRun", "ReferenceRuns", "run_engine", "normalized", "assert_same_notebook", "parity_reference", "PARITY_NOTEBOOKS"]
 
 #: the golden notebooks in tests/files/ (built by tests/files/make_parity_notebooks.py)
 PARITY_NOTEBOOKS = ("parity_displays", "parity_tags", "parity_history", "parity_failure", "parity_autosave")
@@ -66,6 +68,15 @@ class ReferenceRuns:
             folder.mkdir()
             self._runs[key] = run_engine(self.files / f"{name}.ipynb", folder / f"{name}.ipynb", "nbclient", cwd=folder, **options)
         return self._runs[key]
+
+
+@pytest.fixture(scope="session")
+def parity_reference(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> ReferenceRuns:
+    """nbclient's runs of ``tests/files/parity_*.ipynb``, shared by every test module of the session.
+
+    A test module loads it with ``pytest_plugins = ["dsagent.testing.notebook_parity"]``.
+    """
+    return ReferenceRuns(request.config.rootpath / "tests" / "files", tmp_path_factory.mktemp("nbclient"))
 
 
 def normalized(nb: Any, *, tracebacks: bool = True) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Same notebook out as papermill's own engine: the golden notebooks of tests/files/ run through papermill's
 nbclient engine and ``--engine dsagent`` on `local` and `sandbox`, saved notebooks compared (docs/notebook-parity.md).
 
-Each nbclient reference run happens once per module and serves both backends.
+Each nbclient reference run happens once per test session (``parity_reference``) and serves every backend.
 """
 
 from __future__ import annotations
@@ -12,15 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from dsagent.testing.notebook_parity import PARITY_NOTEBOOKS, ReferenceRuns, assert_same_notebook, run_engine
+from dsagent.testing.notebook_parity import PARITY_NOTEBOOKS, assert_same_notebook, run_engine
+
+pytest_plugins = ["dsagent.testing.notebook_parity"]
 
 FILES = Path(__file__).parent.parent / "files"
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The nbclient engine's saved notebook for a golden notebook (and engine options), run on first use."""
-    return ReferenceRuns(FILES, tmp_path_factory.mktemp("nbclient"))
 
 
 #: on `sandbox`, the notebooks whose outcome depends on what the kernel delivers (tags and autosave are the engine's own logic)
@@ -28,9 +26,9 @@ SANDBOX = ("parity_displays", "parity_history", "parity_failure")
 
 
 @pytest.mark.parametrize(("name", "backend"), [(n, "local") for n in PARITY_NOTEBOOKS] + [(n, "sandbox") for n in SANDBOX])
-def test_dsagent_engine_saves_the_notebook_nbclient_saves(reference, tmp_path, name, backend):
+def test_dsagent_engine_saves_the_notebook_nbclient_saves(parity_reference, tmp_path, name, backend):
     ours = run_engine(FILES / f"{name}.ipynb", tmp_path / f"{name}.ipynb", "dsagent", backend=backend, cwd=tmp_path)
-    assert_same_notebook(reference(name), ours)
+    assert_same_notebook(parity_reference(name), ours)
 
 
 @pytest.mark.parametrize(("name", "options"), [
@@ -38,9 +36,9 @@ def test_dsagent_engine_saves_the_notebook_nbclient_saves(reference, tmp_path, n
     ("parity_failure", {"allow_error_names": ["ValueError"], "skip_cells_with_tag": "parameters"}),
     ("parity_tags", {"force_raise_errors": True}),
 ], ids=lambda o: "+".join(o) if isinstance(o, dict) else o)
-def test_nbclient_options_passed_through_papermill_apply_alike(reference, tmp_path, name, options):
+def test_nbclient_options_passed_through_papermill_apply_alike(parity_reference, tmp_path, name, options):
     ours = run_engine(FILES / f"{name}.ipynb", tmp_path / "out.ipynb", "dsagent", backend="local", cwd=tmp_path, **options)
-    assert_same_notebook(reference(name, **options), ours)
+    assert_same_notebook(parity_reference(name, **options), ours)
 
 
 def test_log_output_stdout_stderr_files_and_progress_bar_alike(tmp_path, caplog, capfd):
@@ -64,19 +62,19 @@ def test_log_output_stdout_stderr_files_and_progress_bar_alike(tmp_path, caplog,
     assert bars == ["6/7"]  # stopped at the failing cell, 6 of 7
 
 
-def test_the_golden_notebooks_exercise_what_they_claim(reference):
+def test_the_golden_notebooks_exercise_what_they_claim(parity_reference):
     """Guards the comparisons above against passing on notebooks that no longer show the behaviour."""
-    displays = reference("parity_displays").nb
+    displays = parity_reference("parity_displays").nb
     first = next(c for c in displays.cells if "display_id=True" in c.source and "between" in c.source)
     assert [o.data["text/plain"] for o in first.outputs if o.output_type == "display_data"] == ["'second'", "<IPython.core.display.Markdown object>"]
     cleared = next(c for c in displays.cells if "cleared later" in c.source)
     assert [o.get("text") for o in cleared.outputs] == ["after clear\n"]
-    tags = reference("parity_tags")
+    tags = parity_reference("parity_tags")
     skipped = next(c for c in tags.nb.cells if "skip-execution" in c.metadata.get("tags", []))
     assert skipped.execution_count is None and tags.ename == "ZeroDivisionError"  # papermill flags it after the run
     assert "the run went on 3" in tags.nb.cells[-3].outputs[0].text and tags.nb.cells[-1].metadata.papermill.status == "pending"
-    history = reference("parity_history").nb
+    history = parity_reference("parity_history").nb
     assert "True 1 hm = get_ipython()" in history.cells[-2].outputs[0].text  # an enabled, in-memory history, session 1
     assert "x = n * 2" in history.cells[-1].outputs[0].text
-    autosave = reference("parity_autosave").nb.cells[-1].outputs[0].text
+    autosave = parity_reference("parity_autosave").nb.cells[-1].outputs[0].text
     assert "completed 3 [['saved before the next cell starts\\n']]" in autosave and "running None []" in autosave
