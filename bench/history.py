@@ -5,7 +5,10 @@ they now get ``--HistoryManager.hist_file=:memory:``, as nbclient (papermill's
 own engine) starts its kernels, so ``%history``, ``In`` and the history
 manager behave alike under both engines. This times ``execute("1+1")`` and a
 ten-line cell on two local sessions, one launched each way, samples
-interleaved, and prints ONE JSON object (progress on stderr).
+interleaved, and prints ONE JSON object (progress on stderr). Round trips on a
+busy machine are mostly scheduling noise, so it also counts the CPU time an
+IPython shell spends per cell in-process (history thread included), each
+variant in its own process: that figure holds up under load.
 
     .venv/bin/python bench/history.py
     .venv/bin/python bench/history.py --quick      # smoke run (tests/bench runs this)
@@ -17,6 +20,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import subprocess
 import sys
 import time
 from typing import Any
@@ -82,6 +86,41 @@ async def measure(rounds: int, warmup: int) -> dict[str, Any]:
     return report
 
 
+#: runs in a fresh interpreter: an IPython shell configured with one variant's option, CPU seconds per cell
+_CPU_PROBE = """
+import json, sys, time
+from traitlets.config import Config
+from IPython.core.interactiveshell import InteractiveShell
+name, value, cells = sys.argv[1], sys.argv[2], int(sys.argv[3])
+config = Config()
+setattr(config.HistoryManager, name, {"False": False}.get(value, value))
+shell = InteractiveShell.instance(config=config)
+for _ in range(50):
+    shell.run_cell("x = 1 + 1", store_history=True)
+cpu, wall = time.process_time(), time.perf_counter()
+for _ in range(cells):
+    shell.run_cell("x = 1 + 1", store_history=True)
+cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+shell.history_manager.end_session()
+print(json.dumps({"cpu_us_per_cell": cpu / cells * 1e6, "wall_us_per_cell": wall / cells * 1e6, "enabled": shell.history_manager.enabled}))
+"""
+
+
+def measure_shell_cpu(cells: int) -> dict[str, Any]:
+    """CPU microseconds per cell of an in-process IPython shell, per variant (median of three processes)."""
+    report: dict[str, Any] = {}
+    for variant, flag in VARIANTS.items():
+        name, value = flag.removeprefix("--HistoryManager.").split("=", 1)
+        runs = []
+        for _ in range(3):
+            done = subprocess.run([sys.executable, "-c", _CPU_PROBE, name, value, str(cells)], capture_output=True, text=True, check=True)
+            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        report[f"{variant}_cpu_us_per_cell"] = round(statistics.median(r["cpu_us_per_cell"] for r in runs), 1)
+    report["cost_cpu_us_per_cell"] = round(report["history_in_memory_cpu_us_per_cell"] - report["history_disabled_cpu_us_per_cell"], 1)
+    progress(f"in-process shell CPU per cell: {report}")
+    return report
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=300, help="timed cells per variant and cell (default 300)")
@@ -89,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rounds, warmup = (10, 2) if args.quick else (args.repeat, 20)
     report = asyncio.run(measure(rounds, warmup))
-    print(json.dumps({"rounds": rounds, "cells": report, "target": "reported, no target (issue 17 asks for the figure)"}, indent=1))
+    shell = measure_shell_cpu(200 if args.quick else 3000)
+    print(json.dumps({"rounds": rounds, "cells": report, "shell_cpu": shell, "target": "reported, no target (issue 17 asks for the figure)"}, indent=1))
 
 
 if __name__ == "__main__":
