@@ -44,7 +44,7 @@ class Displays:
 
     #: display id -> indices into ``Execution.outputs`` of the outputs showing it (after clear_output)
     owners: dict[str, list[int]] = field(default_factory=dict)
-    #: every display_data / execute_result / update_display_data that carried an id, in arrival order
+    #: the last display_data / execute_result / update_display_data that carried each id, in arrival order
     updates: list[DisplayUpdate] = field(default_factory=list)
 
 

@@ -62,7 +62,9 @@ class OutputCollector:
         self._clear_on_next = False
         self._full = False  # the cap was reached: keep nothing more until a clear_output
         self._display_ids: dict[str, list[Output]] = {}
-        self._display_updates: list[DisplayUpdate] = []
+        # the last display message per id: only that one decides what earlier cells show (a loop
+        # of h.update(...) keeps one entry, not thousands)
+        self._display_updates: dict[str, DisplayUpdate] = {}
 
     @property
     def truncated(self) -> bool:
@@ -137,19 +139,20 @@ class OutputCollector:
         if not display_id:
             return
         update = DisplayUpdate(display_id, content.get("data", {}), content.get("metadata", {}))
-        self._display_updates.append(update)
+        self._display_updates.pop(display_id, None)  # re-inserted: the dict keeps arrival order
+        self._display_updates[display_id] = update
         for output in self._display_ids.get(display_id, []):
             output["data"] = update.data
             output["metadata"] = update.metadata
 
     def displays(self) -> Displays:
-        """Which kept outputs show which display id, and every display message that named one."""
+        """Which kept outputs show which display id, and the last display message that named each id."""
         position = {id(output): index for index, output in enumerate(self.outputs)}
         owners = {
             display_id: [position[id(o)] for o in outputs if id(o) in position]
             for display_id, outputs in self._display_ids.items()
         }
-        return Displays({k: v for k, v in owners.items() if v}, list(self._display_updates))
+        return Displays({k: v for k, v in owners.items() if v}, list(self._display_updates.values()))
 
     def finish(self) -> list[Output]:
         """The outputs, with a closing note if some were dropped."""

@@ -34,7 +34,7 @@ class DisplayIndex:
         an earlier cell changed, so the caller can save the notebook.
         """
         changed = False
-        for update in displays.updates:  # in arrival order: the last one wins, as in Jupyter
+        for update in displays.updates:  # the last message per id: what Jupyter shows in the end
             for output in self._outputs.get(update.display_id, []):
                 output["data"] = _node(update.data)
                 output["metadata"] = _node(update.metadata)

@@ -35,6 +35,7 @@ def displays() -> nbformat.NotebookNode:
         "h = display('first', display_id=True)\n"
         "display('named', display_id='fixed')\n"
         "print('between')",
+        "for step in range(3):\n    h.update(f'step {step}')\n"
         "h.update('second')\n"
         "update_display(Markdown('**updated**'), display_id='fixed')\n"
         "print('updated the cell above')",
