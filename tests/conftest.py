@@ -11,7 +11,7 @@ import pytest
 os.environ.setdefault("DSAGENT_KERNEL_FORK_IDLE", "60")
 
 # the conformance kit lives in the package, not in tests/: show values in its failed asserts too
-pytest.register_assert_rewrite("dsagent.testing.conformance")
+pytest.register_assert_rewrite("dsagent.testing.conformance", "dsagent.testing.notebook_parity")
 
 
 @pytest.fixture(autouse=True)

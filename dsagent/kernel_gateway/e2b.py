@@ -134,6 +134,8 @@ class E2BBackend(KernelBackend):
         "clear_output() never reaches the client, so cleared output is kept",
         "display_update": "E2B's execution stream has no update_display_data: "
         "display(..., display_id=True).update() keeps the first value",
+        "ipython_history": "E2B's template starts the kernel with its own IPython configuration (history in a "
+        "file inside the sandbox), not nbclient's in-memory history",
     }
 
     def __init__(
@@ -415,6 +417,7 @@ class E2BSession(KernelSession):
         result.outputs = collector.finish()
         result.execution_count = collector.execution_count
         result.truncated = collector.truncated
+        result.displays = collector.displays()
         result.finished = _now()
         result.status = status  # type: ignore[assignment]
         result.error = error or collector.error

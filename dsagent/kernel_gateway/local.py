@@ -45,9 +45,9 @@ ALIVE_POLL_SECONDS = 0.2
 _WARM_UP_CELL = "__import__('IPython.display', fromlist=['display']).display(0)"
 #: launch options for ipykernel kernels (other kernels get none), each worth ~0.5-1.3 ms a cell
 IPYKERNEL_ARGUMENTS = (
-    # no IPython history database: a thread hop and an SQLite write less per cell,
-    # and agent code stays out of ~/.ipython (In, Out, %history still work in-session)
-    "--HistoryManager.enabled=False",
+    # IPython history in an in-memory database, as nbclient (papermill's engine) starts
+    # kernels: %history, In and history_manager behave as there, nothing lands in ~/.ipython
+    "--HistoryManager.hist_file=:memory:",
     # ipykernel sleeps 0.5 ms before every reply for clients that stop reading at
     # the reply; ours read iopub until the kernel says idle, so no output is lost
     "--IPythonKernel._execute_sleep=0",
@@ -468,6 +468,7 @@ class LocalSession(KernelSession):
         result.outputs = collector.finish()
         result.execution_count = collector.execution_count
         result.truncated = collector.truncated
+        result.displays = collector.displays()
         result.finished = _now()
         if interrupted:
             return self._timed_out(result, collector, timeout, restarted=False)
@@ -503,6 +504,7 @@ class LocalSession(KernelSession):
         result.outputs = collector.finish()
         result.execution_count = collector.execution_count
         result.truncated = collector.truncated
+        result.displays = collector.displays()
         result.finished = _now()
         result.status = "died"
         how = f" (exit code {code})" if code is not None else ""
@@ -513,6 +515,7 @@ class LocalSession(KernelSession):
         result.outputs = collector.finish()
         result.execution_count = collector.execution_count
         result.truncated = collector.truncated
+        result.displays = collector.displays()
         result.finished = _now()
         result.status = "timeout"
         note = "; the kernel ignored the interrupt and was restarted, so its state is lost" if restarted else ""

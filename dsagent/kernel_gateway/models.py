@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from dsagent.errors import CellExecutionError, ExecutionTimeout, KernelDied
 
-__all__ = ["ExecutionStatus", "ExecutionError", "Execution", "FileInfo", "Output"]
+__all__ = ["ExecutionStatus", "ExecutionError", "Execution", "DisplayUpdate", "Displays", "FileInfo", "Output"]
 
 ExecutionStatus = Literal["ok", "error", "timeout", "died"]
 Output = dict[str, Any]  # one nbformat v4 output dict (stream, display_data, execute_result, error)
@@ -21,6 +21,31 @@ class ExecutionError:
     ename: str
     evalue: str
     traceback: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DisplayUpdate:
+    """One display message that named a kernel display id: its new ``data`` and ``metadata``."""
+
+    display_id: str
+    data: dict[str, Any]
+    metadata: dict[str, Any]
+
+
+@dataclass
+class Displays:
+    """The kernel display ids of one execution, which nbformat outputs cannot hold.
+
+    A Jupyter front-end applies ``update_display_data`` (and a new display
+    with an id already shown) to every output with that id, in *earlier* cells
+    too. Within the cell the outputs are already updated; whoever assembles a
+    notebook uses this to update earlier cells (``runs/notebook_displays.py``).
+    """
+
+    #: display id -> indices into ``Execution.outputs`` of the outputs showing it (after clear_output)
+    owners: dict[str, list[int]] = field(default_factory=dict)
+    #: the last display_data / execute_result / update_display_data that carried each id, in arrival order
+    updates: list[DisplayUpdate] = field(default_factory=list)
 
 
 @dataclass
@@ -40,6 +65,7 @@ class Execution:
     started: datetime | None = None
     finished: datetime | None = None
     truncated: bool = False  # output beyond max_output_bytes was dropped
+    displays: Displays = field(default_factory=Displays)  # display ids, for updates across cells
 
     @property
     def duration(self) -> float:

@@ -3,7 +3,9 @@
 Shared by every backend that speaks the Jupyter protocol (local, sandbox,
 remote): consecutive stream chunks merge, ``clear_output`` and
 ``update_display_data`` apply, and output past a byte cap is dropped and
-marked, so a flood cannot exhaust memory.
+marked, so a flood cannot exhaust memory. Display messages that name a
+display id are also kept in order (``displays()``), because Jupyter applies
+them to earlier cells too, and only the notebook knows those.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from dsagent.kernel_gateway.models import ExecutionError, Output
+from dsagent.kernel_gateway.models import DisplayUpdate, Displays, ExecutionError, Output
 
 __all__ = ["OutputCollector"]
 
@@ -60,6 +62,9 @@ class OutputCollector:
         self._clear_on_next = False
         self._full = False  # the cap was reached: keep nothing more until a clear_output
         self._display_ids: dict[str, list[Output]] = {}
+        # the last display message per id: only that one decides what earlier cells show (a loop
+        # of h.update(...) keeps one entry, not thousands)
+        self._display_updates: dict[str, DisplayUpdate] = {}
 
     @property
     def truncated(self) -> bool:
@@ -78,10 +83,9 @@ class OutputCollector:
             else:
                 self._clear()
             return None
-        if msg_type == "update_display_data":
-            self._update_display(content)
-            return None
-        if msg_type not in _OUTPUT_TYPES:
+        if msg_type in ("display_data", "execute_result", "update_display_data"):
+            self._update_display(content)  # a new display with a known id updates the old ones too, as in Jupyter
+        if msg_type == "update_display_data" or msg_type not in _OUTPUT_TYPES:
             return None
         if self._clear_on_next:
             self._clear()
@@ -132,9 +136,23 @@ class OutputCollector:
 
     def _update_display(self, content: dict[str, Any]) -> None:
         display_id = (content.get("transient") or {}).get("display_id")
-        for output in self._display_ids.get(display_id or "", []):
-            output["data"] = content.get("data", {})
-            output["metadata"] = content.get("metadata", {})
+        if not display_id:
+            return
+        update = DisplayUpdate(display_id, content.get("data", {}), content.get("metadata", {}))
+        self._display_updates.pop(display_id, None)  # re-inserted: the dict keeps arrival order
+        self._display_updates[display_id] = update
+        for output in self._display_ids.get(display_id, []):
+            output["data"] = update.data
+            output["metadata"] = update.metadata
+
+    def displays(self) -> Displays:
+        """Which kept outputs show which display id, and the last display message that named each id."""
+        position = {id(output): index for index, output in enumerate(self.outputs)}
+        owners = {
+            display_id: [position[id(o)] for o in outputs if id(o) in position]
+            for display_id, outputs in self._display_ids.items()
+        }
+        return Displays({k: v for k, v in owners.items() if v}, list(self._display_updates.values()))
 
     def finish(self) -> list[Output]:
         """The outputs, with a closing note if some were dropped."""

@@ -83,6 +83,9 @@ class JupyterBackend(KernelBackend):
         "(a kernel killed from inside a cell, or deleted on the server, is checked instead)",
         "surrogate_text": "Jupyter servers drop an output message whose text holds lone surrogates "
         "(they cannot encode it for the websocket); the cell still succeeds, that output is lost",
+        "ipython_history": "the server starts the kernel with its own IPython configuration, so history goes to "
+        "the server's history.sqlite (session numbers and %history -g show earlier sessions) unless its kernelspec "
+        "passes --HistoryManager.hist_file=:memory:",
     }
 
     def __init__(
@@ -434,6 +437,7 @@ class JupyterSession(KernelSession):
         result.outputs = collector.finish()
         result.execution_count = collector.execution_count
         result.truncated = collector.truncated
+        result.displays = collector.displays()
         result.finished = _now()
 
     def _died(self, result: Execution, collector: OutputCollector, why: str) -> Execution:

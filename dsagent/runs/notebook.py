@@ -23,7 +23,7 @@ import asyncio
 import os
 from typing import TYPE_CHECKING, Any, TextIO
 
-from dsagent.runs.notebook_cells import LOCAL_FS_BACKENDS, execute_cells, make_backend, notebook_kernel_name
+from dsagent.runs.notebook_cells import LOCAL_FS_BACKENDS, CellOptions, execute_cells, make_backend, notebook_kernel_name
 
 if TYPE_CHECKING:
     from nbformat import NotebookNode
@@ -52,7 +52,13 @@ class _DsagentEngineMethods:
         backend: str | None = None,
         **kwargs: Any,
     ) -> "NotebookNode":
-        """Start a session (in papermill's cwd for local backends), run the cells, shut it down."""
+        """Start a session (in papermill's cwd for local backends), run the cells, shut it down.
+
+        nbclient's cell options in ``kwargs`` (``allow_errors``, ``skip_cells_with_tag``, ...) apply
+        as under papermill's own engine; see docs/notebook-parity.md for each option.
+        """
+        from papermill.log import logger
+
         from dsagent.settings import Settings
 
         # papermill always passes its own default (60); only a changed value overrides the setting
@@ -62,8 +68,10 @@ class _DsagentEngineMethods:
             async with make_backend(backend, settings, kernel_name, pool_size=0) as kernels:
                 work_dir = os.getcwd() if kernels.name in LOCAL_FS_BACKENDS else None
                 async with await kernels.start_session(work_dir=work_dir) as session:
+                    logger.info(f"Executing notebook with kernel: {kernel_name}")  # as papermill's own engine logs it
                     await execute_cells(
-                        nb_man, session, timeout=execution_timeout, log_output=log_output, stdout_file=stdout_file, stderr_file=stderr_file
+                        nb_man, session, timeout=execution_timeout, log_output=log_output, stdout_file=stdout_file, stderr_file=stderr_file,
+                        options=CellOptions.from_kwargs(kwargs),
                     )
 
         asyncio.run(run())

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, TextIO, Union
 
 from dsagent.errors import NotebookError
 from dsagent.kernel_gateway.models import Execution, ExecutionError, Output
+from dsagent.runs.notebook_displays import DisplayIndex
 
 if TYPE_CHECKING:
     from nbformat import NotebookNode
@@ -22,10 +23,12 @@ if TYPE_CHECKING:
     from dsagent.kernel_gateway.base import KernelBackend, KernelSession
     from dsagent.settings import Settings
 
-__all__ = ["CellHooks", "execute_cells", "make_backend", "notebook_kernel_name", "LOCAL_FS_BACKENDS"]
+__all__ = ["CellHooks", "CellOptions", "execute_cells", "make_backend", "notebook_kernel_name", "LOCAL_FS_BACKENDS"]
 
 #: backends whose kernels see this machine's files, so a notebook can run in its own folder
 LOCAL_FS_BACKENDS = frozenset({"local", "sandbox"})
+#: nbclient's tag for a cell whose error is expected (the run goes on)
+RAISES_TAG = "raises-exception"
 
 Hook = Callable[..., Union[None, Awaitable[None]]]
 
@@ -41,6 +44,42 @@ class CellHooks:
 
     started: Hook | None = None
     finished: Hook | None = None
+
+
+@dataclass(frozen=True)
+class CellOptions:
+    """nbclient's execution options that the cell loop honours, with nbclient's names and defaults.
+
+    ``papermill --engine dsagent`` passes them through from
+    ``papermill.execute_notebook(..., allow_errors=True)`` as the nbclient engine does.
+    """
+
+    allow_errors: bool = False
+    allow_error_names: tuple[str, ...] = ()
+    force_raise_errors: bool = False
+    skip_cells_with_tag: str = "skip-execution"
+    record_timing: bool = True
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> "CellOptions":
+        """The options among an engine's keyword arguments (others are ignored, as papermill does)."""
+        return cls(
+            allow_errors=bool(kwargs.get("allow_errors", False)),
+            allow_error_names=tuple(kwargs.get("allow_error_names") or ()),
+            force_raise_errors=bool(kwargs.get("force_raise_errors", False)),
+            skip_cells_with_tag=str(kwargs.get("skip_cells_with_tag", "skip-execution")),
+            record_timing=bool(kwargs.get("record_timing", True)),
+        )
+
+    def skips(self, cell: Any) -> bool:
+        return cell.cell_type != "code" or not cell.source.strip() or self.skip_cells_with_tag in _tags(cell)
+
+    def allows(self, cell: Any, execution: Execution) -> bool:
+        """Whether the run goes on after this cell's error (only errors raised by the code, as in nbclient)."""
+        if execution.status != "error" or self.force_raise_errors:
+            return False
+        ename = execution.error.ename if execution.error else ""
+        return self.allow_errors or ename in self.allow_error_names or RAISES_TAG in _tags(cell)
 
 
 async def _call(hook: Hook | None, *args: Any) -> None:
@@ -59,19 +98,24 @@ async def execute_cells(
     stdout_file: TextIO | None = None,
     stderr_file: TextIO | None = None,
     hooks: CellHooks | None = None,
+    options: CellOptions | None = None,
 ) -> None:
     """Run the notebook's code cells in order on ``session``, stopping at the first failure.
 
-    Cell metadata goes through ``nb_man`` as papermill's own engine does it. A
-    cell that fails, times out or loses its kernel gets an error output naming
-    why, so papermill's error cell points at it. On cancellation (Ctrl-C,
-    SIGTERM) the running cell is marked failed with a ``Cancelled`` output and
-    the cancellation propagates; later cells stay ``pending``.
+    As nbclient does: a cell tagged ``skip-execution`` is not run, an error in
+    a cell tagged ``raises-exception`` does not stop the run, and display
+    updates reach outputs of earlier cells. Cell metadata goes through
+    ``nb_man`` as papermill's own engine does it. A cell that fails, times out
+    or loses its kernel gets an error output naming why, so papermill's error
+    cell points at it. On cancellation (Ctrl-C, SIGTERM) the running cell is
+    marked failed with a ``Cancelled`` output and the cancellation propagates;
+    later cells stay ``pending``.
     """
-    hooks = hooks or CellHooks()
+    hooks, options = hooks or CellHooks(), options or CellOptions()
+    displays = DisplayIndex()
     for index, cell in enumerate(nb_man.nb.cells):
         nb_man.cell_start(cell, index)
-        if cell.cell_type != "code" or not cell.source.strip():
+        if options.skips(cell):
             nb_man.cell_complete(cell, cell_index=index)  # nbclient skips these too
             continue
         cell.outputs = []
@@ -84,8 +128,12 @@ async def execute_cells(
             nb_man.cell_exception(cell, cell_index=index)
             nb_man.cell_complete(cell, cell_index=index)
             raise
-        _fill_cell(cell, execution)
+        if displays.add_cell(_fill_cell(cell, execution, options.record_timing), execution.displays):
+            nb_man.autosave_cell()
         await _call(hooks.finished, index, cell, execution)
+        if options.allows(cell, execution):
+            nb_man.cell_complete(cell, cell_index=index)  # an expected error: nbclient goes on
+            continue
         if not execution.ok:
             nb_man.cell_exception(cell, cell_index=index)
             nb_man.cell_complete(cell, cell_index=index)
@@ -136,20 +184,41 @@ def _error_output(ename: str, evalue: str) -> Output:
     return {"output_type": "error", "ename": ename, "evalue": evalue, "traceback": [f"{ename}: {evalue}"]}
 
 
-def _fill_cell(cell: Any, execution: Execution) -> None:
-    """The cell's final outputs and count; timeouts and kernel deaths get an error output that says so."""
-    outputs = list(execution.outputs)
+def _tags(cell: Any) -> list[str]:
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def _fill_cell(cell: Any, execution: Execution, record_timing: bool = True) -> list[Any]:
+    """The cell's final outputs and count; timeouts and kernel deaths get an error output that says so.
+
+    Returns the saved output for each of ``execution.outputs`` (None for one left out).
+    """
     err = execution.error or ExecutionError(execution.status, "")
+    # on a timeout the KeyboardInterrupt traceback is our own interrupt; what the user needs is the timeout
+    drop_errors = execution.status == "timeout"
+    saved = [None if drop_errors and o.get("output_type") == "error" else _node(o) for o in execution.outputs]
+    outputs = [o for o in saved if o is not None]
     if execution.status == "timeout":
-        # the KeyboardInterrupt traceback is our own interrupt; what the user needs is the timeout
-        outputs = [o for o in outputs if o.get("output_type") != "error"]
-        outputs.append(_error_output("ExecutionTimeout", err.evalue))
+        outputs.append(_node(_error_output("ExecutionTimeout", err.evalue)))
     elif execution.status == "died":
-        outputs.append(_error_output("KernelDied", f"kernel died: {err.evalue}"))
+        outputs.append(_node(_error_output("KernelDied", f"kernel died: {err.evalue}")))
     elif execution.status == "error" and not any(o.get("output_type") == "error" for o in outputs):
-        outputs.append(_error_output(err.ename, err.evalue))
-    cell.outputs = [_node(o) for o in outputs]
+        outputs.append(_node(_error_output(err.ename, err.evalue)))
+    cell.outputs = outputs
     cell.execution_count = execution.execution_count
+    if record_timing:
+        _record_timing(cell, execution)
+    return saved
+
+
+def _record_timing(cell: Any, execution: Execution) -> None:
+    """nbclient's ``record_timing`` keys in ``metadata.execution``, timed by this client rather than the kernel."""
+    if execution.started is None or execution.finished is None:
+        return
+    started, finished = (t.strftime("%Y-%m-%dT%H:%M:%S.%fZ") for t in (execution.started, execution.finished))
+    cell.metadata["execution"] = {
+        "iopub.execute_input": started, "iopub.status.busy": started, "iopub.status.idle": finished, "shell.execute_reply": finished,
+    }
 
 
 # -- kernels: which backend, which kernelspec -----------------------------------

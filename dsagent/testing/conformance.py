@@ -36,7 +36,10 @@ gap is always visible in the test report, never silent. Capabilities:
 - ``external_kill``: the test can kill -9 the kernel process from outside
   (needs ``kernel_pid``).
 - ``clear_output`` / ``display_update``: ``IPython.display.clear_output()``
-  and ``display(..., display_id=True).update()`` change the kept outputs.
+  and ``display(..., display_id=True).update()`` change the kept outputs,
+  and an update in a later cell is reported in ``Execution.displays``.
+- ``ipython_history``: the kernel keeps IPython history in memory as
+  nbclient's kernels do (checked by the engine-parity tests, not this kit).
 - ``surrogate_text``: text with lone surrogates (``bytes.decode(...,
   'surrogateescape')`` printed) reaches the caller as valid text.
 """
@@ -243,6 +246,12 @@ class BackendConformance:
         assert result.status == "ok", result.error
         assert [o["output_type"] for o in result.outputs] == ["display_data", "stream"]
         assert result.outputs[0]["data"]["text/plain"] == "'second'"
+        # an update of an earlier cell's display is reported for the notebook to apply (Execution.displays)
+        [(display_id, shown)] = result.displays.owners.items()
+        assert shown == [0]
+        later = await session.execute("h.update('third')")
+        assert later.outputs == [] and later.displays.owners == {}
+        assert [(u.display_id, u.data["text/plain"]) for u in later.displays.updates] == [(display_id, "'third'")]
 
     # -- streaming ----------------------------------------------------------
 
