@@ -43,7 +43,6 @@ from jupyter_client import AsyncKernelManager
 from dsagent.errors import BackendUnavailable
 from dsagent.kernel_gateway.local import LocalBackend, LocalSession, _Kernel
 from dsagent.kernel_gateway.models import Execution, ExecutionError
-from dsagent.kernel_gateway.outputs import OutputCollector
 from dsagent.settings import Settings
 
 __all__ = ["SandboxBackend", "SandboxSession", "SandboxPolicy", "find_bwrap", "probe"]
@@ -423,17 +422,15 @@ class SandboxSession(LocalSession):
                     return self._kernel_process[1]
         return None
 
-    def _died(self, result: Execution, collector: OutputCollector) -> Execution:
-        result = super()._died(result, collector)
+    def _death_reason(self) -> str:
         process = getattr(self._kernel.km.provisioner, "process", None)
         code = process.poll() if process is not None else None
-        if result.error is not None and code is not None and code - 128 in signal.Signals._value2member_map_:
+        if code is not None and code - 128 in signal.Signals._value2member_map_:
             # bwrap exits with 128 + the signal that ended the kernel: name it
             sig = signal.Signals(code - 128)
             cause = " (kill -9 or the out-of-memory killer)" if sig == signal.SIGKILL else ""
-            evalue = f"the kernel process was ended by {sig.name}{cause} while running this cell; call restart() to continue"
-            result.error = dataclasses.replace(result.error, evalue=evalue)
-        return result
+            return f"the kernel process was ended by {sig.name}{cause}"
+        return super()._death_reason()
 
 
 class _CpuWatch:

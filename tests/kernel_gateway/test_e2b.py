@@ -117,10 +117,11 @@ async def test_timeout_interrupts_and_keeps_state(session):
 async def test_timeout_of_a_cell_that_ignores_interrupts_restarts(session, backend):
     await session.execute("x = 5")
     code = "import time\nwhile True:\n    try:\n        time.sleep(30)\n    except KeyboardInterrupt:\n        pass"
-    assert (await session.execute(code, timeout=1)).status == "timeout"
+    result = await session.execute(code, timeout=1)
+    # the shared execute loop restarts the kernel within the cell, as on every backend, and says so there
+    assert result.status == "timeout" and "restarted" in result.error.evalue
     after = await session.execute("'x' in globals()", timeout=60)
     assert after.result == "False"
-    assert "kernel was restarted" in after.stream_text("stderr")
 
 
 async def test_interrupt(session):
