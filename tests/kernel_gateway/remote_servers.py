@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,6 +99,33 @@ def stop_server(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def leaked_kernels(server: RunningServer, wait: float = 5.0) -> list[str]:
+    """Ids of kernels the server still has (waiting ``wait`` s for deletions in flight); they are deleted."""
+    headers = {"Authorization": f"token {server.token}"}
+    end = time.monotonic() + wait
+    while True:
+        ids = [k["id"] for k in httpx.get(f"{server.url}/api/kernels", headers=headers, timeout=10).json()]
+        if not ids or time.monotonic() >= end:
+            break
+        time.sleep(0.1)
+    for kernel_id in ids:  # so the next test starts clean
+        httpx.delete(f"{server.url}/api/kernels/{kernel_id}", headers=headers, timeout=30)
+    return ids
+
+
+@contextmanager
+def no_kernel_leaks(server: RunningServer) -> Iterator[RunningServer]:
+    """Fail the test (at teardown) if it leaves kernels on the shared server; servers outlive tests, leaks would pile up."""
+    yield server
+    leaked = leaked_kernels(server)
+    if leaked:
+        pytest.fail(
+            f"the test left {len(leaked)} kernel(s) on the shared {server.kind} ({', '.join(leaked)}): "
+            "shut sessions down (`async with`, shutdown()) or aclose() the backend",
+            pytrace=False,
+        )
 
 
 _RUNNING: dict[str, tuple[RunningServer, subprocess.Popen[bytes], int]] = {}
