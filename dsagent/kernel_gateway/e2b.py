@@ -141,9 +141,12 @@ class E2BBackend(KernelBackend):
         timeout: int | None = None,
         metadata: Mapping[str, str] | None = None,
         api_params: Mapping[str, Any] | None = None,
+        server_notice_seconds: float = SERVER_NOTICE_SECONDS,
         **options: Any,
     ) -> None:
         super().__init__(settings, **options)
+        #: how long the code interpreter takes to notice a client that left (and interrupt the kernel)
+        self.server_notice_seconds = server_notice_seconds
         self.template = template if template is not None else self.settings.e2b_template
         self.timeout = int(timeout if timeout is not None else self.settings.e2b_timeout)
         self.sessions_dir = self.settings.e2b_sessions_dir
@@ -387,7 +390,7 @@ class E2BSession(KernelSession):
 
     async def _settle(self) -> None:
         """After a cut-off cell: wait until the kernel is free, else restart it (and say so)."""
-        grace = self.settings.interrupt_grace + SERVER_NOTICE_SECONDS
+        grace = self.settings.interrupt_grace + self._backend.server_notice_seconds
         try:
             async with asyncio.timeout(grace):
                 await self._sandbox.run_code("", context=self._context, timeout=0)
@@ -543,6 +546,7 @@ class _E2BLink(KernelLink):
     def __init__(self, session: E2BSession) -> None:
         super().__init__()
         self._session = session
+        self.interrupt_latency = session._backend.server_notice_seconds
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._deaths: list[E2BExecutionError] = []
         self._failure: Exception | None = None

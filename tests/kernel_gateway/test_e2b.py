@@ -22,13 +22,17 @@ from dsagent.errors import (
 )
 from dsagent.kernel_gateway.e2b import E2BBackend, SandboxServiceError
 from dsagent.kernel_gateway.registry import backend_registry
+from dsagent.testing.e2b_server import KEEPALIVE_SECONDS
+
+LOOPBACK_NOTICE_SECONDS = KEEPALIVE_SECONDS + 0.5
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
 
 
 @pytest.fixture
 async def backend(e2b_debug):
-    async with E2BBackend() as backend:
+    # the loopback server notices a client that left within its 1 s keepalive (E2B's: 5 s)
+    async with E2BBackend(server_notice_seconds=LOOPBACK_NOTICE_SECONDS) as backend:
         yield backend
 
 
