@@ -77,8 +77,7 @@ from dsagent.kernel_gateway.e2b_translate import (
     result_output,
     translate_error,
 )
-from dsagent.kernel_gateway.execute_loop import RESTART_CALLED, KernelGone, KernelLink
-from dsagent.kernel_gateway.execute_loop import run_cell
+from dsagent.kernel_gateway.execute_loop import KernelGone, KernelLink, restarting, run_cell
 from dsagent.kernel_gateway.models import Execution, FileInfo
 from dsagent.settings import Settings
 
@@ -408,10 +407,7 @@ class E2BSession(KernelSession):
     async def restart(self) -> None:
         if self._closed:
             raise SessionClosed("this kernel session was shut down", hint="start a new session")
-        if self._lock.locked():  # a cell runs (maybe stuck): end it now rather than wait behind it
-            self._link.abort(RESTART_CALLED)
-        async with self._lock:
-            self._link.aborted = ""
+        async with restarting(self._lock, self._link):
             await self._restart_context()
 
     async def _restart_context(self) -> None:

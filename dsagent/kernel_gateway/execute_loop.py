@@ -24,8 +24,10 @@ else is decided here, once:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -33,7 +35,7 @@ from dsagent.kernel_gateway.base import OutputHook, run_hook
 from dsagent.kernel_gateway.models import Execution, ExecutionError
 from dsagent.kernel_gateway.outputs import OutputCollector
 
-__all__ = ["RESTART_CALLED", "KernelGone", "KernelLink", "run_cell"]
+__all__ = ["RESTART_CALLED", "KernelGone", "KernelLink", "restarting", "run_cell"]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,16 @@ class KernelLink(ABC):
     async def abandon(self) -> None:
         """The caller gave up on the cell: do not leave it running."""
         await self.interrupt()
+
+
+@contextlib.asynccontextmanager
+async def restarting(lock: asyncio.Lock, link: KernelLink) -> AsyncIterator[None]:
+    """Hold the session's lock for a restart; a cell running now (maybe stuck) ends at once instead of being waited for."""
+    if lock.locked():
+        link.abort(RESTART_CALLED)
+    async with lock:
+        link.aborted = ""
+        yield
 
 
 def _now() -> datetime:

@@ -25,7 +25,7 @@ from jupyter_client.kernelspec import NoSuchKernel
 
 from dsagent.errors import KernelDied, KernelStartFailed, SessionClosed
 from dsagent.kernel_gateway.base import KernelBackend, KernelSession, OutputHook
-from dsagent.kernel_gateway.execute_loop import RESTART_CALLED, KernelLink, run_cell
+from dsagent.kernel_gateway.execute_loop import KernelLink, restarting, run_cell
 from dsagent.kernel_gateway.models import Execution, FileInfo
 from dsagent.kernel_gateway.pool import WarmPool
 from dsagent.kernel_gateway.workdir import WorkDir
@@ -392,10 +392,7 @@ class LocalSession(KernelSession):
     async def restart(self) -> None:
         if self._closed:
             raise SessionClosed("this kernel session was shut down", hint="start a new session")
-        if self._lock.locked():  # a cell runs (maybe stuck): end it now rather than wait behind it
-            self._link.abort(RESTART_CALLED)
-        async with self._lock:
-            self._link.aborted = ""
+        async with restarting(self._lock, self._link):
             await self._restart_kernel()
 
     async def _restart_kernel(self) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from dsagent.errors import BackendUnavailable, KernelDied, KernelServerError, KernelStartFailed, SessionClosed
 from dsagent.kernel_gateway.base import KernelBackend, KernelSession, OutputHook
-from dsagent.kernel_gateway.execute_loop import RESTART_CALLED, KernelGone, KernelLink, run_cell
+from dsagent.kernel_gateway.execute_loop import KernelGone, KernelLink, restarting, run_cell
 from dsagent.kernel_gateway.models import Execution, FileInfo
 from dsagent.kernel_gateway.remote_channels import ChannelClosed, KernelChannel
 from dsagent.kernel_gateway.remote_files import ContentsFiles, KernelFiles, RemoteFiles, clean_path
@@ -350,10 +350,7 @@ class JupyterSession(KernelSession):
     async def restart(self) -> None:
         if self._closed:
             raise SessionClosed("this kernel session was shut down", hint="start a new session")
-        if self._lock.locked():  # a cell runs (maybe stuck): end it now rather than wait behind it
-            self._link.abort(RESTART_CALLED)
-        async with self._lock:
-            self._link.aborted = ""
+        async with restarting(self._lock, self._link):
             await self._restart_kernel()
 
     async def _restart_kernel(self) -> None:
