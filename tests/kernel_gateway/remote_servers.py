@@ -46,6 +46,7 @@ def _command(kind: str, port: int, token: str, root: Path) -> list[str]:
             JUPYTER, "kernelgateway",
             "--KernelGatewayApp.ip=127.0.0.1", f"--KernelGatewayApp.port={port}",
             f"--KernelGatewayApp.auth_token={token}", "--KernelGatewayApp.port_retries=0",
+            "--JupyterWebsocketPersonality.list_kernels=True",  # GET /api/kernels, for the leak check after each test
         ]
     command = [
         JUPYTER, "server", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
@@ -106,7 +107,9 @@ def leaked_kernels(server: RunningServer, wait: float = 5.0) -> list[str]:
     headers = {"Authorization": f"token {server.token}"}
     end = time.monotonic() + wait
     while True:
-        ids = [k["id"] for k in httpx.get(f"{server.url}/api/kernels", headers=headers, timeout=10).json()]
+        answer = httpx.get(f"{server.url}/api/kernels", headers=headers, timeout=10)
+        answer.raise_for_status()
+        ids = [k["id"] for k in answer.json()]
         if not ids or time.monotonic() >= end:
             break
         time.sleep(0.1)

@@ -22,6 +22,10 @@ from dsagent.kernel_gateway.remote_files import ContentsFiles, KernelFiles
 from dsagent.kernel_gateway.remote_http import ServerAddress
 
 
+# the `server` fixture reaches the shared servers through getfixturevalue, which tests/conftest.py cannot see
+pytestmark = pytest.mark.xdist_group("jupyter-servers")
+
+
 @pytest.fixture(params=["kernelgateway", "server"])
 def server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
     with no_kernel_leaks(request.getfixturevalue("kernel_gateway" if request.param == "kernelgateway" else "jupyter_server")) as server:
