@@ -5,7 +5,10 @@
 VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
-PYTEST_ARGS ?=
+# two workers; tests of one server (E2B loopback, Jupyter servers) stay on one worker
+# (tests/conftest.py). `make test PYTEST_PARALLEL=` runs in one process.
+PYTEST_PARALLEL ?= -n 2 --dist loadgroup
+PYTEST_ARGS ?= --durations=20
 
 CHROMIUM := /usr/bin/chromium
 
@@ -25,8 +28,10 @@ serve: $(STAMP)
 $(CHROMIUM):
 	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
 
+# pytest fails with exit code 5 when nothing was collected, and tests/conftest.py
+# makes a run in which no test ran fail the same way; make passes the code on
 test: $(STAMP) $(CHROMIUM)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

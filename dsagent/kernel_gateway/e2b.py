@@ -7,13 +7,15 @@ messages, through the same ``OutputCollector`` every other backend uses.
 
 Mapping of ``KernelSession`` semantics onto what the SDK and sandbox offer:
 
-- timeout: dsagent owns the deadline; at it the ``/execute`` stream is closed,
-  which makes the code interpreter interrupt the kernel. Before the next cell
-  an empty probe checks that the kernel is free again; if it is still busy
-  after ``interrupt_grace`` (+5 s, the server's keepalive period) the context
-  is restarted and the next cell says so.
+- timeout: the shared execute loop (``execute_loop.py``) owns the deadline; at
+  it the ``/execute`` stream is closed, which makes the code interpreter
+  interrupt the kernel, and an empty probe cell runs once the kernel is free;
+  if it is still busy after ``interrupt_grace`` (+5 s, the server's keepalive
+  period) the context is restarted, as on every backend.
 - interrupt: the same: cancel the running ``/execute`` stream (the SDK has no
   interrupt call; the server interrupts the kernel when its client leaves).
+  A cell whose caller was cancelled is settled the same way before the next
+  cell, which says so if the kernel had to be restarted.
 - kernel death: the sandbox's Jupyter restarts a dead kernel and the server
   reports ``ContextRestarting``: that is status ``died``, and as on ``local``
   the session then wants ``restart()``.
@@ -42,7 +44,6 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,6 @@ from dsagent.kernel_gateway.base import (
     KernelBackend,
     KernelSession,
     OutputHook,
-    run_hook,
 )
 from dsagent.kernel_gateway.e2b_translate import (
     API_KEY_VAR,
@@ -77,8 +77,8 @@ from dsagent.kernel_gateway.e2b_translate import (
     result_output,
     translate_error,
 )
-from dsagent.kernel_gateway.models import Execution, ExecutionError, FileInfo
-from dsagent.kernel_gateway.outputs import OutputCollector
+from dsagent.kernel_gateway.execute_loop import KernelGone, KernelLink, restarting, run_cell
+from dsagent.kernel_gateway.models import Execution, FileInfo
 from dsagent.settings import Settings
 
 __all__ = ["E2B_MIME", "CommandResult", "E2BBackend", "E2BSession", "SandboxServiceError"]
@@ -107,10 +107,6 @@ class CommandResult:
     @property
     def ok(self) -> bool:
         return self.exit_code == 0
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _debug() -> bool:
@@ -146,9 +142,12 @@ class E2BBackend(KernelBackend):
         timeout: int | None = None,
         metadata: Mapping[str, str] | None = None,
         api_params: Mapping[str, Any] | None = None,
+        server_notice_seconds: float = SERVER_NOTICE_SECONDS,
         **options: Any,
     ) -> None:
         super().__init__(settings, **options)
+        #: how long the code interpreter takes to notice a client that left (and interrupt the kernel)
+        self.server_notice_seconds = server_notice_seconds
         self.template = template if template is not None else self.settings.e2b_template
         self.timeout = int(timeout if timeout is not None else self.settings.e2b_timeout)
         self.sessions_dir = self.settings.e2b_sessions_dir
@@ -281,8 +280,8 @@ class E2BSession(KernelSession):
         self._unsettled = False  # a cell was cut off; the kernel may still be busy
         self._note = ""  # said on the next cell's stderr
         self._last_count: int | None = 0 if not state_restored else None
-        self._running: asyncio.Task[Any] | None = None
-        self._interrupted = False
+        self._running: asyncio.Task[Any] | None = None  # the SDK's /execute stream of the cell running now
+        self._link = _E2BLink(self)
         self._extended_at = asyncio.get_running_loop().time()
 
     @property
@@ -349,79 +348,18 @@ class E2BSession(KernelSession):
             async with self._in_use():
                 if self._unsettled:
                     await self._settle()
-                return await self._execute(code, timeout, on_output)
-
-    async def _execute(self, code: str, timeout: float | None, on_output: OutputHook | None) -> Execution:
-        collector = OutputCollector(self.settings.max_output_bytes)
-        result = Execution(code=code, started=_now())
-        predicted = self._last_count + 1 if self._last_count is not None else None
-        death: list[E2BExecutionError] = []
-
-        async def emit(msg_type: str, content: dict[str, Any]) -> None:
-            chunk = collector.handle({"header": {"msg_type": msg_type}, "content": content})
-            if chunk is not None:
-                await run_hook(on_output, chunk)
-
-        async def on_error(err: E2BExecutionError) -> None:
-            if err.name in DEATH_NAMES:
-                death.append(err)
-                return
-            await emit("error", {"ename": err.name, "evalue": err.value, "traceback": [err.traceback] if err.traceback else []})
-
-        if self._note:
-            await emit("stream", {"name": "stderr", "text": self._note})
-            self._note = ""
-        run = self._sandbox.run_code(
-            code,
-            context=self._context,
-            on_stdout=lambda m: emit("stream", {"name": "stdout", "text": m.line}),
-            on_stderr=lambda m: emit("stream", {"name": "stderr", "text": m.line}),
-            on_result=lambda r: emit(*result_output(r, predicted)),
-            on_error=on_error,
-            envs=self._env or None,
-            timeout=0,  # dsagent owns the deadline, below
-        )
-        self._running = asyncio.ensure_future(run)
-        self._interrupted = False
-        try:
-            async with asyncio.timeout(timeout or None):  # 0 or None: no deadline, as on local
-                sdk_execution = await asyncio.shield(self._running)
-        except TimeoutError:
-            await self._cut_off()
-            return self._finish(result, collector, "timeout", ExecutionError(
-                "ExecutionTimeout", f"the cell ran past its {timeout:g}s timeout and was interrupted"))
-        except asyncio.CancelledError:
-            await self._cut_off()
-            if not self._interrupted:
-                raise
-            await emit("error", {"ename": "KeyboardInterrupt", "evalue": "interrupted by interrupt()", "traceback": []})
-            return self._finish(result, collector, "error", None)
-        except Exception as exc:
-            return await self._failed(result, collector, exc)
-        finally:
-            self._running = None
-        count = sdk_execution.execution_count
-        self._last_count = count
-        for output in collector.outputs:
-            if output["output_type"] == "execute_result":
-                output["execution_count"] = count
-        collector.execution_count = count
-        if death:
-            self._dead = True
-            return self._finish(result, collector, "died", ExecutionError(
-                "KernelDied", f"the kernel in sandbox {self.sandbox_id} died while running this cell "
-                f"({death[0].name}: {death[0].value}); call restart() to continue"))
-        return self._finish(result, collector, "error" if collector.error else "ok", None)
-
-    def _finish(self, result: Execution, collector: OutputCollector, status: str, error: ExecutionError | None) -> Execution:
-        result.outputs = collector.finish()
-        result.execution_count = collector.execution_count
-        result.truncated = collector.truncated
-        result.displays = collector.displays()
-        result.finished = _now()
-        result.status = status  # type: ignore[assignment]
-        result.error = error or collector.error
-        return result
+                result = await run_cell(
+                    self._link, code, timeout=timeout, grace=self.settings.interrupt_grace, max_output_bytes=self.settings.max_output_bytes, on_output=on_output
+                )
+            if result.status == "died":
+                self._dead = True
+            count = self._link.count
+            if count is not None:  # the code interpreter tells the count at the end of the stream
+                self._last_count = result.execution_count = count
+                for output in result.outputs:
+                    if output["output_type"] == "execute_result":
+                        output["execution_count"] = count
+            return result
 
     async def _cut_off(self) -> None:
         """Close the running ``/execute`` stream; the server then interrupts the kernel."""
@@ -432,18 +370,17 @@ class E2BSession(KernelSession):
         self._unsettled = True
         self._last_count = None
 
-    async def _failed(self, result: Execution, collector: OutputCollector, exc: Exception) -> Execution:
-        """A cell whose request failed: the sandbox or kernel gone is ``died``; anything else raises."""
+    async def _gone_why(self, exc: Exception) -> str:
+        """Why a cell's request failed, when the sandbox or kernel is gone; anything else raises."""
         error = translate_error(exc, "running a cell", self.sandbox_id)
         running = await self._sandbox_state()
         kernel_gone = isinstance(exc, NotFoundException) or getattr(error, "reason", "") == "expired"
         if running is None or (running and not kernel_gone):
             raise error from exc  # unreachable (network) or a failure of the service: not the kernel's doing
-        self._dead = True
         self._gone = not running
-        what = f"the E2B sandbox {self.sandbox_id} is gone (it reached its timeout or was killed)" if self._gone else (
-            f"the kernel in sandbox {self.sandbox_id} is gone")
-        return self._finish(result, collector, "died", ExecutionError("KernelDied", f"{what}; call restart() to continue in a new one"))
+        if self._gone:
+            return f"the E2B sandbox {self.sandbox_id} is gone (it reached its timeout or was killed)"
+        return f"the kernel in sandbox {self.sandbox_id} is gone"
 
     async def _sandbox_state(self) -> bool | None:
         """Whether the sandbox runs; None when it cannot be reached to tell."""
@@ -454,7 +391,7 @@ class E2BSession(KernelSession):
 
     async def _settle(self) -> None:
         """After a cut-off cell: wait until the kernel is free, else restart it (and say so)."""
-        grace = self.settings.interrupt_grace + SERVER_NOTICE_SECONDS
+        grace = self.settings.interrupt_grace + self._backend.server_notice_seconds
         try:
             async with asyncio.timeout(grace):
                 await self._sandbox.run_code("", context=self._context, timeout=0)
@@ -467,15 +404,12 @@ class E2BSession(KernelSession):
 
     async def interrupt(self) -> None:
         self._check_usable()
-        running = self._running
-        if running is not None and not running.done():
-            self._interrupted = True
-            running.cancel()
+        await self._link.interrupt()
 
     async def restart(self) -> None:
         if self._closed:
             raise SessionClosed("this kernel session was shut down", hint="start a new session")
-        async with self._lock:
+        async with restarting(self._lock, self._link):
             await self._restart_context()
 
     async def _restart_context(self) -> None:
@@ -580,10 +514,132 @@ class E2BSession(KernelSession):
         if self._closed:
             return
         self._closed = True
-        running = self._running
-        if running is not None and not running.done():
-            running.cancel()
+        for task in (self._running, self._link.after_cut_off):
+            if task is not None and not task.done():
+                task.cancel()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._sandbox.remove_code_context(self._context), 10)
         await _kill_quietly(self._sandbox)
 
+
+
+_IDLE = {"header": {"msg_type": "status"}, "parent_header": {}, "content": {"execution_state": "idle"}}
+
+
+class _E2BLink(KernelLink):
+    """The execute loop's view of an E2B kernel: the SDK's streamed callbacks, queued as iopub-shaped messages.
+
+    The stream's end is the kernel going idle. The SDK has no interrupt call;
+    the code interpreter interrupts the kernel when the client of ``/execute``
+    leaves, so an interrupt closes the stream and then sends an empty probe
+    cell, which runs once the kernel is free: that is the interrupted cell's
+    end (``interrupt_latency``: the server notices a client that left at its
+    next keepalive write). Liveness comes from the stream itself: a dropped
+    stream is checked against the sandbox, a restarted kernel is reported in it.
+    """
+
+    poll_seconds = 1.0
+    interrupt_latency = SERVER_NOTICE_SECONDS
+
+    def __init__(self, session: E2BSession) -> None:
+        super().__init__()
+        self._session = session
+        self.interrupt_latency = session._backend.server_notice_seconds
+        self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._deaths: list[E2BExecutionError] = []
+        self._failure: Exception | None = None
+        #: the probe that waits for the kernel to be free after an interrupt
+        self.after_cut_off: asyncio.Task[None] | None = None
+        #: the execution count the code interpreter reported at the end of the cell (None: unknown)
+        self.count: int | None = None
+
+    def _put(self, msg_type: str, content: dict[str, Any]) -> None:
+        self._queue.put_nowait({"header": {"msg_type": msg_type}, "parent_header": {}, "content": content})
+
+    def _on_error(self, err: E2BExecutionError) -> None:
+        if err.name in DEATH_NAMES:
+            self._deaths.append(err)
+            return
+        self._put("error", {"ename": err.name, "evalue": err.value, "traceback": [err.traceback] if err.traceback else []})
+
+    async def send(self, code: str) -> None:
+        session = self._session
+        self._queue = asyncio.Queue()
+        self._deaths, self._failure, self.count = [], None, None
+        predicted = session._last_count + 1 if session._last_count is not None else None
+        if session._note:
+            self._put("stream", {"name": "stderr", "text": session._note})
+            session._note = ""
+        run = session._sandbox.run_code(
+            code,
+            context=session._context,
+            on_stdout=lambda m: self._put("stream", {"name": "stdout", "text": m.line}),
+            on_stderr=lambda m: self._put("stream", {"name": "stderr", "text": m.line}),
+            on_result=lambda r: self._put(*result_output(r, predicted)),
+            on_error=self._on_error,
+            envs=session._env or None,
+            timeout=0,  # the execute loop owns the deadline
+        )
+        session._running = asyncio.ensure_future(run)
+        session._running.add_done_callback(self._stream_ended)
+
+    def _stream_ended(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():  # cut off: the probe after it says when the cell ended
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._failure = exc
+        else:
+            self.count = task.result().execution_count
+        self._queue.put_nowait(None)
+
+    async def receive(self, wait: float) -> dict[str, Any] | None:
+        try:
+            msg = self._queue.get_nowait() if not self._queue.empty() else await asyncio.wait_for(self._queue.get(), wait)
+        except TimeoutError:
+            return None
+        if msg is not None:
+            return msg
+        if self._failure is not None:
+            raise KernelGone(await self._session._gone_why(self._failure))
+        if self._deaths:
+            death = self._deaths[0]
+            raise KernelGone(f"the kernel in sandbox {self._session.sandbox_id} died ({death.name}: {death.value})")
+        return _IDLE
+
+    async def probe(self) -> str:
+        return ""  # the stream reports a restarted kernel, and a dropped stream is checked in receive
+
+    async def interrupt(self) -> None:
+        session = self._session
+        running = session._running
+        if running is None or running.done():
+            return
+        await session._cut_off()
+        session._unsettled = False  # the probe below waits for the kernel instead
+        self.after_cut_off = asyncio.ensure_future(self._wait_until_free(self._queue))
+
+    async def _wait_until_free(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
+        session = self._session
+        try:
+            await session._sandbox.run_code("", context=session._context, timeout=0)
+        except Exception as exc:
+            self._failure = exc
+        else:  # what the interrupted cell would have shown, had its stream stayed open
+            error = {"ename": "KeyboardInterrupt", "evalue": "interrupted", "traceback": []}
+            queue.put_nowait({"header": {"msg_type": "error"}, "parent_header": {}, "content": error})
+        queue.put_nowait(None)
+
+    async def _stop_waiting(self) -> None:
+        task, self.after_cut_off = self.after_cut_off, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def restart(self) -> None:
+        await self._stop_waiting()
+        await self._session._restart_context()
+
+    async def abandon(self) -> None:
+        await self._stop_waiting()
+        await self._session._cut_off()  # the next cell settles the kernel first

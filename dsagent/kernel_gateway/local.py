@@ -15,7 +15,6 @@ import queue
 import uuid
 import weakref
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -25,10 +24,10 @@ from jupyter_client import AsyncKernelClient, AsyncKernelManager
 from jupyter_client.kernelspec import NoSuchKernel
 
 from dsagent.errors import KernelDied, KernelStartFailed, SessionClosed
-from dsagent.kernel_gateway.base import KernelBackend, KernelSession, OutputHook, run_hook
+from dsagent.kernel_gateway.base import KernelBackend, KernelSession, OutputHook
+from dsagent.kernel_gateway.execute_loop import KernelLink, restarting, run_cell
 from dsagent.kernel_gateway.forkserver import ForkingKernelManager, preload_list, warm_fork_server
-from dsagent.kernel_gateway.models import Execution, ExecutionError, FileInfo
-from dsagent.kernel_gateway.outputs import OutputCollector
+from dsagent.kernel_gateway.models import Execution, FileInfo
 from dsagent.kernel_gateway.pool import WarmPool
 from dsagent.kernel_gateway.workdir import WorkDir
 from dsagent.settings import Settings
@@ -53,10 +52,6 @@ IPYKERNEL_ARGUMENTS = (
     "--IPythonKernel._execute_sleep=0",
 )
 _LIVE_MANAGERS: "weakref.WeakSet[AsyncKernelManager]" = weakref.WeakSet()
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def _kill_sync(km: AsyncKernelManager) -> None:
@@ -370,6 +365,7 @@ class LocalSession(KernelSession):
         self._lock = asyncio.Lock()
         self._closed = False
         self._dead = False
+        self._link = _LocalLink(self)
         self._files.root.mkdir(parents=True, exist_ok=True)
         backend._sessions.add(self)
 
@@ -423,63 +419,14 @@ class LocalSession(KernelSession):
         async with self._lock:
             self._check_usable()
             timeout = self.settings.execution_timeout if timeout is None else timeout
-            try:
-                return await self._execute(code, timeout, on_output)
-            except asyncio.CancelledError:
-                # the caller gave up: do not leave the cell running in the kernel
-                if not self._closed and await self._kernel.km.is_alive():
-                    await asyncio.shield(self._kernel.km.interrupt_kernel())
-                raise
+            return await self._execute(code, timeout, on_output)
 
     async def _execute(self, code: str, timeout: float | None, on_output: OutputHook | None) -> Execution:
-        km, kc = self._kernel.km, self._kernel.kc
-        loop = asyncio.get_running_loop()
-        collector = OutputCollector(self.settings.max_output_bytes)
-        result = Execution(code=code, started=_now())
-        # stop_on_error=False: cells run one at a time, so the only request that could
-        # be queued behind an error is the next cell after a cancelled one, which
-        # ipykernel would otherwise abort
-        msg_id = kc.execute(code, allow_stdin=False, stop_on_error=False)
-        deadline = loop.time() + timeout if timeout else None
-        interrupted = False
-        while True:
-            wait = ALIVE_POLL_SECONDS if deadline is None else max(0.0, min(ALIVE_POLL_SECONDS, deadline - loop.time()))
-            try:
-                msg = await kc.get_iopub_msg(timeout=wait)
-            except queue.Empty:
-                if not await km.is_alive():
-                    return self._died(result, collector)
-                if deadline is not None and loop.time() >= deadline:
-                    if interrupted:  # the cell ignored the interrupt: restart, state is lost
-                        await self._restart_kernel()
-                        return self._timed_out(result, collector, timeout, restarted=True)
-                    await km.interrupt_kernel()
-                    interrupted = True
-                    deadline = loop.time() + self.settings.interrupt_grace
-                continue
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
-            if msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle":
-                break
-            chunk = collector.handle(msg)
-            if chunk is not None:
-                await run_hook(on_output, chunk)
-        reply = await self._reply(msg_id, 5.0)
-        result.outputs = collector.finish()
-        result.execution_count = collector.execution_count
-        result.truncated = collector.truncated
-        result.displays = collector.displays()
-        result.finished = _now()
-        if interrupted:
-            return self._timed_out(result, collector, timeout, restarted=False)
-        status = reply["content"].get("status") if reply else "ok"
-        if collector.error is not None or status == "error":
-            result.status = "error"
-            content = reply["content"] if reply else {}
-            result.error = collector.error or ExecutionError(content.get("ename", "Error"), content.get("evalue", ""), content.get("traceback", []))
-        elif status == "aborted":
-            result.status = "error"
-            result.error = ExecutionError("Aborted", "the kernel aborted this cell")
+        result = await run_cell(
+            self._link, code, timeout=timeout, grace=self.settings.interrupt_grace, max_output_bytes=self.settings.max_output_bytes, on_output=on_output
+        )
+        if result.status == "died":
+            self._dead = True
         return result
 
     async def _reply(self, msg_id: str, timeout: float) -> dict[str, Any] | None:
@@ -497,30 +444,11 @@ class LocalSession(KernelSession):
                 return msg
         return None
 
-    def _died(self, result: Execution, collector: OutputCollector) -> Execution:
-        self._dead = True
+    def _death_reason(self) -> str:
+        """Why the kernel process is gone (the sandbox names the signal that ended it)."""
         process = getattr(self._kernel.km.provisioner, "process", None)
         code = process.poll() if process is not None else None
-        result.outputs = collector.finish()
-        result.execution_count = collector.execution_count
-        result.truncated = collector.truncated
-        result.displays = collector.displays()
-        result.finished = _now()
-        result.status = "died"
-        how = f" (exit code {code})" if code is not None else ""
-        result.error = ExecutionError("KernelDied", f"the kernel process ended{how} while running this cell; call restart() to continue")
-        return result
-
-    def _timed_out(self, result: Execution, collector: OutputCollector, timeout: float | None, *, restarted: bool) -> Execution:
-        result.outputs = collector.finish()
-        result.execution_count = collector.execution_count
-        result.truncated = collector.truncated
-        result.displays = collector.displays()
-        result.finished = _now()
-        result.status = "timeout"
-        note = "; the kernel ignored the interrupt and was restarted, so its state is lost" if restarted else ""
-        result.error = ExecutionError("ExecutionTimeout", f"the cell ran past its {timeout:g}s timeout and was interrupted{note}")
-        return result
+        return "the kernel process ended" + (f" (exit code {code})" if code is not None else "")
 
     async def interrupt(self) -> None:
         self._check_usable()
@@ -529,7 +457,7 @@ class LocalSession(KernelSession):
     async def restart(self) -> None:
         if self._closed:
             raise SessionClosed("this kernel session was shut down", hint="start a new session")
-        async with self._lock:
+        async with restarting(self._lock, self._link):
             await self._restart_kernel()
 
     async def _restart_kernel(self) -> None:
@@ -560,3 +488,49 @@ class LocalSession(KernelSession):
             return
         self._closed = True
         await self._backend._stop_kernel(self._kernel)
+
+
+class _LocalLink(KernelLink):
+    """The execute loop's view of a local kernel: iopub through jupyter_client, liveness from the process."""
+
+    poll_seconds = ALIVE_POLL_SECONDS
+
+    def __init__(self, session: LocalSession) -> None:
+        super().__init__()
+        self._session = session
+        self._msg_id = ""
+
+    async def send(self, code: str) -> None:
+        # stop_on_error=False: cells run one at a time, so the only request that could
+        # be queued behind an error is the next cell after a cancelled one, which
+        # ipykernel would otherwise abort
+        self._msg_id = self._session._kernel.kc.execute(code, allow_stdin=False, stop_on_error=False)
+
+    async def receive(self, wait: float) -> dict[str, Any] | None:
+        kc = self._session._kernel.kc
+        loop = asyncio.get_running_loop()
+        end = loop.time() + wait
+        while True:
+            try:
+                msg = await kc.get_iopub_msg(timeout=max(0.0, end - loop.time()))
+            except queue.Empty:
+                return None
+            if msg["parent_header"].get("msg_id") == self._msg_id:
+                return msg
+
+    async def probe(self) -> str:
+        return "" if await self._session._kernel.km.is_alive() else self._session._death_reason()
+
+    async def interrupt(self) -> None:
+        await self._session._kernel.km.interrupt_kernel()
+
+    async def restart(self) -> None:
+        await self._session._restart_kernel()
+
+    async def reply(self, timeout: float) -> dict[str, Any] | None:
+        return await self._session._reply(self._msg_id, timeout)
+
+    async def abandon(self) -> None:
+        session = self._session
+        if not session._closed and await session._kernel.km.is_alive():
+            await session._kernel.km.interrupt_kernel()

@@ -22,14 +22,13 @@ import posixpath
 import uuid
 import weakref
 from collections.abc import Mapping
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from dsagent.errors import BackendUnavailable, KernelDied, KernelServerError, KernelStartFailed, SessionClosed
-from dsagent.kernel_gateway.base import KernelBackend, KernelSession, OutputHook, run_hook
-from dsagent.kernel_gateway.models import Execution, ExecutionError, FileInfo
-from dsagent.kernel_gateway.outputs import OutputCollector
+from dsagent.kernel_gateway.base import KernelBackend, KernelSession, OutputHook
+from dsagent.kernel_gateway.execute_loop import KernelGone, KernelLink, restarting, run_cell
+from dsagent.kernel_gateway.models import Execution, FileInfo
 from dsagent.kernel_gateway.remote_channels import ChannelClosed, KernelChannel
 from dsagent.kernel_gateway.remote_files import ContentsFiles, KernelFiles, RemoteFiles, clean_path
 from dsagent.kernel_gateway.remote_http import KernelServerClient, ServerAddress, delete_kernel_now, mask_token, probe
@@ -56,10 +55,6 @@ _LIVE_KERNELS: dict[str, ServerAddress] = {}  # kernel id -> server, deleted at 
 def _delete_leftover_kernels() -> None:
     for kernel_id, address in list(_LIVE_KERNELS.items()):
         delete_kernel_now(address, kernel_id)
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 GONE = "the server no longer has this kernel (it was shut down or culled)"
@@ -187,8 +182,8 @@ class JupyterSession(KernelSession):
         self._lock = asyncio.Lock()
         self._closed = False
         self._dead = False
-        self._current = ""  # msg_id of the cell running now
         self._abandoned = ""  # msg_id of a cell whose caller was cancelled
+        self._link = _RemoteLink(self)
 
     @property
     def work_dir(self) -> str:
@@ -327,81 +322,12 @@ class JupyterSession(KernelSession):
         async with self._lock:
             self._check_usable()
             timeout = self.settings.execution_timeout if timeout is None else timeout
-            try:
-                return await self._execute(code, timeout, on_output)
-            except asyncio.CancelledError:
-                # the caller gave up: do not leave the cell running on the server
-                if not self._closed:
-                    self._abandoned = self._current
-                    await asyncio.shield(self._client.interrupt(self.kernel_id))
-                raise
-
-    async def _execute(self, code: str, timeout: float | None, on_output: OutputHook | None) -> Execution:
-        loop = asyncio.get_running_loop()
-        collector = OutputCollector(self.settings.max_output_bytes)
-        result = Execution(code=code, started=_now())
-        await self._ensure_connected()
-        if self._abandoned:
-            await self._settle(self._abandoned)
-        self._channel.drain()
-        content = {"code": code, "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False, "stop_on_error": True}
-        try:
-            msg_id = await self._channel.send("shell", "execute_request", content)
-        except ChannelClosed:
-            await self._ensure_connected()
-            msg_id = await self._channel.send("shell", "execute_request", content)
-        self._current = msg_id
-        deadline = loop.time() + timeout if timeout else None
-        interrupted = seen = reconnected = False
-        reply: dict[str, Any] | None = None
-        while True:
-            wait = ALIVE_POLL_SECONDS if deadline is None else max(0.0, min(ALIVE_POLL_SECONDS, deadline - loop.time()))
-            try:
-                msg = await self._channel.receive(wait)
-            except ChannelClosed:
-                if not await self._reconnect():
-                    return self._died(result, collector, GONE)
-                reconnected = True
-                continue
-            if msg is None:
-                model = await self._client.kernel_model(self.kernel_id)
-                gone = _gone_reason(model)
-                if gone:
-                    return self._died(result, collector, gone)
-                if reconnected and not seen and model and model.get("execution_state") == "idle":
-                    # nothing of ours was replayed and the kernel is idle: the request died with the old socket
-                    msg_id = await self._channel.send("shell", "execute_request", content)
-                reconnected = False
-                if deadline is not None and loop.time() >= deadline:
-                    if interrupted:  # the cell ignored the interrupt: restart, state is lost
-                        await self._restart_kernel()
-                        return self._timed_out(result, collector, timeout, restarted=True)
-                    await self._client.interrupt(self.kernel_id)
-                    interrupted = True
-                    deadline = loop.time() + self.settings.interrupt_grace
-                continue
-            if msg["msg_type"] == "status" and msg["content"].get("execution_state") in ("restarting", "dead"):
-                # sent by the server itself (no parent) when it finds the kernel dead
-                return self._died(result, collector, "the kernel died and the server restarted it" if msg["content"]["execution_state"] == "restarting" else "the kernel died")
-            if msg["msg_type"] == "shutdown_reply":
-                # the server asked the kernel to stop (DELETE, culling, or a restart by another client);
-                # the cell's last messages may still follow, but its state is gone either way
-                restarted = msg["content"].get("restart")
-                return self._died(result, collector, "the kernel was restarted on the server" if restarted else GONE)
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
-            seen = True
-            if msg["msg_type"] == "execute_reply":
-                reply = msg
-                continue
-            if msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle":
-                break
-            chunk = collector.handle(msg)
-            if chunk is not None:
-                await run_hook(on_output, chunk)
-        if reply is None:
-            reply = await self._reply(msg_id, "execute_reply", 5.0)
-        return self._finished(result, collector, reply, interrupted, timeout)
+            result = await run_cell(
+                self._link, code, timeout=timeout, grace=self.settings.interrupt_grace, max_output_bytes=self.settings.max_output_bytes, on_output=on_output
+            )
+            if result.status == "died":
+                self._dead = True
+            return result
 
     async def _settle(self, msg_id: str) -> None:
         """Wait (bounded) for an abandoned, interrupted cell to end, so the kernel does not abort the next one."""
@@ -418,42 +344,6 @@ class JupyterSession(KernelSession):
             ):
                 return
 
-    def _finished(self, result: Execution, collector: OutputCollector, reply: dict[str, Any] | None, interrupted: bool, timeout: float | None) -> Execution:
-        self._collect(result, collector)
-        if interrupted:
-            return self._timed_out(result, collector, timeout, restarted=False)
-        content = reply["content"] if reply else {}
-        status = content.get("status", "ok")
-        if collector.error is not None or status == "error":
-            result.status = "error"
-            result.error = collector.error or ExecutionError(content.get("ename", "Error"), content.get("evalue", ""), content.get("traceback", []))
-        elif status == "aborted":
-            result.status = "error"
-            result.error = ExecutionError("Aborted", "the kernel aborted this cell")
-        return result
-
-    @staticmethod
-    def _collect(result: Execution, collector: OutputCollector) -> None:
-        result.outputs = collector.finish()
-        result.execution_count = collector.execution_count
-        result.truncated = collector.truncated
-        result.displays = collector.displays()
-        result.finished = _now()
-
-    def _died(self, result: Execution, collector: OutputCollector, why: str) -> Execution:
-        self._dead = True
-        self._collect(result, collector)
-        result.status = "died"
-        result.error = ExecutionError("KernelDied", f"{why} while running this cell; call restart() to continue")
-        return result
-
-    def _timed_out(self, result: Execution, collector: OutputCollector, timeout: float | None, *, restarted: bool) -> Execution:
-        self._collect(result, collector)
-        result.status = "timeout"
-        note = "; the kernel ignored the interrupt and was restarted, so its state is lost" if restarted else ""
-        result.error = ExecutionError("ExecutionTimeout", f"the cell ran past its {timeout:g}s timeout and was interrupted{note}")
-        return result
-
     # -- lifecycle -------------------------------------------------------------
 
     async def interrupt(self) -> None:
@@ -463,7 +353,7 @@ class JupyterSession(KernelSession):
     async def restart(self) -> None:
         if self._closed:
             raise SessionClosed("this kernel session was shut down", hint="start a new session")
-        async with self._lock:
+        async with restarting(self._lock, self._link):
             await self._restart_kernel()
 
     async def _restart_kernel(self) -> None:
@@ -485,7 +375,7 @@ class JupyterSession(KernelSession):
         self.kernel_id = await self._client.start_kernel(self._backend.kernel_name, self.settings.kernel_start_timeout)
         _LIVE_KERNELS[self.kernel_id] = self._backend.address
         self._channel = KernelChannel(self._backend.address, self.kernel_id, open_timeout=old_channel.open_timeout)
-        self._current = self._abandoned = ""
+        self._abandoned = ""
         await self._channel.connect()
         self._dead = False
         await self._setup()
@@ -527,3 +417,84 @@ class JupyterSession(KernelSession):
 
     async def list_files(self, path: str = ".", *, recursive: bool = False) -> list[FileInfo]:
         return await self._file_access().list_files(path, recursive=recursive)
+
+
+class _RemoteLink(KernelLink):
+    """The execute loop's view of a remote kernel: the websocket, reopened when it drops; liveness from the server."""
+
+    poll_seconds = ALIVE_POLL_SECONDS
+
+    def __init__(self, session: JupyterSession) -> None:
+        super().__init__()
+        self._session = session
+        self._msg_id = ""
+        self._content: dict[str, Any] = {}
+        self._seen = False  # a message of this cell arrived
+        self._reconnected = False  # the socket was reopened since the last probe
+
+    async def send(self, code: str) -> None:
+        session = self._session
+        await session._ensure_connected()
+        if session._abandoned:
+            await session._settle(session._abandoned)
+        session._channel.drain()
+        self._content = {"code": code, "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False, "stop_on_error": True}
+        self._seen = self._reconnected = False
+        try:
+            self._msg_id = await session._channel.send("shell", "execute_request", self._content)
+        except ChannelClosed:
+            await session._ensure_connected()
+            self._msg_id = await session._channel.send("shell", "execute_request", self._content)
+
+    async def receive(self, wait: float) -> dict[str, Any] | None:
+        session = self._session
+        loop = asyncio.get_running_loop()
+        end = loop.time() + wait
+        while True:
+            try:
+                msg = await session._channel.receive(max(0.0, end - loop.time()))
+            except ChannelClosed:
+                if not await session._reconnect():
+                    raise KernelGone(GONE) from None
+                self._reconnected = True
+                continue
+            if msg is None:
+                return None
+            if msg["msg_type"] == "status" and msg["content"].get("execution_state") in ("restarting", "dead"):
+                # sent by the server itself (no parent) when it finds the kernel dead
+                state = msg["content"]["execution_state"]
+                raise KernelGone("the kernel died and the server restarted it" if state == "restarting" else "the kernel died")
+            if msg["msg_type"] == "shutdown_reply":
+                # the server asked the kernel to stop (DELETE, culling, or a restart by another client);
+                # the cell's last messages may still follow, but its state is gone either way
+                raise KernelGone("the kernel was restarted on the server" if msg["content"].get("restart") else GONE)
+            if msg["parent_header"].get("msg_id") == self._msg_id:
+                self._seen = True
+                return msg
+
+    async def probe(self) -> str:
+        session = self._session
+        model = await session._client.kernel_model(session.kernel_id)
+        gone = _gone_reason(model)
+        if gone:
+            return gone
+        if self._reconnected and not self._seen and model and model.get("execution_state") == "idle":
+            # nothing of ours was replayed and the kernel is idle: the request died with the old socket
+            self._msg_id = await session._channel.send("shell", "execute_request", self._content)
+        self._reconnected = False
+        return ""
+
+    async def interrupt(self) -> None:
+        await self._session._client.interrupt(self._session.kernel_id)
+
+    async def restart(self) -> None:
+        await self._session._restart_kernel()
+
+    async def reply(self, timeout: float) -> dict[str, Any] | None:
+        return await self._session._reply(self._msg_id, "execute_reply", timeout)
+
+    async def abandon(self) -> None:
+        session = self._session
+        if not session._closed:
+            session._abandoned = self._msg_id
+            await session._client.interrupt(session.kernel_id)

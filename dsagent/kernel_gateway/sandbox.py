@@ -41,9 +41,9 @@ import psutil
 from jupyter_client import AsyncKernelManager
 
 from dsagent.errors import BackendUnavailable
+from dsagent.kernel_gateway import sandbox_loans
 from dsagent.kernel_gateway.local import LocalBackend, LocalSession, _Kernel
 from dsagent.kernel_gateway.models import Execution, ExecutionError
-from dsagent.kernel_gateway.outputs import OutputCollector
 from dsagent.settings import Settings
 
 __all__ = ["SandboxBackend", "SandboxSession", "SandboxPolicy", "find_bwrap", "probe"]
@@ -238,10 +238,11 @@ def _problem(policy: SandboxPolicy, choice: str) -> str | None:
 class _SandboxKernelManager(AsyncKernelManager):
     """A kernel manager that launches its kernel inside the sandbox (the documented subclass hook)."""
 
-    def __init__(self, policy: SandboxPolicy, runtime_dir: Path, **kwargs: Any) -> None:
+    def __init__(self, policy: SandboxPolicy, runtime_dir: Path, *, workspace_home: Path | None = None, **kwargs: Any) -> None:
         super().__init__(transport="ipc", ip=str(runtime_dir / "ipc"), connection_file=str(runtime_dir / "kernel.json"), **kwargs)
         self.policy = policy
         self.runtime_dir = runtime_dir
+        self.workspace_home = workspace_home  # where loans are recorded (sandbox_loans)
         # a SIGINT to bwrap would end the sandbox; ipykernel interrupts itself on a control message
         self.kernel_spec.interrupt_mode = "message"
 
@@ -262,14 +263,15 @@ class _SandboxKernelManager(AsyncKernelManager):
         """Make the work dir, the IPC folder and the connection file usable by the dropped uid.
 
         A work dir the user chose (a notebook's folder, papermill's cwd) is only lent: its owner
-        is noted and given back when the kernel shuts down (files the kernel made stay its own).
+        is recorded (``sandbox_loans``, so a kill -9 of this process cannot keep it from its owner)
+        and given back when the kernel shuts down (files the kernel made stay its own).
         """
         if self.policy.drop_to is None:
             return
         uid, gid = self.policy.drop_to
         info = work_dir.stat()
         if (info.st_uid, info.st_gid) != (uid, gid) and not hasattr(self, "_lent"):
-            self._lent = (work_dir, info.st_uid, info.st_gid)
+            self._lent = sandbox_loans.lend(self.workspace_home, work_dir, info.st_uid, info.st_gid)
         for path in (work_dir, self.runtime_dir, Path(self.connection_file)):
             os.chown(path, uid, gid)
 
@@ -277,12 +279,11 @@ class _SandboxKernelManager(AsyncKernelManager):
         lent = getattr(self, "_lent", None)
         if lent is None:
             return
-        path, uid, gid = lent
         del self._lent
         try:
-            os.chown(path, uid, gid)
-        except OSError:  # gone with its session folder
-            pass
+            lent.give_back()
+        except OSError:
+            log.warning("could not give %s back to uid %d", lent.path, lent.uid, exc_info=True)
 
 
 class SandboxBackend(LocalBackend):
@@ -297,6 +298,7 @@ class SandboxBackend(LocalBackend):
     def __init__(self, settings: Settings | None = None, *, pool_size: int | None = None, kernel_name: str | None = None, **options: Any) -> None:
         super().__init__(settings, pool_size=pool_size, kernel_name=kernel_name, **options)
         self.policy = SandboxPolicy.from_settings(self.settings)
+        self._reclaimed = False
 
     @classmethod
     def check(cls) -> str | None:
@@ -346,7 +348,7 @@ class SandboxBackend(LocalBackend):
 
     def _kernel_manager(self) -> AsyncKernelManager:
         runtime_dir = Path(tempfile.mkdtemp(prefix="dsagent-sbx-", dir="/tmp" if os.path.isdir("/tmp") else None))
-        return _SandboxKernelManager(self.policy, runtime_dir, kernel_name=self.kernel_name)
+        return _SandboxKernelManager(self.policy, runtime_dir, workspace_home=self.workspace.home, kernel_name=self.kernel_name)
 
     def _kernel_env(self, extra: Mapping[str, str] | None) -> dict[str, str]:
         allowed = [p.strip() for p in self.settings.sandbox_env_allow.split(",") if p.strip()]
@@ -362,6 +364,10 @@ class SandboxBackend(LocalBackend):
         error = self.unavailable()
         if error is not None:
             raise error
+        if not self._reclaimed and self.policy.drop_to is not None:
+            # folders lent by a process of this workspace that was killed before it could give them back
+            self._reclaimed = True
+            sandbox_loans.reclaim(self.workspace.home)
         return await super()._start_kernel(folder, env)
 
     async def _stop_kernel(self, kernel: _Kernel) -> None:
@@ -426,17 +432,15 @@ class SandboxSession(LocalSession):
                     return self._kernel_process[1]
         return None
 
-    def _died(self, result: Execution, collector: OutputCollector) -> Execution:
-        result = super()._died(result, collector)
+    def _death_reason(self) -> str:
         process = getattr(self._kernel.km.provisioner, "process", None)
         code = process.poll() if process is not None else None
-        if result.error is not None and code is not None and code - 128 in signal.Signals._value2member_map_:
+        if code is not None and code - 128 in signal.Signals._value2member_map_:
             # bwrap exits with 128 + the signal that ended the kernel: name it
             sig = signal.Signals(code - 128)
             cause = " (kill -9 or the out-of-memory killer)" if sig == signal.SIGKILL else ""
-            evalue = f"the kernel process was ended by {sig.name}{cause} while running this cell; call restart() to continue"
-            result.error = dataclasses.replace(result.error, evalue=evalue)
-        return result
+            return f"the kernel process was ended by {sig.name}{cause}"
+        return super()._death_reason()
 
 
 class _CpuWatch:

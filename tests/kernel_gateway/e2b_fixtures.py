@@ -1,6 +1,13 @@
-"""The loopback E2B server for the e2b tests: one per test run (its ports are fixed by the SDK's debug mode)."""
+"""The loopback E2B server for the e2b tests: one per test run (its ports are fixed by the SDK's debug mode).
+
+Every test that uses it runs in the xdist group ``e2b`` (tests/conftest.py adds the
+mark), so one worker serves them all; a second test run on the same machine waits
+for the ports at start (the lock in ``tests/conftest.py``).
+"""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 
@@ -26,6 +33,25 @@ def e2b_debug(e2b_server, monkeypatch):
         e2b_server.revive()
     yield e2b_server
     e2b_server.revive()
+    leaked = _leaked_contexts(e2b_server)
+    if leaked:
+        pytest.fail(
+            f"the test left {len(leaked)} kernel(s) (code contexts) on the loopback E2B server ({', '.join(leaked)}): "
+            "shut sessions down (`async with`, shutdown()); detach() only for a session a later step reconnects to",
+            pytrace=False,
+        )
+
+
+def _leaked_contexts(server: E2BLoopbackServer, wait: float = 5.0) -> list[str]:
+    """Contexts still open after a test (waiting for removals in flight); they are dropped, so the next test starts clean."""
+    end = time.monotonic() + wait
+    while server.contexts and time.monotonic() < end:
+        time.sleep(0.05)
+    leaked = sorted(server.contexts)
+    if leaked:
+        server.expire()  # drops every context
+        server.revive()
+    return leaked
 
 
 __all__ = ["e2b_debug", "e2b_server"]

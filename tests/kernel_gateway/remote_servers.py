@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,7 @@ def _command(kind: str, port: int, token: str, root: Path) -> list[str]:
             JUPYTER, "kernelgateway",
             "--KernelGatewayApp.ip=127.0.0.1", f"--KernelGatewayApp.port={port}",
             f"--KernelGatewayApp.auth_token={token}", "--KernelGatewayApp.port_retries=0",
+            "--JupyterWebsocketPersonality.list_kernels=True",  # GET /api/kernels, for the leak check after each test
         ]
     command = [
         JUPYTER, "server", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
@@ -98,6 +100,35 @@ def stop_server(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def leaked_kernels(server: RunningServer, wait: float = 5.0) -> list[str]:
+    """Ids of kernels the server still has (waiting ``wait`` s for deletions in flight); they are deleted."""
+    headers = {"Authorization": f"token {server.token}"}
+    end = time.monotonic() + wait
+    while True:
+        answer = httpx.get(f"{server.url}/api/kernels", headers=headers, timeout=10)
+        answer.raise_for_status()
+        ids = [k["id"] for k in answer.json()]
+        if not ids or time.monotonic() >= end:
+            break
+        time.sleep(0.1)
+    for kernel_id in ids:  # so the next test starts clean
+        httpx.delete(f"{server.url}/api/kernels/{kernel_id}", headers=headers, timeout=30)
+    return ids
+
+
+@contextmanager
+def no_kernel_leaks(server: RunningServer) -> Iterator[RunningServer]:
+    """Fail the test (at teardown) if it leaves kernels on the shared server; servers outlive tests, leaks would pile up."""
+    yield server
+    leaked = leaked_kernels(server)
+    if leaked:
+        pytest.fail(
+            f"the test left {len(leaked)} kernel(s) on the shared {server.kind} ({', '.join(leaked)}): "
+            "shut sessions down (`async with`, shutdown()) or aclose() the backend",
+            pytrace=False,
+        )
 
 
 _RUNNING: dict[str, tuple[RunningServer, subprocess.Popen[bytes], int]] = {}

@@ -6,12 +6,16 @@ pytest_plugins = ["e2b_fixtures"]  # the loopback server fixtures, shared by eve
 
 from dsagent.kernel_gateway.e2b import E2BBackend
 from dsagent.testing.conformance import BackendConformance
+from dsagent.testing.e2b_server import KEEPALIVE_SECONDS
+
+LOOPBACK_NOTICE_SECONDS = KEEPALIVE_SECONDS + 0.5
 
 
 class TestE2BConformance(BackendConformance):
     @pytest.fixture
     async def backend(self, e2b_debug):
-        async with E2BBackend() as backend:
+        # the loopback server notices a client that left within its 1 s keepalive (E2B's: 5 s)
+        async with E2BBackend(server_notice_seconds=LOOPBACK_NOTICE_SECONDS) as backend:
             yield backend
 
     @pytest.fixture

@@ -112,3 +112,20 @@ async def test_work_dir_that_cannot_be_created_is_a_clear_error(tmp_path):
     async with LocalBackend(pool_size=0) as backend:
         with pytest.raises(KernelStartFailed, match="cannot create the work dir"):
             await backend.start_session(work_dir=blocker / "work")
+
+
+async def test_restart_ends_a_stuck_cell_instead_of_waiting_behind_it():
+    # a cell that swallows interrupts and has a long timeout holds the session; restart is the way out
+    stubborn = "import time\nprint('started', flush=True)\nwhile True:\n    try:\n        time.sleep(60)\n    except KeyboardInterrupt:\n        pass"
+    async with LocalBackend(pool_size=0) as backend, await backend.start_session() as session:
+        await session.execute("lost = 1")
+        started = asyncio.Event()
+        task = asyncio.ensure_future(session.execute(stubborn, timeout=300, on_output=lambda out: started.set()))
+        await asyncio.wait_for(started.wait(), 30)
+        old_pid = session.kernel_pid
+        await asyncio.wait_for(session.restart(), 30)  # before the shared loop: waited the cell's 300 s
+        result = await asyncio.wait_for(task, 5)
+        assert result.status == "died" and "restart() was called" in result.error.evalue
+        assert result.stream_text() == "started\n"
+        assert session.kernel_pid != old_pid
+        assert (await session.execute("'lost' in globals()")).result == "False"

@@ -8,12 +8,13 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
 import papermill
 import pytest
-from remote_servers import RunningServer, jupyter_server, kernel_gateway  # noqa: F401 (fixtures)
+from remote_servers import RunningServer, jupyter_server, kernel_gateway, no_kernel_leaks  # noqa: F401 (fixtures)
 
 from dsagent.runs.notebook_run import execute_notebook_run
 from dsagent.settings import Settings
@@ -31,17 +32,25 @@ def write_notebook(path: Path, *cells: str, params: str = "n = 1") -> Path:
     return path
 
 
-@pytest.fixture(params=["sandbox", "kernelgateway", "jupyter-server", "e2b"])
-def backend_name(request, monkeypatch) -> str:
+# the servers' tests run in one xdist group each (see tests/conftest.py), so each worker starts no server it does not need
+@pytest.fixture(params=[
+    "sandbox",
+    pytest.param("kernelgateway", marks=pytest.mark.xdist_group("jupyter-servers")),
+    pytest.param("jupyter-server", marks=pytest.mark.xdist_group("jupyter-servers")),
+    pytest.param("e2b", marks=pytest.mark.xdist_group("e2b")),
+])
+def backend_name(request, monkeypatch) -> Iterator[str]:
     """The backend's name, with the environment that points it at its server (as a user would set it)."""
     if request.param in ("kernelgateway", "jupyter-server"):
         server: RunningServer = request.getfixturevalue("kernel_gateway" if request.param == "kernelgateway" else "jupyter_server")
         monkeypatch.setenv("DSAGENT_JUPYTER_URL", server.url)
         monkeypatch.setenv("DSAGENT_JUPYTER_TOKEN", server.token)
-        return "jupyter"
+        with no_kernel_leaks(server):
+            yield "jupyter"
+        return
     if request.param == "e2b":
         request.getfixturevalue("e2b_debug")
-    return request.param
+    yield request.param
 
 
 def test_papermill_engine_runs_a_parameterized_notebook(tmp_path, backend_name):

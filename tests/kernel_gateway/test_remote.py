@@ -8,11 +8,12 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from remote_servers import RunningServer, free_port, jupyter_server, kernel_gateway  # noqa: F401 (fixtures)
+from remote_servers import RunningServer, free_port, jupyter_server, kernel_gateway, no_kernel_leaks  # noqa: F401 (fixtures)
 
 from dsagent.errors import BackendUnavailable, FileAccessError, KernelDied, KernelServerError, KernelStartFailed
 from dsagent.kernel_gateway.remote import JupyterBackend, JupyterSession
@@ -21,9 +22,14 @@ from dsagent.kernel_gateway.remote_files import ContentsFiles, KernelFiles
 from dsagent.kernel_gateway.remote_http import ServerAddress
 
 
+# the `server` fixture reaches the shared servers through getfixturevalue, which tests/conftest.py cannot see
+pytestmark = pytest.mark.xdist_group("jupyter-servers")
+
+
 @pytest.fixture(params=["kernelgateway", "server"])
-def server(request: pytest.FixtureRequest) -> RunningServer:
-    return request.getfixturevalue("kernel_gateway" if request.param == "kernelgateway" else "jupyter_server")
+def server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
+    with no_kernel_leaks(request.getfixturevalue("kernel_gateway" if request.param == "kernelgateway" else "jupyter_server")) as server:
+        yield server
 
 
 @pytest.fixture

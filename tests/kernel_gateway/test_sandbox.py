@@ -402,3 +402,38 @@ async def test_pooled_sandbox_kernels_import_the_preload_list_in_their_warm_up(t
         async with await backend.start_session() as session:
             result = await session.execute("import sys\nprint('csv' in sys.modules, 'csv' in dir())")
             assert result.outputs[0]["text"] == "True False\n"
+LENDER = """\
+import asyncio, sys
+from dsagent.kernel_gateway.sandbox import SandboxBackend
+from dsagent.settings import Settings
+
+async def main():
+    backend = SandboxBackend(Settings(home=sys.argv[1]), pool_size=0)
+    await backend.start_session(work_dir=sys.argv[2])
+    print('lent', flush=True)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+@needs_bwrap
+@pytest.mark.skipif(os.geteuid() != 0, reason="the work dir is only handed to another uid when dsagent runs as root")
+async def test_a_work_dir_lent_by_a_killed_process_is_given_back_at_the_next_start(tmp_path):
+    home, folder = tmp_path / "ws", tmp_path / "project"
+    folder.mkdir()
+    before = folder.stat()
+    lender = subprocess.Popen([sys.executable, "-c", LENDER, str(home), str(folder)], stdout=subprocess.PIPE)
+    try:
+        line = await asyncio.wait_for(asyncio.to_thread(lender.stdout.readline), 60)
+        assert line == b"lent\n"
+    finally:
+        lender.kill()  # kill -9: no shutdown, no atexit, nothing is given back
+        lender.wait()
+    async with SandboxBackend(Settings(home=str(home)), pool_size=0) as backend:
+        assert folder.stat().st_uid == backend.policy.drop_to[0], "the killed lender left the folder with the sandbox uid"
+        async with await backend.start_session() as session:  # any start on the workspace repairs it
+            assert (await session.execute("1 + 1")).result == "2"
+            after = folder.stat()
+            assert (after.st_uid, after.st_gid) == (before.st_uid, before.st_gid)
+    assert not list((home / "sandbox-loans").glob("*.json")), "every record is settled"

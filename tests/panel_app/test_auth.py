@@ -17,6 +17,9 @@ from dsagent.workspace import Workspace
 
 from .conftest import serve_dashboard
 
+# one dashboard server per module: every test of it on one xdist worker, so it starts once
+pytestmark = pytest.mark.xdist_group("panel-auth")
+
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory):

@@ -19,6 +19,9 @@ from dsagent.workspace import Workspace
 
 from .conftest import dsagent_env, serve_dashboard
 
+# one dashboard server per module: every test of it on one xdist worker, so it starts once
+pytestmark = pytest.mark.xdist_group("panel-dashboard")
+
 HOSTILE_HTML = b"""<!doctype html><html><body><p id="out">not run</p><script>
 var seen = [];
 try { seen.push("parent:" + parent.document.title); } catch (e) { seen.push("parent blocked"); }

@@ -19,6 +19,9 @@ from dsagent.errors import DsagentError
 from dsagent.runs.batch import execute_batch, expand_grid
 from dsagent.runs.batch_compare import batch_table, save_table
 
+# one Dask LocalCluster per module: every test of it on one xdist worker, so it starts once
+pytestmark = pytest.mark.xdist_group("dask")
+
 SWEEP_CELLS = (
     "import dsagent\nif region == 'us' and alpha > 0.3:\n    raise ValueError('no model for us at alpha > 0.3')",
     "dsagent.record('score', alpha * (2 if region == 'eu' else 3))\n_ = open('out.txt', 'w').write(region)",
