@@ -7,6 +7,8 @@ HTTP failures into ``KernelServerError``s that name the URL and what to do.
 
 from __future__ import annotations
 
+import asyncio
+
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
@@ -150,8 +152,22 @@ class KernelServerClient:
     async def interrupt(self, kernel_id: str) -> None:
         await self.request("POST", f"kernels/{kernel_id}/interrupt", ok_missing=True)
 
-    async def delete(self, kernel_id: str) -> None:
-        await self.request("DELETE", f"kernels/{kernel_id}", ok_missing=True)
+    async def delete(self, kernel_id: str, *, busy_for: float = 5.0) -> None:
+        """DELETE a kernel; a 5xx is retried for up to ``busy_for`` seconds.
+
+        A kernel that just died is being restarted by the server's own restarter, and
+        Jupyter Server / Kernel Gateway answer a DELETE meanwhile with HTTP 500; giving up
+        then would leave the kernel on the server until it is culled.
+        """
+        deadline = asyncio.get_running_loop().time() + busy_for
+        while True:
+            try:
+                await self.request("DELETE", f"kernels/{kernel_id}", ok_missing=True)
+                return
+            except KernelServerError as exc:
+                if exc.status is None or exc.status < 500 or asyncio.get_running_loop().time() >= deadline:
+                    raise
+            await asyncio.sleep(0.25)
 
     async def has_contents(self) -> bool:
         """Whether the server offers the contents API (Jupyter Server does; Kernel Gateway does not)."""

@@ -30,7 +30,9 @@ def turn(code: str, answer: str) -> list[Reply]:
     return [Reply("1. do it"), Reply(tool_calls=[ToolCall("run_code", {"code": code})]), Reply(answer), ACCEPT]
 
 
-@pytest.fixture(params=["local", "sandbox", "jupyter", "e2b"])
+# the servers are reached through getfixturevalue, which conftest's grouping cannot see: the params say it
+@pytest.fixture(params=["local", "sandbox", pytest.param("jupyter", marks=pytest.mark.xdist_group("jupyter-servers")),
+                        pytest.param("e2b", marks=pytest.mark.xdist_group("e2b"))])
 def backend_name(request, monkeypatch) -> str:
     """The backend's name, with the environment that points it at its server (as a user would set it)."""
     if request.param == "jupyter":

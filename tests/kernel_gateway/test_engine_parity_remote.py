@@ -21,7 +21,9 @@ FILES = Path(__file__).parent.parent / "files"
 NEEDS = {"parity_displays": ("display_update", "clear_output"), "parity_history": ("ipython_history",), "parity_failure": ()}
 
 
-@pytest.fixture(params=["jupyter", pytest.param("e2b", marks=pytest.mark.e2b)])
+# the servers are reached through getfixturevalue, which conftest's grouping cannot see: the params say it
+@pytest.fixture(params=[pytest.param("jupyter", marks=pytest.mark.xdist_group("jupyter-servers")),
+                        pytest.param("e2b", marks=[pytest.mark.e2b, pytest.mark.xdist_group("e2b")])])
 def backend(request, monkeypatch) -> str:
     """The backend's name, with the environment that points it at its loopback server."""
     if request.param == "jupyter":

@@ -17,7 +17,25 @@ from dsagent.kernel_gateway.local import LocalBackend
 from dsagent.settings import Settings
 
 
+#: kernels this worker process already had when the test began (say, those of the in-process
+#: E2B loopback server another module of the same xdist worker started): not the test's
+_PRESENT_BEFORE: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _only_this_tests_kernels():
+    _PRESENT_BEFORE.clear()
+    _PRESENT_BEFORE.update(_ipykernels())
+    yield
+    _PRESENT_BEFORE.clear()
+
+
 def kernel_processes() -> set[int]:
+    """Pids of ipykernels this test started (any depth), forked ones included."""
+    return _ipykernels() - _PRESENT_BEFORE
+
+
+def _ipykernels() -> set[int]:
     """Pids of ipykernels started by this test process (any depth), forked ones included.
 
     A forked kernel is a child of its fork template, which is shared and not

@@ -111,14 +111,15 @@ async def test_file_errors_are_clear(session: JupyterSession):
 async def test_work_dir_and_env_are_applied_and_survive_restart(server: RunningServer, backend: JupyterBackend):
     async with await backend.start_session(work_dir="projects/p1", env={"DSAGENT_TEST_VAR": "42"}) as session:
         assert Path(session.work_dir) == (server.root / "projects" / "p1").resolve()
-        check = "import os; (os.getcwd(), os.environ.get('DSAGENT_TEST_VAR'))"
-        expected = repr((session.work_dir, "42"))
-        assert (await session.execute(check)).result == expected
+        # printed on one line whatever the path's length (IPython wraps a long tuple's repr)
+        check = "import os; print(repr((os.getcwd(), os.environ.get('DSAGENT_TEST_VAR'))))"
+        expected = repr((session.work_dir, "42")) + "\n"
+        assert (await session.execute(check)).outputs[0]["text"] == expected
         await session.upload("in.txt", b"1")
         assert (server.root / "projects" / "p1" / "in.txt").read_bytes() == b"1"
         await session.execute("import os; os.chdir('/'); os.environ.pop('DSAGENT_TEST_VAR')")
         await session.restart()
-        assert (await session.execute(check)).result == expected
+        assert (await session.execute(check)).outputs[0]["text"] == expected
 
 
 async def test_sessions_without_a_work_dir_get_their_own_folder(server: RunningServer, backend: JupyterBackend):

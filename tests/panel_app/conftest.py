@@ -108,8 +108,10 @@ def _wait_until_up(dashboard: Dashboard, timeout: float = 60) -> bool:
     return False
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """One Chromium per module, stopped with it: while Playwright's sync API is started, its event loop
+    counts as running in this thread, so any later test's ``asyncio.run()`` on the same worker would fail."""
     playwright_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium (apt-get install chromium)")
