@@ -48,6 +48,8 @@ def workspace_home(tmp_path, monkeypatch):
     return home
 
 
+# first: xdist's own hook turns xdist_group marks into node ids (``...@e2b``) and never looks again
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("xdist_group") is not None:

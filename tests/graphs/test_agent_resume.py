@@ -97,7 +97,9 @@ def test_kill_9_mid_run_then_resume_restores_state_and_repeats_no_cell(tmp_path,
     if when == "mid_tool_calls":
         assert resume.payload["journaled_after_checkpoint"] == [append_cell]
     else:
-        assert resume.payload["journaled_after_checkpoint"] == []
+        # checkpoints are written with durability="async": the kill may land before the last step's
+        # checkpoint is on disk, and then the journal supplies that cell; either way it ran once (above)
+        assert resume.payload["journaled_after_checkpoint"] in ([], [append_cell])
 
 
 def test_resume_refuses_what_it_cannot_continue(workspace_home):

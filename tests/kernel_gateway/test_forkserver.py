@@ -16,7 +16,12 @@ from dsagent.kernel_gateway.local import LocalBackend
 from dsagent.settings import Settings
 from dsagent.testing.conformance import BackendConformance, process_gone
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the fork server uses Linux pidfds")
+pytestmark = [
+    pytest.mark.skipif(sys.platform != "linux", reason="the fork server uses Linux pidfds"),
+    # templates are shared by every process of this user, and some tests here kill one on purpose:
+    # on one xdist worker, so such a kill never lands in the middle of a sibling test's fork
+    pytest.mark.xdist_group("forkserver"),
+]
 
 
 def _settings(tmp_path, **values):
