@@ -92,7 +92,9 @@ def test_setup_is_idempotent_and_upgrades_an_empty_database(settings, workspace_
     assert "upgrade dsagent" in info.value.hint
 
 
-@pytest.mark.parametrize("content", [b"", b"not a database at all" * 100, b"\x00" * 8 + b"DUCK" + os.urandom(5000)])
+# ids, not the bytes: xdist workers must collect the same test names, and random bytes differ per process
+@pytest.mark.parametrize("content", [b"", b"not a database at all" * 100, b"\x00" * 8 + b"DUCK" + os.urandom(5000)],
+                         ids=["empty", "text", "duckdb-magic-then-garbage"])
 def test_a_foreign_or_corrupt_file_is_refused_and_left_untouched(settings, workspace_home, content):
     workspace_home.mkdir(parents=True)
     path = workspace_home / "dsagent.duckdb"
