@@ -38,27 +38,20 @@ class RunTablePage:
 
 def _run_filters(kind: str | None, status: str | None, text: str | None, since: datetime | None,
                  until: datetime | None, parent_id: int | None) -> tuple[str, list[Any]]:
-    clauses: list[str] = []
-    params: list[Any] = []
-    if kind:
-        clauses.append("kind = ?")
-        params.append(kind)
-    if status:
-        clauses.append("status = ?")
-        params.append(status)
-    if text:
-        clauses.append("contains(lower(coalesce(title, '')), lower(?))")
-        params.append(text)
-    if since is not None:
-        clauses.append("created >= ?")
-        params.append(_naive_utc(since))
-    if until is not None:
-        clauses.append("created < ?")
-        params.append(_naive_utc(until))
-    if parent_id is not None:
-        clauses.append("parent_id = ?")
-        params.append(parent_id)
-    return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
+    return _where([
+        ("kind = ?", kind or None),
+        ("status = ?", status or None),
+        ("contains(lower(coalesce(title, '')), lower(?))", text or None),
+        ("created >= ?", _naive_utc(since) if since is not None else None),
+        ("created < ?", _naive_utc(until) if until is not None else None),
+        ("parent_id = ?", parent_id),
+    ])
+
+
+def _where(conditions: list[tuple[str, Any]]) -> tuple[str, list[Any]]:
+    """A WHERE clause of the conditions whose value is not None (each clause has one ``?``), and its parameters."""
+    given = [(clause, value) for clause, value in conditions if value is not None]
+    return ("WHERE " + " AND ".join(c for c, _ in given)) if given else "", [v for _, v in given]
 
 
 def search_runs(store: "Store", *, kind: str | None = None, status: str | None = None, text: str | None = None,
@@ -82,36 +75,24 @@ def search_artifacts(store: "Store", *, run_id: int | None = None, kind: str | N
                      mime: str | None = None, name: str | None = None, since: datetime | None = None,
                      until: datetime | None = None, limit: int = 50, cursor: str | None = None) -> Page[Artifact]:
     """Newest first, keyset pages on id; ``name`` is a glob with ``*``/``?``, else a substring; ``mime`` a prefix."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    for column, value in (("run_id", run_id), ("kind", kind)):
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            params.append(value)
-    if exclude_kind:
-        clauses.append("kind <> ?")
-        params.append(exclude_kind)
-    if mime:
-        clauses.append("starts_with(mime, ?)")
-        params.append(mime)
-    if name:
-        clauses.append("name GLOB ?" if any(c in name for c in "*?[") else "contains(name, ?)")
-        params.append(name)
-    if since is not None:
-        clauses.append("created >= ?")
-        params.append(_naive_utc(since))
-    if until is not None:
-        clauses.append("created < ?")
-        params.append(_naive_utc(until))
     if cursor is not None:
         try:
-            params.append(int(cursor))
+            before = int(cursor)
         except ValueError:
             raise DsagentError(f"invalid cursor {cursor!r}", hint="pass the next_cursor of a previous page", parameter="cursor") from None
-        clauses.append("id < ?")
     if not 1 <= limit <= 1000:
         raise DsagentError("limit must be 1..1000", hint="page through with the cursor", parameter="limit")
-    where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+    glob = bool(name) and any(c in name for c in "*?[")
+    where, params = _where([
+        ("run_id = ?", run_id),
+        ("kind = ?", kind),
+        ("kind <> ?", exclude_kind or None),
+        ("starts_with(mime, ?)", mime or None),
+        ("name GLOB ?" if glob else "contains(name, ?)", name or None),
+        ("created >= ?", _naive_utc(since) if since is not None else None),
+        ("created < ?", _naive_utc(until) if until is not None else None),
+        ("id < ?", before if cursor is not None else None),
+    ])
     with store._session(write=False) as con:
         rows = con.execute(f"SELECT {_ART_COLS} FROM artifacts {where} ORDER BY id DESC LIMIT ?", [*params, limit]).fetchall()
     items = [_artifact(r) for r in rows]
