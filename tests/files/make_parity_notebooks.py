@@ -47,7 +47,7 @@ def displays() -> nbformat.NotebookNode:
         "clear_output(wait=True)\n"
         "k.update('updated after the wait clear')\n"
         "print('after wait clear')",
-        "import sys\nprint('out'); print('err', file=sys.stderr)\n{'n': n * 2}",
+        "import sys\nprint('out', flush=True); print('err', file=sys.stderr, flush=True)\n{'n': n * 2}",
     )
     nb.cells.insert(1, nbformat.v4.new_markdown_cell("# display ids across cells"))
     return nb
