@@ -28,6 +28,7 @@ import json
 import mimetypes
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dsagent.artifacts.blobfiles import sha256_hex
@@ -138,6 +139,7 @@ class Capture:
         self.frames_enabled = False
         self._before: dict[str, FileInfo] = {}
         self._hashes: dict[str, str] = {}  # path -> sha256 of the bytes last captured for it
+        self._workspace_prefix = _workspace_inside(session, self.settings)
 
     async def install(self) -> list[tuple[str, dict[str, Any]]]:
         """Register the DataFrame formatter in the kernel; returns events (one if it is unavailable)."""
@@ -177,7 +179,9 @@ class Capture:
             if captured is not None:
                 captured.events.append(("capture_limited", {"what": "files", "reason": exc.message}))
             return None
-        return {e.path: e for e in entries if not e.is_dir}
+        skip = self._workspace_prefix
+        # the workspace's own files (its DuckDB file and WAL, blobs) are never the cell's output
+        return {e.path: e for e in entries if not e.is_dir and not (skip and (e.path == skip or e.path.startswith(skip + "/")))}
 
     async def _download(self, path: str, captured: CellCapture) -> bytes | None:
         assert self.session is not None
@@ -235,6 +239,18 @@ class Capture:
         deleted = sorted(p for p in self._before if p not in after and not _ignored(p))
         if deleted:
             captured.events.append(("files_deleted", {"cell": cell, "paths": deleted}))
+
+
+def _workspace_inside(session: KernelSession | None, settings: Settings) -> str | None:
+    """The workspace folder relative to a local kernel's work dir when it lies inside it (a project
+    folder whose workspace is not called ``.dsagent``), else None."""
+    if session is None:
+        return None
+    try:
+        relative = Path(settings.home).expanduser().resolve().relative_to(Path(session.work_dir).resolve())
+    except (ValueError, OSError):
+        return None  # elsewhere, or a remote work dir this machine does not have
+    return relative.as_posix() if relative.parts else None
 
 
 def _ignored(path: str) -> bool:

@@ -139,3 +139,18 @@ async def test_capture_leaves_the_execution_untouched(session, settings):
     assert execution.outputs == before
     assert [a.kind for a in captured.artifacts] == ["table", "text"]
     assert execution.execution_count == 1
+
+
+async def test_a_workspace_inside_the_work_dir_is_not_captured(store):
+    """A project folder holding its workspace under another name than .dsagent: the kernel's cwd is the
+    project, and the store's own files (DuckDB file, WAL, blobs) change with every cell."""
+    project = store.workspace.home.parent
+    assert store.workspace.home.name != ".dsagent"
+    async with LocalBackend(store.settings, pool_size=0) as backend:
+        async with await backend.start_session(work_dir=project) as session:
+            async with RunRecorder(store, "notebook", title="workspace inside") as rec:
+                await rec.attach(session)
+                await rec.execute(f"open('out.txt', 'w').write('mine'); open({str(store.workspace.home / 'note.txt')!r}, 'w').write('x')")
+                await rec.execute("open('out.txt', 'a').write(' again')")
+    files = [a.name for a in store.list_artifacts(run_id=rec.run_id, limit=100).items if a.kind == "file"]
+    assert files == ["out.txt", "out.txt"], files
