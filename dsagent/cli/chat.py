@@ -53,12 +53,16 @@ def _store() -> Any:
     return store
 
 
+def _opened_store() -> Any:
+    """The workspace's store for one command (closed on the way out, errors included)."""
+    from dsagent.artifacts.store import Store
+
+    return Store.open()
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
-    store = _store()
-    try:
+    with _opened_store() as store:
         page = store.chats.list(limit=args.limit, cursor=args.cursor)
-    finally:
-        store.close()
     if args.json:
         print(json.dumps({"items": [c.to_json() for c in page.items], "next_cursor": page.next_cursor}))
         return 0
@@ -77,11 +81,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_rename(args: argparse.Namespace) -> int:
     from dsagent.graphs.chat import rename_chat
 
-    store = _store()
-    try:
+    with _opened_store() as store:
         record = rename_chat(store, args.chat, args.new_name)
-    finally:
-        store.close()
     print(f"chat {record.id} is now {record.name!r}")
     return 0
 
@@ -89,11 +90,8 @@ def cmd_rename(args: argparse.Namespace) -> int:
 def cmd_rm(args: argparse.Namespace) -> int:
     from dsagent.graphs.chat import delete_chat
 
-    store = _store()
-    try:
+    with _opened_store() as store:
         deleted = delete_chat(store, args.chat, purge=args.purge)
-    finally:
-        store.close()
     print(f"deleted the chat and {len(deleted)} run(s); `dsagent gc` frees their bytes" if args.purge
           else "deleted the chat; its runs, notebooks and artifacts are kept (`dsagent runs ls`)")
     return 0
@@ -102,11 +100,8 @@ def cmd_rm(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from dsagent.graphs.chat_export import export_chat
 
-    store = _store()
-    try:
+    with _opened_store() as store:
         path = export_chat(store, args.chat, args.output)
-    finally:
-        store.close()
     print(f"notebook: {path}\nre-run it on other data: dsagent run {path} -p data /abs/path/other.csv")
     return 0
 
