@@ -50,7 +50,8 @@ def page(ctx: "AppContext") -> pn.Column:
     prev_button = pn.widgets.Button(name="◀ previous", width=100, disabled=True)
     next_button = pn.widgets.Button(name="next ▶", width=90, disabled=True)
     position = pn.pane.HTML("", width=260)
-    table = pn.widgets.Tabulator(_frame([]), show_index=False, disabled=True, sizing_mode="stretch_width", height=420, layout="fit_data_fill",
+    table = pn.widgets.Tabulator(_frame([]), show_index=False, disabled=True, sizing_mode="stretch_width", layout="fit_data_fill",
+                                 widths={"notebook": 320, "from": 360},
                                  formatters={"notebook": {"type": "html"}, "from": {"type": "html"}},
                                  configuration={"columnDefaults": {"headerSort": False}}, name="notebooks")
     folders = html_pane("")
@@ -106,6 +107,7 @@ def page(ctx: "AppContext") -> pn.Column:
         if not upload.value:
             return
         state["pending"] = (upload.filename or "notebook.ipynb", bytes(upload.value))
+        upload.clear()  # so choosing the same file again is a new upload
         await save(False)
 
     async def on_replace(_) -> None:

@@ -24,7 +24,7 @@ __all__ = ["NotebookEntry", "NotebookPage", "notebook_folders", "list_notebooks"
            "safe_notebook_name", "WORKSPACE_SOURCE"]
 
 WORKSPACE_SOURCE = "workspace"
-_UNSAFE = re.compile(r"[^A-Za-z0-9._ -]+")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True)
