@@ -143,7 +143,7 @@ class ParameterForm:
                 raise ParameterInputError(f"parameter {name!r} needs a {kind} value; the box is empty", hint=f"type a {kind}, e.g. {field.default_text}",
                                           parameter=name, expected=kind)
             return True, int(widget.value) if kind == "int" else float(widget.value)
-        text = widget.value_input if widget.value_input is not None else widget.value
+        text = widget.value  # the browser sends it when the box loses focus, so before a button's click
         if kind == "str" and field.has_literal_default:
             return True, text
         if not (text or "").strip():
@@ -171,8 +171,8 @@ class ParameterForm:
         """A sweep's grid: swept parameters get their list of values, the others the form's one value."""
         grid: dict[str, list[Any]] = {}
         for field in self.fields:
-            text = field.sweep.value_input if field.sweep.value_input is not None else field.sweep.value
-            if (text or "").strip():
+            text = _typed(field.sweep)
+            if text.strip():
                 grid[field.name] = parse_sweep_values(field.name, field.kind, text)
             else:
                 given, value = self.value_of(field)
@@ -181,7 +181,7 @@ class ParameterForm:
         return grid
 
     def swept(self) -> list[str]:
-        return [f.name for f in self.fields if ((f.sweep.value_input if f.sweep.value_input is not None else f.sweep.value) or "").strip()]
+        return [f.name for f in self.fields if _typed(f.sweep).strip()]
 
     @staticmethod
     def count(grid: dict[str, list[Any]]) -> int:
@@ -190,6 +190,11 @@ class ParameterForm:
     @staticmethod
     def first_sets(grid: dict[str, list[Any]], n: int = 3) -> list[dict[str, Any]]:
         return [dict(zip(grid, combo)) for combo in itertools.islice(itertools.product(*grid.values()), n)]
+
+
+def _typed(box: Any) -> str:
+    """What a sweep box holds as it is typed (``value_input`` follows each key; ``value`` only Enter or leaving the box)."""
+    return box.value_input or box.value or ""
 
 
 def _example(kind: str) -> str:

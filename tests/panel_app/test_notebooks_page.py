@@ -161,9 +161,9 @@ def test_run_from_the_form_shows_the_changed_parameter_and_compare_shows_both(se
         text.press("Enter")
         page.get_by_role("button", name="Run", exact=True).click()
         run_ids.append(_wait_run_id(page))
-        # the run's page follows it and shows the executed notebook with the parameter's effect
-        frame = page.frame_locator("iframe[sandbox='allow-scripts']")
-        frame.get_by_text(f"RESULT {label}: {scale * 21}").first.wait_for(timeout=120_000)
+        # the run's page follows it live: the cell's output with the parameters' effect, then its end
+        page.get_by_text(f"RESULT {label}: {scale * 21}").first.wait_for(timeout=90_000)
+        page.locator("span", has_text="succeeded").first.wait_for(timeout=60_000)
         page.screenshot(path=str(tmp_path / f"run-{label}.png"), full_page=True)
     store = _store(dashboard.home)
     try:
