@@ -52,6 +52,7 @@ def served(tmp_path_factory):
         mp.setenv("DSAGENT_NOTEBOOK_FOLDERS", str(shipped))
         mp.setenv("DSAGENT_BATCH_WORKERS", "1")
         mp.setenv("DSAGENT_BATCH_RETRIES", "0")
+        mp.setenv("DSAGENT_BATCH_CONFIRM_ABOVE", "2")
         with serve_dashboard(home) as dashboard:
             try:
                 yield dashboard, notebook
@@ -147,6 +148,7 @@ def test_wrong_typed_value_is_refused_with_the_parameters_name(served, new_page,
     assert problems.items == []
 
 
+@pytest.mark.timeout(300)  # a fail-safe for a loaded machine: two cold runs
 def test_run_from_the_form_shows_the_changed_parameter_and_compare_shows_both(served, new_page, tmp_path):
     dashboard, notebook = served
     page, problems = new_page(dashboard.url)
@@ -189,11 +191,19 @@ def test_run_from_the_form_shows_the_changed_parameter_and_compare_shows_both(se
     print(f"screenshots in {tmp_path}")
 
 
+@pytest.mark.timeout(300)  # a fail-safe for a loaded machine: a Dask LocalCluster starts, its worker's kernel too
 def test_sweep_from_the_notebooks_page_makes_a_batch_with_one_child_per_set(served, new_page, tmp_path):
     dashboard, notebook = served
     page, problems = new_page(dashboard.url)
     page.goto(_page_url(notebook))
     sweep = _field(page, "scale: sweep values")
+    # above batch_confirm_above (2 here) it asks first
+    sweep.fill("1, 3, 5")
+    sweep.press("Enter")
+    page.get_by_text("3 runs").first.wait_for()
+    page.get_by_role("button", name="Launch sweep").click()
+    page.get_by_text("tick “yes, start them all”").first.wait_for()
+    page.screenshot(path=str(tmp_path / "sweep-confirm.png"), full_page=True)
     sweep.fill("1, 3")
     sweep.press("Enter")
     page.get_by_text("2 runs").first.wait_for()
