@@ -79,7 +79,7 @@ def launch_notebook_run(settings: Settings, notebook: Path, parameters: Mapping[
     argv = ["run", str(notebook), "-f", str(params_file), "--no-progress"]
     if backend:
         argv += ["--backend", backend]
-    return _launch(settings, argv, user, folder, token)
+    return _launch(settings, argv, user, folder, token, params_file)
 
 
 def launch_sweep(settings: Settings, notebook: Path, grid: Mapping[str, list[Any]], user: str, *,
@@ -97,7 +97,7 @@ def launch_sweep(settings: Settings, notebook: Path, grid: Mapping[str, list[Any
         argv += ["--backend", backend]
     if confirmed:
         argv.append("--yes")
-    return _launch(settings, argv, user, folder, token)
+    return _launch(settings, argv, user, folder, token, grid_file)
 
 
 def _launch_folder(settings: Settings) -> tuple[Path, str]:
@@ -106,7 +106,7 @@ def _launch_folder(settings: Settings) -> tuple[Path, str]:
     return folder, f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
 
 
-def _launch(settings: Settings, argv: list[str], user: str, folder: Path, token: str) -> int:
+def _launch(settings: Settings, argv: list[str], user: str, folder: Path, token: str, input_file: Path) -> int:
     from dsagent.runs.launch_env import LAUNCHED_BY_ENV, RUN_ID_FILE_ENV
 
     id_file = folder / f"{token}.run"
@@ -121,7 +121,10 @@ def _launch(settings: Settings, argv: list[str], user: str, folder: Path, token:
     deadline = time.monotonic() + LAUNCH_WAIT_SECONDS
     while time.monotonic() < deadline:
         if id_file.exists():
-            return int(json.loads(id_file.read_text(encoding="utf-8"))["run_id"])
+            run_id = int(json.loads(id_file.read_text(encoding="utf-8"))["run_id"])
+            for done in (id_file, input_file):  # read by the child before its run existed; the log stays
+                done.unlink(missing_ok=True)
+            return run_id
         if process.poll() is not None and not id_file.exists():
             raise DsagentError(f"`dsagent {argv[0]}` stopped before its run started: {_last_lines(log_path)}",
                                hint=f"fix what it says and run again (its whole output: {log_path})")
