@@ -38,7 +38,7 @@ def notebook_href(path) -> str:
 def _frame(items: list["NotebookEntry"]) -> pd.DataFrame:
     return pd.DataFrame(
         [{"notebook": f'<a href="{notebook_href(e.path)}">{html.escape(e.name)}</a>',
-          "from": "uploaded / saved from a chat" if e.source == WORKSPACE_SOURCE else html.escape(e.source),
+          "from": "uploaded / saved from a chat" if e.source == WORKSPACE_SOURCE else f"shipped ({html.escape(e.source)})",
           "modified": time_text(e.modified), "size": human_size(e.size)} for e in items],
         columns=COLUMNS,
     )
