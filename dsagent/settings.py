@@ -116,6 +116,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("schedule_link_base", "", "Base URL of the dashboard, for the run links in notifications (empty: the link is a `dsagent runs show` command).", str),
     Setting("chat_history_tokens", 6000, "Tokens (estimated as characters / 4) of a chat's earlier turns (tasks, code, trimmed outputs, answers) a follow-up turn's prompt carries; the oldest turns lose their outputs, then their place.", int),
     Setting("agent_cell_timeout", 300.0, "Seconds one cell an agent runs may take before it is interrupted (the agent is told).", float),
+    Setting("notebook_folders", "notebooks", "Folders (comma-separated) whose .ipynb files the dashboard's Notebooks page lists next to <workspace>/notebooks/ (relative ones are read from the current directory; missing ones are skipped).", str),
+    Setting("notebook_upload_max_bytes", "20MiB", "Largest notebook the dashboard accepts as an upload.", parse_size),
     Setting("dashboard_poll_interval", 0.5, "Seconds between a dashboard page's reads of the store while it follows a run or a list (bounds the load many open pages put on the workspace).", float),
     Setting("dashboard_lock_timeout", 2.0, "Seconds a dashboard read waits for the workspace database before the page says it is busy and retries.", float),
     Setting("dashboard_cookie_secret", "", "Secret that signs the dashboard's login cookies (empty = one generated once and kept in <workspace>/dashboard-cookie-secret).", str),

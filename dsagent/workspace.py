@@ -42,6 +42,11 @@ class Workspace:
         return self.home / "outputs"
 
     @property
+    def notebooks_dir(self) -> Path:
+        """Notebooks uploaded in the dashboard or saved from chats, one ``.ipynb`` each (the Notebooks page lists them)."""
+        return self.home / "notebooks"
+
+    @property
     def checkpoints_path(self) -> Path:
         return self.home / "checkpoints.sqlite"
 

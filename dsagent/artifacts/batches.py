@@ -17,7 +17,7 @@ from dsagent.artifacts.models import Run
 if TYPE_CHECKING:
     from dsagent.artifacts.transaction import Transaction
 
-__all__ = ["create_children", "child_records", "cancel_children"]
+__all__ = ["create_children", "child_records", "run_records", "cancel_children"]
 
 
 def create_children(tx: "Transaction", parent_id: int, param_sets: Sequence[Mapping[str, Any]], *, title: str | None,
@@ -38,6 +38,22 @@ def child_records(con: duckdb.DuckDBPyConnection, parent_id: int) -> dict[int, d
            WHERE r.parent_id = ? AND e.type = 'record' ORDER BY e.run_id, e.seq""",
         [parent_id],
     ).fetchall()
+    return _by_run(rows)
+
+
+def run_records(con: duckdb.DuckDBPyConnection, run_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """``{run id: {name: value}}`` of the ``record`` events of any runs (the runs a user compares)."""
+    if not run_ids:
+        return {}
+    marks = ", ".join("?" for _ in run_ids)
+    rows = con.execute(
+        f"SELECT run_id, payload FROM run_events WHERE run_id IN ({marks}) AND type = 'record' ORDER BY run_id, seq",
+        [int(i) for i in run_ids],
+    ).fetchall()
+    return _by_run(rows)
+
+
+def _by_run(rows: Sequence[tuple[int, str | None]]) -> dict[int, dict[str, Any]]:
     found: dict[int, dict[str, Any]] = {}
     for run_id, payload in rows:
         data = json.loads(payload) if payload else {}

@@ -57,9 +57,12 @@ class RunRecorder:
         parent_id: int | None = None,
         schedule_id: str | None = None,
         run_id: int | None = None,
+        launched: Mapping[str, Any] | None = None,
     ) -> None:
-        """``run_id``: take over an existing (say, queued) run instead of creating one."""
+        """``run_id``: take over an existing (say, queued) run instead of creating one. ``launched``: who started
+        the run and from where (``{"user": ..., "via": "dashboard"}``), written as a ``launched`` event first."""
         self.store = store
+        self._launched = dict(launched) if launched else None
         self._create = dict(kind=kind, title=title, params=params, backend=backend, parent_id=parent_id, schedule_id=schedule_id)
         self._existing = run_id
         self.run: Run | None = None
@@ -90,6 +93,8 @@ class RunRecorder:
             self.run = await self._write(self.store.create_run, kind, **self._create)
         else:
             self.run = await self._write(self.store.update_run_status, self._existing, "running")
+        if self._launched is not None:
+            await self._write(self.store.append_events, self.run.id, [("launched", self._launched)])
         self._cancel_on_sigterm()
         return self
 

@@ -590,6 +590,13 @@ class Store:
 
         return run_queries.run_owner(self, run_id)
 
+    def run_records(self, run_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """Scalars the given runs recorded (``dsagent.record``): ``{run id: {name: value}}`` (see ``batches.run_records``)."""
+        from dsagent.artifacts import batches
+
+        with self._session(write=False) as con:
+            return batches.run_records(con, run_ids)
+
     # -- retention --------------------------------------------------------------
 
     def gc(self, older_than: timedelta, *, dry_run: bool = False) -> GcReport:

@@ -61,11 +61,14 @@ def _confirm(yes: bool) -> Any:
 class _Progress:
     """A tqdm bar over the children on a terminal, plain lines otherwise."""
 
-    def __init__(self, quiet: bool) -> None:
+    def __init__(self, quiet: bool, launch: Any = None) -> None:
         self.quiet = quiet
+        self.launch = launch
         self.bar: Any = None
 
     def start(self, run: Any, children: list[Any]) -> None:
+        if self.launch is not None:
+            self.launch.report(run.id)
         print(f"batch run {run.id}: {len(children)} children (runs {children[0].id}-{children[-1].id})", file=sys.stderr, flush=True)
         if sys.stderr.isatty() and not self.quiet:
             from tqdm import tqdm
@@ -94,12 +97,15 @@ def _sweep(args: argparse.Namespace) -> int:
 
     from dsagent.cli import EXIT_CANCELLED, EXIT_CELL_ERROR
     from dsagent.runs.batch import execute_batch
+    from dsagent.runs.launch_env import take_launch_env
 
-    progress = _Progress(args.json)
+    launch = take_launch_env()  # set when the dashboard started this process
+    progress = _Progress(args.json, launch)
     try:
         outcome = asyncio.run(execute_batch(
             args.target, args.grid, backend=args.backend, cluster=args.cluster, workers=args.workers, max_parallel=args.max_parallel,
             retries=args.retries, timeout=args.timeout, confirm=_confirm(args.yes), on_start=progress.start, on_child=progress,
+            launched=launch.launched,
         ))
     except (KeyboardInterrupt, asyncio.CancelledError):
         progress.close()

@@ -94,12 +94,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     import signal
 
     from dsagent.cli import EXIT_CANCELLED
+    from dsagent.runs.launch_env import take_launch_env
     from dsagent.runs.notebook_run import execute_notebook_run
 
     started: dict[str, Any] = {}
+    launch = take_launch_env()  # set when the dashboard started this process
 
     def on_run(run: "Run", path: Path) -> None:
         started.update(run=run, path=path)
+        launch.report(run.id)
         print(f"run {run.id}: {args.notebook} on {run.backend}", file=sys.stderr, flush=True)
 
     tty = sys.stderr.isatty()
@@ -124,6 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             on_run=on_run,
             stdout_file=sys.stdout if args.log_output else None,
             stderr_file=sys.stderr if args.log_output else None,
+            recorder_options={"launched": launch.launched} if launch.launched else None,
         )
 
     t0 = time.perf_counter()

@@ -29,7 +29,7 @@ class PageSpec:
 
 
 def _builtin_pages() -> list[PageSpec]:
-    from dsagent.panel_app import artifact_page, artifacts_page, overview, run_page, runs
+    from dsagent.panel_app import artifact_page, artifacts_page, compare_page, notebook_page, notebooks_page, overview, run_page, runs
 
     return [
         PageSpec("/", "Overview", overview.page),
@@ -37,6 +37,9 @@ def _builtin_pages() -> list[PageSpec]:
         PageSpec("/run", "Run", run_page.page, in_nav=False),
         PageSpec("/artifacts", "Artifacts", artifacts_page.page),
         PageSpec("/artifact", "Artifact", artifact_page.page, in_nav=False),
+        PageSpec("/notebooks", "Notebooks", notebooks_page.page),
+        PageSpec("/notebook", "Notebook", notebook_page.page, in_nav=False),
+        PageSpec("/compare", "Compare runs", compare_page.page, in_nav=False),
     ]
 
 

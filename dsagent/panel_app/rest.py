@@ -309,8 +309,10 @@ def rendered_notebook(folder: Path, sha256: str, data: bytes) -> str:
 
 
 def warm_up() -> None:
-    """Import nbconvert and load its template once (seconds on a busy machine), before a page needs it."""
+    """Import nbconvert and load its template once (seconds on a busy machine), before a page needs it;
+    papermill's inspection too (a notebook's page reads its parameters with it while the page is built)."""
     render_notebook(b'{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
+    import papermill.inspection  # noqa: F401
 
 
 def render_notebook(data: bytes) -> str:

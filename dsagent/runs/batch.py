@@ -154,6 +154,7 @@ async def execute_batch(
     confirm: Callable[[int], bool] | bool = False,
     on_start: Callable[["Run", list["Run"]], None] | None = None,
     on_child: Callable[[ChildUpdate], None] | None = None,
+    launched: Mapping[str, Any] | None = None,
 ) -> BatchOutcome:
     """A sweep as a recorded ``batch`` run with one ``batch-child`` per parameter set.
 
@@ -163,7 +164,8 @@ async def execute_batch(
     in flight at once (default: the cluster's threads). ``retries``: further
     attempts of a failed child (setting ``batch_retries``). ``confirm``: True, or
     a callable asked with the count, to run more than ``batch_confirm_above``
-    children. Bad input raises ``DsagentError`` before any run exists.
+    children. ``launched``: who started it (a ``launched`` event on the batch run).
+    Bad input raises ``DsagentError`` before any run exists.
     """
     from dsagent.runs.notebook_cells import notebook_kernel_name
     from dsagent.runs.notebook_input import peek_notebook
@@ -188,7 +190,7 @@ async def execute_batch(
         await asyncio.to_thread(store.setup)
     try:
         async with _dask_client(cluster, settings, workers) as client:
-            return await sweep.run(client, store, max_parallel, title, schedule_id, cluster or "local", on_start)
+            return await sweep.run(client, store, max_parallel, title, schedule_id, cluster or "local", on_start, launched)
     finally:
         if own_store:
             store.close()
@@ -240,14 +242,15 @@ class _Sweep:
         self.store_seconds = 0.0
 
     async def run(self, client: Any, store: "Store", max_parallel: int | None, title: str | None, schedule_id: str | None,
-                  cluster: str, on_start: Callable[["Run", list["Run"]], None] | None) -> BatchOutcome:
+                  cluster: str, on_start: Callable[["Run", list["Run"]], None] | None,
+                  launched: Mapping[str, Any] | None = None) -> BatchOutcome:
         from dsagent.artifacts.recorder import RunRecorder
         from dsagent.runs.batch_worker import KernelPoolPlugin
 
         params = {"notebook": str(self.path), "parameters": sorted({k for s in self.sets for k in s}), "children": len(self.sets),
                   "cluster": cluster, "retries": self.retries}
         async with RunRecorder(store, "batch", title=title or self.path.name, params=params, backend=self.backend,
-                               schedule_id=schedule_id) as recorder:
+                               schedule_id=schedule_id, launched=launched) as recorder:
             self.children = await asyncio.to_thread(store.create_children, recorder.run_id, self.sets, title=self.path.stem,
                                                     backend=self.backend)
             if on_start is not None:

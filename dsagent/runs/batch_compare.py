@@ -1,5 +1,8 @@
 """The comparison of a sweep: one row per child, its parameters, the scalars it recorded, status and duration.
 
+``compare_runs(store, ids)`` makes the same table for runs picked by hand (the
+Notebooks page compares runs of one notebook with it).
+
 ``batch_table(store, batch_id)`` is what ``dsagent batch compare`` prints and
 what the dashboard's batch page shows; ``save_table`` writes it as CSV or
 Parquet, to a file and as an artifact of the batch run.
@@ -10,7 +13,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from dsagent.errors import DsagentError
 
@@ -20,16 +23,17 @@ if TYPE_CHECKING:
     from dsagent.artifacts.models import Artifact, Run
     from dsagent.artifacts.store import Store
 
-__all__ = ["BatchTable", "batch_table", "save_table", "batch_children"]
+__all__ = ["BatchTable", "batch_table", "compare_runs", "save_table", "batch_children"]
 
 _PAGE = 500
 
 
 @dataclass
 class BatchTable:
-    """Rows of a sweep's children (``run_id``, parameters, ``status``, ``seconds``, scalars, ``error``)."""
+    """Rows of a sweep's children (``run_id``, parameters, ``status``, ``seconds``, scalars, ``error``);
+    ``batch`` is None for a comparison of runs picked by hand (``compare_runs``)."""
 
-    batch: "Run"
+    batch: "Run | None"
     parameters: list[str]
     scalars: list[str]
     rows: list[dict[str, Any]] = field(default_factory=list)
@@ -80,20 +84,28 @@ def batch_table(store: "Store", batch_id: int) -> BatchTable:
     if batch.kind != "batch":
         raise DsagentError(f"run {batch_id} is a {batch.kind} run, not a batch", hint="`dsagent runs ls --kind batch` lists batches",
                            reason="not_batch")
-    children = batch_children(store, batch_id)
-    records = store.child_records(batch_id)
+    return _table(batch, batch_children(store, batch_id), store.child_records(batch_id))
+
+
+def compare_runs(store: "Store", run_ids: Sequence[int]) -> BatchTable:
+    """The same table for any runs (say, runs of one notebook a user picked), in the order given; ``batch`` is None."""
+    runs = [store.get_run(int(i)) for i in run_ids]
+    return _table(None, runs, store.run_records([r.id for r in runs]))
+
+
+def _table(batch: "Run | None", runs: Sequence["Run"], records: Mapping[int, Mapping[str, Any]]) -> BatchTable:
     parameters: list[str] = []
     scalars: list[str] = []
-    for child in children:
-        parameters.extend(k for k in child.params if k not in parameters)
-        scalars.extend(k for k in records.get(child.id, {}) if k not in scalars)
+    for run in runs:
+        parameters.extend(k for k in run.params if k not in parameters)
+        scalars.extend(k for k in records.get(run.id, {}) if k not in scalars)
     clash = set(parameters) | {"run_id", "status", "seconds", "error"}
     rows = []
-    for child in children:
-        seconds = (child.finished - child.started).total_seconds() if child.finished and child.started else None
-        row: dict[str, Any] = {"run_id": child.id, **child.params, "status": child.status,
-                               "seconds": round(seconds, 3) if seconds is not None else None, "error": child.error}
-        for name, value in records.get(child.id, {}).items():
+    for run in runs:
+        seconds = (run.finished - run.started).total_seconds() if run.finished and run.started else None
+        row: dict[str, Any] = {"run_id": run.id, **run.params, "status": run.status,
+                               "seconds": round(seconds, 3) if seconds is not None else None, "error": run.error}
+        for name, value in records.get(run.id, {}).items():
             row[f"{name} (recorded)" if name in clash else name] = value
         rows.append(row)
     scalars = [f"{s} (recorded)" if s in clash else s for s in scalars]
@@ -105,6 +117,9 @@ def save_table(store: "Store", table: BatchTable, fmt: str, path: str | Path | N
     from dsagent.artifacts.capture import PARQUET_MIME
     from dsagent.artifacts.models import NewArtifact
 
+    if table.batch is None:
+        raise DsagentError("only a batch's comparison is kept as an artifact (it belongs to the batch run)",
+                           hint="use table.to_frame() to save a comparison of runs picked by hand")
     frame = table.to_frame()
     name = f"batch-{table.batch.id}-comparison.{fmt}"
     if fmt == "csv":
