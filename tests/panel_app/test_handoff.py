@@ -132,3 +132,24 @@ def test_a_stale_advert_is_ignored_and_an_unreachable_server_means_a_local_run_s
     assert done.returncode == 0 and done.stdout.startswith("2\n"), done.stderr
     assert done.stderr.count("did not take the run") == 1 and "running it here" in done.stderr
     assert [r.status for r in read_runs(home)] == ["succeeded"]
+
+
+def test_cancel_on_the_run_page_cancels_a_handed_off_run_and_the_cli_says_so(served, new_page, tmp_path):
+    source = write_notebook(tmp_path / "page.ipynb", "import time\nprint('waiting', flush=True)\ntime.sleep(60)", params="n = 1")
+    cli = subprocess.Popen([*DSAGENT, "run", str(source), "--log-output", "--no-progress"], env=dsagent_env(served.home),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert cli.stdout.readline() == "waiting\n", cli.stderr.read()
+        run = next(r for r in read_runs(served.home) if r.title == "page.ipynb")
+        page, problems = new_page(served.url)
+        page.goto(f"/run?id={run.id}")
+        page.get_by_text("cell_started").first.wait_for(timeout=60_000)
+        page.get_by_role("button", name="Cancel run").click()
+        page.locator("span", has_text="cancelled").first.wait_for(timeout=60_000)
+        _, err = cli.communicate(timeout=60)
+    finally:
+        cli.kill()
+    assert cli.returncode == 130 and f"run {run.id} cancelled" in err, err
+    _, events = served.get_json(f"api/runs/{run.id}/events")
+    assert any(e["type"] == "cancel_requested" and e["payload"]["via"] == "dashboard" for e in events["items"])
+    assert problems.items == []
