@@ -295,15 +295,16 @@ async def first_plot_ms(backend: KernelBackend) -> float:
     return elapsed
 
 
-async def kernel_pss(backend: KernelBackend, alive: int) -> list[int]:
-    """PSS of ``alive`` kernels of ``backend`` running at once, each with the preload list imported."""
+async def kernel_pss(backend: KernelBackend, alive: int) -> tuple[list[int], list[int]]:
+    """PSS and USS of ``alive`` kernels of ``backend`` running at once, each with the preload list imported."""
     import psutil
 
     sessions = [await backend.start_session() for _ in range(alive)]
     try:
         for session in sessions:  # a cold kernel imports them here; a forked one has them already
             await session.execute("import numpy, pandas, matplotlib.pyplot")
-        return [psutil.Process(s.kernel_pid).memory_full_info().pss for s in sessions if s.kernel_pid]
+        infos = [psutil.Process(s.kernel_pid).memory_full_info() for s in sessions if s.kernel_pid]
+        return [i.pss for i in infos], [i.uss for i in infos]
     finally:
         for session in sessions:
             await session.shutdown()
@@ -332,7 +333,7 @@ async def measure_fork_server(settings: Settings, plan: Plan, cold_first_result:
         await asyncio.gather(*(one_kernel_job(forked) for _ in range(at_once)))
         concurrent = time.perf_counter() - t0
         progress(f"fork: {jobs} kernels one after another {sequential:.2f} s, {at_once} at once {concurrent:.2f} s")
-        forked_pss, cold_pss = await kernel_pss(forked, alive), await kernel_pss(cold, 1)
+        (forked_pss, forked_uss), (cold_pss, cold_uss) = await kernel_pss(forked, alive), await kernel_pss(cold, 1)
     speedup = statistics.median(cold_first_result) / statistics.median(firsts)
     pss_ratio = statistics.median(forked_pss) / statistics.median(cold_pss)
     return {
@@ -356,6 +357,9 @@ async def measure_fork_server(settings: Settings, plan: Plan, cold_first_result:
             pss_ratio, round(TARGET_FORK_PSS_RATIO, 4), unit="forked / cold", forked_alive_at_once=alive,
             forked_pss_mib=round(statistics.median(forked_pss) / 2**20, 1), cold_pss_mib=round(statistics.median(cold_pss) / 2**20, 1),
             note="both with the preload list imported; a forked kernel shares the template's pages with its siblings",
+            uss_ratio=round(statistics.median(forked_uss) / statistics.median(cold_uss), 3),
+            forked_uss_mib=round(statistics.median(forked_uss) / 2**20, 1), cold_uss_mib=round(statistics.median(cold_uss) / 2**20, 1),
+            uss_note="USS: the memory one more kernel adds (its private pages); PSS also charges it 1/N of the template's pages",
         ),  # fmt: skip
     }
 

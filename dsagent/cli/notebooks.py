@@ -35,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-output", action="store_true", help="print the cells' stdout/stderr as they run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     p.add_argument("--json", action="store_true", help="print the finished run as one JSON object")
+    p.add_argument("--no-server", action="store_true", help="run here even if `dsagent serve` runs on this workspace (by default it takes the run)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("inspect", help="list a notebook's parameters (name, type, default, help) as papermill infers them")
@@ -90,6 +91,10 @@ class _ProgressLines:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if not args.no_server:  # before the heavy imports: a server on this workspace runs it on a warm kernel
+        code = _hand_off(args)
+        if code is not None:
+            return code
     import asyncio
     import signal
 
@@ -141,14 +146,114 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _report(outcome: "NotebookOutcome", args: argparse.Namespace, seconds: float) -> int:
+    failure = None if outcome.failure is None else (outcome.failure.describe(), outcome.failure.kind)
+    return _report_run(outcome.run.to_json(), str(outcome.notebook_path), len(outcome.artifacts), failure, args, seconds)
+
+
+def _report_run(run: dict[str, Any], notebook: str, artifacts: int, failure: tuple[str, str] | None, args: argparse.Namespace, seconds: float) -> int:
+    """The last lines of a run, local or handed off; its exit code. ``failure``: (description, kind)."""
     from dsagent.cli import EXIT_CELL_ERROR, EXIT_KERNEL_DIED, EXIT_OK, EXIT_TIMEOUT
 
-    run = outcome.run
     if args.json:
-        print(json.dumps({**run.to_json(), "notebook": str(outcome.notebook_path), "artifacts": len(outcome.artifacts), "seconds": round(seconds, 3)}))
-    if outcome.failure is None:
+        print(json.dumps({**run, "notebook": notebook, "artifacts": artifacts, "seconds": round(seconds, 3)}))
+    if failure is None:
         if not args.json:
-            print(f"run {run.id} succeeded in {seconds:.1f}s: {len(outcome.artifacts)} artifacts; notebook: {outcome.notebook_path}")
+            print(f"run {run['id']} succeeded in {seconds:.1f}s: {artifacts} artifacts; notebook: {notebook}")
         return EXIT_OK
-    print(f"error: run {run.id} failed: {outcome.failure.describe()}\n  notebook with the error cell: {outcome.notebook_path}", file=sys.stderr)
-    return {"timeout": EXIT_TIMEOUT, "died": EXIT_KERNEL_DIED}.get(outcome.failure.kind, EXIT_CELL_ERROR)
+    print(f"error: run {run['id']} failed: {failure[0]}\n  notebook with the error cell: {notebook}", file=sys.stderr)
+    return {"timeout": EXIT_TIMEOUT, "died": EXIT_KERNEL_DIED}.get(failure[1], EXIT_CELL_ERROR)
+
+
+def _hand_off(args: argparse.Namespace) -> int | None:
+    """Run the notebook on the workspace's ``dsagent serve``; its exit code, or None to run it here (said once on stderr)."""
+    from dsagent.runs.handoff import HandoffClient, HandoffUnavailable, find_server
+    from dsagent.settings import Settings
+
+    advert = find_server(Path(Settings().home).expanduser().resolve())
+    if advert is None:
+        return None
+    t0 = time.perf_counter()
+    absolute = lambda p: None if p is None else str(Path(p).expanduser().resolve())  # noqa: E731 - the server has another cwd
+    request = {
+        "notebook": absolute(args.notebook), "parameters": _yaml_parameters(args.parameters_file), "text_parameters": dict(args.parameter),
+        "raw_parameters": dict(args.parameter_raw), "backend": args.backend, "output": absolute(args.output), "timeout": args.timeout,
+        "cwd": absolute(args.cwd), "kernel": args.kernel, "log_output": bool(args.log_output),
+    }  # fmt: skip
+    client = HandoffClient(advert)
+    try:
+        json.dumps(request)
+        answer = client.submit(request)
+    except (HandoffUnavailable, TypeError, ValueError) as exc:
+        print(f"dsagent serve (pid {advert.pid}) did not take the run ({exc}); running it here", file=sys.stderr, flush=True)
+        return None
+    if "run_id" not in answer:
+        from dsagent.errors import DsagentError
+
+        raise DsagentError(answer.get("error", "the server refused the run"), hint=answer.get("hint", ""))
+    return _follow(client, answer, args, t0)
+
+
+def _follow(client: Any, answer: dict[str, Any], args: argparse.Namespace, t0: float) -> int:
+    """Print the handed-off run's progress as a local run does; Ctrl-C or SIGTERM cancels it on the server."""
+    import signal
+
+    from dsagent.cli import EXIT_CANCELLED, EXIT_USAGE
+    from dsagent.runs.handoff import HandoffLost
+
+    run_id = answer["run_id"]
+    print(f"run {run_id}: {args.notebook} on {answer.get('backend')} (by dsagent serve, pid {client.advert.pid})", file=sys.stderr, flush=True)
+    show = _HandedProgress(args)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cancels like Ctrl-C
+    try:
+        try:
+            outcome = client.follow(run_id, show)
+        except KeyboardInterrupt:
+            client.cancel(run_id)
+            outcome = client.follow(run_id, lambda item: None)  # until the server has stopped it
+    except (HandoffLost, KeyboardInterrupt) as exc:
+        show.close()
+        print(f"error: lost contact with dsagent serve (pid {client.advert.pid}) running run {run_id}: {exc or 'interrupted'}\n"
+              f"  hint: the run goes on there; see it with: dsagent runs show {run_id}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    show.close()
+    if outcome.get("cancelled"):
+        print(f"run {run_id} cancelled; partial notebook: {outcome.get('notebook')}", file=sys.stderr)
+        return EXIT_CANCELLED
+    if "error" in outcome:
+        from dsagent.errors import DsagentError
+
+        raise DsagentError(f"run {run_id} failed on the server: {outcome['error']}", hint=outcome.get("hint") or "see the dashboard's run page")
+    failure = outcome.get("failure")
+    return _report_run(outcome["run"], outcome["notebook"], outcome["artifacts"], failure and (failure["describe"], failure["kind"]), args,
+                       time.perf_counter() - t0)
+
+
+class _HandedProgress:
+    """What ``cmd_run`` shows for a local run, from a handed-off run's progress items."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        tty = sys.stderr.isatty()
+        self.lines = not (args.no_progress or args.json and not tty) and not tty
+        self.bar_wanted = tty and not args.no_progress
+        self.bar: Any = None
+
+    def __call__(self, item: dict[str, Any]) -> None:
+        if item["kind"] in ("stdout", "stderr"):
+            stream = sys.stdout if item["kind"] == "stdout" else sys.stderr
+            stream.write(item["text"])
+            stream.flush()
+        elif item["kind"] == "cell":
+            if self.lines:
+                print(f"cell {item['index'] + 1}/{item['total']} {item['status']} in {item['seconds']:.2f}s", file=sys.stderr, flush=True)
+            elif self.bar_wanted:
+                if self.bar is None:
+                    from tqdm import tqdm
+
+                    self.bar = tqdm(total=item["total"], unit="cell", desc="Executing")
+                self.bar.update(item["index"] + 1 - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

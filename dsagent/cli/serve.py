@@ -90,6 +90,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"login required (users in {args.basic_auth})", flush=True)
     if demo is not None:
         print(f"the workspace is empty: filling it with the demo in the background (log: {ctx.home / 'demo.log'})", flush=True)
+    from dsagent.panel_app.handoff import HandoffService
+
+    handoff = HandoffService.for_context(ctx)
+    handoff.advertise(server.port)  # `dsagent run` on this workspace hands its runs to us (runs/handoff.py)
     signal.signal(signal.SIGTERM, lambda *_: server.io_loop.asyncio_loop.call_soon_threadsafe(server.io_loop.stop))
     try:
         server.start()
@@ -98,6 +102,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         pass
     finally:
         print("stopping the dashboard ...", file=sys.stderr, flush=True)
+        handoff.withdraw()
+        _close_handoff(server, handoff)
         if demo is not None:
             _stop_demo(demo)
         server.stop()
@@ -107,6 +113,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _close_handoff(server, handoff) -> None:
+    """Cancel handed-off runs still going (recorded ``cancelled``) and stop their kernels, on the stopped loop."""
+    import asyncio
+
+    loop = server.io_loop.asyncio_loop
+    try:
+        loop.run_until_complete(asyncio.wait_for(handoff.aclose(), 30))
+    except Exception as exc:  # the process exits next; its kernels end with it
+        print(f"stopping handed-off runs: {exc}", file=sys.stderr, flush=True)
 
 
 def _start_demo(home: Path) -> subprocess.Popen:

@@ -392,6 +392,17 @@ class ForkingKernelManager(AsyncKernelManager):
             warn_once(f"the kernelspec does not start `python -m ipykernel_launcher` ({kernel_cmd[:3]})")
         await super()._async_launch_kernel(kernel_cmd, **kw)
 
+    # jupyter_client's ``in_pending_state`` decorator ends start and shutdown with a 10 ms
+    # sleep ("so tests can capture the state"): 20 ms of every forked kernel's ~100 ms cycle
+    async def _async_start_kernel(self, **kw: Any) -> None:
+        await _without_settle_sleep(self, _START_KERNEL, kw=kw)
+
+    async def _async_shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
+        await _without_settle_sleep(self, _SHUTDOWN_KERNEL, now=now, restart=restart)
+
+    start_kernel = _async_start_kernel  # type: ignore[assignment]  # AsyncKernelManager binds these names to the originals
+    shutdown_kernel = _async_shutdown_kernel  # type: ignore[assignment]
+
     async def _async_finish_shutdown(self, waittime: float | None = None, pollinterval: float = 0.1, restart: bool = False) -> None:
         # a forked kernel exits ~50 ms after its shutdown reply; checking its pidfd every
         # 0.1 s would add half that again to every fresh-kernel job of a sweep
@@ -401,6 +412,28 @@ class ForkingKernelManager(AsyncKernelManager):
         env = kw.get("env") or dict(os.environ)
         server = fork_server_for(kernel_cmd[0], env, self.preload, self.idle)
         return server.spawn(kernel_cmd, str(kw.get("cwd") or os.getcwd()), env, _fd(kw.get("stdout")), _fd(kw.get("stderr")), self.start_timeout)
+
+
+#: the undecorated jupyter_client methods (None if a release stops wrapping them: then the originals run)
+_START_KERNEL = getattr(AsyncKernelManager._async_start_kernel, "__wrapped__", None)
+_SHUTDOWN_KERNEL = getattr(AsyncKernelManager._async_shutdown_kernel, "__wrapped__", None)
+
+
+async def _without_settle_sleep(km: AsyncKernelManager, inner: Any, kw: Mapping[str, Any] | None = None, **args: Any) -> None:
+    """What ``in_pending_state`` does around ``inner`` (the ``ready`` future), minus its sleep."""
+    if inner is None:  # not wrapped as expected: the stock method, sleep and all
+        name = "_async_shutdown_kernel" if kw is None else "_async_start_kernel"
+        await getattr(AsyncKernelManager, name)(km, **(kw or {}), **args)
+        return
+    if km._attempted_start or not km._ready:
+        km._ready = asyncio.get_running_loop().create_future()
+    try:
+        await inner(km, **(kw or {}), **args)
+    except Exception as exc:
+        km._ready.set_exception(exc)
+        raise
+    if km.owns_kernel:
+        km._ready.set_result(None)
 
 
 async def warm_fork_server(km: ForkingKernelManager, env: Mapping[str, str], timeout: float) -> bool:

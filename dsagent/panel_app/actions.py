@@ -58,6 +58,10 @@ def cancel_run(store: Store, run_id: int, user: str) -> str:
         store.update_run_status(run_id, "cancelled", error=f"cancelled by {user} from the dashboard (its process had ended)")
         return f"run {run_id} marked cancelled (its process had already ended)"
     if owner.pid == os.getpid():
+        from dsagent.panel_app.handoff import cancel_served
+
+        if cancel_served(run_id):  # a `dsagent run` handed it to this server: its task here is the run
+            return f"cancelling run {run_id}: it runs in this server"
         raise DsagentError(f"run {run_id} runs inside the dashboard process itself", hint="stop the dashboard (Ctrl-C) to stop it")
     try:
         os.kill(owner.pid, signal.SIGTERM)

@@ -352,8 +352,11 @@ class NotFoundHandler(ApiHandler):
 
 def routes(ctx: AppContext) -> list[tuple[str, type, dict[str, Any]]]:
     """Tornado patterns for ``pn.serve(extra_patterns=...)``."""
+    from dsagent.panel_app import handoff
+
     kw = {"ctx": ctx}
     return [
+        *handoff.routes(ctx),  # `dsagent run` handing its run to this server
         (r"/api/runs/?", RunsHandler, kw),
         (r"/api/runs/([^/]+)/?", RunHandler, kw),
         (r"/api/runs/([^/]+)/events/?", EventsHandler, kw),
