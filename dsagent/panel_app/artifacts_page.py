@@ -14,7 +14,7 @@ import pandas as pd
 import panel as pn
 
 from dsagent.artifacts import schema
-from dsagent.panel_app.widgets import html_pane, image_tile, Notice, artifact_link, current_user, human_size, page_frame, run_link, time_text
+from dsagent.panel_app.widgets import html_pane, image_tile, Notice, Poller, artifact_link, current_user, human_size, page_frame, run_link, time_text
 
 if TYPE_CHECKING:
     from dsagent.panel_app.context import AppContext
@@ -138,16 +138,12 @@ def page(ctx: "AppContext") -> pn.Column:
     for widget in (run, mime, name):
         widget.param.watch(reload, "value")
 
-    async def first_load() -> None:
-        await reload()
-
     async def follow() -> None:  # new artifacts appear on the first pages; later pages stay put
         for which, pager in pagers.items():
             if pager.cursor is None:
                 await load(which)
 
-    pn.state.onload(first_load)
-    pn.state.add_periodic_callback(follow, period=max(2000, ctx.poll_ms * 4))
+    Poller(follow, max(2000, ctx.poll_ms * 4))
     return page_frame(
         "/artifacts", "Artifacts", notice.pane, pn.Row(run, name, mime, dates),
         pn.pane.Markdown("### Images"), pn.Row(*buttons["gallery"]), gallery,

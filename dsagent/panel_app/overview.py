@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import panel as pn
 
-from dsagent.panel_app.widgets import html_pane, image_tile, Notice, current_user, duration_text, human_size, page_frame, run_link, status_badge, time_text
+from dsagent.panel_app.widgets import html_pane, image_tile, Notice, Poller, current_user, duration_text, human_size, page_frame, run_link, status_badge, time_text
 
 if TYPE_CHECKING:
     from dsagent.panel_app.context import AppContext
@@ -56,6 +56,5 @@ def page(ctx: "AppContext") -> pn.Column:
             images.object = "<h3>Latest images</h3>" + (tiles or "<i>no images yet</i>")
         await notice.guard(work)
 
-    pn.state.onload(refresh)
-    pn.state.add_periodic_callback(refresh, period=max(2000, ctx.poll_ms * 4))
+    Poller(refresh, max(2000, ctx.poll_ms * 4))
     return page_frame("/", "Overview", notice.pane, counts, running, latest, images, user=current_user())

@@ -15,7 +15,7 @@ import pandas as pd
 import panel as pn
 
 from dsagent.artifacts import schema
-from dsagent.panel_app.widgets import Notice, current_user, duration_text, page_frame, run_link, status_badge, time_text
+from dsagent.panel_app.widgets import Notice, Poller, current_user, duration_text, page_frame, run_link, status_badge, time_text
 
 if TYPE_CHECKING:
     from dsagent.panel_app.context import AppContext
@@ -96,8 +96,7 @@ def page(ctx: "AppContext") -> pn.Column:
     text.param.watch(first_page, "value_input")
     next_button.on_click(older)
     prev_button.on_click(newer)
-    pn.state.onload(refresh)
-    pn.state.add_periodic_callback(refresh, period=max(1000, ctx.poll_ms * 2))
+    Poller(refresh, max(1000, ctx.poll_ms * 2))
     controls = pn.Row(kind, status, text, dates, sort)
     pager = pn.Row(prev_button, next_button, position)
     return page_frame("/runs", "Runs", notice.pane, controls, pager, table, user=current_user())

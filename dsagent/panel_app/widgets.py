@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = ["page_frame", "status_badge", "run_link", "artifact_link", "query_arg", "Notice", "artifact_preview",
-           "human_size", "duration_text", "time_text", "NAV", "html_pane", "image_tile"]
+           "human_size", "duration_text", "time_text", "NAV", "html_pane", "image_tile", "Poller"]
 
 #: (route, title) shown in the navigation bar; app.py fills it from its page list
 NAV: list[tuple[str, str]] = []
@@ -105,6 +105,36 @@ def duration_text(run: "Run") -> str:
     if run.finished is None:
         return "running"
     return f"{(run.finished - run.started).total_seconds():.1f} s"
+
+
+class Poller:
+    """Refresh a page once the browser has it, then every ``period_ms`` until ``stop()``.
+
+    Not earlier: Panel drops the model changes made after the browser pulled the
+    page's document but before its ``document_ready`` (the session does not count
+    as connected yet). A refresh from a periodic callback that lands in that window
+    is never shown, and the next one, finding the same data, does not send it
+    again: the table stayed empty. So the first refresh runs from ``onload`` and
+    the periodic callback starts after it.
+    """
+
+    def __init__(self, refresh: Callable[[], Awaitable[Any]], period_ms: int) -> None:
+        self.refresh = refresh
+        self.period_ms = period_ms
+        self.callback = None
+        self.stopped = False
+        pn.state.onload(self._start)
+
+    async def _start(self) -> None:
+        await self.refresh()
+        if not self.stopped:
+            self.callback = pn.state.add_periodic_callback(self.refresh, period=self.period_ms)
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.callback is not None:
+            self.callback.stop()
+            self.callback = None
 
 
 class Notice:

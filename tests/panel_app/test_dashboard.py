@@ -109,6 +109,11 @@ def test_downloads_through_the_page_and_rest_have_the_stored_bytes(seeded, new_p
         download = info.value
         assert Path(download.path()).read_bytes() == data[name]
         assert download.suggested_filename == name
+        # the page's Panel FileDownload button: the bytes come over the websocket, not the REST route
+        with page.expect_download() as info:
+            page.get_by_role("button", name=f"Download {name}").click()
+        assert Path(info.value.path()).read_bytes() == data[name]
+        assert info.value.suggested_filename == name
         status, headers, body = dashboard.get(f"api/artifacts/{artifact.id}")
         assert status == 200 and body == data[name]
         assert headers["Content-Type"].startswith(artifact.mime)
@@ -236,6 +241,7 @@ def test_cancel_from_the_run_page_ends_the_run_cancelled_with_no_kernel_left(see
         page.get_by_text("cell_started").first.wait_for(timeout=60_000)
         page.get_by_role("button", name="Cancel run").click()
         page.locator("span", has_text="cancelled").first.wait_for(timeout=60_000)
+        page.get_by_text("cancel asked by anonymous").first.wait_for()  # who did it, from the run's events
         assert cli.wait(60) != 0
     finally:
         if cli.poll() is None:
