@@ -40,7 +40,7 @@ def _builtin_pages() -> list[PageSpec]:
     return [
         PageSpec("/", "Overview", overview.page, preload=overview.preload),
         PageSpec("/runs", "Runs", runs.page, preload=runs.preload),
-        PageSpec("/run", "Run", run_page.page, in_nav=False),
+        PageSpec("/run", "Run", run_page.page, in_nav=False, preload=run_page.preload),
         PageSpec("/artifacts", "Artifacts", artifacts_page.page, preload=artifacts_page.preload),
         PageSpec("/artifact", "Artifact", artifact_page.page, in_nav=False),
     ]

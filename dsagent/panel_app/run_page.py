@@ -16,14 +16,14 @@ import pandas as pd
 import panel as pn
 
 from dsagent.panel_app.actions import cancel_run
-from dsagent.panel_app.widgets import (html_pane, image_tile, Notice, Poller, current_user, duration_text, page_frame, query_arg, run_link, sandboxed_iframe,
+from dsagent.panel_app.widgets import (html_pane, image_tile, Notice, Poller, preloaded, current_user, duration_text, page_frame, query_arg, run_link, sandboxed_iframe,
                                        status_badge, time_text)
 
 if TYPE_CHECKING:
     from dsagent.artifacts.models import Event, Run
     from dsagent.panel_app.context import AppContext
 
-__all__ = ["page"]
+__all__ = ["page", "preload"]
 
 EVENT_COLUMNS = ["seq", "time", "type", "details"]
 
@@ -74,6 +74,15 @@ def _summary(run: "Run", children, who: list[str]) -> str:
     params = json.dumps(run.params, indent=1, default=str) if run.params else "{}"
     rows.append(("parameters", f"<pre style='margin:0'>{html.escape(params[:5000])}</pre>"))
     return "<table class='ds-kv'>" + "".join(f"<tr><td><b>{k}</b></td><td>{v}</td></tr>" for k, v in rows) + "</table>"
+
+
+def preload(ctx: "AppContext", args: dict[str, str]) -> list["Event"] | None:
+    """The run's first events, read before the page is built: the events table comes with the page."""
+    try:
+        run_id = int(args.get("id", ""))
+    except ValueError:
+        return None  # the page says what is wrong with the address
+    return ctx.store.events(run_id, after=0, limit=500)
 
 
 def page(ctx: "AppContext") -> pn.Column:
@@ -151,6 +160,11 @@ def page(ctx: "AppContext") -> pn.Column:
             cancel.disabled = False
 
     cancel.on_click(on_cancel)
+    first = preloaded()
+    if first:  # streamed rows could reach the table while the browser still builds it, which drops them
+        events.value = _events_frame(first)
+        state["after"] = first[-1].seq
+        state["who"].extend(line for line in map(_who, first) if line)
     poller = Poller(refresh, ctx.poll_ms)
     body = [notice.pane, pn.Row(cancel, message), summary, downloads, pn.pane.Markdown("### Events"), events, notebook_title, notebook, artifacts]
     return page_frame("/runs", f"Run {run_id}", *body, user=current_user())
