@@ -25,7 +25,7 @@ GALLERY_SIZE = 24
 TABLE_SIZE = 50
 COLUMNS = ["artifact", "name", "kind", "mime", "size", "run", "created", "download"]
 # fit_columns with set widths (the name takes the rest): fit_data_fill measured every cell before the first paint
-_WIDTHS = {"artifact": 80, "kind": 90, "mime": 180, "size": 90, "run": 70, "created": 170, "download": 90}
+_WIDTHS = {"artifact": 80, "kind": 90, "mime": 250, "size": 90, "run": 70, "created": 170, "download": 90}
 
 
 class KeysetPager:
