@@ -9,6 +9,7 @@ server starts. Each page module has ``page(ctx) -> Viewable``; ``ctx`` (an
 from __future__ import annotations
 
 import errno
+import logging
 import socket
 import threading
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from typing import Any, Callable
 
 from dsagent.errors import DsagentError
 from dsagent.panel_app.context import AppContext
+
+log = logging.getLogger(__name__)
 
 __all__ = ["PageSpec", "PAGES", "register_page", "build_server", "origins_for"]
 
@@ -26,16 +29,19 @@ class PageSpec:
     title: str  # shown in the navigation bar
     builder: Callable[[AppContext], Any]  # page(ctx) -> a Panel viewable, called once per browser session
     in_nav: bool = True
+    #: preload(ctx, query args) -> the page's first data: blocking store reads, run in a worker thread before
+    #: the page is built; the builder takes it with ``widgets.preloaded()`` (None if it failed: refresh on load)
+    preload: Callable[[AppContext, dict[str, str]], Any] | None = None
 
 
 def _builtin_pages() -> list[PageSpec]:
     from dsagent.panel_app import artifact_page, artifacts_page, compare_page, notebook_page, notebooks_page, overview, run_page, runs
 
     return [
-        PageSpec("/", "Overview", overview.page),
-        PageSpec("/runs", "Runs", runs.page),
-        PageSpec("/run", "Run", run_page.page, in_nav=False),
-        PageSpec("/artifacts", "Artifacts", artifacts_page.page),
+        PageSpec("/", "Overview", overview.page, preload=overview.preload),
+        PageSpec("/runs", "Runs", runs.page, preload=runs.preload),
+        PageSpec("/run", "Run", run_page.page, in_nav=False, preload=run_page.preload),
+        PageSpec("/artifacts", "Artifacts", artifacts_page.page, preload=artifacts_page.preload),
         PageSpec("/artifact", "Artifact", artifact_page.page, in_nav=False),
         PageSpec("/notebooks", "Notebooks", notebooks_page.page),
         PageSpec("/notebook", "Notebook", notebook_page.page, in_nav=False),
@@ -74,7 +80,7 @@ def build_server(ctx: AppContext, *, port: int, address: str, cookie_secret: str
     pn.extension("tabulator", notifications=False)
     pages = [*_builtin_pages(), *PAGES]
     widgets.NAV[:] = [(p.route, p.title) for p in pages if p.in_nav]
-    routes = {p.route.lstrip("/") or "/": (lambda spec=p: spec.builder(ctx)) for p in pages}
+    routes = _applications(ctx, pages)
     extra: dict[str, Any] = {}
     if ctx.credentials is not None:
         extra["auth_provider"] = make_auth_provider(ctx.credentials)
@@ -90,3 +96,42 @@ def build_server(ctx: AppContext, *, port: int, address: str, cookie_secret: str
     # a daemon thread: Ctrl-C must not wait for an import that takes seconds on a busy machine
     threading.Thread(target=rest.warm_up, name="nbconvert-warm-up", daemon=True).start()
     return server
+
+
+def _preload_handler(ctx: AppContext, preload: Callable[[AppContext, dict[str, str]], Any]):
+    """A Bokeh handler that reads a page's first data before Bokeh builds the page's document.
+
+    Bokeh awaits every handler's ``on_session_created`` before it builds the
+    document, so the read runs in a worker thread (never on the event loop) and
+    its result is in the document the browser first receives: the page shows its
+    data on first paint, without a second round trip after the page has loaded
+    (and without sending rows to a Tabulator still being built, which drops them).
+    """
+    from bokeh.application.handlers.handler import Handler
+
+    from dsagent.panel_app import widgets
+
+    class PreloadHandler(Handler):
+        def modify_document(self, doc) -> None:
+            pass  # the page's own handler builds it
+
+        async def on_session_created(self, session_context) -> None:
+            request = session_context.request
+            args = {k: v[0].decode("utf-8", "replace") for k, v in (request.arguments if request else {}).items() if v}
+            try:
+                widgets.PRELOADED[session_context._document] = await ctx.read(preload, ctx, args)
+            except Exception:  # a busy store, a bad id ...: the page's first refresh reads again and says what is wrong
+                log.debug("preload of %s failed", request and request.path, exc_info=True)
+
+    return PreloadHandler()
+
+
+def _applications(ctx: AppContext, pages: list[PageSpec]) -> dict[str, Any]:
+    """Panel's Bokeh applications for the pages, each with its preload handler when it has one."""
+    from panel.io.application import build_applications
+
+    apps = build_applications({p.route: (lambda spec=p: spec.builder(ctx)) for p in pages}, title="dsagent")
+    for spec in pages:
+        if spec.preload is not None:
+            apps[spec.route].add(_preload_handler(ctx, spec.preload))
+    return apps

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import io
 import json
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
 __all__ = ["page"]
 
 _PREVIEW_BYTES_LIMIT = 20 << 20  # tables/text beyond this are downloaded, not previewed
+#: FileDownload sends the bytes base64-encoded over the websocket; bigger files use the plain link (HTTP, Range)
+_FILE_DOWNLOAD_LIMIT = 20 << 20
 
 
 def page(ctx: "AppContext") -> pn.Column:
@@ -28,6 +31,14 @@ def page(ctx: "AppContext") -> pn.Column:
         return page_frame("/artifacts", "Artifact", notice.pane, user=current_user())
     meta = html_pane("loading…")
     preview = pn.Column(sizing_mode="stretch_width")
+
+    async def stored_bytes():  # FileDownload awaits this on click: the bytes are read then, off the event loop
+        _, data = await ctx.read(ctx.store.read_artifact, artifact_id)
+        return io.BytesIO(data)
+
+    # Panel's download button, next to the plain link to the REST route (which also serves Range requests)
+    download = pn.widgets.FileDownload(callback=stored_bytes, filename="artifact", label="Download", button_type="primary",
+                                       width=260, visible=False, name="file-download")
 
     async def load() -> None:
         async def work() -> None:
@@ -46,8 +57,10 @@ def page(ctx: "AppContext") -> pn.Column:
                      f' &nbsp;·&nbsp; <a href="./api/artifacts/{artifact.id}/meta">metadata as JSON</a>')
             meta.object = ("<table class='ds-kv'>" + "".join(f"<tr><td><b>{k}</b></td><td>{v}</td></tr>" for k, v in rows)
                            + f"</table><p>{links}</p>")
+            if artifact.size <= _FILE_DOWNLOAD_LIMIT:
+                download.param.update(filename=artifact.name, label=f"Download {artifact.name}", visible=True)
             preview.objects = [pn.pane.Markdown("### Preview"), artifact_preview(ctx, artifact, data)]
         await notice.guard(work)
 
     pn.state.onload(load)
-    return page_frame("/artifacts", f"Artifact {artifact_id}", notice.pane, meta, preview, user=current_user())
+    return page_frame("/artifacts", f"Artifact {artifact_id}", notice.pane, meta, download, preview, user=current_user())

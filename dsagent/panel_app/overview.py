@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING
 
 import panel as pn
 
-from dsagent.panel_app.widgets import html_pane, image_tile, Notice, current_user, duration_text, human_size, page_frame, run_link, status_badge, time_text
+from dsagent.panel_app.widgets import html_pane, image_tile, Notice, Poller, preloaded, current_user, duration_text, human_size, page_frame, run_link, status_badge, time_text
 
 if TYPE_CHECKING:
     from dsagent.panel_app.context import AppContext
 
-__all__ = ["page"]
+__all__ = ["page", "preload"]
 
 
 def _store_size(ctx: "AppContext") -> int:
@@ -30,6 +30,12 @@ def _runs_table(runs) -> str:
             f"{rows}</table>") if rows else "<i>no runs yet</i>"
 
 
+def preload(ctx: "AppContext", args: dict[str, str]) -> dict:
+    """Everything the page shows (blocking store reads; the page's first data and each refresh)."""
+    return {"summary": ctx.store.overview(), "recent": ctx.store.search_runs(limit=10),
+            "pictures": ctx.store.search_artifacts(kind="image", limit=8), "size": _store_size(ctx)}
+
+
 def page(ctx: "AppContext") -> pn.Column:
     notice = Notice()
     counts = html_pane("loading…")
@@ -39,23 +45,25 @@ def page(ctx: "AppContext") -> pn.Column:
 
     async def refresh() -> None:
         async def work() -> None:
-            summary = await ctx.read(ctx.store.overview)
-            recent = await ctx.read(ctx.store.search_runs, limit=10)
-            pictures = await ctx.read(ctx.store.search_artifacts, kind="image", limit=8)
-            size = await ctx.read(_store_size, ctx)
-            by_status = " ".join(f"{status_badge(s)} {n}" for s, n in sorted(summary["runs_by_status"].items()))
-            by_kind = ", ".join(f"{html.escape(k)}: {n}" for k, n in sorted(summary["runs_by_kind"].items()))
-            arts = ", ".join(f"{html.escape(k)}: {n}" for k, n in sorted(summary["artifacts_by_kind"].items()))
-            counts.object = (f"<table class='ds-kv'><tr><td><b>runs</b></td><td>{recent.total} — {by_status or 'none yet'}</td></tr>"
-                             f"<tr><td><b>by kind</b></td><td>{by_kind or '—'}</td></tr>"
-                             f"<tr><td><b>artifacts</b></td><td>{arts or '—'}</td></tr>"
-                             f"<tr><td><b>store</b></td><td>{human_size(size)} in {html.escape(str(ctx.home))}</td></tr></table>")
-            running.object = "<h3>Running now</h3>" + (_runs_table(summary["running"]) if summary["running"] else "<i>nothing is running</i>")
-            latest.object = "<h3>Latest runs</h3>" + _runs_table(recent.items)
-            tiles = "".join(image_tile(a, f"{a.name[:40]} · run {a.run_id}") for a in pictures.items)
-            images.object = "<h3>Latest images</h3>" + (tiles or "<i>no images yet</i>")
+            show(await ctx.read(preload, ctx, {}))
         await notice.guard(work)
 
-    pn.state.onload(refresh)
-    pn.state.add_periodic_callback(refresh, period=max(2000, ctx.poll_ms * 4))
+    def show(data: dict) -> None:
+        summary, recent, pictures, size = data["summary"], data["recent"], data["pictures"], data["size"]
+        by_status = " ".join(f"{status_badge(s)} {n}" for s, n in sorted(summary["runs_by_status"].items()))
+        by_kind = ", ".join(f"{html.escape(k)}: {n}" for k, n in sorted(summary["runs_by_kind"].items()))
+        arts = ", ".join(f"{html.escape(k)}: {n}" for k, n in sorted(summary["artifacts_by_kind"].items()))
+        counts.object = (f"<table class='ds-kv'><tr><td><b>runs</b></td><td>{recent.total} — {by_status or 'none yet'}</td></tr>"
+                         f"<tr><td><b>by kind</b></td><td>{by_kind or '—'}</td></tr>"
+                         f"<tr><td><b>artifacts</b></td><td>{arts or '—'}</td></tr>"
+                         f"<tr><td><b>store</b></td><td>{human_size(size)} in {html.escape(str(ctx.home))}</td></tr></table>")
+        running.object = "<h3>Running now</h3>" + (_runs_table(summary["running"]) if summary["running"] else "<i>nothing is running</i>")
+        latest.object = "<h3>Latest runs</h3>" + _runs_table(recent.items)
+        tiles = "".join(image_tile(a, f"{a.name[:40]} · run {a.run_id}") for a in pictures.items)
+        images.object = "<h3>Latest images</h3>" + (tiles or "<i>no images yet</i>")
+
+    first = preloaded()
+    if first is not None:  # the counts are in the document the browser receives
+        show(first)
+    Poller(refresh, max(2000, ctx.poll_ms * 4), first=first is None)
     return page_frame("/", "Overview", notice.pane, counts, running, latest, images, user=current_user())

@@ -328,21 +328,28 @@ def render_notebook(data: bytes) -> str:
 class ThumbHandler(ApiHandler):
     async def get(self, artifact_id: str) -> None:
         async def body() -> None:
-            from dsagent.panel_app.thumbnails import thumbnail
+            from dsagent.panel_app.thumbnails import kept_thumbnail, thumbnail
 
             aid = _id(artifact_id, "artifact")
+            kept = kept_thumbnail(self.ctx.thumbnails_dir, self.get_query_argument("sha256", ""))
+            if kept is not None:  # the gallery names the content: a kept thumbnail needs no store read (no lock turn)
+                self._send_thumb(kept, "image/png")
+                return
             artifact = await self.read(self.ctx.store.get_artifact, aid)
             thumb = await self.read(thumbnail, self.ctx.thumbnails_dir, artifact.sha256, lambda: self.ctx.store.read_bytes(aid))
             if thumb is None:  # not a raster image: the full bytes (an SVG shown through <img> cannot run scripts)
                 _, thumb = await self.read(self.ctx.store.read_artifact, aid)
-                self.set_header("Content-Type", artifact.mime)
+                self._send_thumb(thumb, artifact.mime)
             else:
-                self.set_header("Content-Type", "image/png")
-            self.set_header("Cache-Control", "private, max-age=86400, immutable")
-            self.set_header("X-Content-Type-Options", "nosniff")
-            self.set_header("Content-Security-Policy", PREVIEW_CSP)
-            self.finish(thumb)
+                self._send_thumb(thumb, "image/png")
         await self.guarded(body)
+
+    def _send_thumb(self, data: bytes, mime: str) -> None:
+        self.set_header("Content-Type", mime)
+        self.set_header("Cache-Control", "private, max-age=86400, immutable")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Content-Security-Policy", PREVIEW_CSP)
+        self.finish(data)
 
 
 class NotFoundHandler(ApiHandler):

@@ -16,14 +16,14 @@ import pandas as pd
 import panel as pn
 
 from dsagent.panel_app.actions import cancel_run
-from dsagent.panel_app.widgets import (html_pane, image_tile, Notice, current_user, duration_text, page_frame, query_arg, run_link, sandboxed_iframe,
+from dsagent.panel_app.widgets import (html_pane, image_tile, Notice, Poller, preloaded, current_user, duration_text, page_frame, query_arg, run_link, sandboxed_iframe,
                                        status_badge, time_text)
 
 if TYPE_CHECKING:
     from dsagent.artifacts.models import Event, Run
     from dsagent.panel_app.context import AppContext
 
-__all__ = ["page"]
+__all__ = ["page", "preload"]
 
 EVENT_COLUMNS = ["seq", "time", "type", "details"]
 
@@ -43,7 +43,20 @@ def _events_frame(events: list["Event"]) -> pd.DataFrame:
                          for e in events], columns=EVENT_COLUMNS)
 
 
-def _summary(run: "Run", children, cancelled_by: list[str]) -> str:
+#: what a dashboard action event says on the run's "who" line
+_ACTIONS = {"launched": "launched", "cancel_requested": "cancel asked"}
+
+
+def _who(event: "Event") -> str | None:
+    """``launched by alice``: an action taken from the dashboard (its event names the user), else None."""
+    payload = event.payload
+    if payload.get("via") != "dashboard" or "user" not in payload:
+        return None
+    what = _ACTIONS.get(event.type, event.type.replace("_", " "))
+    return f"{what} by {payload['user']} at {event.time.strftime('%H:%M:%S')}"
+
+
+def _summary(run: "Run", children, who: list[str]) -> str:
     rows = [
         ("status", status_badge(run.status) + (f" — {html.escape(run.error)}" if run.error else "")),
         ("kind", html.escape(run.kind)), ("title", html.escape(run.title or "")), ("backend", html.escape(run.backend or "")),
@@ -56,11 +69,20 @@ def _summary(run: "Run", children, cancelled_by: list[str]) -> str:
     if children.total:
         more = f" (+{children.total - len(children.items)} more)" if children.total > len(children.items) else ""
         rows.append(("children", ", ".join(run_link(c.id) for c in children.items) + more))
-    if cancelled_by:
-        rows.append(("cancel asked by", html.escape(", ".join(cancelled_by))))
+    if who:
+        rows.append(("who", html.escape("; ".join(who)) + " (from the dashboard)"))
     params = json.dumps(run.params, indent=1, default=str) if run.params else "{}"
     rows.append(("parameters", f"<pre style='margin:0'>{html.escape(params[:5000])}</pre>"))
     return "<table class='ds-kv'>" + "".join(f"<tr><td><b>{k}</b></td><td>{v}</td></tr>" for k, v in rows) + "</table>"
+
+
+def preload(ctx: "AppContext", args: dict[str, str]) -> list["Event"] | None:
+    """The run's first events, read before the page is built: the events table comes with the page."""
+    try:
+        run_id = int(args.get("id", ""))
+    except ValueError:
+        return None  # the page says what is wrong with the address
+    return ctx.store.events(run_id, after=0, limit=500)
 
 
 def page(ctx: "AppContext") -> pn.Column:
@@ -83,7 +105,7 @@ def page(ctx: "AppContext") -> pn.Column:
     notebook = sandboxed_iframe("about:blank")
     notebook.visible = False
     artifacts = html_pane("")
-    state: dict = {"after": 0, "status": None, "callback": None, "artifacts": -1}
+    state: dict = {"after": 0, "status": None, "artifacts": -1, "who": []}
 
     async def refresh() -> None:
         async def work() -> None:
@@ -92,22 +114,19 @@ def page(ctx: "AppContext") -> pn.Column:
             if new:
                 state["after"] = new[-1].seq
                 events.stream(_events_frame(new), follow=True)
-                state.setdefault("cancelled_by", []).extend(
-                    str(e.payload.get("user")) for e in new if e.type == "cancel_requested")
+                state["who"].extend(line for line in map(_who, new) if line)
             count = await ctx.read(ctx.store.artifact_count, run_id)
             if run.status != state["status"] or count != state["artifacts"] or new:
                 children = await ctx.read(ctx.store.search_runs, parent_id=run_id, limit=20, sort="id", descending=False)
-                summary.object = _summary(run, children, state.get("cancelled_by", []))
+                summary.object = _summary(run, children, state["who"])
                 cancel.visible = run.status in ("running", "queued")
             if run.status != state["status"] or count != state["artifacts"]:
                 await _show_artifacts(run)
             state["status"], state["artifacts"] = run.status, count
-            if run.done and not new and state["callback"] is not None:
-                state["callback"].stop()  # everything is read; nothing more will come
-                state["callback"] = None
-        if not await notice.guard(work) and notice.missing and state["callback"] is not None:
-            state["callback"].stop()
-            state["callback"] = None
+            if run.done and not new:
+                poller.stop()  # everything is read; nothing more will come
+        if not await notice.guard(work) and notice.missing:
+            poller.stop()
 
     async def _show_artifacts(run: "Run") -> None:
         page_ = await ctx.read(ctx.store.search_artifacts, run_id=run_id, limit=200)
@@ -141,7 +160,11 @@ def page(ctx: "AppContext") -> pn.Column:
             cancel.disabled = False
 
     cancel.on_click(on_cancel)
-    pn.state.onload(refresh)
-    state["callback"] = pn.state.add_periodic_callback(refresh, period=ctx.poll_ms)
+    first = preloaded()
+    if first:  # streamed rows could reach the table while the browser still builds it, which drops them
+        events.value = _events_frame(first)
+        state["after"] = first[-1].seq
+        state["who"].extend(line for line in map(_who, first) if line)
+    poller = Poller(refresh, ctx.poll_ms)
     body = [notice.pane, pn.Row(cancel, message), summary, downloads, pn.pane.Markdown("### Events"), events, notebook_title, notebook, artifacts]
     return page_frame("/runs", f"Run {run_id}", *body, user=current_user())

@@ -12,7 +12,7 @@ import io
 import os
 from pathlib import Path
 
-__all__ = ["thumbnail", "THUMB_SIZE"]
+__all__ = ["thumbnail", "kept_thumbnail", "THUMB_SIZE"]
 
 THUMB_SIZE = (320, 240)
 
@@ -29,6 +29,19 @@ def thumbnail(folder: Path, sha256: str, data_loader) -> bytes | None:
     tmp.write_bytes(made or b"")
     os.replace(tmp, path)
     return made
+
+
+def kept_thumbnail(folder: Path, sha256: str) -> bytes | None:
+    """The thumbnail already made for this content, or None (not made yet, not an image, not a sha256).
+
+    Any logged-in user may read every artifact, so serving a kept thumbnail by its
+    content hash shows nothing the artifact's own route would not."""
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        return None
+    try:
+        return (folder / sha256[:2] / f"{sha256}.png").read_bytes() or None
+    except OSError:
+        return None
 
 
 def _make(data: bytes) -> bytes | None:

@@ -8,6 +8,7 @@ import json
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import logging
+import weakref
 
 import panel as pn
 
@@ -20,10 +21,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = ["page_frame", "status_badge", "run_link", "artifact_link", "query_arg", "Notice", "artifact_preview",
-           "human_size", "duration_text", "time_text", "NAV", "html_pane", "image_tile"]
+           "human_size", "duration_text", "time_text", "NAV", "html_pane", "image_tile", "Poller", "preloaded"]
 
 #: (route, title) shown in the navigation bar; app.py fills it from its page list
 NAV: list[tuple[str, str]] = []
+
+#: a page's first data, read before its document is built (app.py's preload handler), by document
+PRELOADED: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def preloaded() -> Any:
+    """This session's preloaded data (``PageSpec.preload``), or None if there is none or it failed."""
+    doc = pn.state.curdoc
+    return PRELOADED.pop(doc, None) if doc is not None else None
 
 _STATUS_COLORS = {"queued": "#6c757d", "running": "#0d6efd", "succeeded": "#198754", "failed": "#dc3545", "cancelled": "#b8860b"}
 
@@ -56,8 +66,11 @@ def html_pane(text: str = "", **kwargs: Any) -> pn.pane.HTML:
     return pn.pane.HTML(text, stylesheets=[CSS], sizing_mode="stretch_width", **kwargs)
 
 
-def image_tile(artifact: "Artifact", caption: str) -> str:
-    return (f'<div class="ds-tile"><a href="./artifact?id={artifact.id}"><img loading="lazy" src="./api/artifacts/{artifact.id}/thumb" '
+def image_tile(artifact: "Artifact", caption: str, *, eager: bool = False) -> str:
+    """A gallery tile; the thumbnail URL names the content (sha256), so a kept thumbnail is served without a store read."""
+    loading = "eager" if eager else "lazy"  # the first row: fetched at once, not after layout decides it is visible
+    return (f'<div class="ds-tile"><a href="./artifact?id={artifact.id}"><img loading="{loading}" '
+            f'src="./api/artifacts/{artifact.id}/thumb?sha256={artifact.sha256}" '
             f'alt="{html.escape(artifact.name)}"></a><br>{html.escape(caption)}</div>')
 
 
@@ -105,6 +118,38 @@ def duration_text(run: "Run") -> str:
     if run.finished is None:
         return "running"
     return f"{(run.finished - run.started).total_seconds():.1f} s"
+
+
+class Poller:
+    """Refresh a page once the browser has it, then every ``period_ms`` until ``stop()``.
+
+    Not earlier: Panel drops the model changes made after the browser pulled the
+    page's document but before its ``document_ready`` (the session does not count
+    as connected yet). A refresh from a periodic callback that lands in that window
+    is never shown, and the next one, finding the same data, does not send it
+    again: the table stayed empty. So the first refresh runs from ``onload`` and
+    the periodic callback starts after it.
+    """
+
+    def __init__(self, refresh: Callable[[], Awaitable[Any]], period_ms: int, *, first: bool = True) -> None:
+        self.refresh = refresh
+        self.period_ms = period_ms
+        self.callback = None
+        self.stopped = False
+        self.first = first  # False: the page was built with preloaded data, the first refresh is the periodic one
+        pn.state.onload(self._start)
+
+    async def _start(self) -> None:
+        if self.first:
+            await self.refresh()
+        if not self.stopped:
+            self.callback = pn.state.add_periodic_callback(self.refresh, period=self.period_ms)
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.callback is not None:
+            self.callback.stop()
+            self.callback = None
 
 
 class Notice:

@@ -63,8 +63,9 @@ def test_anonymous_requests_are_refused(guarded):
     assert dashboard.get("api/runs")[0] == 401
     assert dashboard.get(f"api/artifacts/{artifact.id}", _basic("alice", "wrong"))[0] == 401
     ws_url = dashboard.url.replace("http://", "ws://") + "ws"
-    with pytest.raises(InvalidStatus):
+    with pytest.raises(InvalidStatus) as refused:  # without auth this handshake succeeds (101)
         _open_and_close(ws_url, origin=dashboard.url.rstrip("/"), open_timeout=20)
+    assert refused.value.response.status_code in (302, 401, 403)
 
 
 def test_basic_auth_header_works_for_scripts(guarded):
@@ -85,4 +86,8 @@ def test_after_logging_in_pages_and_routes_work(guarded, new_page):
     page.get_by_text("alice").first.wait_for()  # who is logged in, in the navigation bar
     response = page.request.get(f"api/artifacts/{artifact.id}")
     assert response.status == 200 and response.body() == b"top secret"
+    # the websocket handshake with the login cookie gets past the login check that refuses anonymous ones
+    cookie = "; ".join(f"{c['name']}={c['value']}" for c in page.context.cookies())
+    _open_and_close(dashboard.url.replace("http://", "ws://") + "ws", origin=dashboard.url.rstrip("/"),
+                    additional_headers={"Cookie": cookie}, open_timeout=20)
     assert [p for p in problems.items if "/login" not in p] == []

@@ -84,6 +84,7 @@ def test_every_page_loads_without_errors_and_shows_its_content(seeded, new_page,
         ("artifact-table", f"/artifact?id={added['numbers.csv'].id}", "numbers.csv"),
         ("artifact-json", f"/artifact?id={added['result.json'].id}", "answer"),
         ("unknown-run", "/run?id=999999", "no run with id 999999"),
+        ("unknown-artifact", "/artifact?id=999999", "no artifact with id 999999"),
         ("bad-artifact-id", "/artifact?id=abc", "No artifact id"),
     ]
     for name, path, text in checks:
@@ -109,6 +110,11 @@ def test_downloads_through_the_page_and_rest_have_the_stored_bytes(seeded, new_p
         download = info.value
         assert Path(download.path()).read_bytes() == data[name]
         assert download.suggested_filename == name
+        # the page's Panel FileDownload button: the bytes come over the websocket, not the REST route
+        with page.expect_download() as info:
+            page.get_by_role("button", name=f"Download {name}").click()
+        assert Path(info.value.path()).read_bytes() == data[name]
+        assert info.value.suggested_filename == name
         status, headers, body = dashboard.get(f"api/artifacts/{artifact.id}")
         assert status == 200 and body == data[name]
         assert headers["Content-Type"].startswith(artifact.mime)
@@ -154,6 +160,11 @@ def test_rest_routes_page_filter_and_refuse_bad_input(seeded):
     assert [a["name"] for a in body["items"]] == ["plot one.png"]
     status, body = dashboard.get_json("api/artifacts?name=*.csv&limit=5")
     assert [a["name"] for a in body["items"]] == ["numbers.csv"]
+    image = added["plot one.png"]
+    status, headers, made = dashboard.get(f"api/artifacts/{image.id}/thumb")  # made from the stored bytes, then kept
+    assert status == 200 and headers["Content-Type"] == "image/png" and made.startswith(b"\x89PNG")
+    assert dashboard.get(f"api/artifacts/{image.id}/thumb?sha256={image.sha256}")[2] == made  # the kept one, no store read
+    assert dashboard.get(f"api/artifacts/{image.id}/thumb?sha256=../../etc")[2] == made  # not a hash: the normal way
     status, body = dashboard.get_json("api/runs/424242")
     assert status == 404 and "424242" in body["error"]
     status, body = dashboard.get_json("api/artifacts/424242")
@@ -188,10 +199,21 @@ def _kernels_working_in(home: Path) -> list[psutil.Process]:
     return found
 
 
+def _get_json(dashboard, path: str, timeout: float = 30) -> dict:
+    """A REST answer, asking again while the route says the store is busy (503: a CLI run is writing)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = dashboard.get_json(path)
+        if status != 503 or time.monotonic() > deadline:
+            assert status == 200, body
+            return body
+        time.sleep(0.1)
+
+
 def _wait_for_run(dashboard, title_part: str, timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        _, body = dashboard.get_json(f"api/runs?q={title_part}")
+        body = _get_json(dashboard, f"api/runs?q={title_part}")
         if body["items"]:
             return body["items"][0]
         time.sleep(0.1)
@@ -236,13 +258,13 @@ def test_cancel_from_the_run_page_ends_the_run_cancelled_with_no_kernel_left(see
         page.get_by_text("cell_started").first.wait_for(timeout=60_000)
         page.get_by_role("button", name="Cancel run").click()
         page.locator("span", has_text="cancelled").first.wait_for(timeout=60_000)
+        page.get_by_text("cancel asked by anonymous").first.wait_for()  # who did it, from the run's events
         assert cli.wait(60) != 0
     finally:
         if cli.poll() is None:
             cli.kill()
-    _, body = dashboard.get_json(f"api/runs/{run['id']}")
-    assert body["status"] == "cancelled"
-    _, events = dashboard.get_json(f"api/runs/{run['id']}/events")
+    assert _get_json(dashboard, f"api/runs/{run['id']}")["status"] == "cancelled"
+    events = _get_json(dashboard, f"api/runs/{run['id']}/events")
     assert any(e["type"] == "cancel_requested" and e["payload"]["user"] == "anonymous" for e in events["items"])
     gone, alive = psutil.wait_procs(kernels, timeout=10)
     assert alive == []
@@ -255,14 +277,18 @@ def test_a_long_locked_store_makes_pages_say_busy_and_recover(seeded, new_page):
     page.goto("/runs")
     page.get_by_text("seeded report").first.wait_for()
     holder = Store(settings=Settings(home=str(dashboard.home)))
+    opened, opened_problems = new_page(dashboard.url)
     with holder._locked_file():  # another process keeps the workspace busy (a long gc, say)
         page.get_by_text("is busy").first.wait_for()
         status, body = dashboard.get_json("api/runs")
         assert status == 503 and "busy" in body["hint"]
+        opened.goto("/artifacts")  # a page opened while the store is busy: its preload gives up, the page says so
+        opened.get_by_text("is busy").first.wait_for()
     page.get_by_text("is busy").first.wait_for(state="hidden")
     page.get_by_text("seeded report").first.wait_for()
+    opened.get_by_text("numbers.csv").first.wait_for()  # and fills in once the store is free
     holder.close()
-    assert [p for p in problems.items if "503" not in p] == []
+    assert [p for p in problems.items + opened_problems.items if "503" not in p] == []
 
 
 def test_the_websocket_refuses_foreign_origins(seeded):

@@ -51,3 +51,16 @@ def test_a_port_in_use_is_named_with_a_way_out(tmp_path):
                               capture_output=True, text=True, timeout=120)
     assert done.returncode == EXIT_USAGE
     assert f"port {port}" in done.stderr and "already in use" in done.stderr and "--port" in done.stderr
+
+
+def test_the_cookie_secret_comes_from_the_flag_the_env_or_is_kept_in_the_workspace(tmp_path, monkeypatch):
+    from dsagent.panel_app.auth import cookie_secret
+
+    monkeypatch.delenv("DSAGENT_DASHBOARD_COOKIE_SECRET", raising=False)
+    generated = cookie_secret(None, tmp_path)
+    kept = tmp_path / "dashboard-cookie-secret"
+    assert len(generated) >= 32 and kept.read_text() == generated and kept.stat().st_mode & 0o777 == 0o600
+    assert cookie_secret(None, tmp_path) == generated  # a restart keeps logins valid
+    monkeypatch.setenv("DSAGENT_DASHBOARD_COOKIE_SECRET", "from-env")
+    assert cookie_secret(None, tmp_path) == "from-env"
+    assert cookie_secret("from-flag", tmp_path) == "from-flag"
