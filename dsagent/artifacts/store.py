@@ -63,7 +63,7 @@ class Store:
         self.settings = settings or Settings()
         self.workspace = workspace or Workspace.from_settings(self.settings)
         self.path: Path = self.workspace.db_path
-        self.db = Database(self.path, self.settings.store_lock_timeout)  # the locked connection
+        self.db = Database(self.path, self.settings.store_lock_timeout, self.settings.store_hold_seconds)  # the locked connection
         self.blobs = BlobFiles(self.workspace.blobs_dir)
         self.packs = BlobPacks(self.workspace.blobs_dir / "packs")
         self.inline = InlineBlobs(self.db)  # bytes written before schema v4

@@ -37,6 +37,7 @@ class Transaction:
         self._files = files  # bytes above ``inline_max_bytes``
         self._packs = packs  # the others
         self._inline_max_bytes = inline_max_bytes
+        self._runs_seen: set[int] = set()  # runs known to exist in this transaction (one query less per cell)
 
     def _next_ids(self, counter: str, n: int) -> list[int]:
         last = self.con.execute("UPDATE id_counters SET last_id = last_id + ? WHERE name = ? RETURNING last_id", [n, counter]).fetchone()[0]
@@ -107,6 +108,7 @@ class Transaction:
         ).fetchone()
         if not exists:
             raise NotFound(f"no run with id {run_id}", hint="create the run first", what="run", id=run_id)
+        self._runs_seen.add(run_id)
         now = naive_utc(utcnow())
         seqs = list(range(last + 1, last + 1 + len(items)))
         rows = [[run_id, seq, now, kind, json.dumps(dict(payload), default=str)] for seq, (kind, payload) in zip(seqs, items)]
@@ -115,7 +117,7 @@ class Transaction:
 
     def add_artifacts(self, run_id: int, items: Sequence[NewArtifact]) -> list[Artifact]:
         """Add artifacts with their bytes (stored once per sha256); returns them with ids."""
-        if not self.con.execute("SELECT count(*) FROM runs WHERE id = ?", [run_id]).fetchone()[0]:
+        if run_id not in self._runs_seen and not self.con.execute("SELECT count(*) FROM runs WHERE id = ?", [run_id]).fetchone()[0]:
             raise NotFound(f"no run with id {run_id}", hint="create the run first", what="run", id=run_id)
         for item in items:
             _check_choice("artifact kind", item.kind, schema.ARTIFACT_KINDS)

@@ -70,10 +70,17 @@ class TurnLock:
         if fd is None:
             return
         os.close(fd)  # closing the descriptor releases the flock
-        if self._others_waiting():
+        if self.others_waiting():
             self._courtesy_until = time.monotonic() + COURTESY_SECONDS
 
-    def _others_waiting(self) -> bool:
+    def forget(self) -> None:
+        """In a forked child: close the inherited descriptor without releasing the parent's lock."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # the lock stays held by the parent's copy of the descriptor
+
+    def others_waiting(self) -> bool:
+        """Whether another process (or another ``TurnLock``) waits for this lock now."""
         try:
             fd = os.open(self._waiting_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError:

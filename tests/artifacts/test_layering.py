@@ -32,6 +32,20 @@ class _Imports(ast.NodeVisitor):
         self.private: list[str] = []
         self._typing_only = 0
         self._module_names: dict[str, str] = {}  # local name -> sibling module it is bound to
+        self.own: set[str] = set()  # private names this module defines itself (``db._x`` on its own class is fine)
+
+    def visit(self, node: ast.AST) -> None:
+        if isinstance(node, ast.Module):
+            for sub in ast.walk(node):
+                if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    self.own.add(sub.name)
+                elif isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Store):
+                    self.own.add(sub.attr)
+                elif isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
+                    self.own.add(sub.id)
+                elif isinstance(sub, ast.AnnAssign) and isinstance(sub.target, ast.Name):
+                    self.own.add(sub.target.id)
+        super().visit(node)
 
     def visit_If(self, node: ast.If) -> None:
         if _is_type_checking(node.test):
@@ -77,7 +91,7 @@ class _Imports(ast.NodeVisitor):
     def visit_Attribute(self, node: ast.Attribute) -> None:
         # ``schema._X`` on a sibling module, or ``store._lock`` / ``self.store._session`` on another object:
         # a private name of another module's thing. ``self._x`` and ``cls._x`` are the module's own.
-        if node.attr.startswith("_") and not node.attr.startswith("__"):
+        if node.attr.startswith("_") and not node.attr.startswith("__") and node.attr not in self.own:
             owner = node.value
             if not (isinstance(owner, ast.Name) and owner.id in ("self", "cls")):
                 self.private.append(f"line {node.lineno}: {ast.unparse(node)}")
