@@ -367,7 +367,9 @@ class _Watcher:
     """One daemon thread per process that lets go of files held idle once someone waits or the hold runs out."""
 
     def __init__(self) -> None:
-        self._held: weakref.WeakSet[Database] = weakref.WeakSet()
+        # strong references: a Database dropped while it holds the file must stay alive until
+        # released, or its lock descriptor would leak and keep every other process out
+        self._held: set[Database] = set()
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
 

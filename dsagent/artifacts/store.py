@@ -17,8 +17,8 @@ Use it like this::
              -> transaction -> rows, packs, blobfiles, models, schema
              -> connection (the locked DuckDB file) -> turns
 
-``connection.py`` says how processes share the file (one lock, attach per
-unit of work). Bytes are content-addressed by sha256 and stored once; up to
+``connection.py`` says how processes share the file (one lock; the file is
+attached per unit of work and held between them while no one else waits). Bytes are content-addressed by sha256 and stored once; up to
 ``store_inline_max_bytes`` they are appended to pack files under
 ``<workspace>/blobs/packs/`` (one fdatasync per transaction, before the
 commit; ``packs.py`` says why), larger ones go to ``<workspace>/blobs/ab/cdef...``.

@@ -9,6 +9,8 @@ give, and which matter when six processes share a workspace on two cores:
 - turns: a waiter also holds a *shared* lock on ``<lock>.waiting``; a process
   that releases the main lock and sees that file locked stays away for a few
   milliseconds, so a writer recording cell after cell cannot starve readers.
+  The holder asks ``others_waiting()`` too: a process that keeps the file
+  between its units of work (``connection.py``) lets go once someone waits.
 
 The timeout is implemented with a helper thread doing the blocking ``flock``;
 if the caller gives up, the thread releases the lock as soon as it gets it.

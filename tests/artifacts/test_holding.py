@@ -60,3 +60,20 @@ def test_hold_zero_lets_go_after_every_unit_of_work(settings):
         _cell(store, run.id, 0)
         _cell(store, run.id, 1)
         assert store.lock_stats.acquisitions == before + 2
+
+
+def test_a_store_dropped_while_holding_does_not_keep_others_out(settings):
+    """A Store never closed (a CLI command's) must not take its lock descriptor to the garbage collector."""
+    import gc
+    import weakref
+
+    dropped = Store(settings=settings.replace(store_hold_seconds=600))
+    dropped.setup()
+    dropped.create_run("exec")
+    held = weakref.ref(dropped.db)
+    del dropped
+    gc.collect()
+    assert held() is not None  # kept alive (by the watcher) while it holds the file, so its lock cannot leak
+    other = Store(settings=settings.replace(store_lock_timeout=20))
+    assert other.counts()["runs"] == 1
+    other.close()
