@@ -72,6 +72,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_output_bytes", "16MiB", "Output kept in memory per execution; the rest is dropped and marked truncated.", parse_size),
     Setting("store_inline_max_bytes", "32MiB", "Artifacts up to this size keep their bytes inside DuckDB; larger ones go to <workspace>/blobs/.", parse_size),
     Setting("store_lock_timeout", 30.0, "Seconds a process waits for its turn at the workspace database before giving up with StoreLocked.", float),
+    Setting("store_hold_seconds", 0.1, "Seconds a process keeps the workspace database attached after a read or write while no other process waits for it (saves the next one's attach; 0 = let go at once).", float),
     Setting("capture_max_file_bytes", "64MiB", "Work-dir files and displayed DataFrames larger than this are not captured (an event says so).", parse_size),
     Setting("jupyter_url", "", "URL of the remote Jupyter Server / Kernel Gateway / Enterprise Gateway the `jupyter` backend uses (a `?token=` in it is used as the token).", str),
     Setting("jupyter_token", "", "Token for jupyter_url (sent as `Authorization: token ...`).", str),

@@ -1,7 +1,9 @@
 """Inline artifact bytes: shard tables in ``dsagent-blobs.duckdb``, beside the main database.
 
-Part of the store (``store.py`` calls it, inside its own locked session); the
-SQL for bytes lives here so that ``store.py`` stays about runs and artifacts.
+Part of the store: every method runs inside a session of the workspace's
+``Database`` (``connection.py``), which detaches this file at the session's
+end. Since schema v4 nothing new is written here (bytes go to pack files,
+``packs.py``); bytes of older workspaces are still read and gc'd.
 
 Why a second file: listing runs and artifacts attaches the main file, and an
 attach replays the write-ahead log; with blob bytes in the same file every
@@ -17,14 +19,11 @@ if that one fails, the bytes are orphans that ``gc`` removes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import duckdb
 
 from dsagent.artifacts import schema
-
-if TYPE_CHECKING:
-    from dsagent.artifacts.store import Store
+from dsagent.artifacts.connection import Database
 
 __all__ = ["InlineBlobs", "BLOB_ALIAS", "BLOB_DB_NAME"]
 
@@ -35,17 +34,18 @@ BLOB_DB_NAME = "dsagent-blobs.duckdb"
 class InlineBlobs:
     """Reads and writes inline bytes; every method runs inside a ``Store`` session (lock held)."""
 
-    def __init__(self, store: "Store") -> None:
-        self.store = store
-        self.path: Path = store.path.with_name(BLOB_DB_NAME)
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.path: Path = db.path.with_name(BLOB_DB_NAME)
         self.attached: str | None = None  # None, "ro" or "rw" within the current session
+        db.before_detach(self.detach)
 
     def _ensure(self, con: duckdb.DuckDBPyConnection, write: bool) -> None:
         if self.attached == "rw" or (self.attached == "ro" and not write):
             return
         if self.attached == "ro":
             self.detach(con)
-        self.store._attach(con, read_only=not write, path=self.path, alias=BLOB_ALIAS)
+        self.db.attach(con, read_only=not write, path=self.path, alias=BLOB_ALIAS)
         self.attached = "rw" if write else "ro"
         if write:
             for statement in schema.BLOB_DB_DDL:
@@ -54,7 +54,7 @@ class InlineBlobs:
     def detach(self, con: duckdb.DuckDBPyConnection) -> None:
         if self.attached is not None:
             self.attached = None
-            self.store._detach(con, alias=BLOB_ALIAS)
+            self.db.detach(con, alias=BLOB_ALIAS)
 
     def write(self, con: duckdb.DuckDBPyConnection, blobs: dict[str, bytes]) -> dict[str, int]:
         """Commit ``blobs`` (sha256 -> bytes) into shards; returns sha256 -> shard."""

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from dsagent.artifacts.models import Page, Run, _iso, utcnow
+from dsagent.artifacts.models import Page, Run, iso_or_none, utcnow
+from dsagent.artifacts.rows import aware_utc, naive_utc
 from dsagent.errors import ChatError, DsagentError, NotFound
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ class ChatRecord:
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "graph": self.graph, "backend": self.backend, "datasets": self.datasets,
-                "created": _iso(self.created), "updated": _iso(self.updated), "status": self.status, "turns": self.turns,
+                "created": iso_or_none(self.created), "updated": iso_or_none(self.updated), "status": self.status, "turns": self.turns,
                 "owner_pid": self.owner_pid, "owner_host": self.owner_host}
 
 
@@ -60,14 +61,12 @@ class ChatTable:
 
     def create(self, name: str, *, graph: str, backend: str, datasets: Sequence[Mapping[str, str]]) -> ChatRecord:
         """A new chat (its run starts ``queued``: nobody has it open yet)."""
-        from dsagent.artifacts.transaction import _naive_utc
-
         name = _clean_name(name)
         with self.store.transaction() as tx:
             self._refuse_taken(tx.con, name)
             run = tx.create_run("chat", status="queued", title=name, backend=backend,
                                 params={"graph": graph, "data": [d["source"] for d in datasets]})
-            now = _naive_utc(utcnow())
+            now = naive_utc(utcnow())
             tx.con.execute("INSERT INTO chats VALUES (?, ?, ?, ?, ?, ?, ?)",
                            [run.id, name, graph, backend, json.dumps([dict(d) for d in datasets]), now, now])
             tx.append_events(run.id, [("chat_created", {"name": name, "graph": graph, "backend": backend,
@@ -76,7 +75,7 @@ class ChatTable:
 
     def get(self, chat: int | str) -> ChatRecord:
         """A chat by id, or by name (a name made of digits is tried as a name first)."""
-        with self.store._session(write=False) as con:
+        with self.store.session(write=False) as con:
             row = con.execute(f"SELECT {_COLS}, {_TURNS} FROM chats c JOIN runs r ON r.id = c.id WHERE c.name = ?",
                               [str(chat)]).fetchone()
             if row is None and str(chat).isdigit():
@@ -95,7 +94,7 @@ class ChatTable:
             except ValueError:
                 raise DsagentError(f"invalid cursor {cursor!r}", hint="pass the next_cursor of a previous page") from None
             where = "WHERE c.id < ?"
-        with self.store._session(write=False) as con:
+        with self.store.session(write=False) as con:
             rows = con.execute(f"SELECT {_COLS}, {_TURNS} FROM chats c JOIN runs r ON r.id = c.id {where} "
                                "ORDER BY c.id DESC LIMIT ?", [*params, limit]).fetchall()
         items = [_record(r) for r in rows]
@@ -103,24 +102,20 @@ class ChatTable:
 
     def rename(self, chat_id: int, name: str) -> ChatRecord:
         """Give a chat another name (the chat run's title follows); an event records the change."""
-        from dsagent.artifacts.transaction import _naive_utc
-
         name = _clean_name(name)
         old = self.get(chat_id)
         if old.name != name:
             with self.store.transaction() as tx:
                 self._refuse_taken(tx.con, name)
-                tx.con.execute("UPDATE chats SET name = ?, updated = ? WHERE id = ?", [name, _naive_utc(utcnow()), chat_id])
+                tx.con.execute("UPDATE chats SET name = ?, updated = ? WHERE id = ?", [name, naive_utc(utcnow()), chat_id])
                 tx.con.execute("UPDATE runs SET title = ? WHERE id = ?", [name, chat_id])
                 tx.append_events(chat_id, [("chat_renamed", {"from": old.name, "to": name})])
         return self.get(chat_id)
 
     def touch(self, chat_id: int, events: Sequence[tuple[str, Mapping[str, Any]]] = ()) -> None:
         """Mark the chat as used now (lists show recent activity), with events for its stream."""
-        from dsagent.artifacts.transaction import _naive_utc
-
         with self.store.transaction() as tx:
-            tx.con.execute("UPDATE chats SET updated = ? WHERE id = ?", [_naive_utc(utcnow()), chat_id])
+            tx.con.execute("UPDATE chats SET updated = ? WHERE id = ?", [naive_utc(utcnow()), chat_id])
             if events:
                 tx.append_events(chat_id, events)
 
@@ -178,10 +173,8 @@ def _clean_name(name: str) -> str:
 
 
 def _record(row: tuple[Any, ...]) -> ChatRecord:
-    from dsagent.artifacts.transaction import _aware
-
     datasets = row[4]
     return ChatRecord(id=row[0], name=row[1], graph=row[2], backend=row[3],
                       datasets=json.loads(datasets) if isinstance(datasets, str) else list(datasets or []),
-                      created=_aware(row[5]), updated=_aware(row[6]), status=row[7], owner_pid=row[8], owner_host=row[9],
+                      created=aware_utc(row[5]), updated=aware_utc(row[6]), status=row[7], owner_pid=row[8], owner_host=row[9],
                       turns=int(row[10]))

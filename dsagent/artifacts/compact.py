@@ -13,9 +13,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import duckdb
+
 from dsagent.artifacts import schema
+from dsagent.artifacts.blobstore import BLOB_ALIAS
+from dsagent.artifacts.connection import ALIAS
 from dsagent.artifacts.models import GcReport, utcnow
 from dsagent.artifacts.packs import HEADER_BYTES
+from dsagent.artifacts.rows import naive_utc
 
 if TYPE_CHECKING:
     from dsagent.artifacts.store import Store
@@ -38,9 +43,7 @@ def file_bytes(*paths: Path) -> int:
 
 def collect_garbage(store: "Store", older_than: timedelta, *, dry_run: bool = False) -> GcReport:
     """``Store.gc``: delete old finished runs and bytes nothing else uses, then rewrite the files."""
-    from dsagent.artifacts.store import ALIAS, _naive_utc
-
-    cutoff = _naive_utc(utcnow() - older_than)
+    cutoff = naive_utc(utcnow() - older_than)
     before = file_bytes(store.path, store.inline.path) + store.packs.total_bytes()
     with store.transaction() as tx:
         con = tx.con
@@ -67,14 +70,14 @@ def collect_garbage(store: "Store", older_than: timedelta, *, dry_run: bool = Fa
         con.execute("DROP TABLE temp.gc_blobs")
     files_removed = orphans = 0
     if not dry_run:
-        with store._session(write=False) as con:
+        with store.session(write=False) as con:
             legacy_gone = sum(1 for sha, _, external in blobs if not external and sha not in packed_gone)
             orphans = store.inline.drop_unreferenced(con, ALIAS) - legacy_gone
-        with store._locked_file():
-            files_removed = _remove_unreferenced_files(store)
-            orphans += repack(store, packed_gone)
+        with store.db.locked() as con:
+            files_removed = _remove_unreferenced_files(store, con)
+            orphans += repack(store, con, packed_gone)
             if counts[0] or blobs:
-                rewrite(store)
+                rewrite(store, con)
     return GcReport(
         dry_run=dry_run,
         runs=counts[0],
@@ -89,14 +92,13 @@ def collect_garbage(store: "Store", older_than: timedelta, *, dry_run: bool = Fa
     )
 
 
-def _remove_unreferenced_files(store: "Store") -> int:
-    """Delete blob files no row points to (left by gc'd runs or killed writers); caller holds the lock."""
-    con = store._connection()
-    store._attach(con, read_only=True)
+def _remove_unreferenced_files(store: "Store", con: duckdb.DuckDBPyConnection) -> int:
+    """Delete blob files no row points to (left by gc'd runs or killed writers); inside ``store.db.locked()``."""
+    store.db.attach(con, read_only=True)
     try:
         external = {r[0] for r in con.execute("SELECT sha256 FROM blobs WHERE shard IS NULL").fetchall()}
     finally:
-        store._detach(con)
+        store.db.detach(con)
     removed = store.blobs.remove_temp_files()
     for sha in list(store.blobs.all_hashes()):
         if sha not in external:
@@ -105,19 +107,16 @@ def _remove_unreferenced_files(store: "Store") -> int:
     return removed
 
 
-def repack(store: "Store", collected: set[str] = frozenset()) -> int:
+def repack(store: "Store", con: duckdb.DuckDBPyConnection, collected: frozenset[str] | set[str] = frozenset()) -> int:
     """Copy referenced records out of packs that hold unreferenced ones; returns orphan records dropped.
 
     ``collected``: sha256 of bytes this gc deleted on purpose (not counted as orphans).
-    Caller holds the file lock.
+    Runs inside ``store.db.locked()`` (``con`` is its instance).
     """
-    from dsagent.artifacts.store import ALIAS
-
     numbers = store.packs.numbers()
     if not numbers:
         return 0
-    con = store._connection()
-    store._attach(con, read_only=False)
+    store.db.attach(con, read_only=False)
     try:
         # what to keep comes from the rows, never from scanning a pack: a torn record
         # (a writer killed inside its append) hides the records written after it
@@ -164,42 +163,37 @@ def repack(store: "Store", collected: set[str] = frozenset()) -> int:
                 con.execute("ROLLBACK")
                 raise
     finally:
-        store._detach(con)
+        store.db.detach(con)
     store.packs.remove([p for p in stale if p not in {pack for pack, _ in moved.values()}])
     return orphans
 
 
-def rewrite(store: "Store") -> None:
-    """Rewrite the main database and the blob database, each into a fresh file swapped in place."""
-    from dsagent.artifacts.blobstore import BLOB_ALIAS
-    from dsagent.artifacts.store import ALIAS
-
+def rewrite(store: "Store", con: duckdb.DuckDBPyConnection) -> None:
+    """Rewrite the main database and the blob database, each into a fresh file swapped in place (inside ``store.db.locked()``)."""
     main_ddl = [statement for step in schema.MIGRATIONS for statement in step]
-    _rewrite_file(store, store.path, ALIAS, main_ddl, list(schema.TABLES))
+    _rewrite_file(store, con, store.path, ALIAS, main_ddl, list(schema.TABLES))
     if store.inline.path.exists():
-        con = store._connection()
-        store._attach(con, read_only=True, path=store.inline.path, alias=BLOB_ALIAS)
+        store.db.attach(con, read_only=True, path=store.inline.path, alias=BLOB_ALIAS)
         try:
             tables = store.inline.tables(con)
         finally:
-            store._detach(con, alias=BLOB_ALIAS)
+            store.db.detach(con, alias=BLOB_ALIAS)
         shards = [int(t.rsplit("_", 1)[1]) for t in tables if t.startswith("blob_data_")]
         blob_ddl = list(schema.BLOB_DB_DDL) + [schema.shard_ddl("{db}", n) for n in shards]
-        _rewrite_file(store, store.inline.path, BLOB_ALIAS, blob_ddl, tables)
+        _rewrite_file(store, con, store.inline.path, BLOB_ALIAS, blob_ddl, tables)
 
 
-def _rewrite_file(store: "Store", path: Path, alias: str, ddl: list[str], tables: list[str]) -> None:
-    con = store._connection()
+def _rewrite_file(store: "Store", con: duckdb.DuckDBPyConnection, path: Path, alias: str, ddl: list[str], tables: list[str]) -> None:
     target = Path(str(path) + ".compact")
     for leftover in (target, Path(str(target) + ".wal")):
         leftover.unlink(missing_ok=True)  # from a gc that was killed midway
     # fold the write-ahead log into the file first: it must not outlive the swap
-    store._attach(con, read_only=False, path=path, alias=alias)
+    store.db.attach(con, read_only=False, path=path, alias=alias)
     con.execute(f"CHECKPOINT {alias}")
-    store._detach(con, alias=alias)
-    store._attach(con, read_only=True, path=path, alias=alias)
+    store.db.detach(con, alias=alias)
+    store.db.attach(con, read_only=True, path=path, alias=alias)
     try:
-        store._attach(con, read_only=False, path=target, alias=_NEW)
+        store.db.attach(con, read_only=False, path=target, alias=_NEW)
         try:
             con.execute("BEGIN")
             for statement in ddl:
@@ -210,9 +204,9 @@ def _rewrite_file(store: "Store", path: Path, alias: str, ddl: list[str], tables
             con.execute("COMMIT")
             con.execute(f"CHECKPOINT {_NEW}")
         finally:
-            store._detach(con, alias=_NEW)
+            store.db.detach(con, alias=_NEW)
     finally:
-        store._detach(con, alias=alias)
+        store.db.detach(con, alias=alias)
     if Path(str(target) + ".wal").exists() or Path(str(path) + ".wal").exists():
         target.unlink(missing_ok=True)  # not fully checkpointed: keep the old file, it is still complete
         return

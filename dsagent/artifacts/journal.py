@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 from dsagent.artifacts.models import Artifact, NewArtifact, Run, utcnow
 from dsagent.artifacts.blobfiles import sha256_hex
+from dsagent.artifacts.rows import RUN_COLUMNS, naive_utc, run_from_row
 
 if TYPE_CHECKING:
     from dsagent.artifacts.transaction import Transaction
@@ -115,10 +116,8 @@ def apply_entries(tx: "Transaction", run_id: int, entries: Sequence[JournalEntry
     if started or finished:
         tx.con.execute("UPDATE runs SET started = coalesce(?, started), finished = coalesce(?, finished) WHERE id = ?",
                        [_naive(started) if started else None, _naive(finished) if finished else None, run_id])
-    from dsagent.artifacts.transaction import _RUN_COLS, _run
-
-    row = tx.con.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", [run_id]).fetchone()
-    return _run(row) if row else run  # type: ignore[return-value]
+    row = tx.con.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", [run_id]).fetchone()
+    return run_from_row(row) if row else run  # type: ignore[return-value]
 
 
 def _last_seq(tx: "Transaction", run_id: int) -> int:
@@ -126,6 +125,4 @@ def _last_seq(tx: "Transaction", run_id: int) -> int:
 
 
 def _naive(value: datetime) -> datetime:
-    from dsagent.artifacts.transaction import _naive_utc
-
-    return _naive_utc(value)
+    return naive_utc(value)

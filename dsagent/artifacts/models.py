@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Generic, Mapping, TypeVar
 
-__all__ = ["Run", "Event", "Artifact", "NewArtifact", "Page", "GcReport", "Owner", "utcnow"]
+__all__ = ["Run", "Event", "Artifact", "NewArtifact", "Page", "GcReport", "Owner", "utcnow", "iso_or_none"]
 
 T = TypeVar("T")
 
@@ -23,7 +23,8 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso_or_none(value: datetime | None) -> str | None:
+    """ISO 8601 text of a time, or None (how ``to_json()`` writes times)."""
     return value.isoformat() if value else None
 
 
@@ -97,9 +98,9 @@ class Run:
             "backend": self.backend,
             "parent_id": self.parent_id,
             "schedule_id": self.schedule_id,
-            "created": _iso(self.created),
-            "started": _iso(self.started),
-            "finished": _iso(self.finished),
+            "created": iso_or_none(self.created),
+            "started": iso_or_none(self.started),
+            "finished": iso_or_none(self.finished),
             "error": self.error,
             "owner_pid": self.owner_pid,
             "owner_host": self.owner_host,
@@ -117,7 +118,7 @@ class Event:
     payload: dict[str, Any]
 
     def to_json(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "seq": self.seq, "time": _iso(self.time), "type": self.type, "payload": self.payload}
+        return {"run_id": self.run_id, "seq": self.seq, "time": iso_or_none(self.time), "type": self.type, "payload": self.payload}
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ class Artifact:
             "name": self.name,
             "size": self.size,
             "sha256": self.sha256,
-            "created": _iso(self.created),
+            "created": iso_or_none(self.created),
             "cell": self.cell,
             "tags": list(self.tags),
             "metadata": self.metadata,

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from dsagent.artifacts.models import Artifact, Page, Run
-from dsagent.artifacts.transaction import _ART_COLS, _RUN_COLS, BLOB_WHERE_COLUMNS, _artifact, _naive_utc, _run
+from dsagent.artifacts.models import Artifact, Owner, Page, Run
+from dsagent.artifacts.rows import ARTIFACT_COLUMNS, BLOB_WHERE_COLUMNS, RUN_COLUMNS, artifact_from_row, naive_utc, run_from_row
 from dsagent.errors import DsagentError, NotFound
 
 if TYPE_CHECKING:
     from dsagent.artifacts.store import Store
 
-__all__ = ["RunTablePage", "RUN_SORT_COLUMNS", "search_runs", "search_artifacts", "overview_counts", "read_artifact", "run_owner"]
+__all__ = ["RunTablePage", "RUN_SORT_COLUMNS", "listing_filters", "search_runs", "search_artifacts", "overview_counts", "read_artifact", "run_owner"]
 
 #: columns a runs table may be sorted by (anything else is refused, never spliced into SQL)
 RUN_SORT_COLUMNS = ("id", "kind", "status", "title", "created", "started", "finished", "duration", "backend", "parent_id")
@@ -42,10 +42,29 @@ def _run_filters(kind: str | None, status: str | None, text: str | None, since: 
         ("kind = ?", kind or None),
         ("status = ?", status or None),
         ("contains(lower(coalesce(title, '')), lower(?))", text or None),
-        ("created >= ?", _naive_utc(since) if since is not None else None),
-        ("created < ?", _naive_utc(until) if until is not None else None),
+        ("created >= ?", naive_utc(since) if since is not None else None),
+        ("created < ?", naive_utc(until) if until is not None else None),
         ("parent_id = ?", parent_id),
     ])
+
+
+def listing_filters(**given: Any) -> tuple[str, list[Any]]:
+    """The WHERE clause of ``Store.list_runs``/``list_artifacts`` for the filters given (None: no filter), and its parameters."""
+    conditions: list[tuple[str, Any]] = []
+    for key, value in given.items():
+        if key == "cursor" and value is not None:
+            try:
+                value = int(value)
+            except ValueError:
+                raise DsagentError(f"invalid cursor {value!r}", hint="pass the next_cursor of a previous page") from None
+            conditions.append(("id < ?", value))
+        elif key == "since":
+            conditions.append(("created >= ?", naive_utc(value) if value is not None else None))
+        elif key == "name":
+            conditions.append(("name GLOB ?" if value and any(c in value for c in "*?[") else "contains(name, ?)", value))
+        else:
+            conditions.append((f"{key} = ?", value))
+    return _where(conditions)
 
 
 def _where(conditions: list[tuple[str, Any]]) -> tuple[str, list[Any]]:
@@ -65,10 +84,10 @@ def search_runs(store: "Store", *, kind: str | None = None, status: str | None =
     where, params = _run_filters(kind, status, text, since, until, parent_id)
     key = "(finished - started)" if sort == "duration" else sort
     order = f"{key} {'DESC' if descending else 'ASC'} NULLS LAST, id DESC"
-    with store._session(write=False) as con:
+    with store.session(write=False) as con:
         total = con.execute(f"SELECT count(*) FROM runs {where}", params).fetchone()[0]
-        rows = con.execute(f"SELECT {_RUN_COLS} FROM runs {where} ORDER BY {order} LIMIT ? OFFSET ?", [*params, limit, offset]).fetchall()
-    return RunTablePage([_run(r) for r in rows], int(total), offset, limit)
+        rows = con.execute(f"SELECT {RUN_COLUMNS} FROM runs {where} ORDER BY {order} LIMIT ? OFFSET ?", [*params, limit, offset]).fetchall()
+    return RunTablePage([run_from_row(r) for r in rows], int(total), offset, limit)
 
 
 def search_artifacts(store: "Store", *, run_id: int | None = None, kind: str | None = None, exclude_kind: str | None = None,
@@ -89,45 +108,43 @@ def search_artifacts(store: "Store", *, run_id: int | None = None, kind: str | N
         ("kind <> ?", exclude_kind or None),
         ("starts_with(mime, ?)", mime or None),
         ("name GLOB ?" if glob else "contains(name, ?)", name or None),
-        ("created >= ?", _naive_utc(since) if since is not None else None),
-        ("created < ?", _naive_utc(until) if until is not None else None),
+        ("created >= ?", naive_utc(since) if since is not None else None),
+        ("created < ?", naive_utc(until) if until is not None else None),
         ("id < ?", before if cursor is not None else None),
     ])
-    with store._session(write=False) as con:
-        rows = con.execute(f"SELECT {_ART_COLS} FROM artifacts {where} ORDER BY id DESC LIMIT ?", [*params, limit]).fetchall()
-    items = [_artifact(r) for r in rows]
+    with store.session(write=False) as con:
+        rows = con.execute(f"SELECT {ARTIFACT_COLUMNS} FROM artifacts {where} ORDER BY id DESC LIMIT ?", [*params, limit]).fetchall()
+    items = [artifact_from_row(r) for r in rows]
     return Page(items, str(items[-1].id) if len(items) == limit else None)
 
 
 def overview_counts(store: "Store") -> dict[str, Any]:
     """Runs per status and per kind, artifacts per kind, the running runs (at most 20)."""
-    with store._session(write=False) as con:
+    with store.session(write=False) as con:
         by_status = dict(con.execute("SELECT status, count(*) FROM runs GROUP BY status").fetchall())
         by_kind = dict(con.execute("SELECT kind, count(*) FROM runs GROUP BY kind").fetchall())
         artifacts = dict(con.execute("SELECT kind, count(*) FROM artifacts GROUP BY kind").fetchall())
-        running = con.execute(f"SELECT {_RUN_COLS} FROM runs WHERE status = 'running' ORDER BY id DESC LIMIT 20").fetchall()
-    return {"runs_by_status": by_status, "runs_by_kind": by_kind, "artifacts_by_kind": artifacts, "running": [_run(r) for r in running]}
+        running = con.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE status = 'running' ORDER BY id DESC LIMIT 20").fetchall()
+    return {"runs_by_status": by_status, "runs_by_kind": by_kind, "artifacts_by_kind": artifacts, "running": [run_from_row(r) for r in running]}
 
 
 def read_artifact(store: "Store", artifact_id: int) -> tuple[Artifact, bytes]:
     """An artifact's metadata and exact bytes, read in one lock turn (what a download route serves)."""
-    with store._session(write=False) as con:
+    with store.session(write=False) as con:
         row = con.execute(
-            f"SELECT {', '.join('a.' + c.strip() for c in _ART_COLS.split(','))}, {BLOB_WHERE_COLUMNS} "
+            f"SELECT {', '.join('a.' + c.strip() for c in ARTIFACT_COLUMNS.split(','))}, {BLOB_WHERE_COLUMNS} "
             "FROM artifacts a LEFT JOIN blobs b ON a.sha256 = b.sha256 WHERE a.id = ?",
             [artifact_id],
         ).fetchone()
         if row is None:
             raise NotFound(f"no artifact with id {artifact_id}", hint="`dsagent artifacts ls` lists artifacts", what="artifact", id=artifact_id)
-        artifact = _artifact(row[:11])
+        artifact = artifact_from_row(row[:11])
         return artifact, store.blob_bytes(con, artifact_id, artifact.sha256, row[11:])
 
 
-def run_owner(store: "Store", run_id: int):
+def run_owner(store: "Store", run_id: int) -> Owner | None:
     """The ``Owner`` (pid, host, process start time) recorded for a run, or None if it has none."""
-    from dsagent.artifacts.models import Owner
-
-    with store._session(write=False) as con:
+    with store.session(write=False) as con:
         row = con.execute("SELECT owner_pid, owner_host, owner_started FROM runs WHERE id = ?", [run_id]).fetchone()
     if row is None:
         raise NotFound(f"no run with id {run_id}", hint="`dsagent runs ls` lists runs", what="run", id=run_id)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import duckdb
 
 from dsagent.artifacts.models import Owner, utcnow
+from dsagent.artifacts.rows import aware_utc, naive_utc
 from dsagent.errors import DsagentError, NotFound
 
 if TYPE_CHECKING:
@@ -79,22 +80,14 @@ class SchedulerLease:
 
 
 def _naive(value: datetime | None) -> datetime | None:
-    from dsagent.artifacts.transaction import _naive_utc
-
-    return _naive_utc(value) if value is not None else None
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    from dsagent.artifacts.transaction import _aware as aware
-
-    return aware(value)
+    return naive_utc(value) if value is not None else None
 
 
 def _schedule(row: tuple[Any, ...]) -> Schedule:
     return Schedule(
         name=row[0], cron=row[1], timezone=row[2], target=json.loads(row[3]) if row[3] else {}, paused=bool(row[4]),
-        overlap=row[5], misfire=row[6], notify_url=row[7], notify_on=row[8], version=row[9], created=_aware(row[10]),
-        updated=_aware(row[11]), next_fire=_aware(row[12]), last_fire=_aware(row[13]), last_run_id=row[14], pending=bool(row[15]),
+        overlap=row[5], misfire=row[6], notify_url=row[7], notify_on=row[8], version=row[9], created=aware_utc(row[10]),
+        updated=aware_utc(row[11]), next_fire=aware_utc(row[12]), last_fire=aware_utc(row[13]), last_run_id=row[14], pending=bool(row[15]),
     )
 
 
@@ -183,7 +176,7 @@ def active_runs(con: duckdb.DuckDBPyConnection, name: str) -> list[int]:
 def _lease(row: tuple[Any, ...] | None) -> SchedulerLease | None:
     if row is None:
         return None
-    return SchedulerLease(row[0], row[1], row[2], _aware(row[4]), _aware(row[5]), row[3])  # type: ignore[arg-type]
+    return SchedulerLease(row[0], row[1], row[2], aware_utc(row[4]), aware_utc(row[5]), row[3])  # type: ignore[arg-type]
 
 
 def get_lease(con: duckdb.DuckDBPyConnection) -> SchedulerLease | None:

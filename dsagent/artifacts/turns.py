@@ -9,6 +9,8 @@ give, and which matter when six processes share a workspace on two cores:
 - turns: a waiter also holds a *shared* lock on ``<lock>.waiting``; a process
   that releases the main lock and sees that file locked stays away for a few
   milliseconds, so a writer recording cell after cell cannot starve readers.
+  The holder asks ``others_waiting()`` too: a process that keeps the file
+  between its units of work (``connection.py``) lets go once someone waits.
 
 The timeout is implemented with a helper thread doing the blocking ``flock``;
 if the caller gives up, the thread releases the lock as soon as it gets it.
@@ -70,10 +72,17 @@ class TurnLock:
         if fd is None:
             return
         os.close(fd)  # closing the descriptor releases the flock
-        if self._others_waiting():
+        if self.others_waiting():
             self._courtesy_until = time.monotonic() + COURTESY_SECONDS
 
-    def _others_waiting(self) -> bool:
+    def forget(self) -> None:
+        """In a forked child: close the inherited descriptor without releasing the parent's lock."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # the lock stays held by the parent's copy of the descriptor
+
+    def others_waiting(self) -> bool:
+        """Whether another process (or another ``TurnLock``) waits for this lock now."""
         try:
             fd = os.open(self._waiting_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError:

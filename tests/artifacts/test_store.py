@@ -174,7 +174,7 @@ def test_damaged_pack_bytes_are_reported_not_returned(store):
 def test_a_v1_workspace_keeps_its_inline_bytes_after_the_upgrade(settings, monkeypatch):
     """Bytes written before schema v4 live in the second DuckDB file; they stay readable and gc-able."""
     from dsagent.artifacts.blobfiles import sha256_hex
-    from dsagent.artifacts.transaction import _naive_utc
+    from dsagent.artifacts.rows import naive_utc
     from dsagent.artifacts.models import utcnow
 
     data = png(9, 5000)
@@ -186,7 +186,7 @@ def test_a_v1_workspace_keeps_its_inline_bytes_after_the_upgrade(settings, monke
             run = old.create_run("exec")
             with old.transaction() as tx:
                 shard = old.inline.write(tx.con, {sha: data})[sha]
-                now = _naive_utc(utcnow())
+                now = naive_utc(utcnow())
                 tx.con.execute("INSERT INTO blobs VALUES (?, ?, ?, ?)", [sha, len(data), shard, now])
                 tx.con.execute("UPDATE id_counters SET last_id = 1 WHERE name = 'artifacts'")
                 tx.con.execute("INSERT INTO artifacts VALUES (1, ?, 0, 'old.png', 'image', 'image/png', ?, ?, ?, [], '{}')",

@@ -135,7 +135,26 @@ def recorder_until_signal(home: str) -> None:
         sys.exit(143)
 
 
+def hold_after_writes(home: str, cells: str) -> None:
+    """Commit CELLS cell transactions, then keep the file held (a long store_hold_seconds) until killed."""
+    store = _store(home, store_hold_seconds=600)
+    run = store.create_run("exec", title="holder")
+    for i in range(int(cells)):
+        with store.transaction() as tx:
+            tx.append_events(run.id, [("cell_finished", {"cell": i})])
+            tx.add_artifacts(run.id, [NewArtifact(f"held-{i}.png", "image", "image/png", _png("held", i), cell=i)])
+    print(json.dumps({"run_id": run.id, "acquisitions": store.lock_stats.acquisitions}), flush=True)
+    time.sleep(120)
+
+
+def count_artifacts(home: str, timeout: str) -> None:
+    """Read the artifact count, waiting at most TIMEOUT seconds for the lock."""
+    store = Store(settings=Settings(home=home, store_lock_timeout=float(timeout)))
+    print(json.dumps({"artifacts": store.counts()["artifacts"]}), flush=True)
+
+
 if __name__ == "__main__":
     role, *rest = sys.argv[1:]
     {"writer": writer, "soak": soak, "kill_target": kill_target, "dead_owner": dead_owner,
-     "hold_transaction": hold_transaction, "recorder_until_signal": recorder_until_signal}[role](*rest)
+     "hold_transaction": hold_transaction, "recorder_until_signal": recorder_until_signal,
+     "hold_after_writes": hold_after_writes, "count_artifacts": count_artifacts}[role](*rest)

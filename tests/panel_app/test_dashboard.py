@@ -278,7 +278,7 @@ def test_a_long_locked_store_makes_pages_say_busy_and_recover(seeded, new_page):
     page.get_by_text("seeded report").first.wait_for()
     holder = Store(settings=Settings(home=str(dashboard.home)))
     opened, opened_problems = new_page(dashboard.url)
-    with holder._locked_file():  # another process keeps the workspace busy (a long gc, say)
+    with holder.db.locked():  # another process keeps the workspace busy (a long gc, say)
         page.get_by_text("is busy").first.wait_for()
         status, body = dashboard.get_json("api/runs")
         assert status == 503 and "busy" in body["hint"]

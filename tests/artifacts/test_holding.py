@@ -1,0 +1,79 @@
+"""A process keeps the workspace file between its units of work only while no other process waits.
+
+``store_hold_seconds`` far longer than the other process's lock timeout: the
+other process can only get in because the holder saw it waiting and let go.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from datetime import timedelta
+
+from dsagent.artifacts.models import NewArtifact
+from dsagent.artifacts.store import Store
+
+from store_helpers import first_line, read_report, start_worker
+
+
+def _cell(store: Store, run_id: int, i: int) -> None:
+    with store.transaction() as tx:
+        tx.append_events(run_id, [("cell_finished", {"cell": i})])
+        tx.add_artifacts(run_id, [NewArtifact(f"c{i}.png", "image", "image/png", b"\x89PNG" + os.urandom(3000), cell=i)])
+
+
+def test_consecutive_units_of_work_share_one_attach_and_a_waiting_process_gets_in(settings, workspace_home):
+    with Store.open(settings=settings.replace(store_hold_seconds=600)) as store:
+        run = store.create_run("exec")
+        before = store.lock_stats.acquisitions
+        for i in range(5):
+            _cell(store, run.id, i)
+        assert store.list_artifacts(run_id=run.id, limit=10).next_cursor is None
+        assert store.lock_stats.acquisitions == before  # held from create_run on: no lock, no attach per cell
+        # another process waits at most 20 s; this one would hold for 600 s unless it gives way
+        assert read_report(start_worker("count_artifacts", str(workspace_home), "20"))["artifacts"] == 5
+        _cell(store, run.id, 5)  # attaches again, and sees what the file holds now
+        assert store.lock_stats.acquisitions == before + 1
+        assert store.counts()["artifacts"] == 6
+
+
+def test_a_writer_killed_while_holding_the_file_loses_nothing_it_committed(settings, workspace_home):
+    victim = start_worker("hold_after_writes", str(workspace_home), "4")
+    info = first_line(victim)
+    assert info["acquisitions"] <= 2  # set-up, then one attach for all its writes
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=10)
+    with Store.open(settings=settings) as store:  # its commits are in the log: the attach replays them
+        arts = store.list_artifacts(run_id=info["run_id"], limit=10).items
+        assert sorted(a.name for a in arts) == [f"held-{i}.png" for i in range(4)]
+        assert all(len(store.read_bytes(a.id)) == 30_000 for a in arts)
+        assert store.get_run(info["run_id"]).status == "failed"  # reaped: its owner is gone
+        assert store.gc(timedelta(days=1)).orphans_removed == 0
+        store.db.release()
+        assert store.db.log_bytes() <= 16 << 10  # a release leaves only a short log to replay
+
+
+def test_hold_zero_lets_go_after_every_unit_of_work(settings):
+    with Store.open(settings=settings.replace(store_hold_seconds=0)) as store:
+        run = store.create_run("exec")
+        before = store.lock_stats.acquisitions
+        _cell(store, run.id, 0)
+        _cell(store, run.id, 1)
+        assert store.lock_stats.acquisitions == before + 2
+
+
+def test_a_store_dropped_while_holding_does_not_keep_others_out(settings):
+    """A Store never closed (a CLI command's) must not take its lock descriptor to the garbage collector."""
+    import gc
+    import weakref
+
+    dropped = Store(settings=settings.replace(store_hold_seconds=600))
+    dropped.setup()
+    dropped.create_run("exec")
+    held = weakref.ref(dropped.db)
+    del dropped
+    gc.collect()
+    assert held() is not None  # kept alive (by the watcher) while it holds the file, so its lock cannot leak
+    other = Store(settings=settings.replace(store_lock_timeout=20))
+    assert other.counts()["runs"] == 1
+    other.close()
