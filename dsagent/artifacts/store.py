@@ -117,7 +117,6 @@ class Store:
         with self.db.session(write=write) as con:
             yield con
 
-    _session = session  # the name query modules written before connection.py use
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
@@ -385,7 +384,7 @@ class Store:
         """Scalars the given runs recorded (``dsagent.record``): ``{run id: {name: value}}`` (see ``batches.run_records``)."""
         from dsagent.artifacts import batches
 
-        with self._session(write=False) as con:
+        with self.session(write=False) as con:
             return batches.run_records(con, run_ids)
 
     # -- retention --------------------------------------------------------------
