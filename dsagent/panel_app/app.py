@@ -29,7 +29,7 @@ class PageSpec:
 
 
 def _builtin_pages() -> list[PageSpec]:
-    from dsagent.panel_app import artifact_page, artifacts_page, overview, run_page, runs
+    from dsagent.panel_app import artifact_page, artifacts_page, overview, run_page, runs, schedules_page
 
     return [
         PageSpec("/", "Overview", overview.page),
@@ -37,6 +37,7 @@ def _builtin_pages() -> list[PageSpec]:
         PageSpec("/run", "Run", run_page.page, in_nav=False),
         PageSpec("/artifacts", "Artifacts", artifacts_page.page),
         PageSpec("/artifact", "Artifact", artifact_page.page, in_nav=False),
+        PageSpec("/schedules", "Schedules", schedules_page.page),
     ]
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 import panel as pn
 
 from dsagent.panel_app.actions import cancel_run
+from dsagent.panel_app.batch_view import BatchView
 from dsagent.panel_app.widgets import (html_pane, image_tile, Notice, current_user, duration_text, page_frame, query_arg, run_link, sandboxed_iframe,
                                        status_badge, time_text)
 
@@ -83,6 +84,7 @@ def page(ctx: "AppContext") -> pn.Column:
     notebook = sandboxed_iframe("about:blank")
     notebook.visible = False
     artifacts = html_pane("")
+    batch = BatchView(ctx, run_id)  # shows itself only for a batch run
     state: dict = {"after": 0, "status": None, "callback": None, "artifacts": -1}
 
     async def refresh() -> None:
@@ -102,6 +104,7 @@ def page(ctx: "AppContext") -> pn.Column:
             if run.status != state["status"] or count != state["artifacts"]:
                 await _show_artifacts(run)
             state["status"], state["artifacts"] = run.status, count
+            await batch.update(run)
             if run.done and not new and state["callback"] is not None:
                 state["callback"].stop()  # everything is read; nothing more will come
                 state["callback"] = None
@@ -143,5 +146,6 @@ def page(ctx: "AppContext") -> pn.Column:
     cancel.on_click(on_cancel)
     pn.state.onload(refresh)
     state["callback"] = pn.state.add_periodic_callback(refresh, period=ctx.poll_ms)
-    body = [notice.pane, pn.Row(cancel, message), summary, downloads, pn.pane.Markdown("### Events"), events, notebook_title, notebook, artifacts]
+    body = [notice.pane, pn.Row(cancel, message), summary, batch.layout(), downloads, pn.pane.Markdown("### Events"), events, notebook_title,
+            notebook, artifacts]
     return page_frame("/runs", f"Run {run_id}", *body, user=current_user())

@@ -63,14 +63,14 @@ class DashboardScheduler:
         self.scheduler = Scheduler(self.settings, owner=self.owner)
         await self.scheduler.start()
 
-    def run_now(self, name: str) -> "concurrent.futures.Future[Run | None]":
+    def run_now(self, name: str, user: str = "anonymous") -> "concurrent.futures.Future[Run | None]":
         """Fire schedule ``name`` now on the scheduler's loop (the lease is not needed, as with ``schedule run-now``).
 
         Refused with ``DsagentError`` when a run of it is still going and its overlap is ``skip``. The future ends
         with the run (None when none could start; the reason is in the log)."""
-        return asyncio.run_coroutine_threadsafe(self._run_now(name), self._loop)
+        return asyncio.run_coroutine_threadsafe(self._run_now(name, user), self._loop)
 
-    async def _run_now(self, name: str) -> "Run | None":
+    async def _run_now(self, name: str, user: str) -> "Run | None":
         assert self.scheduler is not None
         store = self.scheduler.store
         schedule = await asyncio.to_thread(store.get_schedule, name)
@@ -78,7 +78,7 @@ class DashboardScheduler:
         if active and schedule.overlap == "skip":
             raise DsagentError(f"schedule {name} has run {active[0]} still running", hint="wait for it to end, or set its overlap to queue",
                                reason="busy")
-        firing = self.scheduler.launch(schedule)
+        firing = self.scheduler.launch(schedule, launched_by={"user": user, "via": "dashboard"})
         return await firing.task
 
     def stop(self, timeout: float = 60) -> None:
