@@ -102,6 +102,7 @@ class BatchView:
         frame = _children_frame(page.items)
         if not frame.equals(self.children.value):
             self.children.value = frame
+            self.children.height = min(260, 45 + 30 * len(frame))  # no blank band under a short list
         self.state["total"] = page.total
         last = min(page.offset + CHILD_PAGE, page.total)
         self.position.object = f"children {page.offset + 1 if page.total else 0}–{last} of {page.total}"

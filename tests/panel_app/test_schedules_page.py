@@ -143,7 +143,7 @@ def test_a_scheduled_batch_shows_its_children_then_the_comparison(served, new_pa
     page.get_by_text("children finished").first.wait_for(timeout=60_000)
     page.screenshot(path=str(tmp_path / "batch-running.png"), full_page=True)
     page.get_by_text("3 of 3 children finished").wait_for(timeout=120_000)
-    page.get_by_text("Comparison").wait_for(timeout=60_000)
+    page.get_by_text("Comparison", exact=True).wait_for(timeout=60_000)
     comparison = page.locator(".tabulator", has_text="score")
     comparison.get_by_text("succeeded").first.wait_for()
     assert comparison.locator("img").count() == 3  # each child's plot
