@@ -36,9 +36,9 @@ def served(tmp_path_factory):
     _notebook(notebooks / "quick.ipynb", "n = 1", "print('n is', n)")
     _notebook(notebooks / "slow.ipynb", "pause = 120", "import time\ntime.sleep(pause)")
     _notebook(notebooks / "sweep.ipynb", "alpha = 0.1",
-              "import time, dsagent\ntime.sleep(0.5)\ndsagent.record('score', alpha * 2)",
+              "import time, dsagent\ntime.sleep(0.3)\ndsagent.record('score', alpha * 2)",
               "import matplotlib.pyplot as plt\nplt.plot([0, 1], [0, alpha])\nplt.show()")
-    (home / "grid.yaml").write_text("alpha: [0.1, 0.2, 0.3]\n")
+    (home / "grid.yaml").write_text("alpha: [0.1, 0.2]\n")
     env = {"DSAGENT_SCHEDULER_TICK": "0.2", "DSAGENT_BATCH_WORKERS": "1"}
     with serve_dashboard(home, env=env) as dashboard:
         yield dashboard
@@ -125,6 +125,7 @@ def test_create_a_schedule_checked_as_typed_then_run_it_now_edit_pause_delete(se
     print(f"screenshots in {tmp_path}")
 
 
+@pytest.mark.timeout(300)  # a LocalCluster and a fresh kernel per child: a minute and more on a loaded 2-core machine
 def test_a_scheduled_batch_shows_its_children_then_the_comparison(served, new_page, tmp_path):
     dashboard = served
     page, problems = new_page(dashboard.url)
@@ -142,24 +143,26 @@ def test_a_scheduled_batch_shows_its_children_then_the_comparison(served, new_pa
     page.goto(f"/run?id={batch['id']}")
     page.get_by_text("children finished").first.wait_for(timeout=60_000)
     page.screenshot(path=str(tmp_path / "batch-running.png"), full_page=True)
-    page.get_by_text("3 of 3 children finished").wait_for(timeout=120_000)
+    page.get_by_text("2 of 2 children finished").wait_for(timeout=120_000)
     page.get_by_text("Comparison", exact=True).wait_for(timeout=60_000)
     comparison = page.locator(".tabulator", has_text="score")
     comparison.get_by_text("succeeded").first.wait_for()
-    assert comparison.locator("img").count() == 3  # each child's plot
+    assert comparison.locator("img").count() == 2  # each child's plot
     page.screenshot(path=str(tmp_path / "batch-done.png"), full_page=True)
     with page.expect_download() as info:
         page.get_by_text("⬇ comparison as CSV").click()
     lines = Path(info.value.path()).read_text().splitlines()
-    assert lines[0] == "run_id,alpha,status,seconds,score,error" and len(lines) == 4
+    assert lines[0] == "run_id,alpha,status,seconds,score,error" and len(lines) == 3
     with page.expect_download() as info:
         page.get_by_text("⬇ comparison as Parquet").click()
     import pandas as pd
 
     frame = pd.read_parquet(io.BytesIO(Path(info.value.path()).read_bytes()))
-    assert sorted(frame["score"]) == pytest.approx([0.2, 0.4, 0.6])
+    assert sorted(frame["score"]) == pytest.approx([0.2, 0.4])
     # the children table links each child's page
-    page.locator(".tabulator", has_text="parameters").locator("a").first.click()
+    child = page.locator(".tabulator", has_text="parameters").locator("a").first
+    assert child.get_attribute("href").startswith("./run?id=")
+    child.click()
     page.get_by_text("batch-child").first.wait_for()
     assert problems.items == []
     print(f"screenshots in {tmp_path}")
