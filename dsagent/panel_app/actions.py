@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+from typing import Any
 
 from dsagent.artifacts.store import Store
 from dsagent.errors import DsagentError
@@ -20,8 +21,11 @@ from dsagent.errors import DsagentError
 __all__ = ["cancel_run"]
 
 
-def cancel_run(store: Store, run_id: int, user: str) -> str:
-    """Ask run ``run_id`` to stop (blocking store calls: call it off the event loop); what happened, for the page."""
+def cancel_run(store: Store, run_id: int, user: str, scheduler: Any = None) -> str:
+    """Ask run ``run_id`` to stop (blocking store calls: call it off the event loop); what happened, for the page.
+
+    ``scheduler``: the dashboard's own ``DashboardScheduler``, whose firings run in this process and are
+    cancelled through it (a signal would stop the whole dashboard)."""
     run = store.get_run(run_id)
     if run.done:
         return f"run {run_id} has already ended ({run.status})"
@@ -35,6 +39,8 @@ def cancel_run(store: Store, run_id: int, user: str) -> str:
         store.update_run_status(run_id, "cancelled", error=f"cancelled by {user} from the dashboard (its process had ended)")
         return f"run {run_id} marked cancelled (its process had already ended)"
     if owner.pid == os.getpid():
+        if scheduler is not None and run.schedule_id and scheduler.cancel_firing(run.schedule_id):
+            return f"cancelling run {run_id}: this dashboard's scheduler is stopping its firing of {run.schedule_id}"
         raise DsagentError(f"run {run_id} runs inside the dashboard process itself", hint="stop the dashboard (Ctrl-C) to stop it")
     try:
         os.kill(owner.pid, signal.SIGTERM)

@@ -31,7 +31,7 @@ MAX_THUMBNAIL_CHILDREN = 200  # plots are read per child: past this many, the ta
 _ORDER = ("succeeded", "failed", "cancelled", "running", "queued")
 
 
-def _duration(run: "Run") -> str:
+def _duration(run: Run) -> str:
     if run.started is None:
         return ""
     if run.finished is None:
@@ -39,7 +39,7 @@ def _duration(run: "Run") -> str:
     return f"{(run.finished - run.started).total_seconds():.1f} s"
 
 
-def _children_frame(children: list["Run"]) -> pd.DataFrame:
+def _children_frame(children: list[Run]) -> pd.DataFrame:
     return pd.DataFrame([{"run": run_link(c.id), "status": status_badge(c.status), "parameters": html.escape(json.dumps(c.params, default=str)),
                           "duration": _duration(c), "error": html.escape((c.error or "")[:160])} for c in children],
                         columns=["run", "status", "parameters", "duration", "error"])
@@ -55,7 +55,7 @@ def _progress_html(counts: dict[str, int]) -> str:
 class BatchView:
     """Built once per page; ``update(run)`` on every poll of a batch run."""
 
-    def __init__(self, ctx: "AppContext", run_id: int) -> None:
+    def __init__(self, ctx: AppContext, run_id: int) -> None:
         self.ctx, self.run_id = ctx, run_id
         self.title = pn.pane.Markdown("### Children", visible=False)
         self.progress_text = html_pane("")
@@ -81,7 +81,7 @@ class BatchView:
         return pn.Column(self.title, pn.Row(self.progress_text, self.bar), pn.Row(self.prev_button, self.next_button, self.position),
                          self.children, self.compare_title, pn.Row(self.csv, self.parquet), self.compare, sizing_mode="stretch_width")
 
-    async def update(self, run: "Run") -> None:
+    async def update(self, run: Run) -> None:
         """Read the children's progress (every poll) and, once the batch has ended, the comparison (once)."""
         if run.kind != "batch":
             return

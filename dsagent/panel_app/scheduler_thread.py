@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from dsagent.artifacts.models import Run
     from dsagent.runs.scheduler import Scheduler
 
-__all__ = ["DashboardScheduler", "OWNER_PREFIX"]
+__all__ = ["OWNER_PREFIX", "DashboardScheduler"]
 
 log = logging.getLogger("dsagent.scheduler")
 
@@ -47,7 +47,7 @@ class DashboardScheduler:
         self.owner = f"{OWNER_PREFIX}{uuid.uuid4().hex[:8]}"
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="dsagent-scheduler", daemon=True)
-        self.scheduler: "Scheduler | None" = None
+        self.scheduler: Scheduler | None = None
 
     def start(self, timeout: float = 60) -> None:
         """Start the thread and the scheduler (its store opened, first tick under way)."""
@@ -63,14 +63,14 @@ class DashboardScheduler:
         self.scheduler = Scheduler(self.settings, owner=self.owner)
         await self.scheduler.start()
 
-    def run_now(self, name: str, user: str = "anonymous") -> "concurrent.futures.Future[Run | None]":
+    def run_now(self, name: str, user: str = "anonymous") -> concurrent.futures.Future[Run | None]:
         """Fire schedule ``name`` now on the scheduler's loop (the lease is not needed, as with ``schedule run-now``).
 
         Refused with ``DsagentError`` when a run of it is still going and its overlap is ``skip``. The future ends
         with the run (None when none could start; the reason is in the log)."""
         return asyncio.run_coroutine_threadsafe(self._run_now(name, user), self._loop)
 
-    async def _run_now(self, name: str, user: str) -> "Run | None":
+    async def _run_now(self, name: str, user: str) -> Run | None:
         assert self.scheduler is not None
         store = self.scheduler.store
         schedule = await asyncio.to_thread(store.get_schedule, name)
@@ -80,6 +80,16 @@ class DashboardScheduler:
                                reason="busy")
         firing = self.scheduler.launch(schedule, launched_by={"user": user, "via": "dashboard"})
         return await firing.task
+
+    def cancel_firing(self, name: str, timeout: float = 10) -> bool:
+        """Cancel schedule ``name``'s running firing (a blocking call: not on an event loop); False if none runs here."""
+        if self.scheduler is None or not self._thread.is_alive():
+            return False
+
+        async def cancel() -> bool:
+            assert self.scheduler is not None
+            return self.scheduler.cancel_firing(name)
+        return bool(self._call(cancel(), timeout))
 
     def stop(self, timeout: float = 60) -> None:
         """Cancel running firings (runs end cancelled, kernels down), release the lease, end the thread."""

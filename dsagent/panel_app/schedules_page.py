@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import os
 import subprocess
 import sys
 from datetime import datetime
@@ -24,12 +25,19 @@ from typing import TYPE_CHECKING, Any
 import panel as pn
 
 from dsagent.errors import DsagentError
-from dsagent.panel_app.widgets import Notice, current_user, html_pane, page_frame, run_link, status_badge
+from dsagent.panel_app.widgets import (
+    Notice,
+    current_user,
+    html_pane,
+    page_frame,
+    run_link,
+    status_badge,
+)
 
 if TYPE_CHECKING:
     from dsagent.panel_app.context import AppContext
 
-__all__ = ["page", "relative_time", "cron_feedback"]
+__all__ = ["cron_feedback", "page", "relative_time"]
 
 PAGE_SIZE = 25
 _KINDS = ["notebook", "agent", "batch"]
@@ -54,7 +62,12 @@ def relative_time(when: datetime | None, now: datetime) -> str:
 
 def cron_feedback(expr: str, tz: str, now: datetime) -> tuple[bool, str]:
     """(valid, text): the cron in words and its next firing, or which field is wrong; the time zone too."""
-    from dsagent.runs.schedule_spec import check_cron, check_timezone, describe_cron, next_fire_after
+    from dsagent.runs.schedule_spec import (
+        check_cron,
+        check_timezone,
+        describe_cron,
+        next_fire_after,
+    )
 
     try:
         cron = check_cron(expr.strip())
@@ -113,7 +126,7 @@ def _resolve(home: Path, text: str) -> str:
 class _Form:
     """Create/edit form: the fields, their live checks, and the schedule they make."""
 
-    def __init__(self, ctx: "AppContext") -> None:
+    def __init__(self, ctx: AppContext) -> None:
         from dsagent.kernel_gateway.registry import backend_registry
 
         self.ctx = ctx
@@ -228,16 +241,16 @@ def _save(store: Any, schedule: Any, editing: bool) -> Any:
                                  overlap=schedule.overlap, misfire=schedule.misfire, notify_url=schedule.notify_url)
 
 
-def _run_now_elsewhere(ctx: "AppContext", name: str, user: str) -> str:
+def _run_now_elsewhere(ctx: AppContext, name: str, user: str) -> str:
     """Without a scheduler in this dashboard: ``dsagent schedule run-now`` in its own process (its log in the workspace)."""
-    log = open(ctx.home / "run-now.log", "ab")
-    env = {**__import__("os").environ, "DSAGENT_HOME": str(ctx.home)}
-    subprocess.Popen([sys.executable, "-m", "dsagent", "schedule", "run-now", name, "--launched-by", user], env=env, stdout=log,
-                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    env = {**os.environ, "DSAGENT_HOME": str(ctx.home)}
+    with open(ctx.home / "run-now.log", "ab") as log:  # the child keeps its own copy of the descriptor
+        subprocess.Popen([sys.executable, "-m", "dsagent", "schedule", "run-now", name, "--launched-by", user], env=env, stdout=log,
+                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     return f"schedule {name} fired by a `dsagent schedule run-now` process (this dashboard runs no scheduler); its run appears below"
 
 
-def page(ctx: "AppContext") -> pn.Column:
+def page(ctx: AppContext) -> pn.Column:
     from dsagent.artifacts.models import utcnow
     from dsagent.runs.schedule_spec import schedule_rows
 
@@ -340,7 +353,7 @@ def page(ctx: "AppContext") -> pn.Column:
             future = asyncio.wrap_future(ctx.scheduler.run_now(name, user))
             try:  # a refusal (still running) comes at once; the run itself goes on in the scheduler's thread
                 await asyncio.wait_for(asyncio.shield(future), 1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             return f"schedule {name} fired by this dashboard's scheduler; its run appears in the list"
         await act(work)

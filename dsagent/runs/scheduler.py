@@ -121,6 +121,14 @@ class Scheduler:
                     self._store.close()
                     self._store = None
 
+    def cancel_firing(self, name: str) -> bool:
+        """Cancel the running firing of schedule ``name`` (its run ends cancelled); False if none runs here."""
+        task = self._running.get(name)
+        if task is None or task.done():
+            return False
+        task.cancel()
+        return True
+
     async def wait_idle(self) -> list["Run | None"]:
         """Wait for the firings in flight (tests and run-now use it); their runs."""
         tasks = list(self._running.values())

@@ -168,28 +168,49 @@ def test_a_scheduled_batch_shows_its_children_then_the_comparison(served, new_pa
     print(f"screenshots in {tmp_path}")
 
 
-def test_sigterm_stops_the_dashboard_with_its_firings_cancelled_no_kernel_left_and_the_lease_released(served):
-    """Last in the module: it stops the module's server."""
+def _kernels_started(home: Path) -> list[psutil.Process]:
+    deadline = time.monotonic() + 60
+    kernels: list[psutil.Process] = []
+    while not kernels and time.monotonic() < deadline:
+        kernels = _kernels_working_in(home)
+        time.sleep(0.1)
+    assert kernels, "the scheduled run's kernel never started"
+    return kernels
+
+
+def test_cancel_a_scheduled_run_from_its_page_then_sigterm_stops_the_dashboard_cleanly(served, new_page):
+    """Last in the module: it stops the module's server. A firing of the in-process scheduler is cancelled from its
+    run page (through the scheduler, not a signal to the dashboard); then SIGTERM stops the dashboard mid-run: the run
+    ends cancelled, no kernel is left, the lease is given back."""
     from dsagent.artifacts.store import Store
     from dsagent.runs.schedule_spec import make_schedule
     from dsagent.settings import Settings
 
     dashboard = served
     settings = Settings(home=str(dashboard.home))
-    with Store.open(settings=settings) as store:  # fires at the next whole second: the in-process scheduler starts it
+    with Store.open(settings=settings) as store:  # fires every second: the in-process scheduler starts it
         store.add_schedule(make_schedule("slow", "* * * * * *", notebook=dashboard.home / "notebooks" / "slow.ipynb"))
-    run = _wait_for_last_run(dashboard, "slow", "running")
-    deadline = time.monotonic() + 60
-    kernels: list[psutil.Process] = []
-    while not kernels and time.monotonic() < deadline:
-        kernels = _kernels_working_in(dashboard.home)
-        time.sleep(0.1)
-    assert kernels, "the scheduled run's kernel never started"
+    first = _wait_for_last_run(dashboard, "slow", "running")
+    kernels = _kernels_started(dashboard.home)
+    page, problems = new_page(dashboard.url)
+    page.goto(f"/run?id={first['id']}")
+    page.get_by_text("cell_started").first.wait_for(timeout=60_000)
+    page.get_by_role("button", name="Cancel run").click()
+    page.get_by_text("this dashboard's scheduler is stopping its firing").wait_for()
+    page.locator("span", has_text="cancelled").first.wait_for(timeout=60_000)
+    _, alive = psutil.wait_procs(kernels, timeout=10)
+    assert alive == [] and dashboard.process.poll() is None
+    assert problems.items == []
+
+    later = _wait_for_last_run(dashboard, "slow", "running")  # the schedule goes on: its next firing
+    assert later["id"] > first["id"]
+    kernels = _kernels_started(dashboard.home)
     dashboard.process.send_signal(signal.SIGTERM)
     assert dashboard.process.wait(60) == 0
     _, alive = psutil.wait_procs(kernels, timeout=10)
     assert alive == []
     with Store.open(settings=settings) as store:
-        assert store.get_run(run["id"]).status == "cancelled"
+        assert store.get_run(first["id"]).status == "cancelled"
+        assert store.get_run(later["id"]).status == "cancelled"
         assert store.scheduler_lease() is None
         assert store.active_schedule_runs("slow") == []
