@@ -64,7 +64,7 @@ def page(ctx: "AppContext") -> pn.Column:
             pictures = await ctx.read(ctx.store.search_artifacts, kind="image", limit=8)
             size = await ctx.read(_store_size, ctx)
             lease = await ctx.read(ctx.store.scheduler_lease)
-            firing = scheduler_text(lease, ctx.scheduler.owner if ctx.scheduler is not None else None)
+            firing = await ctx.read(scheduler_text, lease, ctx.scheduler.owner if ctx.scheduler is not None else None)  # reads /proc
             by_status = " ".join(f"{status_badge(s)} {n}" for s, n in sorted(summary["runs_by_status"].items()))
             by_kind = ", ".join(f"{html.escape(k)}: {n}" for k, n in sorted(summary["runs_by_kind"].items()))
             arts = ", ".join(f"{html.escape(k)}: {n}" for k, n in sorted(summary["artifacts_by_kind"].items()))
