@@ -7,6 +7,7 @@ parallel workers (pytest-xdist) do not collide.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -102,7 +103,7 @@ def _wait_until_up(dashboard: Dashboard, timeout: float = 60) -> bool:
             status, _, _ = dashboard.get("api/runs?limit=1")
             if status in (200, 401):
                 return True
-        except OSError:
+        except (OSError, http.client.HTTPException):  # another program took the port between the probe and our bind
             pass
         time.sleep(0.1)
     return False
