@@ -128,6 +128,7 @@ class BatchView:
         frame.insert(0, "run", [run_link(r) for r in frame["run_id"]])
         frame["plots"] = ["".join(plots.get(int(r), [])) for r in frame["run_id"]]
         self.compare.formatters = {"run": {"type": "html"}, "plots": {"type": "html"}}
+        self.compare.widths = {"plots": 220}  # room for three thumbnails side by side
         self.compare.value = frame.drop(columns=["run_id"])
         self.state["table"], self.state["compared"] = table, True
         for widget in (self.compare_title, self.compare, self.csv, self.parquet):

@@ -147,7 +147,14 @@ def test_a_scheduled_batch_shows_its_children_then_the_comparison(served, new_pa
     page.get_by_text("Comparison", exact=True).wait_for(timeout=60_000)
     comparison = page.locator(".tabulator", has_text="score")
     comparison.get_by_text("succeeded").first.wait_for()
-    assert comparison.locator("img").count() == 2  # each child's plot
+    images = comparison.locator("img")
+    assert images.count() == 2  # each child's plot
+    for i in range(2):  # the thumbnails load (made by the thumbnail route on first request)
+        images.nth(i).wait_for()
+        deadline = time.monotonic() + 60
+        while not images.nth(i).evaluate("img => img.complete && img.naturalWidth > 0") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert images.nth(i).evaluate("img => img.naturalWidth") > 0
     page.screenshot(path=str(tmp_path / "batch-done.png"), full_page=True)
     with page.expect_download() as info:
         page.get_by_text("⬇ comparison as CSV").click()
