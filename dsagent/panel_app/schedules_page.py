@@ -123,6 +123,17 @@ def _resolve(home: Path, text: str) -> str:
     return str(path)
 
 
+def _set(widget: Any, text: str) -> None:
+    """Set a text field from code: ``value_input`` too, which the form reads and the browser alone updates."""
+    widget.value = text
+    widget.value_input = text
+
+
+def _text(widget: Any) -> str:
+    """What the field holds now (``value_input`` follows every keystroke, ``value`` only Enter or blur)."""
+    return widget.value_input if widget.value_input is not None else (widget.value or "")
+
+
 class _Form:
     """Create/edit form: the fields, their live checks, and the schedule they make."""
 
@@ -153,6 +164,9 @@ class _Form:
         self.cancel_edit = pn.widgets.Button(name="New instead", width=120, visible=False)
         self.message = html_pane("")
         self.title = pn.pane.Markdown("### New schedule")
+        for field in (self.name, self.cron, self.timezone, self.notebook, self.parameters, self.question, self.data, self.grid,
+                      self.notify_url):
+            _set(field, field.value or "")
         self.kind.param.watch(self._show_kind, "value")
         for widget in (self.cron, self.timezone):
             widget.param.watch(self.check, "value_input")
@@ -170,9 +184,7 @@ class _Form:
         """Check cron and time zone as typed (cheap and local: croniter, zoneinfo); Save only when both are right."""
         from dsagent.artifacts.models import utcnow
 
-        cron = self.cron.value_input if self.cron.value_input is not None else self.cron.value
-        tz = self.timezone.value_input if self.timezone.value_input is not None else self.timezone.value
-        ok, text = cron_feedback(cron or "", tz or "", utcnow())
+        ok, text = cron_feedback(_text(self.cron), _text(self.timezone), utcnow())
         color = "#198754" if ok else "#dc3545"
         self.cron_help.object = f"<span class='ds-cron-{'ok' if ok else 'error'}' style='color:{color}'>{'✓ ' if ok else '✗ '}{html.escape(text)}</span>"
         self.save.disabled = not ok
@@ -192,36 +204,36 @@ class _Form:
         kind, home = self.kind.value, self.ctx.home
         target: dict[str, Any] = {}
         if kind == "notebook":
-            target = {"notebook": _resolve(home, self.notebook.value_input or self.notebook.value or ""),
-                      "text_parameters": _text_parameters(self.parameters.value_input or self.parameters.value or "")}
+            target = {"notebook": _resolve(home, _text(self.notebook)), "text_parameters": _text_parameters(_text(self.parameters))}
         elif kind == "agent":
-            data = [d.strip() for d in (self.data.value_input or self.data.value or "").split(",") if d.strip()]
-            target = {"agent": (self.question.value_input or self.question.value or "").strip(), "data": data}
+            data = [d.strip() for d in _text(self.data).split(",") if d.strip()]
+            target = {"agent": _text(self.question).strip(), "data": data}
         else:
-            target = {"batch": _resolve(home, self.notebook.value_input or self.notebook.value or ""),
-                      "grid": (self.grid.value_input or self.grid.value or "").strip() or None}
-        name = self.editing or (self.name.value_input or self.name.value or "").strip()
-        return make_schedule(name, (self.cron.value_input or self.cron.value).strip(), **target,
+            target = {"batch": _resolve(home, _text(self.notebook)), "grid": _text(self.grid).strip() or None}
+        name = self.editing or _text(self.name).strip()
+        return make_schedule(name, _text(self.cron).strip(), **target,
                              backend=None if self.backend.value == "(default)" else self.backend.value,
-                             timezone=(self.timezone.value_input or self.timezone.value or "UTC").strip(), overlap=self.overlap.value,
-                             misfire=self.misfire.value, notify_url=(self.notify_url.value_input or self.notify_url.value or "").strip() or None)
+                             timezone=_text(self.timezone).strip() or "UTC", overlap=self.overlap.value,
+                             misfire=self.misfire.value, notify_url=_text(self.notify_url).strip() or None)
 
     def load(self, schedule: Any) -> None:
         """Fill the fields from a stored schedule to edit it."""
         t = schedule.target
         self.editing = schedule.name
-        self.name.value, self.name.disabled = schedule.name, True
-        self.cron.value, self.timezone.value = schedule.cron, schedule.timezone
+        _set(self.name, schedule.name)
+        self.name.disabled = True
+        _set(self.cron, schedule.cron)
+        _set(self.timezone, schedule.timezone)
         self.kind.value = t.get("kind", "notebook")
-        self.notebook.value = t.get("notebook", "")
+        _set(self.notebook, t.get("notebook", "") or "")
         params = {**t.get("parameters", {}), **t.get("text_parameters", {})}
-        self.parameters.value = "\n".join(f"{k} = {v}" for k, v in params.items())
-        self.question.value = t.get("question", "") or ""
-        self.data.value = ", ".join(t.get("data", []))
-        self.grid.value = t.get("grid", "") or ""
+        _set(self.parameters, "\n".join(f"{k} = {v}" for k, v in params.items()))
+        _set(self.question, t.get("question", "") or "")
+        _set(self.data, ", ".join(t.get("data", [])))
+        _set(self.grid, t.get("grid", "") or "")
         self.backend.value = t.get("backend") or "(default)"
         self.overlap.value, self.misfire.value = schedule.overlap, schedule.misfire
-        self.notify_url.value = schedule.notify_url or ""
+        _set(self.notify_url, schedule.notify_url or "")
         self.title.object = f"### Edit schedule {schedule.name}"
         self.save.name, self.cancel_edit.visible = "Save changes", True
         self._show_kind()
@@ -229,7 +241,8 @@ class _Form:
 
     def reset(self, *_: Any) -> None:
         self.editing = None
-        self.name.value, self.name.disabled = "", False
+        _set(self.name, "")
+        self.name.disabled = False
         self.title.object = "### New schedule"
         self.save.name, self.cancel_edit.visible = "Create schedule", False
 

@@ -76,3 +76,39 @@ def test_run_now_without_a_scheduler_runs_it_in_a_process_of_its_own(workspace_h
         launched = [e.payload for e in store.events(run.id) if e.type == "launched"]
         assert launched == [{"user": "alice", "via": "dashboard", "schedule": "hi"}]
         assert run.owner_pid != os.getpid()
+
+
+def test_the_form_makes_agent_and_batch_schedules_and_edits_round_trip(tmp_path):
+    from dsagent.panel_app.schedules_page import _Form, _set
+
+    (tmp_path / "notebooks").mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell("alpha = 0.1")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params]
+    nbformat.write(nb, tmp_path / "notebooks" / "fit.ipynb")
+    (tmp_path / "data.csv").write_text("x\n1\n")
+    (tmp_path / "grid.yaml").write_text("alpha: [0.1, 0.2]\n")
+    form = _Form(SimpleNamespace(home=tmp_path))
+    form.cron.value_input = "0 9 * * 1"  # typed, not yet committed with Enter: counts
+    _set(form.name, "ask")
+    form.kind.value = "agent"
+    _set(form.question, "Which x is largest?")
+    _set(form.data, str(tmp_path / "data.csv"))
+    agent = form.build()
+    assert agent.target == {"kind": "agent", "backend": None, "question": "Which x is largest?", "data": [str(tmp_path / "data.csv")]}
+    _set(form.name, "sweep")
+    form.kind.value = "batch"
+    _set(form.notebook, "fit.ipynb")  # a bare name: the workspace's notebooks/
+    _set(form.grid, str(tmp_path / "grid.yaml"))
+    batch = form.build()
+    assert batch.target["kind"] == "batch" and batch.target["notebook"] == str(tmp_path / "notebooks" / "fit.ipynb")
+    form.load(agent)  # edit: the fields show the stored schedule (typed text before is replaced) and build the same one
+    assert form.name.disabled and form.question.visible and not form.grid.visible
+    assert (form.build().target, form.build().cron) == (agent.target, "0 9 * * 1")
+    form.load(batch)
+    assert form.grid.visible and form.build().target == batch.target
+    form.cron.value_input = "0 9 * * 8"
+    form.check()
+    assert not form.check() and form.save.disabled and "day of week field &#x27;8&#x27;" in form.cron_help.object
