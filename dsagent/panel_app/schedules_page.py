@@ -278,6 +278,8 @@ def page(ctx: AppContext) -> pn.Column:
     run_now = pn.widgets.Button(name="Run now", button_type="success", width=100)
     delete = pn.widgets.Button(name="Delete", button_type="danger", width=110)
     action_message = html_pane("")
+    for button in (edit, pause, run_now, delete):  # until the first read has chosen a schedule to act on
+        button.disabled = True
     form = _Form(ctx)
     state: dict[str, Any] = {"cursors": [None], "next": None, "rows": [], "html": None, "confirm_delete": None}
 

@@ -103,6 +103,7 @@ def test_create_a_schedule_checked_as_typed_then_run_it_now_edit_pause_delete(se
 
     # edit (no restart: the row is what the scheduler reads), pause, resume, delete
     page.goto("/schedules")
+    _row(page, "morning").wait_for()
     page.get_by_role("button", name="Edit").click()
     page.get_by_text("Edit schedule morning").wait_for()
     page.get_by_label("cron (minute hour day month weekday)").fill("0 8 * * 1-5")
