@@ -49,9 +49,9 @@ def relative_time(when: datetime | None, now: datetime) -> str:
         return ""
     seconds = (when - now).total_seconds()
     span = abs(seconds)
-    if span < 60:
-        words = f"{span:.0f} s"
-    elif span < 3600:
+    if span < 60:  # minutes at the finest: the list is re-drawn only when its text changes, not every second
+        return "within a minute" if seconds >= 0 else "under a minute ago"
+    if span < 3600:
         words = f"{span // 60:.0f} min"
     elif span < 86400:
         words = f"{span // 3600:.0f} h {span % 3600 // 60:.0f} min"

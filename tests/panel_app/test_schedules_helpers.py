@@ -34,6 +34,7 @@ def test_cron_feedback_names_the_wrong_field_and_words_a_good_one():
 
 def test_times_and_parameters_in_words():
     assert relative_time(NOW + timedelta(seconds=90), NOW) == "in 1 min"
+    assert relative_time(NOW - timedelta(seconds=12), NOW) == "under a minute ago"  # no seconds: the list stays put
     assert relative_time(NOW - timedelta(hours=2, minutes=5), NOW) == "2 h 5 min ago"
     assert relative_time(NOW + timedelta(days=3), NOW) == "in 3 days"
     assert _text_parameters("n = 3\n# a comment\nregion: eu\n") == {"n": "3", "region": "eu"}

@@ -98,7 +98,9 @@ def test_create_a_schedule_checked_as_typed_then_run_it_now_edit_pause_delete(se
     _, full = dashboard.get_json(f"api/runs/{run['id']}")
     assert full["owner_pid"] == dashboard.process.pid and full["params"] == {"n": 3}
     page.screenshot(path=str(tmp_path / "ran.png"), full_page=True)
-    row.locator("a", has_text=str(run["id"])).click()
+    link = row.locator("a", has_text=str(run["id"]))
+    assert link.get_attribute("href") == f"./run?id={run['id']}"
+    page.goto(f"/run?id={run['id']}")
     page.get_by_text("schedule_fired").first.wait_for()
 
     # edit (no restart: the row is what the scheduler reads), pause, resume, delete
