@@ -17,7 +17,7 @@ from dsagent.artifacts.models import Run
 if TYPE_CHECKING:
     from dsagent.artifacts.transaction import Transaction
 
-__all__ = ["create_children", "child_records", "run_records", "cancel_children"]
+__all__ = ["create_children", "child_records", "run_records", "cancel_children", "child_status_counts"]
 
 
 def create_children(tx: "Transaction", parent_id: int, param_sets: Sequence[Mapping[str, Any]], *, title: str | None,
@@ -69,3 +69,9 @@ def cancel_children(tx: "Transaction", parent_id: int, error: str) -> list[int]:
     for run_id in ids:
         tx.update_run_status(run_id, "cancelled", error=error)
     return ids
+
+
+def child_status_counts(con: duckdb.DuckDBPyConnection, parent_id: int) -> dict[str, int]:
+    """``{status: number of children}`` of a batch."""
+    rows = con.execute("SELECT status, count(*) FROM runs WHERE parent_id = ? GROUP BY status", [parent_id]).fetchall()
+    return {status: int(n) for status, n in rows}

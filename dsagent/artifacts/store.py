@@ -387,6 +387,13 @@ class Store:
         with self.session(write=False) as con:
             return batches.run_records(con, run_ids)
 
+    def child_status_counts(self, parent_id: int) -> dict[str, int]:
+        """How many children of a batch are in each status (one query, for its live progress)."""
+        from dsagent.artifacts import batches
+
+        with self.session(write=False) as con:
+            return batches.child_status_counts(con, parent_id)
+
     # -- retention --------------------------------------------------------------
 
     def gc(self, older_than: timedelta, *, dry_run: bool = False) -> GcReport:

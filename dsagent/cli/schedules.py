@@ -43,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                            ("resume", "fire a paused schedule again (from its next cron time)"), ("run-now", "fire a schedule now, here")):
         v = verbs.add_parser(verb, help=helptext)
         v.add_argument("name")
+        if verb == "run-now":  # the dashboard's Run now, when it fires no schedules itself, says who asked
+            v.add_argument("--launched-by", help=argparse.SUPPRESS)
         v.set_defaults(func=cmd_change, verb=verb)
 
     s = sub.add_parser("scheduler", help="fire the workspace's schedules until stopped (Ctrl-C/SIGTERM); one process at a time fires")
@@ -110,11 +112,11 @@ def cmd_change(args: argparse.Namespace) -> int:
             store.update_schedule(args.name, paused=args.verb == "pause")
             print(f"schedule {args.name} {args.verb}d")
         else:
-            return _run_now(store, args.name)
+            return _run_now(store, args.name, getattr(args, "launched_by", None))
     return 0
 
 
-def _run_now(store: Any, name: str) -> int:
+def _run_now(store: Any, name: str, launched_by: str | None = None) -> int:
     import asyncio
 
     from dsagent.errors import DsagentError
@@ -126,7 +128,8 @@ def _run_now(store: Any, name: str) -> int:
     if active and schedule.overlap == "skip":
         raise DsagentError(f"schedule {name} has run {active[0]} still running", hint="wait for it, or set --overlap queue",
                            reason="busy")
-    run = asyncio.run(fire_schedule(schedule, store, Settings()))
+    who = {"user": launched_by, "via": "dashboard"} if launched_by else None
+    run = asyncio.run(fire_schedule(schedule, store, Settings(), launched_by=who))
     if run is None:
         print(f"schedule {name}: no run started (see the log above)", file=sys.stderr)
         return 1

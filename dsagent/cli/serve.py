@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-websocket-origin", action="append", default=[], metavar="HOST:PORT",
                    help="another origin the pages may be opened from (a proxy's name); repeatable")
     p.add_argument("--no-demo", action="store_true", help="do not fill an empty workspace with the demo runs")
+    p.add_argument("--no-scheduler", action="store_true",
+                   help="do not fire the workspace's schedules from this process (run `dsagent scheduler` instead)")
     p.add_argument("--insecure-no-auth", action="store_true", help="allow a non-loopback --address without auth (anyone who reaches it sees everything)")
     p.set_defaults(func=cmd_serve)
 
@@ -78,6 +80,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _workspace_settings(args)
     credentials = Credentials(args.basic_auth) if args.basic_auth else None
     ctx = AppContext.create(settings, credentials)  # creates/upgrades the store; SchemaTooNew says why it refuses
+    if not args.no_scheduler:
+        from dsagent.panel_app.scheduler_thread import DashboardScheduler
+
+        ctx.scheduler = DashboardScheduler(settings)
     secret = cookie_secret(args.cookie_secret, ctx.home)
     server = build_server(ctx, port=args.port, address=args.address, cookie_secret=secret,
                           websocket_origins=origins_for(args.address, args.port) + args.allow_websocket_origin)
@@ -88,6 +94,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"dsagent dashboard on http://{host}:{server.port}/  (workspace {ctx.home}; Ctrl-C stops)", flush=True)
     if credentials is not None:
         print(f"login required (users in {args.basic_auth})", flush=True)
+    if ctx.scheduler is not None:
+        ctx.scheduler.start()  # its own thread and loop: firings never run on the pages' event loop
+        print(f"firing the workspace's schedules in this process ({ctx.scheduler.owner}; --no-scheduler turns it off)", flush=True)
     if demo is not None:
         print(f"the workspace is empty: filling it with the demo in the background (log: {ctx.home / 'demo.log'})", flush=True)
     from dsagent.panel_app.handoff import HandoffService
@@ -106,6 +115,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _close_handoff(server, handoff)
         if demo is not None:
             _stop_demo(demo)
+        if ctx.scheduler is not None:  # running firings end cancelled, their kernels down, the lease given back
+            ctx.scheduler.stop()
         server.stop()
         ctx.close()
     # everything is written and closed; skip the interpreter's teardown of Panel, Bokeh, pandas and DuckDB,

@@ -43,8 +43,11 @@ __all__ = ["cancel_run", "launch_notebook_run", "launch_sweep", "LAUNCH_WAIT_SEC
 LAUNCH_WAIT_SECONDS = 180.0
 
 
-def cancel_run(store: Store, run_id: int, user: str) -> str:
-    """Ask run ``run_id`` to stop (blocking store calls: call it off the event loop); what happened, for the page."""
+def cancel_run(store: Store, run_id: int, user: str, scheduler: Any = None) -> str:
+    """Ask run ``run_id`` to stop (blocking store calls: call it off the event loop); what happened, for the page.
+
+    ``scheduler``: the dashboard's own ``DashboardScheduler``, whose firings run in this process and are
+    cancelled through it (a signal would stop the whole dashboard)."""
     run = store.get_run(run_id)
     if run.done:
         return f"run {run_id} has already ended ({run.status})"
@@ -62,6 +65,8 @@ def cancel_run(store: Store, run_id: int, user: str) -> str:
 
         if cancel_served(run_id):  # a `dsagent run` handed it to this server: its task here is the run
             return f"cancelling run {run_id}: it runs in this server"
+        if scheduler is not None and run.schedule_id and scheduler.cancel_firing(run.schedule_id):
+            return f"cancelling run {run_id}: this dashboard's scheduler is stopping its firing of {run.schedule_id}"
         raise DsagentError(f"run {run_id} runs inside the dashboard process itself", hint="stop the dashboard (Ctrl-C) to stop it")
     try:
         os.kill(owner.pid, signal.SIGTERM)

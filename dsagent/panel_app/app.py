@@ -35,7 +35,8 @@ class PageSpec:
 
 
 def _builtin_pages() -> list[PageSpec]:
-    from dsagent.panel_app import artifact_page, artifacts_page, compare_page, notebook_page, notebooks_page, overview, run_page, runs
+    from dsagent.panel_app import (artifact_page, artifacts_page, compare_page, notebook_page, notebooks_page, overview, run_page, runs,
+                                   schedules_page)
 
     return [
         PageSpec("/", "Overview", overview.page, preload=overview.preload),
@@ -46,6 +47,7 @@ def _builtin_pages() -> list[PageSpec]:
         PageSpec("/notebooks", "Notebooks", notebooks_page.page),
         PageSpec("/notebook", "Notebook", notebook_page.page, in_nav=False),
         PageSpec("/compare", "Compare runs", compare_page.page, in_nav=False),
+        PageSpec("/schedules", "Schedules", schedules_page.page),
     ]
 
 

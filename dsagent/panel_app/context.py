@@ -31,6 +31,7 @@ class AppContext:
     settings: Settings
     credentials: Credentials | None = None
     pid: int = field(default_factory=os.getpid)
+    scheduler: Any = None  # a DashboardScheduler when this server fires the schedules (not --no-scheduler)
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(4, thread_name_prefix="dashboard-read"))
 
     @classmethod

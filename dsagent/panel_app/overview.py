@@ -20,6 +20,26 @@ def _store_size(ctx: "AppContext") -> int:
     return sum(p.stat().st_size for p in home.glob("dsagent*.duckdb*") if p.is_file())
 
 
+def scheduler_text(lease, own_owner: str | None) -> str:
+    """Who fires the schedules, from the lease: this dashboard, a ``dsagent scheduler`` process, or nobody (and the fix)."""
+    from dsagent.artifacts.models import Owner, utcnow
+    from dsagent.panel_app.scheduler_thread import OWNER_PREFIX
+
+    gone = lease is not None and lease.pid is not None and lease.host and Owner(lease.pid, lease.host, lease.started).is_gone()
+    if lease is None or lease.expires < utcnow() or gone:
+        fix = ("this dashboard's scheduler is starting or waiting for the store" if own_owner else
+               "start one with <code>dsagent scheduler</code>, or restart <code>dsagent serve</code> without <code>--no-scheduler</code>")
+        return f"<b style='color:#dc3545'>nobody — schedules will not fire</b>; {fix}"
+    where = html.escape(f"pid {lease.pid} on {lease.host}")
+    if own_owner and lease.owner == own_owner:
+        who = "this dashboard"
+    elif lease.owner.startswith(OWNER_PREFIX):
+        who = "another dashboard (<code>dsagent serve</code>)"
+    else:
+        who = "a <code>dsagent scheduler</code> process"
+    return f"{who} ({where})"
+
+
 def _runs_table(runs) -> str:
     rows = "".join(
         f"<tr><td>{run_link(r.id)}</td><td>{html.escape(r.kind)}</td><td>{status_badge(r.status)}</td>"
@@ -33,7 +53,8 @@ def _runs_table(runs) -> str:
 def preload(ctx: "AppContext", args: dict[str, str]) -> dict:
     """Everything the page shows (blocking store reads; the page's first data and each refresh)."""
     return {"summary": ctx.store.overview(), "recent": ctx.store.search_runs(limit=10),
-            "pictures": ctx.store.search_artifacts(kind="image", limit=8), "size": _store_size(ctx)}
+            "pictures": ctx.store.search_artifacts(kind="image", limit=8), "size": _store_size(ctx),
+            "firing": scheduler_text(ctx.store.scheduler_lease(), ctx.scheduler.owner if ctx.scheduler is not None else None)}  # reads /proc
 
 
 def page(ctx: "AppContext") -> pn.Column:
@@ -56,7 +77,9 @@ def page(ctx: "AppContext") -> pn.Column:
         counts.object = (f"<table class='ds-kv'><tr><td><b>runs</b></td><td>{recent.total} — {by_status or 'none yet'}</td></tr>"
                          f"<tr><td><b>by kind</b></td><td>{by_kind or '—'}</td></tr>"
                          f"<tr><td><b>artifacts</b></td><td>{arts or '—'}</td></tr>"
-                         f"<tr><td><b>store</b></td><td>{human_size(size)} in {html.escape(str(ctx.home))}</td></tr></table>")
+                         f"<tr><td><b>store</b></td><td>{human_size(size)} in {html.escape(str(ctx.home))}</td></tr>"
+                         f"<tr><td><b>schedules fired by</b></td><td><span class='ds-scheduler'>{data['firing']}</span> · "
+                         f"<a href='./schedules'>schedules</a></td></tr></table>")
         running.object = "<h3>Running now</h3>" + (_runs_table(summary["running"]) if summary["running"] else "<i>nothing is running</i>")
         latest.object = "<h3>Latest runs</h3>" + _runs_table(recent.items)
         tiles = "".join(image_tile(a, f"{a.name[:40]} · run {a.run_id}") for a in pictures.items)

@@ -16,6 +16,7 @@ import pandas as pd
 import panel as pn
 
 from dsagent.panel_app.actions import cancel_run
+from dsagent.panel_app.batch_view import BatchView
 from dsagent.panel_app.widgets import (html_pane, image_tile, Notice, Poller, preloaded, current_user, duration_text, page_frame, query_arg, run_link, sandboxed_iframe,
                                        status_badge, time_text)
 
@@ -105,6 +106,7 @@ def page(ctx: "AppContext") -> pn.Column:
     notebook = sandboxed_iframe("about:blank")
     notebook.visible = False
     artifacts = html_pane("")
+    batch = BatchView(ctx, run_id)  # shows itself only for a batch run
     state: dict = {"after": 0, "status": None, "artifacts": -1, "who": []}
 
     async def refresh() -> None:
@@ -123,6 +125,7 @@ def page(ctx: "AppContext") -> pn.Column:
             if run.status != state["status"] or count != state["artifacts"]:
                 await _show_artifacts(run)
             state["status"], state["artifacts"] = run.status, count
+            await batch.update(run)
             if run.done and not new:
                 poller.stop()  # everything is read; nothing more will come
         if not await notice.guard(work) and notice.missing:
@@ -153,7 +156,7 @@ def page(ctx: "AppContext") -> pn.Column:
     async def on_cancel(_) -> None:
         cancel.disabled = True
         try:
-            text = await ctx.read(cancel_run, ctx.store, run_id, current_user() or "anonymous")
+            text = await ctx.read(cancel_run, ctx.store, run_id, current_user() or "anonymous", ctx.scheduler)
             message.object = html.escape(text)
         except Exception as exc:  # shown on the page; the run is untouched
             message.object = f"<span style='color:#dc3545'>{html.escape(str(exc))}</span>"
@@ -166,5 +169,5 @@ def page(ctx: "AppContext") -> pn.Column:
         state["after"] = first[-1].seq
         state["who"].extend(line for line in map(_who, first) if line)
     poller = Poller(refresh, ctx.poll_ms)
-    body = [notice.pane, pn.Row(cancel, message), summary, downloads, pn.pane.Markdown("### Events"), events, notebook_title, notebook, artifacts]
+    body = [notice.pane, pn.Row(cancel, message), summary, batch.layout(), downloads, pn.pane.Markdown("### Events"), events, notebook_title, notebook, artifacts]
     return page_frame("/runs", f"Run {run_id}", *body, user=current_user())

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from dsagent.artifacts.models import Artifact, Run
     from dsagent.artifacts.store import Store
 
-__all__ = ["BatchTable", "batch_table", "compare_runs", "save_table", "batch_children"]
+__all__ = ["BatchTable", "batch_table", "compare_runs", "save_table", "table_bytes", "batch_children"]
 
 _PAGE = 500
 
@@ -112,10 +112,9 @@ def _table(batch: "Run | None", runs: Sequence["Run"], records: Mapping[int, Map
     return BatchTable(batch, parameters, scalars, rows)
 
 
-def save_table(store: "Store", table: BatchTable, fmt: str, path: str | Path | None = None) -> "Artifact":
-    """Write the table as ``csv`` or ``parquet`` (to ``path`` if given) and store it as an artifact of the batch run."""
+def table_bytes(table: BatchTable, fmt: str) -> tuple[str, str, bytes]:
+    """The table as a ``csv`` or ``parquet`` file: (file name, mime type, bytes)."""
     from dsagent.artifacts.capture import PARQUET_MIME
-    from dsagent.artifacts.models import NewArtifact
 
     if table.batch is None:
         raise DsagentError("only a batch's comparison is kept as an artifact (it belongs to the batch run)",
@@ -123,15 +122,20 @@ def save_table(store: "Store", table: BatchTable, fmt: str, path: str | Path | N
     frame = table.to_frame()
     name = f"batch-{table.batch.id}-comparison.{fmt}"
     if fmt == "csv":
-        data = frame.to_csv(index=False).encode("utf-8")
-        item = NewArtifact(name, "table", "text/csv", data, metadata={"rows": len(frame), "columns": len(frame.columns)})
-    elif fmt == "parquet":
+        return name, "text/csv", frame.to_csv(index=False).encode("utf-8")
+    if fmt == "parquet":
         buffer = io.BytesIO()
         frame.astype({c: "string" for c in frame.columns if frame[c].dtype == object}).to_parquet(buffer, index=False)
-        data = buffer.getvalue()
-        item = NewArtifact(name, "table", PARQUET_MIME, data, metadata={"rows": len(frame), "columns": len(frame.columns)})
-    else:
-        raise DsagentError(f"unknown table format {fmt!r}", hint="use csv or parquet")
+        return name, PARQUET_MIME, buffer.getvalue()
+    raise DsagentError(f"unknown table format {fmt!r}", hint="use csv or parquet")
+
+
+def save_table(store: "Store", table: BatchTable, fmt: str, path: str | Path | None = None) -> "Artifact":
+    """Write the table as ``csv`` or ``parquet`` (to ``path`` if given) and store it as an artifact of the batch run."""
+    from dsagent.artifacts.models import NewArtifact
+
+    name, mime, data = table_bytes(table, fmt)
+    item = NewArtifact(name, "table", mime, data, metadata={"rows": len(table.rows), "columns": len(table.columns)})
     if path is not None:
         Path(path).write_bytes(data)
     return store.add_artifacts(table.batch.id, [item])[0]

@@ -121,6 +121,14 @@ class Scheduler:
                     self._store.close()
                     self._store = None
 
+    def cancel_firing(self, name: str) -> bool:
+        """Cancel the running firing of schedule ``name`` (its run ends cancelled); False if none runs here."""
+        task = self._running.get(name)
+        if task is None or task.done():
+            return False
+        task.cancel()
+        return True
+
     async def wait_idle(self) -> list["Run | None"]:
         """Wait for the firings in flight (tests and run-now use it); their runs."""
         tasks = list(self._running.values())
@@ -200,22 +208,33 @@ class Scheduler:
             log.warning("schedule %s: firing of %s runs late, once, to catch up (misfire=run_once)", s.name, s.next_fire)
         return self._launch(s, s.next_fire)
 
-    def _launch(self, s: "Schedule", fire_time: datetime) -> Firing:
-        task = asyncio.ensure_future(fire_schedule(s, self.store, self.settings, fire_time=fire_time))
+    def launch(self, s: "Schedule", *, launched_by: dict[str, Any] | None = None) -> Firing:
+        """Fire ``s`` now, outside its cron times and without the lease (run now); overlap is the caller's check.
+        ``launched_by`` (user, via) becomes a ``launched`` event of the run."""
+        return self._launch(s, self.clock(), launched_by)
+
+    def _launch(self, s: "Schedule", fire_time: datetime, launched_by: dict[str, Any] | None = None) -> Firing:
+        task = asyncio.ensure_future(fire_schedule(s, self.store, self.settings, fire_time=fire_time, launched_by=launched_by))
         self._running[s.name] = task
         task.add_done_callback(lambda t, name=s.name: self._running.pop(name, None) if self._running.get(name) is t else None)
         return Firing(s.name, fire_time, task)
 
 
-async def fire_schedule(s: "Schedule", store: "Store", settings: Settings, *, fire_time: datetime | None = None) -> "Run | None":
-    """Run what ``s`` targets now, as a run with ``schedule_id = s.name``; then notify. The run (None if none started)."""
+async def fire_schedule(s: "Schedule", store: "Store", settings: Settings, *, fire_time: datetime | None = None,
+                        launched_by: dict[str, Any] | None = None) -> "Run | None":
+    """Run what ``s`` targets now, as a run with ``schedule_id = s.name``; then notify. The run (None if none started).
+
+    ``launched_by``: who asked for this firing by hand (``{"user": ..., "via": "dashboard"}``), a ``launched`` event."""
     fire_time = fire_time or utcnow()
     started: dict[str, Any] = {}
 
     def on_run(run: "Run", *_: Any) -> None:
         started["run"] = run
         store.set_schedule_last_run(s.name, run.id)
-        store.append_events(run.id, [("schedule_fired", {"schedule": s.name, "fire_time": fire_time.isoformat()})])
+        events: list[tuple[str, dict[str, Any]]] = [("schedule_fired", {"schedule": s.name, "fire_time": fire_time.isoformat()})]
+        if launched_by:
+            events.append(("launched", {**launched_by, "schedule": s.name}))
+        store.append_events(run.id, events)
 
     log.info("schedule %s: firing (%s)", s.name, fire_time.isoformat())
     run: "Run | None" = None

@@ -7,6 +7,7 @@ parallel workers (pytest-xdist) do not collide.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -66,16 +67,16 @@ def dsagent_env(home: Path) -> dict[str, str]:
 
 
 @contextmanager
-def serve_dashboard(home: Path, *extra: str, demo: bool = False) -> Iterator[Dashboard]:
-    """``dsagent serve`` on a free port (``--no-demo`` unless ``demo``); stopped with SIGINT (Ctrl-C) at the end."""
+def serve_dashboard(home: Path, *extra: str, demo: bool = False, env: dict[str, str] | None = None) -> Iterator[Dashboard]:
+    """``dsagent serve`` on a free port (``--no-demo`` unless ``demo``; ``env``: more variables); stopped with SIGINT (Ctrl-C) at the end."""
     home.mkdir(parents=True, exist_ok=True)
     log = home.parent / f"{home.name}-serve.log"
     for _attempt in range(3):  # a free port can be taken between the probe and the bind
         port = free_port()
         with open(log, "wb") as out:
             process = subprocess.Popen([sys.executable, "-m", "dsagent", "serve", "--workspace", str(home), "--port", str(port),
-                                        *([] if demo else ["--no-demo"]), *extra], env=dsagent_env(home), stdout=out,
-                                       stderr=subprocess.STDOUT)
+                                        *([] if demo else ["--no-demo"]), *extra], env={**dsagent_env(home), **(env or {})},
+                                       stdout=out, stderr=subprocess.STDOUT)
         dashboard = Dashboard(f"http://127.0.0.1:{port}/", home, process, log)
         if _wait_until_up(dashboard):
             break
@@ -103,7 +104,7 @@ def _wait_until_up(dashboard: Dashboard, timeout: float = 60) -> bool:
             status, _, _ = dashboard.get("api/runs?limit=1")
             if status in (200, 401):
                 return True
-        except OSError:
+        except (OSError, http.client.HTTPException):  # another program took the port between the probe and our bind
             pass
         time.sleep(0.1)
     return False

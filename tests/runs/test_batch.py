@@ -171,3 +171,31 @@ def test_cli_sweep_and_compare(cluster, workspace_home, sweep_nb, tmp_path):
     shown = run_cli(workspace_home, "batch", "compare", str(batch_id), "--parquet", str(tmp_path / "t.parquet"), "--json")
     data = json.loads(shown.stdout)
     assert [r["score"] for r in data["rows"]] == [0.4, 0.8] and (tmp_path / "t.parquet").stat().st_size > 0
+
+
+async def test_a_scheduled_batch_fires_as_a_sweep(cluster, settings, sweep_nb, tmp_path):
+    """A schedule whose target is a batch, fired by the scheduler at its cron time (a controllable clock)."""
+    from dataclasses import replace
+    from datetime import datetime, timezone
+
+    from dsagent.runs.schedule_spec import make_schedule
+    from dsagent.runs.scheduler import Scheduler
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("alpha: [0.1, 0.2]\nregion: [eu]\n")
+    schedule = make_schedule("nightly-sweep", "0 2 * * *", batch=sweep_nb, grid=grid)
+    # the module's cluster instead of a LocalCluster per firing (a target may name a Dask address)
+    schedule = replace(schedule, target={**schedule.target, "cluster": cluster.scheduler_address})
+    now = [datetime(2026, 3, 2, 1, 59, 30, tzinfo=timezone.utc)]
+    with Store.open(settings=settings) as store:
+        store.add_schedule(schedule)
+        scheduler = Scheduler(settings, store=store, clock=lambda: now[0])
+        assert await scheduler.tick() == []
+        now[0] = datetime(2026, 3, 2, 2, 0, 1, tzinfo=timezone.utc)
+        assert [f.schedule for f in await scheduler.tick()] == ["nightly-sweep"]
+        (run,) = await scheduler.wait_idle()
+        await scheduler.stop()
+        assert (run.kind, run.status, run.schedule_id) == ("batch", "succeeded", "nightly-sweep")
+        assert store.get_schedule("nightly-sweep").last_run_id == run.id
+        assert [r["score"] for r in batch_table(store, run.id).rows] == [pytest.approx(0.2), pytest.approx(0.4)]
+    await _no_kernels_left(cluster)

@@ -203,3 +203,38 @@ def test_schedule_cli_add_ls_run_now_pause_rm(workspace_home, quick_nb):
     assert run_cli(workspace_home, "schedule", "rm", "daily").returncode == 0
     gone = run_cli(workspace_home, "schedule", "rm", "daily")
     assert gone.returncode == 2 and "no schedule named 'daily'" in gone.stderr
+
+
+async def test_a_scheduled_agent_question_fires_as_an_agent_run(store, settings, tmp_path, monkeypatch):
+    """An ``--agent`` schedule fired at its time: the analysis agent against the scripted OpenAI-compatible server."""
+    from datetime import timedelta
+
+    from dsagent.testing.llm_server import LLMServer, Reply, ToolCall
+
+    data = tmp_path / "points.csv"
+    data.write_text("x,y\n1,2\n2,4\n3,5\n4,9\n")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    script = [
+        Reply("1. Mean of x"),
+        Reply(tool_calls=[ToolCall("run_code", {"code": "df = load_table(data)\nprint('mean x:', df['x'].mean())"})]),
+        Reply("The mean of x is 2.5."),
+        Reply('{"verdict": "accept", "findings": []}', role="reviewer"),
+    ]
+    store.add_schedule(make_schedule("ask-daily", "0 11 * * *", agent="What is the mean of x?", data=[data]))
+    clock = Clock(T0)
+    with LLMServer(script) as llm:
+        agent_settings = settings.replace(llm_base_url=llm.base_url, llm_model="scripted-model", agent_backend="local",
+                                          llm_backoff_initial=0.01, llm_backoff_max=0.05, llm_timeout=10.0)
+        scheduler = Scheduler(agent_settings, store=store, clock=clock)
+        await scheduler.tick()
+        clock.now = T0 + timedelta(hours=1)  # 11:00:30, inside the misfire grace
+        assert [f.schedule for f in await scheduler.tick()] == ["ask-daily"]
+        (run,) = await scheduler.wait_idle()
+        await scheduler.stop()
+        llm.assert_consumed()
+        question = llm.requests[0].messages[-1]["content"]
+    assert (run.kind, run.status, run.schedule_id) == ("agent", "succeeded", "ask-daily"), run.error
+    assert "What is the mean of x?" in question
+    types = [e.type for e in store.events(run.id)]
+    assert "schedule_fired" in types and "agent_answer" in types
+    assert "notebook" in {a.kind for a in store.list_artifacts(run_id=run.id).items}

@@ -62,3 +62,38 @@ def test_two_schedulers_fire_once_and_a_killed_one_hands_over(settings, workspac
             if p.poll() is None:
                 p.kill()
                 p.wait(10)
+
+
+async def test_a_scheduler_killed_mid_run_and_restarted_fails_the_orphan_and_goes_on(settings, workspace_home, tmp_path):
+    """The only scheduler is killed -9 mid-run; the next one to start (here in this process) takes the dead holder's
+    lease at once, marks the orphaned run failed and fires the schedule again."""
+    import asyncio
+
+    from dsagent.runs.scheduler import Scheduler
+
+    nb = write_notebook(tmp_path / "slow.ipynb", "import time; time.sleep(pause)", params="pause = 0.5")
+    with Store.open(settings=settings) as store:
+        store.add_schedule(make_schedule("often", "* * * * * *", notebook=nb, text_parameters={"pause": "60"}))
+    env = {**cli_env(workspace_home), "DSAGENT_SCHEDULER_TICK": "0.2", "DSAGENT_SCHEDULER_LEASE_SECONDS": "600"}
+    proc = subprocess.Popen([str(BIN / "dsagent"), "scheduler"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        running = await asyncio.to_thread(_wait, lambda: [r for r in _runs(settings) if r.status == "running"], 60.0, "a scheduled run")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    with Store.open(settings=settings) as store:  # an edit while no scheduler runs: the next firings are quick
+        store.update_schedule("often", target={**store.get_schedule("often").target, "text_parameters": {"pause": "0.1"}})
+    restarted = Scheduler(settings)  # the lease (600 s) is still "valid", but its holder on this host is gone
+    fired = []
+    deadline = time.monotonic() + 60
+    while not fired and time.monotonic() < deadline:
+        fired = await restarted.tick()
+        await asyncio.sleep(0.2)
+    runs = await restarted.wait_idle()
+    await restarted.stop()
+    assert fired and [r.status for r in runs] == ["succeeded"]
+    orphan = next(r for r in _runs(settings) if r.id == running[0].id)
+    assert orphan.status == "failed" and "ended without finishing" in orphan.error
