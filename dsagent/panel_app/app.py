@@ -29,7 +29,7 @@ class PageSpec:
 
 
 def _builtin_pages() -> list[PageSpec]:
-    from dsagent.panel_app import artifact_page, artifacts_page, overview, run_page, runs
+    from dsagent.panel_app import artifact_page, artifacts_page, chat_page, overview, run_page, runs
 
     return [
         PageSpec("/", "Overview", overview.page),
@@ -37,6 +37,7 @@ def _builtin_pages() -> list[PageSpec]:
         PageSpec("/run", "Run", run_page.page, in_nav=False),
         PageSpec("/artifacts", "Artifacts", artifacts_page.page),
         PageSpec("/artifact", "Artifact", artifact_page.page, in_nav=False),
+        PageSpec("/chat", "Chat", chat_page.page),
     ]
 
 
@@ -78,7 +79,9 @@ def build_server(ctx: AppContext, *, port: int, address: str, cookie_secret: str
     try:
         server = pn.serve(
             routes, port=port, address=address, websocket_origin=websocket_origins, show=False, start=False,
-            title="dsagent", verbose=False, extra_patterns=rest.routes(ctx), cookie_secret=cookie_secret, **extra,
+            title="dsagent", verbose=False, extra_patterns=rest.routes(ctx), cookie_secret=cookie_secret,
+            # uploads (the Chat page's datasets) travel over the websocket: room for the largest one allowed, base64-encoded
+            websocket_max_message_size=max(20 * 2**20, int(ctx.settings.dashboard_upload_limit * 1.4) + 2**20), **extra,
         )
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
