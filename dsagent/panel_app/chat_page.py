@@ -175,7 +175,10 @@ def _sidebar(ctx: "AppContext", host: ChatHost, notice: Notice, ref: str | None)
         finally:
             create.disabled = False
 
-    more.on_click(lambda _e: load(older=True))
+    async def on_more(_: Any) -> None:
+        await load(older=True)
+
+    more.on_click(on_more)
     create.on_click(on_create)
     pn.state.onload(load)
     hint = chat_pane(f"<small>{', '.join(DATA_TYPES)}; up to {limit / 2**20:.0f} MiB each</small>", width=260)
@@ -201,6 +204,7 @@ class _ChatView:
         self.views: dict[int, TurnView] = {}
         self.sending = False
         self.callback: Any = None
+        self._refreshing = asyncio.Lock()  # one refresh at a time: the periodic one, and those after a click
         self.title = chat_pane("loading…")
         self.kernel = chat_pane("")
         self.rename_to = pn.widgets.TextInput(placeholder="new name", width=200)
@@ -310,6 +314,12 @@ class _ChatView:
     async def _refresh(self) -> None:
         if self.chat_id is None:
             return
+        if self._refreshing.locked():  # one is under way and reads the same events
+            return
+        async with self._refreshing:
+            await self._refresh_now()
+
+    async def _refresh_now(self) -> None:
 
         async def work() -> None:
             known = max(self.views, default=0)

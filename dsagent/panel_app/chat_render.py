@@ -11,6 +11,7 @@ Plots are ``<img>`` tags on the artifact REST route, never inlined base64.
 from __future__ import annotations
 
 import html
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
 import panel as pn
@@ -100,6 +101,8 @@ class TurnView:
 
     def apply(self, events: list["Event"]) -> None:
         for event in events:
+            if event.seq <= self.after:  # two overlapping reads of the same stretch: show it once
+                continue
             handler = getattr(self, "_on_" + event.type, None)
             if handler is not None:
                 handler(event.payload)
@@ -177,12 +180,13 @@ class TurnView:
                        sizing_mode="stretch_width", header_background="#fff3cd")
         self._approval = {"card": card, "buttons": buttons, "state": state, "editor": editor}
         for button, action in zip(buttons, ("run", "edit", "reject")):
-            button.on_click(lambda _e, a=action: self._decide(a, editor.value, reason.value))
+            button.on_click(partial(self._decide, action, editor, reason))  # a partial of a coroutine function: Panel awaits it
         self._add(card)
 
-    async def _decide(self, action: str, code: str, reason: str) -> None:
+    async def _decide(self, action: str, editor: Any, reason_box: Any, _event: Any = None) -> None:
         if self._approval is None:
             return
+        code, reason = editor.value, reason_box.value
         for b in self._approval["buttons"]:
             b.disabled = True
         await self._on_decide(self.run_id, action, code if action == "edit" else None, reason or "rejected from the dashboard")
@@ -242,8 +246,11 @@ class TurnView:
         if status == "cancelled":
             text = "stopped: the partial notebook is kept; the chat goes on. " + text
         save = pn.widgets.Button(name="Save turn as notebook", button_type="light", width=190)
-        save.on_click(lambda _e: self._on_save(self.run_id))
+        save.on_click(partial(self._save))
         self.footer.append(pn.Row(chat_pane(text), save, sizing_mode="stretch_width"))
+
+    async def _save(self, _event: Any = None) -> None:
+        await self._on_save(self.run_id)
 
     def _header(self) -> None:
         by = f" · {self._launched_by}" if self._launched_by else ""
