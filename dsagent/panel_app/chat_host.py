@@ -47,11 +47,12 @@ class ChatHost:
         self._opening: dict[int, asyncio.Future[Chat]] = {}
         self._last_used: dict[int, float] = {}  # monotonic time of the last turn end or user action
         self._viewers: dict[int, set[str]] = {}  # browser sessions showing the chat
+        self._busy: dict[int, int] = {}  # chats being opened or starting a turn: never idle
         self._store: "Store | None" = None
         self._store_lock = threading.Lock()
         self._closed = False
         self._thread.start()
-        self.submit(self._reap_idle_forever())
+        self._reaper = self.submit(self._reap_idle_forever())
 
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -107,20 +108,27 @@ class ChatHost:
         self._last_used[chat_id] = time.monotonic()
         if chat_id in self._chats:
             return self._chats[chat_id]
+        self._busy[chat_id] = self._busy.get(chat_id, 0) + 1
         if chat_id not in self._opening:  # two sessions asking at once share one opening
             self._opening[chat_id] = asyncio.ensure_future(Chat.open(chat_id, settings=self.settings, store=await self._store_async()))
         try:
             chat = await asyncio.shield(self._opening[chat_id])
         finally:
             self._opening.pop(chat_id, None)
+            self._busy[chat_id] -= 1
         self._chats[chat_id] = chat
+        self._last_used[chat_id] = time.monotonic()  # a slow open (replay) is not idleness
         return chat
 
     async def start(self, chat_id: int, task: str, *, user: str, graph: str | None = None, model: str | None = None,
                     approve: bool = False) -> int:
         """Start a turn; its run id once the run exists. The run records who launched it from where."""
-        chat = await self.open(chat_id)
-        turn = await chat.start(task, graph=graph, model=model or None, approve=True if approve else None)
+        self._busy[chat_id] = self._busy.get(chat_id, 0) + 1
+        try:
+            chat = await self.open(chat_id)
+            turn = await chat.start(task, graph=graph, model=model or None, approve=True if approve else None)
+        finally:
+            self._busy[chat_id] -= 1
         if turn.run_id is None:  # it ended before its run existed: wait() raises why
             await turn.wait()
         self._last_used[chat_id] = time.monotonic()
@@ -191,7 +199,7 @@ class ChatHost:
         now, closed = time.monotonic(), []
         for chat_id, chat in list(self._chats.items()):
             idle = now - self._last_used.get(chat_id, now)
-            if chat.running is not None or chat.pending is not None or idle < self.idle_timeout:
+            if chat.running is not None or chat.pending is not None or self._busy.get(chat_id) or idle < self.idle_timeout:
                 continue
             viewers = len(self._viewers.get(chat_id, ()))
             why = (f"idle for {idle:.0f} s (dashboard_idle_timeout is {self.idle_timeout:g} s; "
@@ -210,6 +218,7 @@ class ChatHost:
         self._closed = True
 
         async def close_all() -> None:
+            self._reaper.cancel()
             await asyncio.gather(*(self.close(i, why="the dashboard server stopped") for i in list(self._chats)), return_exceptions=True)
             if self._store is not None:
                 await asyncio.to_thread(self._store.close)

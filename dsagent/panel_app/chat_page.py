@@ -92,7 +92,7 @@ def _chat_list(store: Any, current: int | None, cursor: str | None) -> tuple[str
     page_ = store.chats.list(limit=30, cursor=cursor)
     rows = []
     for c in page_.items:
-        state = " 🟢" if c.status == "running" else ""
+        state = " <small style='color:#198754'>(open)</small>" if c.status == "running" else ""
         style = "font-weight:bold" if c.id == current else ""
         rows.append(f'<div style="margin:3px 0"><a style="{style}" href="./chat?id={c.id}">{html.escape(c.name)}</a>{state}'
                     f'<br><small style="color:#666">{c.turns} turn(s) · {html.escape(c.graph)} · {html.escape(c.backend)}</small></div>')
@@ -248,8 +248,11 @@ class _ChatView:
             self.host.attach(record.id, session)
             pn.state.on_session_destroyed(lambda _ctx, chat_id=record.id: self.host.detach(chat_id, session))
             turns = await self.ctx.read(self._turn_runs)
-            for run in turns:
-                self._add_turn(run.id, run.params.get("task", run.title or ""), user_shown=False)
+            messages = []
+            for run in turns:  # one change of the feed, not one per message: a long chat loads in one go
+                messages.extend(self._turn_messages(run.id, run.params.get("task", run.title or ""), user_shown=False))
+            if messages:
+                self.feed.objects = messages
             if not turns:
                 questions = await self.ctx.read(self._suggestions, record)
                 self.suggest.objects = [pn.pane.Markdown("**Try:**", margin=(8, 5))] + [self._suggest_button(q) for q in questions]
@@ -295,13 +298,16 @@ class _ChatView:
         self.title.object = (f"<h3 style='margin:4px 0'>{html.escape(record.name)}</h3><small>chat {record.id} · {record.graph} agent · "
                              f"{html.escape(record.backend)} kernel · datasets: {data} · <a href='./run?id={record.id}'>its run</a></small>")
 
-    def _add_turn(self, run_id: int, task: str, *, user_shown: bool) -> TurnView:
+    def _turn_messages(self, run_id: int, task: str, *, user_shown: bool) -> list[Any]:
         view = TurnView(run_id, on_decide=self._on_decide, on_save=self._on_save_turn)
         self.views[run_id] = view
-        if not user_shown:
-            self.feed.send(_Message(task, user="user"), respond=False)
-        self.feed.send(_Message(view.layout, user="dsagent", avatar="ds"), respond=False)
-        return view
+        asked = [] if user_shown else [_Message(task, user="user")]
+        return [*asked, _Message(view.layout, user="dsagent", avatar="ds")]
+
+    def _add_turn(self, run_id: int, task: str, *, user_shown: bool) -> TurnView:
+        for message in self._turn_messages(run_id, task, user_shown=user_shown):
+            self.feed.send(message, respond=False)
+        return self.views[run_id]
 
     def _poll(self, known: int, following: dict[int, int]) -> tuple[list[Any], dict[int, list[Any]]]:
         """New turns (runs after ``known``) and new events of the turns being followed, in one worker-thread hop."""

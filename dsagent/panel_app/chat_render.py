@@ -31,7 +31,14 @@ CHAT_CSS = CSS + """
          overflow: auto}
 .ds-err {white-space: pre-wrap; font-size: 0.85em; background: #fdecea; color: #842029; padding: 4px 6px; margin: 2px 0}
 .ds-plot {max-width: 100%; max-height: 420px; border: 1px solid #ddd; background: white; margin: 4px 0}
-.ds-step {color: #555; font-size: 0.9em}
+.ds-step {color: #555; font-size: 0.9em; margin: 4px 0}
+.ds-code {background: #263238; color: #eceff1; padding: 6px 8px; font-size: 0.85em; white-space: pre-wrap; margin: 4px 0}
+.ds-cell {border: 1px solid #dee2e6; border-radius: 4px; margin: 6px 0; padding: 0 6px 4px 6px}
+.ds-cell summary {font-weight: 600; padding: 4px 0; cursor: pointer}
+.ds-ok summary {color: #146c43} .ds-error summary {color: #b02a37} .ds-running summary {color: #0d6efd}
+.ds-setup summary {color: #6c757d}
+.ds-review {background: #f8f9fa; padding: 2px 8px; margin: 4px 0}
+.ds-md p {margin: 4px 0}
 """
 
 
@@ -71,13 +78,22 @@ def outputs_html(outputs: list[dict[str, Any]], artifacts: list[dict[str, Any]])
     return "".join(parts)
 
 
-def _code(code: str) -> pn.pane.Markdown:
-    fence = "````" if "```" in code else "```"
-    return pn.pane.Markdown(f"{fence}python\n{code}\n{fence}", sizing_mode="stretch_width", margin=(0, 5))
+def _markdown(text: str) -> str:
+    from markdown_it import MarkdownIt  # Panel's own Markdown renderer; raw HTML in model text stays text
+
+    return MarkdownIt("commonmark", {"html": False}).render(text or "")
+
+
+def _code_html(code: str) -> str:
+    return f"<pre class='ds-code'><code>{html.escape(code)}</code></pre>"
 
 
 class TurnView:
-    """The assistant's side of one turn; ``apply(events)`` adds what the new events say."""
+    """The assistant's side of one turn; ``apply(events)`` adds what the new events say.
+
+    The steps are HTML blocks in ONE pane (cells as ``<details>``), re-rendered when events arrive:
+    a turn with twenty steps is one Bokeh model, not sixty, so a chat with many turns loads fast.
+    Only a waiting approval is made of widgets."""
 
     def __init__(self, run_id: int, *, on_decide: Callable[[int, str, str | None, str], Any],
                  on_save: Callable[[int], Any]) -> None:
@@ -86,41 +102,51 @@ class TurnView:
         self.done = False
         self.status = "running"
         self._on_decide, self._on_save = on_decide, on_save
-        self.header = chat_pane(f"turn run {run_link(run_id)} · {status_badge('running')}")
+        self.steps = chat_pane("")
         self.tokens = pn.pane.Markdown("", visible=False, sizing_mode="stretch_width", styles={"color": "#666"})
-        self.body = pn.Column(self.header, sizing_mode="stretch_width")
+        self.approval = pn.Column(sizing_mode="stretch_width")
         self.footer = pn.Column(sizing_mode="stretch_width")
-        self.layout = pn.Column(self.body, self.tokens, self.footer, sizing_mode="stretch_width")
-        self._cards: dict[int, tuple[pn.Card, pn.pane.HTML]] = {}
+        self.layout = pn.Column(self.steps, self.approval, self.tokens, self.footer, sizing_mode="stretch_width")
+        self._blocks: list[str] = []
+        self._cells: dict[int, int] = {}  # cell number -> index of its block
         self._artifacts: list[dict[str, Any]] = []
         self._approval: dict[str, Any] | None = None
         self._token_text = ""
         self._launched_by = ""
+        self._render()
 
     # -- events -----------------------------------------------------------------
 
     def apply(self, events: list["Event"]) -> None:
+        changed = False
         for event in events:
             if event.seq <= self.after:  # two overlapping reads of the same stretch: show it once
                 continue
             handler = getattr(self, "_on_" + event.type, None)
             if handler is not None:
                 handler(event.payload)
+                changed = True
             self.after = max(self.after, event.seq)
+        if changed:
+            self._render()
 
-    def _add(self, *objects: Any) -> None:
-        self.body.extend(objects)
+    def _render(self) -> None:
+        by = f" · {self._launched_by}" if self._launched_by else ""
+        header = f"<div>turn run {run_link(self.run_id)} · {status_badge(self.status)}{by}</div>"
+        self.steps.object = header + "".join(self._blocks)
+
+    def _add(self, block: str) -> None:
+        self._blocks.append(block)
 
     def _note(self, text: str) -> None:
-        self._add(chat_pane(f"<div class='ds-step'>{text}</div>"))
+        self._add(f"<div class='ds-step'>{text}</div>")
 
     def _on_launched(self, p: dict[str, Any]) -> None:
         self._launched_by = f"asked by {html.escape(str(p.get('user')))} via {html.escape(str(p.get('via')))}"
-        self._header()
 
     def _on_agent_plan(self, p: dict[str, Any]) -> None:
         self._clear_tokens()
-        self._add(pn.pane.Markdown(f"**Plan**\n\n{p.get('plan', '')}", sizing_mode="stretch_width"))
+        self._add(f"<div class='ds-md'><b>Plan</b>{_markdown(p.get('plan', ''))}</div>")
 
     def _on_agent_delegate(self, p: dict[str, Any]) -> None:
         self._note(f"<b>delegated: {html.escape(str(p.get('role', 'lead')))} → {html.escape(str(p.get('to')))}</b>: "
@@ -140,32 +166,33 @@ class TurnView:
         self.tokens.object = ""  # not kept hidden: the answer's text must be on the page once
         self.tokens.visible = False
 
+    @staticmethod
+    def _cell_block(title: str, code: str, body: str, *, open_: bool, kind: str) -> str:
+        return (f"<details class='ds-cell ds-{kind}'{' open' if open_ else ''}><summary>{html.escape(title)}</summary>"
+                f"{_code_html(code)}{body}</details>")
+
     def _on_cell_started(self, p: dict[str, Any]) -> None:
         cell = int(p.get("cell", 0))
-        if cell in self._cards:
+        if cell in self._cells:
             return
         self._clear_tokens()
-        outputs = chat_pane("<i>running…</i>")
-        card = pn.Card(_code(p.get("code", "")), outputs, title=f"Cell {cell} · running…", collapsed=False,
-                       sizing_mode="stretch_width", header_background="#e7f1ff")
-        self._cards[cell] = (card, outputs)
-        self._add(card)
+        self._cells[cell] = len(self._blocks)
+        self._add(self._cell_block(f"Cell {cell} · running…", p.get("code", ""), "<i>running…</i>", open_=True, kind="running"))
 
     def _on_agent_cell(self, p: dict[str, Any]) -> None:
         cell = int(p.get("cell", 0))
-        if cell not in self._cards:
-            self._on_cell_started({"cell": cell, "code": p.get("code", "")})
-        card, outputs = self._cards[cell]
+        if cell not in self._cells:
+            self._cells[cell] = len(self._blocks)
+            self._add("")
         setup = p.get("role") == "setup"
         status = p.get("status", "")
         refs = list(p.get("artifacts") or [])
         self._artifacts.extend(refs)
-        outputs.object = outputs_html(list(p.get("outputs") or []), refs) or "<i>(no output)</i>"
+        body = outputs_html(list(p.get("outputs") or []), refs) or "<i>(no output)</i>"
         what = "setup" if setup else (p.get("role") or "code")
-        card.title = f"Cell {cell} · {what} · {status}" + (f" · {len(refs)} artifact(s)" if refs else "")
-        card.header_background = {"ok": "#e8f5e9" if not setup else "#f1f3f5"}.get(status, "#fdecea")
-        if setup:
-            card.collapsed = True
+        title = f"Cell {cell} · {what} · {status}" + (f" · {len(refs)} artifact(s)" if refs else "")
+        kind = "setup" if setup else ("ok" if status == "ok" else "error")
+        self._blocks[self._cells[cell]] = self._cell_block(title, p.get("code", ""), body, open_=not setup, kind=kind)
 
     def _on_agent_approval_pending(self, p: dict[str, Any]) -> None:
         arguments = p.get("arguments") or {}
@@ -181,7 +208,7 @@ class TurnView:
         self._approval = {"card": card, "buttons": buttons, "state": state, "editor": editor}
         for button, action in zip(buttons, ("run", "edit", "reject")):
             button.on_click(partial(self._decide, action, editor, reason))  # a partial of a coroutine function: Panel awaits it
-        self._add(card)
+        self.approval.objects = [card]
 
     async def _decide(self, action: str, editor: Any, reason_box: Any, _event: Any = None) -> None:
         if self._approval is None:
@@ -195,13 +222,9 @@ class TurnView:
         if self._approval is None:
             return
         word = {"run": "approved", "edit": "edited and run", "reject": "rejected"}.get(p.get("action", ""), str(p.get("action")))
-        self._approval["state"].object = f"<b>{html.escape(word)}</b>" + (f": {html.escape(str(p['reason']))}" if p.get("reason") and
-                                                                         p.get("action") == "reject" else "")
-        for b in self._approval["buttons"]:
-            b.disabled = True
-        self._approval["editor"].disabled = True
-        self._approval["card"].title = f"Approval: {word}"
-        self._approval["card"].collapsed = True
+        reason = f": {html.escape(str(p['reason']))}" if p.get("reason") and p.get("action") == "reject" else ""
+        self._note(f"<b>Approval: {html.escape(word)}</b>{reason}")
+        self.approval.objects = []
         self._approval = None
 
     def _on_agent_review(self, p: dict[str, Any]) -> None:
@@ -210,11 +233,11 @@ class TurnView:
         for f in findings[:20]:
             where = f" (cell {f.get('cell')})" if f.get("cell") is not None else ""
             lines.append(f"- *{f.get('severity', 'info')}*{where}: {f.get('reason', '')}" + (f" — fix: {f['fix']}" if f.get("fix") else ""))
-        self._add(pn.pane.Markdown("\n".join(lines), sizing_mode="stretch_width", styles={"background": "#f8f9fa"}))
+        self._add(f"<div class='ds-review'>{_markdown(chr(10).join(lines))}</div>")
 
     def _on_agent_answer(self, p: dict[str, Any]) -> None:
         self._clear_tokens()
-        self._add(pn.pane.Markdown(f"**Answer**\n\n{p.get('answer', '')}", sizing_mode="stretch_width"))
+        self._add(f"<div class='ds-md'><b>Answer</b>{_markdown(p.get('answer', ''))}</div>")
 
     def _on_agent_finish(self, p: dict[str, Any]) -> None:
         if p.get("error"):
@@ -232,11 +255,10 @@ class TurnView:
             return
         self.status, self.done = status, True
         self._clear_tokens()
-        self._header()
-        for card, outputs in self._cards.values():
-            if "running…" in card.title:
-                card.title = card.title.replace("running…", "interrupted")
-                outputs.object = "<i>interrupted (the turn was stopped)</i>"
+        for cell, index in self._cells.items():
+            if "running…" in self._blocks[index]:
+                self._blocks[index] = self._blocks[index].replace(f"Cell {cell} · running…", f"Cell {cell} · interrupted").replace(
+                    "<i>running…</i>", "<i>interrupted (the turn was stopped)</i>")
         if self._approval is not None:
             self._on_agent_approval({"action": "never answered"})
         links = [f'<a href="./artifact?id={int(a["id"])}">{html.escape(a.get("name", str(a["id"])))}</a>'
@@ -252,6 +274,3 @@ class TurnView:
     async def _save(self, _event: Any = None) -> None:
         await self._on_save(self.run_id)
 
-    def _header(self) -> None:
-        by = f" · {self._launched_by}" if self._launched_by else ""
-        self.header.object = f"turn run {run_link(self.run_id)} · {status_badge(self.status)}{by}"
