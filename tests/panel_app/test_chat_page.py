@@ -93,6 +93,18 @@ def _turn_status(home: Path, run_id: int) -> str:
         store.close()
 
 
+def _kernels_of(home: Path) -> list[psutil.Process]:
+    """Live processes working inside the workspace: the kernels (their work dirs are under it)."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE and process.cwd().startswith(str(home)):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
 def _latest_turn(home: Path, chat_id: int):
     store = _store(home)
     try:
@@ -220,7 +232,7 @@ def test_approval_with_an_edit_runs_and_records_the_edited_code(served, new_page
 
 
 def test_the_chat_survives_a_restart_and_the_page_says_how_to_configure_an_llm(served, new_page, tmp_path):
-    kernels = [p for p in psutil.Process(served.dashboard.process.pid).children(recursive=True)]
+    kernels = _kernels_of(served.home)
     assert kernels, "the open chat has a kernel process"
     served.stop()  # Ctrl-C: the chats' kernels are shut down with the server
     gone, alive = psutil.wait_procs(kernels, timeout=10)
