@@ -248,8 +248,8 @@ def test_the_chat_survives_a_restart_and_the_page_says_how_to_configure_an_llm(s
     page.get_by_text("points").first.wait_for()
     served.stop()
     # with it again: the chat continues, its kernel rebuilt by replaying the recorded cells
-    served.start()
-    page.goto(f"/chat?id={served.chat_id}")
+    served.start()  # on another port: absolute addresses from here
+    page.goto(f"{served.dashboard.url}chat?id={served.chat_id}")
     page.get_by_text("Printed what you asked.").wait_for()
     served.llm.add(Reply("1. use df"), Reply(tool_calls=[ToolCall("run_code", {"code": "print('after restart', df['y'].max())"})]),
                    Reply("Max y is 9."), ACCEPT)
