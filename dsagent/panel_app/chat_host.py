@@ -53,6 +53,7 @@ class ChatHost:
         self._closed = False
         self._thread.start()
         self._reaper = self.submit(self._reap_idle_forever())
+        self.submit(self._store_async())  # opened in the host's thread now, not on a page's event loop at first use
 
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self.loop)
