@@ -244,8 +244,8 @@ def test_the_chat_survives_a_restart_and_the_page_says_how_to_configure_an_llm(s
     page.get_by_text("No LLM endpoint is configured").first.wait_for()
     assert page.get_by_text("OPENAI_BASE_URL").count() > 0
     page.screenshot(path=str(tmp_path / "chat-no-llm.png"), full_page=True)
-    page.goto("/runs")
-    page.get_by_text("points").first.wait_for()
+    page.goto("/")  # the other pages work without an endpoint: the Overview lists the latest turn
+    page.get_by_text("Print something").first.wait_for()
     served.stop()
     # with it again: the chat continues, its kernel rebuilt by replaying the recorded cells
     served.start()  # on another port: absolute addresses from here
