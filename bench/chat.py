@@ -16,6 +16,14 @@ trivial cell on a ``local`` kernel. Measured in the same process:
   turns above (fresh kernel, data upload, every clean cell replayed) against a
   fresh kernel running the same cells with plain ``session.execute``.
 
+The browser side (``--no-browser`` skips it): a real ``dsagent serve`` and a
+real Chromium on the Chat page of a chat whose kernel is open, the same script:
+
+* ``browser_first_step_ms``: from pressing Enter to the turn's plan visible in
+  the page (target <= 300 ms median);
+* ``dashboard_cost_ms_per_step``: (Enter to the answer visible, minus the
+  library's ``chat_turn_ms`` above) / the turn's agent steps (target <= 20 ms).
+
     .venv/bin/python bench/chat.py              # 6 rounds
     .venv/bin/python bench/chat.py --quick      # 2 rounds
 """
@@ -34,12 +42,13 @@ from pathlib import Path
 from typing import Any
 
 TARGET_FIRST_STEP_MS = 300.0
+TARGET_COST_PER_STEP_MS = 20.0
 
 
 def turn_script(i: int) -> list[Any]:
     from dsagent.testing.llm_server import Reply, ToolCall
 
-    return [Reply("1. count"), Reply(tool_calls=[ToolCall("run_code", {"code": f"x_{i} = {i}"})]), Reply("Done."),
+    return [Reply(f"Plan {i}: count"), Reply(tool_calls=[ToolCall("run_code", {"code": f"x_{i} = {i}"})]), Reply(f"Done {i}."),
             Reply('{"verdict": "accept", "findings": []}', role="reviewer")]
 
 
@@ -120,9 +129,87 @@ async def main(turns: int) -> dict[str, Any]:
     }
 
 
+def browser(turns: int) -> dict[str, Any]:
+    """Enter-to-first-step and per-step cost measured in Chromium on the Chat page (see the module doc)."""
+    import socket
+    import subprocess
+    import urllib.request
+
+    from playwright.sync_api import sync_playwright
+
+    from dsagent.artifacts.store import Store
+    from dsagent.graphs.chat import create_chat
+    from dsagent.settings import Settings
+    from dsagent.testing.llm_server import LLMServer
+
+    home = Path(tempfile.mkdtemp(prefix="dsagent-bench-chat-page-")) / "ws"
+    data = home.parent / "t.csv"
+    data.write_text("a,b\n1,2\n3,4\n")
+    with Store.open(settings=Settings(home=str(home))) as store:
+        chat_id = create_chat(store, "bench", [data], backend="local").id
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    first, whole, steps = [], [], []
+    with LLMServer([]) as llm:
+        env = {**os.environ, "DSAGENT_HOME": str(home), "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "bench-key",
+               "DSAGENT_LLM_MODEL": "scripted-model", "DSAGENT_AGENT_BACKEND": "local", "DSAGENT_KERNEL_POOL_SIZE": "0"}
+        log = open(home.parent / "serve.log", "wb")
+        server = subprocess.Popen([sys.executable, "-m", "dsagent", "serve", "--workspace", str(home), "--port", str(port), "--no-demo"],
+                                  env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            url = f"http://127.0.0.1:{port}/"
+            for _ in range(600):
+                try:
+                    urllib.request.urlopen(url + "api/runs?limit=1", timeout=5).close()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            with sync_playwright() as playwright:
+                chromium = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--headless", "--no-sandbox"])
+                page = chromium.new_page(viewport={"width": 1280, "height": 900})
+                page.set_default_timeout(120_000)
+                page.goto(f"{url}chat?id={chat_id}")
+                page.get_by_text("kernel: open in this server").wait_for()
+                box = page.locator("textarea[placeholder^='Ask about the data']")
+                for i in range(turns + 1):  # turn 0 is the warm-up
+                    llm.add(*turn_script(i))
+                    box.fill(f"count {i}")
+                    start = time.perf_counter()
+                    box.press("Enter")
+                    page.get_by_text(f"Plan {i}: count").first.wait_for()
+                    seen = time.perf_counter() - start
+                    page.get_by_text(f"Done {i}.").first.wait_for()
+                    done = time.perf_counter() - start
+                    page.get_by_text("Reviewer: accept").nth(i).wait_for()
+                    if i:
+                        first.append(seen * 1000)
+                        whole.append(done * 1000)
+                    print(f"browser turn {i}: first step {seen * 1000:.0f} ms, answer {done * 1000:.0f} ms", file=sys.stderr)
+                chromium.close()
+            with Store.open(settings=Settings(home=str(home))) as store:
+                for run in store.list_runs(parent_id=chat_id, kind="agent", limit=100).items:
+                    steps.append(sum(1 for e in store.events(run.id) if e.type.startswith("agent_")))
+        finally:
+            server.send_signal(2)
+            server.wait(30)
+    return {"browser_first_step_ms": round(statistics.median(first), 1), "browser_answer_ms": round(statistics.median(whole), 1),
+            "agent_steps_per_turn": statistics.median(steps)}
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=6)
     parser.add_argument("--quick", action="store_true", help="2 rounds")
+    parser.add_argument("--no-browser", action="store_true", help="only the library's figures")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(main(2 if args.quick else args.turns)), indent=2))
+    rounds = 2 if args.quick else args.turns
+    result = asyncio.run(main(rounds))
+    if not args.no_browser:
+        result.update(browser(rounds))
+        result["target_first_step_ms_in_browser"] = TARGET_FIRST_STEP_MS
+        result["dashboard_cost_ms_per_step"] = round((result["browser_answer_ms"] - result["chat_turn_ms"]) / result["agent_steps_per_turn"], 1)
+        result["target_dashboard_cost_ms_per_step"] = TARGET_COST_PER_STEP_MS
+        result["browser_method"] = ("Chromium on the Chat page of a chat opened at page load; Enter to the plan's text visible, and to the "
+                                    "answer visible; the per-step cost is (browser answer - library chat turn) / agent_* events per turn")
+    print(json.dumps(result, indent=2))

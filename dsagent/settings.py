@@ -121,6 +121,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("notebook_upload_max_bytes", "20MiB", "Largest notebook the dashboard accepts as an upload.", parse_size),
     Setting("dashboard_poll_interval", 0.5, "Seconds between a dashboard page's reads of the store while it follows a run or a list (bounds the load many open pages put on the workspace).", float),
     Setting("dashboard_lock_timeout", 2.0, "Seconds a dashboard read waits for the workspace database before the page says it is busy and retries.", float),
+    Setting("dashboard_upload_limit", "50MiB", "Largest data file the Chat page accepts per upload (bigger ones are refused with a message, nothing written).", parse_size),
+    Setting("dashboard_idle_timeout", 900.0, "Seconds a chat opened by the dashboard may sit unused (no turn running, no click) before its kernel is shut down; an event says so, and the next question restores it by replay.", float),
     Setting("dashboard_cookie_secret", "", "Secret that signs the dashboard's login cookies (empty = one generated once and kept in <workspace>/dashboard-cookie-secret).", str),
 )
 

@@ -262,11 +262,12 @@ class Chat:
         return await (await self.start(task, **options)).wait()
 
     async def start(self, task: str, *, graph: str | None = None, on_step: "StepHook | None" = None,
-                    approve: "Approver | bool | None" = None, budget: "Budget | None" = None) -> Turn:
+                    approve: "Approver | bool | None" = None, budget: "Budget | None" = None, model: str | None = None) -> Turn:
         """Start a turn; returns once its run exists (or raises why it could not start).
 
         ``approve``: None (cells run at once), True (each cell waits in ``pending`` until ``decide``),
-        or a callable as ``execute_agent_run`` takes.
+        or a callable as ``execute_agent_run`` takes. ``model``: every role of this turn uses it
+        (default: the llm_model settings).
         """
         from dsagent.graphs.chat_history import render_history
 
@@ -288,7 +289,11 @@ class Chat:
                 created.set_result(run_id)
 
         copies = [chat_data_dir(self.settings, self.id) / d["path"] for d in self.record.datasets]
-        coroutine = self._run_turn(task, graph or self.record.graph, copies, extra, on_step, approver, budget, on_run, created)
+        settings = self.settings
+        if model:
+            settings = settings.replace(llm_model=model, llm_model_planner="", llm_model_coder="", llm_model_reviewer="")
+        coroutine = self._run_turn(task, graph or self.record.graph, copies, extra, on_step, approver, budget, on_run, created,
+                                   settings)
         running = asyncio.ensure_future(coroutine)
         await asyncio.wait([created, running], return_when=asyncio.FIRST_COMPLETED)
         if not created.done():  # it ended before its run existed: say why
@@ -298,10 +303,10 @@ class Chat:
         return self._turn
 
     async def _run_turn(self, task: str, graph: str, data: list[Path], extra: dict[str, Any], on_step: Any, approve: Any,
-                        budget: Any, on_run: Any, created: "asyncio.Future[int]") -> AgentOutcome:
+                        budget: Any, on_run: Any, created: "asyncio.Future[int]", settings: Settings) -> AgentOutcome:
         try:
             outcome = await execute_agent_run(
-                task, data, graph=graph, backend=self.kernels.name, settings=self.settings, store=self.store, budget=budget,
+                task, data, graph=graph, backend=self.kernels.name, settings=settings, store=self.store, budget=budget,
                 on_step=on_step, approve=approve, parent_id=self.id, session=self.session, extra_input=extra,
                 on_run=lambda run_id: self._turn_started(run_id, task, graph, on_run))
         except asyncio.CancelledError:

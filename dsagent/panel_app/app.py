@@ -35,8 +35,8 @@ class PageSpec:
 
 
 def _builtin_pages() -> list[PageSpec]:
-    from dsagent.panel_app import (artifact_page, artifacts_page, compare_page, notebook_page, notebooks_page, overview, run_page, runs,
-                                   schedules_page)
+    from dsagent.panel_app import (artifact_page, artifacts_page, chat_page, compare_page, notebook_page, notebooks_page, overview, run_page,
+                                   runs, schedules_page)
 
     return [
         PageSpec("/", "Overview", overview.page, preload=overview.preload),
@@ -47,6 +47,7 @@ def _builtin_pages() -> list[PageSpec]:
         PageSpec("/notebooks", "Notebooks", notebooks_page.page),
         PageSpec("/notebook", "Notebook", notebook_page.page, in_nav=False),
         PageSpec("/compare", "Compare runs", compare_page.page, in_nav=False),
+        PageSpec("/chat", "Chat", chat_page.page),
         PageSpec("/schedules", "Schedules", schedules_page.page),
     ]
 
@@ -89,7 +90,9 @@ def build_server(ctx: AppContext, *, port: int, address: str, cookie_secret: str
     try:
         server = pn.serve(
             routes, port=port, address=address, websocket_origin=websocket_origins, show=False, start=False,
-            title="dsagent", verbose=False, extra_patterns=rest.routes(ctx), cookie_secret=cookie_secret, **extra,
+            title="dsagent", verbose=False, extra_patterns=rest.routes(ctx), cookie_secret=cookie_secret,
+            # uploads (the Chat page's datasets) travel over the websocket: room for the largest one allowed, base64-encoded
+            websocket_max_message_size=max(20 * 2**20, int(ctx.settings.dashboard_upload_limit * 1.4) + 2**20), **extra,
         )
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:

@@ -33,6 +33,8 @@ class AppContext:
     pid: int = field(default_factory=os.getpid)
     scheduler: Any = None  # a DashboardScheduler when this server fires the schedules (not --no-scheduler)
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(4, thread_name_prefix="dashboard-read"))
+    #: per-server objects a feature starts on first use (the chat page's ChatHost); ``close`` shuts them down
+    services: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def create(cls, settings: Settings, credentials: Credentials | None = None) -> "AppContext":
@@ -59,6 +61,17 @@ class AppContext:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
 
+    def service(self, name: str, factory: Callable[[], T]) -> T:
+        """The server's one ``name`` object, made by ``factory`` the first time (event loop thread only)."""
+        if name not in self.services:
+            self.services[name] = factory()
+        return self.services[name]
+
     def close(self) -> None:
+        for service in list(self.services.values()):
+            shutdown = getattr(service, "shutdown", None)
+            if shutdown is not None:
+                shutdown()  # e.g. the chats' kernels: none may outlive the server
+        self.services.clear()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.store.close()

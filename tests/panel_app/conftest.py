@@ -68,14 +68,15 @@ def dsagent_env(home: Path) -> dict[str, str]:
 
 @contextmanager
 def serve_dashboard(home: Path, *extra: str, demo: bool = False, env: dict[str, str] | None = None) -> Iterator[Dashboard]:
-    """``dsagent serve`` on a free port (``--no-demo`` unless ``demo``; ``env``: more variables); stopped with SIGINT (Ctrl-C) at the end."""
+    """``dsagent serve`` on a free port (``--no-demo`` unless ``demo``); stopped with SIGINT (Ctrl-C) at the end. ``env``: its
+    whole environment (default ``dsagent_env(home)``; add to that for more variables)."""
     home.mkdir(parents=True, exist_ok=True)
     log = home.parent / f"{home.name}-serve.log"
     for _attempt in range(3):  # a free port can be taken between the probe and the bind
         port = free_port()
         with open(log, "wb") as out:
             process = subprocess.Popen([sys.executable, "-m", "dsagent", "serve", "--workspace", str(home), "--port", str(port),
-                                        *([] if demo else ["--no-demo"]), *extra], env={**dsagent_env(home), **(env or {})},
+                                        *([] if demo else ["--no-demo"]), *extra], env=env or dsagent_env(home),
                                        stdout=out, stderr=subprocess.STDOUT)
         dashboard = Dashboard(f"http://127.0.0.1:{port}/", home, process, log)
         if _wait_until_up(dashboard):

@@ -11,7 +11,7 @@ import nbformat
 import psutil
 import pytest
 
-from .conftest import serve_dashboard
+from .conftest import dsagent_env, serve_dashboard
 from .test_dashboard import _kernels_working_in
 
 # one server (with its scheduler) per module: every test of it on one xdist worker
@@ -39,7 +39,7 @@ def served(tmp_path_factory):
               "import time, dsagent\ntime.sleep(0.3)\ndsagent.record('score', alpha * 2)",
               "import matplotlib.pyplot as plt\nplt.plot([0, 1], [0, alpha])\nplt.show()")
     (home / "grid.yaml").write_text("alpha: [0.1, 0.2]\n")
-    env = {"DSAGENT_SCHEDULER_TICK": "0.2", "DSAGENT_BATCH_WORKERS": "1"}
+    env = {**dsagent_env(home), "DSAGENT_SCHEDULER_TICK": "0.2", "DSAGENT_BATCH_WORKERS": "1"}
     with serve_dashboard(home, env=env) as dashboard:
         yield dashboard
 

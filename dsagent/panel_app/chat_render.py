@@ -1,0 +1,276 @@
+"""One chat turn on the Chat page, built from its run's events as they arrive.
+
+The page never asks the running agent what it is doing: it reads the turn's
+event stream (``store.events(run_id, after=...)``) and ``TurnView.apply``
+turns each event into a piece of the message (plan, a card per code cell,
+review, delegation, streamed tokens, the answer and its artifacts). So the
+page that asked, a reloaded page and a second browser all show the same run.
+Plots are ``<img>`` tags on the artifact REST route, never inlined base64.
+"""
+
+from __future__ import annotations
+
+import html
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable
+
+import panel as pn
+
+from dsagent.panel_app.widgets import CSS, run_link, status_badge
+
+if TYPE_CHECKING:
+    from dsagent.artifacts.models import Event
+
+__all__ = ["TurnView", "chat_pane", "outputs_html"]
+
+_OUTPUT_CHARS = 4000  # of a cell's text output a card shows; the full output is in the run's notebook
+_TOKENS_SHOWN = 1500
+
+CHAT_CSS = CSS + """
+.ds-out {white-space: pre-wrap; font-size: 0.85em; background: #f8f9fa; padding: 4px 6px; margin: 2px 0; max-height: 320px;
+         overflow: auto}
+.ds-err {white-space: pre-wrap; font-size: 0.85em; background: #fdecea; color: #842029; padding: 4px 6px; margin: 2px 0}
+.ds-plot {max-width: 100%; max-height: 420px; border: 1px solid #ddd; background: white; margin: 4px 0}
+.ds-step {color: #555; font-size: 0.9em; margin: 4px 0}
+.ds-code {background: #263238; color: #eceff1; padding: 6px 8px; font-size: 0.85em; white-space: pre-wrap; margin: 4px 0}
+.ds-cell {border: 1px solid #dee2e6; border-radius: 4px; margin: 6px 0; padding: 0 6px 4px 6px}
+.ds-cell summary {font-weight: 600; padding: 4px 0; cursor: pointer}
+.ds-ok summary {color: #146c43} .ds-error summary {color: #b02a37} .ds-running summary {color: #0d6efd}
+.ds-setup summary {color: #6c757d}
+.ds-review {background: #f8f9fa; padding: 2px 8px; margin: 4px 0}
+.ds-md p {margin: 4px 0}
+"""
+
+
+def chat_pane(text: str = "", **kwargs: Any) -> pn.pane.HTML:
+    """An HTML pane that knows the dashboard's and the chat's classes (panes live in their own shadow DOM)."""
+    kwargs.setdefault("sizing_mode", "stretch_width" if "width" not in kwargs else None)
+    return pn.pane.HTML(text, stylesheets=[CHAT_CSS], **kwargs)
+
+
+def _pre(text: str, cls: str = "ds-out") -> str:
+    if len(text) > _OUTPUT_CHARS:
+        text = text[:_OUTPUT_CHARS] + f"\n… ({len(text) - _OUTPUT_CHARS} more characters in the run's notebook)"
+    return f"<pre class='{cls}'>{html.escape(text)}</pre>"
+
+
+def outputs_html(outputs: list[dict[str, Any]], artifacts: list[dict[str, Any]]) -> str:
+    """A cell's outputs as HTML: text as <pre>, errors in red, images as <img> on the artifact route."""
+    parts = []
+    for out in outputs:
+        kind = out.get("output_type")
+        if kind == "stream":
+            text = out.get("text", "")
+            parts.append(_pre("".join(text) if isinstance(text, list) else text, "ds-err" if out.get("name") == "stderr" else "ds-out"))
+        elif kind in ("execute_result", "display_data"):
+            data = out.get("data", {})
+            if any(m.startswith("image/") for m in data):
+                continue  # shown from its artifact below (not as base64 in the page)
+            text = data.get("text/plain", "")
+            if text:
+                parts.append(_pre("".join(text) if isinstance(text, list) else text))
+        elif kind == "error":
+            parts.append(_pre(f"{out.get('ename', 'Error')}: {out.get('evalue', '')}", "ds-err"))
+    for ref in artifacts:
+        if ref.get("kind") == "image":
+            parts.append(f'<a href="./artifact?id={int(ref["id"])}"><img class="ds-plot" loading="lazy" '
+                         f'src="./api/artifacts/{int(ref["id"])}" alt="{html.escape(ref.get("name", ""))}"></a>')
+    return "".join(parts)
+
+
+def _markdown(text: str) -> str:
+    from markdown_it import MarkdownIt  # Panel's own Markdown renderer; raw HTML in model text stays text
+
+    return MarkdownIt("commonmark", {"html": False}).render(text or "")
+
+
+def _code_html(code: str) -> str:
+    return f"<pre class='ds-code'><code>{html.escape(code)}</code></pre>"
+
+
+class TurnView:
+    """The assistant's side of one turn; ``apply(events)`` adds what the new events say.
+
+    The steps are HTML blocks in ONE pane (cells as ``<details>``), re-rendered when events arrive:
+    a turn with twenty steps is one Bokeh model, not sixty, so a chat with many turns loads fast.
+    Only a waiting approval is made of widgets."""
+
+    def __init__(self, run_id: int, *, on_decide: Callable[[int, str, str | None, str], Any],
+                 on_save: Callable[[int], Any]) -> None:
+        self.run_id = run_id
+        self.after = 0  # last event seq shown
+        self.done = False
+        self.status = "running"
+        self._on_decide, self._on_save = on_decide, on_save
+        self.steps = chat_pane("")
+        self.tokens = pn.pane.Markdown("", visible=False, sizing_mode="stretch_width", styles={"color": "#666"})
+        self.approval = pn.Column(sizing_mode="stretch_width")
+        self.footer = pn.Column(sizing_mode="stretch_width")
+        self.layout = pn.Column(self.steps, self.approval, self.tokens, self.footer, sizing_mode="stretch_width")
+        self._blocks: list[str] = []
+        self._cells: dict[int, int] = {}  # cell number -> index of its block
+        self._artifacts: list[dict[str, Any]] = []
+        self._approval: dict[str, Any] | None = None
+        self._token_text = ""
+        self._launched_by = ""
+        self._render()
+
+    # -- events -----------------------------------------------------------------
+
+    def apply(self, events: list["Event"]) -> None:
+        changed = False
+        for event in events:
+            if event.seq <= self.after:  # two overlapping reads of the same stretch: show it once
+                continue
+            handler = getattr(self, "_on_" + event.type, None)
+            if handler is not None:
+                handler(event.payload)
+                changed = True
+            self.after = max(self.after, event.seq)
+        if changed:
+            self._render()
+
+    def _render(self) -> None:
+        by = f" · {self._launched_by}" if self._launched_by else ""
+        header = f"<div>turn run {run_link(self.run_id)} · {status_badge(self.status)}{by}</div>"
+        self.steps.object = header + "".join(self._blocks)
+
+    def _add(self, block: str) -> None:
+        self._blocks.append(block)
+
+    def _note(self, text: str) -> None:
+        self._add(f"<div class='ds-step'>{text}</div>")
+
+    def _on_launched(self, p: dict[str, Any]) -> None:
+        self._launched_by = f"asked by {html.escape(str(p.get('user')))} via {html.escape(str(p.get('via')))}"
+
+    def _on_agent_plan(self, p: dict[str, Any]) -> None:
+        self._clear_tokens()
+        self._add(f"<div class='ds-md'><b>Plan</b>{_markdown(p.get('plan', ''))}</div>")
+
+    def _on_agent_delegate(self, p: dict[str, Any]) -> None:
+        self._note(f"<b>delegated: {html.escape(str(p.get('role', 'lead')))} → {html.escape(str(p.get('to')))}</b>: "
+                   f"{html.escape(str(p.get('reason', '')))}")
+
+    def _on_agent_profile(self, p: dict[str, Any]) -> None:
+        if p.get("datasets"):
+            self._note(f"profiled {len(p['datasets'])} dataset(s) ({html.escape(str(p.get('status')))})")
+
+    def _on_agent_tokens(self, p: dict[str, Any]) -> None:
+        self._token_text = (self._token_text + p.get("text", ""))[-_TOKENS_SHOWN:]
+        self.tokens.object = f"*{html.escape(str(p.get('role', 'model')))} is writing…*\n\n{self._token_text}"
+        self.tokens.visible = True
+
+    def _clear_tokens(self) -> None:
+        self._token_text = ""
+        self.tokens.object = ""  # not kept hidden: the answer's text must be on the page once
+        self.tokens.visible = False
+
+    @staticmethod
+    def _cell_block(title: str, code: str, body: str, *, open_: bool, kind: str) -> str:
+        return (f"<details class='ds-cell ds-{kind}'{' open' if open_ else ''}><summary>{html.escape(title)}</summary>"
+                f"{_code_html(code)}{body}</details>")
+
+    def _on_cell_started(self, p: dict[str, Any]) -> None:
+        cell = int(p.get("cell", 0))
+        if cell in self._cells:
+            return
+        self._clear_tokens()
+        self._cells[cell] = len(self._blocks)
+        self._add(self._cell_block(f"Cell {cell} · running…", p.get("code", ""), "<i>running…</i>", open_=True, kind="running"))
+
+    def _on_agent_cell(self, p: dict[str, Any]) -> None:
+        cell = int(p.get("cell", 0))
+        if cell not in self._cells:
+            self._cells[cell] = len(self._blocks)
+            self._add("")
+        setup = p.get("role") == "setup"
+        status = p.get("status", "")
+        refs = list(p.get("artifacts") or [])
+        self._artifacts.extend(refs)
+        body = outputs_html(list(p.get("outputs") or []), refs) or "<i>(no output)</i>"
+        what = "setup" if setup else (p.get("role") or "code")
+        title = f"Cell {cell} · {what} · {status}" + (f" · {len(refs)} artifact(s)" if refs else "")
+        kind = "setup" if setup else ("ok" if status == "ok" else "error")
+        self._blocks[self._cells[cell]] = self._cell_block(title, p.get("code", ""), body, open_=not setup, kind=kind)
+
+    def _on_agent_approval_pending(self, p: dict[str, Any]) -> None:
+        arguments = p.get("arguments") or {}
+        code = arguments.get("code") or arguments.get("command") or arguments.get("content") or ""
+        editor = pn.widgets.TextAreaInput(value=code, height=140, sizing_mode="stretch_width", name="code to run")
+        reason = pn.widgets.TextInput(placeholder="why not (told to the agent)", width=260, name="reject reason")
+        buttons = [pn.widgets.Button(name=n, button_type=t, width=90) for n, t in (("Run", "success"), ("Edit", "primary"),
+                                                                                       ("Reject", "danger"))]
+        state = chat_pane(f"<b>The agent wants to {html.escape(str(p.get('tool', 'run code')))}</b>: run it as is, edit it "
+                          "(your code runs and is recorded), or reject it.")
+        card = pn.Card(state, editor, pn.Row(*buttons, reason), title="Waiting for your approval", collapsed=False,
+                       sizing_mode="stretch_width", header_background="#fff3cd")
+        self._approval = {"card": card, "buttons": buttons, "state": state, "editor": editor}
+        for button, action in zip(buttons, ("run", "edit", "reject")):
+            button.on_click(partial(self._decide, action, editor, reason))  # a partial of a coroutine function: Panel awaits it
+        self.approval.objects = [card]
+
+    async def _decide(self, action: str, editor: Any, reason_box: Any, _event: Any = None) -> None:
+        if self._approval is None:
+            return
+        code, reason = editor.value, reason_box.value
+        for b in self._approval["buttons"]:
+            b.disabled = True
+        await self._on_decide(self.run_id, action, code if action == "edit" else None, reason or "rejected from the dashboard")
+
+    def _on_agent_approval(self, p: dict[str, Any]) -> None:
+        if self._approval is None:
+            return
+        word = {"run": "approved", "edit": "edited and run", "reject": "rejected"}.get(p.get("action", ""), str(p.get("action")))
+        reason = f": {html.escape(str(p['reason']))}" if p.get("reason") and p.get("action") == "reject" else ""
+        self._note(f"<b>Approval: {html.escape(word)}</b>{reason}")
+        self.approval.objects = []
+        self._approval = None
+
+    def _on_agent_review(self, p: dict[str, Any]) -> None:
+        findings = p.get("findings") or []
+        lines = [f"**Reviewer: {p.get('verdict')}**"]
+        for f in findings[:20]:
+            where = f" (cell {f.get('cell')})" if f.get("cell") is not None else ""
+            lines.append(f"- *{f.get('severity', 'info')}*{where}: {f.get('reason', '')}" + (f" — fix: {f['fix']}" if f.get("fix") else ""))
+        self._add(f"<div class='ds-review'>{_markdown(chr(10).join(lines))}</div>")
+
+    def _on_agent_answer(self, p: dict[str, Any]) -> None:
+        self._clear_tokens()
+        self._add(f"<div class='ds-md'><b>Answer</b>{_markdown(p.get('answer', ''))}</div>")
+
+    def _on_agent_finish(self, p: dict[str, Any]) -> None:
+        if p.get("error"):
+            self._note(f"<span style='color:#dc3545'>{html.escape(str(p['error']))}</span>")
+
+    def _on_agent_retry(self, p: dict[str, Any]) -> None:
+        self._note(f"the model endpoint: {html.escape(str(p.get('reason') or p.get('error') or 'retrying'))}")
+
+    def _on_cancel_requested(self, p: dict[str, Any]) -> None:
+        self._note(f"stop asked by {html.escape(str(p.get('user')))}")
+
+    def _on_status(self, p: dict[str, Any]) -> None:
+        status = p.get("status", "")
+        if status not in ("succeeded", "failed", "cancelled"):
+            return
+        self.status, self.done = status, True
+        self._clear_tokens()
+        for cell, index in self._cells.items():
+            if "running…" in self._blocks[index]:
+                self._blocks[index] = self._blocks[index].replace(f"Cell {cell} · running…", f"Cell {cell} · interrupted").replace(
+                    "<i>running…</i>", "<i>interrupted (the turn was stopped)</i>")
+        if self._approval is not None:
+            self._on_agent_approval({"action": "never answered"})
+        links = [f'<a href="./artifact?id={int(a["id"])}">{html.escape(a.get("name", str(a["id"])))}</a>'
+                 for a in self._artifacts if a.get("kind") != "text"]
+        extra = f" · error: {html.escape(str(p.get('error')))}" if p.get("error") else ""
+        text = (f"artifacts: {', '.join(links)}" if links else "no artifacts") + extra
+        if status == "cancelled":
+            text = "stopped: the partial notebook is kept; the chat goes on. " + text
+        save = pn.widgets.Button(name="Save turn as notebook", button_type="light", width=190)
+        save.on_click(partial(self._save))
+        self.footer.append(pn.Row(chat_pane(text), save, sizing_mode="stretch_width"))
+
+    async def _save(self, _event: Any = None) -> None:
+        await self._on_save(self.run_id)
+

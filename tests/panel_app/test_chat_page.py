@@ -1,0 +1,260 @@
+"""The Chat page in a real Chromium against a real ``dsagent serve`` whose agents talk to the scripted
+OpenAI-compatible server (loopback HTTP, the real openai SDK) and run code in real local kernels.
+
+One server for the module (restarted once, by the test that checks a chat survives a restart), one
+chat shared by the tests in order: upload, two turns with a plot, live steps, Stop, approval with an
+edit, restart. The LLM script is added per test (``llm.add``), so each test scripts only its turn.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from dsagent.artifacts import Store
+from dsagent.settings import Settings
+from dsagent.testing.llm_server import LLMServer, Reply, ToolCall
+from dsagent.workspace import Workspace
+
+from .conftest import dsagent_env, serve_dashboard
+
+pytestmark = pytest.mark.xdist_group("panel-chat")
+
+ACCEPT = Reply('{"verdict": "accept", "findings": []}', role="reviewer")
+LOAD_AND_PLOT = ("import time\nimport matplotlib.pyplot as plt\n"
+                 "df = load_table(data)\nprint('rows:', len(df))\ntime.sleep(1.5)\n"
+                 "df.plot(x='x', y='y')\nplt.show()")
+USE_DF = "print('sum y:', df['y'].sum())"  # turn 2: `df` from turn 1, not loaded again
+CSV = "x,y\n1,2\n2,4\n3,5\n4,9\n"
+
+
+def _env(home: Path, llm: LLMServer | None) -> dict[str, str]:
+    env = {k: v for k, v in dsagent_env(home).items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "DSAGENT_LLM_BASE_URL")}
+    env.update(DSAGENT_AGENT_BACKEND="local", DSAGENT_AGENT_CELL_TIMEOUT="60", DSAGENT_LLM_MODEL="scripted-model",
+               DSAGENT_LLM_BACKOFF_INITIAL="0.01", DSAGENT_LLM_BACKOFF_MAX="0.05", DSAGENT_DASHBOARD_UPLOAD_LIMIT="1MiB")
+    if llm is not None:
+        env.update(OPENAI_BASE_URL=llm.base_url, OPENAI_API_KEY="sk-test-0123456789")
+    return env
+
+
+class Served:
+    """The module's server, restartable (same workspace), and the chat the tests share."""
+
+    def __init__(self, home: Path, llm: LLMServer) -> None:
+        self.home, self.llm = home, llm
+        self.chat_id: int | None = None
+        self._cm = None
+        self.dashboard = None
+
+    def start(self, *, with_llm: bool = True) -> None:
+        self._cm = serve_dashboard(self.home, env=_env(self.home, self.llm if with_llm else None))
+        self.dashboard = self._cm.__enter__()
+
+    def stop(self) -> None:
+        if self._cm is not None:
+            self._cm.__exit__(None, None, None)
+            self._cm = None
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    home = tmp_path_factory.mktemp("chat") / "ws"
+    with LLMServer([]) as llm:
+        served = Served(home, llm)
+        served.start()
+        try:
+            yield served
+        finally:
+            served.stop()
+
+
+def _store(home: Path) -> Store:
+    store = Store(Workspace(home), Settings(home=str(home)))
+    store.setup()
+    return store
+
+
+def _ask(page, text: str) -> None:
+    box = page.locator("textarea[placeholder^='Ask about the data']")
+    box.fill(text)
+    box.press("Enter")
+
+
+def _turn_status(home: Path, run_id: int) -> str:
+    store = _store(home)
+    try:
+        return store.get_run(run_id).status
+    finally:
+        store.close()
+
+
+def _kernels_of(home: Path) -> list[psutil.Process]:
+    """Live processes working inside the workspace: the kernels (their work dirs are under it)."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE and process.cwd().startswith(str(home)):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def _latest_turn(home: Path, chat_id: int):
+    store = _store(home)
+    try:
+        return store.list_runs(parent_id=chat_id, kind="agent", limit=1).items[0]
+    finally:
+        store.close()
+
+
+def test_upload_then_two_turns_with_a_plot_stream_live_and_share_the_kernel(served, new_page, tmp_path):
+    page, problems = new_page(served.dashboard.url)
+    page.goto("/chat")
+    page.get_by_text("No chats yet", exact=False).first.wait_for()
+    # a wrong type is refused with a message and nothing is written
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not data")
+    page.locator("input[type=file]").set_input_files(str(bad))
+    page.get_by_role("button", name="Create chat").click()
+    page.get_by_text("is not a data file the agents read").wait_for()
+    assert not (served.home / "chats").exists()
+    # too big: over the 1 MiB limit of this server
+    big = tmp_path / "big.csv"
+    big.write_text("x,y\n" + "1,2\n" * 300_000)
+    page.locator("input[type=file]").set_input_files(str(big))
+    page.get_by_role("button", name="Create chat").click()
+    page.get_by_text("over the upload limit").wait_for()
+    assert not (served.home / "chats").exists()
+
+    data = tmp_path / "points.csv"
+    data.write_text(CSV)
+    page.locator("input[type=file]").set_input_files(str(data))
+    page.get_by_placeholder("e.g. sales q3").fill("points")
+    page.get_by_role("button", name="Create chat").click()
+    page.wait_for_url("**/chat?id=*")
+    served.chat_id = int(page.url.split("id=")[1])
+    page.get_by_text("Plot the distribution of x").wait_for()  # suggested from the uploaded file's columns
+    page.get_by_text("kernel: open in this server").wait_for()  # opened when the page loaded, before the first question
+
+    served.llm.add(Reply("1. load the table\n2. plot y against x"), Reply(tool_calls=[ToolCall("run_code", {"code": LOAD_AND_PLOT})]),
+                   Reply("There are 4 rows; the plot shows y growing with x."), ACCEPT)
+    _ask(page, "How many rows, and plot y against x")
+    # steps show while the turn runs: the cell card appears (running) before the answer exists
+    page.get_by_text("plot y against x", exact=True).first.wait_for()  # the plan (a markdown list)
+    page.get_by_text("Cell 2 · running…").wait_for()
+    assert page.get_by_text("There are 4 rows").count() == 0
+    page.get_by_text("There are 4 rows; the plot shows y growing with x.").wait_for()
+    page.get_by_text("rows: 4").first.wait_for()
+    plot = page.locator("img.ds-plot").first
+    plot.wait_for()
+    assert plot.get_attribute("src").startswith("./api/artifacts/")
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=plot.element_handle())  # the PNG loaded
+    page.get_by_text("Reviewer: accept").wait_for()
+
+    served.llm.add(Reply("1. sum y of the loaded table"), Reply(tool_calls=[ToolCall("run_code", {"code": USE_DF})]),
+                   Reply("The sum of y is 20."), ACCEPT)
+    _ask(page, "And the sum of y?")
+    page.get_by_text("The sum of y is 20.").wait_for()
+    page.get_by_text("sum y: 20").first.wait_for()  # `df` from turn 1 was still in the kernel
+    page.screenshot(path=str(tmp_path / "chat-two-turns.png"), full_page=True)
+    follow_up = [r for r in served.llm.requests if "sum of y" in json.dumps(r.messages)][0]
+    assert "df = load_table(data)" in json.dumps(follow_up.messages)  # the history carried turn 1's code
+    # who did what: the turn records that it came from the dashboard
+    turn = _latest_turn(served.home, served.chat_id)
+    store = _store(served.home)
+    try:
+        launched = [e.payload for e in store.events(turn.id) if e.type == "launched"]
+    finally:
+        store.close()
+    assert launched == [{"user": "anonymous", "via": "dashboard", "chat": served.chat_id, "graph": "analysis",
+                         "model": "scripted-model", "approve": False}]
+    # the whole chat into the Notebooks page's folder
+    page.get_by_role("button", name="Save chat as notebook").click()
+    page.get_by_text("it is on the").wait_for()
+    saved = served.home / "notebooks" / "chat-points.ipynb"
+    assert saved.is_file() and "sum y" in saved.read_text()
+    assert problems.items == [], problems.items
+    print(f"screenshots in {tmp_path}")
+
+
+def test_stop_cancels_a_long_cell_and_the_chat_goes_on(served, new_page, tmp_path):
+    page, problems = new_page(served.dashboard.url)
+    page.goto(f"/chat?id={served.chat_id}")
+    page.get_by_text("The sum of y is 20.").wait_for()  # the earlier turns, rebuilt from the store
+    served.llm.add(Reply("1. wait a long time"), Reply(tool_calls=[ToolCall("run_code", {"code": "import time\ntime.sleep(120)"})]))
+    _ask(page, "Wait for two minutes")
+    page.get_by_text("running…").first.wait_for()
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_text("the partial notebook is kept; the chat goes on").wait_for()
+    turn = _latest_turn(served.home, served.chat_id)
+    assert turn.status == "cancelled"
+    served.llm.add(Reply("1. print"), Reply(tool_calls=[ToolCall("run_code", {"code": "print('after stop', df.shape)"})]),
+                   Reply("Still here."), ACCEPT)
+    _ask(page, "Are you still there?")
+    page.get_by_text("Still here.").wait_for()
+    page.get_by_text("after stop (4, 2)").first.wait_for()  # the kernel kept what earlier cells made
+    assert problems.items == [], problems.items
+
+
+def test_approval_with_an_edit_runs_and_records_the_edited_code(served, new_page, tmp_path):
+    page, problems = new_page(served.dashboard.url)
+    page.goto(f"/chat?id={served.chat_id}")
+    page.get_by_text("The sum of y is 20.").wait_for()
+    page.get_by_text("kernel: open in this server").wait_for()
+    approve = page.locator("input[type=checkbox]").first  # "approve each cell (Run / Edit / Reject)"
+    approve.check()
+    assert approve.is_checked()
+    served.llm.add(Reply("1. print"), Reply(tool_calls=[ToolCall("run_code", {"code": "print('as the model wrote it')"})]))
+    _ask(page, "Print something")
+    page.get_by_text("Waiting for your approval").wait_for()
+    boxes = page.locator("textarea")
+    editor = next(boxes.nth(i) for i in range(boxes.count()) if "as the model wrote it" in boxes.nth(i).input_value())
+    editor.fill("print('edited by ' + 'the user')")
+    served.llm.add(Reply("Printed what you asked."), ACCEPT)
+    page.get_by_role("button", name="Edit", exact=True).click()
+    page.get_by_text("Printed what you asked.").wait_for()
+    page.get_by_text("edited by the user").first.wait_for()
+    page.screenshot(path=str(tmp_path / "chat-approval.png"), full_page=True)
+    turn = _latest_turn(served.home, served.chat_id)
+    store = _store(served.home)
+    try:
+        cells = [e.payload for e in store.events(turn.id) if e.type == "agent_cell" and e.payload.get("role") != "setup"]
+    finally:
+        store.close()
+    assert [c["code"] for c in cells] == ["print('edited by ' + 'the user')"]
+    assert problems.items == [], problems.items
+
+
+def test_the_chat_survives_a_restart_and_the_page_says_how_to_configure_an_llm(served, new_page, tmp_path):
+    kernels = _kernels_of(served.home)
+    assert kernels, "the open chat has a kernel process"
+    served.stop()  # Ctrl-C: the chats' kernels are shut down with the server
+    gone, alive = psutil.wait_procs(kernels, timeout=10)
+    assert not alive, [p.cmdline() for p in alive]
+    # without an endpoint, the page says how to configure one; the rest of the dashboard works
+    served.start(with_llm=False)
+    page, problems = new_page(served.dashboard.url)
+    page.goto(f"/chat?id={served.chat_id}")
+    page.get_by_text("No LLM endpoint is configured").first.wait_for()
+    assert page.get_by_text("OPENAI_BASE_URL").count() > 0
+    page.screenshot(path=str(tmp_path / "chat-no-llm.png"), full_page=True)
+    page.goto("/")  # the other pages work without an endpoint: the Overview lists the latest turn
+    page.get_by_text("Print something").first.wait_for()
+    served.stop()
+    # with it again: the chat continues, its kernel rebuilt by replaying the recorded cells
+    served.start()  # on another port: absolute addresses from here
+    page.goto(f"{served.dashboard.url}chat?id={served.chat_id}")
+    page.get_by_text("Printed what you asked.").wait_for()
+    served.llm.add(Reply("1. use df"), Reply(tool_calls=[ToolCall("run_code", {"code": "print('after restart', df['y'].max())"})]),
+                   Reply("Max y is 9."), ACCEPT)
+    _ask(page, "What is the max of y?")
+    page.get_by_text("Max y is 9.").wait_for()
+    page.get_by_text("after restart 9").first.wait_for()
+    page.screenshot(path=str(tmp_path / "chat-after-restart.png"), full_page=True)
+    assert problems.items == [], problems.items
