@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -91,7 +92,11 @@ class _ProgressLines:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if not args.no_server:  # before the heavy imports: a server on this workspace runs it on a warm kernel
+    from dsagent.runs.launch_env import RUN_ID_FILE_ENV
+
+    # before the heavy imports: a server on this workspace runs it on a warm kernel; a process the dashboard
+    # launched is meant to own its run (it reports the run id to the page and is what Cancel signals)
+    if not args.no_server and RUN_ID_FILE_ENV not in os.environ:
         code = _hand_off(args)
         if code is not None:
             return code

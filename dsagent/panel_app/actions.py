@@ -43,14 +43,17 @@ __all__ = ["cancel_run", "launch_notebook_run", "launch_sweep", "LAUNCH_WAIT_SEC
 LAUNCH_WAIT_SECONDS = 180.0
 
 
-def cancel_run(store: Store, run_id: int, user: str, scheduler: Any = None) -> str:
+def cancel_run(store: Store, run_id: int, user: str, scheduler: Any = None, chat_host: Any = None) -> str:
     """Ask run ``run_id`` to stop (blocking store calls: call it off the event loop); what happened, for the page.
 
-    ``scheduler``: the dashboard's own ``DashboardScheduler``, whose firings run in this process and are
-    cancelled through it (a signal would stop the whole dashboard)."""
+    Runs of this dashboard process are stopped through their owner here, never by a signal (that would stop
+    the whole dashboard): ``scheduler``, the dashboard's ``DashboardScheduler``, for its firings;
+    ``chat_host``, the ``ChatHost``, for a chat's running turn; the hand-off service for a `dsagent run`."""
     run = store.get_run(run_id)
     if run.done:
         return f"run {run_id} has already ended ({run.status})"
+    if chat_host is not None and run.parent_id is not None and chat_host.running_run(run.parent_id) == run_id:
+        return chat_host.submit(chat_host.stop(run.parent_id, user=user)).result(timeout=120)  # writes who asked
     owner = store.run_owner(run_id)
     if owner is None or owner.host != socket.gethostname():
         where = f"on {owner.host}" if owner else "by a process dsagent does not know"
@@ -85,7 +88,9 @@ def launch_notebook_run(settings: Settings, notebook: Path, parameters: Mapping[
     folder, token = _launch_folder(settings)
     params_file = folder / f"{token}-parameters.yaml"
     params_file.write_text(json.dumps(dict(parameters), default=str), encoding="utf-8")  # JSON is YAML, and keeps the types
-    argv = ["run", str(notebook), "-f", str(params_file), "--no-progress"]
+    # --no-server: the run stays in the process started here (Cancel signals it; closing the dashboard does not
+    # stop it), instead of being handed back to this dashboard by the hand-off
+    argv = ["run", str(notebook), "-f", str(params_file), "--no-progress", "--no-server"]
     if backend:
         argv += ["--backend", backend]
     return _launch(settings, argv, user, folder, token, params_file)

@@ -156,7 +156,7 @@ def page(ctx: "AppContext") -> pn.Column:
     async def on_cancel(_) -> None:
         cancel.disabled = True
         try:
-            text = await ctx.read(cancel_run, ctx.store, run_id, current_user() or "anonymous", ctx.scheduler)
+            text = await ctx.read(cancel_run, ctx.store, run_id, current_user() or "anonymous", ctx.scheduler, ctx.services.get("chat_host"))
             message.object = html.escape(text)
         except Exception as exc:  # shown on the page; the run is untouched
             message.object = f"<span style='color:#dc3545'>{html.escape(str(exc))}</span>"

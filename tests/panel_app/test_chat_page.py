@@ -202,6 +202,26 @@ def test_stop_cancels_a_long_cell_and_the_chat_goes_on(served, new_page, tmp_pat
     assert problems.items == [], problems.items
 
 
+def test_cancel_on_a_running_turns_own_page_stops_it_through_the_chat(served, new_page, tmp_path):
+    """A chat's turn runs inside the dashboard process: its run page's Cancel must stop the turn, not refuse
+    (and never signal the dashboard)."""
+    page, problems = new_page(served.dashboard.url)
+    page.goto(f"/chat?id={served.chat_id}")
+    page.get_by_text("The sum of y is 20.").wait_for()
+    served.llm.add(Reply("1. wait"), Reply(tool_calls=[ToolCall("run_code", {"code": "import time\ntime.sleep(120)"})]))
+    _ask(page, "Wait again")
+    page.get_by_text("running…").first.wait_for()
+    turn = _latest_turn(served.home, served.chat_id)
+    run_page, run_problems = new_page(served.dashboard.url)
+    run_page.goto(f"/run?id={turn.id}")
+    run_page.get_by_role("button", name="Cancel run").click()
+    run_page.get_by_text("turn stopped").wait_for()
+    run_page.get_by_text("cancelled").first.wait_for()
+    assert _latest_turn(served.home, served.chat_id).status == "cancelled"
+    assert served.dashboard.process.poll() is None  # the dashboard itself is still up
+    assert problems.items == [] and run_problems.items == [], (problems.items, run_problems.items)
+
+
 def test_approval_with_an_edit_runs_and_records_the_edited_code(served, new_page, tmp_path):
     page, problems = new_page(served.dashboard.url)
     page.goto(f"/chat?id={served.chat_id}")
@@ -246,6 +266,8 @@ def test_the_chat_survives_a_restart_and_the_page_says_how_to_configure_an_llm(s
     page.screenshot(path=str(tmp_path / "chat-no-llm.png"), full_page=True)
     page.goto("/")  # the other pages work without an endpoint: the Overview lists the latest turn
     page.get_by_text("Print something").first.wait_for()
+    page.wait_for_load_state("networkidle")  # its thumbnails load after the page: not into a server that is gone
+    page.goto("about:blank")
     served.stop()
     # with it again: the chat continues, its kernel rebuilt by replaying the recorded cells
     served.start()  # on another port: absolute addresses from here
