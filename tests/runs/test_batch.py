@@ -154,8 +154,16 @@ async def test_cancel_ends_children_cancelled_and_leaves_no_kernels_or_tasks(clu
 async def test_a_killed_worker_does_not_stop_the_batch(cluster, settings, tmp_path):
     nb = _marker_nb(tmp_path)
     task = asyncio.ensure_future(execute_batch(nb, {"i": [1]}, cluster=cluster.scheduler_address, settings=settings, retries=1))
-    (marker,) = await _wait_for(tmp_path / "started-*", 1)
-    os.kill(int(marker.read_text()), signal.SIGKILL)  # the worker process running the child, mid-task
+    await _wait_for(tmp_path / "started-*", 1)
+    # the Dask worker process running the child, mid-task (not the kernel's parent: a forked kernel's parent
+    # is the fork server's template, and killing that left the child sleeping its full minute)
+    from distributed import Client
+
+    async with Client(cluster.scheduler_address, asynchronous=True) as client:
+        busy = [address for address, keys in (await client.processing()).items() if keys]
+        pids = await client.run(os.getpid, workers=busy)
+    assert len(busy) == 1, busy
+    os.kill(pids[busy[0]], signal.SIGKILL)
     outcome = await asyncio.wait_for(task, 120)
     # Dask runs the task again on a living worker (or we retry it); the second attempt skips the sleep
     assert [c.status for c in outcome.children] == ["succeeded"] and outcome.run.status == "succeeded"
