@@ -169,6 +169,7 @@ def sessions(browser, base: str, home: Path, seconds: float = 15) -> dict:
     for page in pages:
         page.goto(base + "runs")
         page.get_by_text("bench run", exact=False).first.wait_for(timeout=60_000)
+    started = time.time()  # a reused workspace (--workspace) holds bench runs of earlier invocations: not updates
     writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(home), str(k), str(seconds)], stdout=subprocess.PIPE, text=True)
                for k in range(4)]
     seen: list[set] = [set() for _ in pages]
@@ -179,7 +180,7 @@ def sessions(browser, base: str, home: Path, seconds: float = 15) -> dict:
             cell = page.locator(TOP_TITLE).first
             title = cell.text_content(timeout=5000) if cell.count() else None
             now = time.time()
-            if title and title.startswith("bench-") and title not in seen[index]:
+            if title and title.startswith("bench-") and title not in seen[index] and float(title.rsplit("-", 1)[1]) >= started:
                 seen[index].add(title)
                 latencies.append(now - float(title.rsplit("-", 1)[1]))
             if index == 0 and page.get_by_text("is busy").count():
