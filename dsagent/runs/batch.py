@@ -311,6 +311,8 @@ class _Sweep:
             index = index_of.pop(future)
             result = await self._result(future, index, attempts[index])
             retry = result.status != "succeeded" and attempts[index] <= self.retries
+            if not retry and waiting:
+                await submit(waiting.pop())  # the freed worker starts the next child while this one's results are written
             t0 = time.perf_counter()
             run = await asyncio.to_thread(self._store_result, store, result, retry)
             self.store_seconds += time.perf_counter() - t0
@@ -320,8 +322,6 @@ class _Sweep:
             self._report(index, done, result, attempts[index], retry)
             if retry:
                 await submit(index)
-            elif waiting:
-                await submit(waiting.pop())
 
     async def _result(self, future: Any, index: int, attempt: int) -> "ChildResult":
         from dsagent.runs.batch_worker import ChildResult
