@@ -7,14 +7,13 @@ artifact costs what the first does; "older" follows the cursor, "newest" starts 
 from __future__ import annotations
 
 import html
-from datetime import datetime, time as dtime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 import pandas as pd
 import panel as pn
 
 from dsagent.artifacts import schema
-from dsagent.panel_app.widgets import html_pane, image_tile, Notice, Poller, preloaded, artifact_link, current_user, human_size, page_frame, run_link, time_text
+from dsagent.panel_app.widgets import date_range_bounds, html_pane, image_tile, Notice, Poller, preloaded, artifact_link, current_user, human_size, page_frame, run_link, time_text
 
 if TYPE_CHECKING:
     from dsagent.panel_app.context import AppContext
@@ -76,11 +75,7 @@ def page(ctx: "AppContext") -> pn.Column:
                           pn.widgets.Button(name="older ▶", width=90))
 
     def filters() -> dict:
-        since = until = None
-        if dates.value:
-            start, end = dates.value
-            since = datetime.combine(start, dtime.min, timezone.utc) if start else None
-            until = datetime.combine(end, dtime.min, timezone.utc) + timedelta(days=1) if end else None
+        since, until = date_range_bounds(dates.value)
         run_id = None
         if (run.value_input or run.value or "").strip():
             try:

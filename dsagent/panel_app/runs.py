@@ -8,14 +8,13 @@ updates only when something changed.
 from __future__ import annotations
 
 import html
-from datetime import datetime, time as dtime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 import pandas as pd
 import panel as pn
 
 from dsagent.artifacts import schema
-from dsagent.panel_app.widgets import Notice, Poller, preloaded, current_user, duration_text, page_frame, run_link, status_badge, time_text
+from dsagent.panel_app.widgets import date_range_bounds, Notice, Poller, preloaded, current_user, duration_text, page_frame, run_link, status_badge, time_text
 
 if TYPE_CHECKING:
     from dsagent.panel_app.context import AppContext
@@ -63,11 +62,7 @@ def page(ctx: "AppContext") -> pn.Column:
     state = {"offset": 0, "total": 0}
 
     def filters() -> dict:
-        since = until = None
-        if dates.value:
-            start, end = dates.value
-            since = datetime.combine(start, dtime.min, timezone.utc) if start else None
-            until = datetime.combine(end, dtime.min, timezone.utc) + timedelta(days=1) if end else None
+        since, until = date_range_bounds(dates.value)
         column, descending = _SORTS[sort.value]
         return dict(kind=None if kind.value == "any" else kind.value, status=None if status.value == "any" else status.value,
                     text=text.value_input or text.value or None, since=since, until=until, sort=column, descending=descending)

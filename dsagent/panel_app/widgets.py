@@ -8,6 +8,7 @@ import json
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import logging
+from datetime import date, datetime, time as dtime, timedelta, timezone
 import weakref
 
 import panel as pn
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["page_frame", "status_badge", "run_link", "artifact_link", "query_arg", "Notice", "artifact_preview",
+__all__ = ["date_range_bounds", "page_frame", "status_badge", "run_link", "artifact_link", "query_arg", "Notice", "artifact_preview",
            "human_size", "duration_text", "time_text", "NAV", "html_pane", "image_tile", "Poller", "preloaded"]
 
 #: (route, title) shown in the navigation bar; app.py fills it from its page list
@@ -28,6 +29,14 @@ NAV: list[tuple[str, str]] = []
 
 #: a page's first data, read before its document is built (app.py's preload handler), by document
 PRELOADED: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def date_range_bounds(value: "tuple[date | None, date | None] | None") -> tuple[datetime | None, datetime | None]:
+    """A date-range picker's value as the store's [since, until) in UTC: whole days, the end day included."""
+    start, end = value or (None, None)
+    since = datetime.combine(start, dtime.min, timezone.utc) if start else None
+    until = datetime.combine(end, dtime.min, timezone.utc) + timedelta(days=1) if end else None
+    return since, until
 
 
 def preloaded() -> Any:
