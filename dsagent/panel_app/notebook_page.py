@@ -139,6 +139,7 @@ def page(ctx: "AppContext") -> pn.Column:
         go_to("run", f"?id={run_id}")
 
     def update_count(*_) -> None:
+        sweep_message.object = ""  # a refusal or launch note was about the grid as it was
         if not form.swept():
             sweep_count.object = "Type values (comma-separated) for one or more parameters to sweep a grid."
             sweep_button.disabled, confirm.visible = True, False

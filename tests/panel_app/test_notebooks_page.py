@@ -207,6 +207,7 @@ def test_sweep_from_the_notebooks_page_makes_a_batch_with_one_child_per_set(serv
     sweep.fill("1, 3")
     sweep.press("Enter")
     page.get_by_text("2 runs").first.wait_for()
+    page.get_by_text("tick “yes, start them all”").wait_for(state="hidden")  # the refusal was about the old grid
     page.screenshot(path=str(tmp_path / "sweep-form.png"), full_page=True)
     page.get_by_role("button", name="Launch sweep").click()
     batch_id = _wait_run_id(page)
