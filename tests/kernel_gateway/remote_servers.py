@@ -8,6 +8,7 @@ count: one Kernel Gateway and one Jupyter Server per test session.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from dsagent.kernel_gateway.fork_provisioner import PROVISIONER_NAME
 
 JUPYTER = str(Path(sys.executable).with_name("jupyter"))
 
@@ -72,16 +75,42 @@ def _wait_ready(url: str, token: str, process: subprocess.Popen[bytes], log: Pat
     raise RuntimeError(f"the server did not answer on {url} within {timeout}s:\n{log.read_text()[-3000:]}")
 
 
+#: the kernelspec of a stock kernel launch (a cold interpreter), next to the servers' default forked one
+STOCK_KERNEL = "python3-stock"
+
+
+def install_kernelspecs(folder: Path) -> Path:
+    """``python3`` forked by dsagent's provisioner (the servers' default) and ``python3-stock``; returns the JUPYTER_PATH entry.
+
+    The backend under test sees the same server API either way; forked kernels
+    spare each session a cold interpreter (~1 s of CPU), which is most of what
+    these tests would otherwise spend.
+    """
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    specs = {
+        "python3": {"argv": argv, "display_name": "Python 3 (forked)", "language": "python",
+                    "metadata": {"kernel_provisioner": {"provisioner_name": PROVISIONER_NAME}}},
+        STOCK_KERNEL: {"argv": argv, "display_name": "Python 3 (stock launch)", "language": "python"},
+    }  # fmt: skip
+    for name, spec in specs.items():
+        spec_dir = folder / "kernels" / name
+        spec_dir.mkdir(parents=True, exist_ok=True)
+        (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    return folder
+
+
 def start_server(kind: str, folder: Path) -> tuple[RunningServer, subprocess.Popen[bytes]]:
     """Start ``jupyter kernelgateway`` or ``jupyter server`` on a free loopback port; wait until it answers."""
     token = secrets.token_hex(16)
     root = folder / "root"
     root.mkdir(parents=True, exist_ok=True)
+    jupyter_path = install_kernelspecs(folder / "share")
     port = free_port()
     log = folder / f"{kind}.log"
     # PYTEST_CURRENT_TEST would reach the kernels, and ipykernel stops forwarding
     # fd-level output (os.write, C code) when it sees it: keep them as users run them
     env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER_TOKEN") and k != "PYTEST_CURRENT_TEST"}
+    env["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(jupyter_path), env.get("JUPYTER_PATH")]))
     with open(log, "wb") as out:
         process = subprocess.Popen(_command(kind, port, token, root), cwd=root, stdout=out, stderr=subprocess.STDOUT, env=env)
     server = RunningServer(kind, f"http://127.0.0.1:{port}", token, root, log)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from remote_servers import RunningServer, free_port, jupyter_server, kernel_gateway, no_kernel_leaks  # noqa: F401 (fixtures)
+from remote_servers import STOCK_KERNEL, RunningServer, free_port, jupyter_server, kernel_gateway, no_kernel_leaks  # noqa: F401 (fixtures)
 
 from dsagent.errors import BackendUnavailable, FileAccessError, KernelDied, KernelServerError, KernelStartFailed
 from dsagent.kernel_gateway.remote import JupyterBackend, JupyterSession
@@ -248,6 +248,26 @@ async def test_v1_websocket_protocol_and_fast_round_trip(session: JupyterSession
 
 
 # -- configuration and errors ----------------------------------------------------
+
+
+# -- how the servers launch kernels (tests/kernel_gateway/remote_servers.py) ---
+
+PARENT_COMMAND = "import os; open(f'/proc/{os.getppid()}/cmdline', 'rb').read().decode(errors='replace')"
+
+
+async def test_the_servers_default_kernels_are_forks_of_the_preloaded_template(session: JupyterSession):
+    # dsagent's kernel provisioner (the `dsagent-fork` entry point) named in the servers' python3 kernelspec
+    parent = (await session.execute(PARENT_COMMAND)).result
+    assert "forktemplate.py" in parent, parent
+    assert (await session.execute("import sys; 'pandas' in sys.modules")).result == "True"  # kernel_preload
+
+
+async def test_a_stock_kernelspec_still_launches_a_normal_kernel(server: RunningServer):
+    async with JupyterBackend(url=server.url, token=server.token, kernel_name=STOCK_KERNEL) as backend:
+        session = await backend.start_session()
+        parent = (await session.execute(PARENT_COMMAND)).result
+        assert "forktemplate.py" not in parent and "jupyter" in parent, parent
+        await session.shutdown()
 
 
 def test_url_with_token_query_and_describe_masks_the_token():
