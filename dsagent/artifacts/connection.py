@@ -94,6 +94,10 @@ class Database:
         self._in_use = False
         self._held_from = 0.0
         self._idle_since = 0.0
+        #: what callers learnt from the file while this process holds it read-write (nobody else can
+        #: change it meanwhile); emptied when the file is let go, a transaction rolls back, or a
+        #: write session runs SQL of its own
+        self.held_facts: dict[object, object] = {}
         _ALL.add(self)
 
     def before_detach(self, callback: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
@@ -113,6 +117,13 @@ class Database:
     @contextmanager
     def session(self, *, write: bool) -> Iterator[duckdb.DuckDBPyConnection]:
         """The file attached as the current database, for one unit of work, under the file lock."""
+        with self._session(write) as con:
+            if write:
+                self.held_facts.clear()  # its SQL may change what they say
+            yield con
+
+    @contextmanager
+    def _session(self, write: bool) -> Iterator[duckdb.DuckDBPyConnection]:
         with self._thread_lock:
             if self._in_use:
                 raise RuntimeError("store sessions do not nest: finish the outer one first")
@@ -134,12 +145,13 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A write session inside BEGIN ... COMMIT (ROLLBACK when the block raises)."""
-        with self.session(write=True) as con:
+        with self._session(True) as con:
             con.execute("BEGIN")
             try:
                 yield con
                 con.execute("COMMIT")
             except BaseException:
+                self.held_facts.clear()  # they may describe rows that are rolled back
                 try:
                     con.execute("ROLLBACK")
                 except duckdb.Error:
@@ -154,6 +166,7 @@ class Database:
                 self._detach_held()  # keep the lock we hold, let go of the attachment
             else:
                 self._acquire_file_lock()
+            self.held_facts.clear()
             try:
                 yield self._instance()
             finally:
@@ -308,6 +321,7 @@ class Database:
         return time.perf_counter() - self._held_from >= TURN_SECONDS and self._file_lock.others_waiting()
 
     def _detach_held(self) -> None:
+        self.held_facts.clear()  # once let go, other processes may change the file
         con, self._attached, read_write = self._con, None, self._attached == "rw"
         if con is None:
             return
@@ -354,6 +368,7 @@ class Database:
     def _forget_after_fork(self) -> None:
         """In a forked child: the parent's lock and attachment are not ours (never touch them)."""
         self._thread_lock = threading.RLock()
+        self.held_facts.clear()
         if self._attached is not None or self._in_use:
             self._file_lock.forget()
             if self._con is not None:

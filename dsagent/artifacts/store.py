@@ -122,7 +122,10 @@ class Store:
     def transaction(self) -> Iterator[Transaction]:
         """One atomic write: everything done through the yielded object commits together or not at all."""
         with self.db.transaction() as con:
-            yield Transaction(con, files=self.blobs, packs=self.packs, inline_max_bytes=self.settings.store_inline_max_bytes)
+            tx = Transaction(con, files=self.blobs, packs=self.packs, inline_max_bytes=self.settings.store_inline_max_bytes,
+                             held_facts=self.db.held_facts)
+            yield tx
+            tx.before_commit()  # pack bytes on disk before the rows that point at them commit
 
     # -- writes (each in its own transaction) -----------------------------------
 

@@ -15,7 +15,7 @@ import duckdb
 from dsagent.artifacts import schema
 from dsagent.artifacts.blobfiles import BlobFiles, sha256_hex
 from dsagent.artifacts.models import Artifact, NewArtifact, Owner, Run, utcnow
-from dsagent.artifacts.packs import BlobPacks
+from dsagent.artifacts.packs import BlobPacks, PackSync
 from dsagent.artifacts.rows import RUN_COLUMNS, artifact_from_row, naive_utc, run_from_row
 from dsagent.errors import DsagentError, NotFound
 
@@ -32,15 +32,35 @@ def _values_sql(rows: int, width: int) -> str:
 class Transaction:
     """Writes inside one ``Store.transaction()``; nothing is visible to others before it commits."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, *, files: BlobFiles, packs: BlobPacks, inline_max_bytes: int) -> None:
-        self.con = con
+    def __init__(self, con: duckdb.DuckDBPyConnection, *, files: BlobFiles, packs: BlobPacks, inline_max_bytes: int,
+                 held_facts: dict[Any, Any] | None = None) -> None:
+        self._con = con
         self._files = files  # bytes above ``inline_max_bytes``
         self._packs = packs  # the others
         self._inline_max_bytes = inline_max_bytes
-        self._runs_seen: set[int] = set()  # runs known to exist in this transaction (one query less per cell)
+        # run id -> its last event seq, for runs known to exist: kept by the connection while this
+        # process holds the file read-write (no one else can write meanwhile), so a cell's
+        # transaction skips the existence + max(seq) query; emptied on release and on rollback
+        self._last_seq: dict[int, int] = {} if held_facts is None else held_facts.setdefault("last_seq", {})
+        self._held_facts = held_facts
+        self._syncs: list[PackSync] = []  # pack bytes still being synced (waited for before COMMIT)
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """The connection, for the store's query modules' own SQL (a DELETE may remove runs this object remembers)."""
+        if self._held_facts:
+            self._held_facts.clear()
+        self._last_seq = {}
+        return self._con
+
+    def before_commit(self) -> None:
+        """Wait until the bytes this transaction appended to packs are on disk (``Store.transaction`` calls it)."""
+        syncs, self._syncs = self._syncs, []
+        for sync in syncs:
+            sync.wait()
 
     def _next_ids(self, counter: str, n: int) -> list[int]:
-        last = self.con.execute("UPDATE id_counters SET last_id = last_id + ? WHERE name = ? RETURNING last_id", [n, counter]).fetchone()[0]
+        last = self._con.execute("UPDATE id_counters SET last_id = last_id + ? WHERE name = ? RETURNING last_id", [n, counter]).fetchone()[0]
         return list(range(last - n + 1, last + 1))
 
     def create_run(
@@ -60,14 +80,15 @@ class Transaction:
         (run_id,) = self._next_ids("runs", 1)
         now = naive_utc(utcnow())
         owner = Owner.current()
-        self.con.execute(
+        self._con.execute(
             f"INSERT INTO runs ({RUN_COLUMNS}, owner_started) VALUES ({', '.join('?' * 15)})",
             [run_id, kind, status, title, json.dumps(dict(params or {}), default=str), backend, parent_id, schedule_id,
              now, now if status == "running" else None, now if status in schema.TERMINAL_STATUSES else None,
              None, owner.pid, owner.host, owner.started],
         )
+        self._last_seq[run_id] = 0  # it exists and has no events yet: no need to ask
         self.append_events(run_id, [("status", {"status": status})])
-        return run_from_row(self.con.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", [run_id]).fetchone())
+        return run_from_row(self._con.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", [run_id]).fetchone())
 
     def update_run_status(self, run_id: int, status: str, *, error: str | None = None, only_if: str | None = None) -> Run | None:
         """Set a run's status (and error); ``running`` makes this process its owner. Adds a ``status`` event.
@@ -78,7 +99,7 @@ class Transaction:
         now = naive_utc(utcnow())
         owner = Owner.current()
         claim = status == "running"
-        row = self.con.execute(
+        row = self._con.execute(
             f"""UPDATE runs SET status = ?, error = coalesce(?, error),
                 started = CASE WHEN ? THEN coalesce(started, ?) ELSE started END,
                 finished = CASE WHEN ? THEN ? ELSE finished END,
@@ -90,7 +111,7 @@ class Transaction:
              claim, owner.started, run_id, only_if, only_if],
         ).fetchone()
         if row is None:
-            if only_if is not None and self.con.execute("SELECT count(*) FROM runs WHERE id = ?", [run_id]).fetchone()[0]:
+            if only_if is not None and self._con.execute("SELECT count(*) FROM runs WHERE id = ?", [run_id]).fetchone()[0]:
                 return None  # someone else moved it on meanwhile
             raise NotFound(f"no run with id {run_id}", hint="`dsagent runs ls` lists runs", what="run", id=run_id)
         payload: dict[str, Any] = {"status": status}
@@ -102,13 +123,15 @@ class Transaction:
     def append_events(self, run_id: int, events: Iterable[tuple[str, Mapping[str, Any]]]) -> list[int]:
         """Append ``(type, payload)`` events; returns their sequence numbers."""
         items = list(events)
-        exists, last = self.con.execute(
-            "SELECT (SELECT count(*) FROM runs WHERE id = ?), (SELECT coalesce(max(seq), 0) FROM run_events WHERE run_id = ?)",
-            [run_id, run_id],
-        ).fetchone()
-        if not exists:
-            raise NotFound(f"no run with id {run_id}", hint="create the run first", what="run", id=run_id)
-        self._runs_seen.add(run_id)
+        last = self._last_seq.get(run_id)
+        if last is None:
+            exists, last = self._con.execute(
+                "SELECT (SELECT count(*) FROM runs WHERE id = ?), (SELECT coalesce(max(seq), 0) FROM run_events WHERE run_id = ?)",
+                [run_id, run_id],
+            ).fetchone()
+            if not exists:
+                raise NotFound(f"no run with id {run_id}", hint="create the run first", what="run", id=run_id)
+        self._last_seq[run_id] = last + len(items)
         now = naive_utc(utcnow())
         seqs = list(range(last + 1, last + 1 + len(items)))
         rows = [[run_id, seq, now, kind, json.dumps(dict(payload), default=str)] for seq, (kind, payload) in zip(seqs, items)]
@@ -117,7 +140,7 @@ class Transaction:
 
     def add_artifacts(self, run_id: int, items: Sequence[NewArtifact]) -> list[Artifact]:
         """Add artifacts with their bytes (stored once per sha256); returns them with ids."""
-        if run_id not in self._runs_seen and not self.con.execute("SELECT count(*) FROM runs WHERE id = ?", [run_id]).fetchone()[0]:
+        if run_id not in self._last_seq and not self._con.execute("SELECT count(*) FROM runs WHERE id = ?", [run_id]).fetchone()[0]:
             raise NotFound(f"no run with id {run_id}", hint="create the run first", what="run", id=run_id)
         for item in items:
             _check_choice("artifact kind", item.kind, schema.ARTIFACT_KINDS)
@@ -136,7 +159,7 @@ class Transaction:
     def _store_blobs(self, by_sha: dict[str, bytes]) -> None:
         if not by_sha:
             return
-        known = dict(self.con.execute(
+        known = dict(self._con.execute(
             "SELECT sha256, shard IS NULL AND pack IS NULL FROM blobs WHERE sha256 IN ?", [list(by_sha)]
         ).fetchall())
         limit = self._inline_max_bytes
@@ -149,8 +172,10 @@ class Transaction:
                 self._files.write(sha, data)
             else:
                 packed[sha] = data
-        # durable (one fdatasync) before the commit that references them; orphans if we roll back
-        places = self._packs.append(packed)
+        # durable (one fdatasync, overlapping the statements until ``before_commit``) before the
+        # commit that references them; orphans if we roll back
+        places, sync = self._packs.append_unsynced(packed)
+        self._syncs.append(sync)
         now = naive_utc(utcnow())
         self._insert("blobs", [[sha, len(data), None, now, *places.get(sha, (None, None))]
                                for sha, data in by_sha.items() if sha not in known])
@@ -159,7 +184,7 @@ class Transaction:
         for start in range(0, len(rows), _ROWS_PER_INSERT):
             chunk = rows[start : start + _ROWS_PER_INSERT]
             flat = [value for row in chunk for value in row]
-            self.con.execute(f"INSERT INTO {table} VALUES {_values_sql(len(chunk), len(chunk[0]))}", flat)
+            self._con.execute(f"INSERT INTO {table} VALUES {_values_sql(len(chunk), len(chunk[0]))}", flat)
 
 
 def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:
