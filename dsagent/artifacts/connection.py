@@ -90,6 +90,7 @@ class Database:
         self._thread_lock = threading.RLock()
         self._con: duckdb.DuckDBPyConnection | None = None
         self._before_detach: list[Callable[[duckdb.DuckDBPyConnection], None]] = []
+        self._before_release: list[Callable[[duckdb.DuckDBPyConnection], None]] = []
         self._attached: str | None = None  # "ro" / "rw": the workspace file is attached and the lock held
         self._in_use = False
         self._held_from = 0.0
@@ -103,6 +104,10 @@ class Database:
     def before_detach(self, callback: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
         """Call ``callback(con)`` at the end of every unit of work (to detach extra files it attached)."""
         self._before_detach.append(callback)
+
+    def before_release(self, callback: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
+        """Call ``callback(con)`` (autocommit) before a file held read-write is let go: to save ``held_facts``."""
+        self._before_release.append(callback)
 
     def close(self) -> None:
         """Release the file (checkpointing a long log first) and close the DuckDB instance."""
@@ -321,8 +326,14 @@ class Database:
         return time.perf_counter() - self._held_from >= TURN_SECONDS and self._file_lock.others_waiting()
 
     def _detach_held(self) -> None:
-        self.held_facts.clear()  # once let go, other processes may change the file
         con, self._attached, read_write = self._con, None, self._attached == "rw"
+        if con is not None and read_write and self.held_facts:
+            for callback in self._before_release:
+                try:
+                    callback(con)
+                except duckdb.Error:
+                    log.warning("saving what %s held failed; the next holder recomputes it", self.path, exc_info=True)
+        self.held_facts.clear()  # once let go, other processes may change the file
         if con is None:
             return
         if read_write and self.log_bytes() > CHECKPOINT_BYTES:

@@ -26,13 +26,12 @@ from __future__ import annotations
 import errno
 import os
 import struct
-import threading
 from pathlib import Path
 from typing import Iterator
 
 from dsagent.errors import StorageFull, StoreCorrupt
 
-__all__ = ["BlobPacks", "PackSync", "PACK_MAX_BYTES", "HEADER_BYTES"]
+__all__ = ["BlobPacks", "PACK_MAX_BYTES", "HEADER_BYTES"]
 
 MAGIC = b"DSB1"
 _HEADER = struct.Struct(">4s32sQ")
@@ -63,18 +62,8 @@ class BlobPacks:
 
         One ``fdatasync`` for all of them. ``new_pack`` starts a fresh pack (gc uses it).
         """
-        placed, sync = self.append_unsynced(blobs, new_pack=new_pack)
-        sync.wait()
-        return placed
-
-    def append_unsynced(self, blobs: dict[str, bytes], *, new_pack: bool = False) -> tuple[dict[str, tuple[int, int]], "PackSync"]:
-        """Write ``blobs`` now and start their ``fdatasync`` in a thread; ``PackSync.wait()`` before relying on them.
-
-        A transaction waits just before its COMMIT, so the sync (0.25-5 ms, the disk's) overlaps
-        the transaction's statements instead of adding to them.
-        """
         if not blobs:
-            return {}, PackSync(None)
+            return {}
         numbers = self.numbers()
         pack = numbers[-1] if numbers else 1
         if new_pack and numbers:
@@ -96,20 +85,24 @@ class BlobPacks:
                         _pwrite_all(fd, record, offset)
                         placed[sha] = (pack, offset)
                         offset += len(record)
+                    os.fdatasync(fd)
                 except BaseException:
                     _truncate_quietly(fd, start)  # a failed append leaves no half record behind
                     raise
-                if created:
-                    _fsync_dir(self.root)  # the new file's name must survive a power cut too
-            except BaseException:
+            finally:
                 os.close(fd)
-                raise
+            if created:
+                _fsync_dir(self.root)  # the new file's name must survive a power cut too
+            return placed
         except OSError as exc:
-            full = _disk_full(exc, self.root, blobs)
-            if full is None:
-                raise
-            raise full from exc
-        return placed, PackSync(fd, start, self.root, blobs)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                size = sum(len(d) for d in blobs.values())
+                raise StorageFull(
+                    f"the disk is full: cannot save {size} bytes of artifacts to {self.root}",
+                    hint="free disk space (or run `dsagent gc --older-than 30d`) and run again; earlier data is intact",
+                    path=str(self.root),
+                ) from exc
+            raise
 
     def read(self, pack: int, offset: int, sha256: str) -> bytes:
         path = self.path(pack)
@@ -158,59 +151,6 @@ class BlobPacks:
             self.path(pack).unlink(missing_ok=True)
         if packs:
             _fsync_dir(self.root)
-
-
-class PackSync:
-    """The ``fdatasync`` of one append, running in its own thread until ``wait()``.
-
-    A plain thread per append, not a pool: nothing may stay running across a ``fork()``
-    (the kernel fork server forks processes that use the store), and a thread start
-    costs ~0.1 ms next to a sync's 0.25-5 ms.
-    """
-
-    def __init__(self, fd: int | None, start: int = 0, root: Path | None = None, blobs: dict[str, bytes] | None = None) -> None:
-        self._fd = fd
-        self._start = start
-        self._root = root
-        self._blobs = blobs
-        self._error: OSError | None = None
-        self._thread: threading.Thread | None = None
-        if fd is not None:
-            self._thread = threading.Thread(target=self._sync, name="dsagent-pack-sync", daemon=True)
-            self._thread.start()
-
-    def _sync(self) -> None:
-        assert self._fd is not None
-        try:
-            os.fdatasync(self._fd)
-        except OSError as exc:
-            self._error = exc
-            _truncate_quietly(self._fd, self._start)  # unreferenced anyway; give the space back
-        finally:
-            os.close(self._fd)
-
-    def wait(self) -> None:
-        """Return once the bytes are on disk; raise (``StorageFull`` for a full disk) when they could not be."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            assert self._root is not None and self._blobs is not None
-            full = _disk_full(self._error, self._root, self._blobs)
-            if full is None:
-                raise self._error
-            raise full from self._error
-
-
-def _disk_full(exc: OSError, root: Path, blobs: dict[str, bytes]) -> StorageFull | None:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        size = sum(len(d) for d in blobs.values())
-        return StorageFull(
-            f"the disk is full: cannot save {size} bytes of artifacts to {root}",
-            hint="free disk space (or run `dsagent gc --older-than 30d`) and run again; earlier data is intact",
-            path=str(root),
-        )
-    return None
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:

@@ -48,7 +48,7 @@ from dsagent.artifacts.models import Artifact, Event, GcReport, NewArtifact, Own
 from dsagent.artifacts.packs import BlobPacks
 from dsagent.artifacts.rows import ARTIFACT_COLUMNS, BLOB_WHERE_COLUMNS, RUN_COLUMNS, artifact_from_row, aware_utc, run_from_row
 from dsagent.artifacts.run_queries import RunTablePage, listing_filters
-from dsagent.artifacts.transaction import Transaction
+from dsagent.artifacts.transaction import Transaction, save_held_ids
 from dsagent.errors import NotFound, SchemaTooNew
 from dsagent.settings import Settings
 from dsagent.workspace import Workspace
@@ -64,6 +64,7 @@ class Store:
         self.workspace = workspace or Workspace.from_settings(self.settings)
         self.path: Path = self.workspace.db_path
         self.db = Database(self.path, self.settings.store_lock_timeout, self.settings.store_hold_seconds)  # the locked connection
+        self.db.before_release(lambda con: save_held_ids(con, self.db.held_facts))
         self.blobs = BlobFiles(self.workspace.blobs_dir)
         self.packs = BlobPacks(self.workspace.blobs_dir / "packs")
         self.inline = InlineBlobs(self.db)  # bytes written before schema v4
@@ -122,10 +123,11 @@ class Store:
     def transaction(self) -> Iterator[Transaction]:
         """One atomic write: everything done through the yielded object commits together or not at all."""
         with self.db.transaction() as con:
-            tx = Transaction(con, files=self.blobs, packs=self.packs, inline_max_bytes=self.settings.store_inline_max_bytes,
-                             held_facts=self.db.held_facts)
-            yield tx
-            tx.before_commit()  # pack bytes on disk before the rows that point at them commit
+            # facts (a run's last seq, the last ids handed out) carry over between transactions only
+            # while the file stays held; without holding, every transaction asks the file
+            held = self.db.held_facts if self.db.hold_seconds > 0 else None
+            yield Transaction(con, files=self.blobs, packs=self.packs, inline_max_bytes=self.settings.store_inline_max_bytes,
+                              held_facts=held)
 
     # -- writes (each in its own transaction) -----------------------------------
 

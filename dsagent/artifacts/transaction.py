@@ -15,11 +15,11 @@ import duckdb
 from dsagent.artifacts import schema
 from dsagent.artifacts.blobfiles import BlobFiles, sha256_hex
 from dsagent.artifacts.models import Artifact, NewArtifact, Owner, Run, utcnow
-from dsagent.artifacts.packs import BlobPacks, PackSync
+from dsagent.artifacts.packs import BlobPacks
 from dsagent.artifacts.rows import RUN_COLUMNS, artifact_from_row, naive_utc, run_from_row
 from dsagent.errors import DsagentError, NotFound
 
-__all__ = ["Transaction"]
+__all__ = ["Transaction", "save_held_ids"]
 
 _ROWS_PER_INSERT = 200  # multi-row VALUES are far faster than executemany in DuckDB
 
@@ -38,30 +38,40 @@ class Transaction:
         self._files = files  # bytes above ``inline_max_bytes``
         self._packs = packs  # the others
         self._inline_max_bytes = inline_max_bytes
-        # run id -> its last event seq, for runs known to exist: kept by the connection while this
-        # process holds the file read-write (no one else can write meanwhile), so a cell's
-        # transaction skips the existence + max(seq) query; emptied on release and on rollback
-        self._last_seq: dict[int, int] = {} if held_facts is None else held_facts.setdefault("last_seq", {})
+        # Facts the connection keeps while this process holds the file read-write (nobody else can
+        # write it meanwhile; emptied when it is let go and on rollback), so a cell's transaction
+        # asks no questions: run id -> its last event seq (for runs known to exist), and
+        # id counter -> the last id handed out (saved to ``id_counters`` by ``save_held_ids``
+        # when the file is let go). None (not holding): ask and count in every transaction.
         self._held_facts = held_facts
-        self._syncs: list[PackSync] = []  # pack bytes still being synced (waited for before COMMIT)
+        self._last_seq: dict[int, int] = {} if held_facts is None else held_facts.setdefault("last_seq", {})
+        self._last_ids: dict[str, int] | None = None if held_facts is None else held_facts.setdefault("last_ids", {})
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
-        """The connection, for the store's query modules' own SQL (a DELETE may remove runs this object remembers)."""
-        if self._held_facts:
+        """The connection, for the store's query modules' own SQL.
+
+        That SQL may delete runs or artifacts, so first the id counters are brought up to the
+        highest id in use (ids are never reused) and the facts this process remembers are dropped.
+        """
+        self._con.execute(_COUNTERS_UP_TO_USED_IDS)
+        if self._held_facts is not None:
             self._held_facts.clear()
+            self._last_ids = self._held_facts.setdefault("last_ids", {})
         self._last_seq = {}
         return self._con
 
-    def before_commit(self) -> None:
-        """Wait until the bytes this transaction appended to packs are on disk (``Store.transaction`` calls it)."""
-        syncs, self._syncs = self._syncs, []
-        for sync in syncs:
-            sync.wait()
-
     def _next_ids(self, counter: str, n: int) -> list[int]:
-        last = self._con.execute("UPDATE id_counters SET last_id = last_id + ? WHERE name = ? RETURNING last_id", [n, counter]).fetchone()[0]
-        return list(range(last - n + 1, last + 1))
+        if self._last_ids is None:
+            last = self._con.execute(_TAKE_IDS[counter], [n]).fetchone()[0]
+            return list(range(last - n + 1, last + 1))
+        last = self._last_ids.get(counter)
+        if last is None:
+            # the counter may lag behind the ids in use (a holder killed before it saved it): the
+            # ids in use are up to max(counter, highest id), and deleting rows raises the counter first
+            last = self._con.execute(_LAST_ID_IN_USE[counter]).fetchone()[0]
+        self._last_ids[counter] = last + n
+        return list(range(last + 1, last + n + 1))
 
     def create_run(
         self,
@@ -172,10 +182,8 @@ class Transaction:
                 self._files.write(sha, data)
             else:
                 packed[sha] = data
-        # durable (one fdatasync, overlapping the statements until ``before_commit``) before the
-        # commit that references them; orphans if we roll back
-        places, sync = self._packs.append_unsynced(packed)
-        self._syncs.append(sync)
+        # durable (one fdatasync) before the commit that references them; orphans if we roll back
+        places = self._packs.append(packed)
         now = naive_utc(utcnow())
         self._insert("blobs", [[sha, len(data), None, now, *places.get(sha, (None, None))]
                                for sha, data in by_sha.items() if sha not in known])
@@ -185,6 +193,29 @@ class Transaction:
             chunk = rows[start : start + _ROWS_PER_INSERT]
             flat = [value for row in chunk for value in row]
             self._con.execute(f"INSERT INTO {table} VALUES {_values_sql(len(chunk), len(chunk[0]))}", flat)
+
+
+#: the last id in use per counter: the counter, or a higher id in its table (scanning only row groups above the counter)
+_LAST_ID_IN_USE = {
+    name: f"SELECT greatest(c.last_id, (SELECT coalesce(max(id), 0) FROM {name} WHERE id > c.last_id)) FROM id_counters c WHERE c.name = '{name}'"
+    for name in ("runs", "artifacts")
+}
+_TAKE_IDS = {
+    name: f"UPDATE id_counters SET last_id = greatest(last_id, (SELECT coalesce(max(id), 0) FROM {name} WHERE id > id_counters.last_id)) + ?"
+          f" WHERE name = '{name}' RETURNING last_id"
+    for name in ("runs", "artifacts")
+}
+_COUNTERS_UP_TO_USED_IDS = (
+    "UPDATE id_counters SET last_id = greatest(last_id, CASE name"
+    " WHEN 'runs' THEN (SELECT coalesce(max(id), 0) FROM runs WHERE id > id_counters.last_id)"
+    " WHEN 'artifacts' THEN (SELECT coalesce(max(id), 0) FROM artifacts WHERE id > id_counters.last_id) ELSE 0 END)"
+)
+
+
+def save_held_ids(con: duckdb.DuckDBPyConnection, held_facts: dict[Any, Any]) -> None:
+    """Write the id counters handed out while the file was held (called before it is let go)."""
+    for counter, last in (held_facts.get("last_ids") or {}).items():
+        con.execute("UPDATE id_counters SET last_id = greatest(last_id, ?) WHERE name = ?", [last, counter])
 
 
 def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:
