@@ -45,7 +45,8 @@ import duckdb
 from dsagent.artifacts.turns import LockTimeout, TurnLock
 from dsagent.errors import DsagentError, StorageFull, StoreCorrupt, StoreLocked
 
-__all__ = ["Database", "LockStats", "ALIAS", "CHECKPOINT_BYTES", "HELD_CHECKPOINT_THRESHOLD", "WATCH_INTERVAL", "TURN_SECONDS"]
+__all__ = ["Database", "LockStats", "ALIAS", "CHECKPOINT_BYTES", "HELD_CHECKPOINT_THRESHOLD", "WATCH_INTERVAL", "TURN_SECONDS",
+           "WRITER_TURN_SECONDS"]
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,12 @@ CHECKPOINT_BYTES = 16 << 10
 HELD_CHECKPOINT_THRESHOLD = "1MB"
 #: how often a file held idle is checked for waiting processes (the longest a waiter waits extra)
 WATCH_INTERVAL = 0.002
-#: while others wait, a process may go on with back-to-back units of work for this long per turn
+#: while a reader waits, a process may go on with back-to-back units of work for this long per turn
 #: (several transactions per attach instead of one: what makes 4 busy writers fast)
 TURN_SECONDS = 0.025
+#: while only writers wait, turns are this long: each turn pays an attach, a log replay, saving
+#: the held ids and often a checkpoint, so longer turns share those among more transactions
+WRITER_TURN_SECONDS = 0.1
 _DUCKDB_MAGIC = b"DUCK"
 
 
@@ -280,7 +284,7 @@ class Database:
         if self._attached is not None and ((write and self._attached == "ro") or self._turn_is_over()):
             self.release()  # someone waits and this turn is long enough, or a read-only attachment cannot write
         if self._attached is None:
-            self._acquire_file_lock()
+            self._acquire_file_lock(reader=not write)
             try:
                 con = self._instance()
                 # a long log left behind (a killed writer) is replayed by every read-only
@@ -322,8 +326,11 @@ class Database:
             self._thread_lock.release()
 
     def _turn_is_over(self) -> bool:
-        """Another process waits and this one has held the file for a whole turn."""
-        return time.perf_counter() - self._held_from >= TURN_SECONDS and self._file_lock.others_waiting()
+        """Another process waits and this one has held the file for a whole turn (a short one when a reader waits)."""
+        held = time.perf_counter() - self._held_from
+        if held < TURN_SECONDS or not self._file_lock.others_waiting():
+            return False
+        return held >= WRITER_TURN_SECONDS or self._file_lock.readers_waiting()
 
     def _detach_held(self) -> None:
         con, self._attached, read_write = self._con, None, self._attached == "rw"
@@ -359,9 +366,9 @@ class Database:
             self._con = con
         return self._con
 
-    def _acquire_file_lock(self) -> None:
+    def _acquire_file_lock(self, *, reader: bool = False) -> None:
         try:
-            waited = self._file_lock.acquire(self.lock_timeout)
+            waited = self._file_lock.acquire(self.lock_timeout, reader=reader)
         except LockTimeout:
             raise StoreLocked(
                 f"the workspace database {self.path} stayed busy for {self.lock_timeout:g} s",
