@@ -21,7 +21,10 @@ from dsagent.errors import DsagentError, NotFound
 
 __all__ = ["Transaction", "save_held_ids"]
 
-_ROWS_PER_INSERT = 200  # multi-row VALUES are far faster than executemany in DuckDB
+#: up to this many rows go in as ``VALUES (?, ...), ...``; more as one list per column, unnested.
+#: Measured (CPU per statement, 11-column artifacts rows): 1 row 1.6 ms as VALUES vs 2.5 ms
+#: unnested; 10 rows 3.9 ms vs 2.5 ms (each VALUES parameter is bound and planned on its own)
+_VALUES_MAX_ROWS = 4
 
 
 def _values_sql(rows: int, width: int) -> str:
@@ -189,10 +192,16 @@ class Transaction:
                                for sha, data in by_sha.items() if sha not in known])
 
     def _insert(self, table: str, rows: list[list[Any]]) -> None:
-        for start in range(0, len(rows), _ROWS_PER_INSERT):
-            chunk = rows[start : start + _ROWS_PER_INSERT]
-            flat = [value for row in chunk for value in row]
-            self._con.execute(f"INSERT INTO {table} VALUES {_values_sql(len(chunk), len(chunk[0]))}", flat)
+        """One statement for all ``rows`` (in the table's column order)."""
+        if not rows:
+            return
+        width = len(rows[0])
+        if len(rows) <= _VALUES_MAX_ROWS:
+            flat = [value for row in rows for value in row]
+            self._con.execute(f"INSERT INTO {table} VALUES {_values_sql(len(rows), width)}", flat)
+            return
+        columns = [list(column) for column in zip(*rows)]
+        self._con.execute(f"INSERT INTO {table} SELECT {', '.join(['unnest(?)'] * width)}", columns)
 
 
 #: the last id in use per counter: the counter, or a higher id in its table (scanning only row groups above the counter)
