@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from datetime import timedelta
 
 from dsagent.artifacts.models import NewArtifact
@@ -111,3 +112,37 @@ def test_ids_stay_unique_after_a_holder_is_killed_before_saving_its_counters(set
             new = store.add_artifacts(run.id, [NewArtifact("n.png", "image", "image/png", b"\x89PNG" + os.urandom(100))])
             assert run.id > max(runs) and new[0].id > max(used)
             store.update_run_status(run.id, "succeeded")
+
+
+def test_a_holder_can_tell_a_waiting_reader_from_a_waiting_writer(tmp_path):
+    """Writers give way after a long turn among themselves, but a reader (a dashboard) must be seen as one."""
+    import threading
+
+    from dsagent.artifacts.turns import LockTimeout, TurnLock
+
+    path = str(tmp_path / "db.lock")
+    holder = TurnLock(path)
+    holder.acquire(1)
+    try:
+        for reader in (False, True):
+            waiter = TurnLock(path)
+            gave_up = threading.Event()
+
+            def wait(waiter=waiter, reader=reader, gave_up=gave_up) -> None:
+                try:
+                    waiter.acquire(0.3, reader=reader)
+                except LockTimeout:
+                    gave_up.set()
+
+            thread = threading.Thread(target=wait)
+            thread.start()
+            deadline = time.monotonic() + 0.25
+            while not holder.others_waiting() and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert holder.others_waiting()
+            assert holder.readers_waiting() is reader
+            thread.join()
+            assert gave_up.is_set()  # the holder never let go
+            assert not holder.others_waiting() and not holder.readers_waiting()
+    finally:
+        holder.release()
