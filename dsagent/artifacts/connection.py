@@ -19,7 +19,16 @@ Another process waiting is seen through the lock's ``.waiting`` file: the
 next unit of work, or a watcher thread that looks every
 ``WATCH_INTERVAL`` seconds while a file is held idle, then releases at once.
 Releasing checkpoints first when the log has grown past
-``CHECKPOINT_BYTES``, so the next process's attach replays little.
+``CHECKPOINT_BYTES``, so the next process's attach replays little. A
+process writing back to back finishes a turn first: ``TURN_SECONDS`` when a
+reader waits, ``WRITER_TURN_SECONDS`` when only writers do (each turn pays
+an attach, a replay and often a checkpoint; longer turns share them).
+
+While the file is held read-write nobody else can change it, so callers may
+keep what they learnt from it in ``held_facts`` (a run's last event seq, the
+last ids handed out) and skip asking again; the facts are dropped when the
+file is let go (``before_release`` callbacks save what must last first), a
+transaction rolls back, or a write session runs SQL of its own.
 
 Every other module of the store reaches the file through a ``Database``:
 ``session()`` for one unit of work, ``transaction()`` for one atomic write,

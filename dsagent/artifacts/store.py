@@ -29,6 +29,7 @@ difference. Only the modules of this package run SQL.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from contextlib import contextmanager
@@ -64,7 +65,9 @@ class Store:
         self.workspace = workspace or Workspace.from_settings(self.settings)
         self.path: Path = self.workspace.db_path
         self.db = Database(self.path, self.settings.store_lock_timeout, self.settings.store_hold_seconds)  # the locked connection
-        self.db.before_release(lambda con: save_held_ids(con, self.db.held_facts))
+        # a partial over the dict, not a lambda over the store: no Store <-> Database cycle
+        # (a cycle keeps the DuckDB connection alive until interpreter exit)
+        self.db.before_release(functools.partial(save_held_ids, held_facts=self.db.held_facts))
         self.blobs = BlobFiles(self.workspace.blobs_dir)
         self.packs = BlobPacks(self.workspace.blobs_dir / "packs")
         self.inline = InlineBlobs(self.db)  # bytes written before schema v4
