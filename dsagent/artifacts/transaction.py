@@ -3,6 +3,13 @@
 Only the store creates a ``Transaction`` (``Store.transaction()`` opens the
 locked write session and commits it); the query modules that write
 (``batches``, ``schedules``, ``journal``, ``chats``) are handed one.
+
+Ids are never reused: the ids in use are ``max(id_counters.last_id, highest
+id in the table)``. While the file is held read-write a transaction counts
+ids (and a run's event seqs) in memory, kept in the connection's
+``held_facts``; ``save_held_ids`` writes the counters when the file is let
+go, and ``Transaction.con`` (SQL that may delete rows) first raises them to
+the highest id in use. See "Fewer statements per cell" in ``docs/architecture.md``.
 """
 
 from __future__ import annotations
