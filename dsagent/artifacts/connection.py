@@ -19,7 +19,16 @@ Another process waiting is seen through the lock's ``.waiting`` file: the
 next unit of work, or a watcher thread that looks every
 ``WATCH_INTERVAL`` seconds while a file is held idle, then releases at once.
 Releasing checkpoints first when the log has grown past
-``CHECKPOINT_BYTES``, so the next process's attach replays little.
+``CHECKPOINT_BYTES``, so the next process's attach replays little. A
+process writing back to back finishes a turn first: ``TURN_SECONDS`` when a
+reader waits, ``WRITER_TURN_SECONDS`` when only writers do (each turn pays
+an attach, a replay and often a checkpoint; longer turns share them).
+
+While the file is held read-write nobody else can change it, so callers may
+keep what they learnt from it in ``held_facts`` (a run's last event seq, the
+last ids handed out) and skip asking again; the facts are dropped when the
+file is let go (``before_release`` callbacks save what must last first), a
+transaction rolls back, or a write session runs SQL of its own.
 
 Every other module of the store reaches the file through a ``Database``:
 ``session()`` for one unit of work, ``transaction()`` for one atomic write,
@@ -45,7 +54,8 @@ import duckdb
 from dsagent.artifacts.turns import LockTimeout, TurnLock
 from dsagent.errors import DsagentError, StorageFull, StoreCorrupt, StoreLocked
 
-__all__ = ["Database", "LockStats", "ALIAS", "CHECKPOINT_BYTES", "HELD_CHECKPOINT_THRESHOLD", "WATCH_INTERVAL", "TURN_SECONDS"]
+__all__ = ["Database", "LockStats", "ALIAS", "CHECKPOINT_BYTES", "HELD_CHECKPOINT_THRESHOLD", "WATCH_INTERVAL", "TURN_SECONDS",
+           "WRITER_TURN_SECONDS"]
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +68,12 @@ CHECKPOINT_BYTES = 16 << 10
 HELD_CHECKPOINT_THRESHOLD = "1MB"
 #: how often a file held idle is checked for waiting processes (the longest a waiter waits extra)
 WATCH_INTERVAL = 0.002
-#: while others wait, a process may go on with back-to-back units of work for this long per turn
+#: while a reader waits, a process may go on with back-to-back units of work for this long per turn
 #: (several transactions per attach instead of one: what makes 4 busy writers fast)
 TURN_SECONDS = 0.025
+#: while only writers wait, turns are this long: each turn pays an attach, a log replay, saving
+#: the held ids and often a checkpoint, so longer turns share those among more transactions
+WRITER_TURN_SECONDS = 0.1
 _DUCKDB_MAGIC = b"DUCK"
 
 
@@ -90,15 +103,24 @@ class Database:
         self._thread_lock = threading.RLock()
         self._con: duckdb.DuckDBPyConnection | None = None
         self._before_detach: list[Callable[[duckdb.DuckDBPyConnection], None]] = []
+        self._before_release: list[Callable[[duckdb.DuckDBPyConnection], None]] = []
         self._attached: str | None = None  # "ro" / "rw": the workspace file is attached and the lock held
         self._in_use = False
         self._held_from = 0.0
         self._idle_since = 0.0
+        #: what callers learnt from the file while this process holds it read-write (nobody else can
+        #: change it meanwhile); emptied when the file is let go, a transaction rolls back, or a
+        #: write session runs SQL of its own
+        self.held_facts: dict[object, object] = {}
         _ALL.add(self)
 
     def before_detach(self, callback: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
         """Call ``callback(con)`` at the end of every unit of work (to detach extra files it attached)."""
         self._before_detach.append(callback)
+
+    def before_release(self, callback: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
+        """Call ``callback(con)`` (autocommit) before a file held read-write is let go: to save ``held_facts``."""
+        self._before_release.append(callback)
 
     def close(self) -> None:
         """Release the file (checkpointing a long log first) and close the DuckDB instance."""
@@ -113,6 +135,13 @@ class Database:
     @contextmanager
     def session(self, *, write: bool) -> Iterator[duckdb.DuckDBPyConnection]:
         """The file attached as the current database, for one unit of work, under the file lock."""
+        with self._session(write) as con:
+            if write:
+                self.held_facts.clear()  # its SQL may change what they say
+            yield con
+
+    @contextmanager
+    def _session(self, write: bool) -> Iterator[duckdb.DuckDBPyConnection]:
         with self._thread_lock:
             if self._in_use:
                 raise RuntimeError("store sessions do not nest: finish the outer one first")
@@ -134,12 +163,13 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A write session inside BEGIN ... COMMIT (ROLLBACK when the block raises)."""
-        with self.session(write=True) as con:
+        with self._session(True) as con:
             con.execute("BEGIN")
             try:
                 yield con
                 con.execute("COMMIT")
             except BaseException:
+                self.held_facts.clear()  # they may describe rows that are rolled back
                 try:
                     con.execute("ROLLBACK")
                 except duckdb.Error:
@@ -154,6 +184,7 @@ class Database:
                 self._detach_held()  # keep the lock we hold, let go of the attachment
             else:
                 self._acquire_file_lock()
+            self.held_facts.clear()
             try:
                 yield self._instance()
             finally:
@@ -262,7 +293,7 @@ class Database:
         if self._attached is not None and ((write and self._attached == "ro") or self._turn_is_over()):
             self.release()  # someone waits and this turn is long enough, or a read-only attachment cannot write
         if self._attached is None:
-            self._acquire_file_lock()
+            self._acquire_file_lock(reader=not write)
             try:
                 con = self._instance()
                 # a long log left behind (a killed writer) is replayed by every read-only
@@ -304,11 +335,21 @@ class Database:
             self._thread_lock.release()
 
     def _turn_is_over(self) -> bool:
-        """Another process waits and this one has held the file for a whole turn."""
-        return time.perf_counter() - self._held_from >= TURN_SECONDS and self._file_lock.others_waiting()
+        """Another process waits and this one has held the file for a whole turn (a short one when a reader waits)."""
+        held = time.perf_counter() - self._held_from
+        if held < TURN_SECONDS or not self._file_lock.others_waiting():
+            return False
+        return held >= WRITER_TURN_SECONDS or self._file_lock.readers_waiting()
 
     def _detach_held(self) -> None:
         con, self._attached, read_write = self._con, None, self._attached == "rw"
+        if con is not None and read_write and self.held_facts:
+            for callback in self._before_release:
+                try:
+                    callback(con)
+                except duckdb.Error:
+                    log.warning("saving what %s held failed; the next holder recomputes it", self.path, exc_info=True)
+        self.held_facts.clear()  # once let go, other processes may change the file
         if con is None:
             return
         if read_write and self.log_bytes() > CHECKPOINT_BYTES:
@@ -334,9 +375,9 @@ class Database:
             self._con = con
         return self._con
 
-    def _acquire_file_lock(self) -> None:
+    def _acquire_file_lock(self, *, reader: bool = False) -> None:
         try:
-            waited = self._file_lock.acquire(self.lock_timeout)
+            waited = self._file_lock.acquire(self.lock_timeout, reader=reader)
         except LockTimeout:
             raise StoreLocked(
                 f"the workspace database {self.path} stayed busy for {self.lock_timeout:g} s",
@@ -354,6 +395,7 @@ class Database:
     def _forget_after_fork(self) -> None:
         """In a forked child: the parent's lock and attachment are not ours (never touch them)."""
         self._thread_lock = threading.RLock()
+        self.held_facts.clear()
         if self._attached is not None or self._in_use:
             self._file_lock.forget()
             if self._con is not None:

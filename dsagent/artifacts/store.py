@@ -29,6 +29,7 @@ difference. Only the modules of this package run SQL.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from contextlib import contextmanager
@@ -48,7 +49,7 @@ from dsagent.artifacts.models import Artifact, Event, GcReport, NewArtifact, Own
 from dsagent.artifacts.packs import BlobPacks
 from dsagent.artifacts.rows import ARTIFACT_COLUMNS, BLOB_WHERE_COLUMNS, RUN_COLUMNS, artifact_from_row, aware_utc, run_from_row
 from dsagent.artifacts.run_queries import RunTablePage, listing_filters
-from dsagent.artifacts.transaction import Transaction
+from dsagent.artifacts.transaction import Transaction, save_held_ids
 from dsagent.errors import NotFound, SchemaTooNew
 from dsagent.settings import Settings
 from dsagent.workspace import Workspace
@@ -64,6 +65,9 @@ class Store:
         self.workspace = workspace or Workspace.from_settings(self.settings)
         self.path: Path = self.workspace.db_path
         self.db = Database(self.path, self.settings.store_lock_timeout, self.settings.store_hold_seconds)  # the locked connection
+        # a partial over the dict, not a lambda over the store: no Store <-> Database cycle
+        # (a cycle keeps the DuckDB connection alive until interpreter exit)
+        self.db.before_release(functools.partial(save_held_ids, held_facts=self.db.held_facts))
         self.blobs = BlobFiles(self.workspace.blobs_dir)
         self.packs = BlobPacks(self.workspace.blobs_dir / "packs")
         self.inline = InlineBlobs(self.db)  # bytes written before schema v4
@@ -122,7 +126,11 @@ class Store:
     def transaction(self) -> Iterator[Transaction]:
         """One atomic write: everything done through the yielded object commits together or not at all."""
         with self.db.transaction() as con:
-            yield Transaction(con, files=self.blobs, packs=self.packs, inline_max_bytes=self.settings.store_inline_max_bytes)
+            # facts (a run's last seq, the last ids handed out) carry over between transactions only
+            # while the file stays held; without holding, every transaction asks the file
+            held = self.db.held_facts if self.db.hold_seconds > 0 else None
+            yield Transaction(con, files=self.blobs, packs=self.packs, inline_max_bytes=self.settings.store_inline_max_bytes,
+                              held_facts=held)
 
     # -- writes (each in its own transaction) -----------------------------------
 

@@ -11,6 +11,9 @@ give, and which matter when six processes share a workspace on two cores:
   milliseconds, so a writer recording cell after cell cannot starve readers.
   The holder asks ``others_waiting()`` too: a process that keeps the file
   between its units of work (``connection.py``) lets go once someone waits.
+  A waiting reader also holds a shared lock on ``<lock>.reading``
+  (``readers_waiting()``): writers may take longer turns among themselves,
+  which a dashboard's read must not wait for.
 
 The timeout is implemented with a helper thread doing the blocking ``flock``;
 if the caller gives up, the thread releases the lock as soon as it gets it.
@@ -39,10 +42,12 @@ class TurnLock:
     def __init__(self, path: str) -> None:
         self.path = path
         self._waiting_path = path + ".waiting"
+        self._reading_path = path + ".reading"
         self._fd: int | None = None
         self._courtesy_until = 0.0
 
-    def acquire(self, timeout: float) -> float:
+    def acquire(self, timeout: float, *, reader: bool = False) -> float:
+        """Take the lock, waiting at most ``timeout`` s (``reader``: say so to the holder while waiting)."""
         start = time.monotonic()
         pause = self._courtesy_until - start
         if pause > 0:
@@ -51,7 +56,7 @@ class TurnLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            if not self._wait_in_line(fd, max(0.0, timeout - (time.monotonic() - start))):
+            if not self._wait_in_line(fd, max(0.0, timeout - (time.monotonic() - start)), reader):
                 raise LockTimeout(self.path) from None  # the helper thread owns fd now
         except BaseException:
             os.close(fd)
@@ -59,13 +64,17 @@ class TurnLock:
         self._fd = fd
         return time.monotonic() - start
 
-    def _wait_in_line(self, fd: int, timeout: float) -> bool:
-        waiting = os.open(self._waiting_path, os.O_RDWR | os.O_CREAT, 0o644)
+    def _wait_in_line(self, fd: int, timeout: float, reader: bool) -> bool:
+        flags = [os.open(self._waiting_path, os.O_RDWR | os.O_CREAT, 0o644)]
         try:
-            fcntl.flock(waiting, fcntl.LOCK_SH)  # "someone waits"; dropped when closed
+            if reader:
+                flags.append(os.open(self._reading_path, os.O_RDWR | os.O_CREAT, 0o644))
+            for flag in flags:
+                fcntl.flock(flag, fcntl.LOCK_SH)  # "someone (a reader) waits"; dropped when closed
             return _flock_within(fd, timeout)
         finally:
-            os.close(waiting)
+            for flag in flags:
+                os.close(flag)
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
@@ -83,17 +92,26 @@ class TurnLock:
 
     def others_waiting(self) -> bool:
         """Whether another process (or another ``TurnLock``) waits for this lock now."""
-        try:
-            fd = os.open(self._waiting_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return False
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
+        return _flagged(self._waiting_path)
+
+    def readers_waiting(self) -> bool:
+        """Whether one of those waiting is a reader."""
+        return _flagged(self._reading_path)
+
+
+def _flagged(path: str) -> bool:
+    """Whether someone holds a shared lock on ``path``."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def _flock_within(fd: int, timeout: float) -> bool:

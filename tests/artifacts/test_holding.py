@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from datetime import timedelta
 
 from dsagent.artifacts.models import NewArtifact
@@ -77,3 +78,71 @@ def test_a_store_dropped_while_holding_does_not_keep_others_out(settings):
     other = Store(settings=settings.replace(store_lock_timeout=20))
     assert other.counts()["runs"] == 1
     other.close()
+
+
+def _counters(store: Store) -> dict[str, int]:
+    with store.session(write=False) as con:
+        return dict(con.execute("SELECT name, last_id FROM id_counters").fetchall())
+
+
+def test_ids_handed_out_while_holding_are_saved_when_the_file_is_let_go(settings):
+    with Store.open(settings=settings.replace(store_hold_seconds=600)) as store:
+        run = store.create_run("exec")
+        for i in range(3):
+            _cell(store, run.id, i)
+        ids = [a.id for a in store.list_artifacts(run_id=run.id, limit=10).items]
+        assert sorted(ids) == list(range(min(ids), min(ids) + 3))  # one id after the other, no gaps
+        assert store.events(run.id)[-1].seq == 4  # status + 3 cells: seqs remembered, not recounted wrong
+        store.db.release()
+        assert _counters(store) == {"runs": run.id, "artifacts": max(ids)}
+
+
+def test_ids_stay_unique_after_a_holder_is_killed_before_saving_its_counters(settings, workspace_home):
+    victim = start_worker("hold_after_writes", str(workspace_home), "3")
+    info = first_line(victim)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=10)
+    for hold in (0, 600):  # the path that asks the file every time, and the one that remembers
+        with Store.open(settings=settings.replace(store_hold_seconds=hold)) as store:
+            used = {a.id for a in store.list_artifacts(limit=100).items}
+            runs = {r.id for r in store.list_runs(limit=100).items}
+            assert store.gc(timedelta(0)).runs >= 1  # the newest ids are deleted: they must not come back
+            assert store.counts()["artifacts"] == 0
+            run = store.create_run("exec")
+            new = store.add_artifacts(run.id, [NewArtifact("n.png", "image", "image/png", b"\x89PNG" + os.urandom(100))])
+            assert run.id > max(runs) and new[0].id > max(used)
+            store.update_run_status(run.id, "succeeded")
+
+
+def test_a_holder_can_tell_a_waiting_reader_from_a_waiting_writer(tmp_path):
+    """Writers give way after a long turn among themselves, but a reader (a dashboard) must be seen as one."""
+    import threading
+
+    from dsagent.artifacts.turns import LockTimeout, TurnLock
+
+    path = str(tmp_path / "db.lock")
+    holder = TurnLock(path)
+    holder.acquire(1)
+    try:
+        for reader in (False, True):
+            waiter = TurnLock(path)
+            gave_up = threading.Event()
+
+            def wait(waiter=waiter, reader=reader, gave_up=gave_up) -> None:
+                try:
+                    waiter.acquire(0.3, reader=reader)
+                except LockTimeout:
+                    gave_up.set()
+
+            thread = threading.Thread(target=wait)
+            thread.start()
+            deadline = time.monotonic() + 0.25
+            while not holder.others_waiting() and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert holder.others_waiting()
+            assert holder.readers_waiting() is reader
+            thread.join()
+            assert gave_up.is_set()  # the holder never let go
+            assert not holder.others_waiting() and not holder.readers_waiting()
+    finally:
+        holder.release()
