@@ -177,6 +177,7 @@ class LocalBackend(KernelBackend):
             preload=preload_list(self.settings.kernel_preload),
             start_timeout=self.settings.kernel_start_timeout,
             idle=self.settings.kernel_fork_idle,
+            launch_arguments=IPYKERNEL_ARGUMENTS,  # what _launch_arguments gives every forkable (ipykernel) kernel
         )
 
     def _kernel_env(self, extra: Mapping[str, str] | None) -> dict[str, str]:
