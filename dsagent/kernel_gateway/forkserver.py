@@ -127,6 +127,20 @@ class ForkedProcess:
         assert code is not None
         return code
 
+    async def exited(self) -> None:
+        """Return once the process has ended (woken by its pidfd, not a polling interval)."""
+        if self.poll() is not None:
+            return
+        loop = asyncio.get_running_loop()
+        ended = loop.create_future()
+        watch = os.dup(self._pidfd)  # its own number: poll() may close the pidfd meanwhile
+        loop.add_reader(watch, lambda: ended.done() or ended.set_result(None))
+        try:
+            await ended
+        finally:
+            loop.remove_reader(watch)
+            os.close(watch)
+
     def send_signal(self, sig: int) -> None:
         if self.poll() is None:
             signal.pidfd_send_signal(self._pidfd, sig)
@@ -420,10 +434,13 @@ class ForkingKernelManager(AsyncKernelManager):
     start_kernel = _async_start_kernel  # type: ignore[assignment]  # AsyncKernelManager binds these names to the originals
     shutdown_kernel = _async_shutdown_kernel  # type: ignore[assignment]
 
-    async def _async_finish_shutdown(self, waittime: float | None = None, pollinterval: float = 0.1, restart: bool = False) -> None:
-        # a forked kernel exits ~50 ms after its shutdown reply; checking its pidfd every
-        # 0.1 s would add half that again to every fresh-kernel job of a sweep
-        await super()._async_finish_shutdown(waittime, min(pollinterval, 0.01) if self.forked else pollinterval, restart)
+    async def _async_wait(self, pollinterval: float = 0.1) -> None:
+        # a forked kernel exits ~30 ms after its shutdown request; checking every 0.1 s (jupyter_client's
+        # interval) would add half that again to every fresh-kernel job of a sweep: its pidfd wakes us instead
+        process = getattr(self.provisioner, "process", None)
+        if isinstance(process, ForkedProcess):
+            await process.exited()
+        await super()._async_wait(pollinterval)
 
     def _spawn(self, kernel_cmd: list[str], kw: Mapping[str, Any]) -> ForkedProcess:
         env = kw.get("env") or dict(os.environ)

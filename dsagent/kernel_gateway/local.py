@@ -124,6 +124,7 @@ class LocalBackend(KernelBackend):
             self._start_pooled, self._stop_kernel, size, self._kernel_alive, self.settings.kernel_pool_replenish_delay
         )
         self._sessions: "weakref.WeakSet[LocalSession]" = weakref.WeakSet()  # open ones: aclose() stops them too
+        self._exits: set[asyncio.Task[None]] = set()  # forked kernels exiting in the background (see _stop_kernel)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -165,6 +166,7 @@ class LocalBackend(KernelBackend):
         await self.pool.aclose()
         for session in list(self._sessions):
             await session.shutdown()
+        await asyncio.gather(*self._exits)
 
     # -- launching (the sandbox backend overrides these two) -----------------
 
@@ -267,6 +269,18 @@ class LocalBackend(KernelBackend):
 
     async def _stop_kernel(self, kernel: _Kernel) -> None:
         kernel.kc.stop_channels()
+        if getattr(kernel.km, "forked", False):
+            # A forked kernel's exit after the shutdown request (its atexit work, then the template
+            # reaps it: ~30 ms) need not hold up the caller, as it held up every fresh-kernel job of a
+            # sweep: it goes on in the background, graceful as before (killed after
+            # shutdown_wait_time), and aclose() waits for it.
+            task = asyncio.get_running_loop().create_task(self._shutdown(kernel))
+            self._exits.add(task)
+            task.add_done_callback(self._exits.discard)
+            return
+        await self._shutdown(kernel)
+
+    async def _shutdown(self, kernel: _Kernel) -> None:
         try:
             await kernel.km.shutdown_kernel(now=False)
         except asyncio.CancelledError:
