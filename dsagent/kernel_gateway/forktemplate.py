@@ -391,6 +391,10 @@ def _adopt_shell(shell: Any, kernel: Any) -> None:
     shell.history_manager.dir_hist[:] = [pathlib.Path.cwd()]  # _dh starts at the work dir
     # what a shell built after init_io saves, and restores at exit
     shell._orig_sys_module_state.update(stdin=sys.stdin, stdout=sys.stdout, stderr=sys.stderr, excepthook=sys.excepthook)
+    # its exit handler (reset the namespace, end the history) runs where a shell built here would
+    # have put it: before the handlers registered earlier in this kernel's start, which stop iopub
+    atexit.unregister(shell.atexit_operations)
+    atexit.register(shell.atexit_operations)
 
 
 def _let_control_finish(app: object) -> None:

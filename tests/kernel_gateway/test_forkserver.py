@@ -126,6 +126,22 @@ async def test_a_forked_kernel_is_wired_like_a_normally_launched_one(backend, tm
         await b.shutdown()
 
 
+async def test_shutdown_returns_at_once_and_the_kernel_still_exits_gracefully(tmp_path):
+    """shutdown() of a forked kernel does not wait for its exit; aclose() does, and the exit runs the kernel's atexit work."""
+    async with await _warm_backend(_settings(tmp_path), pool_size=0) as backend:
+        session = await backend.start_session()
+        await session.execute(
+            "import atexit\nheld = open('unflushed.txt', 'w'); held.write('kept')\n"
+            "atexit.register(lambda: open('atexit.txt', 'w').write('ran'))"
+        )
+        pid, work = session.kernel_pid, session.work_path
+        await session.shutdown()
+        assert backend._exits  # still exiting, in the background
+    assert not backend._exits and await process_gone(pid)
+    # IPython's exit handler resets the namespace (closing, so flushing, the open file), then the user's runs
+    assert (work / "unflushed.txt").read_text() == "kept" and (work / "atexit.txt").read_text() == "ran"
+
+
 def test_a_template_forks_only_for_its_own_kernel_command_line(backend):
     """Its kernel app was configured by that command line: a request with another one is refused (and launched normally)."""
     km = backend._kernel_manager()
