@@ -189,7 +189,9 @@ class LocalBackend(KernelBackend):
         await self.pool.aclose()
         for session in list(self._sessions):
             await session.shutdown()
-        await asyncio.gather(*self._exits)
+        # (exits started under another event loop were cancelled, so killed, when that loop ended)
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(task for task in list(self._exits) if task.get_loop() is loop))
 
     # -- launching (the sandbox backend overrides these two) -----------------
 
