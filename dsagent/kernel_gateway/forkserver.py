@@ -54,6 +54,8 @@ EXIT_CODE_WAIT = 1.0
 UNKNOWN_EXIT = 255
 #: besides IMPORT_ENV_PREFIXES, what a template's environment keeps (matplotlib's and IPython's config folders)
 TEMPLATE_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "USER")
+#: the per-kernel argument in a template's kernel command line (see forktemplate.py)
+CONNECTION_FILE = "{connection_file}"
 #: seconds before a process tries again to start a template after one it started died while starting
 RETRY_AFTER_FAILURE = 60.0
 
@@ -72,8 +74,20 @@ def preload_list(setting: str) -> tuple[str, ...]:
 
 
 def forkable(kernel_cmd: list[str]) -> bool:
-    """Whether ``kernel_cmd`` starts an ipykernel the template can become (``PY -m ipykernel_launcher ...``)."""
-    return len(kernel_cmd) >= 3 and kernel_cmd[1:3] in (["-m", "ipykernel_launcher"], ["-m", "ipykernel"]) and os.path.isabs(kernel_cmd[0])
+    """Whether ``kernel_cmd`` starts an ipykernel the template can become (``PY -m ipykernel_launcher -f FILE ...``)."""
+    return (
+        len(kernel_cmd) >= 5
+        and kernel_cmd[1:3] in (["-m", "ipykernel_launcher"], ["-m", "ipykernel"])
+        and os.path.isabs(kernel_cmd[0])
+        and "-f" in kernel_cmd[3:-1]
+    )
+
+
+def template_argv(kernel_cmd: list[str]) -> tuple[str, ...]:
+    """The command line a template serves for ``kernel_cmd``: its arguments, ``{connection_file}`` for the per-kernel one."""
+    args = list(kernel_cmd[3:])
+    args[args.index("-f") + 1] = CONNECTION_FILE
+    return tuple(args)
 
 
 class ForkedProcess:
@@ -113,6 +127,20 @@ class ForkedProcess:
         assert code is not None
         return code
 
+    async def exited(self) -> None:
+        """Return once the process has ended (woken by its pidfd, not a polling interval)."""
+        if self.poll() is not None:
+            return
+        loop = asyncio.get_running_loop()
+        ended = loop.create_future()
+        watch = os.dup(self._pidfd)  # its own number: poll() may close the pidfd meanwhile
+        loop.add_reader(watch, lambda: ended.done() or ended.set_result(None))
+        try:
+            await ended
+        finally:
+            loop.remove_reader(watch)
+            os.close(watch)
+
     def send_signal(self, sig: int) -> None:
         if self.poll() is None:
             signal.pidfd_send_signal(self._pidfd, sig)
@@ -142,12 +170,13 @@ class ForkServer:
     caller launches its kernel normally and the next one is forked.
     """
 
-    def __init__(self, python: str, env: Mapping[str, str], preload: tuple[str, ...], idle: float) -> None:
+    def __init__(self, python: str, env: Mapping[str, str], preload: tuple[str, ...], idle: float, kernel_argv: tuple[str, ...]) -> None:
         self.python = python
         self.env = _template_env(env)
         self.preload = preload
         self.idle = idle
-        identity = json.dumps([python, sorted(self.env.items()), preload, str(TEMPLATE_SCRIPT), _mtime(TEMPLATE_SCRIPT)])
+        self.kernel_argv = kernel_argv  # the template builds its kernel app and shell for this command line
+        identity = json.dumps([python, sorted(self.env.items()), preload, kernel_argv, str(TEMPLATE_SCRIPT), _mtime(TEMPLATE_SCRIPT)])
         name = hashlib.sha256(identity.encode()).hexdigest()[:16]
         folder = runtime_dir()
         self.socket_path = os.path.join(folder, f"{name}.sock")
@@ -194,7 +223,7 @@ class ForkServer:
                 os.unlink(self.socket_path)  # stale: its template is gone
             with open(self.log_path, "ab") as log_file:
                 self._started = subprocess.Popen(
-                    [self.python, str(TEMPLATE_SCRIPT), self.socket_path, ",".join(self.preload), str(self.idle)],
+                    [self.python, str(TEMPLATE_SCRIPT), self.socket_path, ",".join(self.preload), str(self.idle), json.dumps(self.kernel_argv)],
                     stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=self.env,
                     cwd=os.path.dirname(self.socket_path), start_new_session=True,  # outlives us; no terminal Ctrl-C
                 )  # fmt: skip
@@ -323,13 +352,14 @@ def _forget_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_in_child)
 
 
-def fork_server_for(python: str, env: Mapping[str, str], preload: tuple[str, ...], idle: float) -> ForkServer:
-    """This process's client of the template for kernels of this interpreter, import environment and preload list."""
-    key = (python, tuple(sorted(_template_env(env).items())), preload, idle, str(TEMPLATE_SCRIPT))
+def fork_server_for(kernel_cmd: list[str], env: Mapping[str, str], preload: tuple[str, ...], idle: float) -> ForkServer:
+    """This process's client of the template for kernels of this command line, import environment and preload list."""
+    argv = template_argv(kernel_cmd)
+    key = (kernel_cmd[0], argv, tuple(sorted(_template_env(env).items())), preload, idle, str(TEMPLATE_SCRIPT))
     with _SERVERS_LOCK:
         server = _SERVERS.get(key)
         if server is None:
-            server = _SERVERS[key] = ForkServer(python, env, preload, idle)
+            server = _SERVERS[key] = ForkServer(kernel_cmd[0], env, preload, idle, argv)
         return server
 
 
@@ -356,17 +386,18 @@ class ForkingKernelManager(AsyncKernelManager):
     stock ``LocalProvisioner``; only its process object is a ``ForkedProcess``.
     """
 
-    def __init__(self, *, preload: tuple[str, ...], start_timeout: float, idle: float, **kwargs: Any) -> None:
+    def __init__(self, *, preload: tuple[str, ...], start_timeout: float, idle: float, launch_arguments: tuple[str, ...] = (), **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.preload = preload
+        self.launch_arguments = launch_arguments  # the extra_arguments its kernels are started with
         self.start_timeout = start_timeout
         self.idle = idle
         self.forked = False  # whether the current kernel process came from the template
 
     def fork_server(self, env: Mapping[str, str]) -> ForkServer | None:
         """The template client this manager's kernels would come from; None if they cannot be forked."""
-        cmd = self.format_kernel_cmd(extra_arguments=[])
-        return fork_server_for(cmd[0], env, self.preload, self.idle) if forkable(cmd) else None
+        cmd = self.format_kernel_cmd(extra_arguments=list(self.launch_arguments))
+        return fork_server_for(cmd, env, self.preload, self.idle) if forkable(cmd) else None
 
     async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
         provisioner = self.provisioner
@@ -403,14 +434,17 @@ class ForkingKernelManager(AsyncKernelManager):
     start_kernel = _async_start_kernel  # type: ignore[assignment]  # AsyncKernelManager binds these names to the originals
     shutdown_kernel = _async_shutdown_kernel  # type: ignore[assignment]
 
-    async def _async_finish_shutdown(self, waittime: float | None = None, pollinterval: float = 0.1, restart: bool = False) -> None:
-        # a forked kernel exits ~50 ms after its shutdown reply; checking its pidfd every
-        # 0.1 s would add half that again to every fresh-kernel job of a sweep
-        await super()._async_finish_shutdown(waittime, min(pollinterval, 0.01) if self.forked else pollinterval, restart)
+    async def _async_wait(self, pollinterval: float = 0.1) -> None:
+        # a forked kernel exits ~30 ms after its shutdown request; checking every 0.1 s (jupyter_client's
+        # interval) would add half that again to every fresh-kernel job of a sweep: its pidfd wakes us instead
+        process = getattr(self.provisioner, "process", None)
+        if isinstance(process, ForkedProcess):
+            await process.exited()
+        await super()._async_wait(pollinterval)
 
     def _spawn(self, kernel_cmd: list[str], kw: Mapping[str, Any]) -> ForkedProcess:
         env = kw.get("env") or dict(os.environ)
-        server = fork_server_for(kernel_cmd[0], env, self.preload, self.idle)
+        server = fork_server_for(kernel_cmd, env, self.preload, self.idle)
         return server.spawn(kernel_cmd, str(kw.get("cwd") or os.getcwd()), env, _fd(kw.get("stdout")), _fd(kw.get("stderr")), self.start_timeout)
 
 

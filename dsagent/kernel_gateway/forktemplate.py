@@ -1,6 +1,6 @@
 """The template process of the kernel fork server: imports once, then forks one ipykernel per request.
 
-Run as a script (``python forktemplate.py SOCKET PRELOAD IDLE_SECONDS``),
+Run as a script (``python forktemplate.py SOCKET PRELOAD IDLE_SECONDS KERNEL_ARGV``),
 never imported by dsagent: whatever it imports is inherited by every kernel
 forked from it, so it imports only ipykernel, IPython and the preload list,
 never dsagent itself. Clients (``forkserver.ForkServer`` in any dsagent
@@ -19,6 +19,12 @@ the process that started it (the next ``dsagent run`` finds it) and exits
 after IDLE_SECONDS with no request and no kernel alive. Each kernel ends with
 the process that asked for it (it watches that pid itself).
 
+KERNEL_ARGV (JSON) is the command line of the kernels it serves after
+``-m ipykernel_launcher``, with ``{connection_file}`` for the one argument
+that differs per kernel: the template builds the kernel application's
+configuration and its IPython shell for it once (``_prebuild``), and forks only
+for requests with that command line.
+
 The socket appears at SOCKET only once the imports are done (bound under a
 temporary name, then renamed), so a client that can connect gets a fork at
 once; one that cannot launches its kernel the normal way meanwhile.
@@ -26,10 +32,12 @@ once; one that cannot launches its kernel the normal way meanwhile.
 
 from __future__ import annotations
 
+import atexit
 import gc
 import importlib
 import json
 import os
+import pathlib
 import selectors
 import signal
 import socket
@@ -38,6 +46,7 @@ import sys
 import threading
 import time
 import traceback
+from typing import Any
 
 #: what ipykernel imports while a kernel initializes (found by diffing sys.modules in a
 #: forked kernel); imported here so each kernel does not repeat it (debugpy alone: ~0.2 s)
@@ -46,8 +55,18 @@ KERNEL_MODULES = (
     "IPython.core.completerlib", "IPython.core.debugger", "IPython.core.oinspect", "IPython.extensions.storemagic",
     "IPython.utils.wildcard", "pdb", "cProfile", "faulthandler", "mimetypes", "psutil", "resource",
     "tornado.gen", "tornado.locks", "tornado.queues", "tornado.platform.asyncio", "http.server", "xmlrpc.server",
-    "encodings.idna", "setproctitle",
+    "encodings.idna", "setproctitle", "sqlite3", "IPython.core.magics.execution", "IPython.core.magic_arguments",
+    "IPython.core.logger", "IPython.core.magics.ast_mod", "IPython.utils.module_paths",
 )  # fmt: skip
+#: where a kernel's command line has its connection file, in KERNEL_ARGV
+CONNECTION_FILE = "{connection_file}"
+#: what every forked kernel's command line gets on top of the request's: the parent poller would
+#: watch the template (its parent); _watch_owner does its job
+CHILD_ARGUMENTS = ("--IPKernelApp.parent_handle=0",)
+#: the GUI event loop enable_matplotlib asked for in the template, for each kernel to enable
+_DEFERRED_GUI: list[Any] = []
+#: this script's folder, which Python put first on sys.path (a kernel's path must not have it)
+SCRIPT_DIR = sys.path[0]
 #: how long a kernel's exit waits for each of its threads (an interpreter would wait forever)
 SHUTDOWN_JOIN_SECONDS = 5.0
 #: the largest request (argv + env) a kernel launch sends
@@ -74,29 +93,71 @@ def _preload(names: list[str]) -> None:
             print(f"fork template: cannot preload {name}: {exc}", file=sys.stderr, flush=True)
 
 
-def _warm_command_line() -> None:
-    """Parse a kernel's command line once here, so every kernel finds argparse's and traitlets' caches filled.
+def _prebuild(argv: list[str]) -> bool:
+    """Build, once, what every kernel with this command line builds alike: the app's configuration and the IPython shell.
 
-    ``IPKernelApp.parse_command_line`` builds a parser of every configurable
-    class's flags and compiles its patterns: 10-50 ms of each forked kernel's
-    start (measured), identical in every kernel. A throwaway app (not the
-    singleton ``instance()``) leaves no state but those caches behind.
+    Two thirds of a forked kernel's own start went to ``IPKernelApp.initialize()``
+    redoing this (argparse over every configurable's flags, profile and config
+    files, the shell with its magics, prefilters, completer and history, the
+    storemagic extension, the inline backend), and each template object it
+    touched cost the kernel a copy-on-write page. Nothing here opens a socket,
+    starts a thread or reads the connection file, the work dir or the kernel's
+    environment: the child does those (``_initialize_prebuilt``). False (and no
+    singleton left behind) if the configuration names another kernel or shell
+    class or anything fails: the kernels then initialize fully, as before.
     """
-    try:
-        from ipykernel.kernelapp import IPKernelApp
+    from ipykernel.compiler import XCachingCompiler
+    from ipykernel.ipkernel import IPythonKernel
+    from ipykernel.kernelapp import IPKernelApp
+    from ipykernel.zmqshell import ZMQInteractiveShell
 
-        IPKernelApp().parse_command_line(["-f", os.devnull, "--HistoryManager.hist_file=:memory:", "--IPythonKernel._execute_sleep=0",
-                                          "--IPKernelApp.parent_handle=0"])  # fmt: skip
-    except Exception as exc:  # another ipykernel version: the kernels parse their own, as before
-        print(f"fork template: cannot warm the command-line parser: {exc}", file=sys.stderr, flush=True)
+    shell = None
+    try:
+        app = IPKernelApp.instance()
+        # BaseIPythonApplication.initialize's steps, minus the crash handler (sys.excepthook is the kernel's)
+        app.parse_command_line([*argv, *CHILD_ARGUMENTS])
+        app.init_profile_dir()
+        app.init_config_files()
+        app.load_config_file()
+        app.update_config(app.cli_config)
+        kernel_config = app.config.get("IPythonKernel", {})
+        if app.subapp is not None or app.kernel_class is not IPythonKernel or {"shell_class", "compiler_class"} & set(kernel_config):
+            raise RuntimeError("the configuration names its own kernel or shell class")
+        # what IPythonKernel.__init__ builds; its own ``instance()`` call then returns this one
+        shell = ZMQInteractiveShell.instance(
+            parent=app, profile_dir=app.profile_dir, user_module=None, user_ns=app.user_ns, kernel=None, compiler_class=XCachingCompiler
+        )
+        app.shell = shell
+        app.init_extensions()  # the kernel's own call finds them loaded
+        if "matplotlib_inline.backend_inline" in sys.modules:
+            # the preloaded backend could not hook into a shell that did not exist at its import;
+            # its last step, the GUI event loop, is the kernel's: recorded here, done in _adopt_shell
+            shell.enable_gui = _DEFERRED_GUI.append
+            try:
+                shell.enable_matplotlib("inline")
+            finally:
+                del shell.enable_gui
+        if threading.active_count() != 1:
+            raise RuntimeError(f"building the shell started {threading.active_count() - 1} threads")
+        return True
+    except Exception as exc:  # another ipykernel or IPython: its kernels initialize fully
+        print(f"fork template: cannot prebuild the kernel ({type(exc).__name__}: {exc}); kernels initialize fully", file=sys.stderr, flush=True)
+        if shell is not None:
+            atexit.unregister(shell.atexit_operations)
+        _DEFERRED_GUI.clear()
+        ZMQInteractiveShell.clear_instance()
+        IPKernelApp.clear_instance()
+        return False
 
 
 class Template:
     """The accept/fork/reap loop of one template process."""
 
-    def __init__(self, listener: socket.socket, idle: float) -> None:
+    def __init__(self, listener: socket.socket, idle: float, argv: list[str], prebuilt: bool) -> None:
         self.listener = listener
         self.idle = idle
+        self.argv = argv  # the kernels' command line, CONNECTION_FILE for theirs
+        self.prebuilt = prebuilt  # whether the kernel app and its shell are built (for self.argv)
         self.selector = selectors.DefaultSelector()
         self.selector.register(listener, selectors.EVENT_READ, "accept")
         self.children: dict[int, tuple[int, socket.socket]] = {}  # pidfd -> (pid, connection)
@@ -122,6 +183,8 @@ class Template:
             conn.settimeout(10)
             data, fds, _, _ = socket.recv_fds(conn, MAX_REQUEST, 4)
             request = json.loads(data)
+            if not _same_command_line(request["argv"], self.argv):  # the prebuilt kernel was configured by it
+                raise RuntimeError(f"this template serves kernels started with {self.argv}, not {request['argv']}")
             if threading.active_count() != 1:  # a fork would copy a thread's locks in a held state
                 raise RuntimeError(f"the template runs {threading.active_count()} threads")
             sys.stdout.flush()
@@ -166,6 +229,11 @@ class Template:
             conn.close()
         self.children.clear()
         keep.close()
+
+
+def _same_command_line(argv: list[str], template: list[str]) -> bool:
+    """Whether ``argv`` is the template's kernel command line with a connection file filled in."""
+    return len(argv) == len(template) and all(a == t or t == CONNECTION_FILE for a, t in zip(argv, template))
 
 
 def _peer_uid(conn: socket.socket) -> int:
@@ -228,7 +296,7 @@ def _become_kernel(template: Template, conn: socket.socket, request: dict, fds: 
         os.environ.update(request["env"])
         _reseed()
         _watch_owner(int(request["owner"]))
-        code = _run_kernel(request["argv"])
+        code = _run_kernel(request["argv"], template.prebuilt)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:
@@ -257,23 +325,76 @@ def _finalize() -> None:
     sys.stderr.flush()
 
 
-def _run_kernel(argv: list[str]) -> int:
-    """What ``python -m ipykernel_launcher ARGS`` does, plus the inline backend's hook-up."""
+def _run_kernel(argv: list[str], prebuilt: bool) -> int:
+    """What ``python -m ipykernel_launcher ARGS`` does, on the app and shell the template built if it did."""
     import ipykernel_launcher
     from ipykernel.kernelapp import IPKernelApp
 
-    del sys.path[0]  # this script's folder; IPython's init_path adds the work dir as a kernel has it
+    if SCRIPT_DIR in sys.path:  # IPython's init_path adds the work dir as a kernel has it
+        sys.path.remove(SCRIPT_DIR)
     sys.argv = [ipykernel_launcher.__file__, *argv]
-    # the parent poller would see this template as the parent; _watch_owner does its job
     app = IPKernelApp.instance()
-    app.initialize([*argv, "--IPKernelApp.parent_handle=0"])
-    if "matplotlib_inline.backend_inline" in sys.modules and app.shell is not None:
-        # the preloaded backend module cannot hook into a shell that did not exist at its
-        # import; %matplotlib inline does exactly that hook-up now
-        app.shell.enable_matplotlib("inline")
+    if prebuilt:
+        _initialize_prebuilt(app, argv[argv.index("-f") + 1])
+    else:
+        app.initialize([*argv, *CHILD_ARGUMENTS])
+        if "matplotlib_inline.backend_inline" in sys.modules and app.shell is not None:
+            app.shell.enable_matplotlib("inline")  # as _prebuild does
     app.start()
     _let_control_finish(app)
     return 0
+
+
+def _initialize_prebuilt(app: Any, connection_file: str) -> None:
+    """``app.initialize()`` minus what ``_prebuild`` did: only what is this kernel's own runs here.
+
+    That is: the crash handler, the connection file, ports, sockets, heartbeat,
+    iopub/control/shell-channel threads, stdio and displayhook, signal
+    handlers, the kernel object (adopting the prebuilt shell), ``sys.path``,
+    extensions (already loaded: a no-op) and startup code. The skipped steps
+    are replaced for this one call by instance attributes.
+    """
+
+    def parse_command_line(argv: object = None) -> None:
+        # the template parsed this very command line but for this; initialize() re-applies
+        # the config after the (skipped) config files, so it goes into the config too
+        app.config.IPKernelApp.connection_file = connection_file
+        app.connection_file = connection_file
+
+    def init_shell() -> None:
+        type(app).init_shell(app)
+        _adopt_shell(app.shell, app.kernel)
+
+    def skip() -> None:
+        pass
+
+    replaced = {"parse_command_line": parse_command_line, "init_profile_dir": skip, "init_config_files": skip, "load_config_file": skip, "init_shell": init_shell}
+    for name, method in replaced.items():
+        setattr(app, name, method)
+    try:
+        app.initialize([])
+    finally:
+        for name in replaced:
+            delattr(app, name)
+
+
+def _adopt_shell(shell: Any, kernel: Any) -> None:
+    """Make the template's shell this kernel's, as if ``IPythonKernel.__init__`` had built it here."""
+    if shell is None or kernel is None or kernel.shell is not shell:
+        raise RuntimeError("the kernel did not take the prebuilt shell")
+    shell.parent = kernel  # what the kernel passes to a shell it builds (instance() ignored them)
+    shell.kernel = kernel
+    for gui in _DEFERRED_GUI:
+        shell.enable_gui(gui)
+    shell.init_environment()  # TERM, PAGER, ...: the request's environment replaced the template's
+    shell.starting_dir = os.getcwd()
+    shell.history_manager.dir_hist[:] = [pathlib.Path.cwd()]  # _dh starts at the work dir
+    # what a shell built after init_io saves, and restores at exit
+    shell._orig_sys_module_state.update(stdin=sys.stdin, stdout=sys.stdout, stderr=sys.stderr, excepthook=sys.excepthook)
+    # its exit handler (reset the namespace, end the history) runs where a shell built here would
+    # have put it: before the handlers registered earlier in this kernel's start, which stop iopub
+    atexit.unregister(shell.atexit_operations)
+    atexit.register(shell.atexit_operations)
 
 
 def _let_control_finish(app: object) -> None:
@@ -294,10 +415,11 @@ def _let_control_finish(app: object) -> None:
 
 def main(argv: list[str]) -> None:
     path, preload, idle = argv[0], [n.strip() for n in argv[1].split(",") if n.strip()], float(argv[2])
+    kernel_argv = json.loads(argv[3])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is for the owner, not the template
     started = time.perf_counter()
     _preload(preload)
-    _warm_command_line()
+    prebuilt = _prebuild(kernel_argv)
     # what the imports made is every kernel's and never garbage: keep collections out of it
     # (a kernel's gc.collect() at exit took 0.7 s over it, and wrote to, so un-shared, its pages)
     gc.collect()
@@ -309,9 +431,10 @@ def main(argv: list[str]) -> None:
     listener.listen(64)
     os.rename(staging, path)  # clients connect only once everything is imported
     inode = os.stat(path).st_ino
-    print(json.dumps({"ready": os.getpid(), "socket": path, "seconds": round(time.perf_counter() - started, 3)}), file=sys.stderr, flush=True)
+    ready = {"ready": os.getpid(), "socket": path, "prebuilt": prebuilt, "seconds": round(time.perf_counter() - started, 3)}
+    print(json.dumps(ready), file=sys.stderr, flush=True)
     try:
-        Template(listener, idle).serve()
+        Template(listener, idle, kernel_argv, prebuilt).serve()
     finally:
         try:
             if os.stat(path).st_ino == inode:  # not a successor's socket

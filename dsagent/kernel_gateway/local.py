@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import logging
 import os
 import queue
@@ -21,7 +22,7 @@ from typing import Any, Mapping
 import zmq
 import zmq.asyncio
 from jupyter_client import AsyncKernelClient, AsyncKernelManager
-from jupyter_client.kernelspec import NoSuchKernel
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
 from dsagent.errors import KernelDied, KernelStartFailed, SessionClosed
 from dsagent.kernel_gateway.base import KernelBackend, KernelSession, OutputHook
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 
 #: how often a silent kernel is checked for being alive; bounds death detection
 ALIVE_POLL_SECONDS = 0.2
+#: how long the kernel_info status may lag its reply before the question is asked again (see _wait_ready)
+IOPUB_RETRY_SECONDS = 0.02
 #: what a pooled kernel runs before its handout: displays a value (formatters,
 #: rich output on iopub) and leaves no name behind in the user namespace
 _WARM_UP_CELL = "__import__('IPython.display', fromlist=['display']).display(0)"
@@ -70,6 +73,26 @@ def _kill_sync(km: AsyncKernelManager) -> None:
         km.cleanup_connection_file()
     except Exception:
         pass
+
+
+#: environment variables that decide where kernelspecs are looked for (jupyter_core's paths, IPython's dir)
+_KERNELSPEC_ENV_PREFIXES = ("JUPYTER", "XDG_", "IPYTHON", "HOME", "VIRTUAL_ENV", "CONDA_PREFIX")
+
+
+def _kernel_spec_manager() -> KernelSpecManager:
+    """One kernelspec finder per search path, for all of this process's kernel managers (as jupyter_server shares one).
+
+    Each manager would otherwise make its own and work out its kernel dirs
+    again (~3 ms of every fresh kernel's start, most of it finding the
+    Jupyter and IPython data folders); the kernelspec itself is still read
+    from disk for each kernel, and a changed search path gets a new finder.
+    """
+    return _kernel_spec_manager_for(tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_KERNELSPEC_ENV_PREFIXES))))
+
+
+@functools.lru_cache(maxsize=8)
+def _kernel_spec_manager_for(env: tuple[tuple[str, str], ...]) -> KernelSpecManager:
+    return KernelSpecManager()
 
 
 def _zmq_context() -> zmq.asyncio.Context:
@@ -124,6 +147,7 @@ class LocalBackend(KernelBackend):
             self._start_pooled, self._stop_kernel, size, self._kernel_alive, self.settings.kernel_pool_replenish_delay
         )
         self._sessions: "weakref.WeakSet[LocalSession]" = weakref.WeakSet()  # open ones: aclose() stops them too
+        self._exits: set[asyncio.Task[None]] = set()  # forked kernels exiting in the background (see _stop_kernel)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -165,18 +189,23 @@ class LocalBackend(KernelBackend):
         await self.pool.aclose()
         for session in list(self._sessions):
             await session.shutdown()
+        # (exits started under another event loop were cancelled, so killed, when that loop ended)
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(task for task in list(self._exits) if task.get_loop() is loop))
 
     # -- launching (the sandbox backend overrides these two) -----------------
 
     def _kernel_manager(self) -> AsyncKernelManager:
         """A manager for one kernel of ``kernel_name``: forked from a preloaded template unless ``kernel_fork`` is off."""
         if not (self.fork_kernels and self.settings.kernel_fork):
-            return AsyncKernelManager(kernel_name=self.kernel_name)
+            return AsyncKernelManager(kernel_name=self.kernel_name, kernel_spec_manager=_kernel_spec_manager())
         return ForkingKernelManager(
             kernel_name=self.kernel_name,
+            kernel_spec_manager=_kernel_spec_manager(),
             preload=preload_list(self.settings.kernel_preload),
             start_timeout=self.settings.kernel_start_timeout,
             idle=self.settings.kernel_fork_idle,
+            launch_arguments=IPYKERNEL_ARGUMENTS,  # what _launch_arguments gives every forkable (ipykernel) kernel
         )
 
     def _kernel_env(self, extra: Mapping[str, str] | None) -> dict[str, str]:
@@ -266,6 +295,18 @@ class LocalBackend(KernelBackend):
 
     async def _stop_kernel(self, kernel: _Kernel) -> None:
         kernel.kc.stop_channels()
+        if getattr(kernel.km, "forked", False):
+            # A forked kernel's exit after the shutdown request (its atexit work, then the template
+            # reaps it: ~30 ms) need not hold up the caller, as it held up every fresh-kernel job of a
+            # sweep: it goes on in the background, graceful as before (killed after
+            # shutdown_wait_time), and aclose() waits for it.
+            task = asyncio.get_running_loop().create_task(self._shutdown(kernel))
+            self._exits.add(task)
+            task.add_done_callback(self._exits.discard)
+            return
+        await self._shutdown(kernel)
+
+    async def _shutdown(self, kernel: _Kernel) -> None:
         try:
             await kernel.km.shutdown_kernel(now=False)
         except asyncio.CancelledError:
@@ -284,12 +325,18 @@ async def _wait_ready(km: AsyncKernelManager, kc: AsyncKernelClient, timeout: fl
     ``kc.wait_for_ready`` ends with 0.2 s of listening for silence on iopub and
     retries only after a second: fine for a 1 s kernel start, most of a forked
     kernel's ~0.1 s start. Here the proof that iopub is connected is the idle
-    status of our own ``kernel_info`` request; until it shows, ask again.
+    status of our own ``kernel_info`` request; until it shows, ask again. The
+    status follows the reply at once, so the first new question goes out
+    ``IOPUB_RETRY_SECONDS`` after the reply (then twice as long each time):
+    about one forked kernel in twenty publishes it before our subscription
+    reaches the kernel, and a 0.2 s wait for it was 10 ms on average of every
+    fresh kernel's start.
     """
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
     msg_id = kc.kernel_info()
     answered = False
+    retry = IOPUB_RETRY_SECONDS
     while loop.time() < end:
         try:
             if not answered:
@@ -298,7 +345,7 @@ async def _wait_ready(km: AsyncKernelManager, kc: AsyncKernelClient, timeout: fl
                     answered = True
                     kc._handle_kernel_info_reply(msg)  # the protocol version adaptation wait_for_ready does
                 continue
-            msg = await kc.get_iopub_msg(timeout=ALIVE_POLL_SECONDS)
+            msg = await kc.get_iopub_msg(timeout=retry)
             if _is_idle_of(msg, msg_id):
                 return
         except queue.Empty:
@@ -306,6 +353,7 @@ async def _wait_ready(km: AsyncKernelManager, kc: AsyncKernelClient, timeout: fl
                 raise RuntimeError("the kernel died before it replied to kernel_info")
             if answered:  # its status went out before iopub was connected: ask again
                 msg_id, answered = kc.kernel_info(), False
+                retry = min(2 * retry, ALIVE_POLL_SECONDS)
     raise RuntimeError(f"the kernel did not answer within {timeout:g}s")
 
 

@@ -94,6 +94,65 @@ async def test_two_children_share_no_state(backend, tmp_path):
         await b.shutdown()
 
 
+#: what a kernel's own start wires up; a forked kernel adopts the template's prebuilt shell and must end up the same
+WIRING_PROBE = (
+    "import os, sys\n"
+    "ip = get_ipython()\n"
+    "print(ip.kernel is not None and ip.parent is ip.kernel and ip.kernel.shell is ip, [str(d) for d in _dh] == [os.getcwd()],"
+    " ip.starting_dir == os.getcwd(), os.environ.get('TERM'), os.environ.get('PAGER'), sorted(ip.extension_manager.loaded),"
+    " type(sys.stdout).__name__, ip._orig_sys_module_state['stdout'] is sys.stdout, ip.history_manager.hist_file,"
+    " sys.excepthook == ip.kernel.parent.excepthook, any(p.endswith('kernel_gateway') for p in sys.path), os.environ.get('DSAGENT_PROBE'))"
+)
+
+
+async def test_a_forked_kernel_is_wired_like_a_normally_launched_one(backend, tmp_path):
+    cold_settings = _settings(tmp_path, kernel_fork=False, kernel_preload="")
+    async with LocalBackend(cold_settings, pool_size=0) as cold_backend:
+        cold = await cold_backend.start_session(env={"DSAGENT_PROBE": "cold"})
+        try:
+            expected = (await cold.execute(WIRING_PROBE)).outputs[0]["text"]
+        finally:
+            await cold.shutdown()
+    a, b = await backend.start_session(env={"DSAGENT_PROBE": "cold"}), await backend.start_session()
+    try:
+        assert a._kernel.km.forked and b._kernel.km.forked
+        assert (await a.execute(WIRING_PROBE)).outputs[0]["text"] == expected
+        assert expected == "True True True xterm-color cat ['IPython.extensions.storemagic'] OutStream True :memory: False False cold\n", expected
+        # each kernel's message session is its own (it is made from the connection file, after the fork)
+        sessions = [(await s.execute("print(get_ipython().kernel.session.session)")).outputs[0]["text"] for s in (a, b)]
+        assert sessions[0] != sessions[1]
+    finally:
+        await a.shutdown()
+        await b.shutdown()
+
+
+async def test_shutdown_returns_at_once_and_the_kernel_still_exits_gracefully(tmp_path):
+    """shutdown() of a forked kernel does not wait for its exit; aclose() does, and the exit runs the kernel's atexit work."""
+    async with await _warm_backend(_settings(tmp_path), pool_size=0) as backend:
+        session = await backend.start_session()
+        await session.execute(
+            "import atexit\nheld = open('unflushed.txt', 'w'); held.write('kept')\n"
+            "atexit.register(lambda: open('atexit.txt', 'w').write('ran'))"
+        )
+        pid, work = session.kernel_pid, session.work_path
+        await session.shutdown()
+        assert backend._exits  # still exiting, in the background
+    assert not backend._exits and await process_gone(pid)
+    # IPython's exit handler resets the namespace (closing, so flushing, the open file), then the user's runs
+    assert (work / "unflushed.txt").read_text() == "kept" and (work / "atexit.txt").read_text() == "ran"
+
+
+def test_a_template_forks_only_for_its_own_kernel_command_line(backend):
+    """Its kernel app was configured by that command line: a request with another one is refused (and launched normally)."""
+    km = backend._kernel_manager()
+    server = km.fork_server(backend._kernel_env(None))
+    assert server is not None and server.wait_ready(60)
+    assert "{connection_file}" in server.kernel_argv
+    cmd = km.format_kernel_cmd(extra_arguments=["--IPythonKernel.cache_size=7"])
+    with pytest.raises(forkserver.ForkFailed, match="serves kernels started with"):
+        server.spawn(cmd, str(backend.workspace.home), backend._kernel_env(None), None, None, timeout=30)
+
+
 async def test_a_crashing_child_leaves_template_and_siblings_alone(backend):
     a, b = await backend.start_session(), await backend.start_session()
     try:

@@ -1,0 +1,140 @@
+"""Where a fresh forked kernel's life goes (issue 16): per-phase medians of start, one cell, shutdown.
+
+Prints ONE JSON object to stdout (progress goes to stderr). Each sample is a
+``local`` kernel forked from the preloaded template, as a sweep uses them:
+``start_session()``, ``1+1``, ``shutdown()``. The client's phases are timed by
+wrapping the methods that make them (jupyter_client's ``start_kernel``, the
+fork request, the wait for ``kernel_info``, the shutdown request, and the
+kernel's exit, which runs in the background after ``shutdown()`` returned);
+the kernel's own cost is read from /proc when its first cell is answered:
+CPU time of all its threads (schedstat, in ns) and its minor page faults
+(each one a page of the template copied, or a new one). Compare two trees by
+running it with each (``PYTHONPATH=<other checkout>``), interleaved, on the
+same machine.
+
+    .venv/bin/python bench/fork_phases.py                 # 30 kernels
+    .venv/bin/python bench/fork_phases.py --kernels 10    # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from dsagent.kernel_gateway import forkserver, local
+from dsagent.kernel_gateway.local import LocalBackend
+from dsagent.settings import Settings
+
+#: client-side phases: (owner, method name, phase name)
+PHASES = (
+    (forkserver.ForkingKernelManager, "start_kernel", "start_kernel (kernelspec, ports, connection file, fork request)"),
+    (forkserver.ForkServer, "spawn", "fork request round trip (the template's fork() included)"),
+    (local, "_wait_ready", "kernel_info answered and its status seen on iopub (the child's initialize() included)"),
+    (forkserver.ForkingKernelManager, "_async_request_shutdown", "shutdown request"),
+    (forkserver.ForkingKernelManager, "_async_finish_shutdown", "kernel exit, seen by its pidfd (in the background)"),
+)
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def instrument(samples: dict[str, list[float]]) -> None:
+    """Wrap each phase's method so that every call appends its wall seconds to ``samples[phase]``."""
+    for owner, name, phase in PHASES:
+        original = getattr(owner, name)
+        samples[phase] = []
+        if asyncio.iscoroutinefunction(original):
+
+            async def timed_async(*args: Any, _f: Callable[..., Any] = original, _p: str = phase, **kwargs: Any) -> Any:
+                t0 = time.perf_counter()
+                try:
+                    return await _f(*args, **kwargs)
+                finally:
+                    samples[_p].append(time.perf_counter() - t0)
+
+            setattr(owner, name, timed_async)
+        else:
+
+            def timed(*args: Any, _f: Callable[..., Any] = original, _p: str = phase, **kwargs: Any) -> Any:
+                t0 = time.perf_counter()
+                try:
+                    return _f(*args, **kwargs)
+                finally:
+                    samples[_p].append(time.perf_counter() - t0)
+
+            setattr(owner, name, timed)
+
+
+def kernel_cost(pid: int) -> tuple[float, int]:
+    """CPU milliseconds of all the kernel's threads so far, and its minor page faults."""
+    cpu_ns = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            cpu_ns += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+        except OSError:
+            pass  # a thread that just ended
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return cpu_ns / 1e6, int(fields[7])
+
+
+async def measure(kernels: int) -> dict[str, Any]:
+    samples: dict[str, list[float]] = {}
+    instrument(samples)
+    whole: dict[str, list[float]] = {"start_session": [], "first 1+1": [], "shutdown() returns": [], "cycle": []}
+    cpu_ms, faults = [], []
+    async with LocalBackend(Settings(home=tempfile.mkdtemp(prefix="dsagent-bench-")), pool_size=0) as backend:
+        await backend.warm()
+        for _ in range(3):  # the template's first forks, and this process's first kernel, pay one-off costs
+            async with await backend.start_session() as session:
+                await session.execute("1+1")
+        await backend.aclose()  # their exits, so they are not counted below
+        for series in samples.values():
+            series.clear()
+        for i in range(kernels):
+            t0 = time.perf_counter()
+            session = await backend.start_session()
+            t1 = time.perf_counter()
+            result = await session.execute("1+1")
+            t2 = time.perf_counter()
+            if not session._kernel.km.forked or result.result != "2":
+                raise SystemExit(f"kernel {i} was not forked or 1+1 gave {result.status} {result.result!r}")
+            cpu, minflt = kernel_cost(session.kernel_pid)
+            await session.shutdown()
+            t3 = time.perf_counter()
+            for key, value in (("start_session", t1 - t0), ("first 1+1", t2 - t1), ("shutdown() returns", t3 - t2), ("cycle", t3 - t0)):
+                whole[key].append(value)
+            cpu_ms.append(cpu)
+            faults.append(minflt)
+            progress(f"kernel {i + 1}/{kernels}: {(t3 - t0) * 1000:.0f} ms")
+    return {
+        "kernels": kernels,
+        "wall_median_ms": {key: round(statistics.median(v) * 1000, 2) for key, v in whole.items()},
+        "wall_min_ms": {key: round(min(v) * 1000, 2) for key, v in whole.items()},
+        "client_phase_median_ms": {key: round(statistics.median(v) * 1000, 2) for key, v in samples.items() if v},
+        "kernel_at_first_result": {"cpu_ms_all_threads_median": round(statistics.median(cpu_ms), 1), "minor_page_faults_median": statistics.median(faults)},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kernels", type=int, default=30, help="fresh kernels to measure (default 30)")
+    args = parser.parse_args(argv)
+    if sys.platform != "linux":
+        progress("the fork server is Linux-only")
+        return 2
+    report = {"load_average_1m": round(os.getloadavg()[0], 2), "tree": str(Path(local.__file__).parents[2]), **asyncio.run(measure(args.kernels))}
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
