@@ -7,6 +7,9 @@ Figures, next to the issue's targets:
 - runs_first_page_s / gallery_first_page_s: browser navigation until the Runs table shows its
   first page / the gallery's first thumbnail has loaded (median of 5; target <= 1 s each), next to
   floor_empty_page_s, a dashboard page with no data measured in the same loop (scripts + websocket);
+  the Artifacts page's table (below the gallery) joins it 0.5 s after load and is not in the gallery
+  figure. Chromium runs with the tests' CHROMIUM_ARGS (its per-tab address-bar WebUI preload off);
+  docs/architecture.md "First paint" says what the time is made of;
 - artifact_get_ms: GET /api/artifacts/{id} of a 30 KB PNG, p50 over 200 requests on fresh
   connections (target <= 20 ms), and the same bytes from ``python -m http.server`` in the same run;
 - sessions: 10 browser pages on /runs while 4 processes write runs: time from a run's creation
