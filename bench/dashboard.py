@@ -167,13 +167,14 @@ def first_pages(browser, base: str, repeats: int = 5) -> dict:
             "runs_first_page_all": [round(x, 3) for x in runs], "gallery_first_page_all": [round(x, 3) for x in gallery]}
 
 
-
 def sessions(browser, base: str, home: Path, seconds: float = 15) -> dict:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     contexts = [browser.new_context() for _ in range(10)]
     pages = [c.new_page() for c in contexts]
     for page in pages:
         page.goto(base + "runs")
-        page.get_by_text("bench run", exact=False).first.wait_for(timeout=60_000)
+        page.locator(TOP_TITLE).first.wait_for(timeout=60_000)
     started = time.time()  # a reused workspace (--workspace) holds bench runs of earlier invocations: not updates
     writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(home), str(k), str(seconds)], stdout=subprocess.PIPE, text=True)
                for k in range(4)]
@@ -183,7 +184,10 @@ def sessions(browser, base: str, home: Path, seconds: float = 15) -> dict:
     while time.monotonic() < end:
         for index, page in enumerate(pages):
             cell = page.locator(TOP_TITLE).first
-            title = cell.text_content(timeout=5000) if cell.count() else None
+            try:
+                title = cell.text_content(timeout=5000) if cell.count() else None
+            except PlaywrightTimeout:  # the row was being redrawn (a loaded machine): look again next round
+                title = None
             now = time.time()
             if title and title.startswith("bench-") and title not in seen[index] and float(title.rsplit("-", 1)[1]) >= started:
                 seen[index].add(title)
@@ -235,6 +239,7 @@ def main() -> None:
                 with sync_playwright() as playwright:
                     browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                     result["first_page"] = {**first_pages(browser, dashboard.url), "target_s": 1.0}
+                    print(json.dumps({"first_page": result["first_page"]}), file=sys.stderr, flush=True)  # kept if a later part fails
                     result["sessions"] = sessions(browser, dashboard.url, home)
                     browser.close()
         finally:

@@ -68,8 +68,8 @@ def page(ctx: "AppContext") -> pn.Column:
     dates = pn.widgets.DateRangePicker(name="created between", width=220)
     gallery = html_pane("loading…", min_height=200)
     table = Table(_frame([]), show_index=False, disabled=True, height=450, sizing_mode="stretch_width",
-                                 layout="fit_columns", widths=_WIDTHS, configuration={"columnDefaults": {"headerSort": False}}, name="artifacts",
-                                 formatters={c: {"type": "html"} for c in ("artifact", "name", "run", "download")})
+                  layout="fit_columns", widths=_WIDTHS, configuration={"columnDefaults": {"headerSort": False}}, name="artifacts",
+                  formatters={c: {"type": "html"} for c in ("artifact", "name", "run", "download")})
     pagers = {"gallery": KeysetPager(), "table": KeysetPager()}
     buttons = {}
     for which in pagers:
