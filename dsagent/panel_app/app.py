@@ -81,6 +81,7 @@ def build_server(ctx: AppContext, *, port: int, address: str, cookie_secret: str
     from dsagent.panel_app.auth import make_auth_provider
 
     pn.extension("tabulator", notifications=False)
+    _skip_module_shims()
     pages = [*_builtin_pages(), *PAGES]
     widgets.NAV[:] = [(p.route, p.title) for p in pages if p.in_nav]
     routes = _applications(ctx, pages)
@@ -101,6 +102,15 @@ def build_server(ctx: AppContext, *, port: int, address: str, cookie_secret: str
     # a daemon thread: Ctrl-C must not wait for an import that takes seconds on a busy machine
     threading.Thread(target=rest.warm_up, name="nbconvert-warm-up", daemon=True).start()
     return server
+
+
+def _skip_module_shims() -> None:
+    """Leave es-module-shims out of every page: only Panel's ESM components (JSComponent, AnyWidget) need it, and
+    no page uses one. Loaded, it ran on each page load and made an iframe to probe the browser (about:srcdoc),
+    tens of milliseconds of the main thread before the page's own scripts (bench/dashboard.py traces)."""
+    from panel.models.esm import ReactiveESM
+
+    ReactiveESM.__javascript_raw__ = []
 
 
 def _preload_handler(ctx: AppContext, preload: Callable[[AppContext, dict[str, str]], Any]):

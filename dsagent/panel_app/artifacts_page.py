@@ -6,6 +6,7 @@ artifact costs what the first does; "older" follows the cursor, "newest" starts 
 
 from __future__ import annotations
 
+import asyncio
 import html
 from typing import TYPE_CHECKING
 
@@ -13,7 +14,7 @@ import pandas as pd
 import panel as pn
 
 from dsagent.artifacts import schema
-from dsagent.panel_app.widgets import date_range_bounds, html_pane, image_tile, Notice, Poller, preloaded, artifact_link, current_user, human_size, page_frame, run_link, time_text
+from dsagent.panel_app.widgets import Table, date_range_bounds, html_pane, image_tile, Notice, Poller, preloaded, artifact_link, current_user, human_size, page_frame, run_link, time_text
 
 if TYPE_CHECKING:
     from dsagent.panel_app.context import AppContext
@@ -22,6 +23,7 @@ __all__ = ["page", "preload"]
 
 GALLERY_SIZE = 24
 TABLE_SIZE = 50
+TABLE_DELAY_S = 0.5  # after load: the gallery's thumbnails first
 COLUMNS = ["artifact", "name", "kind", "mime", "size", "run", "created", "download"]
 # fit_columns with set widths (the name takes the rest): fit_data_fill measured every cell before the first paint
 _WIDTHS = {"artifact": 80, "kind": 90, "mime": 250, "size": 90, "run": 70, "created": 170, "download": 90}
@@ -65,9 +67,9 @@ def page(ctx: "AppContext") -> pn.Column:
     name = pn.widgets.TextInput(name="name (glob or text)", placeholder="e.g. *.png", width=170)
     dates = pn.widgets.DateRangePicker(name="created between", width=220)
     gallery = html_pane("loading…", min_height=200)
-    table = pn.widgets.Tabulator(_frame([]), show_index=False, disabled=True, height=450, sizing_mode="stretch_width",
-                                 layout="fit_columns", widths=_WIDTHS, configuration={"columnDefaults": {"headerSort": False}}, name="artifacts",
-                                 formatters={c: {"type": "html"} for c in ("artifact", "name", "run", "download")})
+    table = Table(_frame([]), show_index=False, disabled=True, height=450, sizing_mode="stretch_width",
+                  layout="fit_columns", widths=_WIDTHS, configuration={"columnDefaults": {"headerSort": False}}, name="artifacts",
+                  formatters={c: {"type": "html"} for c in ("artifact", "name", "run", "download")})
     pagers = {"gallery": KeysetPager(), "table": KeysetPager()}
     buttons = {}
     for which in pagers:
@@ -156,10 +158,26 @@ def page(ctx: "AppContext") -> pn.Column:
     if first is not None:  # the first pages are in the document the browser receives
         for which, page_ in first.items():
             show(which, page_)
+    # The table sits below the gallery, out of the first screen: it joins the page TABLE_DELAY_S after the browser
+    # has shown the rest. Building a Tabulator (and its redraws) holds the browser's main thread for longer than the
+    # whole gallery takes: in the first document it held back the thumbnails, and added right on load it still
+    # landed before they had loaded (bench/dashboard.py traces). It arrives with its rows in the same message, so
+    # none are dropped by a Tabulator still being built. (Without preloaded rows the first refresh fills it on
+    # load: then it must be built already, as before.)
+    table_slot = pn.Column(sizing_mode="stretch_width", min_height=450)
+
+    async def add_table() -> None:
+        await asyncio.sleep(TABLE_DELAY_S)
+        table_slot.append(table)
+
+    if first is None:
+        table_slot.append(table)
+    else:
+        pn.state.onload(add_table)
     Poller(follow, max(2000, ctx.poll_ms * 4), first=first is None)
     return page_frame(
         "/artifacts", "Artifacts", notice.pane, pn.Row(run, name, mime, dates),
         pn.pane.Markdown("### Images"), pn.Row(*buttons["gallery"]), gallery,
-        pn.pane.Markdown("### Everything else"), pn.Row(kind, *buttons["table"]), table,
+        pn.pane.Markdown("### Everything else"), pn.Row(kind, *buttons["table"]), table_slot,
         user=current_user(),
     )

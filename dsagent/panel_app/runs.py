@@ -14,7 +14,7 @@ import pandas as pd
 import panel as pn
 
 from dsagent.artifacts import schema
-from dsagent.panel_app.widgets import date_range_bounds, Notice, Poller, preloaded, current_user, duration_text, page_frame, run_link, status_badge, time_text
+from dsagent.panel_app.widgets import Table, date_range_bounds, Notice, Poller, preloaded, current_user, duration_text, page_frame, run_link, status_badge, time_text
 
 if TYPE_CHECKING:
     from dsagent.panel_app.context import AppContext
@@ -52,7 +52,7 @@ def page(ctx: "AppContext") -> pn.Column:
     prev_button = pn.widgets.Button(name="◀ newer", width=90, disabled=True)
     next_button = pn.widgets.Button(name="older ▶", width=90, disabled=True)
     position = pn.pane.HTML("", width=260)
-    table = pn.widgets.Tabulator(
+    table = Table(
         # fit_columns with set widths: fit_data_fill measured every cell first, which made the first page
         # render markedly slower (bench/dashboard.py)
         runs_frame([]), show_index=False, disabled=True, sizing_mode="stretch_width", height=520, layout="fit_columns", widths=_WIDTHS,

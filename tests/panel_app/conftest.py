@@ -26,7 +26,11 @@ import pytest
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 # every new tab made headless chromium 156 preload its own address-bar popup (a WebUI page of ~150
+                 # chrome:// modules in a second renderer): as much CPU as our page's renderer, on 2 shared cores,
+                 # for browser chrome that headless never shows (bench/dashboard.py traces)
+                 "--disable-features=WebUIOmniboxPopup,WebUIOmniboxFullPopup,WebUIOmniboxAimPopup,PreloadTopChromeWebUI"]
 
 
 @dataclass

@@ -99,6 +99,19 @@ def test_every_page_loads_without_errors_and_shows_its_content(seeded, new_page,
     print(f"screenshots in {tmp_path}")
 
 
+def test_pages_leave_out_what_they_do_not_use(seeded, new_page):
+    """es-module-shims (for Panel's ESM components, none used) and the tables' Font Awesome cost every first paint."""
+    dashboard, *_ = seeded
+    status, _, body = dashboard.get("runs")
+    assert status == 200 and b"bokeh.min.js" in body and b"es-module-shims" not in body
+    page, problems = new_page(dashboard.url)
+    page.goto("/runs")
+    page.locator(".tabulator-row").first.wait_for()
+    # the locator does see the stylesheets in the components' shadow roots (Panel's own), just not Font Awesome's
+    assert page.locator("link[href*='loading.css']").count() and not page.locator("link[href*='font-awesome']").count()
+    assert problems.items == []
+
+
 def test_downloads_through_the_page_and_rest_have_the_stored_bytes(seeded, new_page):
     dashboard, _, added, data = seeded
     page, problems = new_page(dashboard.url)
