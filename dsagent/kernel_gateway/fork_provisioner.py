@@ -61,7 +61,7 @@ class ForkingProvisioner(LocalProvisioner):  # type: ignore[misc]
         (~1-2 s, a cold launch costs ~1 s): a server is long-lived, its later kernels are forks."""
         settings = Settings()  # this server's environment (DSAGENT_KERNEL_PRELOAD, ...) and dsagent.toml
         env = kwargs.get("env") or dict(os.environ)
-        server = fork_server_for(cmd[0], env, preload_list(settings.kernel_preload), settings.kernel_fork_idle)
+        server = fork_server_for(cmd, env, preload_list(settings.kernel_preload), settings.kernel_fork_idle)
         cwd = str(kwargs.get("cwd") or os.getcwd())
         stdout, stderr = _fd(kwargs.get("stdout")), _fd(kwargs.get("stderr"))
         try:

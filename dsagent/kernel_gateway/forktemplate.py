@@ -123,6 +123,11 @@ def _prebuild(argv: list[str]) -> bool:
         kernel_config = app.config.get("IPythonKernel", {})
         if app.subapp is not None or app.kernel_class is not IPythonKernel or {"shell_class", "compiler_class"} & set(kernel_config):
             raise RuntimeError("the configuration names its own kernel or shell class")
+        history = app.config.get("HistoryManager", {})
+        if history.get("hist_file") != ":memory:" and history.get("enabled") is not False:
+            # a history file (a server's stock kernelspec): the shell would open it and start its saving
+            # thread here, and every fork would share one session of it and that thread's held locks
+            raise RuntimeError("IPython history is kept in a file (the local backend passes --HistoryManager.hist_file=:memory:)")
         # what IPythonKernel.__init__ builds; its own ``instance()`` call then returns this one
         shell = ZMQInteractiveShell.instance(
             parent=app, profile_dir=app.profile_dir, user_module=None, user_ns=app.user_ns, kernel=None, compiler_class=XCachingCompiler
@@ -138,7 +143,7 @@ def _prebuild(argv: list[str]) -> bool:
             finally:
                 del shell.enable_gui
         if threading.active_count() != 1:
-            raise RuntimeError(f"building the shell started {threading.active_count() - 1} threads")
+            raise RuntimeError(f"building the shell started {threading.active_count() - 1} thread(s) (IPython history kept in a file?)")
         return True
     except Exception as exc:  # another ipykernel or IPython: its kernels initialize fully
         print(f"fork template: cannot prebuild the kernel ({type(exc).__name__}: {exc}); kernels initialize fully", file=sys.stderr, flush=True)

@@ -79,7 +79,7 @@ def _wait_ready(url: str, token: str, process: subprocess.Popen[bytes], log: Pat
 STOCK_KERNEL = "python3-stock"
 
 
-def install_kernelspecs(folder: Path) -> Path:
+def install_kernelspecs(folder: Path, kind: str) -> Path:
     """``python3`` forked by dsagent's provisioner (the servers' default) and ``python3-stock``; returns the JUPYTER_PATH entry.
 
     The backend under test sees the same server API either way; forked kernels
@@ -87,8 +87,11 @@ def install_kernelspecs(folder: Path) -> Path:
     these tests would otherwise spend.
     """
     argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    # history in memory (as papermill's and the local backend's kernels) lets the template build the
+    # shell once; the Jupyter Server keeps the stock file history, so its forks initialize fully
+    fork_argv = [*argv, "--HistoryManager.hist_file=:memory:"] if kind == "kernelgateway" else argv
     specs = {
-        "python3": {"argv": argv, "display_name": "Python 3 (forked)", "language": "python",
+        "python3": {"argv": fork_argv, "display_name": "Python 3 (forked)", "language": "python",
                     "metadata": {"kernel_provisioner": {"provisioner_name": PROVISIONER_NAME}}},
         STOCK_KERNEL: {"argv": argv, "display_name": "Python 3 (stock launch)", "language": "python"},
     }  # fmt: skip
@@ -104,7 +107,7 @@ def start_server(kind: str, folder: Path) -> tuple[RunningServer, subprocess.Pop
     token = secrets.token_hex(16)
     root = folder / "root"
     root.mkdir(parents=True, exist_ok=True)
-    jupyter_path = install_kernelspecs(folder / "share")
+    jupyter_path = install_kernelspecs(folder / "share", kind)
     port = free_port()
     log = folder / f"{kind}.log"
     # PYTEST_CURRENT_TEST would reach the kernels, and ipykernel stops forwarding
