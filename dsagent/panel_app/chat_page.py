@@ -452,6 +452,7 @@ class _ChatView:
         self.sending = True
         view = self._new_view(None, text, asker=self.who)
         self.feed.append(view.layout)
+        self.feed.scroll_to(len(self.feed.objects) - 1)  # the new turn in view, even when the user had scrolled up
         asyncio.ensure_future(self._start_turn(view, text))
 
     async def _start_turn(self, view: TurnView, task: str) -> None:
