@@ -222,5 +222,6 @@ if __name__ == "__main__":
         result["dashboard_cost_ms_per_step"] = round((result["browser_answer_ms"] - result["chat_turn_ms"]) / result["agent_steps_per_turn"], 1)
         result["target_dashboard_cost_ms_per_step"] = TARGET_COST_PER_STEP_MS
         result["browser_method"] = ("Chromium on the Chat page of a chat opened at page load; Enter to the question, to the plan's text "
-                                    "and to the answer visible; the next question once the turn's end line shows; the per-step cost is (browser answer - library chat turn) / agent_* events per turn")
+                                    "and to the answer visible; the next question once the turn's end line shows; the per-step cost is "
+                                    "(browser answer - library chat turn) / agent_* events per turn")
     print(json.dumps(result, indent=2))

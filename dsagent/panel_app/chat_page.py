@@ -433,6 +433,7 @@ class _ChatView:
         running = any(not v.done for v in self.views.values())
         self.stop.visible = running and self.host.running_run(self.chat_id) is not None
         self.kernel.object = ("<small>kernel: open in this server</small>" if self.host.is_open(self.chat_id) else
+                              "<small>kernel: not started here (read-only without an LLM endpoint)</small>" if self.problem else
                               "<small>kernel: closed (the next question starts it and replays the earlier cells)</small>")
         return ended
 
