@@ -72,7 +72,15 @@ def served(tmp_path_factory):
         served.start()
         # the same workspace without an LLM endpoint, booting while the first tests run
         served.no_llm = Served(home, None)
-        served.no_llm_boot = threading.Thread(target=served.no_llm.start, daemon=True)
+
+        def boot() -> None:
+            served.no_llm.start()
+            for path in ("chat", ""):  # a fresh server's first page of each kind pays Panel's lazy imports: here, not in the test
+                try:
+                    served.no_llm.dashboard.get(path)
+                except OSError:
+                    pass
+        served.no_llm_boot = threading.Thread(target=boot, daemon=True)
         served.no_llm_boot.start()
         try:
             yield served
