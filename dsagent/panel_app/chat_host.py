@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, Coroutine, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, TypeVar
 
 if TYPE_CHECKING:
     from dsagent.artifacts.store import Store
@@ -33,6 +33,7 @@ __all__ = ["ChatHost"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+FINISHING_SECONDS = 5.0  # how long a question waits for the previous turn to finish recording before "still answering"
 
 
 class ChatHost:
@@ -48,6 +49,7 @@ class ChatHost:
         self._last_used: dict[int, float] = {}  # monotonic time of the last turn end or user action
         self._viewers: dict[int, set[str]] = {}  # browser sessions showing the chat
         self._busy: dict[int, int] = {}  # chats being opened or starting a turn: never idle
+        self._watchers: dict[int, set[Callable[[], None]]] = {}  # pages to wake when a turn of the chat writes a step
         self._store: "Store | None" = None
         self._store_lock = threading.Lock()
         self._closed = False
@@ -85,6 +87,21 @@ class ChatHost:
 
     def detach(self, chat_id: int, session_id: str) -> None:
         self._viewers.get(chat_id, set()).discard(session_id)
+
+    def watch(self, chat_id: int, wake: Callable[[], None]) -> None:
+        """Call ``wake()`` (from the host's thread: it must be thread-safe) whenever a turn of the chat has
+        written a step, so a page reads it from the store at once instead of at its next poll."""
+        self._watchers.setdefault(chat_id, set()).add(wake)
+
+    def unwatch(self, chat_id: int, wake: Callable[[], None]) -> None:
+        self._watchers.get(chat_id, set()).discard(wake)
+
+    def _wake(self, chat_id: int) -> None:
+        for wake in list(self._watchers.get(chat_id, ())):
+            try:
+                wake()
+            except Exception:  # a page that went away: it is detached at session end
+                log.debug("waking a chat page failed", exc_info=True)
 
     def is_open(self, chat_id: int) -> bool:
         return chat_id in self._chats
@@ -127,7 +144,10 @@ class ChatHost:
         self._busy[chat_id] = self._busy.get(chat_id, 0) + 1
         try:
             chat = await self.open(chat_id)
-            turn = await chat.start(task, graph=graph, model=model or None, approve=True if approve else None)
+            if chat.running is not None:  # its end is shown (the status event is written) while it records its notebook
+                await asyncio.wait([asyncio.ensure_future(chat.running.wait())], timeout=FINISHING_SECONDS)
+            turn = await chat.start(task, graph=graph, model=model or None, approve=True if approve else None,
+                                    on_step=lambda _kind, _payload: self._wake(chat_id))
         finally:
             self._busy[chat_id] -= 1
         if turn.run_id is None:  # it ended before its run existed: wait() raises why
@@ -137,6 +157,7 @@ class ChatHost:
             ("launched", {"user": user, "via": "dashboard", "chat": chat_id, "graph": graph or chat.record.graph, "model": model or "",
                           "approve": approve})])
         asyncio.ensure_future(self._note_end(chat_id, turn))
+        self._wake(chat_id)
         return turn.run_id
 
     async def _note_end(self, chat_id: int, turn: Any) -> None:
@@ -145,6 +166,7 @@ class ChatHost:
         except BaseException:  # the run records its own failure; the host only counts the activity
             pass
         self._last_used[chat_id] = time.monotonic()
+        self._wake(chat_id)
 
     async def stop(self, chat_id: int, *, user: str) -> str:
         chat = self._chats.get(chat_id)

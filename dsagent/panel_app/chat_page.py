@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import html
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import panel as pn
 
@@ -55,7 +55,20 @@ class _Message(pn.chat.ChatMessage):
 
 
 class _Interface(pn.chat.ChatInterface):
+    """The ChatInterface whose questions go to ``on_question`` (the page) instead of becoming ``ChatMessage``s:
+    the page shows each turn, question included, as one light pane (``chat_render.TurnView``)."""
+
     _message_type = _Message
+
+    def __init__(self, *, on_question: Callable[[str], None], **params: Any) -> None:
+        super().__init__(**params)
+        self._on_question = on_question
+
+    def send(self, value: Any, user: str | None = None, avatar: Any = None, respond: bool = True, **params: Any) -> Any:
+        if respond and isinstance(value, str):  # Enter in the input box, or a suggested question
+            self._on_question(value)
+            return None
+        return super().send(value, user=user, avatar=avatar, respond=respond, **params)
 
 
 def llm_problem(settings: "Settings") -> str | None:
@@ -109,7 +122,7 @@ def page(ctx: "AppContext") -> pn.Column:
     notice = Notice()
     problem = llm_problem(ctx.settings)
     ref = query_arg("id") or query_arg("name")
-    sidebar = _sidebar(ctx, host, notice, ref)
+    sidebar, reload_sidebar = _sidebar(ctx, host, notice, ref)
     if ref is None:
         intro = chat_pane("<p>Pick a chat on the left, or create one with your data files: then ask questions, look at the "
                           "plots, ask follow-ups that build on the variables already in the kernel, and save the "
@@ -119,11 +132,12 @@ def page(ctx: "AppContext") -> pn.Column:
             body.insert(0, pn.pane.Alert(problem, alert_type="warning", sizing_mode="stretch_width"))
         return page_frame("/chat", "Chat", pn.Row(sidebar, pn.Column(*body, sizing_mode="stretch_width"), sizing_mode="stretch_width"),
                           user=current_user())
-    main = _ChatView(ctx, host, notice, ref, who, problem)
+    main = _ChatView(ctx, host, notice, ref, who, problem, reload_sidebar)
     return page_frame("/chat", "Chat", pn.Row(sidebar, main.layout, sizing_mode="stretch_width"), user=current_user())
 
 
-def _sidebar(ctx: "AppContext", host: ChatHost, notice: Notice, ref: str | None) -> pn.Column:
+def _sidebar(ctx: "AppContext", host: ChatHost, notice: Notice, ref: str | None) -> tuple[pn.Column, Callable[..., Any]]:
+    """The chats column, and its ``load()`` (the page calls it again when a turn ends: the turn counts change)."""
     listing = chat_pane("loading…")
     more = pn.widgets.Button(name="Older chats", button_type="light", visible=False, width=120)
     cursor: dict[str, str | None] = {"next": None}
@@ -183,7 +197,7 @@ def _sidebar(ctx: "AppContext", host: ChatHost, notice: Notice, ref: str | None)
     pn.state.onload(load)
     hint = chat_pane(f"<small>{', '.join(DATA_TYPES)}; up to {limit / 2**20:.0f} MiB each</small>", width=260)
     return pn.Column(pn.pane.Markdown("### Chats"), listing, more, pn.pane.Markdown("### New chat"), name, files, hint, agent, backend,
-                     create, message, width=290, styles={"border-right": "1px solid #eee"})
+                     create, message, width=290, styles={"border-right": "1px solid #eee"}), load
 
 
 def _go(search: str) -> None:
@@ -197,14 +211,21 @@ def _go(search: str) -> None:
 class _ChatView:
     """The right side: one chat's header, controls and feed, kept up to date from the store."""
 
-    def __init__(self, ctx: "AppContext", host: ChatHost, notice: Notice, ref: str, who: str, problem: str | None) -> None:
+    def __init__(self, ctx: "AppContext", host: ChatHost, notice: Notice, ref: str, who: str, problem: str | None,
+                 reload_sidebar: Callable[..., Any]) -> None:
         self.ctx, self.host, self.notice, self.ref, self.who, self.problem = ctx, host, notice, ref, who, problem
+        self.reload_sidebar = reload_sidebar
         self.by_id = query_arg("id") is not None
         self.chat_id: int | None = None
         self.views: dict[int, TurnView] = {}
         self.sending = False
-        self.callback: Any = None
-        self._refreshing = asyncio.Lock()  # one refresh at a time: the periodic one, and those after a click
+        self.closed = False
+        self.doc = pn.state.curdoc
+        self._follower: "asyncio.Task[None] | None" = None
+        self._woken: asyncio.Event | None = None
+        self._refreshing = asyncio.Lock()  # one refresh at a time: the follower's, and those after a click
+        self._again = False  # asked for while a refresh ran: run once more right after it
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.title = chat_pane("loading…")
         self.kernel = chat_pane("")
         self.rename_to = pn.widgets.TextInput(placeholder="new name", width=200)
@@ -219,10 +240,13 @@ class _ChatView:
         self.approve = pn.widgets.Checkbox(name="approve each cell (Run / Edit / Reject)", value=False)
         self.stop = pn.widgets.Button(name="Stop", button_type="danger", width=90, visible=False)
         self.suggest = pn.Row(sizing_mode="stretch_width")
-        self.feed = _Interface(callback=self._on_send, user=who, show_rerun=False, show_undo=False, show_clear=False, show_stop=False,
-                                          show_button_name=False, sizing_mode="stretch_width", height=640,
-                                          button_properties={k: {"icon": _SVG.format(_BUTTON_ICONS[k])} for k in ("send", "stop", "rerun", "undo", "clear")},
-                                                                                    widgets=[pn.chat.ChatAreaInput(placeholder="Ask about the data (Enter sends, Shift+Enter: new line)")])
+        # without an endpoint the chat is read-only: its history shows, the box says why it cannot ask
+        ask = pn.chat.ChatAreaInput(placeholder="No LLM endpoint is configured (see above): this chat is read-only" if problem else
+                                    "Ask about the data (Enter sends, Shift+Enter: new line)", disabled=bool(problem))
+        self.feed = _Interface(on_question=self._on_question, user=who, show_rerun=False, show_undo=False, show_clear=False,
+                               show_stop=False, show_button_name=False, sizing_mode="stretch_width", height=640,
+                               button_properties={k: {"icon": _SVG.format(_BUTTON_ICONS[k])} for k in ("send", "stop", "rerun", "undo", "clear")},
+                               widgets=[ask])
         self.rename.on_click(self._on_rename)
         self.delete.on_click(self._on_delete)
         self.save.on_click(self._on_save_chat)
@@ -239,6 +263,9 @@ class _ChatView:
     # -- loading and following -------------------------------------------------
 
     async def _load(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._woken = asyncio.Event()
+
         async def work() -> None:
             record = await self.ctx.read(_find_chat, self.ctx.store, self.ref, self.by_id)
             self.chat_id = record.id
@@ -246,13 +273,18 @@ class _ChatView:
             self._show_title(record)
             session = pn.state.curdoc.session_context.id if pn.state.curdoc and pn.state.curdoc.session_context else str(id(self))
             self.host.attach(record.id, session)
-            pn.state.on_session_destroyed(lambda _ctx, chat_id=record.id: self.host.detach(chat_id, session))
+            self.host.watch(record.id, self._wake)
+
+            def gone(_ctx: Any, chat_id: int = record.id) -> None:
+                self.host.detach(chat_id, session)
+                self.host.unwatch(chat_id, self._wake)
+                self._close()
+            pn.state.on_session_destroyed(gone)
             turns = await self.ctx.read(self._turn_runs)
-            messages = []
-            for run in turns:  # one change of the feed, not one per message: a long chat loads in one go
-                messages.extend(self._turn_messages(run.id, run.params.get("task", run.title or ""), user_shown=False))
-            if messages:
-                self.feed.objects = messages
+            for run in turns:
+                self._new_view(run.id, run.params.get("task", run.title or ""))
+            if turns:  # one change of the feed, not one per turn: a long chat loads in one go
+                self.feed.objects = [self.views[run.id].layout for run in turns]
             if not turns:
                 questions = await self.ctx.read(self._suggestions, record)
                 self.suggest.objects = [pn.pane.Markdown("**Try:**", margin=(8, 5))] + [self._suggest_button(q) for q in questions]
@@ -261,10 +293,58 @@ class _ChatView:
         if not self.problem:  # start the kernel (and replay) while the user reads and types, not after Enter
             self._opening = asyncio.ensure_future(self._open())
         await self._refresh()
-        self.callback = pn.state.add_periodic_callback(self._refresh, period=self.ctx.poll_ms)
+        self._follower = asyncio.ensure_future(self._follow())
         if not self.problem:
             models, note = await self.ctx.read(endpoint_models, self.ctx.settings)
             self.model.options, self.model.value, self.model_note.object = models, models[0], f"<small>{html.escape(note)}</small>"
+
+    def _wake(self) -> None:
+        """A turn of this chat wrote a step (called from the ChatHost's thread): the follower refreshes now."""
+        loop, woken = self._loop, self._woken
+        if loop is not None and woken is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(woken.set)
+
+    async def _follow(self) -> None:
+        """Refresh when woken by the host, else every 100 ms while a turn runs and every poll interval otherwise.
+
+        A task of its own rather than a Bokeh periodic callback: Bokeh holds the document lock for the whole of
+        an async callback (its store read included) and sends its changes only at the end, so every other
+        update of the page (a wake-up, a click) queued behind each poll. Here only ``_in_doc`` takes the lock,
+        for the moment the changes are made."""
+        assert self._woken is not None
+        while not self.closed:
+            running = any(not v.done for v in self.views.values())
+            try:
+                await asyncio.wait_for(self._woken.wait(), (min(self.ctx.poll_ms, 100) if running else self.ctx.poll_ms) / 1000)
+            except asyncio.TimeoutError:
+                pass
+            self._woken.clear()
+            await self._refresh()
+
+    def _close(self) -> None:
+        self.closed = True
+        if self._follower is not None:
+            self._follower.cancel()
+
+    async def _in_doc(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` under the document's lock as ONE update (one websocket message), from a task holding no lock."""
+        doc = self.doc
+        if doc is None or doc.session_context is None:
+            return fn(*args)
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def run() -> None:
+            try:
+                with pn.io.hold(doc):
+                    result = fn(*args)
+            except BaseException as exc:
+                if not done.done():
+                    done.set_exception(exc)
+            else:
+                if not done.done():
+                    done.set_result(result)
+        doc.add_next_tick_callback(run)
+        return await done
 
     async def _open(self) -> None:
         try:
@@ -275,7 +355,7 @@ class _ChatView:
         await self._refresh()
 
     def _turn_runs(self) -> list[Any]:
-        page_ = self.ctx.store.list_runs(parent_id=self.chat_id, kind="agent", limit=SHOWN_TURNS)
+        page_ = self.host.store.list_runs(parent_id=self.chat_id, kind="agent", limit=SHOWN_TURNS)
         return sorted(page_.items, key=lambda r: r.id)
 
     def _suggestions(self, record: "ChatRecord") -> list[str]:
@@ -288,7 +368,6 @@ class _ChatView:
         button = pn.widgets.Button(name=question[:80], button_type="light", margin=(4, 4))
 
         def ask(_: Any) -> None:
-            self.suggest.visible = False
             self.feed.send(question, user=self.who, respond=True)
         button.on_click(ask)
         return button
@@ -298,32 +377,36 @@ class _ChatView:
         self.title.object = (f"<h3 style='margin:4px 0'>{html.escape(record.name)}</h3><small>chat {record.id} · {record.graph} agent · "
                              f"{html.escape(record.backend)} kernel · datasets: {data} · <a href='./run?id={record.id}'>its run</a></small>")
 
-    def _turn_messages(self, run_id: int, task: str, *, user_shown: bool) -> list[Any]:
-        view = TurnView(run_id, on_decide=self._on_decide, on_save=self._on_save_turn)
-        self.views[run_id] = view
-        asked = [] if user_shown else [_Message(task, user="user")]
-        return [*asked, _Message(view.layout, user="dsagent", avatar="ds")]
-
-    def _add_turn(self, run_id: int, task: str, *, user_shown: bool) -> TurnView:
-        for message in self._turn_messages(run_id, task, user_shown=user_shown):
-            self.feed.send(message, respond=False)
-        return self.views[run_id]
+    def _new_view(self, run_id: int | None, task: str, asker: str = "") -> TurnView:
+        view = TurnView(run_id, task, on_decide=self._on_decide, on_save=self._on_save_turn, asker=asker)
+        if run_id is not None:
+            self.views[run_id] = view
+        return view
 
     def _poll(self, known: int, following: dict[int, int]) -> tuple[list[Any], dict[int, list[Any]]]:
-        """New turns (runs after ``known``) and new events of the turns being followed, in one worker-thread hop."""
-        store = self.ctx.store
+        """New turns (runs after ``known``) and new events of the turns being followed, in one worker-thread hop.
+
+        Through the ChatHost's store: the same DuckDB handle the turns write with, so a poll during a turn
+        takes that handle's thread lock for a moment instead of making the writer let go of the file and
+        attach it again (with a log replay) at every poll."""
+        store = self.host.store
         newest = store.list_runs(parent_id=self.chat_id, kind="agent", limit=5).items
         new = sorted((r for r in newest if r.id > known), key=lambda r: r.id)
         events = {run_id: store.events(run_id, after=after, limit=500) for run_id, after in following.items()}
+        events.update({r.id: store.events(r.id, limit=500) for r in new if r.id not in events})
         return new, events
 
     async def _refresh(self) -> None:
         if self.chat_id is None:
             return
-        if self._refreshing.locked():  # one is under way and reads the same events
+        if self._refreshing.locked():  # one is under way: it runs once more when done, so no wake-up is lost
+            self._again = True
             return
         async with self._refreshing:
-            await self._refresh_now()
+            self._again = True
+            while self._again:
+                self._again = False
+                await self._refresh_now()
 
     async def _refresh_now(self) -> None:
 
@@ -331,44 +414,61 @@ class _ChatView:
             known = max(self.views, default=0)
             following = {i: v.after for i, v in self.views.items() if not v.done}
             new, events = await self.ctx.read(self._poll, known, following)
-            if not self.sending:  # a turn this page is starting is added by _on_send, with its user message
-                for run in new:
-                    if run.id not in self.views:
-                        view = self._add_turn(run.id, run.params.get("task", run.title or ""), user_shown=False)
-                        view.apply(await self.ctx.read(self.ctx.store.events, run.id, limit=500))
-            for run_id, batch in events.items():
-                if batch:
-                    self.views[run_id].apply(batch)
-            running = any(not v.done for v in self.views.values())
-            self.stop.visible = running and self.host.running_run(self.chat_id) is not None
-            self.kernel.object = ("<small>kernel: open in this server</small>" if self.host.is_open(self.chat_id) else
-                                  "<small>kernel: closed (the next question starts it and replays the earlier cells)</small>")
-            if self.callback is not None:  # follow a running turn closely; idle chats cost one read per poll interval
-                period = min(self.ctx.poll_ms, 100) if running else self.ctx.poll_ms
-                if self.callback.period != period:
-                    self.callback.period = period
+            if await self._in_doc(self._show, new, events):  # a turn ended: the sidebar's turn counts changed
+                await self.reload_sidebar()
         await self.notice.guard(work)
+
+    def _show(self, new: list[Any], events: dict[int, list[Any]]) -> bool:
+        """Apply what ``_poll`` read (under the document lock); True when a turn ended."""
+        if not self.sending:  # a turn this page is starting is bound to its view by _start_turn
+            for run in new:
+                if run.id not in self.views:
+                    self.feed.append(self._new_view(run.id, run.params.get("task", run.title or "")).layout)
+        ended = False
+        for run_id, batch in events.items():
+            view = self.views.get(run_id)
+            if batch and view is not None and not view.done:
+                view.apply(batch)
+                ended = ended or view.done
+        running = any(not v.done for v in self.views.values())
+        self.stop.visible = running and self.host.running_run(self.chat_id) is not None
+        self.kernel.object = ("<small>kernel: open in this server</small>" if self.host.is_open(self.chat_id) else
+                              "<small>kernel: not started here (read-only without an LLM endpoint)</small>" if self.problem else
+                              "<small>kernel: closed (the next question starts it and replays the earlier cells)</small>")
+        return ended
 
     # -- actions -------------------------------------------------------------------
 
-    async def _on_send(self, contents: Any, user: str, instance: Any) -> None:
+    def _on_question(self, text: str) -> None:
+        """Enter (or a suggested question): the question and "starting…" show at once, then the turn starts."""
         if self.chat_id is None:
             return
         if self.problem:
             self.message.object = self.problem
             return
+        if self.sending:  # (a turn still running is the host's to refuse: one whose answer shows may be finishing)
+            self.message.object = "the previous question is still starting: ask again in a moment"
+            return
         self.suggest.visible = False
-        task = contents if isinstance(contents, str) else str(contents)
         self.sending = True
+        view = self._new_view(None, text, asker=self.who)
+        self.feed.append(view.layout)
+        self.feed.scroll_to(len(self.feed.objects) - 1)  # the new turn in view, even when the user had scrolled up
+        asyncio.ensure_future(self._start_turn(view, text))
+
+    async def _start_turn(self, view: TurnView, task: str) -> None:
         try:
             if not self.host.is_open(self.chat_id):
                 self.kernel.object = "<small>kernel: starting, replaying the chat's earlier cells…</small>"
             run_id = await self.host.call(self.host.start(self.chat_id, task, user=self.who, graph=self.agent.value,
                                                           model=self.model.value, approve=self.approve.value))
-            self._add_turn(run_id, task, user_shown=True)
+            view.bind(run_id)
+            self.views[run_id] = view
             self.stop.visible = True
             self.message.object = ""
-        except Exception as exc:
+        except Exception as exc:  # not a turn: the question leaves the feed, the message says why
+            if view.layout in self.feed.objects:
+                self.feed.remove(view.layout)
             self.message.object = f"<span style='color:#dc3545'>{html.escape(str(exc))}</span>"
             hint = getattr(exc, "hint", "")
             if hint:
@@ -433,6 +533,5 @@ class _ChatView:
         except Exception as exc:
             self.message.object = f"<span style='color:#dc3545'>{html.escape(str(exc))}</span>"
             return
-        if self.callback is not None:
-            self.callback.stop()
+        self._close()
         _go("")

@@ -39,6 +39,10 @@ CHAT_CSS = CSS + """
 .ds-setup summary {color: #6c757d}
 .ds-review {background: #f8f9fa; padding: 2px 8px; margin: 4px 0}
 .ds-md p {margin: 4px 0}
+.ds-turn {border-top: 1px solid #eee; padding: 6px 0}
+.ds-ask {background: #e7f1ff; border-radius: 8px; padding: 6px 10px; margin: 2px 0 6px 0; white-space: pre-wrap}
+.ds-ask b {color: #0a58ca}
+.ds-wait {color: #0d6efd; font-size: 0.9em}
 """
 
 
@@ -89,30 +93,46 @@ def _code_html(code: str) -> str:
 
 
 class TurnView:
-    """The assistant's side of one turn; ``apply(events)`` adds what the new events say.
+    """One turn of the chat: the question, then the assistant's steps; ``apply(events)`` adds what the new events say.
 
-    The steps are HTML blocks in ONE pane (cells as ``<details>``), re-rendered when events arrive:
-    a turn with twenty steps is one Bokeh model, not sixty, so a chat with many turns loads fast.
-    Only a waiting approval is made of widgets."""
+    The question and the steps are HTML blocks in ONE pane (cells as ``<details>``), re-rendered when events
+    arrive: a turn is two or three Bokeh models, not the sixty of two ``ChatMessage``s (each has an avatar,
+    name, timestamp, icons...). Adding a model to the page makes Bokeh walk every model of the document, so a
+    light turn keeps Enter-to-first-step and the per-step cost flat as the chat grows. Only a waiting
+    approval and the finished turn's "Save" button are widgets, added to the turn when needed.
 
-    def __init__(self, run_id: int, *, on_decide: Callable[[int, str, str | None, str], Any],
-                 on_save: Callable[[int], Any]) -> None:
+    A turn the page itself asks starts without a run (``run_id`` None: the question and "starting…" show at
+    once, before any store or agent work); ``bind(run_id)`` attaches it to its run once that exists."""
+
+    def __init__(self, run_id: int | None, task: str, *, on_decide: Callable[[int, str, str | None, str], Any],
+                 on_save: Callable[[int], Any], asker: str = "") -> None:
         self.run_id = run_id
+        self.task = task
         self.after = 0  # last event seq shown
         self.done = False
         self.status = "running"
         self._on_decide, self._on_save = on_decide, on_save
         self.steps = chat_pane("")
         self.tokens = pn.pane.Markdown("", visible=False, sizing_mode="stretch_width", styles={"color": "#666"})
-        self.approval = pn.Column(sizing_mode="stretch_width")
-        self.footer = pn.Column(sizing_mode="stretch_width")
-        self.layout = pn.Column(self.steps, self.approval, self.tokens, self.footer, sizing_mode="stretch_width")
+        # the finished turn's line and "Save" button exist from the start, hidden: showing them changes a property, while
+        # adding models at the end would make Bokeh walk the whole document again
+        self.footer_text = chat_pane("")
+        save = pn.widgets.Button(name="Save turn as notebook", button_type="light", width=190)
+        save.on_click(partial(self._save))
+        self.footer = pn.Row(self.footer_text, save, sizing_mode="stretch_width", visible=False)
+        self.layout = pn.Column(self.steps, self.tokens, self.footer, sizing_mode="stretch_width", css_classes=["ds-turn"])
         self._blocks: list[str] = []
         self._cells: dict[int, int] = {}  # cell number -> index of its block
         self._artifacts: list[dict[str, Any]] = []
         self._approval: dict[str, Any] | None = None
         self._token_text = ""
+        self._asker = asker
         self._launched_by = ""
+        self._render()
+
+    def bind(self, run_id: int) -> None:
+        """The turn's run exists now: follow its events."""
+        self.run_id = run_id
         self._render()
 
     # -- events -----------------------------------------------------------------
@@ -131,9 +151,14 @@ class TurnView:
             self._render()
 
     def _render(self) -> None:
+        ask = f"<div class='ds-ask'><b>{html.escape(self._asker or 'you')}</b>: {html.escape(self.task)}</div>"
+        if self.run_id is None:
+            self.steps.object = ask + "<div class='ds-wait'>starting the turn…</div>"
+            return
         by = f" · {self._launched_by}" if self._launched_by else ""
+        working = "" if self.done or self._blocks else "<div class='ds-wait'>working: the agent is planning…</div>"
         header = f"<div>turn run {run_link(self.run_id)} · {status_badge(self.status)}{by}</div>"
-        self.steps.object = header + "".join(self._blocks)
+        self.steps.object = ask + header + "".join(self._blocks) + working
 
     def _add(self, block: str) -> None:
         self._blocks.append(block)
@@ -142,6 +167,7 @@ class TurnView:
         self._add(f"<div class='ds-step'>{text}</div>")
 
     def _on_launched(self, p: dict[str, Any]) -> None:
+        self._asker = str(p.get("user") or self._asker)
         self._launched_by = f"asked by {html.escape(str(p.get('user')))} via {html.escape(str(p.get('via')))}"
 
     def _on_agent_plan(self, p: dict[str, Any]) -> None:
@@ -208,7 +234,7 @@ class TurnView:
         self._approval = {"card": card, "buttons": buttons, "state": state, "editor": editor}
         for button, action in zip(buttons, ("run", "edit", "reject")):
             button.on_click(partial(self._decide, action, editor, reason))  # a partial of a coroutine function: Panel awaits it
-        self.approval.objects = [card]
+        self.layout.insert(len(self.layout) - 1, card)  # above the footer
 
     async def _decide(self, action: str, editor: Any, reason_box: Any, _event: Any = None) -> None:
         if self._approval is None:
@@ -224,7 +250,8 @@ class TurnView:
         word = {"run": "approved", "edit": "edited and run", "reject": "rejected"}.get(p.get("action", ""), str(p.get("action")))
         reason = f": {html.escape(str(p['reason']))}" if p.get("reason") and p.get("action") == "reject" else ""
         self._note(f"<b>Approval: {html.escape(word)}</b>{reason}")
-        self.approval.objects = []
+        if self._approval["card"] in self.layout.objects:
+            self.layout.remove(self._approval["card"])
         self._approval = None
 
     def _on_agent_review(self, p: dict[str, Any]) -> None:
@@ -267,9 +294,8 @@ class TurnView:
         text = (f"artifacts: {', '.join(links)}" if links else "no artifacts") + extra
         if status == "cancelled":
             text = "stopped: the partial notebook is kept; the chat goes on. " + text
-        save = pn.widgets.Button(name="Save turn as notebook", button_type="light", width=190)
-        save.on_click(partial(self._save))
-        self.footer.append(pn.Row(chat_pane(text), save, sizing_mode="stretch_width"))
+        self.footer_text.object = text
+        self.footer.visible = True
 
     async def _save(self, _event: Any = None) -> None:
         await self._on_save(self.run_id)

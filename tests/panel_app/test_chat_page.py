@@ -2,15 +2,16 @@
 OpenAI-compatible server (loopback HTTP, the real openai SDK) and run code in real local kernels.
 
 One server for the module (restarted once, by the test that checks a chat survives a restart), one
-chat shared by the tests in order: upload, two turns with a plot, live steps, Stop, approval with an
-edit, restart. The LLM script is added per test (``llm.add``), so each test scripts only its turn.
+browser page and one chat shared by the tests in order: upload, two turns with a plot and live steps,
+Stop and Cancel, approval with an edit, the read-only page without an LLM, restart. A second server on
+the same workspace, without an LLM endpoint, boots in the background meanwhile. The LLM script is added
+per test (``llm.add``), so each test scripts only its turn.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import time
+import threading
 from pathlib import Path
 
 import psutil
@@ -21,13 +22,15 @@ from dsagent.settings import Settings
 from dsagent.testing.llm_server import LLMServer, Reply, ToolCall
 from dsagent.workspace import Workspace
 
-from .conftest import dsagent_env, serve_dashboard
+from .conftest import PageProblems, dsagent_env, serve_dashboard
 
 pytestmark = pytest.mark.xdist_group("panel-chat")
 
 ACCEPT = Reply('{"verdict": "accept", "findings": []}', role="reviewer")
-LOAD_AND_PLOT = ("import time\nimport matplotlib.pyplot as plt\n"
-                 "df = load_table(data)\nprint('rows:', len(df))\ntime.sleep(1.5)\n"
+# the cell waits for the test to say go (a file), so "the steps show while the cell runs" needs no timed sleep
+LOAD_AND_PLOT = ("import os, time\nimport matplotlib.pyplot as plt\n"
+                 "df = load_table(data)\nprint('rows:', len(df))\n"
+                 "for _ in range(1200):\n    if os.path.exists({go!r}):\n        break\n    time.sleep(0.05)\n"
                  "df.plot(x='x', y='y')\nplt.show()")
 USE_DF = "print('sum y:', df['y'].sum())"  # turn 2: `df` from turn 1, not loaded again
 CSV = "x,y\n1,2\n2,4\n3,5\n4,9\n"
@@ -45,14 +48,14 @@ def _env(home: Path, llm: LLMServer | None) -> dict[str, str]:
 class Served:
     """The module's server, restartable (same workspace), and the chat the tests share."""
 
-    def __init__(self, home: Path, llm: LLMServer) -> None:
+    def __init__(self, home: Path, llm: LLMServer | None) -> None:
         self.home, self.llm = home, llm
         self.chat_id: int | None = None
         self._cm = None
         self.dashboard = None
 
-    def start(self, *, with_llm: bool = True) -> None:
-        self._cm = serve_dashboard(self.home, env=_env(self.home, self.llm if with_llm else None))
+    def start(self) -> None:
+        self._cm = serve_dashboard(self.home, "--no-scheduler", env=_env(self.home, self.llm))
         self.dashboard = self._cm.__enter__()
 
     def stop(self) -> None:
@@ -67,10 +70,34 @@ def served(tmp_path_factory):
     with LLMServer([]) as llm:
         served = Served(home, llm)
         served.start()
+        # the same workspace without an LLM endpoint, booting while the first tests run
+        served.no_llm = Served(home, None)
+
+        def boot() -> None:
+            served.no_llm.start()
+            for path in ("chat", ""):  # a fresh server's first page of each kind pays Panel's lazy imports: here, not in the test
+                try:
+                    served.no_llm.dashboard.get(path)
+                except OSError:
+                    pass
+        served.no_llm_boot = threading.Thread(target=boot, daemon=True)
+        served.no_llm_boot.start()
         try:
             yield served
         finally:
+            served.no_llm_boot.join(60)
+            served.no_llm.stop()
             served.stop()
+
+
+@pytest.fixture(scope="module")
+def chat_page(browser):
+    """One page for the module's tests (they follow one chat in order), with its problems recorded."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(45_000)  # a fail-safe for a loaded machine, not a speed check
+    yield page, PageProblems(page)
+    context.close()
 
 
 def _store(home: Path) -> Store:
@@ -83,14 +110,6 @@ def _ask(page, text: str) -> None:
     box = page.locator("textarea[placeholder^='Ask about the data']")
     box.fill(text)
     box.press("Enter")
-
-
-def _turn_status(home: Path, run_id: int) -> str:
-    store = _store(home)
-    try:
-        return store.get_run(run_id).status
-    finally:
-        store.close()
 
 
 def _kernels_of(home: Path) -> list[psutil.Process]:
@@ -113,9 +132,9 @@ def _latest_turn(home: Path, chat_id: int):
         store.close()
 
 
-def test_upload_then_two_turns_with_a_plot_stream_live_and_share_the_kernel(served, new_page, tmp_path):
-    page, problems = new_page(served.dashboard.url)
-    page.goto("/chat")
+def test_upload_then_two_turns_with_a_plot_stream_live_and_share_the_kernel(served, chat_page, tmp_path):
+    page, problems = chat_page
+    page.goto(served.dashboard.url + "chat")
     page.get_by_text("No chats yet", exact=False).first.wait_for()
     # a wrong type is refused with a message and nothing is written
     bad = tmp_path / "notes.txt"
@@ -140,15 +159,20 @@ def test_upload_then_two_turns_with_a_plot_stream_live_and_share_the_kernel(serv
     page.wait_for_url("**/chat?id=*")
     served.chat_id = int(page.url.split("id=")[1])
     page.get_by_text("Plot the distribution of x").wait_for()  # suggested from the uploaded file's columns
+    page.get_by_text("0 turn(s)").wait_for()  # the sidebar
     page.get_by_text("kernel: open in this server").wait_for()  # opened when the page loaded, before the first question
 
-    served.llm.add(Reply("1. load the table\n2. plot y against x"), Reply(tool_calls=[ToolCall("run_code", {"code": LOAD_AND_PLOT})]),
+    go = tmp_path / "go"
+    served.llm.add(Reply("1. load the table\n2. plot y against x"),
+                   Reply(tool_calls=[ToolCall("run_code", {"code": LOAD_AND_PLOT.format(go=str(go))})]),
                    Reply("There are 4 rows; the plot shows y growing with x."), ACCEPT)
     _ask(page, "How many rows, and plot y against x")
-    # steps show while the turn runs: the cell card appears (running) before the answer exists
+    page.get_by_text("How many rows, and plot y against x").first.wait_for()  # the question, at once
+    # steps show while the turn runs: the plan and the running cell appear before the answer exists
     page.get_by_text("plot y against x", exact=True).first.wait_for()  # the plan (a markdown list)
     page.get_by_text("Cell 2 · running…").wait_for()
     assert page.get_by_text("There are 4 rows").count() == 0
+    go.touch()  # the cell goes on
     page.get_by_text("There are 4 rows; the plot shows y growing with x.").wait_for()
     page.get_by_text("rows: 4").first.wait_for()
     plot = page.locator("img.ds-plot").first
@@ -156,12 +180,14 @@ def test_upload_then_two_turns_with_a_plot_stream_live_and_share_the_kernel(serv
     assert plot.get_attribute("src").startswith("./api/artifacts/")
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=plot.element_handle())  # the PNG loaded
     page.get_by_text("Reviewer: accept").wait_for()
+    page.get_by_text("1 turn(s)").wait_for()  # the sidebar's count follows without a reload
 
     served.llm.add(Reply("1. sum y of the loaded table"), Reply(tool_calls=[ToolCall("run_code", {"code": USE_DF})]),
                    Reply("The sum of y is 20."), ACCEPT)
     _ask(page, "And the sum of y?")
     page.get_by_text("The sum of y is 20.").wait_for()
     page.get_by_text("sum y: 20").first.wait_for()  # `df` from turn 1 was still in the kernel
+    page.get_by_text("2 turn(s)").wait_for()
     page.screenshot(path=str(tmp_path / "chat-two-turns.png"), full_page=True)
     follow_up = [r for r in served.llm.requests if "sum of y" in json.dumps(r.messages)][0]
     assert "df = load_table(data)" in json.dumps(follow_up.messages)  # the history carried turn 1's code
@@ -183,50 +209,46 @@ def test_upload_then_two_turns_with_a_plot_stream_live_and_share_the_kernel(serv
     print(f"screenshots in {tmp_path}")
 
 
-def test_stop_cancels_a_long_cell_and_the_chat_goes_on(served, new_page, tmp_path):
-    page, problems = new_page(served.dashboard.url)
-    page.goto(f"/chat?id={served.chat_id}")
-    page.get_by_text("The sum of y is 20.").wait_for()  # the earlier turns, rebuilt from the store
+def test_stop_and_cancel_from_the_run_page_end_a_long_cell_and_the_chat_goes_on(served, chat_page, browser):
+    """Stop on the chat page, then Cancel on a running turn's own run page (a chat's turn runs inside the
+    dashboard process: Cancel must stop it through the chat, never signal the dashboard); then the next turn
+    finds what earlier cells made."""
+    page, problems = chat_page
     served.llm.add(Reply("1. wait a long time"), Reply(tool_calls=[ToolCall("run_code", {"code": "import time\ntime.sleep(120)"})]))
     _ask(page, "Wait for two minutes")
     page.get_by_text("running…").first.wait_for()
     page.get_by_role("button", name="Stop").click()
     page.get_by_text("the partial notebook is kept; the chat goes on").wait_for()
+    assert _latest_turn(served.home, served.chat_id).status == "cancelled"
+
+    served.llm.add(Reply("1. wait"), Reply(tool_calls=[ToolCall("run_code", {"code": "import time\ntime.sleep(120)"})]))
+    _ask(page, "Wait again")
+    page.get_by_text("running…").first.wait_for()
     turn = _latest_turn(served.home, served.chat_id)
-    assert turn.status == "cancelled"
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        run_page = context.new_page()
+        run_problems = PageProblems(run_page)
+        run_page.goto(f"{served.dashboard.url}run?id={turn.id}")
+        run_page.get_by_role("button", name="Cancel run").click()
+        run_page.get_by_text("turn stopped").wait_for()
+        run_page.get_by_text("cancelled").first.wait_for()
+    finally:
+        context.close()
+    assert _latest_turn(served.home, served.chat_id).status == "cancelled"
+    assert served.dashboard.process.poll() is None  # the dashboard itself is still up
+    page.get_by_text("stopped: the partial notebook is kept").nth(1).wait_for()  # the chat page follows that too
+
     served.llm.add(Reply("1. print"), Reply(tool_calls=[ToolCall("run_code", {"code": "print('after stop', df.shape)"})]),
                    Reply("Still here."), ACCEPT)
     _ask(page, "Are you still there?")
     page.get_by_text("Still here.").wait_for()
     page.get_by_text("after stop (4, 2)").first.wait_for()  # the kernel kept what earlier cells made
-    assert problems.items == [], problems.items
-
-
-def test_cancel_on_a_running_turns_own_page_stops_it_through_the_chat(served, new_page, tmp_path):
-    """A chat's turn runs inside the dashboard process: its run page's Cancel must stop the turn, not refuse
-    (and never signal the dashboard)."""
-    page, problems = new_page(served.dashboard.url)
-    page.goto(f"/chat?id={served.chat_id}")
-    page.get_by_text("The sum of y is 20.").wait_for()
-    served.llm.add(Reply("1. wait"), Reply(tool_calls=[ToolCall("run_code", {"code": "import time\ntime.sleep(120)"})]))
-    _ask(page, "Wait again")
-    page.get_by_text("running…").first.wait_for()
-    turn = _latest_turn(served.home, served.chat_id)
-    run_page, run_problems = new_page(served.dashboard.url)
-    run_page.goto(f"/run?id={turn.id}")
-    run_page.get_by_role("button", name="Cancel run").click()
-    run_page.get_by_text("turn stopped").wait_for()
-    run_page.get_by_text("cancelled").first.wait_for()
-    assert _latest_turn(served.home, served.chat_id).status == "cancelled"
-    assert served.dashboard.process.poll() is None  # the dashboard itself is still up
     assert problems.items == [] and run_problems.items == [], (problems.items, run_problems.items)
 
 
-def test_approval_with_an_edit_runs_and_records_the_edited_code(served, new_page, tmp_path):
-    page, problems = new_page(served.dashboard.url)
-    page.goto(f"/chat?id={served.chat_id}")
-    page.get_by_text("The sum of y is 20.").wait_for()
-    page.get_by_text("kernel: open in this server").wait_for()
+def test_approval_with_an_edit_runs_and_records_the_edited_code(served, chat_page, tmp_path):
+    page, problems = chat_page
     approve = page.locator("input[type=checkbox]").first  # "approve each cell (Run / Edit / Reject)"
     approve.check()
     assert approve.is_checked()
@@ -251,26 +273,40 @@ def test_approval_with_an_edit_runs_and_records_the_edited_code(served, new_page
     assert problems.items == [], problems.items
 
 
-def test_the_chat_survives_a_restart_and_the_page_says_how_to_configure_an_llm(served, new_page, tmp_path):
+def test_without_an_llm_the_page_shows_the_history_read_only_and_how_to_configure_one(served, browser, tmp_path):
+    served.no_llm_boot.join(120)
+    assert served.no_llm.dashboard is not None, "the second server did not start"
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+        problems = PageProblems(page)
+        page.goto(f"{served.no_llm.dashboard.url}chat?id={served.chat_id}")
+        page.get_by_text("No LLM endpoint is configured").first.wait_for()
+        assert page.get_by_text("OPENAI_BASE_URL").count() > 0
+        page.get_by_text("The sum of y is 20.").wait_for()  # the earlier turns, read from the store
+        page.get_by_text("Printed what you asked.").wait_for()
+        box = page.locator("textarea[placeholder*='read-only']")
+        assert box.is_disabled()
+        page.screenshot(path=str(tmp_path / "chat-no-llm.png"), full_page=True)
+        page.goto(served.no_llm.dashboard.url)  # the other pages work without an endpoint: the Overview lists the latest turn
+        page.get_by_text("Print something").first.wait_for()
+        page.wait_for_load_state("networkidle")  # its thumbnails load after the page: not into a server that is gone
+        assert problems.items == [], problems.items
+    finally:
+        context.close()
+    served.no_llm.stop()
+
+
+def test_the_chat_survives_a_restart_and_continues(served, chat_page, tmp_path):
+    page, problems = chat_page
+    page.goto("about:blank")
     kernels = _kernels_of(served.home)
     assert kernels, "the open chat has a kernel process"
     served.stop()  # Ctrl-C: the chats' kernels are shut down with the server
     gone, alive = psutil.wait_procs(kernels, timeout=10)
     assert not alive, [p.cmdline() for p in alive]
-    # without an endpoint, the page says how to configure one; the rest of the dashboard works
-    served.start(with_llm=False)
-    page, problems = new_page(served.dashboard.url)
-    page.goto(f"/chat?id={served.chat_id}")
-    page.get_by_text("No LLM endpoint is configured").first.wait_for()
-    assert page.get_by_text("OPENAI_BASE_URL").count() > 0
-    page.screenshot(path=str(tmp_path / "chat-no-llm.png"), full_page=True)
-    page.goto("/")  # the other pages work without an endpoint: the Overview lists the latest turn
-    page.get_by_text("Print something").first.wait_for()
-    page.wait_for_load_state("networkidle")  # its thumbnails load after the page: not into a server that is gone
-    page.goto("about:blank")
-    served.stop()
-    # with it again: the chat continues, its kernel rebuilt by replaying the recorded cells
-    served.start()  # on another port: absolute addresses from here
+    # started again: the chat continues, its kernel rebuilt by replaying the recorded cells
+    served.start()  # on another port
     page.goto(f"{served.dashboard.url}chat?id={served.chat_id}")
     page.get_by_text("Printed what you asked.").wait_for()
     served.llm.add(Reply("1. use df"), Reply(tool_calls=[ToolCall("run_code", {"code": "print('after restart', df['y'].max())"})]),
