@@ -16,6 +16,7 @@ With auth on, a request needs the login cookie or ``Authorization: Basic``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import tempfile
@@ -36,6 +37,10 @@ __all__ = ["routes", "PREVIEW_CSP"]
 PREVIEW_CSP = ("sandbox allow-scripts; default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
                "img-src data: blob:; font-src data:; connect-src 'none'; form-action 'none'; base-uri 'none'")
 _SCRIPT = re.compile(r"<script\b[^>]*>.*?</script>", re.S | re.I)
+
+
+#: how long the byte routes (artifact bytes, thumbnails) wait for a busy store before answering 503
+BYTES_PATIENCE_S = 10.0
 
 
 class BadParameter(DsagentError):
@@ -79,6 +84,18 @@ class ApiHandler(RequestHandler):
 
     async def read(self, fn, *args, **kwargs):
         return await self.ctx.read(fn, *args, **kwargs)
+
+    async def read_patiently(self, fn, *args, **kwargs):
+        """``read`` that waits out a busy store for up to BYTES_PATIENCE_S: an ``<img>`` or a download
+        link cannot retry a 503 the way the pages and API clients do, it would just show broken."""
+        deadline = asyncio.get_running_loop().time() + BYTES_PATIENCE_S
+        while True:
+            try:
+                return await self.ctx.read(fn, *args, **kwargs)
+            except StoreLocked:
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise
+                await asyncio.sleep(0.1)
 
     async def guarded(self, coro_fn) -> None:
         """Run the handler body, turning dsagent errors into JSON answers."""
@@ -222,7 +239,7 @@ def content_disposition(name: str, *, inline: bool = False) -> str:
 class ArtifactBytesHandler(ApiHandler):
     async def get(self, artifact_id: str) -> None:
         async def body() -> None:
-            artifact, data = await self.read(self.ctx.store.read_artifact, _id(artifact_id, "artifact"))
+            artifact, data = await self.read_patiently(self.ctx.store.read_artifact, _id(artifact_id, "artifact"))
             etag = f'"{artifact.sha256}"'
             self.set_header("ETag", etag)
             self.set_header("Cache-Control", "private, max-age=3600")
@@ -335,10 +352,10 @@ class ThumbHandler(ApiHandler):
             if kept is not None:  # the gallery names the content: a kept thumbnail needs no store read (no lock turn)
                 self._send_thumb(kept, "image/png")
                 return
-            artifact = await self.read(self.ctx.store.get_artifact, aid)
-            thumb = await self.read(thumbnail, self.ctx.thumbnails_dir, artifact.sha256, lambda: self.ctx.store.read_bytes(aid))
+            artifact = await self.read_patiently(self.ctx.store.get_artifact, aid)
+            thumb = await self.read_patiently(thumbnail, self.ctx.thumbnails_dir, artifact.sha256, lambda: self.ctx.store.read_bytes(aid))
             if thumb is None:  # not a raster image: the full bytes (an SVG shown through <img> cannot run scripts)
-                _, thumb = await self.read(self.ctx.store.read_artifact, aid)
+                _, thumb = await self.read_patiently(self.ctx.store.read_artifact, aid)
                 self._send_thumb(thumb, artifact.mime)
             else:
                 self._send_thumb(thumb, "image/png")

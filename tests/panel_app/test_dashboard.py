@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -285,22 +286,28 @@ def test_cancel_from_the_run_page_ends_the_run_cancelled_with_no_kernel_left(see
 
 
 def test_a_long_locked_store_makes_pages_say_busy_and_recover(seeded, new_page):
-    dashboard, _, _, _ = seeded
+    dashboard, _, added, stored = seeded
     page, problems = new_page(dashboard.url)
     page.goto("/runs")
     page.get_by_text("seeded report").first.wait_for()
     holder = Store(settings=Settings(home=str(dashboard.home)))
     opened, opened_problems = new_page(dashboard.url)
-    with holder.db.locked():  # another process keeps the workspace busy (a long gc, say)
+    with ThreadPoolExecutor(1) as pool, holder.db.locked():  # another process keeps the workspace busy (a long gc, say)
         page.get_by_text("is busy").first.wait_for()
         status, body = dashboard.get_json("api/runs")
         assert status == 503 and "busy" in body["hint"]
         opened.goto("/artifacts")  # a page opened while the store is busy: its preload gives up, the page says so
         opened.get_by_text("is busy").first.wait_for()
+        # bytes (an <img>, a download link) cannot retry a 503: their routes wait for the store instead
+        fetched = pool.submit(dashboard.get, f"api/artifacts/{added['plot one.png'].id}")
+        time.sleep(0.5)
+        assert not fetched.done()
     page.get_by_text("is busy").first.wait_for(state="hidden")
     page.get_by_text("seeded report").first.wait_for()
     opened.get_by_text("numbers.csv").first.wait_for()  # and fills in once the store is free
     holder.close()
+    status, _, body = fetched.result(timeout=30)
+    assert status == 200 and body == stored["plot one.png"]
     assert [p for p in problems.items + opened_problems.items if "503" not in p] == []
 
 
