@@ -205,7 +205,9 @@ async def _dask_client(cluster: str | None, settings: Settings, workers: int | N
     if cluster in (None, "", "local"):
         home = str(Workspace.from_settings(settings).home)  # the workers' kernels keep their folders and logs in this workspace
         local = await LocalCluster(n_workers=workers or settings.batch_workers, threads_per_worker=settings.batch_threads_per_worker,
-                                   processes=True, asynchronous=True, dashboard_address=":0", silence_logs=logging.ERROR,
+                                   # no Bokeh dashboard: no one is shown its link, and it cost an import of bokeh and
+                                   # periodic updates in this process (the sweep's progress is dsagent's own)
+                                   processes=True, asynchronous=True, dashboard_address=None, silence_logs=logging.ERROR,
                                    env={"DSAGENT_HOME": home})
         log.info("batch: LocalCluster of %d workers started", len(local.workers))
         try:

@@ -75,3 +75,16 @@ def test_a_group_with_an_unknown_run_writes_nothing(store, settings):
     with pytest.raises(NotFound):
         store.apply_journals([(child.id, _journal(child.id, settings, 1)), (10_000, [("status", "running", None, child.created)])])
     assert store.get_run(child.id).status == "queued" and [e.type for e in store.events(child.id)] == ["status"]
+
+
+def test_children_are_created_together_as_create_run_would_make_them(store):
+    batch = store.create_run("batch")
+    single = store.create_run("batch-child", status="queued", title="nb [01]", params={"n": 0}, backend="local", parent_id=batch.id)
+    made = store.create_children(batch.id, [{"n": i} for i in range(12)], title="nb", backend="local")
+    assert [c.title for c in made[:2]] == ["nb [01]", "nb [02]"] and [c.params for c in made] == [{"n": i} for i in range(12)]
+    assert [c.id for c in made] == list(range(single.id + 1, single.id + 13))  # ids from the same counter, in order
+    first = made[0]
+    assert (first.kind, first.status, first.parent_id, first.backend, first.owner_pid, first.owner_host, first.started) == (
+        single.kind, single.status, single.parent_id, single.backend, single.owner_pid, single.owner_host, None)
+    assert [(e.seq, e.type, e.payload) for e in store.events(first.id)] == [(e.seq, e.type, e.payload) for e in store.events(single.id)]
+    assert store.create_run("exec").id == made[-1].id + 1
