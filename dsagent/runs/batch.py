@@ -263,8 +263,10 @@ class _Sweep:
             log.info("batch %s: kernel pools set up on the workers", recorder.run_id)
             self.writer = GroupWriter(store, self.settings.batch_write_delay)
             try:
-                slots = sum((await client.nthreads()).values()) or 1
-                await self._drive(client, store, max_parallel or slots)
+                threads = await client.nthreads()
+                # by default one child more per worker than it runs at once: it waits on the worker, which starts
+                # it as soon as a thread frees, not after the result went to this process and a new task came back
+                await self._drive(client, store, max_parallel or (sum(threads.values()) + len(threads)) or 1)
                 await self.writer.close()
             except BaseException:
                 await asyncio.shield(self._cancel(client, store, recorder.run_id))
