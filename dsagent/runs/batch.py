@@ -7,8 +7,9 @@ Dask cluster: a ``LocalCluster`` of worker processes by default, or the
 scheduler at ``cluster="tcp://host:8786"`` (dask-kubernetes, dask-jobqueue,
 ...). Each worker keeps a warm kernel pool (``batch_worker.KernelPoolPlugin``);
 a task receives the notebook's bytes and returns the executed notebook and
-captured artifacts as a journal; only this process writes the store, one
-transaction per child.
+captured artifacts as a journal; only this process writes the store, the
+results of children that finish close together in one transaction
+(``batch_writer.GroupWriter``).
 
 Failures: a failed child (a cell raised, its kernel or its Dask worker died)
 is tried again up to ``retries`` times, then recorded failed with the reason;
@@ -162,7 +163,7 @@ async def execute_batch(
     ``grid``: parameter sets (see ``expand_grid``) or a YAML file. ``cluster``:
     ``"local"``/None for a LocalCluster of ``workers`` processes (setting
     ``batch_workers``), or a Dask scheduler address. ``max_parallel``: children
-    in flight at once (default: the cluster's threads). ``retries``: further
+    in flight at once (default: the cluster's threads plus one waiting per worker). ``retries``: further
     attempts of a failed child (setting ``batch_retries``). ``confirm``: True, or
     a callable asked with the count, to run more than ``batch_confirm_above``
     children. ``launched``: who started it (a ``launched`` event on the batch run).
