@@ -6,7 +6,10 @@ Prints ONE JSON object to stdout (progress goes to stderr):
   LocalCluster started for it, for each worker count in ``--workers`` (2 and
   4 by default): notebooks per second over the children (first submit to last
   result) and over the whole call (cluster start, checks, store), and what
-  writing the children's results cost the caller per child (``store_ms_per_child``);
+  writing the children's results cost the caller per child (``store_ms_per_child``, wall time of the
+  group-commit writes; ``store_transactions``: how many groups they took), and the CPU a child cost
+  each kind of process (``cpu_ms_per_child``: caller, Dask workers, kernels with their fork template;
+  at 10 notebooks/s two cores give 200 ms in all);
 * ``papermill_api``: a loop of ``papermill.execute_notebook(...)`` in this
   process (its default engine: a fresh kernel per notebook), sampled on
   ``--api-sample`` notebooks and extrapolated to N;
@@ -55,24 +58,100 @@ def write_notebook(folder: Path) -> Path:
     return path
 
 
+class CpuMeter:
+    """CPU seconds used while the children run, by who used them: this process (client, scheduler, store writes), the
+    Dask worker processes (our descendants), and the fork templates of this interpreter with the kernels they reaped.
+    CPU, unlike wall time, says where a child's cost goes even on a loaded machine."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.psutil = psutil
+        self.me = psutil.Process()
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.templates = self._templates()
+        self.start_me = self._cpu(self.me)
+        self.start_templates = sum(self._cpu(p, children=True) for p in self.templates)
+        self._stop = False
+
+    def _templates(self) -> list[Any]:
+        found = []
+        for proc in self.psutil.process_iter(["cmdline"]):
+            line = proc.info["cmdline"] or []
+            if len(line) > 1 and line[0] == sys.executable and line[1].endswith("forktemplate.py"):
+                found.append(proc)
+        return found
+
+    def _cpu(self, proc: Any, children: bool = False) -> float:
+        try:
+            t = proc.cpu_times()
+        except self.psutil.Error:
+            return 0.0
+        return t.user + t.system + ((t.children_user + t.children_system) if children else 0.0)
+
+    def sample(self) -> None:
+        """The workers' CPU so far (they are gone once the sweep's LocalCluster closes)."""
+        try:
+            workers = self.me.children(recursive=True)
+        except self.psutil.Error:
+            return
+        for proc in workers:
+            used = self._cpu(proc)
+            if used:
+                self.first.setdefault(proc.pid, used)
+                self.last[proc.pid] = used
+
+    async def run(self) -> None:
+        while not self._stop:
+            await asyncio.to_thread(self.sample)
+            await asyncio.sleep(0.1)
+
+    def result(self, n: int) -> dict[str, float]:
+        caller = self._cpu(self.me) - self.start_me
+        workers = sum(self.last[p] - self.first[p] for p in self.last)
+        kernels = sum(self._cpu(p, children=True) for p in self.templates) - self.start_templates
+        per = lambda seconds: round(1000 * seconds / max(n, 1), 1)  # noqa: E731
+        return {"caller": per(caller), "dask_workers": per(workers), "kernels_and_fork_template": per(kernels),
+                "total": per(caller + workers + kernels)}
+
+
 async def sweep(nb: Path, n: int, workers: int, home: Path) -> dict[str, Any]:
     from dsagent.runs.batch import execute_batch
     from dsagent.settings import Settings
 
     settings = Settings(home=str(home), batch_confirm_above=max(n, 1))
     times: list[float] = []
+    meters: list[tuple[CpuMeter, asyncio.Task[None]]] = []
+
+    def started(run: Any, children: Any) -> None:
+        times.append(time.perf_counter())
+        meter = CpuMeter()
+        meters.append((meter, asyncio.ensure_future(meter.run())))
+
+    def finished(update: Any) -> None:
+        times.append(time.perf_counter())
+        if update.done == n and meters:  # the last child: stop measuring before the cluster closes
+            meters[0][0].sample()
+            meters[0][0]._stop = True
+
     t0 = time.perf_counter()
-    outcome = await execute_batch(nb, {"n": list(range(n))}, workers=workers, settings=settings, retries=0,
-                                  on_start=lambda run, children: times.append(time.perf_counter()),
-                                  on_child=lambda update: times.append(time.perf_counter()))
+    outcome = await execute_batch(nb, {"n": list(range(n))}, workers=workers, settings=settings, retries=0, on_start=started, on_child=finished)
     total = time.perf_counter() - t0
     children = times[-1] - times[0]
     ok = outcome.counts.get("succeeded", 0)
-    say(f"run_batch workers={workers}: {n} notebooks, {ok} succeeded, children {children:.1f}s, call {total:.1f}s")
+    meter, task = meters[0]
+    meter._stop = True
+    await task
+    cpu = meter.result(n)
+    say(f"run_batch workers={workers}: {n} notebooks, {ok} succeeded, children {children:.1f}s, call {total:.1f}s, CPU ms/child {cpu}")
     return {
         "workers": workers, "notebooks": n, "succeeded": ok, "children_seconds": round(children, 3), "call_seconds": round(total, 3),
         "notebooks_per_second": round(n / children, 3), "notebooks_per_second_whole_call": round(n / total, 3),
         "store_ms_per_child": round(1000 * outcome.store_seconds / max(n, 1), 2),
+        "store_transactions": outcome.store_groups,
+        "cpu_ms_per_child": cpu,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
 
 

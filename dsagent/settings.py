@@ -109,6 +109,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batch_threads_per_worker", 1, "Children each LocalCluster worker runs at once (each has its own warm kernel).", int),
     Setting("batch_retries", 1, "Further attempts of a failed batch child (a cell raised, its kernel or Dask worker died) before it is recorded failed.", int),
     Setting("batch_confirm_above", 200, "A sweep with more parameter sets than this needs confirming (--yes, confirm=True).", int),
+    Setting("batch_write_delay", 0.2, "Seconds a finished batch child's results may wait for others to share its store transaction (group commit; 0 = write at once).", float),
     Setting("batch_connect_timeout", 10.0, "Seconds to reach a Dask scheduler address before giving up with a clear error.", float),
     Setting("scheduler_tick", 1.0, "Seconds between the scheduler's looks at the schedules (a firing starts at most this late).", float),
     Setting("scheduler_lease_seconds", 30.0, "How long the lease of the process that fires schedules lasts without renewal; another scheduler takes over after it.", float),

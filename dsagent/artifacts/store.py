@@ -13,7 +13,7 @@ Use it like this::
 ``Store`` is the facade over the store's modules, which import one way
 (``tests/artifacts/test_layering.py`` checks it)::
 
-    store.py -> compact, run_queries, batches, schedules, journal, chats, blobstore, upgrade
+    store.py -> compact, run_queries, batches, batch_results, schedules, journal, chats, blobstore, upgrade
              -> transaction -> rows, packs, blobfiles, models, schema
              -> connection (the locked DuckDB file) -> turns
 
@@ -39,7 +39,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import duckdb
 
-from dsagent.artifacts import batches, compact, schedules, schema, upgrade
+from dsagent.artifacts import batch_results, batches, compact, schedules, schema, upgrade
 from dsagent.artifacts.blobfiles import BlobFiles
 from dsagent.artifacts.blobstore import InlineBlobs
 from dsagent.artifacts.chats import ChatTable
@@ -284,6 +284,11 @@ class Store:
         """Write what a ``RunJournal`` recorded elsewhere (a Dask worker) for ``run_id``, in one transaction."""
         with self.transaction() as tx:
             return apply_entries(tx, run_id, entries)
+
+    def apply_journals(self, writes: Sequence[tuple[int, Sequence[Any]]]) -> dict[int, Run]:
+        """``apply_journal`` for several runs (a sweep's group commit), in one transaction; ``{run id: run}``."""
+        with self.transaction() as tx:
+            return batch_results.apply_journals(tx, writes)
 
     def create_children(self, parent_id: int, param_sets: Sequence[Mapping[str, Any]], *, title: str | None = None,
                         backend: str | None = None) -> list[Run]:

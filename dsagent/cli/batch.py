@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", help="kernel backend on the workers (default: the 'backend' setting)")
     p.add_argument("--cluster", default="local", metavar="local|ADDRESS", help="`local` (a LocalCluster here) or a Dask scheduler, tcp://HOST:8786")
     p.add_argument("--workers", type=int, help="worker processes of the LocalCluster (default: the 'batch_workers' setting)")
-    p.add_argument("--max-parallel", type=int, metavar="N", help="children running at once (default: every worker thread)")
+    p.add_argument("--max-parallel", type=int, metavar="N", help="children in flight at once (default: every worker thread, plus one waiting on each worker)")
     p.add_argument("--retries", type=int, metavar="K", help="further attempts of a failed child (default: the 'batch_retries' setting)")
     p.add_argument("--timeout", type=float, help="seconds one cell may run")
     p.add_argument("-y", "--yes", action="store_true", help="run a grid larger than 'batch_confirm_above' without asking")

@@ -7,8 +7,9 @@ Dask cluster: a ``LocalCluster`` of worker processes by default, or the
 scheduler at ``cluster="tcp://host:8786"`` (dask-kubernetes, dask-jobqueue,
 ...). Each worker keeps a warm kernel pool (``batch_worker.KernelPoolPlugin``);
 a task receives the notebook's bytes and returns the executed notebook and
-captured artifacts as a journal; only this process writes the store, one
-transaction per child.
+captured artifacts as a journal; only this process writes the store, the
+results of children that finish close together in one transaction
+(``batch_writer.GroupWriter``).
 
 Failures: a failed child (a cell raised, its kernel or its Dask worker died)
 is tried again up to ``retries`` times, then recorded failed with the reason;
@@ -129,6 +130,7 @@ class BatchOutcome:
     children: list["Run"] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     store_seconds: float = 0.0  # what writing the children's results cost this process (bench/batch.py reports it)
+    store_groups: int = 0  # transactions they took (results that arrive close together share one)
 
 
 async def run_batch(notebook: str | Path, grid: Grid | str | Path, **options: Any) -> "Run":
@@ -161,7 +163,7 @@ async def execute_batch(
     ``grid``: parameter sets (see ``expand_grid``) or a YAML file. ``cluster``:
     ``"local"``/None for a LocalCluster of ``workers`` processes (setting
     ``batch_workers``), or a Dask scheduler address. ``max_parallel``: children
-    in flight at once (default: the cluster's threads). ``retries``: further
+    in flight at once (default: the cluster's threads plus one waiting per worker). ``retries``: further
     attempts of a failed child (setting ``batch_retries``). ``confirm``: True, or
     a callable asked with the count, to run more than ``batch_confirm_above``
     children. ``launched``: who started it (a ``launched`` event on the batch run).
@@ -204,7 +206,9 @@ async def _dask_client(cluster: str | None, settings: Settings, workers: int | N
     if cluster in (None, "", "local"):
         home = str(Workspace.from_settings(settings).home)  # the workers' kernels keep their folders and logs in this workspace
         local = await LocalCluster(n_workers=workers or settings.batch_workers, threads_per_worker=settings.batch_threads_per_worker,
-                                   processes=True, asynchronous=True, dashboard_address=":0", silence_logs=logging.ERROR,
+                                   # no Bokeh dashboard: no one is shown its link, and it cost an import of bokeh and
+                                   # periodic updates in this process (the sweep's progress is dsagent's own)
+                                   processes=True, asynchronous=True, dashboard_address=None, silence_logs=logging.ERROR,
                                    env={"DSAGENT_HOME": home})
         log.info("batch: LocalCluster of %d workers started", len(local.workers))
         try:
@@ -239,13 +243,13 @@ class _Sweep:
         self.children: list["Run"] = []
         self.final: dict[int, "Run"] = {}
         self.started: dict[int, float] = {}
-        self.store_seconds = 0.0
 
     async def run(self, client: Any, store: "Store", max_parallel: int | None, title: str | None, schedule_id: str | None,
                   cluster: str, on_start: Callable[["Run", list["Run"]], None] | None,
                   launched: Mapping[str, Any] | None = None) -> BatchOutcome:
         from dsagent.artifacts.recorder import RunRecorder
         from dsagent.runs.batch_worker import KernelPoolPlugin
+        from dsagent.runs.batch_writer import GroupWriter
 
         params = {"notebook": str(self.path), "parameters": sorted({k for s in self.sets for k in s}), "children": len(self.sets),
                   "cluster": cluster, "retries": self.retries}
@@ -258,9 +262,13 @@ class _Sweep:
             overrides = {"backend": self.backend, "kernel_pool_replenish_delay": 0.0}
             await client.register_plugin(KernelPoolPlugin(self.plugin, self.backend, self.kernel, overrides), name=self.plugin)
             log.info("batch %s: kernel pools set up on the workers", recorder.run_id)
+            self.writer = GroupWriter(store, self.settings.batch_write_delay)
             try:
-                slots = sum((await client.nthreads()).values()) or 1
-                await self._drive(client, store, max_parallel or slots)
+                threads = await client.nthreads()
+                # by default one child more per worker than it runs at once: it waits on the worker, which starts
+                # it as soon as a thread frees, not after the result went to this process and a new task came back
+                await self._drive(client, store, max_parallel or (sum(threads.values()) + len(threads)) or 1)
+                await self.writer.close()
             except BaseException:
                 await asyncio.shield(self._cancel(client, store, recorder.run_id))
                 raise
@@ -273,7 +281,7 @@ class _Sweep:
             if failed:
                 await recorder.finish("failed", error=f"{failed} of {len(self.sets)} children did not succeed ({_describe(counts)})")
         children = [self.final.get(c.id, c) for c in self.children]
-        return BatchOutcome(recorder.run, children, _counts(children), self.store_seconds)  # type: ignore[arg-type]
+        return BatchOutcome(recorder.run, children, _counts(children), self.writer.seconds, self.writer.groups)  # type: ignore[arg-type]
 
     def _spec(self, index: int, attempt: int) -> "ChildSpec":
         from dsagent.runs.batch_worker import ChildSpec
@@ -291,13 +299,14 @@ class _Sweep:
         attempts: dict[int, int] = {}
         index_of: dict[Any, int] = {}
         self._inflight: dict[Any, int] = index_of
-        done = 0
         queue = as_completed([])
+        writer = self.writer
 
-        async def submit(index: int) -> None:
+        def submit(index: int) -> None:
             attempts[index] = attempts.get(index, 0) + 1
             child = self.children[index]
-            await asyncio.to_thread(store.update_run_status, child.id, "running")
+            if attempts[index] == 1:  # marked running in the next group, not in a transaction of its own before the submit
+                writer.add(child.id, [("status", "running", None, _now())])
             self.started[index] = time.monotonic()
             future = client.submit(run_child, self._spec(index, attempts[index]), key=f"dsagent-child-{child.id}-{attempts[index]}",
                                    pure=False, retries=0)
@@ -305,23 +314,19 @@ class _Sweep:
             queue.add(future)
 
         for _ in range(min(parallel, len(waiting))):
-            await submit(waiting.pop())
+            submit(waiting.pop())
         while index_of:
             future = await _next(queue)
             index = index_of.pop(future)
-            result = await self._result(future, index, attempts[index])
-            retry = result.status != "succeeded" and attempts[index] <= self.retries
-            if not retry and waiting:
-                await submit(waiting.pop())  # the freed worker starts the next child while this one's results are written
-            t0 = time.perf_counter()
-            run = await asyncio.to_thread(self._store_result, store, result, retry)
-            self.store_seconds += time.perf_counter() - t0
-            if run is not None:
-                done += 1
-                self.final[run.id] = run
-            self._report(index, done, result, attempts[index], retry)
+            attempt = attempts[index]
+            result = await self._result(future, index, attempt)
+            retry = result.status != "succeeded" and attempt <= self.retries
             if retry:
-                await submit(index)
+                submit(index)
+            elif waiting:
+                submit(waiting.pop())  # the freed worker starts the next child before this one's results are written
+            self._queue_result(result, index, attempt, retry)
+        await writer.flush()
 
     async def _result(self, future: Any, index: int, attempt: int) -> "ChildResult":
         from dsagent.runs.batch_worker import ChildResult
@@ -335,30 +340,36 @@ class _Sweep:
             why = "its Dask worker died while running it" if name == "KilledWorker" else "the Dask task failed"
             return ChildResult(self.children[index].id, [], "failed", f"{why} ({name}: {exc})", attempt=attempt)
 
-    def _store_result(self, store: "Store", result: "ChildResult", retry: bool) -> "Run | None":
-        """One transaction per attempt; a retried attempt leaves only an event (its partial results are dropped)."""
+    def _queue_result(self, result: "ChildResult", index: int, attempt: int, retry: bool) -> None:
+        """Hand an attempt's journal to the group writer; a retried attempt leaves only an event (its partial results are dropped)."""
         if retry:
-            store.append_events(result.run_id, [("attempt_failed", {"attempt": result.attempt, "error": result.error,
-                                                                    "worker": result.worker})])
-            return None
-        entries = self._keep_notebook(result)
+            entries: list[Any] = [("events", [("attempt_failed", {"attempt": result.attempt, "error": result.error, "worker": result.worker},
+                                                _now())], None, _now())]
+            self.writer.add(result.run_id, entries, then=lambda run: self._report(index, result, attempt, True))
+            return
+        entries = list(result.entries)
         if not any(e[0] == "status" and e[1] in ("succeeded", "failed", "cancelled") for e in entries):
             entries.append(("status", result.status, result.error, _now()))  # the task died before its recorder could say
-        return store.apply_journal(result.run_id, entries)
 
-    def _keep_notebook(self, result: "ChildResult") -> list[Any]:
+        def written(run: "Run") -> None:
+            self.final[run.id] = run
+            self._report(index, result, attempt, False)
+
+        self.writer.add(result.run_id, entries, prepare=lambda e: self._keep_notebook(result.run_id, e), then=written)
+
+    def _keep_notebook(self, run_id: int, journal: Sequence[Any]) -> list[Any]:
         """The executed notebook also goes to <workspace>/outputs/notebooks/, as ``dsagent run`` does (the worker's copy is gone)."""
         from dataclasses import replace
 
         folder = Workspace.from_settings(self.settings).outputs_dir / "notebooks"
         entries = []
-        for kind, first, second, when in result.entries:
+        for kind, first, second, when in journal:
             if kind == "artifacts":
                 items = []
                 for item in first:
                     if item.kind == "notebook":
                         folder.mkdir(parents=True, exist_ok=True)
-                        target = folder / f"{self.path.stem}-run{result.run_id}.ipynb"
+                        target = folder / f"{self.path.stem}-run{run_id}.ipynb"
                         target.write_bytes(item.data)
                         item = replace(item, name=target.name, metadata={**dict(item.metadata), "path": str(target), "source": str(self.path)})
                     items.append(item)
@@ -366,11 +377,11 @@ class _Sweep:
             entries.append((kind, first, second, when))
         return entries
 
-    def _report(self, index: int, done: int, result: "ChildResult", attempt: int, retry: bool) -> None:
+    def _report(self, index: int, result: "ChildResult", attempt: int, retry: bool) -> None:
         if self.on_child is None:
             return
         seconds = time.monotonic() - self.started.get(index, time.monotonic())
-        self.on_child(ChildUpdate(result.run_id, index, len(self.sets), done, result.status, attempt, seconds, result.error, retry))
+        self.on_child(ChildUpdate(result.run_id, index, len(self.sets), len(self.final), result.status, attempt, seconds, result.error, retry))
 
     async def _cancel(self, client: Any, store: "Store", batch_id: int) -> None:
         """Cancel running children on their workers (runs end ``cancelled``, kernels down), drop the rest."""
@@ -386,10 +397,14 @@ class _Sweep:
             try:
                 result = await asyncio.wait_for(asyncio.shield(future), 5)
                 if result.status == "cancelled":
-                    await asyncio.to_thread(self._store_result, store, result, False)
+                    self._queue_result(result, index, result.attempt, False)
             except BaseException:
                 pass
         await _quietly(client.cancel(list(inflight)))
+        try:
+            await self.writer.close()  # what finished before the cancel, and the partial notebooks, are kept
+        except Exception:
+            log.warning("could not write the results of batch %s's finished children", batch_id, exc_info=True)
         await asyncio.to_thread(store.cancel_children, batch_id, "cancelled with its batch")
 
 

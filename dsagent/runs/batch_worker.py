@@ -132,7 +132,7 @@ async def _execute(spec: ChildSpec, backend: Any, settings: Any) -> ChildResult:
             outcome = await execute_notebook_run(
                 notebook, spec.parameters, backend=backend, output_path=scratch / "executed.ipynb", cwd=work,
                 timeout=spec.timeout, settings=settings, store=journal,  # type: ignore[arg-type]
-                recorder_options={"run_id": spec.run_id},
+                recorder_options={"run_id": spec.run_id}, autosave=False,  # the notebook comes back in the journal
             )
         except asyncio.CancelledError:
             return ChildResult(spec.run_id, journal.entries, "cancelled", "cancelled with its batch", attempt=spec.attempt)

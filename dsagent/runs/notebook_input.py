@@ -11,8 +11,11 @@ does. Every problem is a ``NotebookError`` raised before a run is created.
 from __future__ import annotations
 
 import ast
+import copy
+import hashlib
 import json
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -105,11 +108,10 @@ def prepare_notebook(
     from papermill.cli import _resolve_type
     from papermill.execute import prepare_notebook_metadata, remove_error_markers
     from papermill.inspection import _infer_parameters
-    from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
     try:
-        nb = load_notebook_node(str(path))
+        nb = _load(Path(path))
     except Exception as exc:  # nbformat raises several unrelated types for unreadable files
         raise _not_a_notebook(Path(path), f"nbformat cannot read it ({type(exc).__name__}: {exc})") from None
     declared = {p.name: p for p in _infer_parameters(nb, name=kernel_name, language="python")}
@@ -126,6 +128,25 @@ def prepare_notebook(
         nb = parameterize_notebook(nb, given, kernel_name=kernel_name, language="python", engine_name="dsagent")
     nb = remove_error_markers(prepare_notebook_metadata(nb, str(path), None))
     return PreparedNotebook(nb, given, warnings)
+
+
+_LOADED: "OrderedDict[str, NotebookNode]" = OrderedDict()  # sha256 of a notebook file -> papermill's loaded node
+_LOADED_MAX = 8
+
+
+def _load(path: Path) -> "NotebookNode":
+    """papermill's ``load_notebook_node``, once per content: a sweep prepares one notebook per parameter set (the
+    caller's checks, then every child on its worker), and reading + validating it with nbformat each time cost more
+    than injecting the parameters. A copy, so callers may change it."""
+    from papermill.iorw import load_notebook_node
+
+    key = hashlib.sha256(path.read_bytes()).hexdigest()
+    loaded = _LOADED.get(key)
+    if loaded is None:
+        loaded = _LOADED[key] = load_notebook_node(str(path))
+        while len(_LOADED) > _LOADED_MAX:
+            _LOADED.popitem(last=False)
+    return copy.deepcopy(loaded)
 
 
 def expected_type(param: Any) -> str | None:

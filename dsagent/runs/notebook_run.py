@@ -128,11 +128,15 @@ async def execute_notebook_run(
     stdout_file: TextIO | None = None,
     stderr_file: TextIO | None = None,
     recorder_options: Mapping[str, Any] | None = None,
+    autosave: bool = True,
 ) -> NotebookOutcome:
     """``run_notebook`` with everything the CLI needs: text parameters, progress hooks, the outcome.
 
     ``recorder_options``: passed to the run's ``RunRecorder`` (``schedule_id`` of a scheduled
     firing; ``run_id`` of a batch child created beforehand, recorded into a ``RunJournal`` store).
+    ``autosave=False``: no partial notebook file while cells run (papermill writes the whole
+    notebook before and after every cell); the executed or partial notebook is still written
+    and stored at the end. A batch child's worker keeps no file anyway.
     """
     settings = settings or Settings()
     path = Path(path)
@@ -159,6 +163,7 @@ async def execute_notebook_run(
         path, prepared, store, kernels, output, watched, timeout, progress_bar, on_cell, log_output, stdout_file, stderr_file
     )
     runner.recorder_options = dict(recorder_options or {})
+    runner.autosave = autosave
     try:
         return await runner.run(session_task, on_run)
     finally:
@@ -215,6 +220,8 @@ class _NotebookRunner:
         self.log_output, self.stdout_file, self.stderr_file = log_output, stdout_file, stderr_file
         self.recorder: "RunRecorder | None" = None
         self.recorder_options: dict[str, Any] = {}
+        self.autosave = True
+        self.target: Path | None = None  # where the executed notebook goes
 
     async def run(self, session_task: "asyncio.Future[KernelSession]", on_run: Callable[["Run", Path], None] | None) -> NotebookOutcome:
         from dsagent.artifacts.recorder import RunRecorder
@@ -223,10 +230,10 @@ class _NotebookRunner:
         async with RunRecorder(self.store, "notebook", title=self.path.name, params=params, backend=self.kernels.name,
                                **self.recorder_options) as recorder:
             self.recorder = recorder
-            target = self.output or self._workspace_copy(recorder.run_id)
+            target = self.target = self.output or self._workspace_copy(recorder.run_id)
             if on_run is not None:
                 on_run(recorder.run, target)  # type: ignore[arg-type]
-            nb_man = self._manager(self._autosave_path(target, recorder.run_id))
+            nb_man = self._manager(self._autosave_path(target, recorder.run_id) if self.autosave else None)
             session = await asyncio.shield(session_task)
             frames = _frames_dir(session)
             keep_frames = frames is None or frames.exists()  # someone else's: leave it
@@ -255,10 +262,11 @@ class _NotebookRunner:
             return self._workspace_copy(run_id)
         return target
 
-    def _manager(self, target: Path) -> Any:
+    def _manager(self, target: Path | None) -> Any:
         from papermill.engines import NotebookExecutionManager
 
-        return NotebookExecutionManager(self.prepared.nb, output_path=str(target), log_output=self.log_output, progress_bar=self.progress_bar)
+        return NotebookExecutionManager(self.prepared.nb, output_path=str(target) if target else None, log_output=self.log_output,
+                                        progress_bar=self.progress_bar)
 
     async def _execute(self, nb_man: Any, session: KernelSession) -> CellFailure | None:
         """Papermill's ``Engine.execute_notebook`` steps around the shared cell loop; returns the failing cell."""
@@ -276,7 +284,7 @@ class _NotebookRunner:
             nb_man.cleanup_pbar()
             nb_man.notebook_complete()
         try:
-            raise_for_execution_errors(nb_man.nb, nb_man.output_path)  # adds papermill's error cells
+            raise_for_execution_errors(nb_man.nb, nb_man.output_path or str(self.target))  # adds papermill's error cells
         except PapermillExecutionError as err:
             index, execution = failed[-1] if failed else (err.cell_index, None)
             kind = execution.status if execution is not None else "error"
@@ -306,7 +314,7 @@ class _NotebookRunner:
 
         assert self.recorder is not None
         data = writes(nb_man.nb).encode("utf-8")
-        for path in {target, Path(nb_man.output_path)}:
+        for path in {target, Path(nb_man.output_path or target)}:
             await asyncio.shield(asyncio.to_thread(path.write_bytes, data))
         item = NewArtifact(target.name, "notebook", NOTEBOOK_MIME, data, metadata={"path": str(target), "source": str(self.path)})
         await self.recorder.add_artifacts([item])

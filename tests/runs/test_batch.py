@@ -7,17 +7,19 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-from notebook_helpers import run_cli, write_notebook
+from notebook_helpers import BIN, cli_env, run_cli, write_notebook
 
 from dsagent.artifacts.store import Store
 from dsagent.errors import DsagentError
 from dsagent.runs.batch import execute_batch, expand_grid
 from dsagent.runs.batch_compare import batch_table, save_table
+from dsagent.settings import Settings
 
 # one Dask LocalCluster per module: every test of it on one xdist worker, so it starts once
 pytestmark = pytest.mark.xdist_group("dask")
@@ -206,4 +208,49 @@ async def test_a_scheduled_batch_fires_as_a_sweep(cluster, settings, sweep_nb, t
         assert (run.kind, run.status, run.schedule_id) == ("batch", "succeeded", "nightly-sweep")
         assert store.get_schedule("nightly-sweep").last_run_id == run.id
         assert [r["score"] for r in batch_table(store, run.id).rows] == [pytest.approx(0.2), pytest.approx(0.4)]
+    await _no_kernels_left(cluster)
+
+
+async def test_a_killed_caller_keeps_every_child_it_wrote_and_records_the_rest_failed(cluster, workspace_home, tmp_path):
+    """Group commit and kill -9: a child is in the store whole (notebook, events, status) or not at all; a child the
+    caller had not written yet is recorded failed by the next store open (not re-run)."""
+    from distributed import Client
+
+    nb = write_notebook(tmp_path / "steps.ipynb", "import time, dsagent\ntime.sleep(0.2)\ndsagent.record('twice', 2 * i)", params="i = 0")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("i: [1, 2, 3, 4, 5, 6, 7, 8]\n")
+    env = {**cli_env(workspace_home), "DSAGENT_BATCH_WRITE_DELAY": "0.3"}
+    caller = subprocess.Popen([str(BIN / "dsagent"), "batch", str(nb), "--grid", str(grid), "--cluster", cluster.scheduler_address, "--retries", "0"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    settings = Settings(home=str(workspace_home))
+    try:
+        deadline = time.monotonic() + 90
+        written: list = []
+        while len(written) < 2 and time.monotonic() < deadline and caller.poll() is None:
+            await asyncio.sleep(0.1)
+            with Store.open(settings=settings) as store:
+                written = [r.id for r in store.list_runs(kind="batch-child", status="succeeded").items]
+        assert caller.poll() is None and len(written) >= 2, "the sweep ended (or never wrote) before it could be killed"
+        os.kill(caller.pid, signal.SIGKILL)
+        caller.wait()
+        with Store.open(settings=settings) as store:  # its setup reaps the dead caller's runs
+            batch = store.list_runs(kind="batch").items[0]
+            children = store.list_runs(parent_id=batch.id, limit=50).items
+            assert len(children) == 8 and batch.status == "failed"
+            assert set(written) <= {c.id for c in children if c.status == "succeeded"}  # nothing committed is lost
+            for child in children:
+                if child.status == "succeeded":
+                    kinds = sorted(a.kind for a in store.list_artifacts(run_id=child.id).items)
+                    events = [e.type for e in store.events(child.id)]
+                    assert kinds == ["json", "notebook"] and "record" in events and events[-1] == "status", (child, kinds, events)
+                else:
+                    assert child.status == "failed" and "ended without finishing it" in child.error, child
+    finally:
+        if caller.poll() is None:
+            caller.kill()
+        # the dead caller never removed its kernel pools from the workers (a LocalCluster of its own would have died with it)
+        async with Client(cluster.scheduler_address, asynchronous=True) as client:
+            names = await client.run(lambda dask_worker: [n for n in dask_worker.plugins if n.startswith("dsagent-kernels")])
+            for name in {n for found in names.values() for n in found}:
+                await client.unregister_worker_plugin(name)
     await _no_kernels_left(cluster)
