@@ -148,6 +148,7 @@ class LocalBackend(KernelBackend):
         )
         self._sessions: "weakref.WeakSet[LocalSession]" = weakref.WeakSet()  # open ones: aclose() stops them too
         self._exits: set[asyncio.Task[None]] = set()  # forked kernels exiting in the background (see _stop_kernel)
+        self._closing = False
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -186,6 +187,7 @@ class LocalBackend(KernelBackend):
 
     async def aclose(self) -> None:
         """Stop the pool's kernels and those of sessions still open: no kernel outlives its backend."""
+        self._closing = True  # from now on kernels stop inline: an exit started after the gather below would be nobody's
         await self.pool.aclose()
         for session in list(self._sessions):
             await session.shutdown()
@@ -295,7 +297,7 @@ class LocalBackend(KernelBackend):
 
     async def _stop_kernel(self, kernel: _Kernel) -> None:
         kernel.kc.stop_channels()
-        if getattr(kernel.km, "forked", False):
+        if getattr(kernel.km, "forked", False) and not self._closing:
             # A forked kernel's exit after the shutdown request (its atexit work, then the template
             # reaps it: ~30 ms) need not hold up the caller, as it held up every fresh-kernel job of a
             # sweep: it goes on in the background, graceful as before (killed after
