@@ -5,10 +5,10 @@
 VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
-# three workers on two cores: much of a test is waiting on a kernel, a server or a browser
-# (fresh clone: 6 min 1 s with -n 3, 7 min 24 s with -n 2); tests of one server (E2B loopback,
-# Jupyter servers) stay on one worker (tests/conftest.py). `make test PYTEST_PARALLEL=` runs in one process.
-PYTEST_PARALLEL ?= -n 3 --dist loadgroup
+# two workers; tests of one server (E2B loopback, Jupyter servers) stay on one worker
+# (tests/conftest.py). `make test PYTEST_PARALLEL=` runs in one process. Three workers were
+# tried (6-8.5 min, noisy) and made kernel-start races fail tests on 2 cores: not adopted.
+PYTEST_PARALLEL ?= -n 2 --dist loadgroup
 PYTEST_ARGS ?= --durations=20
 
 CHROMIUM := /usr/bin/chromium

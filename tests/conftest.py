@@ -1,4 +1,4 @@
-"""Shared fixtures and the rules that let the suite run on several xdist workers (``make test``: ``-n 3 --dist loadgroup``).
+"""Shared fixtures and the rules that let the suite run on several xdist workers (``make test``: ``-n 2 --dist loadgroup``).
 
 - Every test gets its own workspace in a temp dir.
 - A test that uses a server which must exist once per run, or is expensive to

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +65,17 @@ class ReferenceRuns:
     def __call__(self, name: str, **options: Any) -> EngineRun:
         key = f"{name} {sorted(options.items())!r}"
         if key not in self._runs:
-            folder = self.scratch / str(len(self._runs))  # the output keeps its name: a notebook may read it back
-            folder.mkdir()
-            self._runs[key] = run_engine(self.files / f"{name}.ipynb", folder / f"{name}.ipynb", "nbclient", cwd=folder, **options)
+            for attempt in (1, 2):
+                # a folder per attempt (a failed run leaves its own); the output keeps its name: a notebook may read it back
+                folder = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.scratch))
+                try:
+                    self._runs[key] = run_engine(self.files / f"{name}.ipynb", folder / f"{name}.ipynb", "nbclient", cwd=folder, **options)
+                    break
+                except RuntimeError as exc:
+                    # jupyter_client picks the kernel's ports before the kernel binds them: on a busy machine another
+                    # kernel may take one first, and this reference kernel dies at start (not what the test compares)
+                    if attempt == 2 or "died before replying to kernel_info" not in str(exc):
+                        raise
         return self._runs[key]
 
 
