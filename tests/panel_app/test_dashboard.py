@@ -296,7 +296,9 @@ def test_a_long_locked_store_makes_pages_say_busy_and_recover(seeded, new_page):
         page.get_by_text("is busy").first.wait_for()
         status, body = dashboard.get_json("api/runs")
         assert status == 503 and "busy" in body["hint"]
-        opened.goto("/artifacts")  # a page opened while the store is busy: its preload gives up, the page says so
+        # a page opened while the store is busy: its preload gives up, the page says so (not waiting for the
+        # load event: its thumbnails wait for the store, up to 10 s, as an <img> cannot retry a 503)
+        opened.goto("/artifacts", wait_until="domcontentloaded")
         opened.get_by_text("is busy").first.wait_for()
         # bytes (an <img>, a download link) cannot retry a 503: their routes wait for the store instead
         fetched = pool.submit(dashboard.get, f"api/artifacts/{added['plot one.png'].id}")
