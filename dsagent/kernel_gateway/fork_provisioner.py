@@ -31,7 +31,7 @@ from typing import Any
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
 
-from dsagent.kernel_gateway.forkserver import ForkedProcess, ForkFailed, NotReady, _fd, fork_server_for, forkable, preload_list, warn_once
+from dsagent.kernel_gateway.forkserver import ForkedProcess, ForkFailed, fork_kernel, forkable, preload_list, warn_once
 from dsagent.settings import Settings
 
 #: the name kernelspecs use (``metadata.kernel_provisioner.provisioner_name``), an entry point in pyproject.toml
@@ -57,16 +57,8 @@ class ForkingProvisioner(LocalProvisioner):  # type: ignore[misc]
 
     @staticmethod
     def _spawn(cmd: list[str], kwargs: dict[str, Any]) -> ForkedProcess:
-        """Fork one kernel (blocking). A server's first kernel waits for the template to start
-        (~1-2 s, a cold launch costs ~1 s): a server is long-lived, its later kernels are forks."""
+        # a server's first kernel waits for the template to start (~1-2 s; a cold launch costs ~1 s):
+        # a server is long-lived, its later kernels are forks
         settings = Settings()  # this server's environment (DSAGENT_KERNEL_PRELOAD, ...) and dsagent.toml
-        env = kwargs.get("env") or dict(os.environ)
-        server = fork_server_for(cmd, env, preload_list(settings.kernel_preload), settings.kernel_fork_idle)
-        cwd = str(kwargs.get("cwd") or os.getcwd())
-        stdout, stderr = _fd(kwargs.get("stdout")), _fd(kwargs.get("stderr"))
-        try:
-            return server.spawn(cmd, cwd, env, stdout, stderr, settings.kernel_start_timeout)
-        except NotReady:
-            if not server.wait_ready(settings.kernel_start_timeout):
-                raise ForkFailed(f"the kernel fork template did not start (its log: {server.log_path})") from None
-            return server.spawn(cmd, cwd, env, stdout, stderr, settings.kernel_start_timeout)
+        preload = preload_list(settings.kernel_preload)
+        return fork_kernel(cmd, kwargs, preload, settings.kernel_fork_idle, settings.kernel_start_timeout, wait_for_template=True)

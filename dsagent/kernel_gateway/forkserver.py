@@ -41,7 +41,7 @@ from typing import Any, Iterator, Mapping
 from jupyter_client import AsyncKernelManager
 from jupyter_client.provisioning import LocalProvisioner
 
-__all__ = ["ForkServer", "ForkedProcess", "ForkingKernelManager", "fork_server_for", "preload_list", "runtime_dir", "stop_all"]
+__all__ = ["ForkServer", "ForkedProcess", "ForkingKernelManager", "fork_kernel", "fork_server_for", "preload_list", "runtime_dir", "stop_all"]
 
 log = logging.getLogger(__name__)
 
@@ -443,9 +443,28 @@ class ForkingKernelManager(AsyncKernelManager):
         await super()._async_wait(pollinterval)
 
     def _spawn(self, kernel_cmd: list[str], kw: Mapping[str, Any]) -> ForkedProcess:
-        env = kw.get("env") or dict(os.environ)
-        server = fork_server_for(kernel_cmd, env, self.preload, self.idle)
-        return server.spawn(kernel_cmd, str(kw.get("cwd") or os.getcwd()), env, _fd(kw.get("stdout")), _fd(kw.get("stderr")), self.start_timeout)
+        return fork_kernel(kernel_cmd, kw, self.preload, self.idle, self.start_timeout)
+
+
+def fork_kernel(
+    kernel_cmd: list[str], launch_kw: Mapping[str, Any], preload: tuple[str, ...], idle: float, timeout: float, *, wait_for_template: bool = False
+) -> ForkedProcess:
+    """Fork the kernel jupyter_client would launch with ``kernel_cmd`` and Popen-style ``launch_kw`` (blocking).
+
+    ``NotReady`` while no template takes requests, unless ``wait_for_template``: then
+    it waits for the template to start (up to ``timeout``) and ``ForkFailed`` if it does not.
+    """
+    env = launch_kw.get("env") or dict(os.environ)
+    server = fork_server_for(kernel_cmd, env, preload, idle)
+    args = (kernel_cmd, str(launch_kw.get("cwd") or os.getcwd()), env, _fd(launch_kw.get("stdout")), _fd(launch_kw.get("stderr")), timeout)
+    try:
+        return server.spawn(*args)
+    except NotReady:
+        if not wait_for_template:
+            raise
+        if not server.wait_ready(timeout):
+            raise ForkFailed(f"the kernel fork template did not start (its log: {server.log_path})") from None
+        return server.spawn(*args)
 
 
 #: the undecorated jupyter_client methods (None if a release stops wrapping them: then the originals run)
