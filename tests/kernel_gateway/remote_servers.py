@@ -43,10 +43,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# the server's kernel restarter looks for dead kernels every `time_to_dead` seconds (3 by default): a
+# kernel that dies is reported to clients that much later. The suite kills kernels on purpose in a dozen
+# tests, so its servers look every half second; what a client sees is the same, only sooner.
+RESTARTER_POLL = "--KernelRestarter.time_to_dead=0.5"
+
+
 def _command(kind: str, port: int, token: str, root: Path) -> list[str]:
     if kind == "kernelgateway":
         return [
-            JUPYTER, "kernelgateway",
+            JUPYTER, "kernelgateway", RESTARTER_POLL,
             "--KernelGatewayApp.ip=127.0.0.1", f"--KernelGatewayApp.port={port}",
             f"--KernelGatewayApp.auth_token={token}", "--KernelGatewayApp.port_retries=0",
             "--JupyterWebsocketPersonality.list_kernels=True",  # GET /api/kernels, for the leak check after each test
@@ -54,7 +60,7 @@ def _command(kind: str, port: int, token: str, root: Path) -> list[str]:
     command = [
         JUPYTER, "server", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
         f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}", "--ServerApp.port_retries=0",
-        "--ServerApp.open_browser=False",
+        "--ServerApp.open_browser=False", RESTARTER_POLL,
     ]
     if os.geteuid() == 0:
         command.append("--allow-root")
@@ -108,21 +114,25 @@ def start_server(kind: str, folder: Path) -> tuple[RunningServer, subprocess.Pop
     root = folder / "root"
     root.mkdir(parents=True, exist_ok=True)
     jupyter_path = install_kernelspecs(folder / "share", kind)
-    port = free_port()
     log = folder / f"{kind}.log"
     # PYTEST_CURRENT_TEST would reach the kernels, and ipykernel stops forwarding
     # fd-level output (os.write, C code) when it sees it: keep them as users run them
     env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER_TOKEN") and k != "PYTEST_CURRENT_TEST"}
     env["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(jupyter_path), env.get("JUPYTER_PATH")]))
-    with open(log, "wb") as out:
-        process = subprocess.Popen(_command(kind, port, token, root), cwd=root, stdout=out, stderr=subprocess.STDOUT, env=env)
-    server = RunningServer(kind, f"http://127.0.0.1:{port}", token, root, log)
-    try:
-        _wait_ready(server.url, token, process, log)
-    except BaseException:
-        stop_server(process)
-        raise
-    return server, process
+    for attempt in range(3):  # another process can take the free port between the probe and the server's bind
+        port = free_port()
+        with open(log, "wb") as out:
+            process = subprocess.Popen(_command(kind, port, token, root), cwd=root, stdout=out, stderr=subprocess.STDOUT, env=env)
+        server = RunningServer(kind, f"http://127.0.0.1:{port}", token, root, log)
+        try:
+            _wait_ready(server.url, token, process, log)
+        except BaseException:
+            stop_server(process)
+            if attempt < 2 and "is already in use" in log.read_text(errors="replace"):
+                continue
+            raise
+        return server, process
+    raise AssertionError("unreachable")
 
 
 def stop_server(process: subprocess.Popen[bytes]) -> None:
