@@ -8,8 +8,10 @@ Prints ONE JSON object to stdout (progress goes to stderr):
   result) and over the whole call (cluster start, checks, store), and what
   writing the children's results cost the caller per child (``store_ms_per_child``, wall time of the
   group-commit writes; ``store_transactions``: how many groups they took), and the CPU a child cost
-  each kind of process (``cpu_ms_per_child``: caller, Dask workers, kernels with their fork template;
-  at 10 notebooks/s two cores give 200 ms in all);
+  each kind of process (``cpu_ms_per_child``: the caller with the Dask scheduler and the store writes,
+  the Dask workers, the kernels with the fork template that forks and reaps them; at 10 notebooks/s
+  two cores give 200 ms in all), over the children and over the whole call
+  (``cpu_ms_per_child_whole_call``: the cluster's start and stop too);
 * ``papermill_api``: a loop of ``papermill.execute_notebook(...)`` in this
   process (its default engine: a fresh kernel per notebook), sampled on
   ``--api-sample`` notebooks and extrapolated to N;
@@ -21,7 +23,7 @@ run_batch is faster). Target: at least 10 notebooks/s through run_batch on the
 2-core machine. Each child needs a kernel no one used before, so the kernel
 start cost bounds the rate; the figures say where the time goes.
 
-    .venv/bin/python bench/batch.py                      # N=100, workers 2 and 4
+    .venv/bin/python bench/batch.py                      # N=100, workers 2 and 4 (threads: the batch_threads_per_worker setting)
     .venv/bin/python bench/batch.py --n 20 --workers 2 --api-sample 5 --cli-sample 2   # quick
 """
 
