@@ -202,7 +202,7 @@ async def sweep(nb: Path, n: int, workers: int, home: Path) -> dict[str, Any]:
     call_cpu = whole.result(n, other_meters=meters[0].sampler_cpu)
     say(f"run_batch workers={workers}: {n} notebooks, {ok} succeeded, children {children:.1f}s, call {total:.1f}s, CPU ms/child {cpu}, whole call {call_cpu}")
     return {
-        "workers": workers, "notebooks": n, "succeeded": ok, "children_seconds": round(children, 3), "call_seconds": round(total, 3),
+        "workers": workers, "threads_per_worker": settings.batch_threads_per_worker, "notebooks": n, "succeeded": ok, "children_seconds": round(children, 3), "call_seconds": round(total, 3),
         "notebooks_per_second": round(n / children, 3), "notebooks_per_second_whole_call": round(n / total, 3),
         "store_ms_per_child": round(1000 * outcome.store_seconds / max(n, 1), 2),
         "store_transactions": outcome.store_groups,
