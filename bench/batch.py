@@ -8,8 +8,10 @@ Prints ONE JSON object to stdout (progress goes to stderr):
   result) and over the whole call (cluster start, checks, store), and what
   writing the children's results cost the caller per child (``store_ms_per_child``, wall time of the
   group-commit writes; ``store_transactions``: how many groups they took), and the CPU a child cost
-  each kind of process (``cpu_ms_per_child``: caller, Dask workers, kernels with their fork template;
-  at 10 notebooks/s two cores give 200 ms in all);
+  each kind of process (``cpu_ms_per_child``: the caller with the Dask scheduler and the store writes,
+  the Dask workers, the kernels with the fork template that forks and reaps them; at 10 notebooks/s
+  two cores give 200 ms in all), over the children and over the whole call
+  (``cpu_ms_per_child_whole_call``: the cluster's start and stop too);
 * ``papermill_api``: a loop of ``papermill.execute_notebook(...)`` in this
   process (its default engine: a fresh kernel per notebook), sampled on
   ``--api-sample`` notebooks and extrapolated to N;
@@ -21,7 +23,7 @@ run_batch is faster). Target: at least 10 notebooks/s through run_batch on the
 2-core machine. Each child needs a kernel no one used before, so the kernel
 start cost bounds the rate; the figures say where the time goes.
 
-    .venv/bin/python bench/batch.py                      # N=100, workers 2 and 4
+    .venv/bin/python bench/batch.py                      # N=100, workers 2 and 4 (threads: the batch_threads_per_worker setting)
     .venv/bin/python bench/batch.py --n 20 --workers 2 --api-sample 5 --cli-sample 2   # quick
 """
 
@@ -34,6 +36,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -59,61 +62,117 @@ def write_notebook(folder: Path) -> Path:
 
 
 class CpuMeter:
-    """CPU seconds used while the children run, by who used them: this process (client, scheduler, store writes), the
-    Dask worker processes (our descendants), and the fork templates of this interpreter with the kernels they reaped.
-    CPU, unlike wall time, says where a child's cost goes even on a loaded machine."""
+    """CPU seconds used while the children run, by kind of process: this process (client, scheduler, result decoding,
+    store writes), the Dask worker processes, and the kernels (this interpreter's fork templates, which fork and reap
+    them, plus the kernels still alive at the end: the pools' spares). CPU, unlike wall time, says where a child's
+    cost goes even on a loaded machine.
 
-    def __init__(self) -> None:
+    Templates are detached processes shared by every caller of this interpreter; one a worker starts during the
+    sweep is found then and counted from that moment (its own start, a one-off import of numpy/pandas/matplotlib,
+    mostly before). A thread samples every ``period`` seconds; its own CPU is taken off the caller's.
+    """
+
+    def __init__(self, period: float = 0.2, *, born_now: bool = False) -> None:
+        """``born_now``: processes found after the start (the cluster's workers, a template they start) are counted
+        from their birth, for the CPU of a whole call (cluster start and stop included)."""
         import psutil
 
         self.psutil = psutil
         self.me = psutil.Process()
-        self.first: dict[int, float] = {}
-        self.last: dict[int, float] = {}
-        self.templates = self._templates()
+        self.period = period
+        self.workers: dict[int, list[float]] = {}  # pid -> [first, last]
+        self.templates: dict[int, list[float]] = {}  # pid -> [first, last] (own + reaped children)
+        self.kernels: dict[int, float] = {}  # live kernels' CPU at the last sample
+        self._procs: dict[int, Any] = {}
+        self._not_template: set[int] = set()
+        self.sampler_cpu = 0.0
+        self._stop = threading.Event()
         self.start_me = self._cpu(self.me)
-        self.start_templates = sum(self._cpu(p, children=True) for p in self.templates)
-        self._stop = False
-
-    def _templates(self) -> list[Any]:
-        found = []
-        for proc in self.psutil.process_iter(["cmdline"]):
-            line = proc.info["cmdline"] or []
-            if len(line) > 1 and line[0] == sys.executable and line[1].endswith("forktemplate.py"):
-                found.append(proc)
-        return found
+        self.born_now = False
+        self.sample()
+        self.born_now = born_now
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
 
     def _cpu(self, proc: Any, children: bool = False) -> float:
         try:
             t = proc.cpu_times()
         except self.psutil.Error:
-            return 0.0
+            return -1.0
         return t.user + t.system + ((t.children_user + t.children_system) if children else 0.0)
 
+    def _proc(self, pid: int) -> Any:
+        proc = self._procs.get(pid)
+        if proc is None:
+            proc = self._procs[pid] = self.psutil.Process(pid)
+        return proc
+
+    def _find_templates(self) -> None:
+        for pid in self.psutil.pids():
+            if pid in self.templates or pid in self._not_template:
+                continue
+            try:
+                line = self._proc(pid).cmdline()
+            except self.psutil.Error:
+                continue
+            if len(line) > 1 and line[0] == sys.executable and line[1].endswith("forktemplate.py"):
+                self.templates[pid] = [0.0 if self.born_now else self._cpu(self._procs[pid], children=True)] * 2
+            else:
+                self._not_template.add(pid)
+                self._procs.pop(pid, None)
+
     def sample(self) -> None:
-        """The workers' CPU so far (they are gone once the sweep's LocalCluster closes)."""
+        self._find_templates()
+        for pid, seen in self.templates.items():
+            used = self._cpu(self._proc(pid), children=True)
+            if used >= 0:
+                seen[1] = used
+        kernels: dict[int, float] = {}
+        for pid in self.templates:
+            try:
+                for kid in self._proc(pid).children():
+                    used = self._cpu(kid)
+                    if used >= 0:
+                        kernels[kid.pid] = used
+            except self.psutil.Error:
+                pass
+        self.kernels = kernels
         try:
-            workers = self.me.children(recursive=True)
+            descendants = self.me.children(recursive=True)
         except self.psutil.Error:
             return
-        for proc in workers:
+        for proc in descendants:  # a template a worker started is the worker's child until the worker ends
+            if proc.pid in self.templates or proc.pid in kernels:
+                continue
             used = self._cpu(proc)
-            if used:
-                self.first.setdefault(proc.pid, used)
-                self.last[proc.pid] = used
+            if used >= 0:
+                self.workers.setdefault(proc.pid, [0.0 if self.born_now else used, used])[1] = used
 
-    async def run(self) -> None:
-        while not self._stop:
-            await asyncio.to_thread(self.sample)
-            await asyncio.sleep(0.1)
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            before = time.thread_time()
+            self.sample()
+            self.sampler_cpu += time.thread_time() - before
 
-    def result(self, n: int) -> dict[str, float]:
-        caller = self._cpu(self.me) - self.start_me
-        workers = sum(self.last[p] - self.first[p] for p in self.last)
-        kernels = sum(self._cpu(p, children=True) for p in self.templates) - self.start_templates
+    def stop(self) -> None:
+        """A last sample (call it before the cluster closes: its workers are gone then), and no more."""
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join()
+            before = time.thread_time()
+            self.sample()
+            self.sampler_cpu += time.thread_time() - before
+            self.end_me = self._cpu(self.me)
+
+    def result(self, n: int, other_meters: float = 0.0) -> dict[str, float]:
+        """CPU ms per child by kind of process; ``other_meters``: CPU seconds of other meters' samplers in this process."""
+        self.stop()
+        caller = self.end_me - self.start_me - self.sampler_cpu - other_meters
+        workers = sum(last - first for first, last in self.workers.values())
+        kernels = sum(last - first for first, last in self.templates.values()) + sum(self.kernels.values())
         per = lambda seconds: round(1000 * seconds / max(n, 1), 1)  # noqa: E731
-        return {"caller": per(caller), "dask_workers": per(workers), "kernels_and_fork_template": per(kernels),
-                "total": per(caller + workers + kernels)}
+        return {"caller": per(caller), "dask_workers": per(workers), "kernels": per(kernels),
+                "total": per(caller + workers + kernels), "meter_ms_not_counted": round(1000 * self.sampler_cpu, 1)}
 
 
 async def sweep(nb: Path, n: int, workers: int, home: Path) -> dict[str, Any]:
@@ -122,35 +181,33 @@ async def sweep(nb: Path, n: int, workers: int, home: Path) -> dict[str, Any]:
 
     settings = Settings(home=str(home), batch_confirm_above=max(n, 1))
     times: list[float] = []
-    meters: list[tuple[CpuMeter, asyncio.Task[None]]] = []
+    meters: list[CpuMeter] = []
 
     def started(run: Any, children: Any) -> None:
         times.append(time.perf_counter())
-        meter = CpuMeter()
-        meters.append((meter, asyncio.ensure_future(meter.run())))
+        meters.append(CpuMeter())
 
     def finished(update: Any) -> None:
         times.append(time.perf_counter())
         if update.done == n and meters:  # the last child: stop measuring before the cluster closes
-            meters[0][0].sample()
-            meters[0][0]._stop = True
+            meters[0].stop()
 
+    whole = CpuMeter(born_now=True)
     t0 = time.perf_counter()
     outcome = await execute_batch(nb, {"n": list(range(n))}, workers=workers, settings=settings, retries=0, on_start=started, on_child=finished)
     total = time.perf_counter() - t0
     children = times[-1] - times[0]
     ok = outcome.counts.get("succeeded", 0)
-    meter, task = meters[0]
-    meter._stop = True
-    await task
-    cpu = meter.result(n)
-    say(f"run_batch workers={workers}: {n} notebooks, {ok} succeeded, children {children:.1f}s, call {total:.1f}s, CPU ms/child {cpu}")
+    cpu = meters[0].result(n)
+    call_cpu = whole.result(n, other_meters=meters[0].sampler_cpu)
+    say(f"run_batch workers={workers}: {n} notebooks, {ok} succeeded, children {children:.1f}s, call {total:.1f}s, CPU ms/child {cpu}, whole call {call_cpu}")
     return {
-        "workers": workers, "notebooks": n, "succeeded": ok, "children_seconds": round(children, 3), "call_seconds": round(total, 3),
+        "workers": workers, "threads_per_worker": settings.batch_threads_per_worker, "notebooks": n, "succeeded": ok, "children_seconds": round(children, 3), "call_seconds": round(total, 3),
         "notebooks_per_second": round(n / children, 3), "notebooks_per_second_whole_call": round(n / total, 3),
         "store_ms_per_child": round(1000 * outcome.store_seconds / max(n, 1), 2),
         "store_transactions": outcome.store_groups,
         "cpu_ms_per_child": cpu,
+        "cpu_ms_per_child_whole_call": call_cpu,
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
 

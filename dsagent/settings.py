@@ -106,7 +106,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("agent_max_seconds", 900.0, "Wall seconds an agent run may take before it ends failed.", float),
     Setting("agent_max_tokens", 200000, "Prompt + completion tokens (all roles) an agent run may use before it ends failed.", int),
     Setting("batch_workers", 2, "Dask worker processes of the LocalCluster a batch sweep starts when no --cluster address is given.", int),
-    Setting("batch_threads_per_worker", 1, "Children each LocalCluster worker runs at once (each has its own warm kernel).", int),
+    Setting("batch_threads_per_worker", 2, "Children each LocalCluster worker runs at once (each has its own warm kernel); a child mostly waits on its kernel, so two per worker keep 2 cores busy with fewer worker processes.", int),
     Setting("batch_retries", 1, "Further attempts of a failed batch child (a cell raised, its kernel or Dask worker died) before it is recorded failed.", int),
     Setting("batch_confirm_above", 200, "A sweep with more parameter sets than this needs confirming (--yes, confirm=True).", int),
     Setting("batch_write_delay", 0.2, "Seconds a finished batch child's results may wait for others to share its store transaction (group commit; 0 = write at once).", float),

@@ -39,6 +39,9 @@ JournalEntry = tuple[str, Any, Any, datetime]
 class RunJournal:
     """The store-shaped recorder target of one existing run; see the module docstring."""
 
+    #: writes only append to ``entries`` (a recorder calls them inline, not in a worker thread)
+    in_memory = True
+
     def __init__(self, run_id: int, settings: "Settings", *, kind: str = "batch-child", title: str | None = None,
                  params: Mapping[str, Any] | None = None, backend: str | None = None) -> None:
         self.settings = settings

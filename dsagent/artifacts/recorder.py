@@ -84,6 +84,10 @@ class RunRecorder:
         return self.run.id
 
     async def _write(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if getattr(self.store, "in_memory", False):
+            # a RunJournal (a batch child on a Dask worker) only appends to a list: a trip through the thread pool
+            # for each of a child's dozen writes cost more than the write, and cannot be cut off halfway anyway
+            return fn(*args, **kwargs)
         # shielded: a cancellation must not cut a transaction off halfway through our bookkeeping
         return await asyncio.shield(asyncio.to_thread(fn, *args, **kwargs))
 

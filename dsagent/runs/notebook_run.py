@@ -308,11 +308,14 @@ class _NotebookRunner:
 
     async def _store_notebook(self, nb_man: Any, target: Path) -> None:
         """Write the executed (or partial) notebook and store it as the run's ``notebook`` artifact."""
-        from nbformat import writes
+        from nbformat.v4.nbjson import writes  # nbformat.writes without its validation: see below
 
         from dsagent.artifacts.models import NewArtifact
 
         assert self.recorder is not None
+        # nbformat.writes validates first and only logs what it finds; the notebook was validated when papermill
+        # read it and since then got papermill's metadata and outputs built by nbformat, so the check found nothing
+        # and cost every run (a sweep's children: each worker's first write compiled the schema, ~0.15 s of CPU)
         data = writes(nb_man.nb).encode("utf-8")
         for path in {target, Path(nb_man.output_path or target)}:
             await asyncio.shield(asyncio.to_thread(path.write_bytes, data))

@@ -17,7 +17,7 @@ from notebook_helpers import BIN, cli_env, run_cli, write_notebook
 
 from dsagent.artifacts.store import Store
 from dsagent.errors import DsagentError
-from dsagent.runs.batch import execute_batch, expand_grid
+from dsagent.runs.batch import LOCAL_CLUSTER_CONFIG, execute_batch, expand_grid, local_cluster_options
 from dsagent.runs.batch_compare import batch_table, save_table
 from dsagent.settings import Settings
 
@@ -32,10 +32,14 @@ SWEEP_CELLS = (
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
+    """A LocalCluster as a sweep starts for itself (one child per worker at once), shared by the module's tests."""
+    import dask.config
     from distributed import LocalCluster
 
     home = tmp_path_factory.mktemp("workers-home")
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", env={"DSAGENT_HOME": str(home)}) as c:
+    with dask.config.set(LOCAL_CLUSTER_CONFIG):
+        c = LocalCluster(**local_cluster_options(Settings(home=str(home), batch_threads_per_worker=1), 2))
+    with c:
         yield c
 
 
@@ -71,6 +75,28 @@ def test_grids_expand_to_parameter_sets():
         {"alpha": 0.1, "region": "eu"}, {"alpha": 0.1, "region": "us"}, {"alpha": 0.5, "region": "eu"}, {"alpha": 0.5, "region": "us"}]
     assert expand_grid({"alpha": 0.3, "n": [1, 2]}) == [{"alpha": 0.3, "n": 1}, {"alpha": 0.3, "n": 2}]  # a single value: a list of one
     assert expand_grid([{"alpha": 1}, {"region": "us"}]) == [{"alpha": 1}, {"region": "us"}]  # explicit sets as they are
+
+
+def _worker_state(dask_worker) -> dict:
+    import sys
+
+    import dask.config
+
+    worker = dask_worker
+    return {"profile": dask.config.get("distributed.worker.profile.enabled"), "preloaded": "papermill.execute" in sys.modules,
+            "rfc3987_blocked": "rfc3987_syntax" in sys.modules and sys.modules["rfc3987_syntax"] is None,
+            "memory_limit": worker.memory_manager.memory_limit, "nthreads": worker.state.nthreads}
+
+
+async def test_a_sweeps_own_cluster_is_quiet_and_preloaded(cluster):
+    """The LocalCluster a sweep starts: no Dask profiler or memory limit, the children's imports done as workers start.
+    (Before the test that kills a worker: the nanny's replacement does not keep the profiler off.)"""
+    from distributed import Client
+
+    async with Client(cluster.scheduler_address, asynchronous=True) as client:
+        states = list((await client.run(_worker_state)).values())
+    assert states == [{"profile": False, "preloaded": True, "rfc3987_blocked": True, "memory_limit": None, "nthreads": 1}] * 2
+    assert cluster.scheduler.periodic_callbacks["tick"].callback_time == 1000  # ms: not every 20 ms
 
 
 async def test_sweep_runs_children_retries_failures_and_compares(cluster, settings, sweep_nb, tmp_path):
@@ -254,3 +280,4 @@ async def test_a_killed_caller_keeps_every_child_it_wrote_and_records_the_rest_f
             for name in {n for found in names.values() for n in found}:
                 await client.unregister_worker_plugin(name)
     await _no_kernels_left(cluster)
+
