@@ -45,9 +45,20 @@ class Table(pn.widgets.Tabulator):
     table is visible when its first render ends and one full redraw fewer comes
     before the rows show (bench/dashboard.py, docs/architecture.md "First
     paint"). Font Awesome (~100 KB, icons our tables never show) is left out.
+
+    Rows have a set height (Tabulator's ``rowHeight``): otherwise Tabulator
+    inserts each row and reads its height back, a forced layout per row, in its
+    first render and again in each redraw.
     """
 
     _stylesheets: ClassVar[list[str]] = []
+    #: px: one line of text or a status badge (what Tabulator measured for every row of the Runs and Artifacts tables)
+    ROW_HEIGHT: ClassVar[int] = 29
+
+    def __init__(self, value: Any = None, **params: Any) -> None:
+        configuration = dict(params.pop("configuration", None) or {})
+        configuration.setdefault("rowHeight", self.ROW_HEIGHT)
+        super().__init__(value, configuration=configuration, **params)
 
     def _process_param_change(self, params: dict[str, Any]) -> dict[str, Any]:
         params = super()._process_param_change(params)
