@@ -165,10 +165,10 @@ def _page_builder(ctx: AppContext, spec: PageSpec) -> Callable[[], Any]:
             # Panel's icon as a versioned static file, cached for good: the default ./favicon.ico has no cache headers,
             # so every page load fetched it (16 KB) from the server while the page's websocket was connecting
             doc.template_variables.setdefault("app_favicon", f"static/extensions/panel/images/favicon.ico?v={__version__}")
-        if spec.extensions is not None and pn.state.curdoc is not None:
+        if spec.extensions is not None and doc is not None:
             # what pn.extension(*names) records when called in a session (the page's scripts list only these), without
             # its side effects: it appends to a process-wide list on every call, i.e. on every page load
-            pn.state._extensions_[pn.state.curdoc] = list(spec.extensions)
+            pn.state._extensions_[doc] = list(spec.extensions)
         return spec.builder(ctx)
 
     return build
