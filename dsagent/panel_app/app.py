@@ -9,6 +9,7 @@ server starts. Each page module has ``page(ctx) -> Viewable``; ``ctx`` (an
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import socket
 import threading
@@ -32,23 +33,30 @@ class PageSpec:
     #: preload(ctx, query args) -> the page's first data: blocking store reads, run in a worker thread before
     #: the page is built; the builder takes it with ``widgets.preloaded()`` (None if it failed: refresh on load)
     preload: Callable[[AppContext, dict[str, str]], Any] | None = None
+    #: the Panel extensions whose JavaScript the page loads (e.g. ("tabulator",)); None: every one the server knows.
+    #: A page that declares none does not fetch or evaluate Tabulator and luxon (~0.5 MB) on each load.
+    extensions: tuple[str, ...] | None = None
+    #: Panel's Location model (pn.state.location, to read or set the address from Python); off, the page
+    #: builds one model fewer per session
+    location: bool = True
 
 
 def _builtin_pages() -> list[PageSpec]:
     from dsagent.panel_app import (artifact_page, artifacts_page, chat_page, compare_page, notebook_page, notebooks_page, overview, run_page,
                                    runs, schedules_page)
 
+    table = ("tabulator",)  # the pages with a Tabulator (widgets.Table, artifact previews, batch views)
     return [
-        PageSpec("/", "Overview", overview.page, preload=overview.preload),
-        PageSpec("/runs", "Runs", runs.page, preload=runs.preload),
-        PageSpec("/run", "Run", run_page.page, in_nav=False, preload=run_page.preload),
-        PageSpec("/artifacts", "Artifacts", artifacts_page.page, preload=artifacts_page.preload),
-        PageSpec("/artifact", "Artifact", artifact_page.page, in_nav=False),
-        PageSpec("/notebooks", "Notebooks", notebooks_page.page),
-        PageSpec("/notebook", "Notebook", notebook_page.page, in_nav=False),
-        PageSpec("/compare", "Compare runs", compare_page.page, in_nav=False),
+        PageSpec("/", "Overview", overview.page, preload=overview.preload, extensions=(), location=False),
+        PageSpec("/runs", "Runs", runs.page, preload=runs.preload, extensions=table, location=False),
+        PageSpec("/run", "Run", run_page.page, in_nav=False, preload=run_page.preload, extensions=table, location=False),
+        PageSpec("/artifacts", "Artifacts", artifacts_page.page, preload=artifacts_page.preload, extensions=table, location=False),
+        PageSpec("/artifact", "Artifact", artifact_page.page, in_nav=False, extensions=table, location=False),
+        PageSpec("/notebooks", "Notebooks", notebooks_page.page, extensions=table, location=False),
+        PageSpec("/notebook", "Notebook", notebook_page.page, in_nav=False, extensions=table),
+        PageSpec("/compare", "Compare runs", compare_page.page, in_nav=False, extensions=(), location=False),
         PageSpec("/chat", "Chat", chat_page.page),
-        PageSpec("/schedules", "Schedules", schedules_page.page),
+        PageSpec("/schedules", "Schedules", schedules_page.page, extensions=(), location=False),
     ]
 
 
@@ -82,6 +90,7 @@ def build_server(ctx: AppContext, *, port: int, address: str, cookie_secret: str
 
     pn.extension("tabulator", notifications=False)
     _skip_module_shims()
+    _trim_page_scripts()
     pages = [*_builtin_pages(), *PAGES]
     widgets.NAV[:] = [(p.route, p.title) for p in pages if p.in_nav]
     routes = _applications(ctx, pages)
@@ -101,6 +110,10 @@ def build_server(ctx: AppContext, *, port: int, address: str, cookie_secret: str
         raise DsagentError(f"cannot listen on {address}:{port}: {exc.strerror or exc}", hint="check --address and --port") from None
     # a daemon thread: Ctrl-C must not wait for an import that takes seconds on a busy machine
     threading.Thread(target=rest.warm_up, name="nbconvert-warm-up", daemon=True).start()
+    # Everything imported so far (Panel, Bokeh, pandas, DuckDB: ~170,000 objects) lives as long as the server: out
+    # of the collector's reach, a full collection (Panel runs one after sessions close, Python whenever enough
+    # objects were made) no longer stops the event loop for ~0.1 s in the middle of another page's load.
+    gc.freeze()
     return server
 
 
@@ -111,6 +124,54 @@ def _skip_module_shims() -> None:
     from panel.models.esm import ReactiveESM
 
     ReactiveESM.__javascript_raw__ = []
+
+
+def _trim_page_scripts() -> None:
+    """Two changes to the ``<script>`` list of every page (Panel's ``Resources.js_files``).
+
+    - No bokeh-gl: WebGL for Bokeh plots, and the dashboard draws none (~190 KB evaluated per page load).
+    - Panel's bundled libraries (Tabulator, luxon) get Panel's version in their URL, as its own panel.min.js
+      has: a versioned static URL is cached for good, so a later page uses them from the cache instead of
+      asking the server first (a round trip that held back every script after them, as scripts run in order).
+    """
+    from panel import __version__
+    from panel.io.resources import LOCAL_DIST, Resources
+
+    listed = Resources.js_files
+    if getattr(listed.fget, "_dsagent_trimmed", False):
+        return
+
+    def js_files(self) -> list[str]:
+        files = []
+        for url in listed.fget(self):
+            if "/bokeh-gl" in url:
+                continue
+            if LOCAL_DIST + "bundled/" in url and "?" not in url:
+                url = f"{url}?v={__version__}"
+            files.append(url)
+        return files
+
+    js_files._dsagent_trimmed = True  # type: ignore[attr-defined]
+    Resources.js_files = property(js_files)
+
+
+def _page_builder(ctx: AppContext, spec: PageSpec) -> Callable[[], Any]:
+    import panel as pn
+    from panel import __version__
+
+    def build() -> Any:
+        doc = pn.state.curdoc
+        if doc is not None:
+            # Panel's icon as a versioned static file, cached for good: the default ./favicon.ico has no cache headers,
+            # so every page load fetched it (16 KB) from the server while the page's websocket was connecting
+            doc.template_variables.setdefault("app_favicon", f"static/extensions/panel/images/favicon.ico?v={__version__}")
+        if spec.extensions is not None and doc is not None:
+            # what pn.extension(*names) records when called in a session (the page's scripts list only these), without
+            # its side effects: it appends to a process-wide list on every call, i.e. on every page load
+            pn.state._extensions_[doc] = list(spec.extensions)
+        return spec.builder(ctx)
+
+    return build
 
 
 def _preload_handler(ctx: AppContext, preload: Callable[[AppContext, dict[str, str]], Any]):
@@ -145,8 +206,9 @@ def _applications(ctx: AppContext, pages: list[PageSpec]) -> dict[str, Any]:
     """Panel's Bokeh applications for the pages, each with its preload handler when it has one."""
     from panel.io.application import build_applications
 
-    apps = build_applications({p.route: (lambda spec=p: spec.builder(ctx)) for p in pages}, title="dsagent")
+    apps = {}
     for spec in pages:
+        apps.update(build_applications({spec.route: _page_builder(ctx, spec)}, title="dsagent", location=spec.location))
         if spec.preload is not None:
             apps[spec.route].add(_preload_handler(ctx, spec.preload))
     return apps

@@ -54,9 +54,8 @@ def _frame(items) -> pd.DataFrame:
 
 
 def preload(ctx: "AppContext", args: dict[str, str]) -> dict:
-    """The gallery's and the table's first pages without filters, read before the page is built."""
-    return {"gallery": ctx.store.search_artifacts(kind="image", limit=GALLERY_SIZE),
-            "table": ctx.store.search_artifacts(exclude_kind="image", limit=TABLE_SIZE)}
+    """The gallery's first page without filters, read before the page is built (the table's joins it later)."""
+    return {"gallery": ctx.store.search_artifacts(kind="image", limit=GALLERY_SIZE)}
 
 
 def page(ctx: "AppContext") -> pn.Column:
@@ -161,13 +160,15 @@ def page(ctx: "AppContext") -> pn.Column:
     # The table sits below the gallery, out of the first screen: it joins the page TABLE_DELAY_S after the browser
     # has shown the rest. Building a Tabulator (and its redraws) holds the browser's main thread for longer than the
     # whole gallery takes: in the first document it held back the thumbnails, and added right on load it still
-    # landed before they had loaded (bench/dashboard.py traces). It arrives with its rows in the same message, so
-    # none are dropped by a Tabulator still being built. (Without preloaded rows the first refresh fills it on
-    # load: then it must be built already, as before.)
+    # landed before they had loaded (bench/dashboard.py traces). Its rows are read then and arrive with it in the
+    # same message, so none are dropped by a Tabulator still being built (if that read fails, the poller's next one
+    # fills it). (Without a preloaded gallery the first refresh fills both on load: then the table must be built
+    # already, as before.)
     table_slot = pn.Column(sizing_mode="stretch_width", min_height=450)
 
     async def add_table() -> None:
         await asyncio.sleep(TABLE_DELAY_S)
+        await load("table")  # read now, not in the preload: the page's first response waits for nothing the first screen lacks
         table_slot.append(table)
 
     if first is None:

@@ -3,8 +3,11 @@ links, the "busy" notice, and the artifact preview (by kind)."""
 
 from __future__ import annotations
 
+import functools
 import html
 import json
+import posixpath
+import re
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, ClassVar
 
 import logging
@@ -32,14 +35,68 @@ PRELOADED: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
 
 
 class Table(pn.widgets.Tabulator):
-    """Panel's Tabulator without its Font Awesome stylesheet (~100 KB, for icons our tables never show).
+    """Panel's Tabulator, shown as soon as it is built: its stylesheets inline, without Font Awesome.
 
-    Each table loads its stylesheets into its own shadow root and stays hidden
-    until they have loaded: one stylesheet fewer to fetch and parse per table on
-    the Runs and Artifacts pages' first paint.
+    Panel's Tabulator view stays hidden until every ``<link>`` stylesheet in its
+    shadow root has loaded (Panel's loading.css, the theme's default.css and
+    native.css, Tabulator's theme), then redraws the whole table; a second
+    redraw follows after the first resize. Those stylesheets (~34 KB, shipped
+    with Panel) go in as ``<style>`` text instead: nothing to wait for, so the
+    table is visible when its first render ends and one full redraw fewer comes
+    before the rows show (bench/dashboard.py, docs/architecture.md "First
+    paint"). Font Awesome (~100 KB, icons our tables never show) is left out.
+
+    Rows have a set height (Tabulator's ``rowHeight``): otherwise Tabulator
+    inserts each row and reads its height back, a forced layout per row, in its
+    first render and again in each redraw.
     """
 
     _stylesheets: ClassVar[list[str]] = []
+    #: px: one line of text or a status badge (what Tabulator measured for every row of the Runs and Artifacts tables)
+    ROW_HEIGHT: ClassVar[int] = 29
+
+    def __init__(self, value: Any = None, **params: Any) -> None:
+        configuration = dict(params.pop("configuration", None) or {})
+        configuration.setdefault("rowHeight", self.ROW_HEIGHT)
+        super().__init__(value, configuration=configuration, **params)
+
+    def _process_param_change(self, params: dict[str, Any]) -> dict[str, Any]:
+        params = super()._process_param_change(params)
+        if "stylesheets" in params:
+            params["stylesheets"] = [_inline_panel_css(sheet) for sheet in params["stylesheets"]]
+        return params
+
+
+def _inline_panel_css(sheet: Any) -> Any:
+    """A Panel-shipped ``ImportedStyleSheet`` as an ``InlineStyleSheet`` of the same CSS; anything else as it is."""
+    from bokeh.models import ImportedStyleSheet, InlineStyleSheet
+
+    if not isinstance(sheet, ImportedStyleSheet):
+        return sheet
+    css = _panel_css_text(sheet.url)
+    return sheet if css is None else InlineStyleSheet(css=css)
+
+
+@functools.lru_cache(maxsize=32)
+def _panel_css_text(url: str) -> str | None:
+    """The text of a stylesheet in Panel's dist folder, its relative ``url(../x)`` made relative to the page."""
+    from panel.io.resources import CDN_DIST, DIST_DIR, LOCAL_DIST
+
+    path = url.split("?", 1)[0]
+    for prefix in (CDN_DIST, LOCAL_DIST, "./" + LOCAL_DIST, "/" + LOCAL_DIST):
+        if path.startswith(prefix):
+            relative = path[len(prefix):]
+            break
+    else:
+        return None
+    file = (DIST_DIR / relative).resolve()
+    if DIST_DIR.resolve() not in file.parents or not file.is_file():
+        return None
+    folder = posixpath.dirname(relative)
+    # inline CSS resolves url() against the page (/runs ...), not against the file's folder as a <link> does
+    return re.sub(r"url\((['\"]?)(?!data:|https?:|/)([^'\")]+)\1\)",
+                  lambda m: f"url({m.group(1)}{LOCAL_DIST}{posixpath.normpath(posixpath.join(folder, m.group(2)))}{m.group(1)})",
+                  file.read_text(encoding="utf-8"))
 
 
 def date_range_bounds(value: "tuple[date | None, date | None] | None") -> tuple[datetime | None, datetime | None]:
