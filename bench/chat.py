@@ -17,7 +17,11 @@ trivial cell on a ``local`` kernel. Measured in the same process:
   fresh kernel running the same cells with plain ``session.execute``.
 
 The browser side (``--no-browser`` skips it): a real ``dsagent serve`` and a
-real Chromium on the Chat page of a chat whose kernel is open, the same script:
+real Chromium on the Chat page of a chat whose kernel is open, the same script.
+Times are taken in the page: from the Enter keydown to the animation frame in
+which the text is first rendered (a MutationObserver on every shadow root notes
+it; Playwright's own waits poll with a 0, 20, 50, 100, 100, 500 ms backoff,
+which added up to 500 ms to the figures before):
 
 * ``browser_question_ms``: from pressing Enter to the question shown in the
   feed (the page shows it, with "starting the turn…", before any store or
@@ -25,10 +29,20 @@ real Chromium on the Chat page of a chat whose kernel is open, the same script:
 * ``browser_first_step_ms``: from pressing Enter to the turn's plan visible in
   the page (target <= 300 ms median);
 * ``dashboard_cost_ms_per_step``: (Enter to the answer visible, minus the
-  library's ``chat_turn_ms`` above) / the turn's agent steps (target <= 20 ms).
+  library's ``chat_turn_ms`` above) / the turn's agent steps (target <= 20 ms);
+* ``server_cpu_ms_per_turn``: CPU of the server process and its kernels per turn.
+
+The next question goes ``READING_SECONDS`` after the turn's end line shows, as
+a user reads the answer first (the page readies the next question's pane then).
+``--compare TREE`` runs the browser part also against the dsagent in another
+source tree (``git archive``), alternating, so both sides share the machine's
+load; ``--trace`` prints every hop of each turn (page, host, library, store,
+kernel, LLM, websocket, browser) with its time after Enter (``chat_trace.py``).
 
     .venv/bin/python bench/chat.py              # 6 rounds
     .venv/bin/python bench/chat.py --quick      # 2 rounds
+    mkdir /tmp/old && git archive main dsagent | tar -x -C /tmp/old
+    .venv/bin/python bench/chat.py --compare /tmp/old --pairs 2
 """
 
 from __future__ import annotations
@@ -46,6 +60,7 @@ from typing import Any
 
 TARGET_FIRST_STEP_MS = 300.0
 TARGET_COST_PER_STEP_MS = 20.0
+READING_SECONDS = 0.5  # between a turn's end and the next question in the browser
 
 
 def turn_script(i: int) -> list[Any]:
@@ -68,7 +83,7 @@ async def main(turns: int) -> dict[str, Any]:
     os.environ["OPENAI_API_KEY"] = "bench-key"
     data = home / "t.csv"
     data.write_text("a,b\n1,2\n3,4\n")
-    first_step, chat_turn, plain_run = [], [], []
+    first_step, chat_turn, plain_run, chat_cpu = [], [], [], []
     with LLMServer([]) as llm:
         settings = Settings(home=str(home / "ws"), llm_model="scripted-model", llm_base_url=llm.base_url, kernel_pool_size=0)
         with Store.open(settings=settings) as store:
@@ -87,9 +102,9 @@ async def main(turns: int) -> dict[str, Any]:
                     # unfollowed (a follower's reads share the store's lock), then the same as a plain agent run in
                     # the same kernel (no history, no chat events)
                     llm.add(*turn_script(i))
-                    start = time.perf_counter()
+                    start, cpu_start = time.perf_counter(), time.process_time()
                     await chat.ask(f"count {i}")
-                    wall = time.perf_counter() - start
+                    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
                     llm.add(*turn_script(i))
                     start = time.perf_counter()
                     outcome = await execute_agent_run(f"count {i}", [data], backend="local", settings=settings, store=store,
@@ -99,6 +114,7 @@ async def main(turns: int) -> dict[str, Any]:
                     if i:
                         first_step.append(seen * 1000)
                         chat_turn.append(wall * 1000)
+                        chat_cpu.append(cpu * 1000)
                         plain_run.append(plain * 1000)
                     print(f"turn {i}: first step {seen * 1000:.0f} ms, chat turn {wall * 1000:.0f} ms, plain run {plain * 1000:.0f} ms",
                           file=sys.stderr)
@@ -121,6 +137,7 @@ async def main(turns: int) -> dict[str, Any]:
         "first_step_ms": median(first_step),
         "target_first_step_ms_in_browser": TARGET_FIRST_STEP_MS,
         "chat_turn_ms": median(chat_turn),
+        "chat_turn_cpu_ms": median(chat_cpu),
         "plain_run_ms": median(plain_run),
         "chat_overhead_ms_per_turn": round(median(chat_turn) - median(plain_run), 1),
         "restore_ms": round(restore * 1000, 1),
@@ -282,6 +299,7 @@ def browser(turns: int, trace: bool = False, tree: str | None = None) -> dict[st
                     # the turn's end line: its run has finished, as a user reading the answer would find it (a question
                     # sent before waits in host.start for the turn to finish recording, which is not the page's cost)
                     page.get_by_role("button", name="Save turn as notebook").nth(i).wait_for()
+                    time.sleep(READING_SECONDS)
                     if i:
                         asked.append(shown * 1000)
                         first.append(plan * 1000)
