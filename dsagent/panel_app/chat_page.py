@@ -493,11 +493,9 @@ class _ChatView:
     async def _start_turn(self, view: TurnView, started: "Future[int]") -> None:
         try:
             run_id = await asyncio.wrap_future(started)
-            with pn.io.hold(self.doc):
-                view.bind(run_id)
-                self.views[run_id] = view
-                self.stop.visible = True
-                self.message.object = ""
+            view.bind(run_id)  # shown, with Stop, by the refresh below (one patch with the run's first events)
+            self.views[run_id] = view
+            self.message.object = ""
         except Exception as exc:  # not a turn: the question leaves the feed (hidden: the next question's pane), the message says why
             view.withdraw()
             if self._spare is None:

@@ -152,9 +152,9 @@ class TurnView:
         self.task = ""
 
     def bind(self, run_id: int) -> None:
-        """The turn's run exists now: follow its events."""
+        """The turn's run exists now: follow its events. Shown with its first events (its creation wrote a
+        ``status`` one), not on its own: every document patch costs the browser a style and layout pass."""
         self.run_id = run_id
-        self._render()
 
     # -- events -----------------------------------------------------------------
 
