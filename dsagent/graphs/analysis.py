@@ -81,7 +81,8 @@ async def setup(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
     if datasets and spec_of(state).wants_data_profile and not state.get("profile"):
         cells.append(await ctx.toolbox.run_cell(profile_code([d["param"] for d in datasets]), role="setup"))
         profile = trim(cells[-1]["observation"], PROFILE_CHARS - 1000, 1000)[0]
-    await ctx.step("profile", {"datasets": [d["source"] for d in datasets], "status": cells[-1]["status"]})
+    # rides with the plan's write (its cells are written already): one store write fewer before the first plan shows
+    await ctx.step("profile", {"datasets": [d["source"] for d in datasets], "status": cells[-1]["status"]}, defer=True)
     return {"cells": cells, "profile": profile, "started_at": state.get("started_at") or time.time(), "steps": 0,
             "revisions": 0, "status": "running"}
 

@@ -262,12 +262,13 @@ class Chat:
         return await (await self.start(task, **options)).wait()
 
     async def start(self, task: str, *, graph: str | None = None, on_step: "StepHook | None" = None,
-                    approve: "Approver | bool | None" = None, budget: "Budget | None" = None, model: str | None = None) -> Turn:
+                    approve: "Approver | bool | None" = None, budget: "Budget | None" = None, model: str | None = None,
+                    launched: dict[str, Any] | None = None) -> Turn:
         """Start a turn; returns once its run exists (or raises why it could not start).
 
         ``approve``: None (cells run at once), True (each cell waits in ``pending`` until ``decide``),
         or a callable as ``execute_agent_run`` takes. ``model``: every role of this turn uses it
-        (default: the llm_model settings).
+        (default: the llm_model settings). ``launched``: who asked from where, the turn run's ``launched`` event.
         """
         from dsagent.graphs.chat_history import render_history
 
@@ -293,7 +294,7 @@ class Chat:
         if model:
             settings = settings.replace(llm_model=model, llm_model_planner="", llm_model_coder="", llm_model_reviewer="")
         coroutine = self._run_turn(task, graph or self.record.graph, copies, extra, on_step, approver, budget, on_run, created,
-                                   settings)
+                                   settings, launched)
         running = asyncio.ensure_future(coroutine)
         await asyncio.wait([created, running], return_when=asyncio.FIRST_COMPLETED)
         if not created.done():  # it ended before its run existed: say why
@@ -303,12 +304,13 @@ class Chat:
         return self._turn
 
     async def _run_turn(self, task: str, graph: str, data: list[Path], extra: dict[str, Any], on_step: Any, approve: Any,
-                        budget: Any, on_run: Any, created: "asyncio.Future[int]", settings: Settings) -> AgentOutcome:
+                        budget: Any, on_run: Any, created: "asyncio.Future[int]", settings: Settings,
+                        launched: dict[str, Any] | None = None) -> AgentOutcome:
         try:
             outcome = await execute_agent_run(
                 task, data, graph=graph, backend=self.kernels.name, settings=settings, store=self.store, budget=budget,
                 on_step=on_step, approve=approve, parent_id=self.id, session=self.session, extra_input=extra,
-                on_run=lambda run_id: self._turn_started(run_id, task, graph, on_run))
+                on_run=lambda run_id: self._turn_started(run_id, task, graph, on_run), launched=launched)
         except asyncio.CancelledError:
             if not created.done():
                 raise

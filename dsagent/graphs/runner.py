@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,13 +82,15 @@ async def execute_agent_run(
     session: "KernelSession | None" = None,
     extra_input: dict[str, Any] | None = None,
     on_run: "Callable[[int], Any] | None" = None,
+    launched: "Mapping[str, Any] | None" = None,
 ) -> AgentOutcome:
     """Run ``graph`` on ``task`` as a recorded agent run; the outcome with answer, artifacts and notebook path.
 
     ``parent_id``: the run this one belongs to (an evaluation's batch run, a chat). ``schedule_id``: the schedule that fired it.
     ``session``: run in this live kernel (a chat's), which already has the data files; it is
     left running. ``extra_input``: more graph input (a chat's ``conversation`` and ``profile``).
-    ``on_run(run_id)``: called as soon as the run exists.
+    ``on_run(run_id)``: called as soon as the run exists. ``launched``: who started it from where
+    (``{"user": ..., "via": "dashboard", ...}``), recorded as the run's ``launched`` event.
     """
     if not task.strip():
         raise AgentError("the task is empty", hint="say what the agent should find out or build", reason="no_task")
@@ -98,6 +101,7 @@ async def execute_agent_run(
     attempt = _Attempt(task, graph, datasets, settings, budget, on_step, approve, parent_id)
     attempt.schedule_id = schedule_id
     attempt.session, attempt.extra_input, attempt.on_run = session, dict(extra_input or {}), on_run
+    attempt.launched = dict(launched) if launched else None
     return await attempt.run(backend, store, run_id=None)
 
 
@@ -151,6 +155,7 @@ class _Attempt:
         self.session: Any = None  # a live session to use (and keep), else one is started and shut down
         self.extra_input: dict[str, Any] = {}
         self.on_run: Any = None
+        self.launched: dict[str, Any] | None = None  # who started the run from where (a ``launched`` event)
 
     async def run(self, backend: "str | KernelBackend | None", store: "Store | None", *, run_id: int | None) -> AgentOutcome:
         from dsagent.graphs.llm import LLMClient
@@ -193,9 +198,13 @@ class _Attempt:
         recorder = RunRecorder(store, "agent", title=self.task[:200], params=params, backend=backend_name, run_id=run_id,
                                parent_id=self.parent_id, schedule_id=self.schedule_id)
         workspace = Workspace.from_settings(self.settings).ensure()
-        async with recorder, open_checkpointer(workspace.checkpoints_path) as saver:
-            if self.on_run is not None:
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(recorder)
+            if self.launched:  # rides with the run's first write (the setup cell): no transaction of its own
+                await recorder.event("launched", self.launched, defer=True)
+            if self.on_run is not None:  # before the checkpointer opens: a page follows the run from here
                 await run_hook(self.on_run, recorder.run_id)
+            saver = await stack.enter_async_context(open_checkpointer(workspace.checkpoints_path))
             if self.session is None:  # a caller's live session was prepared when it started
                 await _prepare_kernel(session, self.datasets, list(secret_values()))
             app = _build(self.graph, saver)
@@ -250,13 +259,20 @@ class _Attempt:
 
 
 def _build(graph: str, saver: Any) -> Any:
+    """The compiled graph with this run's checkpointer: compiled once per process (~10-30 ms of CPU each time
+    otherwise, at every chat turn), then a shallow copy per run that only swaps the checkpointer."""
+    return _compiled(graph).copy(update={"checkpointer": saver})
+
+
+@functools.cache
+def _compiled(graph: str) -> Any:
     if graph == "team":
         from dsagent.graphs.team import build_team_graph
 
-        return build_team_graph(saver)
+        return build_team_graph()
     from dsagent.graphs.analysis import build_agent_graph
 
-    return build_agent_graph(graph, saver)
+    return build_agent_graph(graph)
 
 
 async def _prepare_kernel(session: Any, datasets: list[dict[str, str]], secret_names: list[str]) -> None:

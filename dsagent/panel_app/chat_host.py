@@ -146,16 +146,15 @@ class ChatHost:
             chat = await self.open(chat_id)
             if chat.running is not None:  # its end is shown (the status event is written) while it records its notebook
                 await asyncio.wait([asyncio.ensure_future(chat.running.wait())], timeout=FINISHING_SECONDS)
+            launched = {"user": user, "via": "dashboard", "chat": chat_id, "graph": graph or chat.record.graph, "model": model or "",
+                        "approve": approve}  # written with the turn's first step, not before the page learns the run
             turn = await chat.start(task, graph=graph, model=model or None, approve=True if approve else None,
-                                    on_step=lambda _kind, _payload: self._wake(chat_id))
+                                    on_step=lambda _kind, _payload: self._wake(chat_id), launched=launched)
         finally:
             self._busy[chat_id] -= 1
         if turn.run_id is None:  # it ended before its run existed: wait() raises why
             await turn.wait()
         self._last_used[chat_id] = time.monotonic()
-        await asyncio.to_thread(self.store.append_events, turn.run_id, [
-            ("launched", {"user": user, "via": "dashboard", "chat": chat_id, "graph": graph or chat.record.graph, "model": model or "",
-                          "approve": approve})])
         asyncio.ensure_future(self._note_end(chat_id, turn))
         self._wake(chat_id)
         return turn.run_id

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import html
 import os
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable
 
 import panel as pn
@@ -218,6 +219,7 @@ class _ChatView:
         self.by_id = query_arg("id") is not None
         self.chat_id: int | None = None
         self.views: dict[int, TurnView] = {}
+        self._spare: TurnView | None = None  # a hidden turn pane at the end of the feed, for the next question
         self.sending = False
         self.closed = False
         self.doc = pn.state.curdoc
@@ -283,8 +285,10 @@ class _ChatView:
             turns = await self.ctx.read(self._turn_runs)
             for run in turns:
                 self._new_view(run.id, run.params.get("task", run.title or ""))
-            if turns:  # one change of the feed, not one per turn: a long chat loads in one go
-                self.feed.objects = [self.views[run.id].layout for run in turns]
+            if not self.problem:
+                self._spare = self._hidden_turn()
+            # one change of the feed, not one per turn: a long chat loads in one go
+            self.feed.objects = [self.views[run.id].layout for run in turns] + ([self._spare.layout] if self._spare else [])
             if not turns:
                 questions = await self.ctx.read(self._suggestions, record)
                 self.suggest.objects = [pn.pane.Markdown("**Try:**", margin=(8, 5))] + [self._suggest_button(q) for q in questions]
@@ -383,14 +387,33 @@ class _ChatView:
             self.views[run_id] = view
         return view
 
+    def _hidden_turn(self) -> TurnView:
+        return TurnView(None, "", on_decide=self._on_decide, on_save=self._on_save_turn, hidden=True)
+
+    def _add_turn(self, view: TurnView) -> None:
+        """A turn into the feed, before the hidden spare (which stays last, for the next question)."""
+        spare = self._spare.layout if self._spare is not None else None
+        if spare is not None and spare in self.feed.objects:
+            self.feed.insert(self.feed.objects.index(spare), view.layout)
+        else:
+            self.feed.append(view.layout)
+
+    def _make_spare(self) -> None:
+        """Ready the next question's pane while the user reads: adding models to a page is what costs (Bokeh walks
+        the whole document, the browser builds the new views), so Enter only changes properties of this one."""
+        if self._spare is None and not self.problem and not self.closed:
+            self._spare = self._hidden_turn()
+            self.feed.append(self._spare.layout)
+
     def _poll(self, known: int, following: dict[int, int]) -> tuple[list[Any], dict[int, list[Any]]]:
         """New turns (runs after ``known``) and new events of the turns being followed, in one worker-thread hop.
 
         Through the ChatHost's store: the same DuckDB handle the turns write with, so a poll during a turn
         takes that handle's thread lock for a moment instead of making the writer let go of the file and
-        attach it again (with a log replay) at every poll."""
+        attach it again (with a log replay) at every poll. While a turn is followed no other can start (one turn at a
+        time per chat), so the runs are listed only between turns: the listing is most of a poll's cost."""
         store = self.host.store
-        newest = store.list_runs(parent_id=self.chat_id, kind="agent", limit=5).items
+        newest = [] if following else store.list_runs(parent_id=self.chat_id, kind="agent", limit=5).items
         new = sorted((r for r in newest if r.id > known), key=lambda r: r.id)
         events = {run_id: store.events(run_id, after=after, limit=500) for run_id, after in following.items()}
         events.update({r.id: store.events(r.id, limit=500) for r in new if r.id not in events})
@@ -415,6 +438,7 @@ class _ChatView:
             following = {i: v.after for i, v in self.views.items() if not v.done}
             new, events = await self.ctx.read(self._poll, known, following)
             if await self._in_doc(self._show, new, events):  # a turn ended: the sidebar's turn counts changed
+                await self._in_doc(self._make_spare)  # its own update, after the one showing the end
                 await self.reload_sidebar()
         await self.notice.guard(work)
 
@@ -423,7 +447,7 @@ class _ChatView:
         if not self.sending:  # a turn this page is starting is bound to its view by _start_turn
             for run in new:
                 if run.id not in self.views:
-                    self.feed.append(self._new_view(run.id, run.params.get("task", run.title or "")).layout)
+                    self._add_turn(self._new_view(run.id, run.params.get("task", run.title or "")))
         ended = False
         for run_id, batch in events.items():
             view = self.views.get(run_id)
@@ -449,25 +473,34 @@ class _ChatView:
         if self.sending:  # (a turn still running is the host's to refuse: one whose answer shows may be finishing)
             self.message.object = "the previous question is still starting: ask again in a moment"
             return
-        self.suggest.visible = False
         self.sending = True
-        view = self._new_view(None, text, asker=self.who)
-        self.feed.append(view.layout)
-        self.feed.scroll_to(len(self.feed.objects) - 1)  # the new turn in view, even when the user had scrolled up
-        asyncio.ensure_future(self._start_turn(view, text))
-
-    async def _start_turn(self, view: TurnView, task: str) -> None:
-        try:
+        with pn.io.hold(self.doc):  # one websocket message
+            self.suggest.visible = False
+            view, self._spare = self._spare, None
+            if view is None:  # no spare ready (asked again at once): a new pane
+                view = self._new_view(None, text, asker=self.who)
+                self.feed.append(view.layout)
+            else:
+                view.ask(text, self.who)
             if not self.host.is_open(self.chat_id):
                 self.kernel.object = "<small>kernel: starting, replaying the chat's earlier cells…</small>"
-            run_id = await self.host.call(self.host.start(self.chat_id, task, user=self.who, graph=self.agent.value,
-                                                          model=self.model.value, approve=self.approve.value))
-            view.bind(run_id)
+            self.feed.scroll_to(self.feed.objects.index(view.layout))  # the new turn in view, even when the user had scrolled up
+        # the patch showing the question is made (sent once this handler returns): now the turn, on the host's thread
+        started = self.host.submit(self.host.start(self.chat_id, text, user=self.who, graph=self.agent.value, model=self.model.value,
+                                                   approve=self.approve.value))
+        asyncio.ensure_future(self._start_turn(view, started))
+
+    async def _start_turn(self, view: TurnView, started: "Future[int]") -> None:
+        try:
+            run_id = await asyncio.wrap_future(started)
+            view.bind(run_id)  # shown, with Stop, by the refresh below (one patch with the run's first events)
             self.views[run_id] = view
-            self.stop.visible = True
             self.message.object = ""
-        except Exception as exc:  # not a turn: the question leaves the feed, the message says why
-            if view.layout in self.feed.objects:
+        except Exception as exc:  # not a turn: the question leaves the feed (hidden: the next question's pane), the message says why
+            view.withdraw()
+            if self._spare is None:
+                self._spare = view
+            elif view.layout in self.feed.objects:
                 self.feed.remove(view.layout)
             self.message.object = f"<span style='color:#dc3545'>{html.escape(str(exc))}</span>"
             hint = getattr(exc, "hint", "")

@@ -10,6 +10,7 @@ Plots are ``<img>`` tags on the artifact REST route, never inlined base64.
 
 from __future__ import annotations
 
+import functools
 import html
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
@@ -83,9 +84,14 @@ def outputs_html(outputs: list[dict[str, Any]], artifacts: list[dict[str, Any]])
 
 
 def _markdown(text: str) -> str:
+    return _markdown_parser().render(text or "")
+
+
+@functools.cache
+def _markdown_parser() -> Any:
     from markdown_it import MarkdownIt  # Panel's own Markdown renderer; raw HTML in model text stays text
 
-    return MarkdownIt("commonmark", {"html": False}).render(text or "")
+    return MarkdownIt("commonmark", {"html": False})  # built once: its rule tables cost more than a step's render
 
 
 def _code_html(code: str) -> str:
@@ -102,10 +108,12 @@ class TurnView:
     approval and the finished turn's "Save" button are widgets, added to the turn when needed.
 
     A turn the page itself asks starts without a run (``run_id`` None: the question and "starting…" show at
-    once, before any store or agent work); ``bind(run_id)`` attaches it to its run once that exists."""
+    once, before any store or agent work); ``bind(run_id)`` attaches it to its run once that exists. The page
+    keeps one such turn ready, hidden (``hidden=True``), at the end of the feed: ``ask(task)`` shows it by
+    changing properties only, so Enter adds no model to the page."""
 
     def __init__(self, run_id: int | None, task: str, *, on_decide: Callable[[int, str, str | None, str], Any],
-                 on_save: Callable[[int], Any], asker: str = "") -> None:
+                 on_save: Callable[[int], Any], asker: str = "", hidden: bool = False) -> None:
         self.run_id = run_id
         self.task = task
         self.after = 0  # last event seq shown
@@ -117,10 +125,12 @@ class TurnView:
         # the finished turn's line and "Save" button exist from the start, hidden: showing them changes a property, while
         # adding models at the end would make Bokeh walk the whole document again
         self.footer_text = chat_pane("")
-        save = pn.widgets.Button(name="Save turn as notebook", button_type="light", width=190)
+        # an outlined button: the "light" type drew no edge on the page's white, so it read as plain text
+        save = pn.widgets.Button(name="Save turn as notebook", button_type="primary", button_style="outline", width=190)
         save.on_click(partial(self._save))
         self.footer = pn.Row(self.footer_text, save, sizing_mode="stretch_width", visible=False)
-        self.layout = pn.Column(self.steps, self.tokens, self.footer, sizing_mode="stretch_width", css_classes=["ds-turn"])
+        self.layout = pn.Column(self.steps, self.tokens, self.footer, sizing_mode="stretch_width", css_classes=["ds-turn"],
+                                visible=not hidden)
         self._blocks: list[str] = []
         self._cells: dict[int, int] = {}  # cell number -> index of its block
         self._artifacts: list[dict[str, Any]] = []
@@ -130,10 +140,21 @@ class TurnView:
         self._launched_by = ""
         self._render()
 
-    def bind(self, run_id: int) -> None:
-        """The turn's run exists now: follow its events."""
-        self.run_id = run_id
+    def ask(self, task: str, asker: str) -> None:
+        """A hidden turn (made ahead of time) takes the question and shows it."""
+        self.task, self._asker = task, asker
         self._render()
+        self.layout.visible = True
+
+    def withdraw(self) -> None:
+        """The question did not become a turn: hidden again, ready for the next one."""
+        self.layout.visible = False
+        self.task = ""
+
+    def bind(self, run_id: int) -> None:
+        """The turn's run exists now: follow its events. Shown with its first events (its creation wrote a
+        ``status`` one), not on its own: every document patch costs the browser a style and layout pass."""
+        self.run_id = run_id
 
     # -- events -----------------------------------------------------------------
 
