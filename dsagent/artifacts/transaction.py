@@ -15,7 +15,7 @@ the highest id in use. See "Fewer statements per cell" in ``docs/architecture.md
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import duckdb
 
@@ -42,9 +42,14 @@ def _values_sql(rows: int, width: int) -> str:
 class Transaction:
     """Writes inside one ``Store.transaction()``; nothing is visible to others before it commits."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, *, files: BlobFiles, packs: BlobPacks, inline_max_bytes: int,
-                 held_facts: dict[Any, Any] | None = None) -> None:
-        self._con = con
+    def __init__(self, open_con: Callable[[], duckdb.DuckDBPyConnection], *, files: BlobFiles, packs: BlobPacks,
+                 inline_max_bytes: int, held_facts: Callable[[], dict[Any, Any] | None] = lambda: None) -> None:
+        # The workspace lock is taken only when the first statement needs the file (``open_con``):
+        # ``add_artifacts`` hashes, writes and syncs the bytes first, so a transaction that starts
+        # with them (a recorded cell's does) spends none of that time holding the lock.
+        self._open_con = open_con
+        self._opened: duckdb.DuckDBPyConnection | None = None
+        self._held_facts_of = held_facts
         self._files = files  # bytes above ``inline_max_bytes``
         self._packs = packs  # the others
         self._inline_max_bytes = inline_max_bytes
@@ -53,9 +58,26 @@ class Transaction:
         # asks no questions: run id -> its last event seq (for runs known to exist), and
         # id counter -> the last id handed out (saved to ``id_counters`` by ``save_held_ids``
         # when the file is let go). None (not holding): ask and count in every transaction.
-        self._held_facts = held_facts
-        self._last_seq: dict[int, int] = {} if held_facts is None else held_facts.setdefault("last_seq", {})
-        self._last_ids: dict[str, int] | None = None if held_facts is None else held_facts.setdefault("last_ids", {})
+        # Read once the file is open (the lock held), never before: a held file may be let go meanwhile.
+        self._held_facts: dict[Any, Any] | None = None
+        self._last_seq: dict[int, int] = {}
+        self._last_ids: dict[str, int] | None = None
+        self._settle: list[Callable[[], None]] = []  # told once the transaction has ended
+
+    def ended(self) -> None:
+        """Called by the store once the transaction has committed or rolled back."""
+        for settle in self._settle:
+            settle()
+        self._settle.clear()
+
+    @property
+    def _con(self) -> duckdb.DuckDBPyConnection:
+        if self._opened is None:
+            self._opened = self._open_con()
+            self._held_facts = held = self._held_facts_of()
+            self._last_seq = {} if held is None else held.setdefault("last_seq", {})
+            self._last_ids = None if held is None else held.setdefault("last_ids", {})
+        return self._opened
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
@@ -64,22 +86,24 @@ class Transaction:
         That SQL may delete runs or artifacts, so first the id counters are brought up to the
         highest id in use (ids are never reused) and the facts this process remembers are dropped.
         """
-        self._con.execute(_COUNTERS_UP_TO_USED_IDS)
+        con = self._con
+        con.execute(_COUNTERS_UP_TO_USED_IDS)
         if self._held_facts is not None:
             self._held_facts.clear()
             self._last_ids = self._held_facts.setdefault("last_ids", {})
         self._last_seq = {}
-        return self._con
+        return con
 
     def _next_ids(self, counter: str, n: int) -> list[int]:
+        con = self._con  # opens the file (and reads the held facts) first
         if self._last_ids is None:
-            last = self._con.execute(_TAKE_IDS[counter], [n]).fetchone()[0]
+            last = con.execute(_TAKE_IDS[counter], [n]).fetchone()[0]
             return list(range(last - n + 1, last + 1))
         last = self._last_ids.get(counter)
         if last is None:
             # the counter may lag behind the ids in use (a holder killed before it saved it): the
             # ids in use are up to max(counter, highest id), and deleting rows raises the counter first
-            last = self._con.execute(_LAST_ID_IN_USE[counter]).fetchone()[0]
+            last = con.execute(_LAST_ID_IN_USE[counter]).fetchone()[0]
         self._last_ids[counter] = last + n
         return list(range(last + 1, last + n + 1))
 
@@ -143,9 +167,10 @@ class Transaction:
     def append_events(self, run_id: int, events: Iterable[tuple[str, Mapping[str, Any]]]) -> list[int]:
         """Append ``(type, payload)`` events; returns their sequence numbers."""
         items = list(events)
+        con = self._con  # opens the file (and reads the held facts) first
         last = self._last_seq.get(run_id)
         if last is None:
-            exists, last = self._con.execute(
+            exists, last = con.execute(
                 "SELECT (SELECT count(*) FROM runs WHERE id = ?), (SELECT coalesce(max(seq), 0) FROM run_events WHERE run_id = ?)",
                 [run_id, run_id],
             ).fetchone()
@@ -160,12 +185,19 @@ class Transaction:
 
     def add_artifacts(self, run_id: int, items: Sequence[NewArtifact]) -> list[Artifact]:
         """Add artifacts with their bytes (stored once per sha256); returns them with ids."""
-        if run_id not in self._last_seq and not self._con.execute("SELECT count(*) FROM runs WHERE id = ?", [run_id]).fetchone()[0]:
-            raise NotFound(f"no run with id {run_id}", hint="create the run first", what="run", id=run_id)
         for item in items:
             _check_choice("artifact kind", item.kind, schema.ARTIFACT_KINDS)
         hashes = [sha256_hex(item.data) for item in items]
-        self._store_blobs({sha: item.data for sha, item in zip(hashes, items)})
+        by_sha = {sha: item.data for sha, item in zip(hashes, items)}
+        # before the lock: small bytes go to this process's pack, synced (a rollback leaves orphans gc drops)
+        packed = {sha: data for sha, data in by_sha.items() if len(data) <= self._inline_max_bytes}
+        places = self._packs.append(packed)
+        if places:
+            self._settle.append(self._packs.settle)
+        con = self._con
+        if run_id not in self._last_seq and not con.execute("SELECT count(*) FROM runs WHERE id = ?", [run_id]).fetchone()[0]:
+            raise NotFound(f"no run with id {run_id}", hint="create the run first", what="run", id=run_id)
+        self._store_blobs(by_sha, places)
         ids = self._next_ids("artifacts", len(items))
         now = naive_utc(utcnow())
         rows = [
@@ -176,39 +208,50 @@ class Transaction:
         self._insert("artifacts", rows)
         return [artifact_from_row(tuple(r)) for r in rows]
 
-    def _store_blobs(self, by_sha: dict[str, bytes]) -> None:
+    def _store_blobs(self, by_sha: dict[str, bytes], places: dict[str, tuple[int, int]]) -> None:
+        """Rows for bytes the file does not know yet (packed ones were written already; big ones are written here)."""
         if not by_sha:
             return
-        known = dict(self._con.execute(
-            "SELECT sha256, shard IS NULL AND pack IS NULL FROM blobs WHERE sha256 IN ?", [list(by_sha)]
-        ).fetchall())
-        limit = self._inline_max_bytes
-        packed: dict[str, bytes] = {}
-        for sha, data in by_sha.items():
-            if sha in known:
-                if known[sha] and not self._files.exists(sha):
-                    self._files.write(sha, data)  # its file was lost: the same bytes restore it
-            elif len(data) > limit:
-                self._files.write(sha, data)
-            else:
-                packed[sha] = data
-        # durable (one fdatasync) before the commit that references them; orphans if we roll back
-        places = self._packs.append(packed)
         now = naive_utc(utcnow())
-        self._insert("blobs", [[sha, len(data), None, now, *places.get(sha, (None, None))]
-                               for sha, data in by_sha.items() if sha not in known])
+        big = {sha: data for sha, data in by_sha.items() if sha not in places}
+        if big:
+            # files are written under the lock (gc deletes files no row names), after asking which are known
+            known = dict(self._con.execute(
+                "SELECT sha256, shard IS NULL AND pack IS NULL FROM blobs WHERE sha256 IN ?", [list(big)]
+            ).fetchall())
+            for sha, data in big.items():
+                if sha not in known or (known[sha] and not self._files.exists(sha)):
+                    self._files.write(sha, data)  # new, or its file was lost: the same bytes restore it
+            self._insert("blobs", [[sha, len(data), None, now, None, None] for sha, data in big.items() if sha not in known])
+        if places:
+            # one statement inserts the rows of bytes not stored before (a known sha keeps its old
+            # place; the record just written is an orphan gc drops): no separate dedupe query
+            rows = [[sha, len(by_sha[sha]), None, now, pack, offset] for sha, (pack, offset) in places.items()]
+            self._insert("blobs", rows, unless_known="sha256")
 
-    def _insert(self, table: str, rows: list[list[Any]]) -> None:
-        """One statement for all ``rows`` (in the table's column order)."""
+    def _insert(self, table: str, rows: list[list[Any]], *, unless_known: str | None = None) -> None:
+        """One statement for all ``rows`` (in the table's column order); ``unless_known``: skip rows whose value of that column is in the table."""
         if not rows:
             return
         width = len(rows[0])
         if len(rows) <= _VALUES_MAX_ROWS:
-            flat = [value for row in rows for value in row]
-            self._con.execute(f"INSERT INTO {table} VALUES {_values_sql(len(rows), width)}", flat)
+            source, params = f"VALUES {_values_sql(len(rows), width)}", [value for row in rows for value in row]
+        else:
+            source, params = f"SELECT {', '.join(['unnest(?)'] * width)}", [list(column) for column in zip(*rows)]
+        if unless_known is None:
+            self._con.execute(f"INSERT INTO {table} {source}", params)
             return
-        columns = [list(column) for column in zip(*rows)]
-        self._con.execute(f"INSERT INTO {table} SELECT {', '.join(['unnest(?)'] * width)}", columns)
+        key = _TABLE_KEYS[table].index(unless_known)
+        names = ", ".join(_TABLE_KEYS[table])
+        self._con.execute(
+            f"INSERT INTO {table} SELECT * FROM ({source}) AS n({names})"
+            f" WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE t.{unless_known} = n.{_TABLE_KEYS[table][key]})",
+            params,
+        )
+
+
+#: column order of the tables ``_insert`` may skip known rows of
+_TABLE_KEYS = {"blobs": ("sha256", "size", "shard", "created", "pack", "pack_offset")}
 
 
 #: the last id in use per counter: the counter, or a higher id in its table (scanning only row groups above the counter)
