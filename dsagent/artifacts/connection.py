@@ -106,6 +106,7 @@ class Database:
         self._before_release: list[Callable[[duckdb.DuckDBPyConnection], None]] = []
         self._attached: str | None = None  # "ro" / "rw": the workspace file is attached and the lock held
         self._in_use = False
+        self._coming = 0  # units of work begun that have not taken the file yet (``coming()``)
         self._held_from = 0.0
         self._idle_since = 0.0
         #: what callers learnt from the file while this process holds it read-write (nobody else can
@@ -190,6 +191,18 @@ class Database:
             finally:
                 self._file_lock.release()
                 self.stats.hold_seconds += time.perf_counter() - self._held_from
+
+    @contextmanager
+    def coming(self) -> Iterator[None]:
+        """A unit of work of this process is on its way (writing its bytes first): a held file is not let go meanwhile.
+
+        Only the watcher's idle check honours it; the unit of work itself still ends a turn that is over.
+        """
+        self._coming += 1  # no lock: the GIL makes += on an int attribute of one object safe enough here,
+        try:               # and the watcher only reads it
+            yield
+        finally:
+            self._coming -= 1
 
     def release(self) -> None:
         """Give the file back now if it is held between units of work (checkpointing a long log first)."""
@@ -323,7 +336,7 @@ class Database:
         try:
             if self._attached is None:
                 return True
-            if self._in_use:
+            if self._in_use or (self._coming and not self._turn_is_over()):
                 return False
             idle = time.monotonic() - self._idle_since
             # someone waits: give way unless the next unit of work follows at once (back-to-back writes)

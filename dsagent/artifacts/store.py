@@ -137,6 +137,7 @@ class Store:
                          held_facts=lambda: db.held_facts if db.hold_seconds > 0 else None)
         try:
             with stack:
+                stack.enter_context(db.coming())  # a held file waits for this transaction's first statement
                 yield tx
         finally:
             tx.ended()

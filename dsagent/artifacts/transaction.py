@@ -101,9 +101,12 @@ class Transaction:
             return list(range(last - n + 1, last + 1))
         last = self._last_ids.get(counter)
         if last is None:
-            # the counter may lag behind the ids in use (a holder killed before it saved it): the
-            # ids in use are up to max(counter, highest id), and deleting rows raises the counter first
-            last = con.execute(_LAST_ID_IN_USE[counter]).fetchone()[0]
+            # the counter may lag behind the ids in use (a holder killed before it saved it, or one that
+            # did not need to): the ids in use are up to max(counter, highest id), and deleting rows
+            # raises the counter first
+            last, stored = con.execute(_LAST_ID_IN_USE[counter]).fetchone()
+            assert self._held_facts is not None
+            self._held_facts.setdefault("stored_ids", {})[counter] = stored
         self._last_ids[counter] = last + n
         return list(range(last + 1, last + n + 1))
 
@@ -256,7 +259,7 @@ _TABLE_KEYS = {"blobs": ("sha256", "size", "shard", "created", "pack", "pack_off
 
 #: the last id in use per counter: the counter, or a higher id in its table (scanning only row groups above the counter)
 _LAST_ID_IN_USE = {
-    name: f"SELECT greatest(c.last_id, (SELECT coalesce(max(id), 0) FROM {name} WHERE id > c.last_id)) FROM id_counters c WHERE c.name = '{name}'"
+    name: f"SELECT greatest(c.last_id, (SELECT coalesce(max(id), 0) FROM {name} WHERE id > c.last_id)), c.last_id FROM id_counters c WHERE c.name = '{name}'"
     for name in ("runs", "artifacts")
 }
 _TAKE_IDS = {
@@ -271,10 +274,18 @@ _COUNTERS_UP_TO_USED_IDS = (
 )
 
 
+#: a counter is written back once the ids handed out run this far ahead of it. Until then the next
+#: holder's first allocation finds them with ``max(id) WHERE id > counter``, which zone maps keep to
+#: the last row group or two; saving at every release cost an UPDATE per counter per writer turn
+SAVE_IDS_AHEAD = 50_000
+
+
 def save_held_ids(con: duckdb.DuckDBPyConnection, held_facts: dict[Any, Any]) -> None:
-    """Write the id counters handed out while the file was held (called before it is let go)."""
+    """Write the id counters handed out while the file was held, when far ahead of the stored ones (before it is let go)."""
+    stored = held_facts.get("stored_ids") or {}
     for counter, last in (held_facts.get("last_ids") or {}).items():
-        con.execute("UPDATE id_counters SET last_id = greatest(last_id, ?) WHERE name = ?", [last, counter])
+        if last - stored.get(counter, 0) >= SAVE_IDS_AHEAD:
+            con.execute("UPDATE id_counters SET last_id = greatest(last_id, ?) WHERE name = ?", [last, counter])
 
 
 def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:
