@@ -212,49 +212,36 @@ class Transaction:
         return [artifact_from_row(tuple(r)) for r in rows]
 
     def _store_blobs(self, by_sha: dict[str, bytes], places: dict[str, tuple[int, int]]) -> None:
-        """Rows for bytes the file does not know yet (packed ones were written already; big ones are written here)."""
+        """Rows for bytes the file does not know yet (packed ones are written already; big ones are written here)."""
         if not by_sha:
             return
+        # (one anti-joined INSERT instead of this SELECT and an INSERT was measured: 0.2 ms more CPU per cell)
+        known = dict(self._con.execute(
+            "SELECT sha256, shard IS NULL AND pack IS NULL FROM blobs WHERE sha256 IN ?", [list(by_sha)]
+        ).fetchall())
+        # a known sha keeps its old place (a record just written to the pack is an orphan gc drops);
+        # files are written here, under the lock (gc deletes files no row names)
+        for sha, data in by_sha.items():
+            if sha in known:
+                if known[sha] and not self._files.exists(sha):
+                    self._files.write(sha, data)  # its file was lost: the same bytes restore it
+            elif sha not in places:
+                self._files.write(sha, data)
         now = naive_utc(utcnow())
-        big = {sha: data for sha, data in by_sha.items() if sha not in places}
-        if big:
-            # files are written under the lock (gc deletes files no row names), after asking which are known
-            known = dict(self._con.execute(
-                "SELECT sha256, shard IS NULL AND pack IS NULL FROM blobs WHERE sha256 IN ?", [list(big)]
-            ).fetchall())
-            for sha, data in big.items():
-                if sha not in known or (known[sha] and not self._files.exists(sha)):
-                    self._files.write(sha, data)  # new, or its file was lost: the same bytes restore it
-            self._insert("blobs", [[sha, len(data), None, now, None, None] for sha, data in big.items() if sha not in known])
-        if places:
-            # one statement inserts the rows of bytes not stored before (a known sha keeps its old
-            # place; the record just written is an orphan gc drops): no separate dedupe query
-            rows = [[sha, len(by_sha[sha]), None, now, pack, offset] for sha, (pack, offset) in places.items()]
-            self._insert("blobs", rows, unless_known="sha256")
+        self._insert("blobs", [[sha, len(data), None, now, *places.get(sha, (None, None))]
+                               for sha, data in by_sha.items() if sha not in known])
 
-    def _insert(self, table: str, rows: list[list[Any]], *, unless_known: str | None = None) -> None:
-        """One statement for all ``rows`` (in the table's column order); ``unless_known``: skip rows whose value of that column is in the table."""
+    def _insert(self, table: str, rows: list[list[Any]]) -> None:
+        """One statement for all ``rows`` (in the table's column order)."""
         if not rows:
             return
         width = len(rows[0])
         if len(rows) <= _VALUES_MAX_ROWS:
-            source, params = f"VALUES {_values_sql(len(rows), width)}", [value for row in rows for value in row]
-        else:
-            source, params = f"SELECT {', '.join(['unnest(?)'] * width)}", [list(column) for column in zip(*rows)]
-        if unless_known is None:
-            self._con.execute(f"INSERT INTO {table} {source}", params)
+            flat = [value for row in rows for value in row]
+            self._con.execute(f"INSERT INTO {table} VALUES {_values_sql(len(rows), width)}", flat)
             return
-        key = _TABLE_KEYS[table].index(unless_known)
-        names = ", ".join(_TABLE_KEYS[table])
-        self._con.execute(
-            f"INSERT INTO {table} SELECT * FROM ({source}) AS n({names})"
-            f" WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE t.{unless_known} = n.{_TABLE_KEYS[table][key]})",
-            params,
-        )
-
-
-#: column order of the tables ``_insert`` may skip known rows of
-_TABLE_KEYS = {"blobs": ("sha256", "size", "shard", "created", "pack", "pack_offset")}
+        columns = [list(column) for column in zip(*rows)]
+        self._con.execute(f"INSERT INTO {table} SELECT {', '.join(['unnest(?)'] * width)}", columns)
 
 
 #: the last id in use per counter: the counter, or a higher id in its table (scanning only row groups above the counter)
