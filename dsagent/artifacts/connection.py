@@ -110,6 +110,7 @@ class Database:
         self._attached: str | None = None  # "ro" / "rw": the workspace file is attached and the lock held
         self._in_use = False
         self._coming = 0  # units of work begun that have not taken the file yet (``coming()``)
+        self._coming_lock = threading.Lock()
         self._held_from = 0.0
         self._idle_since = 0.0
         #: what callers learnt from the file while this process holds it read-write (nobody else can
@@ -201,11 +202,13 @@ class Database:
 
         Only the watcher's idle check honours it; the unit of work itself still ends a turn that is over.
         """
-        self._coming += 1  # no lock: the GIL makes += on an int attribute of one object safe enough here,
-        try:               # and the watcher only reads it
+        with self._coming_lock:  # not the thread lock: a session of another thread may hold that for long
+            self._coming += 1
+        try:
             yield
         finally:
-            self._coming -= 1
+            with self._coming_lock:
+                self._coming = max(0, self._coming - 1)  # (a child forked inside the block starts at 0)
 
     def release(self) -> None:
         """Give the file back now if it is held between units of work (checkpointing a long log first)."""
@@ -411,6 +414,8 @@ class Database:
     def _forget_after_fork(self) -> None:
         """In a forked child: the parent's lock and attachment are not ours (never touch them)."""
         self._thread_lock = threading.RLock()
+        self._coming_lock = threading.Lock()
+        self._coming = 0
         self.held_facts.clear()
         if self._attached is not None or self._in_use:
             self._file_lock.forget()
