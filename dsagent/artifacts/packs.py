@@ -195,11 +195,19 @@ class BlobPacks:
         if claimed:
             _fsync_dir(self.root)
 
+    def close(self) -> None:
+        """Let go of this process's pack (``Store.close``)."""
+        with self._guard:
+            if self._own is not None:
+                self._own.close()
+                self._own = None
+
     def _forget_after_fork(self) -> None:
         # the child shares the parent's flock through the inherited descriptor: never append with it
+        # (closing the child's copy leaves the parent's lock in place)
         self._guard = threading.Lock()
         if self._own is not None:
-            os.close(self._own.fd)
+            self._own.close()
             self._own = None
         self._in_flight = 0
 
@@ -207,8 +215,7 @@ class BlobPacks:
 class _PackHandle:
     """One pack file, open and exclusively flocked by this process, appended at its end."""
 
-    def __init__(self, packs: BlobPacks, number: int, fd: int) -> None:
-        self.packs = packs
+    def __init__(self, number: int, fd: int) -> None:
         self.number = number
         self.fd = fd
 
@@ -222,7 +229,7 @@ class _PackHandle:
                 fd = _open_flocked(packs.path(number))
                 if fd is not None:
                     if os.fstat(fd).st_size < PACK_MAX_BYTES:
-                        return cls(packs, number, fd)
+                        return cls(number, fd)
                     os.close(fd)
         number = (numbers[-1] if numbers else 0) + 1
         while True:
@@ -233,7 +240,7 @@ class _PackHandle:
                 continue
             fcntl.flock(fd, fcntl.LOCK_EX)  # new: nobody else can hold it yet
             _fsync_dir(packs.root)  # the new file's name must survive a power cut too
-            return cls(packs, number, fd)
+            return cls(number, fd)
 
     def size(self) -> int:
         return os.fstat(self.fd).st_size
@@ -254,7 +261,13 @@ class _PackHandle:
         return placed
 
     def close(self) -> None:
-        os.close(self.fd)  # releases the flock
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)  # releases the flock
+
+    def __del__(self) -> None:
+        # a Store dropped without close(): its pack must not stay flocked (and its fd open) until exit
+        self.close()
 
 
 def _open_flocked(path: Path) -> int | None:

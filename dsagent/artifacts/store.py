@@ -87,6 +87,7 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+        self.packs.close()
 
     @property
     def lock_stats(self) -> LockStats:
