@@ -1,7 +1,8 @@
 """Writes inside one ``Store.transaction()``: runs, events, artifacts and where their bytes go.
 
 Only the store creates a ``Transaction`` (``Store.transaction()`` opens the
-locked write session and commits it); the query modules that write
+locked write session at the transaction's first statement, after any bytes
+``add_artifacts`` writes first, and commits it); the query modules that write
 (``batches``, ``schedules``, ``journal``, ``chats``) are handed one.
 
 Ids are never reused: the ids in use are ``max(id_counters.last_id, highest
