@@ -8,6 +8,7 @@ the store's file lock, so no other process has the files open.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -19,7 +20,7 @@ from dsagent.artifacts import schema
 from dsagent.artifacts.blobstore import BLOB_ALIAS
 from dsagent.artifacts.connection import ALIAS
 from dsagent.artifacts.models import GcReport, utcnow
-from dsagent.artifacts.packs import HEADER_BYTES
+from dsagent.artifacts.packs import HEADER_BYTES, PACK_MAX_BYTES
 from dsagent.artifacts.rows import naive_utc
 
 if TYPE_CHECKING:
@@ -111,11 +112,15 @@ def repack(store: "Store", con: duckdb.DuckDBPyConnection, collected: frozenset[
     """Copy referenced records out of packs that hold unreferenced ones; returns orphan records dropped.
 
     ``collected``: sha256 of bytes this gc deleted on purpose (not counted as orphans).
-    Runs inside ``store.db.locked()`` (``con`` is its instance).
+    Runs inside ``store.db.locked()`` (``con`` is its instance). A pack another live process
+    appends to (its flock is held) is left alone: its unreferenced records may be bytes of a
+    transaction that has not committed yet. This process's own pack is given back first if idle.
     """
+    store.packs.give_back_idle()
     numbers = store.packs.numbers()
     if not numbers:
         return 0
+    claimed: dict[int, int] = {}  # pack -> fd holding its flock until it is deleted (or left)
     store.db.attach(con, read_only=False)
     try:
         # what to keep comes from the rows, never from scanning a pack: a torn record
@@ -125,28 +130,23 @@ def repack(store: "Store", con: duckdb.DuckDBPyConnection, collected: frozenset[
             "SELECT sha256, pack, pack_offset, size FROM blobs WHERE pack IS NOT NULL ORDER BY pack, pack_offset"
         ).fetchall():
             live.setdefault(pack, []).append((offset, sha, size))
-        stale: list[int] = []
         keep: list[tuple[int, int, str, int]] = []  # pack, offset, sha, length of records to copy
         orphans = 0
         for pack in numbers:
             mine = live.get(pack, [])
-            if sum(HEADER_BYTES + size for _, _, size in mine) == store.packs.path(pack).stat().st_size:
+            fd = store.packs.try_claim(pack)
+            if fd is None:
+                continue  # another process appends to it now (or it is gone)
+            if sum(HEADER_BYTES + size for _, _, size in mine) == os.fstat(fd).st_size:
+                os.close(fd)
                 continue  # every byte is referenced
-            stale.append(pack)
+            claimed[pack] = fd
             referenced = {offset for offset, _, _ in mine}
             orphans += sum(1 for offset, sha, _ in store.packs.records(pack) if offset not in referenced and sha not in collected)
             keep += [(pack, offset, sha, size) for offset, sha, size in mine]
-        if not stale:
+        if not claimed:
             return 0
-        moved: dict[str, tuple[int, int]] = {}
-        batch: dict[str, bytes] = {}
-        for pack, offset, sha, length in keep:
-            batch[sha] = store.packs.read_record(pack, offset, length)
-            if sum(map(len, batch.values())) >= 64 << 20:
-                moved.update(store.packs.append(batch, new_pack=not moved))
-                batch = {}
-        if batch:
-            moved.update(store.packs.append(batch, new_pack=not moved))
+        moved = _copy_records(store, keep)
         if moved:
             con.execute("BEGIN")
             try:
@@ -162,10 +162,32 @@ def repack(store: "Store", con: duckdb.DuckDBPyConnection, collected: frozenset[
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
+    except BaseException:
+        for fd in claimed.values():
+            os.close(fd)
+        raise
     finally:
         store.db.detach(con)
-    store.packs.remove([p for p in stale if p not in {pack for pack, _ in moved.values()}])
+    store.packs.remove(claimed)
     return orphans
+
+
+def _copy_records(store: "Store", keep: list[tuple[int, int, str, int]]) -> dict[str, tuple[int, int]]:
+    """Append the records ``keep`` names to fresh packs of gc's own; sha256 -> (pack, offset)."""
+    moved: dict[str, tuple[int, int]] = {}
+    if not keep:
+        return moved
+    with contextlib.ExitStack() as stack:
+        writer = stack.enter_context(store.packs.fresh_writer())
+        batch: dict[str, bytes] = {}
+        for index, (pack, offset, sha, length) in enumerate(keep):
+            batch[sha] = store.packs.read_record(pack, offset, length)
+            if index == len(keep) - 1 or sum(map(len, batch.values())) >= 64 << 20:
+                if writer.size() >= PACK_MAX_BYTES:
+                    writer = stack.enter_context(store.packs.fresh_writer())
+                moved.update(writer.append(batch))
+                batch = {}
+    return moved
 
 
 def rewrite(store: "Store", con: duckdb.DuckDBPyConnection) -> None:

@@ -29,6 +29,7 @@ difference. Only the modules of this package run SQL.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import time
@@ -86,6 +87,7 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+        self.packs.close()
 
     @property
     def lock_stats(self) -> LockStats:
@@ -125,12 +127,21 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         """One atomic write: everything done through the yielded object commits together or not at all."""
-        with self.db.transaction() as con:
-            # facts (a run's last seq, the last ids handed out) carry over between transactions only
-            # while the file stays held; without holding, every transaction asks the file
-            held = self.db.held_facts if self.db.hold_seconds > 0 else None
-            yield Transaction(con, files=self.blobs, packs=self.packs, inline_max_bytes=self.settings.store_inline_max_bytes,
-                              held_facts=held)
+        # the lock is taken (and BEGIN sent) when the transaction's first statement needs the file, so
+        # bytes it adds first are written and synced before it waits for its turn (``Transaction``)
+        stack = contextlib.ExitStack()
+        db = self.db
+        tx = Transaction(lambda: stack.enter_context(db.transaction()), files=self.blobs, packs=self.packs,
+                         inline_max_bytes=self.settings.store_inline_max_bytes,
+                         # facts (a run's last seq, the last ids handed out) carry over between transactions
+                         # only while the file stays held; without holding, every transaction asks the file
+                         held_facts=lambda: db.held_facts if db.hold_seconds > 0 else None)
+        try:
+            with stack:
+                stack.enter_context(db.coming())  # a held file waits for this transaction's first statement
+                yield tx
+        finally:
+            tx.ended()
 
     # -- writes (each in its own transaction) -----------------------------------
 

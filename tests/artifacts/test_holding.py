@@ -85,8 +85,11 @@ def _counters(store: Store) -> dict[str, int]:
         return dict(con.execute("SELECT name, last_id FROM id_counters").fetchall())
 
 
-def test_ids_handed_out_while_holding_are_saved_when_the_file_is_let_go(settings):
+def test_ids_handed_out_while_holding_are_saved_once_far_ahead_of_the_stored_counters(settings, monkeypatch):
+    from dsagent.artifacts import transaction
+
     with Store.open(settings=settings.replace(store_hold_seconds=600)) as store:
+        before = _counters(store)
         run = store.create_run("exec")
         for i in range(3):
             _cell(store, run.id, i)
@@ -94,7 +97,13 @@ def test_ids_handed_out_while_holding_are_saved_when_the_file_is_let_go(settings
         assert sorted(ids) == list(range(min(ids), min(ids) + 3))  # one id after the other, no gaps
         assert store.events(run.id)[-1].seq == 4  # status + 3 cells: seqs remembered, not recounted wrong
         store.db.release()
-        assert _counters(store) == {"runs": run.id, "artifacts": max(ids)}
+        assert _counters(store) == before  # a few ids ahead: not worth an UPDATE per writer turn
+        _cell(store, run.id, 3)  # a new hold finds the ids in use all the same
+        monkeypatch.setattr(transaction, "SAVE_IDS_AHEAD", 2)
+        _cell(store, run.id, 4)
+        store.db.release()
+        assert _counters(store) == {**before, "artifacts": max(ids) + 2}  # (no run was created in that hold)
+        assert sorted(a.id for a in store.list_artifacts(run_id=run.id, limit=10).items) == list(range(min(ids), min(ids) + 5))
 
 
 def test_ids_stay_unique_after_a_holder_is_killed_before_saving_its_counters(settings, workspace_home):

@@ -37,6 +37,30 @@ def test_kill_9_mid_transaction_keeps_committed_data_and_opens_cleanly(settings,
         assert len(store.read_bytes(store.list_artifacts(run_id=run.id, limit=1).items[0].id)) == 30_000
 
 
+def test_gc_leaves_the_pack_another_process_writes_to_until_that_process_is_gone(settings, workspace_home):
+    """Bytes are written before the lock is taken: gc must not take them for orphans while their writer lives."""
+    from dsagent.artifacts.models import NewArtifact
+
+    writer = start_worker("bytes_before_commit", str(workspace_home))
+    try:
+        pending = first_line(writer)
+        with Store.open(settings=settings) as store:
+            theirs = store.packs.path(pending["pack"])
+            size = theirs.stat().st_size
+            run = store.create_run("exec")
+            mine = store.add_artifacts(run.id, [NewArtifact("m.png", "image", "image/png", b"\x89PNG" + os.urandom(500))])[0]
+            assert len(store.packs.numbers()) == 2  # this process appends to a pack of its own
+            assert store.gc(timedelta(days=1)).orphans_removed == 0
+            assert theirs.stat().st_size == size  # untouched: its writer may still commit rows pointing into it
+    finally:
+        writer.kill()
+        writer.wait()
+    with Store.open(settings=settings) as store:
+        assert store.gc(timedelta(days=1)).orphans_removed == 1  # its writer is gone: now it is an orphan
+        assert not theirs.exists()
+        assert store.read_bytes(mine.id)[:4] == b"\x89PNG"
+
+
 def test_a_run_whose_process_died_is_marked_failed_on_next_open(settings, workspace_home):
     orphan = start_worker("dead_owner", str(workspace_home))
     run_id = read_report(orphan)["run_id"]

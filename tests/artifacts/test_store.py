@@ -195,6 +195,10 @@ def test_a_v1_workspace_keeps_its_inline_bytes_after_the_upgrade(settings, monke
     with Store.open(settings=settings) as store:  # upgrades to the newest version in place
         assert store.read_bytes(1) == data
         again = store.add_artifacts(store.create_run("exec").id, [NewArtifact("same.png", "image", "image/png", data)])[0]
-        assert store.read_bytes(again.id) == data and store.packs.numbers() == []  # known bytes are not stored twice
+        assert store.read_bytes(again.id) == data and store.counts()["blobs"] == 1  # known bytes get no second row
+        # their bytes were appended before the lock (so before the store could say they are known):
+        # an orphan record, which gc drops
+        assert store.packs.numbers() == [1]
         report = store.gc(timedelta(0))
         assert report.runs == 1 and store.read_bytes(again.id) == data  # still shared by the live run
+        assert store.packs.numbers() == []

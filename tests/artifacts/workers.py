@@ -147,6 +147,17 @@ def hold_after_writes(home: str, cells: str) -> None:
     time.sleep(120)
 
 
+def bytes_before_commit(home: str) -> None:
+    """Write a transaction's bytes to this process's pack (as ``add_artifacts`` does before it takes the lock), then wait."""
+    from dsagent.artifacts.blobfiles import sha256_hex
+
+    store = _store(home)
+    data = _png("pending", 0)
+    ((pack, offset),) = store.packs.append({sha256_hex(data): data}).values()
+    print(json.dumps({"pack": pack, "offset": offset}), flush=True)
+    time.sleep(120)
+
+
 def count_artifacts(home: str, timeout: str) -> None:
     """Read the artifact count, waiting at most TIMEOUT seconds for the lock."""
     store = Store(settings=Settings(home=home, store_lock_timeout=float(timeout)))
@@ -157,4 +168,5 @@ if __name__ == "__main__":
     role, *rest = sys.argv[1:]
     {"writer": writer, "soak": soak, "kill_target": kill_target, "dead_owner": dead_owner,
      "hold_transaction": hold_transaction, "recorder_until_signal": recorder_until_signal,
-     "hold_after_writes": hold_after_writes, "count_artifacts": count_artifacts}[role](*rest)
+     "hold_after_writes": hold_after_writes, "count_artifacts": count_artifacts,
+     "bytes_before_commit": bytes_before_commit}[role](*rest)
