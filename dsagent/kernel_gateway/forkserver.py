@@ -393,6 +393,7 @@ class ForkingKernelManager(AsyncKernelManager):
         self.start_timeout = start_timeout
         self.idle = idle
         self.forked = False  # whether the current kernel process came from the template
+        self._exit_requested = False  # begin_shutdown() sent the shutdown request; shutdown_kernel() only waits
 
     def fork_server(self, env: Mapping[str, str]) -> ForkServer | None:
         """The template client this manager's kernels would come from; None if they cannot be forked."""
@@ -429,7 +430,31 @@ class ForkingKernelManager(AsyncKernelManager):
         await _without_settle_sleep(self, _START_KERNEL, kw=kw)
 
     async def _async_shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
+        if self._exit_requested and not now and not restart:
+            self._exit_requested = False
+            await _without_settle_sleep(self, _finish_requested_shutdown, restart=False)
+            return
+        self._exit_requested = False
         await _without_settle_sleep(self, _SHUTDOWN_KERNEL, now=now, restart=restart)
+
+    async def begin_shutdown(self) -> None:
+        """Interrupt the kernel and send its shutdown request now, without waiting for it to exit.
+
+        What ``shutdown_kernel(now=False)`` does first; its later call then
+        only waits for the exit (killing the kernel after ``shutdown_wait_time``)
+        and cleans up. Nothing here suspends, so the request is on its way
+        when this returns: a caller that puts the waiting in a background
+        task and then blocks its event loop (a test polling with psutil, a
+        sync caller) no longer leaves the kernel running until the loop
+        turns (the pool test's 10 s "used kernel still alive").
+        """
+        if not self.owns_kernel or not self.has_kernel or self.shutting_down:
+            return
+        self.shutting_down = True  # as shutdown_kernel: the restarter must not revive it
+        self.stop_restarter()
+        await self._async_interrupt_kernel()
+        await self._async_request_shutdown()
+        self._exit_requested = True
 
     start_kernel = _async_start_kernel  # type: ignore[assignment]  # AsyncKernelManager binds these names to the originals
     shutdown_kernel = _async_shutdown_kernel  # type: ignore[assignment]
@@ -470,6 +495,12 @@ def fork_kernel(
 #: the undecorated jupyter_client methods (None if a release stops wrapping them: then the originals run)
 _START_KERNEL = getattr(AsyncKernelManager._async_start_kernel, "__wrapped__", None)
 _SHUTDOWN_KERNEL = getattr(AsyncKernelManager._async_shutdown_kernel, "__wrapped__", None)
+
+
+async def _finish_requested_shutdown(km: AsyncKernelManager, restart: bool = False) -> None:
+    """The rest of ``shutdown_kernel(now=False)`` once ``begin_shutdown`` sent the request: wait (then kill), clean up."""
+    await km._async_finish_shutdown(restart=restart)
+    await km._async_cleanup_resources(restart=restart)
 
 
 async def _without_settle_sleep(km: AsyncKernelManager, inner: Any, kw: Mapping[str, Any] | None = None, **args: Any) -> None:

@@ -301,7 +301,9 @@ class LocalBackend(KernelBackend):
             # A forked kernel's exit after the shutdown request (its atexit work, then the template
             # reaps it: ~30 ms) need not hold up the caller, as it held up every fresh-kernel job of a
             # sweep: it goes on in the background, graceful as before (killed after
-            # shutdown_wait_time), and aclose() waits for it.
+            # shutdown_wait_time), and aclose() waits for it. The request itself goes out now: the
+            # kernel's exit must not depend on this loop turning again before the caller blocks it.
+            await kernel.km.begin_shutdown()  # type: ignore[attr-defined]  # a ForkingKernelManager
             task = asyncio.get_running_loop().create_task(self._shutdown(kernel))
             self._exits.add(task)
             task.add_done_callback(self._exits.discard)

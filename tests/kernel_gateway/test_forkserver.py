@@ -142,6 +142,21 @@ async def test_shutdown_returns_at_once_and_the_kernel_still_exits_gracefully(tm
     assert (work / "unflushed.txt").read_text() == "kept" and (work / "atexit.txt").read_text() == "ran"
 
 
+async def test_a_forked_kernel_exits_while_the_callers_event_loop_is_blocked(backend):
+    """shutdown() sends the shutdown request itself; only the waiting is left to the background task.
+
+    Before, the request was sent by that task: a caller that blocked its loop
+    right after shutdown() (the pool test, polling with psutil) kept the kernel
+    running for as long as it blocked.
+    """
+    session = await backend.start_session()
+    await session.execute("1+1")
+    kernel = psutil.Process(session.kernel_pid)
+    await session.shutdown()
+    kernel.wait(timeout=10)  # blocks this loop: the background task cannot run meanwhile
+    assert backend._exits  # its task has not run yet, and the kernel is gone all the same
+
+
 def test_a_template_forks_only_for_its_own_kernel_command_line(backend):
     """Its kernel app was configured by that command line: a request with another one is refused (and launched normally)."""
     km = backend._kernel_manager()
