@@ -231,6 +231,19 @@ async def test_a_failed_fork_falls_back_to_a_normal_launch_logged_once(tmp_path,
     assert len(warnings) == 1 and "missing-template.py" not in warnings[0] and "while starting" in warnings[0], warnings
 
 
+async def test_a_forked_kernels_first_plot_finds_matplotlib_warm_and_no_figure_inherited(backend):
+    """The template drew one PNG (fonts, Pillow's plugins): a kernel's first plot imports nothing, and starts at figure 1."""
+    session = await backend.start_session()
+    try:
+        probe = "import sys, matplotlib.pyplot as plt\nbefore = set(sys.modules)\nprint(plt.get_fignums())"
+        assert (await session.execute(probe)).outputs[0]["text"] == "[]\n"
+        plot = await session.execute("fig, ax = plt.subplots()\nax.plot([0, 1, 4, 9])\nprint(fig.number)\nplt.show()")
+        assert plot.outputs[0]["text"] == "1\n" and "image/png" in plot.outputs[1]["data"]
+        assert (await session.execute("print(sorted(set(sys.modules) - before))")).outputs[0]["text"] == "[]\n"
+    finally:
+        await session.shutdown()
+
+
 async def test_pooled_kernels_import_the_preload_list_in_their_warm_up(tmp_path):
     # a cold (not forked) kernel, so the imports can only come from the warm-up cell;
     # a module that is not installed is skipped, not an error
