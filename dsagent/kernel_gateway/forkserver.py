@@ -95,12 +95,17 @@ class ForkedProcess:
 
     stdin = stdout = stderr = None
 
-    def __init__(self, pid: int, pidfd: int, conn: socket.socket) -> None:
+    def __init__(self, pid: int, pidfd: int, conn: socket.socket, pending: bytes = b"") -> None:
         self.pid = pid
         self.returncode: int | None = None
         self._pidfd = pidfd  # names this process even after its pid is reused
-        self._conn = conn  # the template writes the exit code here
+        self._conn = conn  # the kernel says here when it has started, the template how it ended
+        self._conn.settimeout(0.0)
         self._lock = threading.Lock()
+        self._started = False
+        self._exit: int | None = None  # the template's report, once read
+        self._pending = b""  # an incomplete message
+        self._take(pending)
 
     def poll(self) -> int | None:
         with self._lock:
@@ -108,16 +113,69 @@ class ForkedProcess:
                 self.returncode = self._exit_code()
             return self.returncode
 
+    def _take(self, data: bytes) -> None:
+        """Note the messages in ``data`` (one JSON object a line): ``started`` from the kernel, ``exit`` from the template."""
+        *lines, self._pending = (self._pending + data).split(b"\n")
+        for line in lines:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            self._started = self._started or "started" in message
+            if "exit" in message:
+                self._exit = int(message["exit"])
+
+    def _read(self) -> bool:
+        """Take what the connection holds now, without blocking; False once nothing more will come."""
+        with self._lock:
+            if self._conn.fileno() < 0:
+                return False
+            try:
+                data = self._conn.recv(4096)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            self._take(data)
+            return bool(data) and self._exit is None
+
+    async def started(self, timeout: float) -> bool:
+        """Wait until the kernel has bound its sockets and initialized; False if it ended first or ``timeout`` passed.
+
+        A client that connects before then is refused and zmq retries with a
+        doubling interval: the last retry could come tens of ms after the
+        kernel was ready.
+        """
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while not self._started and self._read():
+            if self._started:
+                break
+            readable = loop.create_future()
+            watch = os.dup(self._conn.fileno())  # its own number: poll() may close the connection meanwhile
+            loop.add_reader(watch, lambda: readable.done() or readable.set_result(None))
+            try:
+                await asyncio.wait_for(readable, max(0.0, end - loop.time()))
+            except asyncio.TimeoutError:
+                return False
+            finally:
+                loop.remove_reader(watch)
+                os.close(watch)
+        return self._started
+
     def _exit_code(self) -> int:
         try:
             self._conn.settimeout(EXIT_CODE_WAIT)
-            data = self._conn.recv(4096)
-            code = int(json.loads(data)["exit"]) if data else UNKNOWN_EXIT
-        except (OSError, ValueError, KeyError):
-            code = UNKNOWN_EXIT  # the template died with the kernel's status
+            while self._exit is None:
+                data = self._conn.recv(4096)
+                if not data:
+                    break
+                self._take(data)
+        except OSError:
+            pass  # the template died with the kernel's status
         self._conn.close()
         os.close(self._pidfd)
-        return code
+        return UNKNOWN_EXIT if self._exit is None else self._exit
 
     def wait(self, timeout: float | None = None) -> int:
         if self.poll() is None:
@@ -282,8 +340,7 @@ class ForkServer:
             fds = [null if stdout is None else stdout, null if stderr is None else stderr]
             request = {"argv": argv[3:], "cwd": cwd, "env": dict(env), "owner": os.getpid()}
             socket.send_fds(conn, [json.dumps(request).encode()], fds)
-            data, pidfds, _, _ = socket.recv_fds(conn, 4096, 1)
-            reply = json.loads(data) if data else {"error": "the template closed the connection"}
+            reply, pidfds, pending = _fork_reply(conn)
         except (OSError, ValueError) as exc:
             conn.close()
             if self.template_pid() is None:  # it died (a new one is starting): as if it were not there yet
@@ -296,8 +353,28 @@ class ForkServer:
         if "pid" not in reply or not pidfds:
             conn.close()
             raise ForkFailed(reply.get("error", "no pid in the template's reply"))
-        conn.settimeout(None)
-        return ForkedProcess(int(reply["pid"]), pidfds[0], conn)
+        return ForkedProcess(int(reply["pid"]), pidfds[0], conn, pending)
+
+
+def _fork_reply(conn: socket.socket) -> tuple[dict[str, Any], list[int], bytes]:
+    """The template's answer to a fork request, the pidfd it carries, and what came after it.
+
+    One JSON object a line. A kernel that starts faster than its template
+    answers (the template descheduled right after ``fork()``) may have said
+    ``started`` first: such lines are kept for the ``ForkedProcess``.
+    """
+    received, pidfds = b"", []
+    while True:
+        data, fds, _, _ = socket.recv_fds(conn, 4096, 1)
+        pidfds += fds
+        if not data:
+            return {"error": "the template closed the connection"}, pidfds, b""
+        received += data
+        *lines, rest = received.split(b"\n")
+        for i, line in enumerate(lines):
+            message = json.loads(line)
+            if "pid" in message or "error" in message:
+                return message, pidfds, b"".join(other + b"\n" for other in lines[:i] + lines[i + 1 :]) + rest
 
 
 def runtime_dir() -> str:
@@ -466,6 +543,12 @@ class ForkingKernelManager(AsyncKernelManager):
         if isinstance(process, ForkedProcess):
             await process.exited()
         await super()._async_wait(pollinterval)
+
+    async def wait_started(self, timeout: float) -> None:
+        """Wait until a forked kernel has bound its sockets, so its client connects at once (no-op otherwise)."""
+        process = getattr(self.provisioner, "process", None)
+        if isinstance(process, ForkedProcess):
+            await process.started(timeout)  # a kernel that died meanwhile is the caller's kernel_info wait to report
 
     def _spawn(self, kernel_cmd: list[str], kw: Mapping[str, Any]) -> ForkedProcess:
         return fork_kernel(kernel_cmd, kw, self.preload, self.idle, self.start_timeout)

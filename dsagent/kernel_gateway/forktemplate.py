@@ -10,8 +10,12 @@ folder; connections from another uid are refused (SO_PEERCRED):
 - request: one JSON message ``{"argv", "cwd", "env", "owner"}`` with the
   kernel's stdout and stderr file descriptors attached (SCM_RIGHTS);
 - reply: ``{"pid"}`` with a pidfd of the new kernel attached, or ``{"error"}``;
-- later, on the same connection: ``{"exit": code}`` once the kernel ended and
-  this process (its parent) reaped it; ``code`` follows ``Popen.returncode``.
+- later, on the same connection, one JSON object a line: ``{"started": pid}``
+  from the kernel itself once its sockets are bound and it is initialized
+  (the client connects then, not before: zmq's reconnect back-off would
+  otherwise add up to its interval to a start), and ``{"exit": code}`` once
+  the kernel ended and this process (its parent) reaped it; ``code`` follows
+  ``Popen.returncode``.
 
 The template never starts a thread or a ZMQ context, so a fork copies one
 thread and no sockets; each child makes its own after the fork. It outlives
@@ -36,6 +40,7 @@ import atexit
 import gc
 import importlib
 import json
+import logging
 import os
 import pathlib
 import selectors
@@ -144,6 +149,7 @@ def _prebuild(argv: list[str]) -> bool:
                 del shell.enable_gui
         if threading.active_count() != 1:
             raise RuntimeError(f"building the shell started {threading.active_count() - 1} thread(s) (IPython history kept in a file?)")
+        _quiet_debug_records(app.log)
         return True
     except Exception as exc:  # another ipykernel or IPython: its kernels initialize fully
         print(f"fork template: cannot prebuild the kernel ({type(exc).__name__}: {exc}); kernels initialize fully", file=sys.stderr, flush=True)
@@ -179,6 +185,20 @@ def _warm_matplotlib() -> None:
         print_figure(figure, "png", bbox_inches="tight")  # what the inline backend's PNG formatter calls
     except Exception as exc:
         print(f"fork template: cannot warm matplotlib up: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+
+
+def _quiet_debug_records(logger: Any) -> None:
+    """Let the app's logger drop below-threshold records before building them, not after.
+
+    traitlets leaves the ``IPKernelApp`` logger at DEBUG and filters in its
+    handler (WARNING by default), so each of a kernel's ~25 debug messages of a
+    start, a cell and an exit is formatted with its caller's frame and
+    dropped. The logger's own level set to its handlers' lowest gives the same
+    output; a later ``log_level`` change reconfigures the logger as before.
+    """
+    handlers = getattr(logger, "handlers", None)
+    if handlers:
+        logger.setLevel(min(handler.level or logging.DEBUG for handler in handlers))
 
 
 class Template:
@@ -233,7 +253,7 @@ class Template:
             os.close(fd)
         pidfd = os.pidfd_open(pid)  # before any reaping: it names this child, never a reused pid
         try:
-            socket.send_fds(conn, [json.dumps({"pid": pid}).encode()], [pidfd])
+            socket.send_fds(conn, [json.dumps({"pid": pid}).encode() + b"\n"], [pidfd])
         except OSError:
             pass  # the owner gave up waiting; the kernel is still ours to reap
         self.children[pidfd] = (pid, conn)
@@ -247,8 +267,8 @@ class Template:
         _send(conn, {"exit": os.waitstatus_to_exitcode(status)})
         conn.close()
 
-    def close_in_child(self, keep: socket.socket) -> None:
-        """Close everything of the template in a new kernel, through the owning objects.
+    def close_in_child(self) -> None:
+        """Close everything of the template in a new kernel, through the owning objects (not its request's connection).
 
         Closing only the numbers would let a stale Python object close a
         descriptor number later reused by the kernel's ZMQ sockets.
@@ -259,7 +279,6 @@ class Template:
             os.close(pidfd)
             conn.close()
         self.children.clear()
-        keep.close()
 
 
 def _same_command_line(argv: list[str], template: list[str]) -> bool:
@@ -274,7 +293,7 @@ def _peer_uid(conn: socket.socket) -> int:
 
 def _send(conn: socket.socket, message: dict) -> None:
     try:
-        conn.sendall(json.dumps(message).encode())
+        conn.sendall(json.dumps(message).encode() + b"\n")
     except OSError:
         pass  # the owner closed the connection: nobody is waiting for this
 
@@ -309,7 +328,7 @@ def _become_kernel(template: Template, conn: socket.socket, request: dict, fds: 
     code = 1
     try:
         os.setsid()  # its own process group: jupyter_client interrupts with killpg
-        template.close_in_child(conn)
+        template.close_in_child()
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
@@ -327,7 +346,7 @@ def _become_kernel(template: Template, conn: socket.socket, request: dict, fds: 
         os.environ.update(request["env"])
         _reseed()
         _watch_owner(int(request["owner"]))
-        code = _run_kernel(request["argv"], template.prebuilt)
+        code = _run_kernel(request["argv"], template.prebuilt, conn)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:
@@ -356,8 +375,13 @@ def _finalize() -> None:
     sys.stderr.flush()
 
 
-def _run_kernel(argv: list[str], prebuilt: bool) -> int:
-    """What ``python -m ipykernel_launcher ARGS`` does, on the app and shell the template built if it did."""
+def _run_kernel(argv: list[str], prebuilt: bool, conn: socket.socket) -> int:
+    """What ``python -m ipykernel_launcher ARGS`` does, on the app and shell the template built if it did.
+
+    Between initialize() and start() it tells the client, on the request's
+    connection, that its sockets are bound (``{"started": pid}``) and closes
+    its copy of that connection (the template keeps its own for the exit code).
+    """
     import ipykernel_launcher
     from ipykernel.kernelapp import IPKernelApp
 
@@ -371,6 +395,8 @@ def _run_kernel(argv: list[str], prebuilt: bool) -> int:
         app.initialize([*argv, *CHILD_ARGUMENTS])
         if "matplotlib_inline.backend_inline" in sys.modules and app.shell is not None:
             app.shell.enable_matplotlib("inline")  # as _prebuild does
+    _send(conn, {"started": os.getpid()})
+    conn.close()
     app.start()
     _let_control_finish(app)
     return 0

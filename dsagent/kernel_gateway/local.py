@@ -264,6 +264,8 @@ class LocalBackend(KernelBackend):
             )
             _LIVE_MANAGERS.add(km)
             kc = km.client(context=km.context)  # the shared context, see _zmq_context
+            if isinstance(km, ForkingKernelManager):  # (made while the kernel initializes)
+                await km.wait_started(self.settings.kernel_start_timeout)
             # liveness comes from the manager (the process), so the heartbeat
             # thread jupyter_client would start, waking every second, is not needed
             kc.start_channels(hb=False)

@@ -244,6 +244,19 @@ async def test_a_forked_kernels_first_plot_finds_matplotlib_warm_and_no_figure_i
         await session.shutdown()
 
 
+async def test_a_forked_kernels_log_keeps_warnings_and_drops_debug_records_unbuilt(backend):
+    """The template sets the app logger's level to its handler's, so debug records are not even built; warnings still land in the kernel log."""
+    session = await backend.start_session()
+    try:
+        probe = "log = get_ipython().kernel.log\nlog.warning('fork-probe-warning')\nlog.debug('fork-probe-debug')\nprint(log.isEnabledFor(10))"
+        assert (await session.execute(probe)).outputs[0]["text"] == "False\n"
+    finally:
+        await session.shutdown()
+    await asyncio.gather(*backend._exits)
+    log = (backend.workspace.home / "logs" / f"kernel-{session.work_path.name}.log").read_text()
+    assert "fork-probe-warning" in log and "fork-probe-debug" not in log
+
+
 async def test_pooled_kernels_import_the_preload_list_in_their_warm_up(tmp_path):
     # a cold (not forked) kernel, so the imports can only come from the warm-up cell;
     # a module that is not installed is skipped, not an error
