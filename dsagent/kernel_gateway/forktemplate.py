@@ -37,6 +37,7 @@ once; one that cannot launches its kernel the normal way meanwhile.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import importlib
 import json
@@ -422,10 +423,17 @@ def _initialize_prebuilt(app: Any, connection_file: str) -> None:
         type(app).init_shell(app)
         _adopt_shell(app.shell, app.kernel)
 
+    def init_kernel() -> None:
+        with _module_files_from_template():
+            type(app).init_kernel(app)
+
     def skip() -> None:
         pass
 
-    replaced = {"parse_command_line": parse_command_line, "init_profile_dir": skip, "init_config_files": skip, "load_config_file": skip, "init_shell": init_shell}
+    replaced = {
+        "parse_command_line": parse_command_line, "init_profile_dir": skip, "init_config_files": skip, "load_config_file": skip,
+        "init_kernel": init_kernel, "init_shell": init_shell,
+    }  # fmt: skip
     for name, method in replaced.items():
         setattr(app, name, method)
     try:
@@ -433,6 +441,69 @@ def _initialize_prebuilt(app: Any, connection_file: str) -> None:
     finally:
         for name in replaced:
             delattr(app, name)
+
+
+class _ModuleFile:
+    """A module as ``IPythonKernel.__init__`` looks at it: only its ``__file__``."""
+
+    __slots__ = ("__file__",)
+
+    def __init__(self, file: str) -> None:
+        self.__file__ = file
+
+
+class _ModulesAsTheTemplateListed(dict):  # type: ignore[type-arg]
+    """``sys.modules`` for the one ``sys.modules.copy().values()`` in ``IPythonKernel.__init__``: the template's list."""
+
+    def values(self) -> Any:  # type: ignore[override]
+        return _MODULE_FILES
+
+
+class _SysWithTemplateModules:
+    """``sys`` as ``ipykernel.ipkernel`` sees it while its kernel is built: ``modules.copy()`` is the template's list."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(sys, name)
+
+    @property
+    def modules(self) -> Any:
+        return self
+
+    def copy(self) -> _ModulesAsTheTemplateListed:
+        return _ModulesAsTheTemplateListed()
+
+
+#: every module's file as the template has them, for the kernels' debugger (see _list_module_files)
+_MODULE_FILES: list[_ModuleFile] = []
+#: how many modules the template had when it listed them
+_MODULE_COUNT: list[int] = [0]
+
+
+def _list_module_files() -> None:
+    """List the module files once, in the template, for ``IPythonKernel.__init__`` (the debugger's list of kernel modules).
+
+    Listing them in each kernel touched every module object and its
+    ``__file__`` (~1,200 of them), so copied a page of the template per
+    module: ~7 ms of CPU of every fork's start. Kept compact (one small
+    object per file) so that reading them touches a few pages.
+    """
+    _MODULE_FILES[:] = [_ModuleFile(m.__file__) for m in sys.modules.copy().values() if getattr(m, "__file__", None)]
+    _MODULE_COUNT[0] = len(sys.modules)
+
+
+@contextlib.contextmanager
+def _module_files_from_template() -> Any:
+    """While the kernel object is built, its module list is the template's (unless the kernel has imported more since)."""
+    import ipykernel.ipkernel
+
+    if not _MODULE_FILES or len(sys.modules) != _MODULE_COUNT[0] or ipykernel.ipkernel.sys is not sys:
+        yield
+        return
+    ipykernel.ipkernel.sys = _SysWithTemplateModules()  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        ipykernel.ipkernel.sys = sys
 
 
 def _adopt_shell(shell: Any, kernel: Any) -> None:
@@ -478,6 +549,7 @@ def main(argv: list[str]) -> None:
     _preload(preload)
     prebuilt = _prebuild(kernel_argv)
     _warm_matplotlib()
+    _list_module_files()
     # what the imports made is every kernel's and never garbage: keep collections out of it
     # (a kernel's gc.collect() at exit took 0.7 s over it, and wrote to, so un-shared, its pages)
     gc.collect()

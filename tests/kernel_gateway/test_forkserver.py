@@ -257,6 +257,20 @@ async def test_a_forked_kernels_log_keeps_warnings_and_drops_debug_records_unbui
     assert "fork-probe-warning" in log and "fork-probe-debug" not in log
 
 
+async def test_the_debuggers_module_list_comes_from_the_template_complete(backend):
+    """IPythonKernel.__init__ lists every module's file for the debugger; a fork takes the template's list: the same files."""
+    session = await backend.start_session()
+    try:
+        probe = (
+            "import sys; listed = get_ipython().kernel._kernel_modules\n"
+            "files = {m.__file__ for m in list(sys.modules.values()) if getattr(m, '__file__', None)}\n"
+            "print(all(type(f) is str for f in listed), sorted(files - set(listed)), 'ipykernel' in str(listed))"
+        )
+        assert (await session.execute(probe)).outputs[0]["text"] == "True [] True\n"
+    finally:
+        await session.shutdown()
+
+
 async def test_pooled_kernels_import_the_preload_list_in_their_warm_up(tmp_path):
     # a cold (not forked) kernel, so the imports can only come from the warm-up cell;
     # a module that is not installed is skipped, not an error
