@@ -37,7 +37,8 @@ from dsagent.settings import Settings
 PHASES = (
     (forkserver.ForkingKernelManager, "start_kernel", "start_kernel (kernelspec, ports, connection file, fork request)"),
     (forkserver.ForkServer, "spawn", "fork request round trip (the template's fork() included)"),
-    (local, "_wait_ready", "kernel_info answered and its status seen on iopub (the child's initialize() included)"),
+    (forkserver.ForkingKernelManager, "wait_started", "the kernel's initialize() until it says it has started (client made meanwhile)"),
+    (local, "_wait_ready", "kernel_info answered and its status seen on iopub (before wait_started: the child's initialize() too)"),
     (forkserver.ForkingKernelManager, "_async_request_shutdown", "shutdown request"),
     (forkserver.ForkingKernelManager, "_async_finish_shutdown", "kernel exit, seen by its pidfd (in the background)"),
 )
@@ -50,7 +51,9 @@ def progress(message: str) -> None:
 def instrument(samples: dict[str, list[float]]) -> None:
     """Wrap each phase's method so that every call appends its wall seconds to ``samples[phase]``."""
     for owner, name, phase in PHASES:
-        original = getattr(owner, name)
+        original = getattr(owner, name, None)
+        if original is None:  # an older tree (PYTHONPATH) without this phase
+            continue
         samples[phase] = []
         if asyncio.iscoroutinefunction(original):
 

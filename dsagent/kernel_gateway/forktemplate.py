@@ -424,15 +424,23 @@ def _initialize_prebuilt(app: Any, connection_file: str) -> None:
         _adopt_shell(app.shell, app.kernel)
 
     def init_kernel() -> None:
-        with _module_files_from_template():
+        import ipykernel.ipkernel
+
+        with _modules_listed_by_template(ipykernel.ipkernel):
             type(app).init_kernel(app)
+
+    def init_code() -> None:
+        import IPython.core.shellapp
+
+        with _modules_listed_by_template(IPython.core.shellapp):
+            type(app).init_code(app)
 
     def skip() -> None:
         pass
 
     replaced = {
         "parse_command_line": parse_command_line, "init_profile_dir": skip, "init_config_files": skip, "load_config_file": skip,
-        "init_kernel": init_kernel, "init_shell": init_shell,
+        "init_kernel": init_kernel, "init_shell": init_shell, "init_code": init_code,
     }  # fmt: skip
     for name, method in replaced.items():
         setattr(app, name, method)
@@ -452,58 +460,59 @@ class _ModuleFile:
         self.__file__ = file
 
 
-class _ModulesAsTheTemplateListed(dict):  # type: ignore[type-arg]
-    """``sys.modules`` for the one ``sys.modules.copy().values()`` in ``IPythonKernel.__init__``: the template's list."""
+class _TemplateModules:
+    """``sys.modules`` as two start-up steps read it, answered from the template's lists (see ``_list_modules``)."""
 
-    def values(self) -> Any:  # type: ignore[override]
+    def copy(self) -> "_TemplateModules":  # IPythonKernel.__init__: sys.modules.copy().values()
+        return self
+
+    def values(self) -> list[_ModuleFile]:
         return _MODULE_FILES
+
+    def keys(self) -> list[str]:  # InteractiveShellApp.init_code: set(sys.modules.keys())
+        return _MODULE_NAMES
 
 
 class _SysWithTemplateModules:
-    """``sys`` as ``ipykernel.ipkernel`` sees it while its kernel is built: ``modules.copy()`` is the template's list."""
+    """``sys`` as a module's start-up code sees it while it runs: ``modules`` is the template's lists, the rest is ``sys``."""
+
+    modules = _TemplateModules()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(sys, name)
 
-    @property
-    def modules(self) -> Any:
-        return self
 
-    def copy(self) -> _ModulesAsTheTemplateListed:
-        return _ModulesAsTheTemplateListed()
-
-
-#: every module's file as the template has them, for the kernels' debugger (see _list_module_files)
+#: every module's file and name as the template has them (see _list_modules)
 _MODULE_FILES: list[_ModuleFile] = []
-#: how many modules the template had when it listed them
-_MODULE_COUNT: list[int] = [0]
+_MODULE_NAMES: list[str] = []
 
 
-def _list_module_files() -> None:
-    """List the module files once, in the template, for ``IPythonKernel.__init__`` (the debugger's list of kernel modules).
+def _list_modules() -> None:
+    """List the modules once, in the template, for the two start-up steps of a kernel that list them.
 
-    Listing them in each kernel touched every module object and its
-    ``__file__`` (~1,200 of them), so copied a page of the template per
-    module: ~7 ms of CPU of every fork's start. Kept compact (one small
-    object per file) so that reading them touches a few pages.
+    ``IPythonKernel.__init__`` lists every module's ``__file__`` (the
+    debugger's just-my-code rules) and IPython's ``init_code`` every module's
+    name (what ``%reset`` keeps). In a fork, each touched the ~1,200 module
+    objects and strings of the template, so copied a page of it per module
+    (~1,200 page faults, ~7 ms of CPU of every start). The lists hold copies
+    made one after another, so reading them touches a few pages.
     """
-    _MODULE_FILES[:] = [_ModuleFile(m.__file__) for m in sys.modules.copy().values() if getattr(m, "__file__", None)]
-    _MODULE_COUNT[0] = len(sys.modules)
+    modules = sys.modules.copy()
+    _MODULE_FILES[:] = [_ModuleFile(m.__file__.encode().decode()) for m in modules.values() if isinstance(getattr(m, "__file__", None), str) and m.__file__]
+    _MODULE_NAMES[:] = [name.encode().decode() for name in modules]
 
 
 @contextlib.contextmanager
-def _module_files_from_template() -> Any:
-    """While the kernel object is built, its module list is the template's (unless the kernel has imported more since)."""
-    import ipykernel.ipkernel
-
-    if not _MODULE_FILES or len(sys.modules) != _MODULE_COUNT[0] or ipykernel.ipkernel.sys is not sys:
+def _modules_listed_by_template(module: Any) -> Any:
+    """While ``module``'s start-up code runs, its ``sys.modules`` is the template's lists (unless the kernel has imported more since)."""
+    if len(_MODULE_NAMES) != len(sys.modules) or getattr(module, "sys", None) is not sys:
         yield
         return
-    ipykernel.ipkernel.sys = _SysWithTemplateModules()  # type: ignore[assignment]
+    module.sys = _SysWithTemplateModules()
     try:
         yield
     finally:
-        ipykernel.ipkernel.sys = sys
+        module.sys = sys
 
 
 def _adopt_shell(shell: Any, kernel: Any) -> None:
@@ -549,7 +558,7 @@ def main(argv: list[str]) -> None:
     _preload(preload)
     prebuilt = _prebuild(kernel_argv)
     _warm_matplotlib()
-    _list_module_files()
+    _list_modules()
     # what the imports made is every kernel's and never garbage: keep collections out of it
     # (a kernel's gc.collect() at exit took 0.7 s over it, and wrote to, so un-shared, its pages)
     gc.collect()

@@ -257,16 +257,17 @@ async def test_a_forked_kernels_log_keeps_warnings_and_drops_debug_records_unbui
     assert "fork-probe-warning" in log and "fork-probe-debug" not in log
 
 
-async def test_the_debuggers_module_list_comes_from_the_template_complete(backend):
-    """IPythonKernel.__init__ lists every module's file for the debugger; a fork takes the template's list: the same files."""
+async def test_the_start_up_module_lists_come_from_the_template_complete(backend):
+    """The debugger's module files and %reset's module names are listed at a kernel's start; a fork takes the template's lists: the same."""
     session = await backend.start_session()
     try:
         probe = (
             "import sys; listed = get_ipython().kernel._kernel_modules\n"
             "files = {m.__file__ for m in list(sys.modules.values()) if getattr(m, '__file__', None)}\n"
-            "print(all(type(f) is str for f in listed), sorted(files - set(listed)), 'ipykernel' in str(listed))"
+            "print(all(type(f) is str for f in listed), sorted(files - set(listed)), 'ipykernel' in str(listed),"
+            " get_ipython()._sys_modules_keys == set(sys.modules), sys is __import__('IPython.core.shellapp').core.shellapp.sys)"
         )
-        assert (await session.execute(probe)).outputs[0]["text"] == "True [] True\n"
+        assert (await session.execute(probe)).outputs[0]["text"] == "True [] True True True\n"
     finally:
         await session.shutdown()
 
