@@ -96,9 +96,25 @@ def kernel_cost(pid: int) -> tuple[float, int]:
     return cpu_ns / 1e6, int(fields[7])
 
 
+def count_kernel_info_requests() -> list[int]:
+    """Count kernel_info requests: one per start, more when its iopub status was missed and it was asked again."""
+    from jupyter_client import AsyncKernelClient
+
+    calls = [0]
+    original = AsyncKernelClient.kernel_info
+
+    def kernel_info(self: Any) -> str:
+        calls[0] += 1
+        return original(self)
+
+    AsyncKernelClient.kernel_info = kernel_info  # type: ignore[method-assign]
+    return calls
+
+
 async def measure(kernels: int) -> dict[str, Any]:
     samples: dict[str, list[float]] = {}
     instrument(samples)
+    kernel_info_calls = count_kernel_info_requests()
     whole: dict[str, list[float]] = {"start_session": [], "first 1+1": [], "shutdown() returns": [], "cycle": []}
     cpu_ms, faults = [], []
     async with LocalBackend(Settings(home=tempfile.mkdtemp(prefix="dsagent-bench-")), pool_size=0) as backend:
@@ -111,6 +127,7 @@ async def measure(kernels: int) -> dict[str, Any]:
             series.clear()
         template = None
         caller_cpu0 = time.process_time()
+        kernel_info_calls[0] = 0
         for i in range(kernels):
             t0 = time.perf_counter()
             session = await backend.start_session()
@@ -139,6 +156,7 @@ async def measure(kernels: int) -> dict[str, Any]:
         "wall_median_ms": {key: round(statistics.median(v) * 1000, 2) for key, v in whole.items()},
         "wall_min_ms": {key: round(min(v) * 1000, 2) for key, v in whole.items()},
         "client_phase_median_ms": {key: round(statistics.median(v) * 1000, 2) for key, v in samples.items() if v},
+        "kernel_info_requests_per_start": round(kernel_info_calls[0] / kernels, 2),
         "cpu_ms_per_kernel": {
             "caller (this process: jupyter_client, our session code)": round(caller_cpu, 1),
             "template (fork, reap)": round(own / per, 1),

@@ -140,7 +140,7 @@ class ForkedProcess:
             return bool(data) and self._exit is None
 
     async def started(self, timeout: float) -> bool:
-        """Wait until the kernel has bound its sockets and initialized; False if it ended first or ``timeout`` passed.
+        """Wait until the kernel has bound its sockets; False if it ended first or ``timeout`` passed.
 
         A client that connects before then is refused and zmq retries with a
         doubling interval: the last retry could come tens of ms after the

@@ -11,8 +11,8 @@ folder; connections from another uid are refused (SO_PEERCRED):
   kernel's stdout and stderr file descriptors attached (SCM_RIGHTS);
 - reply: ``{"pid"}`` with a pidfd of the new kernel attached, or ``{"error"}``;
 - later, on the same connection, one JSON object a line: ``{"started": pid}``
-  from the kernel itself once its sockets are bound and it is initialized
-  (the client connects then, not before: zmq's reconnect back-off would
+  from the kernel itself once its sockets are bound (the client connects
+  then, not before: zmq's reconnect back-off would
   otherwise add up to its interval to a start), and ``{"exit": code}`` once
   the kernel ended and this process (its parent) reaped it; ``code`` follows
   ``Popen.returncode``.
@@ -379,9 +379,10 @@ def _finalize() -> None:
 def _run_kernel(argv: list[str], prebuilt: bool, conn: socket.socket) -> int:
     """What ``python -m ipykernel_launcher ARGS`` does, on the app and shell the template built if it did.
 
-    Between initialize() and start() it tells the client, on the request's
-    connection, that its sockets are bound (``{"started": pid}``) and closes
-    its copy of that connection (the template keeps its own for the exit code).
+    Once its sockets are bound (after ``init_sockets`` and ``init_heartbeat``)
+    it tells the client, on the request's connection (``{"started": pid}``),
+    and closes its copy of that connection (the template keeps its own for the
+    exit code); the rest of ``initialize()`` goes on meanwhile.
     """
     import ipykernel_launcher
     from ipykernel.kernelapp import IPKernelApp
@@ -390,14 +391,28 @@ def _run_kernel(argv: list[str], prebuilt: bool, conn: socket.socket) -> int:
         sys.path.remove(SCRIPT_DIR)
     sys.argv = [ipykernel_launcher.__file__, *argv]
     app = IPKernelApp.instance()
-    if prebuilt:
-        _initialize_prebuilt(app, argv[argv.index("-f") + 1])
-    else:
-        app.initialize([*argv, *CHILD_ARGUMENTS])
-        if "matplotlib_inline.backend_inline" in sys.modules and app.shell is not None:
-            app.shell.enable_matplotlib("inline")  # as _prebuild does
-    _send(conn, {"started": os.getpid()})
-    conn.close()
+
+    def init_heartbeat() -> None:
+        # the shell, iopub, control and stdin ports are bound (init_sockets came first): the client
+        # connects while the rest initializes, so its iopub subscription is in place by the first reply
+        type(app).init_heartbeat(app)
+        if conn.fileno() >= 0:
+            _send(conn, {"started": os.getpid()})
+            conn.close()
+
+    app.init_heartbeat = init_heartbeat
+    try:
+        if prebuilt:
+            _initialize_prebuilt(app, argv[argv.index("-f") + 1])
+        else:
+            app.initialize([*argv, *CHILD_ARGUMENTS])
+            if "matplotlib_inline.backend_inline" in sys.modules and app.shell is not None:
+                app.shell.enable_matplotlib("inline")  # as _prebuild does
+    finally:
+        del app.init_heartbeat
+    if conn.fileno() >= 0:  # an ipykernel whose initialize() has no init_heartbeat step
+        _send(conn, {"started": os.getpid()})
+        conn.close()
     app.start()
     _let_control_finish(app)
     return 0
