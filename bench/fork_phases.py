@@ -8,7 +8,11 @@ fork request, the wait for ``kernel_info``, the shutdown request, and the
 kernel's exit, which runs in the background after ``shutdown()`` returned);
 the kernel's own cost is read from /proc when its first cell is answered:
 CPU time of all its threads (schedstat, in ns) and its minor page faults
-(each one a page of the template copied, or a new one). Compare two trees by
+(each one a page of the template copied, or a new one). Per kernel it also
+prints the CPU of this process, of the template (fork, reap) and of the
+kernel's whole life (the template's reaped-children CPU), user and system
+apart, and how many ``kernel_info`` requests a start took (more than one: the
+status was missed on iopub and asked again). Compare two trees by
 running it with each (``PYTHONPATH=<other checkout>``), interleaved, on the
 same machine.
 
@@ -77,11 +81,11 @@ def instrument(samples: dict[str, list[float]]) -> None:
             setattr(owner, name, timed)
 
 
-def process_cpu_ms(pid: int) -> tuple[float, float]:
-    """CPU milliseconds of a process (utime+stime) and of its reaped children (cutime+cstime), from /proc."""
+def process_cpu_ms(pid: int) -> tuple[float, float, float, float]:
+    """CPU milliseconds of a process (user, system) and of its reaped children (user, system), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     tick = 1000 / os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) * tick, (int(fields[13]) + int(fields[14])) * tick
+    return tuple(int(f) * tick for f in fields[11:15])  # type: ignore[return-value]
 
 
 def kernel_cost(pid: int) -> tuple[float, int]:
@@ -127,6 +131,7 @@ async def measure(kernels: int) -> dict[str, Any]:
             series.clear()
         template = None
         caller_cpu0 = time.process_time()
+        caller_times0 = os.times()
         kernel_info_calls[0] = 0
         for i in range(kernels):
             t0 = time.perf_counter()
@@ -149,7 +154,10 @@ async def measure(kernels: int) -> dict[str, Any]:
             progress(f"kernel {i + 1}/{kernels}: {(t3 - t0) * 1000:.0f} ms")
         await asyncio.gather(*backend._exits)
         caller_cpu = (time.process_time() - caller_cpu0) * 1000 / kernels
-        own, reaped = (a - b for a, b in zip(process_cpu_ms(template), template_cpu0))
+        own_user, own_sys, reaped_user, reaped_sys = (a - b for a, b in zip(process_cpu_ms(template), template_cpu0))
+        caller_times = os.times()
+        caller_user = (caller_times.user - caller_times0.user) * 1000 / kernels
+        caller_sys = (caller_times.system - caller_times0.system) * 1000 / kernels
         per = kernels - 1  # the first kernel started before template_cpu0 was read
     return {
         "kernels": kernels,
@@ -159,8 +167,14 @@ async def measure(kernels: int) -> dict[str, Any]:
         "kernel_info_requests_per_start": round(kernel_info_calls[0] / kernels, 2),
         "cpu_ms_per_kernel": {
             "caller (this process: jupyter_client, our session code)": round(caller_cpu, 1),
-            "template (fork, reap)": round(own / per, 1),
-            "kernel's whole life (start, 1+1, exit; from the template's reaped-children CPU)": round(reaped / per, 1),
+            "template (fork, reap)": round((own_user + own_sys) / per, 1),
+            "kernel's whole life (start, 1+1, exit; from the template's reaped-children CPU)": round((reaped_user + reaped_sys) / per, 1),
+        },
+        "cpu_ms_per_kernel_user_system": {
+            "caller": [round(caller_user, 1), round(caller_sys, 1)],
+            "template": [round(own_user / per, 1), round(own_sys / per, 1)],
+            "kernel's whole life": [round(reaped_user / per, 1), round(reaped_sys / per, 1)],
+            "note": "system time of a fork and an exit is mostly page tables and copy-on-write faults of the template's ~150 MiB",
         },
         "kernel_at_first_result": {"cpu_ms_all_threads_median": round(statistics.median(cpu_ms), 1), "minor_page_faults_median": statistics.median(faults)},
     }
