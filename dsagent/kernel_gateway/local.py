@@ -27,14 +27,14 @@ from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from dsagent.errors import KernelDied, KernelStartFailed, SessionClosed
 from dsagent.kernel_gateway.base import KernelBackend, KernelSession, OutputHook
 from dsagent.kernel_gateway.execute_loop import KernelLink, restarting, run_cell
-from dsagent.kernel_gateway.forkserver import ForkingKernelManager, preload_list, warm_fork_server
+from dsagent.kernel_gateway.forkserver import ForkFailed, ForkingKernelManager, preload_list, runtime_dir, warm_fork_server
 from dsagent.kernel_gateway.models import Execution, FileInfo
 from dsagent.kernel_gateway.pool import WarmPool
 from dsagent.kernel_gateway.workdir import WorkDir
 from dsagent.settings import Settings
 from dsagent.workspace import Workspace
 
-__all__ = ["LocalBackend", "LocalSession"]
+__all__ = ["LocalBackend", "LocalSession", "ipc_sockets"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,33 @@ def _kill_sync(km: AsyncKernelManager) -> None:
         km.cleanup_connection_file()
     except Exception:
         pass
+
+
+#: the longest path a unix socket can have (sun_path is 108 bytes with its NUL); ipc sockets are ``<prefix>-<n>``
+_MAX_SOCKET_PATH = 100
+
+
+def ipc_sockets() -> dict[str, str]:
+    """Manager options that put a kernel's five sockets on unix sockets of its own (``ipc``), not TCP ports.
+
+    With TCP, jupyter_client picks free ports by binding and closing them, and
+    the kernel binds them later: any process's bind or connect in between may
+    take one, and the kernel dies with "Address already in use" (seen on a busy
+    machine running many kernels at once). An ipc socket is a path in an
+    owner-only folder, unique per kernel: nothing can take it, and no other
+    user can connect (ipykernel warns that its TCP sockets are unencrypted).
+    Restarts rebind the same paths. TCP remains where no such folder is
+    usable (a temp dir too long for a socket path).
+    """
+    try:
+        folder = runtime_dir()
+    except ForkFailed as exc:
+        log.warning("kernels use TCP ports: %s", exc)
+        return {}
+    prefix = os.path.join(folder, f"k-{uuid.uuid4().hex[:16]}")
+    if len(prefix) + 3 > _MAX_SOCKET_PATH:
+        return {}
+    return {"transport": "ipc", "ip": prefix}
 
 
 #: environment variables that decide where kernelspecs are looked for (jupyter_core's paths, IPython's dir)
@@ -199,11 +226,13 @@ class LocalBackend(KernelBackend):
 
     def _kernel_manager(self) -> AsyncKernelManager:
         """A manager for one kernel of ``kernel_name``: forked from a preloaded template unless ``kernel_fork`` is off."""
+        sockets = ipc_sockets()
         if not (self.fork_kernels and self.settings.kernel_fork):
-            return AsyncKernelManager(kernel_name=self.kernel_name, kernel_spec_manager=_kernel_spec_manager())
+            return AsyncKernelManager(kernel_name=self.kernel_name, kernel_spec_manager=_kernel_spec_manager(), **sockets)
         return ForkingKernelManager(
             kernel_name=self.kernel_name,
             kernel_spec_manager=_kernel_spec_manager(),
+            **sockets,
             preload=preload_list(self.settings.kernel_preload),
             start_timeout=self.settings.kernel_start_timeout,
             idle=self.settings.kernel_fork_idle,

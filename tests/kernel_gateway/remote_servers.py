@@ -43,6 +43,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+#: the servers' kernels on ipc sockets (each named after its connection file), as the local backend's: on TCP,
+#: jupyter_client picks a kernel's ports by binding and closing them and the kernel binds them later, and on a busy
+#: machine (parallel test workers) another process may take one in between: the kernel dies at start
+KERNEL_TRANSPORT = "--KernelManager.transport=ipc"
+
+
 def _command(kind: str, port: int, token: str, root: Path) -> list[str]:
     if kind == "kernelgateway":
         return [
@@ -50,11 +56,12 @@ def _command(kind: str, port: int, token: str, root: Path) -> list[str]:
             "--KernelGatewayApp.ip=127.0.0.1", f"--KernelGatewayApp.port={port}",
             f"--KernelGatewayApp.auth_token={token}", "--KernelGatewayApp.port_retries=0",
             "--JupyterWebsocketPersonality.list_kernels=True",  # GET /api/kernels, for the leak check after each test
+            KERNEL_TRANSPORT,
         ]
     command = [
         JUPYTER, "server", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
         f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}", "--ServerApp.port_retries=0",
-        "--ServerApp.open_browser=False",
+        "--ServerApp.open_browser=False", KERNEL_TRANSPORT,
     ]
     if os.geteuid() == 0:
         command.append("--allow-root")
