@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import psutil
@@ -35,7 +36,12 @@ def cluster(tmp_path_factory):
     from distributed import LocalCluster
 
     home = tmp_path_factory.mktemp("workers-home")
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", env={"DSAGENT_HOME": str(home)}) as c:
+    # a fork template of the workers' own (a preload entry no one else has): the template is a child of the worker
+    # that starts it, so one shared with other test workers would put their kernels under this cluster's workers,
+    # and _no_kernels_left would blame this module's batches for them
+    preload = f"{Settings().kernel_preload}, dsagent_test_dask_template_{uuid.uuid4().hex[:8]}"
+    env = {"DSAGENT_HOME": str(home), "DSAGENT_KERNEL_PRELOAD": preload}
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", env=env) as c:
         yield c
 
 
