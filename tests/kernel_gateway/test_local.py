@@ -40,7 +40,10 @@ def _ipykernels() -> set[int]:
 
     A forked kernel is a child of its fork template, which is shared and not
     ours; the pool tests below use a template of their own (``private``), so
-    the kernels under the templates this process used are its own.
+    the kernels under the templates this process used are its own. A shared
+    template this process happened to start is its child too, but the kernels
+    under it are every process's (other test workers', Dask workers', CLI
+    runs') coming and going at any time: not counted.
     """
     found = set()
     roots = [psutil.Process()]
@@ -51,10 +54,17 @@ def _ipykernels() -> set[int]:
     for child in (c for root in roots for c in root.children(recursive=True)):
         try:
             if child.status() != psutil.STATUS_ZOMBIE and "ipykernel_launcher" in " ".join(child.cmdline()):
-                found.add(child.pid)
+                if not _forked_by_a_shared_template(child):
+                    found.add(child.pid)
         except psutil.NoSuchProcess:
             pass
     return found
+
+
+def _forked_by_a_shared_template(kernel: psutil.Process) -> bool:
+    parent = kernel.parent()
+    command = " ".join(parent.cmdline()) if parent is not None else ""
+    return str(forkserver.TEMPLATE_SCRIPT) in command and PRIVATE_PRELOAD not in command
 
 
 PRIVATE_PRELOAD = "dsagent_test_private_template_"
