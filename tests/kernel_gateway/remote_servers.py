@@ -115,21 +115,30 @@ def start_server(kind: str, folder: Path) -> tuple[RunningServer, subprocess.Pop
     root = folder / "root"
     root.mkdir(parents=True, exist_ok=True)
     jupyter_path = install_kernelspecs(folder / "share", kind)
-    port = free_port()
     log = folder / f"{kind}.log"
     # PYTEST_CURRENT_TEST would reach the kernels, and ipykernel stops forwarding
     # fd-level output (os.write, C code) when it sees it: keep them as users run them
     env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER_TOKEN") and k != "PYTEST_CURRENT_TEST"}
     env["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(jupyter_path), env.get("JUPYTER_PATH")]))
-    with open(log, "wb") as out:
-        process = subprocess.Popen(_command(kind, port, token, root), cwd=root, stdout=out, stderr=subprocess.STDOUT, env=env)
-    server = RunningServer(kind, f"http://127.0.0.1:{port}", token, root, log)
-    try:
-        _wait_ready(server.url, token, process, log)
-    except BaseException:
-        stop_server(process)
-        raise
-    return server, process
+    for attempt in (1, 2, 3):
+        # the port is free when picked, but any process's bind or outgoing connection may take it before the
+        # server binds it (port_retries=0: the server then exits saying so): another port, then
+        port = free_port()
+        with open(log, "wb") as out:
+            process = subprocess.Popen(_command(kind, port, token, root), cwd=root, stdout=out, stderr=subprocess.STDOUT, env=env)
+        server = RunningServer(kind, f"http://127.0.0.1:{port}", token, root, log)
+        try:
+            _wait_ready(server.url, token, process, log)
+        except RuntimeError:
+            stop_server(process)
+            if attempt < 3 and process.returncode is not None and "already in use" in log.read_text():
+                continue
+            raise
+        except BaseException:
+            stop_server(process)
+            raise
+        return server, process
+    raise AssertionError("unreachable")
 
 
 def stop_server(process: subprocess.Popen[bytes]) -> None:
