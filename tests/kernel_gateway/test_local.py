@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
+import os
 import sys
 import time
 import uuid
@@ -165,3 +167,8 @@ async def test_restart_ends_a_stuck_cell_instead_of_waiting_behind_it():
         assert result.stream_text() == "started\n"
         assert session.kernel_pid != old_pid
         assert (await session.execute("'lost' in globals()")).result == "False"
+        # its sockets are unix sockets in the owner-only folder (no TCP port another process could take
+        # between jupyter_client picking it and the kernel binding it), bound again by the restarted kernel
+        info = await session.execute("import json, ipykernel\ninfo = json.loads(ipykernel.get_connection_info())\ninfo['transport'], info['ip']")
+        transport, ip = ast.literal_eval(info.result)
+        assert transport == "ipc" and os.path.dirname(ip) == forkserver.runtime_dir()
