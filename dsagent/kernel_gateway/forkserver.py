@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import os
-import select
 import signal
 import socket
 import stat
@@ -41,6 +40,8 @@ from typing import Any, Iterator, Mapping
 from jupyter_client import AsyncKernelManager
 from jupyter_client.provisioning import LocalProvisioner
 
+from dsagent.kernel_gateway.forkprocess import ForkedProcess, fork_reply
+
 __all__ = ["ForkServer", "ForkedProcess", "ForkingKernelManager", "fork_kernel", "fork_server_for", "preload_list", "runtime_dir", "stop_all"]
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,6 @@ log = logging.getLogger(__name__)
 TEMPLATE_SCRIPT = Path(__file__).with_name("forktemplate.py")
 #: environment variables that change what an import does: a template is shared only by kernels that agree on them
 IMPORT_ENV_PREFIXES = ("PYTHON", "MPL", "OMP_", "OPENBLAS", "MKL_", "NUMEXPR", "LD_", "VIRTUAL_ENV", "CONDA_PREFIX", "JUPYTER", "IPYTHON")
-#: how long a dead kernel's exit code may take to arrive from the template (it reaps at once)
-EXIT_CODE_WAIT = 1.0
-#: exit code reported when the template died before it could say how the kernel ended
-UNKNOWN_EXIT = 255
 #: besides IMPORT_ENV_PREFIXES, what a template's environment keeps (matplotlib's and IPython's config folders)
 TEMPLATE_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "USER")
 #: the per-kernel argument in a template's kernel command line (see forktemplate.py)
@@ -88,76 +85,6 @@ def template_argv(kernel_cmd: list[str]) -> tuple[str, ...]:
     args = list(kernel_cmd[3:])
     args[args.index("-f") + 1] = CONNECTION_FILE
     return tuple(args)
-
-
-class ForkedProcess:
-    """What ``LocalProvisioner`` expects of a Popen, for a kernel forked by the template (not our child)."""
-
-    stdin = stdout = stderr = None
-
-    def __init__(self, pid: int, pidfd: int, conn: socket.socket) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-        self._pidfd = pidfd  # names this process even after its pid is reused
-        self._conn = conn  # the template writes the exit code here
-        self._lock = threading.Lock()
-
-    def poll(self) -> int | None:
-        with self._lock:
-            if self.returncode is None and select.select([self._pidfd], [], [], 0)[0]:
-                self.returncode = self._exit_code()
-            return self.returncode
-
-    def _exit_code(self) -> int:
-        try:
-            self._conn.settimeout(EXIT_CODE_WAIT)
-            data = self._conn.recv(4096)
-            code = int(json.loads(data)["exit"]) if data else UNKNOWN_EXIT
-        except (OSError, ValueError, KeyError):
-            code = UNKNOWN_EXIT  # the template died with the kernel's status
-        self._conn.close()
-        os.close(self._pidfd)
-        return code
-
-    def wait(self, timeout: float | None = None) -> int:
-        if self.poll() is None:
-            if not select.select([self._pidfd], [], [], timeout)[0]:
-                raise subprocess.TimeoutExpired(["forked kernel", str(self.pid)], timeout or 0)
-        code = self.poll()
-        assert code is not None
-        return code
-
-    async def exited(self) -> None:
-        """Return once the process has ended (woken by its pidfd, not a polling interval)."""
-        if self.poll() is not None:
-            return
-        loop = asyncio.get_running_loop()
-        ended = loop.create_future()
-        watch = os.dup(self._pidfd)  # its own number: poll() may close the pidfd meanwhile
-        loop.add_reader(watch, lambda: ended.done() or ended.set_result(None))
-        try:
-            await ended
-        finally:
-            loop.remove_reader(watch)
-            os.close(watch)
-
-    def send_signal(self, sig: int) -> None:
-        if self.poll() is None:
-            signal.pidfd_send_signal(self._pidfd, sig)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
-    def __del__(self) -> None:
-        if self.returncode is None:
-            try:
-                os.close(self._pidfd)
-                self._conn.close()
-            except OSError:
-                pass
 
 
 class ForkServer:
@@ -282,8 +209,7 @@ class ForkServer:
             fds = [null if stdout is None else stdout, null if stderr is None else stderr]
             request = {"argv": argv[3:], "cwd": cwd, "env": dict(env), "owner": os.getpid()}
             socket.send_fds(conn, [json.dumps(request).encode()], fds)
-            data, pidfds, _, _ = socket.recv_fds(conn, 4096, 1)
-            reply = json.loads(data) if data else {"error": "the template closed the connection"}
+            reply, pidfds, pending = fork_reply(conn)
         except (OSError, ValueError) as exc:
             conn.close()
             if self.template_pid() is None:  # it died (a new one is starting): as if it were not there yet
@@ -296,12 +222,14 @@ class ForkServer:
         if "pid" not in reply or not pidfds:
             conn.close()
             raise ForkFailed(reply.get("error", "no pid in the template's reply"))
-        conn.settimeout(None)
-        return ForkedProcess(int(reply["pid"]), pidfds[0], conn)
+        return ForkedProcess(int(reply["pid"]), pidfds[0], conn, pending)
 
 
 def runtime_dir() -> str:
-    """``$TMPDIR/dsagent-fork-<uid>``: made 0700 and checked to be ours, so only this user reaches the sockets."""
+    """``$TMPDIR/dsagent-fork-<uid>``: made 0700 and checked to be ours, so only this user reaches the sockets.
+
+    The templates' sockets are here, and the local backend's kernels' ipc sockets (``local.ipc_sockets``).
+    """
     folder = os.path.join(tempfile.gettempdir(), f"dsagent-fork-{os.getuid()}")
     with contextlib.suppress(FileExistsError):
         os.mkdir(folder, 0o700)
@@ -393,6 +321,7 @@ class ForkingKernelManager(AsyncKernelManager):
         self.start_timeout = start_timeout
         self.idle = idle
         self.forked = False  # whether the current kernel process came from the template
+        self._exit_requested = False  # begin_shutdown() sent the shutdown request; shutdown_kernel() only waits
 
     def fork_server(self, env: Mapping[str, str]) -> ForkServer | None:
         """The template client this manager's kernels would come from; None if they cannot be forked."""
@@ -429,7 +358,31 @@ class ForkingKernelManager(AsyncKernelManager):
         await _without_settle_sleep(self, _START_KERNEL, kw=kw)
 
     async def _async_shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
+        if self._exit_requested and not now and not restart:
+            self._exit_requested = False
+            await _without_settle_sleep(self, _finish_requested_shutdown, restart=False)
+            return
+        self._exit_requested = False
         await _without_settle_sleep(self, _SHUTDOWN_KERNEL, now=now, restart=restart)
+
+    async def begin_shutdown(self) -> None:
+        """Interrupt the kernel and send its shutdown request now, without waiting for it to exit.
+
+        What ``shutdown_kernel(now=False)`` does first; its later call then
+        only waits for the exit (killing the kernel after ``shutdown_wait_time``)
+        and cleans up. Nothing here suspends, so the request is on its way
+        when this returns: a caller that puts the waiting in a background
+        task and then blocks its event loop (a test polling with psutil, a
+        sync caller) no longer leaves the kernel running until the loop
+        turns (the pool test's 10 s "used kernel still alive").
+        """
+        if not self.owns_kernel or not self.has_kernel or self.shutting_down:
+            return
+        self.shutting_down = True  # as shutdown_kernel: the restarter must not revive it
+        self.stop_restarter()
+        await self._async_interrupt_kernel()
+        await self._async_request_shutdown()
+        self._exit_requested = True
 
     start_kernel = _async_start_kernel  # type: ignore[assignment]  # AsyncKernelManager binds these names to the originals
     shutdown_kernel = _async_shutdown_kernel  # type: ignore[assignment]
@@ -441,6 +394,12 @@ class ForkingKernelManager(AsyncKernelManager):
         if isinstance(process, ForkedProcess):
             await process.exited()
         await super()._async_wait(pollinterval)
+
+    async def wait_started(self, timeout: float) -> None:
+        """Wait until a forked kernel has bound its sockets, so its client connects at once (no-op otherwise)."""
+        process = getattr(self.provisioner, "process", None)
+        if isinstance(process, ForkedProcess):
+            await process.started(timeout)  # a kernel that died meanwhile is the caller's kernel_info wait to report
 
     def _spawn(self, kernel_cmd: list[str], kw: Mapping[str, Any]) -> ForkedProcess:
         return fork_kernel(kernel_cmd, kw, self.preload, self.idle, self.start_timeout)
@@ -470,6 +429,12 @@ def fork_kernel(
 #: the undecorated jupyter_client methods (None if a release stops wrapping them: then the originals run)
 _START_KERNEL = getattr(AsyncKernelManager._async_start_kernel, "__wrapped__", None)
 _SHUTDOWN_KERNEL = getattr(AsyncKernelManager._async_shutdown_kernel, "__wrapped__", None)
+
+
+async def _finish_requested_shutdown(km: AsyncKernelManager, restart: bool = False) -> None:
+    """The rest of ``shutdown_kernel(now=False)`` once ``begin_shutdown`` sent the request: wait (then kill), clean up."""
+    await km._async_finish_shutdown(restart=restart)
+    await km._async_cleanup_resources(restart=restart)
 
 
 async def _without_settle_sleep(km: AsyncKernelManager, inner: Any, kw: Mapping[str, Any] | None = None, **args: Any) -> None:

@@ -10,8 +10,12 @@ folder; connections from another uid are refused (SO_PEERCRED):
 - request: one JSON message ``{"argv", "cwd", "env", "owner"}`` with the
   kernel's stdout and stderr file descriptors attached (SCM_RIGHTS);
 - reply: ``{"pid"}`` with a pidfd of the new kernel attached, or ``{"error"}``;
-- later, on the same connection: ``{"exit": code}`` once the kernel ended and
-  this process (its parent) reaped it; ``code`` follows ``Popen.returncode``.
+- later, on the same connection, one JSON object a line: ``{"started": pid}``
+  from the kernel itself once its sockets are bound (the client connects
+  then, not before: zmq's reconnect back-off would
+  otherwise add up to its interval to a start), and ``{"exit": code}`` once
+  the kernel ended and this process (its parent) reaped it; ``code`` follows
+  ``Popen.returncode``.
 
 The template never starts a thread or a ZMQ context, so a fork copies one
 thread and no sockets; each child makes its own after the fork. It outlives
@@ -33,9 +37,11 @@ once; one that cannot launches its kernel the normal way meanwhile.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import importlib
 import json
+import logging
 import os
 import pathlib
 import selectors
@@ -144,6 +150,7 @@ def _prebuild(argv: list[str]) -> bool:
                 del shell.enable_gui
         if threading.active_count() != 1:
             raise RuntimeError(f"building the shell started {threading.active_count() - 1} thread(s) (IPython history kept in a file?)")
+        _quiet_debug_records(app.log)
         return True
     except Exception as exc:  # another ipykernel or IPython: its kernels initialize fully
         print(f"fork template: cannot prebuild the kernel ({type(exc).__name__}: {exc}); kernels initialize fully", file=sys.stderr, flush=True)
@@ -153,6 +160,46 @@ def _prebuild(argv: list[str]) -> bool:
         ZMQInteractiveShell.clear_instance()
         IPKernelApp.clear_instance()
         return False
+
+
+def _warm_matplotlib() -> None:
+    """Draw one figure to PNG as the inline backend would, so a kernel's first plot is as fast as its second.
+
+    The first ``savefig`` of a process imports Pillow's image plugins, loads
+    the font files and fills matplotlib's font, text-layout and tick caches
+    (~25 ms of the first plot cell). Done on a figure pyplot never sees: no
+    figure, figure number or inline-backend state is left for a kernel to
+    inherit. Skipped without the preloaded inline backend; a failure only
+    costs the kernels that warm-up.
+    """
+    if "matplotlib_inline.backend_inline" not in sys.modules:
+        return
+    try:
+        from IPython.core.pylabtools import print_figure
+        from matplotlib.figure import Figure
+
+        figure = Figure()
+        axes = figure.subplots()
+        axes.plot([0, 1, 4, 9], label="warm-up")
+        axes.set(title="warm-up", xlabel="x", ylabel="y")
+        axes.legend()
+        print_figure(figure, "png", bbox_inches="tight")  # what the inline backend's PNG formatter calls
+    except Exception as exc:
+        print(f"fork template: cannot warm matplotlib up: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+
+
+def _quiet_debug_records(logger: Any) -> None:
+    """Let the app's logger drop below-threshold records before building them, not after.
+
+    traitlets leaves the ``IPKernelApp`` logger at DEBUG and filters in its
+    handler (WARNING by default), so each of a kernel's ~25 debug messages of a
+    start, a cell and an exit is formatted with its caller's frame and
+    dropped. The logger's own level set to its handlers' lowest gives the same
+    output; a later ``log_level`` change reconfigures the logger as before.
+    """
+    handlers = getattr(logger, "handlers", None)
+    if handlers:
+        logger.setLevel(min(handler.level or logging.DEBUG for handler in handlers))
 
 
 class Template:
@@ -207,7 +254,7 @@ class Template:
             os.close(fd)
         pidfd = os.pidfd_open(pid)  # before any reaping: it names this child, never a reused pid
         try:
-            socket.send_fds(conn, [json.dumps({"pid": pid}).encode()], [pidfd])
+            socket.send_fds(conn, [json.dumps({"pid": pid}).encode() + b"\n"], [pidfd])
         except OSError:
             pass  # the owner gave up waiting; the kernel is still ours to reap
         self.children[pidfd] = (pid, conn)
@@ -221,8 +268,8 @@ class Template:
         _send(conn, {"exit": os.waitstatus_to_exitcode(status)})
         conn.close()
 
-    def close_in_child(self, keep: socket.socket) -> None:
-        """Close everything of the template in a new kernel, through the owning objects.
+    def close_in_child(self) -> None:
+        """Close everything of the template in a new kernel, through the owning objects (not its request's connection).
 
         Closing only the numbers would let a stale Python object close a
         descriptor number later reused by the kernel's ZMQ sockets.
@@ -233,7 +280,6 @@ class Template:
             os.close(pidfd)
             conn.close()
         self.children.clear()
-        keep.close()
 
 
 def _same_command_line(argv: list[str], template: list[str]) -> bool:
@@ -248,7 +294,7 @@ def _peer_uid(conn: socket.socket) -> int:
 
 def _send(conn: socket.socket, message: dict) -> None:
     try:
-        conn.sendall(json.dumps(message).encode())
+        conn.sendall(json.dumps(message).encode() + b"\n")
     except OSError:
         pass  # the owner closed the connection: nobody is waiting for this
 
@@ -283,7 +329,7 @@ def _become_kernel(template: Template, conn: socket.socket, request: dict, fds: 
     code = 1
     try:
         os.setsid()  # its own process group: jupyter_client interrupts with killpg
-        template.close_in_child(conn)
+        template.close_in_child()
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
@@ -301,7 +347,7 @@ def _become_kernel(template: Template, conn: socket.socket, request: dict, fds: 
         os.environ.update(request["env"])
         _reseed()
         _watch_owner(int(request["owner"]))
-        code = _run_kernel(request["argv"], template.prebuilt)
+        code = _run_kernel(request["argv"], template.prebuilt, conn)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:
@@ -330,8 +376,14 @@ def _finalize() -> None:
     sys.stderr.flush()
 
 
-def _run_kernel(argv: list[str], prebuilt: bool) -> int:
-    """What ``python -m ipykernel_launcher ARGS`` does, on the app and shell the template built if it did."""
+def _run_kernel(argv: list[str], prebuilt: bool, conn: socket.socket) -> int:
+    """What ``python -m ipykernel_launcher ARGS`` does, on the app and shell the template built if it did.
+
+    Once its sockets are bound (after ``init_sockets`` and ``init_heartbeat``)
+    it tells the client, on the request's connection (``{"started": pid}``),
+    and closes its copy of that connection (the template keeps its own for the
+    exit code); the rest of ``initialize()`` goes on meanwhile.
+    """
     import ipykernel_launcher
     from ipykernel.kernelapp import IPKernelApp
 
@@ -339,12 +391,28 @@ def _run_kernel(argv: list[str], prebuilt: bool) -> int:
         sys.path.remove(SCRIPT_DIR)
     sys.argv = [ipykernel_launcher.__file__, *argv]
     app = IPKernelApp.instance()
-    if prebuilt:
-        _initialize_prebuilt(app, argv[argv.index("-f") + 1])
-    else:
-        app.initialize([*argv, *CHILD_ARGUMENTS])
-        if "matplotlib_inline.backend_inline" in sys.modules and app.shell is not None:
-            app.shell.enable_matplotlib("inline")  # as _prebuild does
+
+    def init_heartbeat() -> None:
+        # the shell, iopub, control and stdin ports are bound (init_sockets came first): the client
+        # connects while the rest initializes, so its iopub subscription is in place by the first reply
+        type(app).init_heartbeat(app)
+        if conn.fileno() >= 0:
+            _send(conn, {"started": os.getpid()})
+            conn.close()
+
+    app.init_heartbeat = init_heartbeat
+    try:
+        if prebuilt:
+            _initialize_prebuilt(app, argv[argv.index("-f") + 1])
+        else:
+            app.initialize([*argv, *CHILD_ARGUMENTS])
+            if "matplotlib_inline.backend_inline" in sys.modules and app.shell is not None:
+                app.shell.enable_matplotlib("inline")  # as _prebuild does
+    finally:
+        del app.init_heartbeat
+    if conn.fileno() >= 0:  # an ipykernel whose initialize() has no init_heartbeat step
+        _send(conn, {"started": os.getpid()})
+        conn.close()
     app.start()
     _let_control_finish(app)
     return 0
@@ -370,10 +438,25 @@ def _initialize_prebuilt(app: Any, connection_file: str) -> None:
         type(app).init_shell(app)
         _adopt_shell(app.shell, app.kernel)
 
+    def init_kernel() -> None:
+        import ipykernel.ipkernel
+
+        with _modules_listed_by_template(ipykernel.ipkernel):
+            type(app).init_kernel(app)
+
+    def init_code() -> None:
+        import IPython.core.shellapp
+
+        with _modules_listed_by_template(IPython.core.shellapp):
+            type(app).init_code(app)
+
     def skip() -> None:
         pass
 
-    replaced = {"parse_command_line": parse_command_line, "init_profile_dir": skip, "init_config_files": skip, "load_config_file": skip, "init_shell": init_shell}
+    replaced = {
+        "parse_command_line": parse_command_line, "init_profile_dir": skip, "init_config_files": skip, "load_config_file": skip,
+        "init_kernel": init_kernel, "init_shell": init_shell, "init_code": init_code,
+    }  # fmt: skip
     for name, method in replaced.items():
         setattr(app, name, method)
     try:
@@ -381,6 +464,70 @@ def _initialize_prebuilt(app: Any, connection_file: str) -> None:
     finally:
         for name in replaced:
             delattr(app, name)
+
+
+class _ModuleFile:
+    """A module as ``IPythonKernel.__init__`` looks at it: only its ``__file__``."""
+
+    __slots__ = ("__file__",)
+
+    def __init__(self, file: str) -> None:
+        self.__file__ = file
+
+
+class _TemplateModules:
+    """``sys.modules`` as two start-up steps read it, answered from the template's lists (see ``_list_modules``)."""
+
+    def copy(self) -> "_TemplateModules":  # IPythonKernel.__init__: sys.modules.copy().values()
+        return self
+
+    def values(self) -> list[_ModuleFile]:
+        return _MODULE_FILES
+
+    def keys(self) -> list[str]:  # InteractiveShellApp.init_code: set(sys.modules.keys())
+        return _MODULE_NAMES
+
+
+class _SysWithTemplateModules:
+    """``sys`` as a module's start-up code sees it while it runs: ``modules`` is the template's lists, the rest is ``sys``."""
+
+    modules = _TemplateModules()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(sys, name)
+
+
+#: every module's file and name as the template has them (see _list_modules)
+_MODULE_FILES: list[_ModuleFile] = []
+_MODULE_NAMES: list[str] = []
+
+
+def _list_modules() -> None:
+    """List the modules once, in the template, for the two start-up steps of a kernel that list them.
+
+    ``IPythonKernel.__init__`` lists every module's ``__file__`` (the
+    debugger's just-my-code rules) and IPython's ``init_code`` every module's
+    name (what ``%reset`` keeps). In a fork, each touched the ~1,200 module
+    objects and strings of the template, so copied a page of it per module
+    (~1,200 page faults, ~7 ms of CPU of every start). The lists hold copies
+    made one after another, so reading them touches a few pages.
+    """
+    modules = sys.modules.copy()
+    _MODULE_FILES[:] = [_ModuleFile(m.__file__.encode().decode()) for m in modules.values() if isinstance(getattr(m, "__file__", None), str) and m.__file__]
+    _MODULE_NAMES[:] = [name.encode().decode() for name in modules]
+
+
+@contextlib.contextmanager
+def _modules_listed_by_template(module: Any) -> Any:
+    """While ``module``'s start-up code runs, its ``sys.modules`` is the template's lists (unless the kernel has imported more since)."""
+    if len(_MODULE_NAMES) != len(sys.modules) or getattr(module, "sys", None) is not sys:
+        yield
+        return
+    module.sys = _SysWithTemplateModules()
+    try:
+        yield
+    finally:
+        module.sys = sys
 
 
 def _adopt_shell(shell: Any, kernel: Any) -> None:
@@ -425,6 +572,8 @@ def main(argv: list[str]) -> None:
     started = time.perf_counter()
     _preload(preload)
     prebuilt = _prebuild(kernel_argv)
+    _warm_matplotlib()
+    _list_modules()
     # what the imports made is every kernel's and never garbage: keep collections out of it
     # (a kernel's gc.collect() at exit took 0.7 s over it, and wrote to, so un-shared, its pages)
     gc.collect()

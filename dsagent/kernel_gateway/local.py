@@ -27,14 +27,14 @@ from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from dsagent.errors import KernelDied, KernelStartFailed, SessionClosed
 from dsagent.kernel_gateway.base import KernelBackend, KernelSession, OutputHook
 from dsagent.kernel_gateway.execute_loop import KernelLink, restarting, run_cell
-from dsagent.kernel_gateway.forkserver import ForkingKernelManager, preload_list, warm_fork_server
+from dsagent.kernel_gateway.forkserver import ForkFailed, ForkingKernelManager, preload_list, runtime_dir, warm_fork_server
 from dsagent.kernel_gateway.models import Execution, FileInfo
 from dsagent.kernel_gateway.pool import WarmPool
 from dsagent.kernel_gateway.workdir import WorkDir
 from dsagent.settings import Settings
 from dsagent.workspace import Workspace
 
-__all__ = ["LocalBackend", "LocalSession"]
+__all__ = ["LocalBackend", "LocalSession", "ipc_sockets"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,33 @@ def _kill_sync(km: AsyncKernelManager) -> None:
         km.cleanup_connection_file()
     except Exception:
         pass
+
+
+#: the longest path a unix socket can have (sun_path is 108 bytes with its NUL); ipc sockets are ``<prefix>-<n>``
+_MAX_SOCKET_PATH = 100
+
+
+def ipc_sockets() -> dict[str, str]:
+    """Manager options that put a kernel's five sockets on unix sockets of its own (``ipc``), not TCP ports.
+
+    With TCP, jupyter_client picks free ports by binding and closing them, and
+    the kernel binds them later: any process's bind or connect in between may
+    take one, and the kernel dies with "Address already in use" (seen on a busy
+    machine running many kernels at once). An ipc socket is a path in an
+    owner-only folder, unique per kernel: nothing can take it, and no other
+    user can connect (ipykernel warns that its TCP sockets are unencrypted).
+    Restarts rebind the same paths. TCP remains where no such folder is
+    usable (a temp dir too long for a socket path).
+    """
+    try:
+        folder = runtime_dir()
+    except ForkFailed as exc:
+        log.warning("kernels use TCP ports: %s", exc)
+        return {}
+    prefix = os.path.join(folder, f"k-{uuid.uuid4().hex[:16]}")
+    if len(prefix) + 3 > _MAX_SOCKET_PATH:
+        return {}
+    return {"transport": "ipc", "ip": prefix}
 
 
 #: environment variables that decide where kernelspecs are looked for (jupyter_core's paths, IPython's dir)
@@ -199,11 +226,13 @@ class LocalBackend(KernelBackend):
 
     def _kernel_manager(self) -> AsyncKernelManager:
         """A manager for one kernel of ``kernel_name``: forked from a preloaded template unless ``kernel_fork`` is off."""
+        sockets = ipc_sockets()
         if not (self.fork_kernels and self.settings.kernel_fork):
-            return AsyncKernelManager(kernel_name=self.kernel_name, kernel_spec_manager=_kernel_spec_manager())
+            return AsyncKernelManager(kernel_name=self.kernel_name, kernel_spec_manager=_kernel_spec_manager(), **sockets)
         return ForkingKernelManager(
             kernel_name=self.kernel_name,
             kernel_spec_manager=_kernel_spec_manager(),
+            **sockets,
             preload=preload_list(self.settings.kernel_preload),
             start_timeout=self.settings.kernel_start_timeout,
             idle=self.settings.kernel_fork_idle,
@@ -264,6 +293,8 @@ class LocalBackend(KernelBackend):
             )
             _LIVE_MANAGERS.add(km)
             kc = km.client(context=km.context)  # the shared context, see _zmq_context
+            if isinstance(km, ForkingKernelManager):  # (made while the kernel initializes)
+                await km.wait_started(self.settings.kernel_start_timeout)
             # liveness comes from the manager (the process), so the heartbeat
             # thread jupyter_client would start, waking every second, is not needed
             kc.start_channels(hb=False)
@@ -301,7 +332,9 @@ class LocalBackend(KernelBackend):
             # A forked kernel's exit after the shutdown request (its atexit work, then the template
             # reaps it: ~30 ms) need not hold up the caller, as it held up every fresh-kernel job of a
             # sweep: it goes on in the background, graceful as before (killed after
-            # shutdown_wait_time), and aclose() waits for it.
+            # shutdown_wait_time), and aclose() waits for it. The request itself goes out now: the
+            # kernel's exit must not depend on this loop turning again before the caller blocks it.
+            await kernel.km.begin_shutdown()  # type: ignore[attr-defined]  # a ForkingKernelManager
             task = asyncio.get_running_loop().create_task(self._shutdown(kernel))
             self._exits.add(task)
             task.add_done_callback(self._exits.discard)

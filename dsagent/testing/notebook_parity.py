@@ -44,6 +44,8 @@ def run_engine(source: Path, output: Path, engine: str, *, backend: str | None =
 
     if backend is not None:
         kwargs["backend"] = backend
+    if engine == "nbclient":
+        kwargs.setdefault("kernel_manager_class", _ipc_kernel_manager())
     ename = index = None
     try:
         papermill.execute_notebook(
@@ -53,6 +55,27 @@ def run_engine(source: Path, output: Path, engine: str, *, backend: str | None =
     except PapermillExecutionError as err:
         ename, index = err.ename, err.cell_index
     return EngineRun(nbformat.read(output, as_version=4), ename, index)
+
+
+def _ipc_kernel_manager() -> type:
+    """jupyter_client's kernel manager on ipc sockets, as nbclient's ``kernel_manager_class`` (a documented option).
+
+    On TCP, jupyter_client picks the kernel's ports by binding and closing them
+    and the kernel binds them later; on a busy machine another process may take
+    one in between and the reference kernel dies at start ("Kernel died before
+    replying to kernel_info", ZMQError "Address already in use"). The ``local``
+    backend's kernels use ipc sockets for that reason (``local.ipc_sockets``);
+    the reference does the same. Transport changes nothing a notebook saves.
+    """
+    from jupyter_client import AsyncKernelManager
+
+    from dsagent.kernel_gateway.local import ipc_sockets
+
+    class IpcKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**{**ipc_sockets(), **kwargs})
+
+    return IpcKernelManager
 
 
 class ReferenceRuns:
@@ -65,17 +88,8 @@ class ReferenceRuns:
     def __call__(self, name: str, **options: Any) -> EngineRun:
         key = f"{name} {sorted(options.items())!r}"
         if key not in self._runs:
-            for attempt in (1, 2):
-                # a folder per attempt (a failed run leaves its own); the output keeps its name: a notebook may read it back
-                folder = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.scratch))
-                try:
-                    self._runs[key] = run_engine(self.files / f"{name}.ipynb", folder / f"{name}.ipynb", "nbclient", cwd=folder, **options)
-                    break
-                except RuntimeError as exc:
-                    # jupyter_client picks the kernel's ports before the kernel binds them: on a busy machine another
-                    # kernel may take one first, and this reference kernel dies at start (not what the test compares)
-                    if attempt == 2 or "died before replying to kernel_info" not in str(exc):
-                        raise
+            folder = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.scratch))  # the output keeps its name: a notebook may read it back
+            self._runs[key] = run_engine(self.files / f"{name}.ipynb", folder / f"{name}.ipynb", "nbclient", cwd=folder, **options)
         return self._runs[key]
 
 

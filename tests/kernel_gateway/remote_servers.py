@@ -47,6 +47,10 @@ def free_port() -> int:
 # kernel that dies is reported to clients that much later. The suite kills kernels on purpose in a dozen
 # tests, so its servers look every half second; what a client sees is the same, only sooner.
 RESTARTER_POLL = "--KernelRestarter.time_to_dead=0.5"
+#: the servers' kernels on ipc sockets (each named after its connection file), as the local backend's: on TCP,
+#: jupyter_client picks a kernel's ports by binding and closing them and the kernel binds them later, and on a busy
+#: machine (parallel test workers) another process may take one in between: the kernel dies at start
+KERNEL_TRANSPORT = "--KernelManager.transport=ipc"
 
 
 def _command(kind: str, port: int, token: str, root: Path) -> list[str]:
@@ -56,11 +60,12 @@ def _command(kind: str, port: int, token: str, root: Path) -> list[str]:
             "--KernelGatewayApp.ip=127.0.0.1", f"--KernelGatewayApp.port={port}",
             f"--KernelGatewayApp.auth_token={token}", "--KernelGatewayApp.port_retries=0",
             "--JupyterWebsocketPersonality.list_kernels=True",  # GET /api/kernels, for the leak check after each test
+            KERNEL_TRANSPORT,
         ]
     command = [
         JUPYTER, "server", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
         f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}", "--ServerApp.port_retries=0",
-        "--ServerApp.open_browser=False", RESTARTER_POLL,
+        "--ServerApp.open_browser=False", RESTARTER_POLL, KERNEL_TRANSPORT,
     ]
     if os.geteuid() == 0:
         command.append("--allow-root")
@@ -119,17 +124,22 @@ def start_server(kind: str, folder: Path) -> tuple[RunningServer, subprocess.Pop
     # fd-level output (os.write, C code) when it sees it: keep them as users run them
     env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER_TOKEN") and k != "PYTEST_CURRENT_TEST"}
     env["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(jupyter_path), env.get("JUPYTER_PATH")]))
-    for attempt in range(3):  # another process can take the free port between the probe and the server's bind
+    for attempt in (1, 2, 3):
+        # the port is free when picked, but any process's bind or outgoing connection may take it before the
+        # server binds it (port_retries=0: the server then exits saying so): another port, then
         port = free_port()
         with open(log, "wb") as out:
             process = subprocess.Popen(_command(kind, port, token, root), cwd=root, stdout=out, stderr=subprocess.STDOUT, env=env)
         server = RunningServer(kind, f"http://127.0.0.1:{port}", token, root, log)
         try:
             _wait_ready(server.url, token, process, log)
+        except RuntimeError:
+            stop_server(process)
+            if attempt < 3 and process.returncode is not None and "already in use" in log.read_text():
+                continue
+            raise
         except BaseException:
             stop_server(process)
-            if attempt < 2 and "is already in use" in log.read_text(errors="replace"):
-                continue
             raise
         return server, process
     raise AssertionError("unreachable")

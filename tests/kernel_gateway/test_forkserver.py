@@ -142,6 +142,21 @@ async def test_shutdown_returns_at_once_and_the_kernel_still_exits_gracefully(tm
     assert (work / "unflushed.txt").read_text() == "kept" and (work / "atexit.txt").read_text() == "ran"
 
 
+async def test_a_forked_kernel_exits_while_the_callers_event_loop_is_blocked(backend):
+    """shutdown() sends the shutdown request itself; only the waiting is left to the background task.
+
+    Before, the request was sent by that task: a caller that blocked its loop
+    right after shutdown() (the pool test, polling with psutil) kept the kernel
+    running for as long as it blocked.
+    """
+    session = await backend.start_session()
+    await session.execute("1+1")
+    kernel = psutil.Process(session.kernel_pid)
+    await session.shutdown()
+    kernel.wait(timeout=10)  # blocks this loop: the background task cannot run meanwhile
+    assert backend._exits  # its task has not run yet, and the kernel is gone all the same
+
+
 def test_a_template_forks_only_for_its_own_kernel_command_line(backend):
     """Its kernel app was configured by that command line: a request with another one is refused (and launched normally)."""
     km = backend._kernel_manager()
@@ -214,6 +229,47 @@ async def test_a_failed_fork_falls_back_to_a_normal_launch_logged_once(tmp_path,
         await session.shutdown()
     warnings = [r.getMessage() for r in caplog.records if "fork server unavailable" in r.getMessage()]
     assert len(warnings) == 1 and "missing-template.py" not in warnings[0] and "while starting" in warnings[0], warnings
+
+
+async def test_a_forked_kernels_first_plot_finds_matplotlib_warm_and_no_figure_inherited(backend):
+    """The template drew one PNG (fonts, Pillow's plugins): a kernel's first plot imports nothing, and starts at figure 1."""
+    session = await backend.start_session()
+    try:
+        probe = "import sys, matplotlib.pyplot as plt\nbefore = set(sys.modules)\nprint(plt.get_fignums())"
+        assert (await session.execute(probe)).outputs[0]["text"] == "[]\n"
+        plot = await session.execute("fig, ax = plt.subplots()\nax.plot([0, 1, 4, 9])\nprint(fig.number)\nplt.show()")
+        assert plot.outputs[0]["text"] == "1\n" and "image/png" in plot.outputs[1]["data"]
+        assert (await session.execute("print(sorted(set(sys.modules) - before))")).outputs[0]["text"] == "[]\n"
+    finally:
+        await session.shutdown()
+
+
+async def test_a_forked_kernels_log_keeps_warnings_and_drops_debug_records_unbuilt(backend):
+    """The template sets the app logger's level to its handler's, so debug records are not even built; warnings still land in the kernel log."""
+    session = await backend.start_session()
+    try:
+        probe = "log = get_ipython().kernel.log\nlog.warning('fork-probe-warning')\nlog.debug('fork-probe-debug')\nprint(log.isEnabledFor(10))"
+        assert (await session.execute(probe)).outputs[0]["text"] == "False\n"
+    finally:
+        await session.shutdown()
+    await asyncio.gather(*backend._exits)
+    log = (backend.workspace.home / "logs" / f"kernel-{session.work_path.name}.log").read_text()
+    assert "fork-probe-warning" in log and "fork-probe-debug" not in log
+
+
+async def test_the_start_up_module_lists_come_from_the_template_complete(backend):
+    """The debugger's module files and %reset's module names are listed at a kernel's start; a fork takes the template's lists: the same."""
+    session = await backend.start_session()
+    try:
+        probe = (
+            "import sys; listed = get_ipython().kernel._kernel_modules\n"
+            "files = {m.__file__ for m in list(sys.modules.values()) if getattr(m, '__file__', None)}\n"
+            "print(all(type(f) is str for f in listed), sorted(files - set(listed)), 'ipykernel' in str(listed),"
+            " get_ipython()._sys_modules_keys == set(sys.modules), sys is __import__('IPython.core.shellapp').core.shellapp.sys)"
+        )
+        assert (await session.execute(probe)).outputs[0]["text"] == "True [] True True True\n"
+    finally:
+        await session.shutdown()
 
 
 async def test_pooled_kernels_import_the_preload_list_in_their_warm_up(tmp_path):

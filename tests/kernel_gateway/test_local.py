@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
+import os
 import sys
 import time
 import uuid
@@ -40,7 +42,10 @@ def _ipykernels() -> set[int]:
 
     A forked kernel is a child of its fork template, which is shared and not
     ours; the pool tests below use a template of their own (``private``), so
-    the kernels under the templates this process used are its own.
+    the kernels under the templates this process used are its own. A shared
+    template this process happened to start is its child too, but the kernels
+    under it are every process's (other test workers', Dask workers', CLI
+    runs') coming and going at any time: not counted.
     """
     found = set()
     roots = [psutil.Process()]
@@ -51,10 +56,17 @@ def _ipykernels() -> set[int]:
     for child in (c for root in roots for c in root.children(recursive=True)):
         try:
             if child.status() != psutil.STATUS_ZOMBIE and "ipykernel_launcher" in " ".join(child.cmdline()):
-                found.add(child.pid)
+                if not _forked_by_a_shared_template(child):
+                    found.add(child.pid)
         except psutil.NoSuchProcess:
             pass
     return found
+
+
+def _forked_by_a_shared_template(kernel: psutil.Process) -> bool:
+    parent = kernel.parent()
+    command = " ".join(parent.cmdline()) if parent is not None else ""
+    return str(forkserver.TEMPLATE_SCRIPT) in command and PRIVATE_PRELOAD not in command
 
 
 PRIVATE_PRELOAD = "dsagent_test_private_template_"
@@ -155,3 +167,8 @@ async def test_restart_ends_a_stuck_cell_instead_of_waiting_behind_it():
         assert result.stream_text() == "started\n"
         assert session.kernel_pid != old_pid
         assert (await session.execute("'lost' in globals()")).result == "False"
+        # its sockets are unix sockets in the owner-only folder (no TCP port another process could take
+        # between jupyter_client picking it and the kernel binding it), bound again by the restarted kernel
+        info = await session.execute("import json, ipykernel\ninfo = json.loads(ipykernel.get_connection_info())\ninfo['transport'], info['ip']")
+        transport, ip = ast.literal_eval(info.result)
+        assert transport == "ipc" and os.path.dirname(ip) == forkserver.runtime_dir()

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import psutil
@@ -37,8 +38,14 @@ def cluster(tmp_path_factory):
     from distributed import LocalCluster
 
     home = tmp_path_factory.mktemp("workers-home")
+    # a fork template of the workers' own (a preload entry no one else has): the template is a child of the worker
+    # that starts it, so one shared with other test workers would put their kernels under this cluster's workers,
+    # and _no_kernels_left would blame this module's batches for them
+    preload = f"{Settings().kernel_preload}, dsagent_test_dask_template_{uuid.uuid4().hex[:8]}"
+    options = local_cluster_options(Settings(home=str(home), batch_threads_per_worker=1), 2)
+    options["env"] = {**options["env"], "DSAGENT_KERNEL_PRELOAD": preload}
     with dask.config.set(LOCAL_CLUSTER_CONFIG):
-        c = LocalCluster(**local_cluster_options(Settings(home=str(home), batch_threads_per_worker=1), 2))
+        c = LocalCluster(**options)
     with c:
         yield c
 
