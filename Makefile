@@ -2,6 +2,11 @@
 # Each creates .venv and installs the project the first time (and again when
 # pyproject.toml changes).
 
+# Some machines (this one) export PYTHONDONTWRITEBYTECODE=1: every Python process then
+# compiles every module it imports from source again, and the suite starts hundreds of them
+# (kernels, CLI calls, servers); the first import writes __pycache__ and the rest reuse it
+unexport PYTHONDONTWRITEBYTECODE
+
 VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
