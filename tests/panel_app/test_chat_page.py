@@ -11,8 +11,10 @@ per test (``llm.add``), so each test scripts only its turn.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
+from urllib.parse import quote
 
 import psutil
 import pytest
@@ -132,7 +134,7 @@ def _latest_turn(home: Path, chat_id: int):
         store.close()
 
 
-def test_upload_then_two_turns_with_a_plot_stream_live_and_share_the_kernel(served, chat_page, tmp_path):
+def test_upload_then_two_turns_with_a_plot_stream_live_and_share_the_kernel(served, chat_page, browser, tmp_path):
     page, problems = chat_page
     page.goto(served.dashboard.url + "chat")
     page.get_by_text("No chats yet", exact=False).first.wait_for()
@@ -172,8 +174,17 @@ def test_upload_then_two_turns_with_a_plot_stream_live_and_share_the_kernel(serv
     page.get_by_text("plot y against x", exact=True).first.wait_for()  # the plan (a markdown list)
     page.get_by_text("Cell 2 · running…").wait_for()
     assert page.get_by_text("There are 4 rows").count() == 0
+    # a second browser on the same chat follows the same live run (it reads the run's events, not the first page)
+    other = browser.new_context(viewport={"width": 1280, "height": 900})
+    second = other.new_page()
+    second_problems = PageProblems(second)
+    second.goto(page.url)
+    second.get_by_text("Cell 2 · running…").wait_for()
     go.touch()  # the cell goes on
     page.get_by_text("There are 4 rows; the plot shows y growing with x.").wait_for()
+    second.get_by_text("There are 4 rows; the plot shows y growing with x.").wait_for()
+    other.close()
+    assert second_problems.items == [], second_problems.items
     page.get_by_text("rows: 4").first.wait_for()
     plot = page.locator("img.ds-plot").first
     plot.wait_for()
@@ -205,6 +216,25 @@ def test_upload_then_two_turns_with_a_plot_stream_live_and_share_the_kernel(serv
     page.get_by_text("it is on the").wait_for()
     saved = served.home / "notebooks" / "chat-points.ipynb"
     assert saved.is_file() and "sum y" in saved.read_text()
+    # one turn on its own, from its button
+    page.get_by_role("button", name="Save turn as notebook").first.click()
+    page.get_by_text("-turn-").first.wait_for()
+    assert len(list((served.home / "notebooks").glob("chat-points-turn-*.ipynb"))) == 1
+    # the saved chat re-runs from its form on other data: both turns' cells, in a fresh kernel
+    chat_url = page.url
+    more = tmp_path / "more.csv"
+    more.write_text("x,y\n1,1\n2,2\n3,3\n4,4\n5,5\n6,6\n")
+    page.goto(served.dashboard.url + f"notebook?path={quote(str(saved), safe='')}")
+    field = page.locator(".bk-input-group", has_text="data (str)").locator("input").first
+    field.fill(str(more))
+    field.press("Enter")
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.wait_for_url(re.compile(r".*/run\?id=\d+"), timeout=120_000)
+    page.get_by_text("sum y: 21").first.wait_for(timeout=90_000)  # turn 2's cell on the new data (turn 1's `df`)
+    page.get_by_text("rows: 6").first.wait_for()
+    page.screenshot(path=str(tmp_path / "chat-notebook-rerun.png"), full_page=True)
+    page.goto(chat_url)  # the next tests go on from the chat
+    page.locator("textarea[placeholder^='Ask about the data']").wait_for()
     assert problems.items == [], problems.items
     print(f"screenshots in {tmp_path}")
 
