@@ -81,3 +81,41 @@ def test_an_idle_chat_is_closed_with_a_reason_and_reopens_by_replay(workspace_ho
             host.shutdown()
         assert not _running(kernel), "shutdown leaves no kernel"
         llm.assert_consumed()
+
+
+def test_two_chats_run_at_once_and_neither_waits_for_the_other(workspace_home, monkeypatch, tmp_path):
+    """Two browser tabs, two chats: a turn whose cell is still running does not hold up another chat's turn."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789")
+    data = tmp_path / "t.csv"
+    data.write_text("a,b\n1,2\n3,4\n")
+    go = tmp_path / "go"
+    slow_cell = f"import os, time\nwhile not os.path.exists({str(go)!r}):\n    time.sleep(0.05)\nprint('slow done')"
+    # one script in request order: the slow chat's plan and cell, the quick chat's whole turn, the slow chat's end
+    script = [Reply("1. wait"), Reply(tool_calls=[ToolCall("run_code", {"code": slow_cell})]),
+              Reply("1. add"), Reply(tool_calls=[ToolCall("run_code", {"code": "print('quick', 1 + 1)"})]), Reply("2."), ACCEPT,
+              Reply("waited."), ACCEPT]
+    with LLMServer(script) as llm:
+        settings = Settings(llm_model="scripted-model", llm_base_url=llm.base_url, agent_backend="local", kernel_pool_size=0,
+                            agent_cell_timeout=60.0)
+        with Store.open(settings=settings) as store:
+            slow, quick = create_chat(store, "slow", [data], backend="local"), create_chat(store, "quick", [data], backend="local")
+        host = ChatHost(settings)
+        try:
+            host.attach(slow.id, "tab-1")
+            host.attach(quick.id, "tab-2")
+            slow_run = host.submit(host.start(slow.id, "wait for the file", user="ann")).result(60)
+            deadline = time.monotonic() + 60
+            while len(llm.requests) < 2 and time.monotonic() < deadline:  # its cell is running (and waits for `go`)
+                time.sleep(0.05)
+            quick_run = host.submit(host.start(quick.id, "add", user="bob")).result(60)
+            _wait_done(host.store, quick_run)
+            assert host.store.get_run(quick_run).status == "succeeded"
+            assert host.store.get_run(slow_run).status == "running"  # still in its cell: the quick turn did not wait for it
+            go.touch()
+            _wait_done(host.store, slow_run)
+            assert host.store.get_run(slow_run).status == "succeeded"
+            cells = [e.payload for e in host.store.events(slow_run) if e.type == "agent_cell" and e.payload["role"] != "setup"]
+            assert "slow done" in cells[0]["outputs"][0]["text"]
+        finally:
+            host.shutdown()
+        llm.assert_consumed()
