@@ -221,20 +221,24 @@ def test_upload_then_two_turns_with_a_plot_stream_live_and_share_the_kernel(serv
     page.get_by_text("-turn-").first.wait_for()
     assert len(list((served.home / "notebooks").glob("chat-points-turn-*.ipynb"))) == 1
     # the saved chat re-runs from its form on other data: both turns' cells, in a fresh kernel
-    chat_url = page.url
     more = tmp_path / "more.csv"
     more.write_text("x,y\n1,1\n2,2\n3,3\n4,4\n5,5\n6,6\n")
-    page.goto(served.dashboard.url + f"notebook?path={quote(str(saved), safe='')}")
-    field = page.locator(".bk-input-group", has_text="data (str)").locator("input").first
+    # in a page of its own: the module's chat page stays on the chat for the next tests
+    runner = browser.new_context(viewport={"width": 1280, "height": 900})
+    rerun = runner.new_page()
+    rerun.set_default_timeout(45_000)
+    rerun_problems = PageProblems(rerun)
+    rerun.goto(served.dashboard.url + f"notebook?path={quote(str(saved), safe='')}")
+    field = rerun.locator(".bk-input-group", has_text="data (str)").locator("input").first
     field.fill(str(more))
     field.press("Enter")
-    page.get_by_role("button", name="Run", exact=True).click()
-    page.wait_for_url(re.compile(r".*/run\?id=\d+"), timeout=120_000)
-    page.get_by_text("sum y: 21").first.wait_for(timeout=90_000)  # turn 2's cell on the new data (turn 1's `df`)
-    page.get_by_text("rows: 6").first.wait_for()
-    page.screenshot(path=str(tmp_path / "chat-notebook-rerun.png"), full_page=True)
-    page.goto(chat_url)  # the next tests go on from the chat
-    page.locator("textarea[placeholder^='Ask about the data']").wait_for()
+    rerun.get_by_role("button", name="Run", exact=True).click()
+    rerun.wait_for_url(re.compile(r".*/run\?id=\d+"), timeout=120_000)
+    rerun.get_by_text("sum y: 21").first.wait_for(timeout=90_000)  # turn 2's cell on the new data (turn 1's `df`)
+    rerun.get_by_text("rows: 6").first.wait_for()
+    rerun.screenshot(path=str(tmp_path / "chat-notebook-rerun.png"), full_page=True)
+    runner.close()
+    assert rerun_problems.items == [], rerun_problems.items
     assert problems.items == [], problems.items
     print(f"screenshots in {tmp_path}")
 
