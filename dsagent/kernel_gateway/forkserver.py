@@ -228,7 +228,7 @@ class ForkServer:
 def runtime_dir() -> str:
     """``$TMPDIR/dsagent-fork-<uid>``: made 0700 and checked to be ours, so only this user reaches the sockets.
 
-    The templates' sockets are here, and the local backend's kernels' ipc sockets (``local.ipc_sockets``).
+    The templates' sockets are here, and the local backend's kernels' ipc sockets (``local_sockets.ipc_sockets``).
     """
     folder = os.path.join(tempfile.gettempdir(), f"dsagent-fork-{os.getuid()}")
     with contextlib.suppress(FileExistsError):

@@ -19,22 +19,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import zmq
-import zmq.asyncio
 from jupyter_client import AsyncKernelClient, AsyncKernelManager
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
 from dsagent.errors import KernelDied, KernelStartFailed, SessionClosed
 from dsagent.kernel_gateway.base import KernelBackend, KernelSession, OutputHook
 from dsagent.kernel_gateway.execute_loop import KernelLink, restarting, run_cell
-from dsagent.kernel_gateway.forkserver import ForkFailed, ForkingKernelManager, preload_list, runtime_dir, warm_fork_server
+from dsagent.kernel_gateway.forkserver import ForkingKernelManager, preload_list, warm_fork_server
+from dsagent.kernel_gateway.local_sockets import ipc_sockets, shared_zmq_context
 from dsagent.kernel_gateway.models import Execution, FileInfo
 from dsagent.kernel_gateway.pool import WarmPool
 from dsagent.kernel_gateway.workdir import WorkDir
 from dsagent.settings import Settings
 from dsagent.workspace import Workspace
 
-__all__ = ["LocalBackend", "LocalSession", "ipc_sockets"]
+__all__ = ["LocalBackend", "LocalSession"]
 
 log = logging.getLogger(__name__)
 
@@ -75,33 +74,6 @@ def _kill_sync(km: AsyncKernelManager) -> None:
         pass
 
 
-#: the longest path a unix socket can have (sun_path is 108 bytes with its NUL); ipc sockets are ``<prefix>-<n>``
-_MAX_SOCKET_PATH = 100
-
-
-def ipc_sockets() -> dict[str, str]:
-    """Manager options that put a kernel's five sockets on unix sockets of its own (``ipc``), not TCP ports.
-
-    With TCP, jupyter_client picks free ports by binding and closing them, and
-    the kernel binds them later: any process's bind or connect in between may
-    take one, and the kernel dies with "Address already in use" (seen on a busy
-    machine running many kernels at once). An ipc socket is a path in an
-    owner-only folder, unique per kernel: nothing can take it, and no other
-    user can connect (ipykernel warns that its TCP sockets are unencrypted).
-    Restarts rebind the same paths. TCP remains where no such folder is
-    usable (a temp dir too long for a socket path).
-    """
-    try:
-        folder = runtime_dir()
-    except ForkFailed as exc:
-        log.warning("kernels use TCP ports: %s", exc)
-        return {}
-    prefix = os.path.join(folder, f"k-{uuid.uuid4().hex[:16]}")
-    if len(prefix) + 3 > _MAX_SOCKET_PATH:
-        return {}
-    return {"transport": "ipc", "ip": prefix}
-
-
 #: environment variables that decide where kernelspecs are looked for (jupyter_core's paths, IPython's dir)
 _KERNELSPEC_ENV_PREFIXES = ("JUPYTER", "XDG_", "IPYTHON", "HOME", "VIRTUAL_ENV", "CONDA_PREFIX")
 
@@ -120,26 +92,6 @@ def _kernel_spec_manager() -> KernelSpecManager:
 @functools.lru_cache(maxsize=8)
 def _kernel_spec_manager_for(env: tuple[tuple[str, str], ...]) -> KernelSpecManager:
     return KernelSpecManager()
-
-
-def _zmq_context() -> zmq.asyncio.Context:
-    """The process's one zmq context, shared by every kernel's manager and client.
-
-    jupyter_client would make a context per manager and leave it to the garbage
-    collector, whose ``zmq_ctx_term`` then blocks whatever thread collects it
-    for as long as a socket of a dead kernel holds an unsent message (seen: a
-    test run stuck at exit). One context that lives as long as the process is
-    never terminated that way; sockets are closed with their channels and give
-    up unsent messages after 100 ms.
-    """
-    context = zmq.asyncio.Context.instance()
-    context.setsockopt(zmq.LINGER, 100)  # a default for new sockets: idempotent
-    # a client connects before a new kernel has bound its sockets; zmq's default
-    # 100 ms between connection attempts would add up to that to every (forked,
-    # ~0.1 s) kernel start; back off to 1 s while a kernel stays unreachable
-    context.setsockopt(zmq.RECONNECT_IVL, 5)
-    context.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-    return context
 
 
 @atexit.register
@@ -285,14 +237,14 @@ class LocalBackend(KernelBackend):
         log_path.parent.mkdir(parents=True, exist_ok=True)
         km = self._kernel_manager()
         km.shutdown_wait_time = 2.0
-        km.context = _zmq_context()
+        km.context = shared_zmq_context()
         log_file = open(log_path, "ab")
         try:
             await km.start_kernel(
                 cwd=str(folder), env=self._kernel_env(env), stdout=log_file, stderr=log_file, extra_arguments=_launch_arguments(km)
             )
             _LIVE_MANAGERS.add(km)
-            kc = km.client(context=km.context)  # the shared context, see _zmq_context
+            kc = km.client(context=km.context)  # the shared context, see local_sockets.shared_zmq_context
             if isinstance(km, ForkingKernelManager):  # (made while the kernel initializes)
                 await km.wait_started(self.settings.kernel_start_timeout)
             # liveness comes from the manager (the process), so the heartbeat

@@ -64,12 +64,12 @@ def _ipc_kernel_manager() -> type:
     and the kernel binds them later; on a busy machine another process may take
     one in between and the reference kernel dies at start ("Kernel died before
     replying to kernel_info", ZMQError "Address already in use"). The ``local``
-    backend's kernels use ipc sockets for that reason (``local.ipc_sockets``);
+    backend's kernels use ipc sockets for that reason (``local_sockets.ipc_sockets``);
     the reference does the same. Transport changes nothing a notebook saves.
     """
     from jupyter_client import AsyncKernelManager
 
-    from dsagent.kernel_gateway.local import ipc_sockets
+    from dsagent.kernel_gateway.local_sockets import ipc_sockets
 
     class IpcKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs: Any) -> None:

@@ -9,7 +9,8 @@ import pytest
 from jupyter_client import AsyncKernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
-from dsagent.kernel_gateway.local import IPYKERNEL_ARGUMENTS, LocalBackend, _launch_arguments, ipc_sockets
+from dsagent.kernel_gateway.local import IPYKERNEL_ARGUMENTS, LocalBackend, _launch_arguments
+from dsagent.kernel_gateway.local_sockets import ipc_sockets
 
 #: what a session can see of its kernel's past: names, In/Out, the execution count
 STATE_PROBE = "sorted(k for k in globals() if not k.startswith('__')), list(In), dict(Out), get_ipython().execution_count"
@@ -17,7 +18,7 @@ STATE_PROBE = "sorted(k for k in globals() if not k.startswith('__')), list(In),
 
 async def stock_kernel_state() -> str:
     """The probe's result on a kernel started by plain jupyter_client, after the same first cell."""
-    km = AsyncKernelManager(kernel_name="python3", **ipc_sockets())  # no TCP port race (see local.ipc_sockets); state is the same
+    km = AsyncKernelManager(kernel_name="python3", **ipc_sockets())  # no TCP port race (see local_sockets.ipc_sockets); state is the same
     await km.start_kernel(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     kc = km.client()
     kc.start_channels()
