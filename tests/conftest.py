@@ -25,11 +25,11 @@ import tempfile
 import pytest
 from filelock import FileLock, Timeout
 
-from dsagent.cli import _skip_slow_optional_imports
+from dsagent.cli import skip_slow_optional_imports
 
 # as the CLI does: nbformat's jsonschema would otherwise import rfc3987_syntax, which builds a grammar
 # at import (seconds of CPU in every xdist worker's collection); no schema the suite validates needs it
-_skip_slow_optional_imports()
+skip_slow_optional_imports()
 
 # kernel fork templates outlive the processes that start them (the next CLI call finds
 # them); the ones tests start need not wait the default 10 idle minutes after the suite

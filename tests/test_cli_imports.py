@@ -5,8 +5,8 @@ import sys
 
 PROBE = """
 import sys
-from dsagent.cli import FORMAT_CHECKER_MODULES, _skip_slow_optional_imports
-_skip_slow_optional_imports()
+from dsagent.cli import FORMAT_CHECKER_MODULES, skip_slow_optional_imports
+skip_slow_optional_imports()
 import nbformat
 nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1")])
 nbformat.validate(nb)  # validation still works, without the format checkers

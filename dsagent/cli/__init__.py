@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import Sequence
 
-__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_CELL_ERROR", "EXIT_USAGE", "EXIT_TIMEOUT", "EXIT_KERNEL_DIED"]
+__all__ = ["main", "build_parser", "skip_slow_optional_imports", "EXIT_OK", "EXIT_CELL_ERROR", "EXIT_USAGE", "EXIT_TIMEOUT", "EXIT_KERNEL_DIED"]
 
 EXIT_OK = 0
 EXIT_CELL_ERROR = 1  # the user's code raised
@@ -22,7 +22,7 @@ EXIT_TIMEOUT = 3  # a cell ran past its timeout
 EXIT_KERNEL_DIED = 4  # the kernel process ended mid-cell
 EXIT_CANCELLED = 130  # SIGINT/SIGTERM
 
-#: jsonschema's optional string-format checkers, never needed by dsagent (see _skip_slow_optional_imports)
+#: jsonschema's optional string-format checkers, never needed by dsagent (see skip_slow_optional_imports)
 FORMAT_CHECKER_MODULES = ("rfc3987_syntax", "rfc3987", "rfc3986_validator", "rfc3339_validator", "uri_template", "isoduration", "webcolors", "fqdn")
 #: modules that contribute commands, in the order --help lists them
 COMMAND_MODULES = (
@@ -56,7 +56,7 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    _skip_slow_optional_imports()
+    skip_slow_optional_imports()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
-def _skip_slow_optional_imports() -> None:
+def skip_slow_optional_imports() -> None:
     """Keep optional imports that cost seconds and serve no command out of this process.
 
     jsonschema (imported by nbformat to validate notebooks) imports every

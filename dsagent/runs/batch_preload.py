@@ -14,10 +14,9 @@ external cluster (``--cluster ADDRESS``) is left as its owner set it up.
 
 from __future__ import annotations
 
-import sys
+from dsagent.cli import skip_slow_optional_imports
 
-if "rfc3987_syntax" not in sys.modules:
-    sys.modules["rfc3987_syntax"] = None  # type: ignore[assignment]  # an ImportError for jsonschema's optional import
+skip_slow_optional_imports()  # as the CLI does: jsonschema then has no iri (or other optional format) checkers
 
 import nbformat  # noqa: E402,F401
 import papermill.execute  # noqa: E402,F401
