@@ -32,8 +32,9 @@ class ForkedProcess:
 
     stdin = stdout = stderr = None
 
-    def __init__(self, pid: int, pidfd: int, conn: socket.socket, pending: bytes = b"") -> None:
+    def __init__(self, pid: int, pidfd: int, conn: socket.socket, pending: bytes = b"", connection: dict[str, Any] | None = None) -> None:
         self.pid = pid
+        self.connection = connection  # the template's spare: its sockets and key, for the manager to adopt
         self.returncode: int | None = None
         self._pidfd = pidfd  # names this process even after its pid is reused
         self._conn = conn  # the kernel says here when it has started, the template how it ended

@@ -42,11 +42,13 @@ from jupyter_client.provisioning import LocalProvisioner
 
 from dsagent.kernel_gateway.forkprocess import ForkedProcess, fork_reply
 
-__all__ = ["ForkServer", "ForkedProcess", "ForkingKernelManager", "fork_kernel", "fork_server_for", "preload_list", "runtime_dir", "stop_all"]
+__all__ = ["ForkServer", "ForkedProcess", "ForkingKernelManager", "adopted_connection", "fork_kernel", "fork_server_for", "preload_list", "runtime_dir", "stop_all"]
 
 log = logging.getLogger(__name__)
 
 TEMPLATE_SCRIPT = Path(__file__).with_name("forktemplate.py")
+#: what the template's children run (part of a template's identity, as its script)
+KERNEL_SCRIPT = Path(__file__).with_name("forkkernel.py")
 #: environment variables that change what an import does: a template is shared only by kernels that agree on them
 IMPORT_ENV_PREFIXES = ("PYTHON", "MPL", "OMP_", "OPENBLAS", "MKL_", "NUMEXPR", "LD_", "VIRTUAL_ENV", "CONDA_PREFIX", "JUPYTER", "IPYTHON")
 #: besides IMPORT_ENV_PREFIXES, what a template's environment keeps (matplotlib's and IPython's config folders)
@@ -103,7 +105,7 @@ class ForkServer:
         self.preload = preload
         self.idle = idle
         self.kernel_argv = kernel_argv  # the template builds its kernel app and shell for this command line
-        identity = json.dumps([python, sorted(self.env.items()), preload, kernel_argv, str(TEMPLATE_SCRIPT), _mtime(TEMPLATE_SCRIPT)])
+        identity = json.dumps([python, sorted(self.env.items()), preload, kernel_argv, str(TEMPLATE_SCRIPT), _mtime(TEMPLATE_SCRIPT), _mtime(KERNEL_SCRIPT)])
         name = hashlib.sha256(identity.encode()).hexdigest()[:16]
         folder = runtime_dir()
         self.socket_path = os.path.join(folder, f"{name}.sock")
@@ -193,8 +195,16 @@ class ForkServer:
 
     # -- kernels ---------------------------------------------------------------
 
-    def spawn(self, argv: list[str], cwd: str, env: Mapping[str, str], stdout: int | None, stderr: int | None, timeout: float) -> ForkedProcess:
-        """Fork one kernel (blocking: call it in a thread); ``NotReady`` if no template takes requests yet."""
+    def spawn(
+        self, argv: list[str], cwd: str, env: Mapping[str, str], stdout: int | None, stderr: int | None, timeout: float,
+        adoptable: Mapping[str, Any] | None = None,
+    ) -> ForkedProcess:
+        """Fork one kernel (blocking: call it in a thread); ``NotReady`` if no template takes requests yet.
+
+        ``adoptable``: the connection info the caller would give the kernel, if
+        it can take the template's ready spare and its sockets and key instead
+        (``ForkedProcess.connection``); None for a restart.
+        """
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             conn.connect(self.socket_path)
@@ -207,7 +217,7 @@ class ForkServer:
         null = os.open(os.devnull, os.O_WRONLY) if stdout is None or stderr is None else None
         try:
             fds = [null if stdout is None else stdout, null if stderr is None else stderr]
-            request = {"argv": argv[3:], "cwd": cwd, "env": dict(env), "owner": os.getpid()}
+            request = {"argv": argv[3:], "cwd": cwd, "env": dict(env), "owner": os.getpid(), **_spare_terms(adoptable)}
             socket.send_fds(conn, [json.dumps(request).encode()], fds)
             reply, pidfds, pending = fork_reply(conn)
         except (OSError, ValueError) as exc:
@@ -222,7 +232,21 @@ class ForkServer:
         if "pid" not in reply or not pidfds:
             conn.close()
             raise ForkFailed(reply.get("error", "no pid in the template's reply"))
-        return ForkedProcess(int(reply["pid"]), pidfds[0], conn, pending)
+        return ForkedProcess(int(reply["pid"]), pidfds[0], conn, pending, reply.get("connection"))
+
+
+def _spare_terms(adoptable: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Whether a request may get the template's spare: a new kernel on unix sockets, unencrypted (the spare's are)."""
+    spare_ok = adoptable is not None and adoptable.get("transport") == "ipc" and not adoptable.get("curve_secretkey")
+    return {"spare_ok": spare_ok, "signature_scheme": adoptable.get("signature_scheme") if adoptable else None}
+
+
+def adopted_connection(own: Mapping[str, Any], spare: Mapping[str, Any]) -> dict[str, Any]:
+    """A manager's connection info with the spare kernel's sockets and key (as ``LocalProvisioner`` keeps it: the key as bytes)."""
+    info = dict(own)
+    info.update({name: spare[name] for name in ("transport", "ip", "shell_port", "iopub_port", "stdin_port", "control_port", "hb_port", "signature_scheme")})
+    info["key"] = spare["key"].encode()
+    return info
 
 
 def runtime_dir() -> str:
@@ -321,7 +345,9 @@ class ForkingKernelManager(AsyncKernelManager):
         self.start_timeout = start_timeout
         self.idle = idle
         self.forked = False  # whether the current kernel process came from the template
+        self.from_spare = False  # ... and was its spare: this manager adopted the spare's sockets and key
         self._exit_requested = False  # begin_shutdown() sent the shutdown request; shutdown_kernel() only waits
+        self._launched = False  # a later launch is a restart: the clients keep the sockets of the first
 
     def fork_server(self, env: Mapping[str, str]) -> ForkServer | None:
         """The template client this manager's kernels would come from; None if they cannot be forked."""
@@ -330,10 +356,11 @@ class ForkingKernelManager(AsyncKernelManager):
 
     async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
         provisioner = self.provisioner
-        self.forked = False
+        self.forked = self.from_spare = False
+        adoptable, self._launched = (None if self._launched else provisioner.connection_info), True
         if type(provisioner) is LocalProvisioner and forkable(kernel_cmd):
             try:
-                process = await asyncio.to_thread(self._spawn, kernel_cmd, kw)
+                process = await asyncio.to_thread(self._spawn, kernel_cmd, kw, adoptable)
             except NotReady:
                 pass  # the template is starting (in the background): this kernel launches normally
             except ForkFailed as exc:
@@ -343,7 +370,9 @@ class ForkingKernelManager(AsyncKernelManager):
                 provisioner.pid = process.pid
                 provisioner.pgid = process.pid  # the child calls setsid()
                 provisioner.cwd = kw.get("cwd") or os.getcwd()
-                self.forked = True
+                self.forked, self.from_spare = True, process.connection is not None
+                if process.connection is not None:  # the template's spare: its sockets and key become this manager's
+                    provisioner.connection_info = adopted_connection(provisioner.connection_info, process.connection)
                 self._reconcile_connection_info(provisioner.connection_info)
                 return
         elif type(provisioner) is not LocalProvisioner:
@@ -401,21 +430,23 @@ class ForkingKernelManager(AsyncKernelManager):
         if isinstance(process, ForkedProcess):
             await process.started(timeout)  # a kernel that died meanwhile is the caller's kernel_info wait to report
 
-    def _spawn(self, kernel_cmd: list[str], kw: Mapping[str, Any]) -> ForkedProcess:
-        return fork_kernel(kernel_cmd, kw, self.preload, self.idle, self.start_timeout)
+    def _spawn(self, kernel_cmd: list[str], kw: Mapping[str, Any], adoptable: Mapping[str, Any] | None) -> ForkedProcess:
+        return fork_kernel(kernel_cmd, kw, self.preload, self.idle, self.start_timeout, adoptable=adoptable)
 
 
 def fork_kernel(
-    kernel_cmd: list[str], launch_kw: Mapping[str, Any], preload: tuple[str, ...], idle: float, timeout: float, *, wait_for_template: bool = False
+    kernel_cmd: list[str], launch_kw: Mapping[str, Any], preload: tuple[str, ...], idle: float, timeout: float, *,
+    wait_for_template: bool = False, adoptable: Mapping[str, Any] | None = None,
 ) -> ForkedProcess:
     """Fork the kernel jupyter_client would launch with ``kernel_cmd`` and Popen-style ``launch_kw`` (blocking).
 
     ``NotReady`` while no template takes requests, unless ``wait_for_template``: then
     it waits for the template to start (up to ``timeout``) and ``ForkFailed`` if it does not.
+    ``adoptable``: see ``ForkServer.spawn``.
     """
     env = launch_kw.get("env") or dict(os.environ)
     server = fork_server_for(kernel_cmd, env, preload, idle)
-    args = (kernel_cmd, str(launch_kw.get("cwd") or os.getcwd()), env, _fd(launch_kw.get("stdout")), _fd(launch_kw.get("stderr")), timeout)
+    args = (kernel_cmd, str(launch_kw.get("cwd") or os.getcwd()), env, _fd(launch_kw.get("stdout")), _fd(launch_kw.get("stderr")), timeout, adoptable)
     try:
         return server.spawn(*args)
     except NotReady:

@@ -1,4 +1,4 @@
-"""The template process of the kernel fork server: imports once, then forks one ipykernel per request.
+"""The template process of the kernel fork server: imports once, then forks ipykernels, one kept ready ahead.
 
 Run as a script (``python forktemplate.py SOCKET PRELOAD IDLE_SECONDS KERNEL_ARGV``),
 never imported by dsagent: whatever it imports is inherited by every kernel
@@ -7,9 +7,12 @@ never dsagent itself. Clients (``forkserver.ForkServer`` in any dsagent
 process of the same user) talk to it over a unix socket in an owner-only
 folder; connections from another uid are refused (SO_PEERCRED):
 
-- request: one JSON message ``{"argv", "cwd", "env", "owner"}`` with the
-  kernel's stdout and stderr file descriptors attached (SCM_RIGHTS);
+- request: one JSON message ``{"argv", "cwd", "env", "owner", "spare_ok",
+  "signature_scheme"}`` with the kernel's stdout and stderr file descriptors
+  attached (SCM_RIGHTS);
 - reply: ``{"pid"}`` with a pidfd of the new kernel attached, or ``{"error"}``;
+  ``{"pid", "connection"}`` when the kernel is the spare (below): the client
+  then uses its ``connection`` (unix sockets and key) instead of its own;
 - later, on the same connection, one JSON object a line: ``{"started": pid}``
   from the kernel itself once its sockets are bound (the client connects
   then, not before: zmq's reconnect back-off would
@@ -29,6 +32,15 @@ that differs per kernel: the template builds the kernel application's
 configuration and its IPython shell for it once (``_prebuild``), and forks only
 for requests with that command line.
 
+The spare: while it serves, the template keeps one kernel forked and
+initialized ahead of the next request (``forkkernel.become_spare``), on a
+connection file of its own making. A request that may adopt it (``spare_ok``:
+a new kernel, not a restart, which must keep its sockets) gets it: its start
+then costs what is the request's own (stdio, work dir, environment, startup
+code), and the next spare initializes on the other core meanwhile. Only for
+prebuilt kernels; a spare that ends unclaimed (killed) is replaced, up to
+SPARE_DEATHS_ALLOWED times.
+
 The socket appears at SOCKET only once the imports are done (bound under a
 temporary name, then renamed), so a client that can connect gets a fork at
 once; one that cannot launches its kernel the normal way meanwhile.
@@ -37,13 +49,13 @@ once; one that cannot launches its kernel the normal way meanwhile.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import gc
 import importlib
+import importlib.util
 import json
 import logging
 import os
-import pathlib
+import select
 import selectors
 import signal
 import socket
@@ -51,8 +63,8 @@ import struct
 import sys
 import threading
 import time
-import traceback
-from typing import Any
+import uuid
+from typing import Any, NamedTuple
 
 #: what ipykernel imports while a kernel initializes (found by diffing sys.modules in a
 #: forked kernel); imported here so each kernel does not repeat it (debugpy alone: ~0.2 s)
@@ -64,19 +76,26 @@ KERNEL_MODULES = (
     "encodings.idna", "setproctitle", "sqlite3", "IPython.core.magics.execution", "IPython.core.magic_arguments",
     "IPython.core.logger", "IPython.core.magics.ast_mod", "IPython.utils.module_paths",
 )  # fmt: skip
-#: where a kernel's command line has its connection file, in KERNEL_ARGV
-CONNECTION_FILE = "{connection_file}"
-#: what every forked kernel's command line gets on top of the request's: the parent poller would
-#: watch the template (its parent); _watch_owner does its job
-CHILD_ARGUMENTS = ("--IPKernelApp.parent_handle=0",)
-#: the GUI event loop enable_matplotlib asked for in the template, for each kernel to enable
-_DEFERRED_GUI: list[Any] = []
-#: this script's folder, which Python put first on sys.path (a kernel's path must not have it)
-SCRIPT_DIR = sys.path[0]
-#: how long a kernel's exit waits for each of its threads (an interpreter would wait forever)
-SHUTDOWN_JOIN_SECONDS = 5.0
-#: the largest request (argv + env) a kernel launch sends
-MAX_REQUEST = 1 << 20
+#: the spare kernel's unix sockets: ``<folder>/k-<name>-<port>`` for these ports (the longest path a socket can have: 107)
+SPARE_PORTS = {"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, "hb_port": 5}
+MAX_SOCKET_PATH = 100
+#: the message signature scheme of the spare's connection file (jupyter_client's default)
+SPARE_SIGNATURE_SCHEME = "hmac-sha256"
+#: spares that may end unclaimed (killed: someone's `pkill -f ipykernel`) before the template stops making them
+SPARE_DEATHS_ALLOWED = 3
+
+
+def _load_kernel_module() -> Any:
+    """``forkkernel.py`` from this script's folder, under a name no user module has (every kernel inherits it)."""
+    spec = importlib.util.spec_from_file_location("_dsagent_forkkernel", os.path.join(os.path.dirname(os.path.abspath(__file__)), "forkkernel.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+forkkernel = _load_kernel_module()
 
 
 def _preload(names: list[str]) -> None:
@@ -121,7 +140,7 @@ def _prebuild(argv: list[str]) -> bool:
     try:
         app = IPKernelApp.instance()
         # BaseIPythonApplication.initialize's steps, minus the crash handler (sys.excepthook is the kernel's)
-        app.parse_command_line([*argv, *CHILD_ARGUMENTS])
+        app.parse_command_line([*argv, *forkkernel.CHILD_ARGUMENTS])
         app.init_profile_dir()
         app.init_config_files()
         app.load_config_file()
@@ -143,7 +162,7 @@ def _prebuild(argv: list[str]) -> bool:
         if "matplotlib_inline.backend_inline" in sys.modules:
             # the preloaded backend could not hook into a shell that did not exist at its import;
             # its last step, the GUI event loop, is the kernel's: recorded here, done in _adopt_shell
-            shell.enable_gui = _DEFERRED_GUI.append
+            shell.enable_gui = forkkernel.DEFERRED_GUI.append
             try:
                 shell.enable_matplotlib("inline")
             finally:
@@ -156,7 +175,7 @@ def _prebuild(argv: list[str]) -> bool:
         print(f"fork template: cannot prebuild the kernel ({type(exc).__name__}: {exc}); kernels initialize fully", file=sys.stderr, flush=True)
         if shell is not None:
             atexit.unregister(shell.atexit_operations)
-        _DEFERRED_GUI.clear()
+        forkkernel.DEFERRED_GUI.clear()
         ZMQInteractiveShell.clear_instance()
         IPKernelApp.clear_instance()
         return False
@@ -202,22 +221,38 @@ def _quiet_debug_records(logger: Any) -> None:
         logger.setLevel(min(handler.level or logging.DEBUG for handler in handlers))
 
 
-class Template:
-    """The accept/fork/reap loop of one template process."""
+class Spare(NamedTuple):
+    """The kernel a template keeps forked and initialized ahead of the next request (see ``forkkernel.become_spare``)."""
 
-    def __init__(self, listener: socket.socket, idle: float, argv: list[str], prebuilt: bool) -> None:
+    pid: int
+    pidfd: int
+    channel: socket.socket  # the template's end: the request goes here; closing it ends an unclaimed spare
+    connection: dict[str, Any]  # its sockets and key, for the client to adopt
+
+
+class Template:
+    """The accept/fork/reap loop of one template process, and its spare kernel."""
+
+    def __init__(self, listener: socket.socket, folder: str, idle: float, argv: list[str], prebuilt: bool) -> None:
         self.listener = listener
+        self.folder = folder  # owner-only: the spare's connection file and unix sockets go here
         self.idle = idle
-        self.argv = argv  # the kernels' command line, CONNECTION_FILE for theirs
+        self.argv = argv  # the kernels' command line, forkkernel.CONNECTION_FILE for theirs
         self.prebuilt = prebuilt  # whether the kernel app and its shell are built (for self.argv)
         self.selector = selectors.DefaultSelector()
         self.selector.register(listener, selectors.EVENT_READ, "accept")
-        self.children: dict[int, tuple[int, socket.socket]] = {}  # pidfd -> (pid, connection)
+        self.children: dict[int, tuple[int, socket.socket | None]] = {}  # pidfd -> (pid, connection; None: the spare)
+        # a spare waits on a connection file of its own: only for prebuilt kernels (it waits inside their
+        # start-up), and only where its unix socket paths fit
+        self.spare_deaths_left = SPARE_DEATHS_ALLOWED if prebuilt and len(self._spare_paths("0" * 16)[1]) + 3 <= MAX_SOCKET_PATH else 0
+        self.spare: Spare | None = None
 
     def serve(self) -> None:
+        self._fork_spare()
         while True:
             events = self.selector.select(self.idle)
-            if not events and not self.children:
+            if not events and all(conn is None for _, conn in self.children.values()):
+                self._retire_spare()
                 return  # nobody asked for a kernel for a while and none is left to reap
             for key, _ in events:
                 if key.data == "accept":
@@ -233,10 +268,13 @@ class Template:
         fds: list[int] = []
         try:
             conn.settimeout(10)
-            data, fds, _, _ = socket.recv_fds(conn, MAX_REQUEST, 4)
+            data, fds, _, _ = socket.recv_fds(conn, forkkernel.MAX_REQUEST, 4)
             request = json.loads(data)
             if not _same_command_line(request["argv"], self.argv):  # the prebuilt kernel was configured by it
                 raise RuntimeError(f"this template serves kernels started with {self.argv}, not {request['argv']}")
+            if self._hand_spare(conn, request, fds):
+                self._fork_spare()  # the next one, while the client connects to this one
+                return
             if threading.active_count() != 1:  # a fork would copy a thread's locks in a held state
                 raise RuntimeError(f"the template runs {threading.active_count()} threads")
             sys.stdout.flush()
@@ -249,7 +287,7 @@ class Template:
             conn.close()
             return
         if pid == 0:
-            _become_kernel(self, conn, request, fds)  # never returns
+            forkkernel.become_kernel(self.close_in_child, conn, request, fds, self.prebuilt)  # never returns
         for fd in fds:
             os.close(fd)
         pidfd = os.pidfd_open(pid)  # before any reaping: it names this child, never a reused pid
@@ -259,32 +297,117 @@ class Template:
             pass  # the owner gave up waiting; the kernel is still ours to reap
         self.children[pidfd] = (pid, conn)
         self.selector.register(pidfd, selectors.EVENT_READ, "child")
+        self._fork_spare()
+
+    def _hand_spare(self, conn: socket.socket, request: dict, fds: list[int]) -> bool:
+        """Give the request to the spare, if it may adopt one; False: fork for it instead.
+
+        The client says whether it can adopt a kernel's sockets and key
+        (``spare_ok``: not on a restart, which keeps the old ones) and with
+        which signature scheme. The spare gets the request, its stdout and
+        stderr and the connection; the client gets its pid and connection.
+        """
+        spare = self.spare
+        if spare is None or not request.get("spare_ok") or request.get("signature_scheme") != spare.connection["signature_scheme"] or len(fds) != 2:
+            return False
+        try:
+            socket.send_fds(spare.channel, [json.dumps(request).encode()], [*fds, conn.fileno()])
+        except OSError:
+            return False  # it died (reaped in turn) or the request is larger than one message: fork
+        self.spare = None
+        spare.channel.close()
+        for fd in fds:
+            os.close(fd)
+        try:
+            socket.send_fds(conn, [json.dumps({"pid": spare.pid, "connection": spare.connection}).encode() + b"\n"], [spare.pidfd])
+        except OSError:
+            pass  # the owner gave up waiting; the kernel is ours to reap (it ends with its owner)
+        self.children[spare.pidfd] = (spare.pid, conn)
+        return True
+
+    def _spare_paths(self, name: str) -> tuple[str, str]:
+        return os.path.join(self.folder, f"spare-{name}.json"), os.path.join(self.folder, f"k-{name}")
+
+    def _fork_spare(self) -> None:
+        """Fork the next spare unless one waits (or spares are off); a failure only means forks on request."""
+        if self.spare is not None or self.spare_deaths_left <= 0:
+            return
+        try:
+            name = uuid.uuid4().hex[:16]
+            path, ip = self._spare_paths(name)
+            connection = {"transport": "ipc", "ip": ip, **SPARE_PORTS, "key": str(uuid.uuid4()), "signature_scheme": SPARE_SIGNATURE_SCHEME, "kernel_name": ""}
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+                json.dump(connection, handle)
+            channel, spare_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+        except Exception as exc:
+            print(f"fork template: cannot fork a spare kernel ({type(exc).__name__}: {exc}); forking on request", file=sys.stderr, flush=True)
+            self.spare_deaths_left = 0
+            return
+        if pid == 0:
+            channel.close()
+            argv = [path if arg == forkkernel.CONNECTION_FILE else arg for arg in self.argv]
+            forkkernel.become_spare(self.close_in_child, argv, spare_end)  # never returns
+        spare_end.close()
+        pidfd = os.pidfd_open(pid)
+        self.spare = Spare(pid, pidfd, channel, connection)
+        self.children[pidfd] = (pid, None)
+        self.selector.register(pidfd, selectors.EVENT_READ, "child")
+
+    def _retire_spare(self) -> None:
+        """End the unclaimed spare (it removes its files when its channel closes) and reap it."""
+        spare, self.spare = self.spare, None
+        if spare is None:
+            return
+        spare.channel.close()
+        if not select.select([spare.pidfd], [], [], forkkernel.SHUTDOWN_JOIN_SECONDS)[0]:
+            signal.pidfd_send_signal(spare.pidfd, signal.SIGKILL)
+        self.selector.unregister(spare.pidfd)
+        del self.children[spare.pidfd]
+        os.close(spare.pidfd)
+        os.waitpid(spare.pid, 0)
 
     def _reap(self, pidfd: int) -> None:
         pid, conn = self.children.pop(pidfd)
         self.selector.unregister(pidfd)
         os.close(pidfd)
         _, status = os.waitpid(pid, 0)
-        _send(conn, {"exit": os.waitstatus_to_exitcode(status)})
-        conn.close()
+        code = os.waitstatus_to_exitcode(status)
+        if conn is not None:
+            _send(conn, {"exit": code})
+            conn.close()
+            return
+        if self.spare is not None and self.spare.pid == pid:  # the spare ended unclaimed
+            self.spare.channel.close()
+            self.spare = None
+            self.spare_deaths_left -= 1
+            print(f"fork template: the spare kernel (pid {pid}) ended unclaimed with {code}", file=sys.stderr, flush=True)
 
     def close_in_child(self) -> None:
         """Close everything of the template in a new kernel, through the owning objects (not its request's connection).
 
         Closing only the numbers would let a stale Python object close a
-        descriptor number later reused by the kernel's ZMQ sockets.
+        descriptor number later reused by the kernel's ZMQ sockets. The spare's
+        channel above all: a spare sees its template end only when no process
+        holds that end open.
         """
         self.selector.close()
         self.listener.close()
         for pidfd, (_, conn) in self.children.items():
             os.close(pidfd)
-            conn.close()
+            if conn is not None:
+                conn.close()
         self.children.clear()
+        if self.spare is not None:
+            self.spare.channel.close()
+            self.spare = None
 
 
 def _same_command_line(argv: list[str], template: list[str]) -> bool:
     """Whether ``argv`` is the template's kernel command line with a connection file filled in."""
-    return len(argv) == len(template) and all(a == t or t == CONNECTION_FILE for a, t in zip(argv, template))
+    return len(argv) == len(template) and all(a == t or t == forkkernel.CONNECTION_FILE for a, t in zip(argv, template))
 
 
 def _peer_uid(conn: socket.socket) -> int:
@@ -299,272 +422,6 @@ def _send(conn: socket.socket, message: dict) -> None:
         pass  # the owner closed the connection: nobody is waiting for this
 
 
-def _watch_owner(owner: int) -> None:
-    """End this kernel when the process that asked for it ends (as ipykernel's parent poller would)."""
-    try:
-        pidfd = os.pidfd_open(owner)
-    except ProcessLookupError:
-        os._exit(1)
-    import select
-
-    def wait() -> None:
-        select.select([pidfd], [], [])
-        os._exit(1)
-
-    threading.Thread(target=wait, name="dsagent-owner-watch", daemon=True).start()
-
-
-def _reseed() -> None:
-    """Fresh random streams: a forked child would otherwise repeat its siblings' numbers."""
-    import random
-
-    random.seed()  # CPython also does this at fork; kept for the numpy seed's sake of symmetry
-    numpy = sys.modules.get("numpy")
-    if numpy is not None:
-        numpy.random.seed()  # the legacy global RandomState; default_rng() seeds from the OS anyway
-
-
-def _become_kernel(template: Template, conn: socket.socket, request: dict, fds: list[int]) -> None:
-    """In the forked child: become a fresh ipykernel with the request's argv, cwd, env and stdio."""
-    code = 1
-    try:
-        os.setsid()  # its own process group: jupyter_client interrupts with killpg
-        template.close_in_child()
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.close(null)
-        for target, fd in zip((1, 2), fds):
-            os.dup2(fd, target)
-            os.close(fd)
-        for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        if "setproctitle" in sys.modules:  # ps, psutil and kernel finders then see a kernel, not a template
-            # (before the environment is replaced: setproctitle needs the original environ block)
-            sys.modules["setproctitle"].setproctitle(" ".join([sys.executable, "-m", "ipykernel_launcher", *request["argv"]]))
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
-        _reseed()
-        _watch_owner(int(request["owner"]))
-        code = _run_kernel(request["argv"], template.prebuilt, conn)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        try:
-            _finalize()
-        finally:
-            os._exit(code)
-
-
-def _finalize() -> None:
-    """What interpreter exit does, in its order, before ``os._exit`` (this stack is the template's).
-
-    Non-daemon threads first: ipykernel's control thread may still be flushing
-    the reply to ``shutdown_request`` through the iopub thread, which an atexit
-    handler stops (in that order a flush waits 10 s for nothing).
-    """
-    import atexit
-
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join(timeout=SHUTDOWN_JOIN_SECONDS)
-    atexit._run_exitfuncs()  # ipykernel's and IPython's, and the user's own
-    sys.stdout.flush()
-    sys.stderr.flush()
-
-
-def _run_kernel(argv: list[str], prebuilt: bool, conn: socket.socket) -> int:
-    """What ``python -m ipykernel_launcher ARGS`` does, on the app and shell the template built if it did.
-
-    Once its sockets are bound (after ``init_sockets`` and ``init_heartbeat``)
-    it tells the client, on the request's connection (``{"started": pid}``),
-    and closes its copy of that connection (the template keeps its own for the
-    exit code); the rest of ``initialize()`` goes on meanwhile.
-    """
-    import ipykernel_launcher
-    from ipykernel.kernelapp import IPKernelApp
-
-    if SCRIPT_DIR in sys.path:  # IPython's init_path adds the work dir as a kernel has it
-        sys.path.remove(SCRIPT_DIR)
-    sys.argv = [ipykernel_launcher.__file__, *argv]
-    app = IPKernelApp.instance()
-
-    def init_heartbeat() -> None:
-        # the shell, iopub, control and stdin ports are bound (init_sockets came first): the client
-        # connects while the rest initializes, so its iopub subscription is in place by the first reply
-        type(app).init_heartbeat(app)
-        if conn.fileno() >= 0:
-            _send(conn, {"started": os.getpid()})
-            conn.close()
-
-    app.init_heartbeat = init_heartbeat
-    try:
-        if prebuilt:
-            _initialize_prebuilt(app, argv[argv.index("-f") + 1])
-        else:
-            app.initialize([*argv, *CHILD_ARGUMENTS])
-            if "matplotlib_inline.backend_inline" in sys.modules and app.shell is not None:
-                app.shell.enable_matplotlib("inline")  # as _prebuild does
-    finally:
-        del app.init_heartbeat
-    if conn.fileno() >= 0:  # an ipykernel whose initialize() has no init_heartbeat step
-        _send(conn, {"started": os.getpid()})
-        conn.close()
-    app.start()
-    _let_control_finish(app)
-    return 0
-
-
-def _initialize_prebuilt(app: Any, connection_file: str) -> None:
-    """``app.initialize()`` minus what ``_prebuild`` did: only what is this kernel's own runs here.
-
-    That is: the crash handler, the connection file, ports, sockets, heartbeat,
-    iopub/control/shell-channel threads, stdio and displayhook, signal
-    handlers, the kernel object (adopting the prebuilt shell), ``sys.path``,
-    extensions (already loaded: a no-op) and startup code. The skipped steps
-    are replaced for this one call by instance attributes.
-    """
-
-    def parse_command_line(argv: object = None) -> None:
-        # the template parsed this very command line but for this; initialize() re-applies
-        # the config after the (skipped) config files, so it goes into the config too
-        app.config.IPKernelApp.connection_file = connection_file
-        app.connection_file = connection_file
-
-    def init_shell() -> None:
-        type(app).init_shell(app)
-        _adopt_shell(app.shell, app.kernel)
-
-    def init_kernel() -> None:
-        import ipykernel.ipkernel
-
-        with _modules_listed_by_template(ipykernel.ipkernel):
-            type(app).init_kernel(app)
-
-    def init_code() -> None:
-        import IPython.core.shellapp
-
-        with _modules_listed_by_template(IPython.core.shellapp):
-            type(app).init_code(app)
-
-    def skip() -> None:
-        pass
-
-    replaced = {
-        "parse_command_line": parse_command_line, "init_profile_dir": skip, "init_config_files": skip, "load_config_file": skip,
-        "init_kernel": init_kernel, "init_shell": init_shell, "init_code": init_code,
-    }  # fmt: skip
-    for name, method in replaced.items():
-        setattr(app, name, method)
-    try:
-        app.initialize([])
-    finally:
-        for name in replaced:
-            delattr(app, name)
-
-
-class _ModuleFile:
-    """A module as ``IPythonKernel.__init__`` looks at it: only its ``__file__``."""
-
-    __slots__ = ("__file__",)
-
-    def __init__(self, file: str) -> None:
-        self.__file__ = file
-
-
-class _TemplateModules:
-    """``sys.modules`` as two start-up steps read it, answered from the template's lists (see ``_list_modules``)."""
-
-    def copy(self) -> "_TemplateModules":  # IPythonKernel.__init__: sys.modules.copy().values()
-        return self
-
-    def values(self) -> list[_ModuleFile]:
-        return _MODULE_FILES
-
-    def keys(self) -> list[str]:  # InteractiveShellApp.init_code: set(sys.modules.keys())
-        return _MODULE_NAMES
-
-
-class _SysWithTemplateModules:
-    """``sys`` as a module's start-up code sees it while it runs: ``modules`` is the template's lists, the rest is ``sys``."""
-
-    modules = _TemplateModules()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(sys, name)
-
-
-#: every module's file and name as the template has them (see _list_modules)
-_MODULE_FILES: list[_ModuleFile] = []
-_MODULE_NAMES: list[str] = []
-
-
-def _list_modules() -> None:
-    """List the modules once, in the template, for the two start-up steps of a kernel that list them.
-
-    ``IPythonKernel.__init__`` lists every module's ``__file__`` (the
-    debugger's just-my-code rules) and IPython's ``init_code`` every module's
-    name (what ``%reset`` keeps). In a fork, each touched the ~1,200 module
-    objects and strings of the template, so copied a page of it per module
-    (~1,200 page faults, ~7 ms of CPU of every start). The lists hold copies
-    made one after another, so reading them touches a few pages.
-    """
-    modules = sys.modules.copy()
-    _MODULE_FILES[:] = [_ModuleFile(m.__file__.encode().decode()) for m in modules.values() if isinstance(getattr(m, "__file__", None), str) and m.__file__]
-    _MODULE_NAMES[:] = [name.encode().decode() for name in modules]
-
-
-@contextlib.contextmanager
-def _modules_listed_by_template(module: Any) -> Any:
-    """While ``module``'s start-up code runs, its ``sys.modules`` is the template's lists (unless the kernel has imported more since)."""
-    if len(_MODULE_NAMES) != len(sys.modules) or getattr(module, "sys", None) is not sys:
-        yield
-        return
-    module.sys = _SysWithTemplateModules()
-    try:
-        yield
-    finally:
-        module.sys = sys
-
-
-def _adopt_shell(shell: Any, kernel: Any) -> None:
-    """Make the template's shell this kernel's, as if ``IPythonKernel.__init__`` had built it here."""
-    if shell is None or kernel is None or kernel.shell is not shell:
-        raise RuntimeError("the kernel did not take the prebuilt shell")
-    shell.parent = kernel  # what the kernel passes to a shell it builds (instance() ignored them)
-    shell.kernel = kernel
-    for gui in _DEFERRED_GUI:
-        shell.enable_gui(gui)
-    shell.init_environment()  # TERM, PAGER, ...: the request's environment replaced the template's
-    shell.starting_dir = os.getcwd()
-    shell.history_manager.dir_hist[:] = [pathlib.Path.cwd()]  # _dh starts at the work dir
-    # what a shell built after init_io saves, and restores at exit
-    shell._orig_sys_module_state.update(stdin=sys.stdin, stdout=sys.stdout, stderr=sys.stderr, excepthook=sys.excepthook)
-    # its exit handler (reset the namespace, end the history) runs where a shell built here would
-    # have put it: before the handlers registered earlier in this kernel's start, which stop iopub
-    atexit.unregister(shell.atexit_operations)
-    atexit.register(shell.atexit_operations)
-
-
-def _let_control_finish(app: object) -> None:
-    """Wait until the control thread is done with the message it is handling (the shutdown request).
-
-    Its last step flushes output through the iopub thread, which ipykernel's
-    exit handler stops before it joins the control thread; a fork exits fast
-    enough to lose that race every few kernels (then the flush waits 10 s).
-    """
-    control = getattr(app, "control_thread", None)
-    loop = getattr(control, "io_loop", None)
-    if loop is None or not control.is_alive():
-        return
-    done = threading.Event()
-    loop.add_callback(done.set)  # runs once the handler in progress has returned
-    done.wait(SHUTDOWN_JOIN_SECONDS)
-
-
 def main(argv: list[str]) -> None:
     path, preload, idle = argv[0], [n.strip() for n in argv[1].split(",") if n.strip()], float(argv[2])
     kernel_argv = json.loads(argv[3])
@@ -573,7 +430,7 @@ def main(argv: list[str]) -> None:
     _preload(preload)
     prebuilt = _prebuild(kernel_argv)
     _warm_matplotlib()
-    _list_modules()
+    forkkernel.list_modules()
     # what the imports made is every kernel's and never garbage: keep collections out of it
     # (a kernel's gc.collect() at exit took 0.7 s over it, and wrote to, so un-shared, its pages)
     gc.collect()
@@ -588,7 +445,7 @@ def main(argv: list[str]) -> None:
     ready = {"ready": os.getpid(), "socket": path, "prebuilt": prebuilt, "seconds": round(time.perf_counter() - started, 3)}
     print(json.dumps(ready), file=sys.stderr, flush=True)
     try:
-        Template(listener, idle, kernel_argv, prebuilt).serve()
+        Template(listener, os.path.dirname(path), idle, kernel_argv, prebuilt).serve()
     finally:
         try:
             if os.stat(path).st_ino == inode:  # not a successor's socket

@@ -11,7 +11,7 @@ import textwrap
 import psutil
 import pytest
 
-from dsagent.kernel_gateway import forkserver
+from dsagent.kernel_gateway import forkkernel, forkserver
 from dsagent.kernel_gateway.local import LocalBackend
 from dsagent.settings import Settings
 from dsagent.testing.conformance import BackendConformance, process_gone
@@ -56,7 +56,7 @@ class TestForkServedConformance(BackendConformance):
             yield backend
 
     async def test_the_kernel_is_a_fork_of_the_template(self, session):
-        assert session._kernel.km.forked
+        assert session._kernel.km.forked and session._kernel.km.from_spare  # the template's spare, made ahead
         kernel = psutil.Process(session.kernel_pid)
         assert kernel.ppid() == _template_pid()
         assert "ipykernel_launcher -f" in " ".join(kernel.cmdline())  # what ps and kernel finders look for
@@ -101,26 +101,39 @@ WIRING_PROBE = (
     "print(ip.kernel is not None and ip.parent is ip.kernel and ip.kernel.shell is ip, [str(d) for d in _dh] == [os.getcwd()],"
     " ip.starting_dir == os.getcwd(), os.environ.get('TERM'), os.environ.get('PAGER'), sorted(ip.extension_manager.loaded),"
     " type(sys.stdout).__name__, ip._orig_sys_module_state['stdout'] is sys.stdout, ip.history_manager.hist_file,"
-    " sys.excepthook == ip.kernel.parent.excepthook, any(p.endswith('kernel_gateway') for p in sys.path), os.environ.get('DSAGENT_PROBE'))"
+    " sys.excepthook == ip.kernel.parent.excepthook, any(p.endswith('kernel_gateway') for p in sys.path), os.environ.get('DSAGENT_PROBE'),"
+    " globals().get('__session__'), os.environ.get('MPLBACKEND'))"
 )
 
 
 async def test_a_forked_kernel_is_wired_like_a_normally_launched_one(backend, tmp_path):
+    """The template's spare (started before the request: its work dir and environment are taken at the claim),
+    a kernel forked for a restart, and a cold kernel answer the probe alike."""
+    env = {"DSAGENT_PROBE": "cold", "JPY_SESSION_NAME": "probe.ipynb"}
     cold_settings = _settings(tmp_path, kernel_fork=False, kernel_preload="")
     async with LocalBackend(cold_settings, pool_size=0) as cold_backend:
-        cold = await cold_backend.start_session(env={"DSAGENT_PROBE": "cold"})
+        cold = await cold_backend.start_session(env=env)
         try:
             expected = (await cold.execute(WIRING_PROBE)).outputs[0]["text"]
         finally:
             await cold.shutdown()
-    a, b = await backend.start_session(env={"DSAGENT_PROBE": "cold"}), await backend.start_session()
+    assert expected == (
+        "True True True xterm-color cat ['IPython.extensions.storemagic'] OutStream True :memory: False False cold"
+        " probe.ipynb module://matplotlib_inline.backend_inline\n"
+    ), expected
+    a, b = await backend.start_session(env=env), await backend.start_session()
     try:
-        assert a._kernel.km.forked and b._kernel.km.forked
+        km = a._kernel.km
+        assert km.forked and km.from_spare and b._kernel.km.forked
         assert (await a.execute(WIRING_PROBE)).outputs[0]["text"] == expected
-        assert expected == "True True True xterm-color cat ['IPython.extensions.storemagic'] OutStream True :memory: False False cold\n", expected
         # each kernel's message session is its own (it is made from the connection file, after the fork)
         sessions = [(await s.execute("print(get_ipython().kernel.session.session)")).outputs[0]["text"] for s in (a, b)]
         assert sessions[0] != sessions[1]
+        # a restart is forked for its request: the client keeps the sockets it adopted from the spare
+        sockets = km.get_connection_info()
+        await a.restart()
+        assert km.forked and not km.from_spare and km.get_connection_info() == sockets
+        assert (await a.execute(WIRING_PROBE)).outputs[0]["text"] == expected
     finally:
         await a.shutdown()
         await b.shutdown()
@@ -193,12 +206,27 @@ async def test_a_dead_template_is_replaced_and_its_kernels_live_on(tmp_path):
         await _kill_and_replace_template(backend)
 
 
+async def _spare_of(template: int) -> tuple[psutil.Process, list[str]]:
+    """The template's waiting spare kernel and the paths of its five unix sockets (once it has bound them all)."""
+    for _ in range(200):
+        spares = [c for c in psutil.Process(template).children() if c.cmdline()[:1] == [forkkernel.SPARE_TITLE]]
+        sockets = sorted({c.laddr for c in spares[0].net_connections("unix") if c.laddr}) if len(spares) == 1 else []
+        if len(sockets) == 5:
+            return spares[0], sockets
+        await asyncio.sleep(0.05)  # forked when the last one was handed out: still starting
+    raise AssertionError(f"no spare kernel with its sockets under the template: {spares}")
+
+
 async def _kill_and_replace_template(backend):
     a = await backend.start_session()
     try:
         old = _template_pid(())
+        spare, sockets = await _spare_of(old)
+        assert all(os.path.exists(path) for path in sockets), sockets
         os.kill(old, signal.SIGKILL)
         assert await process_gone(old)
+        # the spare sees its template's end of their channel close: it removes its sockets and ends
+        assert await process_gone(spare.pid) and not any(os.path.exists(path) for path in sockets)
         assert (await a.execute("'still here'")).status == "ok"
         b = await backend.start_session()  # no template: a normal launch, and a new template starts
         assert not b._kernel.km.forked and (await b.execute("1")).status == "ok"
@@ -215,6 +243,19 @@ async def _kill_and_replace_template(backend):
         assert died.status == "died"
     finally:
         await a.shutdown()
+
+
+async def test_an_idle_template_ends_with_its_spare_and_leaves_no_files(tmp_path):
+    # its own template (a preload list no other test has; the idle time is not part of a template's identity)
+    async with await _warm_backend(_settings(tmp_path, kernel_preload="colorsys", kernel_fork_idle=0.5), pool_size=0) as backend:
+        session = await backend.start_session()
+        assert session._kernel.km.from_spare
+        template = psutil.Process(session.kernel_pid).ppid()
+        spare, sockets = await _spare_of(template)  # the next one, forked once this one was handed out
+        await session.shutdown()
+    assert await process_gone(template, within=30) and await process_gone(spare.pid)
+    assert sockets and not any(os.path.exists(path) for path in sockets)
+    assert not os.path.exists(os.path.join(forkserver.runtime_dir(), os.path.basename(sockets[0]).rsplit("-", 1)[0].replace("k-", "spare-", 1) + ".json"))
 
 
 async def test_a_failed_fork_falls_back_to_a_normal_launch_logged_once(tmp_path, monkeypatch, caplog):
