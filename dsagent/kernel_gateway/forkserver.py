@@ -57,6 +57,8 @@ TEMPLATE_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "XD
 CONNECTION_FILE = "{connection_file}"
 #: seconds before a process tries again to start a template after one it started died while starting
 RETRY_AFTER_FAILURE = 60.0
+#: files in the runtime folder untouched for this long, of no living template or kernel, are removed
+STALE_AFTER_SECONDS = 24 * 3600.0
 
 
 class ForkFailed(RuntimeError):
@@ -150,6 +152,7 @@ class ForkServer:
                 return
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.socket_path)  # stale: its template is gone
+            remove_stale_files(os.path.dirname(self.socket_path), keep=self.socket_path[: -len(".sock")])
             with open(self.log_path, "ab") as log_file:
                 self._started = subprocess.Popen(
                     [self.python, str(TEMPLATE_SCRIPT), self.socket_path, ",".join(self.preload), str(self.idle), json.dumps(self.kernel_argv)],
@@ -261,6 +264,67 @@ def runtime_dir() -> str:
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
         raise ForkFailed(f"{folder} is not a folder only this user can use; remove it")
     return folder
+
+
+def remove_stale_files(folder: str, keep: str = "", now: float | None = None) -> int:
+    """Remove what ended processes left in the runtime folder a day ago or more; the number of files removed.
+
+    Each template configuration leaves a pid file, its lock and a log (kept
+    while it may be read: a template that died starting says why there), a
+    killed template its socket, a killed kernel its unix sockets, and a killed
+    spare its connection file. Run when a template starts (rarely). A file is
+    stale once it is old and nothing owns it: no living template for a pid
+    file, no listener on a unix socket. ``keep``: the starting template's
+    files (the path without its suffix).
+    """
+    now = time.time() if now is None else now
+    removed = 0
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0
+    for name in names:
+        path = os.path.join(folder, name)
+        stem = os.path.join(folder, name.split(".", 1)[0])
+        try:
+            if stem == keep or now - os.lstat(path).st_mtime < STALE_AFTER_SECONDS:
+                continue
+            if name.endswith(".pid") and _pid_file_alive(path):
+                continue
+            if name.endswith((".pid.lock", ".log", ".sock")) and os.path.exists(stem + ".pid") and _pid_file_alive(stem + ".pid"):
+                continue
+            if name.startswith("k-") and _listening(path):
+                continue
+            if not name.endswith((".pid", ".pid.lock", ".log", ".sock", ".json")) and not name.startswith("k-"):
+                continue  # not ours
+            os.unlink(path)
+            removed += 1
+        except OSError:
+            continue  # gone meanwhile, or not ours to remove
+    return removed
+
+
+def _pid_file_alive(path: str) -> bool:
+    """Whether the template a pid file names is running."""
+    try:
+        with open(path) as handle:
+            pid = int(handle.read().strip() or 0)
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return str(TEMPLATE_SCRIPT).encode() in handle.read()
+    except (OSError, ValueError):
+        return False
+
+
+def _listening(path: str) -> bool:
+    """Whether a process accepts connections on the unix socket at ``path`` (a living kernel's)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            return False
+        except OSError:
+            return True  # not a stream socket we can judge: leave it
+    return True
 
 
 def _template_env(env: Mapping[str, str]) -> dict[str, str]:

@@ -4,9 +4,11 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import psutil
 import pytest
@@ -347,6 +349,40 @@ def test_kernels_end_with_the_process_that_asked_for_them(tmp_path):
     assert done.returncode == -9, done.stderr
     pid = int(done.stdout.split()[0])
     assert asyncio.run(process_gone(pid, within=10))
+
+
+def test_files_that_ended_processes_left_a_day_ago_are_removed_and_the_rest_kept(tmp_path):
+    day_ago = time.time() - forkserver.STALE_AFTER_SECONDS - 60
+
+    def made(name, old=True, text="", listen=False):
+        path = tmp_path / name
+        if name.startswith("k-"):  # a kernel's unix socket; a killed kernel's refuses connections
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(str(path))
+            if listen:
+                sock.listen(1)
+                held.append(sock)
+            else:
+                sock.close()
+        else:
+            path.write_text(text)
+        if old:
+            os.utime(path, (day_ago, day_ago))
+        return path
+
+    held = []
+    try:
+        dead = [made(n, text="999999999") for n in ("aaaa.pid", "aaaa.pid.lock", "aaaa.log", "aaaa.sock")]
+        dead += [made("k-0123456789abcdef-1"), made("spare-0123456789abcdef.json")]
+        recent = [made("bbbb.pid", old=False, text="999999999"), made("bbbb.log", old=False), made("k-fedcba9876543210-1", old=False)]
+        living = [made("k-1111111111111111-1", listen=True), made("notes.txt")]
+        starting = [made("cccc.log"), made("cccc.pid.lock")]  # the template being started now
+        assert forkserver.remove_stale_files(str(tmp_path), keep=str(tmp_path / "cccc")) == len(dead)
+        assert not any(path.exists() for path in dead)
+        assert all(path.exists() for path in recent + living + starting)
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def test_a_runtime_folder_others_can_write_is_refused(tmp_path, monkeypatch):
