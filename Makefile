@@ -10,10 +10,10 @@ unexport PYTHONDONTWRITEBYTECODE
 VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
-# two workers; tests of one server (E2B loopback, Jupyter servers) stay on one worker
-# (tests/conftest.py). `make test PYTEST_PARALLEL=` runs in one process. Three workers were
-# tried (6-8.5 min, noisy) and made kernel-start races fail tests on 2 cores: not adopted.
-PYTEST_PARALLEL ?= -n 2 --dist loadgroup
+# three workers on 2 cores: much of a test is a kernel or server starting or waiting (the
+# machine sat idle ~28% of a two-worker run); tests of one server (E2B loopback, Jupyter
+# servers) stay on one worker (tests/conftest.py). `make test PYTEST_PARALLEL=` runs in one process.
+PYTEST_PARALLEL ?= -n 3 --dist loadgroup
 PYTEST_ARGS ?= --durations=20
 
 CHROMIUM := /usr/bin/chromium
