@@ -275,11 +275,7 @@ class Template:
             if self._hand_spare(conn, request, fds):
                 self._fork_spare()  # the next one, while the client connects to this one
                 return
-            if threading.active_count() != 1:  # a fork would copy a thread's locks in a held state
-                raise RuntimeError(f"the template runs {threading.active_count()} threads")
-            sys.stdout.flush()
-            sys.stderr.flush()
-            pid = os.fork()
+            pid = _fork()
         except Exception as exc:
             for fd in fds:
                 os.close(fd)
@@ -339,9 +335,7 @@ class Template:
             with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
                 json.dump(connection, handle)
             channel, spare_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            pid = os.fork()
+            pid = _fork()
         except Exception as exc:
             print(f"fork template: cannot fork a spare kernel ({type(exc).__name__}: {exc}); forking on request", file=sys.stderr, flush=True)
             self.spare_deaths_left = 0
@@ -403,6 +397,15 @@ class Template:
         if self.spare is not None:
             self.spare.channel.close()
             self.spare = None
+
+
+def _fork() -> int:
+    """``os.fork()`` of this single-threaded process, its stdio flushed (nothing buffered is written twice)."""
+    if threading.active_count() != 1:  # a fork would copy a thread's locks in a held state
+        raise RuntimeError(f"the template runs {threading.active_count()} threads")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return os.fork()
 
 
 def _same_command_line(argv: list[str], template: list[str]) -> bool:
