@@ -85,7 +85,7 @@ def build_server(ctx: AppContext, *, port: int, address: str, cookie_secret: str
     """A started-but-not-running Bokeh server (call ``.io_loop.start()``); port problems become DsagentError."""
     import panel as pn
 
-    from dsagent.panel_app import rest, widgets
+    from dsagent.panel_app import csp, rest, widgets
     from dsagent.panel_app.auth import make_auth_provider
 
     pn.extension("tabulator", notifications=False)
@@ -108,6 +108,7 @@ def build_server(ctx: AppContext, *, port: int, address: str, cookie_secret: str
         if exc.errno == errno.EADDRINUSE:
             raise DsagentError(f"port {port} on {address} is already in use", hint=f"pick another one: dsagent serve --port {port + 1}") from None
         raise DsagentError(f"cannot listen on {address}:{port}: {exc.strerror or exc}", hint="check --address and --port") from None
+    csp.install(server._tornado)  # Bokeh's Server keeps its Tornado application there; it has no public accessor
     # a daemon thread: Ctrl-C must not wait for an import that takes seconds on a busy machine
     threading.Thread(target=rest.warm_up, name="nbconvert-warm-up", daemon=True).start()
     # Everything imported so far (Panel, Bokeh, pandas, DuckDB: ~170,000 objects) lives as long as the server: out

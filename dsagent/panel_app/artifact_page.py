@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import html
 import io
 import json
 from typing import TYPE_CHECKING
 
 import panel as pn
 
+from dsagent.panel_app import untrusted
 from dsagent.panel_app.widgets import html_pane, Notice, artifact_preview, current_user, human_size, page_frame, query_arg, run_link, time_text
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ def page(ctx: "AppContext") -> pn.Column:
     try:
         artifact_id = int(raw or "")
     except ValueError:
-        notice.show(f"No artifact id {html.escape(raw or '')} in the address: pick one on the <a href='./artifacts'>Artifacts</a> page.", "danger")
+        notice.show(f"No artifact id {untrusted.text(raw or '')} in the address: pick one on the <a href='./artifacts'>Artifacts</a> page.", "danger")
         return page_frame("/artifacts", "Artifact", notice.pane, user=current_user())
     meta = html_pane("loading…")
     preview = pn.Column(sizing_mode="stretch_width")
@@ -47,12 +47,12 @@ def page(ctx: "AppContext") -> pn.Column:
             data = None
             if needs_bytes and artifact.size <= _PREVIEW_BYTES_LIMIT:
                 _, data = await ctx.read(ctx.store.read_artifact, artifact_id)
-            rows = [("name", html.escape(artifact.name)), ("kind", artifact.kind), ("mime", html.escape(artifact.mime)),
+            rows = [("name", untrusted.text(artifact.name)), ("kind", artifact.kind), ("mime", untrusted.text(artifact.mime)),
                     ("size", human_size(artifact.size)), ("run", run_link(artifact.run_id)),
                     ("cell", "" if artifact.cell is None else str(artifact.cell)), ("created", time_text(artifact.created)),
-                    ("sha256", f"<code>{artifact.sha256}</code>"), ("tags", html.escape(", ".join(artifact.tags)))]
+                    ("sha256", f"<code>{artifact.sha256}</code>"), ("tags", untrusted.text(", ".join(artifact.tags)))]
             if artifact.metadata:
-                rows.append(("metadata", f"<pre style='margin:0'>{html.escape(json.dumps(artifact.metadata, indent=1, default=str)[:3000])}</pre>"))
+                rows.append(("metadata", f"<pre style='margin:0'>{untrusted.text(json.dumps(artifact.metadata, indent=1, default=str)[:3000])}</pre>"))
             links = (f'<a href="./api/artifacts/{artifact.id}" download id="download-artifact">⬇ download</a>'
                      f' &nbsp;·&nbsp; <a href="./api/artifacts/{artifact.id}/meta">metadata as JSON</a>')
             meta.object = ("<table class='ds-kv'>" + "".join(f"<tr><td><b>{k}</b></td><td>{v}</td></tr>" for k, v in rows)

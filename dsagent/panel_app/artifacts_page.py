@@ -7,12 +7,12 @@ artifact costs what the first does; "older" follows the cursor, "newest" starts 
 from __future__ import annotations
 
 import asyncio
-import html
 from typing import TYPE_CHECKING
 
 import pandas as pd
 import panel as pn
 
+from dsagent.panel_app import untrusted
 from dsagent.artifacts import schema
 from dsagent.panel_app.widgets import Table, date_range_bounds, html_pane, image_tile, Notice, Poller, preloaded, artifact_link, current_user, human_size, page_frame, run_link, time_text
 
@@ -46,7 +46,7 @@ class KeysetPager:
 
 def _frame(items) -> pd.DataFrame:
     return pd.DataFrame(
-        [{"artifact": artifact_link(a.id), "name": html.escape(a.name), "kind": a.kind, "mime": a.mime, "size": human_size(a.size),
+        [{"artifact": artifact_link(a.id), "name": untrusted.text(a.name), "kind": a.kind, "mime": a.mime, "size": human_size(a.size),
           "run": run_link(a.run_id), "created": time_text(a.created),
           "download": f'<a href="./api/artifacts/{a.id}" download>⬇</a>'} for a in items],
         columns=COLUMNS,

@@ -11,13 +11,13 @@ thumbnails, and CSV/Parquet downloads made from the same table
 
 from __future__ import annotations
 
-import html
 import json
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import panel as pn
 
+from dsagent.panel_app import untrusted
 from dsagent.panel_app.widgets import html_pane, run_link, status_badge
 
 if TYPE_CHECKING:
@@ -40,8 +40,8 @@ def _duration(run: Run) -> str:
 
 
 def _children_frame(children: list[Run]) -> pd.DataFrame:
-    return pd.DataFrame([{"run": run_link(c.id), "status": status_badge(c.status), "parameters": html.escape(json.dumps(c.params, default=str)),
-                          "duration": _duration(c), "error": html.escape((c.error or "")[:160])} for c in children],
+    return pd.DataFrame([{"run": run_link(c.id), "status": status_badge(c.status), "parameters": untrusted.text(json.dumps(c.params, default=str)),
+                          "duration": _duration(c), "error": untrusted.text((c.error or "")[:160])} for c in children],
                         columns=["run", "status", "parameters", "duration", "error"])
 
 
@@ -51,6 +51,17 @@ def _progress_html(counts: dict[str, int]) -> str:
     parts = " ".join(f"{status_badge(s)} {counts[s]}" for s in _ORDER if counts.get(s))
     return f"<b class='ds-batch-progress'>{done} of {total} children finished</b> &nbsp; {parts}"
 
+
+
+def _comparison_frame(frame: pd.DataFrame, plots: dict[int, list[str]]) -> pd.DataFrame:
+    """The comparison as shown: escaped titles (record and parameter names come from the runs' code), then our
+    own HTML columns "run" and "plots"; a record that has one of those names keeps its values under another title."""
+    ids = list(frame["run_id"])
+    shown = untrusted.table(frame.drop(columns=["run_id"]))
+    shown = shown.rename(columns={c: f"{c} (record)" for c in ("run", "plots") if c in shown.columns})
+    shown.insert(0, "run", [run_link(r) for r in ids])
+    shown["plots"] = ["".join(plots.get(int(r), [])) for r in ids]
+    return shown
 
 class BatchView:
     """Built once per page; ``update(run)`` on every poll of a batch run."""
@@ -124,12 +135,10 @@ class BatchView:
 
         table = await self.ctx.read(batch_table, self.ctx.store, self.run_id)
         plots = await self.ctx.read(self._plots, [row["run_id"] for row in table.rows[:MAX_THUMBNAIL_CHILDREN]])
-        frame = table.to_frame()
-        frame.insert(0, "run", [run_link(r) for r in frame["run_id"]])
-        frame["plots"] = ["".join(plots.get(int(r), [])) for r in frame["run_id"]]
+        frame = _comparison_frame(table.to_frame(), plots)
         self.compare.formatters = {"run": {"type": "html"}, "plots": {"type": "html"}}
         self.compare.widths = {"plots": 220}  # room for three thumbnails side by side
-        self.compare.value = frame.drop(columns=["run_id"])
+        self.compare.value = frame
         self.state["table"], self.state["compared"] = table, True
         for widget in (self.compare_title, self.compare, self.csv, self.parquet):
             widget.visible = True
@@ -139,7 +148,7 @@ class BatchView:
         found: dict[int, list[str]] = {}
         for run_id in run_ids:
             page = self.ctx.store.search_artifacts(run_id=run_id, kind="image", limit=3)
-            found[run_id] = [f'<a href="./artifact?id={a.id}"><img src="./api/artifacts/{a.id}/thumb" alt="{html.escape(a.name)}" '
+            found[run_id] = [f'<a href="./artifact?id={a.id}"><img src="./api/artifacts/{a.id}/thumb" alt="{untrusted.text(a.name)}" '
                              f'style="height:60px;margin-right:4px"></a>' for a in sorted(page.items, key=lambda a: a.id)]
         return found
 

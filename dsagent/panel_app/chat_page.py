@@ -12,13 +12,13 @@ reads the store through ``ctx.read``.
 from __future__ import annotations
 
 import asyncio
-import html
 import os
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable
 
 import panel as pn
 
+from dsagent.panel_app import untrusted
 from dsagent.panel_app.chat_data import DATA_TYPES, check_uploads, create_chat_with_uploads, save_chat_notebook, save_turn_notebook
 from dsagent.panel_app.chat_host import ChatHost
 from dsagent.panel_app.chat_render import TurnView, chat_pane
@@ -108,8 +108,8 @@ def _chat_list(store: Any, current: int | None, cursor: str | None) -> tuple[str
     for c in page_.items:
         state = " <small style='color:#198754'>(open)</small>" if c.status == "running" else ""
         style = "font-weight:bold" if c.id == current else ""
-        rows.append(f'<div style="margin:3px 0"><a style="{style}" href="./chat?id={c.id}">{html.escape(c.name)}</a>{state}'
-                    f'<br><small style="color:#666">{c.turns} turn(s) · {html.escape(c.graph)} · {html.escape(c.backend)}</small></div>')
+        rows.append(f'<div style="margin:3px 0"><a style="{style}" href="./chat?id={c.id}">{untrusted.text(c.name)}</a>{state}'
+                    f'<br><small style="color:#666">{c.turns} turn(s) · {untrusted.text(c.graph)} · {untrusted.text(c.backend)}</small></div>')
     return "".join(rows) or "<i>no chats yet: create one below</i>", page_.next_cursor
 
 
@@ -177,15 +177,15 @@ def _sidebar(ctx: "AppContext", host: ChatHost, notice: Notice, ref: str | None)
             try:
                 checked = check_uploads(names, contents, limit)  # refused before anything is written
             except Exception as exc:
-                message.object = f"<span style='color:#dc3545'>{html.escape(str(exc))}</span>"
+                message.object = f"<span style='color:#dc3545'>{untrusted.text(str(exc))}</span>"
                 return
             title = name.value.strip() or datetime.now().strftime("chat %Y-%m-%d %H:%M:%S")
             try:
                 record = await ctx.read(create_chat_with_uploads, host.store, title, checked, graph=agent.value, backend=backend.value)
             except Exception as exc:
-                message.object = f"<span style='color:#dc3545'>{html.escape(str(exc))}</span>"
+                message.object = f"<span style='color:#dc3545'>{untrusted.text(str(exc))}</span>"
                 return
-            message.object = f"created {html.escape(record.name)}"
+            message.object = f"created {untrusted.text(record.name)}"
             _go(f"?id={record.id}")
         finally:
             create.disabled = False
@@ -300,7 +300,7 @@ class _ChatView:
         self._follower = asyncio.ensure_future(self._follow())
         if not self.problem:
             models, note = await self.ctx.read(endpoint_models, self.ctx.settings)
-            self.model.options, self.model.value, self.model_note.object = models, models[0], f"<small>{html.escape(note)}</small>"
+            self.model.options, self.model.value, self.model_note.object = models, models[0], f"<small>{untrusted.text(note)}</small>"
 
     def _wake(self) -> None:
         """A turn of this chat wrote a step (called from the ChatHost's thread): the follower refreshes now."""
@@ -354,8 +354,8 @@ class _ChatView:
         try:
             await self.host.call(self.host.open(self.chat_id))
         except Exception as exc:  # e.g. open in `dsagent chat` elsewhere: say so; a question tries again
-            self.message.object = f"<span style='color:#dc3545'>{html.escape(str(exc))}</span>" + (
-                f"<br><small>{html.escape(exc.hint)}</small>" if getattr(exc, "hint", "") else "")
+            self.message.object = f"<span style='color:#dc3545'>{untrusted.text(str(exc))}</span>" + (
+                f"<br><small>{untrusted.text(exc.hint)}</small>" if getattr(exc, "hint", "") else "")
         await self._refresh()
 
     def _turn_runs(self) -> list[Any]:
@@ -377,9 +377,9 @@ class _ChatView:
         return button
 
     def _show_title(self, record: "ChatRecord") -> None:
-        data = ", ".join(f"<code>{html.escape(d['param'])}</code> = {html.escape(d['path'])}" for d in record.datasets) or "no datasets"
-        self.title.object = (f"<h3 style='margin:4px 0'>{html.escape(record.name)}</h3><small>chat {record.id} · {record.graph} agent · "
-                             f"{html.escape(record.backend)} kernel · datasets: {data} · <a href='./run?id={record.id}'>its run</a></small>")
+        data = ", ".join(f"<code>{untrusted.text(d['param'])}</code> = {untrusted.text(d['path'])}" for d in record.datasets) or "no datasets"
+        self.title.object = (f"<h3 style='margin:4px 0'>{untrusted.text(record.name)}</h3><small>chat {record.id} · {record.graph} agent · "
+                             f"{untrusted.text(record.backend)} kernel · datasets: {data} · <a href='./run?id={record.id}'>its run</a></small>")
 
     def _new_view(self, run_id: int | None, task: str, asker: str = "") -> TurnView:
         view = TurnView(run_id, task, on_decide=self._on_decide, on_save=self._on_save_turn, asker=asker)
@@ -502,10 +502,10 @@ class _ChatView:
                 self._spare = view
             elif view.layout in self.feed.objects:
                 self.feed.remove(view.layout)
-            self.message.object = f"<span style='color:#dc3545'>{html.escape(str(exc))}</span>"
+            self.message.object = f"<span style='color:#dc3545'>{untrusted.text(str(exc))}</span>"
             hint = getattr(exc, "hint", "")
             if hint:
-                self.message.object += f"<br><small>{html.escape(hint)}</small>"
+                self.message.object += f"<br><small>{untrusted.text(hint)}</small>"
         finally:
             self.sending = False
         await self._refresh()
@@ -513,9 +513,9 @@ class _ChatView:
     async def _on_stop(self, _: Any) -> None:
         self.stop.disabled = True
         try:
-            self.message.object = html.escape(await self.host.call(self.host.stop(self.chat_id, user=self.who)))
+            self.message.object = untrusted.text(await self.host.call(self.host.stop(self.chat_id, user=self.who)))
         except Exception as exc:
-            self.message.object = f"<span style='color:#dc3545'>{html.escape(str(exc))}</span>"
+            self.message.object = f"<span style='color:#dc3545'>{untrusted.text(str(exc))}</span>"
         finally:
             self.stop.disabled = False
 
@@ -523,7 +523,7 @@ class _ChatView:
         try:
             await self.host.call(self.host.decide(self.chat_id, action, code=code, reason=reason, user=self.who))
         except Exception as exc:
-            self.message.object = f"<span style='color:#dc3545'>{html.escape(str(exc))}</span>"
+            self.message.object = f"<span style='color:#dc3545'>{untrusted.text(str(exc))}</span>"
 
     async def _on_save_chat(self, _: Any) -> None:
         await self._saved(save_chat_notebook, self.host.store, self.chat_id)
@@ -535,10 +535,10 @@ class _ChatView:
         try:
             path = await self.ctx.read(fn, *args)
         except Exception as exc:
-            self.message.object = f"<span style='color:#dc3545'>{html.escape(str(exc))}</span>"
+            self.message.object = f"<span style='color:#dc3545'>{untrusted.text(str(exc))}</span>"
             return
-        self.message.object = (f"saved <code>{html.escape(str(path))}</code>: it is on the <a href='./notebooks'>Notebooks</a> page, "
-                               f"ready to run with other parameters (<code>dsagent run {html.escape(str(path))} -p data OTHER.csv</code>)")
+        self.message.object = (f"saved <code>{untrusted.text(str(path))}</code>: it is on the <a href='./notebooks'>Notebooks</a> page, "
+                               f"ready to run with other parameters (<code>dsagent run {untrusted.text(str(path))} -p data OTHER.csv</code>)")
 
     async def _on_rename(self, _: Any) -> None:
         from dsagent.graphs.chat import rename_chat
@@ -549,10 +549,10 @@ class _ChatView:
         try:
             record = await self.ctx.read(rename_chat, self.host.store, self.chat_id, self.rename_to.value)
         except Exception as exc:
-            self.message.object = f"<span style='color:#dc3545'>{html.escape(str(exc))}</span>"
+            self.message.object = f"<span style='color:#dc3545'>{untrusted.text(str(exc))}</span>"
             return
         self._show_title(record)
-        self.message.object = f"renamed to {html.escape(record.name)}"
+        self.message.object = f"renamed to {untrusted.text(record.name)}"
 
     async def _on_delete(self, _: Any) -> None:
         from dsagent.graphs.chat import delete_chat
@@ -564,7 +564,7 @@ class _ChatView:
             await self.host.call(self.host.close(self.chat_id, why=f"deleted by {self.who} from the dashboard"))
             await self.ctx.read(delete_chat, self.host.store, self.chat_id, purge=self.purge.value)
         except Exception as exc:
-            self.message.object = f"<span style='color:#dc3545'>{html.escape(str(exc))}</span>"
+            self.message.object = f"<span style='color:#dc3545'>{untrusted.text(str(exc))}</span>"
             return
         self._close()
         _go("")

@@ -10,13 +10,12 @@ Plots are ``<img>`` tags on the artifact REST route, never inlined base64.
 
 from __future__ import annotations
 
-import functools
-import html
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
 import panel as pn
 
+from dsagent.panel_app import untrusted
 from dsagent.panel_app.widgets import CSS, run_link, status_badge
 
 if TYPE_CHECKING:
@@ -56,7 +55,7 @@ def chat_pane(text: str = "", **kwargs: Any) -> pn.pane.HTML:
 def _pre(text: str, cls: str = "ds-out") -> str:
     if len(text) > _OUTPUT_CHARS:
         text = text[:_OUTPUT_CHARS] + f"\n… ({len(text) - _OUTPUT_CHARS} more characters in the run's notebook)"
-    return f"<pre class='{cls}'>{html.escape(text)}</pre>"
+    return f"<pre class='{cls}'>{untrusted.text(text)}</pre>"
 
 
 def outputs_html(outputs: list[dict[str, Any]], artifacts: list[dict[str, Any]]) -> str:
@@ -79,23 +78,12 @@ def outputs_html(outputs: list[dict[str, Any]], artifacts: list[dict[str, Any]])
     for ref in artifacts:
         if ref.get("kind") == "image":
             parts.append(f'<a href="./artifact?id={int(ref["id"])}"><img class="ds-plot" loading="lazy" '
-                         f'src="./api/artifacts/{int(ref["id"])}" alt="{html.escape(ref.get("name", ""))}"></a>')
+                         f'src="./api/artifacts/{int(ref["id"])}" alt="{untrusted.text(ref.get("name", ""))}"></a>')
     return "".join(parts)
 
 
-def _markdown(text: str) -> str:
-    return _markdown_parser().render(text or "")
-
-
-@functools.cache
-def _markdown_parser() -> Any:
-    from markdown_it import MarkdownIt  # Panel's own Markdown renderer; raw HTML in model text stays text
-
-    return MarkdownIt("commonmark", {"html": False})  # built once: its rule tables cost more than a step's render
-
-
 def _code_html(code: str) -> str:
-    return f"<pre class='ds-code'><code>{html.escape(code)}</code></pre>"
+    return f"<pre class='ds-code'><code>{untrusted.text(code)}</code></pre>"
 
 
 class TurnView:
@@ -121,7 +109,8 @@ class TurnView:
         self.status = "running"
         self._on_decide, self._on_save = on_decide, on_save
         self.steps = chat_pane("")
-        self.tokens = pn.pane.Markdown("", visible=False, sizing_mode="stretch_width", styles={"color": "#666"})
+        # an HTML pane fed sanitized Markdown: Panel's Markdown pane would pass raw HTML in the model's tokens through
+        self.tokens = chat_pane("", visible=False, styles={"color": "#666"})
         # the finished turn's line and "Save" button exist from the start, hidden: showing them changes a property, while
         # adding models at the end would make Bokeh walk the whole document again
         self.footer_text = chat_pane("")
@@ -172,7 +161,7 @@ class TurnView:
             self._render()
 
     def _render(self) -> None:
-        ask = f"<div class='ds-ask'><b>{html.escape(self._asker or 'you')}</b>: {html.escape(self.task)}</div>"
+        ask = f"<div class='ds-ask'><b>{untrusted.text(self._asker or 'you')}</b>: {untrusted.text(self.task)}</div>"
         if self.run_id is None:
             self.steps.object = ask + "<div class='ds-wait'>starting the turn…</div>"
             return
@@ -189,23 +178,23 @@ class TurnView:
 
     def _on_launched(self, p: dict[str, Any]) -> None:
         self._asker = str(p.get("user") or self._asker)
-        self._launched_by = f"asked by {html.escape(str(p.get('user')))} via {html.escape(str(p.get('via')))}"
+        self._launched_by = f"asked by {untrusted.text(str(p.get('user')))} via {untrusted.text(str(p.get('via')))}"
 
     def _on_agent_plan(self, p: dict[str, Any]) -> None:
         self._clear_tokens()
-        self._add(f"<div class='ds-md'><b>Plan</b>{_markdown(p.get('plan', ''))}</div>")
+        self._add(f"<div class='ds-md'><b>Plan</b>{untrusted.markdown(p.get('plan', ''))}</div>")
 
     def _on_agent_delegate(self, p: dict[str, Any]) -> None:
-        self._note(f"<b>delegated: {html.escape(str(p.get('role', 'lead')))} → {html.escape(str(p.get('to')))}</b>: "
-                   f"{html.escape(str(p.get('reason', '')))}")
+        self._note(f"<b>delegated: {untrusted.text(str(p.get('role', 'lead')))} → {untrusted.text(str(p.get('to')))}</b>: "
+                   f"{untrusted.text(str(p.get('reason', '')))}")
 
     def _on_agent_profile(self, p: dict[str, Any]) -> None:
         if p.get("datasets"):
-            self._note(f"profiled {len(p['datasets'])} dataset(s) ({html.escape(str(p.get('status')))})")
+            self._note(f"profiled {len(p['datasets'])} dataset(s) ({untrusted.text(str(p.get('status')))})")
 
     def _on_agent_tokens(self, p: dict[str, Any]) -> None:
         self._token_text = (self._token_text + p.get("text", ""))[-_TOKENS_SHOWN:]
-        self.tokens.object = f"*{html.escape(str(p.get('role', 'model')))} is writing…*\n\n{self._token_text}"
+        self.tokens.object = untrusted.markdown(f"*{untrusted.text(p.get('role', 'model'))} is writing…*\n\n{self._token_text}")
         self.tokens.visible = True
 
     def _clear_tokens(self) -> None:
@@ -215,7 +204,7 @@ class TurnView:
 
     @staticmethod
     def _cell_block(title: str, code: str, body: str, *, open_: bool, kind: str) -> str:
-        return (f"<details class='ds-cell ds-{kind}'{' open' if open_ else ''}><summary>{html.escape(title)}</summary>"
+        return (f"<details class='ds-cell ds-{kind}'{' open' if open_ else ''}><summary>{untrusted.text(title)}</summary>"
                 f"{_code_html(code)}{body}</details>")
 
     def _on_cell_started(self, p: dict[str, Any]) -> None:
@@ -248,7 +237,7 @@ class TurnView:
         reason = pn.widgets.TextInput(placeholder="why not (told to the agent)", width=260, name="reject reason")
         buttons = [pn.widgets.Button(name=n, button_type=t, width=90) for n, t in (("Run", "success"), ("Edit", "primary"),
                                                                                        ("Reject", "danger"))]
-        state = chat_pane(f"<b>The agent wants to {html.escape(str(p.get('tool', 'run code')))}</b>: run it as is, edit it "
+        state = chat_pane(f"<b>The agent wants to {untrusted.text(str(p.get('tool', 'run code')))}</b>: run it as is, edit it "
                           "(your code runs and is recorded), or reject it.")
         card = pn.Card(state, editor, pn.Row(*buttons, reason), title="Waiting for your approval", collapsed=False,
                        sizing_mode="stretch_width", header_background="#fff3cd")
@@ -269,8 +258,8 @@ class TurnView:
         if self._approval is None:
             return
         word = {"run": "approved", "edit": "edited and run", "reject": "rejected"}.get(p.get("action", ""), str(p.get("action")))
-        reason = f": {html.escape(str(p['reason']))}" if p.get("reason") and p.get("action") == "reject" else ""
-        self._note(f"<b>Approval: {html.escape(word)}</b>{reason}")
+        reason = f": {untrusted.text(str(p['reason']))}" if p.get("reason") and p.get("action") == "reject" else ""
+        self._note(f"<b>Approval: {untrusted.text(word)}</b>{reason}")
         if self._approval["card"] in self.layout.objects:
             self.layout.remove(self._approval["card"])
         self._approval = None
@@ -281,21 +270,21 @@ class TurnView:
         for f in findings[:20]:
             where = f" (cell {f.get('cell')})" if f.get("cell") is not None else ""
             lines.append(f"- *{f.get('severity', 'info')}*{where}: {f.get('reason', '')}" + (f" — fix: {f['fix']}" if f.get("fix") else ""))
-        self._add(f"<div class='ds-review'>{_markdown(chr(10).join(lines))}</div>")
+        self._add(f"<div class='ds-review'>{untrusted.markdown(chr(10).join(lines))}</div>")
 
     def _on_agent_answer(self, p: dict[str, Any]) -> None:
         self._clear_tokens()
-        self._add(f"<div class='ds-md'><b>Answer</b>{_markdown(p.get('answer', ''))}</div>")
+        self._add(f"<div class='ds-md'><b>Answer</b>{untrusted.markdown(p.get('answer', ''))}</div>")
 
     def _on_agent_finish(self, p: dict[str, Any]) -> None:
         if p.get("error"):
-            self._note(f"<span style='color:#dc3545'>{html.escape(str(p['error']))}</span>")
+            self._note(f"<span style='color:#dc3545'>{untrusted.text(str(p['error']))}</span>")
 
     def _on_agent_retry(self, p: dict[str, Any]) -> None:
-        self._note(f"the model endpoint: {html.escape(str(p.get('reason') or p.get('error') or 'retrying'))}")
+        self._note(f"the model endpoint: {untrusted.text(str(p.get('reason') or p.get('error') or 'retrying'))}")
 
     def _on_cancel_requested(self, p: dict[str, Any]) -> None:
-        self._note(f"stop asked by {html.escape(str(p.get('user')))}")
+        self._note(f"stop asked by {untrusted.text(str(p.get('user')))}")
 
     def _on_status(self, p: dict[str, Any]) -> None:
         status = p.get("status", "")
@@ -309,9 +298,9 @@ class TurnView:
                     "<i>running…</i>", "<i>interrupted (the turn was stopped)</i>")
         if self._approval is not None:
             self._on_agent_approval({"action": "never answered"})
-        links = [f'<a href="./artifact?id={int(a["id"])}">{html.escape(a.get("name", str(a["id"])))}</a>'
+        links = [f'<a href="./artifact?id={int(a["id"])}">{untrusted.text(a.get("name", str(a["id"])))}</a>'
                  for a in self._artifacts if a.get("kind") != "text"]
-        extra = f" · error: {html.escape(str(p.get('error')))}" if p.get("error") else ""
+        extra = f" · error: {untrusted.text(str(p.get('error')))}" if p.get("error") else ""
         text = (f"artifacts: {', '.join(links)}" if links else "no artifacts") + extra
         if status == "cancelled":
             text = "stopped: the partial notebook is kept; the chat goes on. " + text

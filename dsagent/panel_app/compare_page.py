@@ -7,12 +7,12 @@ between the runs are marked. Under it, each run's plots as thumbnails.
 
 from __future__ import annotations
 
-import html
 import json
 from typing import TYPE_CHECKING, Any
 
 import panel as pn
 
+from dsagent.panel_app import untrusted
 from dsagent.panel_app.widgets import CSS, Notice, current_user, html_pane, image_tile, page_frame, query_arg, run_link, status_badge
 
 if TYPE_CHECKING:
@@ -42,14 +42,14 @@ def _value(column: str, value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
     if isinstance(value, (dict, list)):
-        return html.escape(json.dumps(value, default=str)[:200])
-    return html.escape(str(value)[:200])
+        return untrusted.text(json.dumps(value, default=str)[:200])
+    return untrusted.text(str(value)[:200])
 
 
 def comparison_html(table: "BatchTable", titles: dict[int, str]) -> str:
     """One column per run, one row per parameter / status / seconds / scalar / error; differing rows marked."""
     rows = table.rows
-    head = "".join(f"<th>run {run_link(r['run_id'])}<br><small>{html.escape(titles.get(r['run_id'], ''))}</small></th>" for r in rows)
+    head = "".join(f"<th>run {run_link(r['run_id'])}<br><small>{untrusted.text(titles.get(r['run_id'], ''))}</small></th>" for r in rows)
     lines = []
     for column in table.columns:
         if column == "run_id":
@@ -59,7 +59,7 @@ def comparison_html(table: "BatchTable", titles: dict[int, str]) -> str:
             continue
         differs = len({json.dumps(v, sort_keys=True, default=str) for v in values}) > 1
         kind = "parameter" if column in table.parameters else ("recorded" if column in table.scalars else "")
-        label = f"<b>{html.escape(column)}</b>" + (f" <small style='color:#888'>{kind}</small>" if kind else "")
+        label = f"<b>{untrusted.text(column)}</b>" + (f" <small style='color:#888'>{kind}</small>" if kind else "")
         cells = "".join(f"<td>{_value(column, v)}</td>" for v in values)
         lines.append(f"<tr class='{'ds-differs' if differs else ''}'><td>{label}</td>{cells}</tr>")
     return f"<table class='ds-compare'><tr><th></th>{head}</tr>{''.join(lines)}</table>"
@@ -86,7 +86,7 @@ def page(ctx: "AppContext") -> pn.Column:
     except ValueError:
         ids = []
     if len(ids) < 2:
-        notice.show(f"Compare needs two or more run ids in the address (<code>?ids=3,5</code>), got {html.escape(raw)!s}. "
+        notice.show(f"Compare needs two or more run ids in the address (<code>?ids=3,5</code>), got {untrusted.text(raw)!s}. "
                     "Tick runs on a notebook's page (<a href='./notebooks'>Notebooks</a>) and press Compare.", "danger")
         return page_frame("/notebooks", "Compare runs", notice.pane, user=current_user())
     if len(ids) > MAX_RUNS:
@@ -103,7 +103,7 @@ def page(ctx: "AppContext") -> pn.Column:
             titles = {r.id: r.title or "" for r in runs}
             names = sorted({r.title or "" for r in runs})
             same.object = ("" if len(names) == 1 else
-                           f"<b>These runs come from different notebooks</b> ({html.escape(', '.join(names))}): parameters may not line up.")
+                           f"<b>These runs come from different notebooks</b> ({untrusted.text(', '.join(names))}): parameters may not line up.")
             table_pane.object = comparison_html(table, titles)
             columns = []
             for run in runs:

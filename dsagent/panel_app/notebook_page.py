@@ -12,13 +12,13 @@ confirmation box must be ticked) started as ``dsagent batch``
 
 from __future__ import annotations
 
-import html
 import json
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import panel as pn
 
+from dsagent.panel_app import untrusted
 from dsagent.errors import DsagentError, NotFound
 from dsagent.panel_app.actions import launch_notebook_run, launch_sweep
 from dsagent.panel_app.parameter_form import ParameterForm
@@ -65,14 +65,14 @@ def _check(path: "Path", values: dict[str, Any]) -> None:
 def _runs_frame(runs) -> pd.DataFrame:
     return pd.DataFrame(
         [{"run": run_link(r.id), "status": status_badge(r.status), "started": time_text(r.started or r.created), "duration": duration_text(r),
-          "parameters": html.escape(json.dumps(r.params, default=str)[:200])} for r in runs],
+          "parameters": untrusted.text(json.dumps(r.params, default=str)[:200])} for r in runs],
         columns=RUN_COLUMNS,
     )
 
 
 def _error_html(exc: DsagentError) -> str:
-    hint = f" {html.escape(exc.hint)}" if exc.hint else ""
-    return f"<span style='color:#dc3545'><b>{html.escape(exc.message)}</b></span>{hint}"
+    hint = f" {untrusted.text(exc.hint)}" if exc.hint else ""
+    return f"<span style='color:#dc3545'><b>{untrusted.text(exc.message)}</b></span>{hint}"
 
 
 def _backends() -> list[str]:
@@ -90,13 +90,13 @@ def page(ctx: "AppContext") -> pn.Column:
         entry = find_notebook(raw, ctx.settings)
         parameters, tagged = _describe(entry)
     except (NotFound, DsagentError) as exc:
-        notice.show(f"{html.escape(exc.message)}. {html.escape(exc.hint)} — <a href='./notebooks'>all notebooks</a>", "danger")
+        notice.show(f"{untrusted.text(exc.message)}. {untrusted.text(exc.hint)} — <a href='./notebooks'>all notebooks</a>", "danger")
         return page_frame("/notebooks", "Notebook", notice.pane, user=current_user())
 
     user = current_user() or "anonymous"
     form = ParameterForm(parameters)
     about = html_pane(
-        f"<code>{html.escape(str(entry.path))}</code> · {len(parameters)} parameter{'s' if len(parameters) != 1 else ''}"
+        f"<code>{untrusted.text(str(entry.path))}</code> · {len(parameters)} parameter{'s' if len(parameters) != 1 else ''}"
         + ("" if tagged else "<br><b>This notebook has no cell tagged <code>parameters</code>: it runs with its own values.</b> "
            "Tag a cell <code>parameters</code> in Jupyter to set them here.")
     )
@@ -151,7 +151,7 @@ def page(ctx: "AppContext") -> pn.Column:
             sweep_button.disabled, confirm.visible = True, False
             return
         count = ParameterForm.count(grid)
-        swept = " × ".join(f"{len(grid[n])} {html.escape(n)}" for n in form.swept())
+        swept = " × ".join(f"{len(grid[n])} {untrusted.text(n)}" for n in form.swept())
         over = count > limit
         sweep_count.object = (f"<b>{count} run{'s' if count != 1 else ''}</b> ({swept})"
                               + (f" — more than batch_confirm_above ({limit}): tick the box to confirm" if over else ""))

@@ -10,13 +10,13 @@ never replaces a notebook of the same name unless the user says so.
 
 from __future__ import annotations
 
-import html
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import pandas as pd
 import panel as pn
 
+from dsagent.panel_app import untrusted
 from dsagent.errors import DsagentError
 from dsagent.panel_app.widgets import Notice, current_user, html_pane, human_size, page_frame, time_text
 from dsagent.runs.notebook_library import WORKSPACE_SOURCE, list_notebooks, notebook_folders, save_uploaded_notebook
@@ -37,8 +37,8 @@ def notebook_href(path) -> str:
 
 def _frame(items: list["NotebookEntry"]) -> pd.DataFrame:
     return pd.DataFrame(
-        [{"notebook": f'<a href="{notebook_href(e.path)}">{html.escape(e.name)}</a>',
-          "from": "uploaded / saved from a chat" if e.source == WORKSPACE_SOURCE else f"shipped ({html.escape(e.source)})",
+        [{"notebook": f'<a href="{notebook_href(e.path)}">{untrusted.text(e.name)}</a>',
+          "from": "uploaded / saved from a chat" if e.source == WORKSPACE_SOURCE else f"shipped ({untrusted.text(e.source)})",
           "modified": time_text(e.modified), "size": human_size(e.size)} for e in items],
         columns=COLUMNS,
     )
@@ -72,7 +72,7 @@ def page(ctx: "AppContext") -> pn.Column:
             prev_button.disabled = result.offset == 0
             next_button.disabled = last >= result.total
             listed = await ctx.read(notebook_folders, ctx.settings)
-            folders.object = "Listed from: " + ", ".join(f"<code>{html.escape(str(folder))}</code>" for _, folder in listed)
+            folders.object = "Listed from: " + ", ".join(f"<code>{untrusted.text(str(folder))}</code>" for _, folder in listed)
         await notice.guard(work)
 
     async def first_page(*_) -> None:
@@ -94,13 +94,13 @@ def page(ctx: "AppContext") -> pn.Column:
         except DsagentError as exc:
             exists = getattr(exc, "reason", None) == "exists"
             replace.visible = exists
-            upload_message.object = f"<span style='color:#dc3545'>{html.escape(exc.message)}.</span> {html.escape(exc.hint)}"
+            upload_message.object = f"<span style='color:#dc3545'>{untrusted.text(exc.message)}.</span> {untrusted.text(exc.hint)}"
             if not exists:
                 state["pending"] = None
             return
         state["pending"] = None
         replace.visible = False
-        upload_message.object = f"Saved <a href='{notebook_href(entry.path)}'>{html.escape(entry.name)}</a>."
+        upload_message.object = f"Saved <a href='{notebook_href(entry.path)}'>{untrusted.text(entry.name)}</a>."
         await refresh()
 
     async def on_upload(event) -> None:

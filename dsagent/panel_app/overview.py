@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import html
 from typing import TYPE_CHECKING
 
 import panel as pn
 
+from dsagent.panel_app import untrusted
 from dsagent.panel_app.widgets import html_pane, image_tile, Notice, Poller, preloaded, current_user, duration_text, human_size, page_frame, run_link, status_badge, time_text
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ def scheduler_text(lease, own_owner: str | None) -> str:
         fix = ("this dashboard's scheduler is starting or waiting for the store" if own_owner else
                "start one with <code>dsagent scheduler</code>, or restart <code>dsagent serve</code> without <code>--no-scheduler</code>")
         return f"<b style='color:#dc3545'>nobody — schedules will not fire</b>; {fix}"
-    where = html.escape(f"pid {lease.pid} on {lease.host}")
+    where = untrusted.text(f"pid {lease.pid} on {lease.host}")
     if own_owner and lease.owner == own_owner:
         who = "this dashboard"
     elif lease.owner.startswith(OWNER_PREFIX):
@@ -42,8 +42,8 @@ def scheduler_text(lease, own_owner: str | None) -> str:
 
 def _runs_table(runs) -> str:
     rows = "".join(
-        f"<tr><td>{run_link(r.id)}</td><td>{html.escape(r.kind)}</td><td>{status_badge(r.status)}</td>"
-        f"<td>{html.escape(r.title or '')}</td><td>{time_text(r.started or r.created)}</td><td>{duration_text(r)}</td></tr>"
+        f"<tr><td>{run_link(r.id)}</td><td>{untrusted.text(r.kind)}</td><td>{status_badge(r.status)}</td>"
+        f"<td>{untrusted.text(r.title or '')}</td><td>{time_text(r.started or r.created)}</td><td>{duration_text(r)}</td></tr>"
         for r in runs
     )
     return ("<table class='ds-kv'><tr><th>run</th><th>kind</th><th>status</th><th>title</th><th>started</th><th>duration</th></tr>"
@@ -72,12 +72,12 @@ def page(ctx: "AppContext") -> pn.Column:
     def show(data: dict) -> None:
         summary, recent, pictures, size = data["summary"], data["recent"], data["pictures"], data["size"]
         by_status = " ".join(f"{status_badge(s)} {n}" for s, n in sorted(summary["runs_by_status"].items()))
-        by_kind = ", ".join(f"{html.escape(k)}: {n}" for k, n in sorted(summary["runs_by_kind"].items()))
-        arts = ", ".join(f"{html.escape(k)}: {n}" for k, n in sorted(summary["artifacts_by_kind"].items()))
+        by_kind = ", ".join(f"{untrusted.text(k)}: {n}" for k, n in sorted(summary["runs_by_kind"].items()))
+        arts = ", ".join(f"{untrusted.text(k)}: {n}" for k, n in sorted(summary["artifacts_by_kind"].items()))
         counts.object = (f"<table class='ds-kv'><tr><td><b>runs</b></td><td>{recent.total} — {by_status or 'none yet'}</td></tr>"
                          f"<tr><td><b>by kind</b></td><td>{by_kind or '—'}</td></tr>"
                          f"<tr><td><b>artifacts</b></td><td>{arts or '—'}</td></tr>"
-                         f"<tr><td><b>store</b></td><td>{human_size(size)} in {html.escape(str(ctx.home))}</td></tr>"
+                         f"<tr><td><b>store</b></td><td>{human_size(size)} in {untrusted.text(str(ctx.home))}</td></tr>"
                          f"<tr><td><b>schedules fired by</b></td><td><span class='ds-scheduler'>{data['firing']}</span> · "
                          f"<a href='./schedules'>schedules</a></td></tr></table>")
         running.object = "<h3>Running now</h3>" + (_runs_table(summary["running"]) if summary["running"] else "<i>nothing is running</i>")

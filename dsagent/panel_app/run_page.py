@@ -8,13 +8,13 @@ polling stops.
 
 from __future__ import annotations
 
-import html
 import json
 from typing import TYPE_CHECKING
 
 import pandas as pd
 import panel as pn
 
+from dsagent.panel_app import untrusted
 from dsagent.panel_app.actions import cancel_run
 from dsagent.panel_app.batch_view import BatchView
 from dsagent.panel_app.widgets import (html_pane, image_tile, Notice, Poller, preloaded, current_user, duration_text, page_frame, query_arg, run_link, sandboxed_iframe,
@@ -59,11 +59,11 @@ def _who(event: "Event") -> str | None:
 
 def _summary(run: "Run", children, who: list[str]) -> str:
     rows = [
-        ("status", status_badge(run.status) + (f" — {html.escape(run.error)}" if run.error else "")),
-        ("kind", html.escape(run.kind)), ("title", html.escape(run.title or "")), ("backend", html.escape(run.backend or "")),
+        ("status", status_badge(run.status) + (f" — {untrusted.text(run.error)}" if run.error else "")),
+        ("kind", untrusted.text(run.kind)), ("title", untrusted.text(run.title or "")), ("backend", untrusted.text(run.backend or "")),
         ("created", time_text(run.created)), ("started", time_text(run.started)), ("finished", time_text(run.finished)),
         ("duration", duration_text(run)),
-        ("owner", html.escape(f"pid {run.owner_pid} on {run.owner_host}") if run.owner_pid else ""),
+        ("owner", untrusted.text(f"pid {run.owner_pid} on {run.owner_host}") if run.owner_pid else ""),
     ]
     if run.parent_id is not None:
         rows.append(("parent", run_link(run.parent_id)))
@@ -71,9 +71,9 @@ def _summary(run: "Run", children, who: list[str]) -> str:
         more = f" (+{children.total - len(children.items)} more)" if children.total > len(children.items) else ""
         rows.append(("children", ", ".join(run_link(c.id) for c in children.items) + more))
     if who:
-        rows.append(("who", html.escape("; ".join(who)) + " (from the dashboard)"))
+        rows.append(("who", untrusted.text("; ".join(who)) + " (from the dashboard)"))
     params = json.dumps(run.params, indent=1, default=str) if run.params else "{}"
-    rows.append(("parameters", f"<pre style='margin:0'>{html.escape(params[:5000])}</pre>"))
+    rows.append(("parameters", f"<pre style='margin:0'>{untrusted.text(params[:5000])}</pre>"))
     return "<table class='ds-kv'>" + "".join(f"<tr><td><b>{k}</b></td><td>{v}</td></tr>" for k, v in rows) + "</table>"
 
 
@@ -92,7 +92,7 @@ def page(ctx: "AppContext") -> pn.Column:
     try:
         run_id = int(raw or "")
     except ValueError:
-        notice.show(f"No run id {html.escape(raw or '')!s} in the address: open a run from the <a href='./runs'>Runs</a> page.", "danger")
+        notice.show(f"No run id {untrusted.text(raw or '')!s} in the address: open a run from the <a href='./runs'>Runs</a> page.", "danger")
         return page_frame("/runs", "Run", notice.pane, user=current_user())
 
     summary = html_pane("loading…")
@@ -137,7 +137,7 @@ def page(ctx: "AppContext") -> pn.Column:
         nb = [a for a in items if a.kind == "notebook"]
         links = [f'<a href="./api/runs/{run_id}/export.zip" download>⬇ all artifacts (zip with manifest)</a>']
         if nb:
-            links.insert(0, f'<a href="./api/artifacts/{nb[-1].id}" download>⬇ notebook ({html.escape(nb[-1].name)})</a>')
+            links.insert(0, f'<a href="./api/artifacts/{nb[-1].id}" download>⬇ notebook ({untrusted.text(nb[-1].name)})</a>')
             if state.get("notebook_id") != nb[-1].id:
                 state["notebook_id"] = nb[-1].id
                 notebook.object = sandboxed_iframe(f"./api/artifacts/{nb[-1].id}/preview").object
@@ -148,8 +148,8 @@ def page(ctx: "AppContext") -> pn.Column:
             if a.kind == "image":
                 tiles.append(image_tile(a, a.name[:40]))
             else:
-                tiles.append(f'<div class="ds-tile"><a href="./artifact?id={a.id}">{html.escape(a.name[:50])}</a><br>{html.escape(a.kind)} · '
-                             f'{html.escape(a.mime)}</div>')
+                tiles.append(f'<div class="ds-tile"><a href="./artifact?id={a.id}">{untrusted.text(a.name[:50])}</a><br>{untrusted.text(a.kind)} · '
+                             f'{untrusted.text(a.mime)}</div>')
         more = " (first 200)" if page_.next_cursor else ""
         artifacts.object = f"<h3>Artifacts{more}</h3>" + ("".join(tiles) or "<i>none yet</i>")
 
@@ -157,9 +157,9 @@ def page(ctx: "AppContext") -> pn.Column:
         cancel.disabled = True
         try:
             text = await ctx.read(cancel_run, ctx.store, run_id, current_user() or "anonymous", ctx.scheduler, ctx.services.get("chat_host"))
-            message.object = html.escape(text)
+            message.object = untrusted.text(text)
         except Exception as exc:  # shown on the page; the run is untouched
-            message.object = f"<span style='color:#dc3545'>{html.escape(str(exc))}</span>"
+            message.object = f"<span style='color:#dc3545'>{untrusted.text(str(exc))}</span>"
             cancel.disabled = False
 
     cancel.on_click(on_cancel)

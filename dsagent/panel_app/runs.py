@@ -7,12 +7,12 @@ updates only when something changed.
 
 from __future__ import annotations
 
-import html
 from typing import TYPE_CHECKING
 
 import pandas as pd
 import panel as pn
 
+from dsagent.panel_app import untrusted
 from dsagent.artifacts import schema
 from dsagent.panel_app.widgets import Table, date_range_bounds, Notice, Poller, preloaded, current_user, duration_text, page_frame, run_link, status_badge, time_text
 
@@ -30,7 +30,7 @@ _WIDTHS = {"run": 80, "kind": 110, "status": 110, "started": 170, "duration": 10
 
 def runs_frame(runs) -> pd.DataFrame:
     return pd.DataFrame(
-        [{"run": run_link(r.id), "kind": r.kind, "status": status_badge(r.status), "title": html.escape(r.title or ""),
+        [{"run": run_link(r.id), "kind": r.kind, "status": status_badge(r.status), "title": untrusted.text(r.title or ""),
           "started": time_text(r.started or r.created), "duration": duration_text(r), "backend": r.backend or "",
           "parent": run_link(r.parent_id)} for r in runs],
         columns=COLUMNS,

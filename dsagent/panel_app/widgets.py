@@ -4,7 +4,6 @@ links, the "busy" notice, and the artifact preview (by kind)."""
 from __future__ import annotations
 
 import functools
-import html
 import json
 import posixpath
 import re
@@ -16,6 +15,7 @@ import weakref
 
 import panel as pn
 
+from dsagent.panel_app import untrusted
 from dsagent.errors import DsagentError, NotFound, StoreLocked
 
 if TYPE_CHECKING:
@@ -127,14 +127,14 @@ CSS = """
 def page_frame(active: str, title: str, *body: Any, user: str | None = None) -> pn.Column:
     """The common frame: a title bar with the navigation, then the page's content."""
     links = " ".join(
-        f'<a href="./{route.lstrip("/")}" class="{"active" if route == active else ""}">{html.escape(name)}</a>' for route, name in NAV
+        f'<a href="./{route.lstrip("/")}" class="{"active" if route == active else ""}">{untrusted.text(name)}</a>' for route, name in NAV
     )
-    who = f'<span style="float:right;color:#666">{html.escape(user)} · <a href="./logout">log out</a></span>' if user else ""
+    who = f'<span style="float:right;color:#666">{untrusted.text(user)} · <a href="./logout">log out</a></span>' if user else ""
     header = pn.pane.HTML(
         f'<div class="ds-nav"><b style="margin-right:24px;font-size:1.15em">dsagent</b>{links}{who}</div>',
         sizing_mode="stretch_width", stylesheets=[CSS],
     )
-    return pn.Column(header, pn.pane.Markdown(f"## {html.escape(title)}", margin=(0, 10)), *body, sizing_mode="stretch_width",
+    return pn.Column(header, pn.pane.Markdown(f"## {untrusted.text(title)}", margin=(0, 10)), *body, sizing_mode="stretch_width",
                      stylesheets=[CSS])
 
 
@@ -148,7 +148,7 @@ def image_tile(artifact: "Artifact", caption: str, *, eager: bool = False) -> st
     loading = "eager" if eager else "lazy"  # the first row: fetched at once, not after layout decides it is visible
     return (f'<div class="ds-tile"><a href="./artifact?id={artifact.id}"><img loading="{loading}" '
             f'src="./api/artifacts/{artifact.id}/thumb?sha256={artifact.sha256}" '
-            f'alt="{html.escape(artifact.name)}"></a><br>{html.escape(caption)}</div>')
+            f'alt="{untrusted.text(artifact.name)}"></a><br>{untrusted.text(caption)}</div>')
 
 
 def current_user() -> str | None:
@@ -159,7 +159,7 @@ def current_user() -> str | None:
 def status_badge(status: str) -> str:
     color = _STATUS_COLORS.get(status, "#6c757d")
     return (f'<span style="display:inline-block;padding:0 8px;border-radius:10px;color:white;font-size:0.85em;'
-            f'background:{color}">{html.escape(status)}</span>')
+            f'background:{color}">{untrusted.text(status)}</span>')
 
 
 def run_link(run_id: int | None) -> str:
@@ -167,7 +167,7 @@ def run_link(run_id: int | None) -> str:
 
 
 def artifact_link(artifact_id: int, text: str | None = None) -> str:
-    return f'<a href="./artifact?id={int(artifact_id)}">{html.escape(text or str(artifact_id))}</a>'
+    return f'<a href="./artifact?id={int(artifact_id)}">{untrusted.text(text or str(artifact_id))}</a>'
 
 
 def query_arg(name: str) -> str | None:
@@ -253,14 +253,14 @@ class Notice:
             return False
         except NotFound as exc:
             self.missing = True
-            self.show(f"{html.escape(exc.message)}. {html.escape(exc.hint)}", "danger")
+            self.show(f"{untrusted.text(exc.message)}. {untrusted.text(exc.hint)}", "danger")
             return False
         except DsagentError as exc:
-            self.show(html.escape(str(exc)), "danger")
+            self.show(untrusted.text(str(exc)), "danger")
             return False
         except Exception as exc:  # a bug or a vanished workspace: say so on the page, keep the server up
             log.warning("dashboard refresh failed", exc_info=True)
-            self.show(f"Could not read the workspace: {html.escape(type(exc).__name__)}: {html.escape(str(exc))}", "danger")
+            self.show(f"Could not read the workspace: {untrusted.text(type(exc).__name__)}: {untrusted.text(str(exc))}", "danger")
             return False
         self.clear()
         return True
@@ -270,15 +270,15 @@ def artifact_preview(ctx: "AppContext", artifact: "Artifact", data: bytes | None
     """A viewer for one artifact by kind; ``data`` is its bytes when the kind needs them here (text, json, table)."""
     url = f"./api/artifacts/{artifact.id}"
     if artifact.kind == "image" and artifact.mime != "image/svg+xml":
-        return pn.pane.HTML(f'<img src="{url}" alt="{html.escape(artifact.name)}" style="max-width:100%">', sizing_mode="stretch_width")
+        return pn.pane.HTML(f'<img src="{url}" alt="{untrusted.text(artifact.name)}" style="max-width:100%">', sizing_mode="stretch_width")
     if artifact.mime == "image/svg+xml":  # through <img>: an SVG's scripts never run in this page
-        return pn.pane.HTML(f'<img src="{url}" alt="{html.escape(artifact.name)}" style="max-width:100%">', sizing_mode="stretch_width")
+        return pn.pane.HTML(f'<img src="{url}" alt="{untrusted.text(artifact.name)}" style="max-width:100%">', sizing_mode="stretch_width")
     if artifact.kind in ("html", "notebook"):
         return sandboxed_iframe(f"{url}/preview")
     if artifact.kind == "table" and data is not None:
         frame = _table(artifact, data)
         if frame is not None:
-            return pn.widgets.Tabulator(frame, pagination="remote", page_size=25, disabled=True, sizing_mode="stretch_width")
+            return pn.widgets.Tabulator(untrusted.table(frame), pagination="remote", page_size=25, disabled=True, sizing_mode="stretch_width")
     if data is not None and (artifact.kind in ("text", "json") or artifact.mime.startswith("text/")):
         text = data[:200_000].decode("utf-8", "replace")
         if artifact.kind == "json":
@@ -286,8 +286,8 @@ def artifact_preview(ctx: "AppContext", artifact: "Artifact", data: bytes | None
                 return pn.pane.JSON(json.loads(text), depth=3, sizing_mode="stretch_width")
             except ValueError:
                 pass
-        return pn.pane.HTML(f"<pre style='white-space:pre-wrap'>{html.escape(text)}</pre>", sizing_mode="stretch_width")
-    return pn.pane.Markdown(f"No preview for `{html.escape(artifact.mime)}`; download it below.")
+        return pn.pane.HTML(f"<pre style='white-space:pre-wrap'>{untrusted.text(text)}</pre>", sizing_mode="stretch_width")
+    return pn.pane.Markdown(f"No preview for `{untrusted.text(artifact.mime)}`; download it below.")
 
 
 def sandboxed_iframe(src: str, height: int = 700) -> pn.pane.HTML:

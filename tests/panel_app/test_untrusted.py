@@ -68,3 +68,23 @@ def test_table_escapes_column_and_index_names_not_the_data():
     assert shown.index.name == "&lt;svg onload=alert(1)&gt;"
     assert shown.iloc[0, 0] == "<b>x</b>"  # cells: Tabulator's plaintext formatter escapes them
     assert list(frame.columns) == ["<img src=x onerror=alert(1)>"]  # the caller's frame is untouched
+
+
+def test_table_titles_are_unique_so_tabulator_can_show_every_column():
+    import pandas as pd
+
+    frame = pd.DataFrame([[1, 2, 3]], columns=["id", "id", "<b>"], index=pd.Index(["x"], name="id"))
+    shown = untrusted.table(frame)
+    assert list(shown.columns) == ["id", "id (2)", "&lt;b&gt;"]
+    assert shown.index.names == ["id (index)"]
+    assert list(frame.columns) == ["id", "id", "<b>"]  # the caller's frame is left as it was
+
+
+@pytest.mark.parametrize("source", ["![x](https://elsewhere.example/p.png?d=secret)", "![x](//elsewhere.example/p.png)",
+                                    "![x](HTTP://elsewhere.example/p.png)"])
+def test_markdown_images_from_another_origin_are_dropped(source):
+    assert "elsewhere" not in untrusted.markdown(source)
+
+
+def test_markdown_images_of_the_dashboard_stay():
+    assert 'src="./api/artifacts/3"' in untrusted.markdown("![plot](./api/artifacts/3)")
