@@ -124,6 +124,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dashboard_lock_timeout", 2.0, "Seconds a dashboard read waits for the workspace database before the page says it is busy and retries.", float),
     Setting("dashboard_upload_limit", "50MiB", "Largest data file the Chat page accepts per upload (bigger ones are refused with a message, nothing written).", parse_size),
     Setting("dashboard_idle_timeout", 900.0, "Seconds a chat opened by the dashboard may sit unused (no turn running, no click) before its kernel is shut down; an event says so, and the next question restores it by replay.", float),
+    Setting("dashboard_session_days", 7.0, "Days a dashboard login lasts (its cookie, for pages and the REST routes); logging out or a new password ends it sooner.", float),
+    Setting("dashboard_session_idle_hours", 12.0, "Hours without a request after which a dashboard login ends.", float),
     Setting("dashboard_cookie_secret", "", "Secret that signs the dashboard's login cookies (empty = one generated once and kept in <workspace>/dashboard-cookie-secret).", str),
 )
 

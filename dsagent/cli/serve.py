@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cookie-secret", metavar="S", help="secret for login cookies (default: DSAGENT_DASHBOARD_COOKIE_SECRET, else kept in the workspace)")
     p.add_argument("--allow-websocket-origin", action="append", default=[], metavar="HOST:PORT",
                    help="another origin the pages may be opened from (a proxy's name); repeatable")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="another name the server may be reached by (a proxy's or a DNS name); repeatable. Requests "
+                        "under any other name are refused (DNS rebinding)")
     p.add_argument("--no-demo", action="store_true", help="do not fill an empty workspace with the demo runs")
     p.add_argument("--no-scheduler", action="store_true",
                    help="do not fire the workspace's schedules from this process (run `dsagent scheduler` instead)")
@@ -86,7 +89,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ctx.scheduler = DashboardScheduler(settings)
     secret = cookie_secret(args.cookie_secret, ctx.home)
     server = build_server(ctx, port=args.port, address=args.address, cookie_secret=secret,
-                          websocket_origins=origins_for(args.address, args.port) + args.allow_websocket_origin)
+                          websocket_origins=origins_for(args.address, args.port) + args.allow_websocket_origin,
+                          allowed_hosts=args.allowed_host)
     demo = None
     if not args.no_demo and ctx.store.counts()["runs"] == 0:
         demo = _start_demo(ctx.home)

@@ -81,12 +81,13 @@ def origins_for(address: str, port: int) -> list[str]:
     return sorted(f"{h}:{port}" for h in hosts)
 
 
-def build_server(ctx: AppContext, *, port: int, address: str, cookie_secret: str, websocket_origins: list[str]):
+def build_server(ctx: AppContext, *, port: int, address: str, cookie_secret: str, websocket_origins: list[str],
+                 allowed_hosts: list[str] | None = None):
     """A started-but-not-running Bokeh server (call ``.io_loop.start()``); port problems become DsagentError."""
     import panel as pn
 
-    from dsagent.panel_app import csp, rest, widgets
-    from dsagent.panel_app.auth import make_auth_provider
+    from dsagent.panel_app import csp, hosts, rest, widgets
+    from dsagent.panel_app.auth import TOKEN_EXCLUDED_COOKIES, TOKEN_EXCLUDED_HEADERS, make_auth_provider
 
     pn.extension("tabulator", notifications=False)
     _skip_module_shims()
@@ -96,19 +97,29 @@ def build_server(ctx: AppContext, *, port: int, address: str, cookie_secret: str
     routes = _applications(ctx, pages)
     extra: dict[str, Any] = {}
     if ctx.credentials is not None:
-        extra["auth_provider"] = make_auth_provider(ctx.credentials)
+        extra["auth_provider"] = make_auth_provider(ctx.credentials, session_days=ctx.settings.dashboard_session_days)
     try:
         server = pn.serve(
             routes, port=port, address=address, websocket_origin=websocket_origins, show=False, start=False,
             title="dsagent", verbose=False, extra_patterns=rest.routes(ctx), cookie_secret=cookie_secret,
             # uploads (the Chat page's datasets) travel over the websocket: room for the largest one allowed, base64-encoded
-            websocket_max_message_size=max(20 * 2**20, int(ctx.settings.dashboard_upload_limit * 1.4) + 2**20), **extra,
+            websocket_max_message_size=max(20 * 2**20, int(ctx.settings.dashboard_upload_limit * 1.4) + 2**20),
+            # the session token is in every page, where script can read it: no login cookie or credential header in it
+            exclude_cookies=TOKEN_EXCLUDED_COOKIES, exclude_headers=TOKEN_EXCLUDED_HEADERS, **extra,
         )
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise DsagentError(f"port {port} on {address} is already in use", hint=f"pick another one: dsagent serve --port {port + 1}") from None
         raise DsagentError(f"cannot listen on {address}:{port}: {exc.strerror or exc}", hint="check --address and --port") from None
-    csp.install(server._tornado)  # Bokeh's Server keeps its Tornado application there; it has no public accessor
+    # Bokeh's Server keeps its Tornado application in _tornado; it has no public accessor
+    csp.install(server._tornado)
+    # the names of the websocket origins are names the server is reached by, too (a proxy's)
+    guard = hosts.HostGuard(address, [*(allowed_hosts or []), *(o.rsplit(":", 1)[0] for o in websocket_origins)])
+    hosts.install(server._tornado, guard)
+    # jupyter_client before any other thread imports it: the warm-up below (nbconvert -> nbclient -> jupyter_client)
+    # racing a hand-off's backend import on the event loop made Python hand one of them a half-imported module
+    # (ImportError "partially initialized module", an HTTP 500); ~0.1 s of start-up
+    import jupyter_client  # noqa: F401
     # a daemon thread: Ctrl-C must not wait for an import that takes seconds on a busy machine
     threading.Thread(target=rest.warm_up, name="nbconvert-warm-up", daemon=True).start()
     # Everything imported so far (Panel, Bokeh, pandas, DuckDB: ~170,000 objects) lives as long as the server: out

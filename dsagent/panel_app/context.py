@@ -42,6 +42,12 @@ class AppContext:
         read_settings = settings.replace(store_lock_timeout=settings.dashboard_lock_timeout)
         store = Store(settings=read_settings)
         store.setup()
+        if credentials is not None:
+            from dsagent.panel_app.sessions import LoginSessions
+
+            credentials.sessions = LoginSessions(store.workspace.home / "dashboard-sessions.json",
+                                                 lifetime_s=settings.dashboard_session_days * 86400,
+                                                 idle_s=settings.dashboard_session_idle_hours * 3600)
         return cls(store, settings, credentials)
 
     @property

@@ -28,6 +28,7 @@ from urllib.parse import quote
 from tornado.web import RequestHandler
 
 from dsagent.errors import DsagentError, NotFound, StoreLocked
+from dsagent.panel_app.auth import PASSWORD_CHECKS, basic_user as _basic_user, session_user
 from dsagent.panel_app.context import AppContext
 
 __all__ = ["routes", "PREVIEW_CSP"]
@@ -43,6 +44,9 @@ _SCRIPT = re.compile(r"<script\b[^>]*>.*?</script>", re.S | re.I)
 BYTES_PATIENCE_S = 10.0
 
 
+_MAX_INT = 2**63 - 1  # DuckDB's BIGINT: an offset past it failed inside the query (HTTP 500)
+
+
 class BadParameter(DsagentError):
     pass
 
@@ -53,19 +57,28 @@ class ApiHandler(RequestHandler):
     def initialize(self, ctx: AppContext) -> None:
         self.ctx = ctx
 
-    def get_current_user(self) -> str | None:
-        if self.ctx.credentials is None:
-            return "anonymous"
-        cookie = self.get_secure_cookie("user", max_age_days=30)
-        if cookie:
-            return cookie.decode("utf-8")
-        return self.ctx.credentials.check_header(self.request.headers.get("Authorization"))
-
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
+        self.current_user = await self._user()
         if self.current_user is None:
             self.set_header("WWW-Authenticate", 'Basic realm="dsagent"')
             self._error(401, "login required", "log in on the dashboard, or pass credentials: curl -u USER:PASSWORD ...")
             # finished: Tornado does not call get() after a prepare() that finished the request
+
+    async def _user(self) -> str | None:
+        credentials = self.ctx.credentials
+        if credentials is None:
+            return "anonymous"
+        user = session_user(credentials, self, self.ctx.settings.dashboard_session_days)
+        header = self.request.headers.get("Authorization")
+        if user or not header:
+            return user
+        # a script's Basic header costs a PBKDF2: on the login threads, and throttled like the login form
+        client, name = self.request.remote_ip or "?", _basic_user(header)
+        if credentials.throttle.wait_s(client, name) > 0:
+            return None
+        user = await asyncio.get_running_loop().run_in_executor(PASSWORD_CHECKS, credentials.check_header, header)
+        (credentials.throttle.succeeded if user else credentials.throttle.failed)(client, name)
+        return user
 
     def _error(self, status: int, message: str, hint: str = "", **extra: Any) -> None:
         self.clear_header("Content-Disposition")
@@ -121,11 +134,14 @@ class ApiHandler(RequestHandler):
         if raw is None or raw == "":
             return default
         try:
+            if len(raw) > 20:  # past any 64-bit value; int() of thousands of digits is refused by Python anyway
+                raise ValueError(raw)
             value = int(raw)
         except ValueError:
             raise BadParameter(f"parameter {name!r} must be an integer, got {raw!r}", hint=f"e.g. ?{name}=10", parameter=name) from None
-        if value < low or (high is not None and value > high):
-            raise BadParameter(f"parameter {name!r} must be between {low} and {high}", hint="", parameter=name)
+        high = _MAX_INT if high is None else high
+        if value < low or value > high:
+            raise BadParameter(f"parameter {name!r} must be between {low} and {high}", hint=f"e.g. ?{name}={low}", parameter=name)
         return value
 
     def date_arg(self, name: str) -> datetime | None:
@@ -147,9 +163,13 @@ class ApiHandler(RequestHandler):
 
 def _id(raw: str, what: str) -> int:
     try:
-        return int(raw)
+        value = int(raw) if len(raw) <= 18 else None  # no id is longer (a BIGINT); int() of thousands of digits fails
     except ValueError:
-        raise NotFound(f"no {what} with id {raw!r}", hint=f"{what} ids are integers", what=what, id=raw) from None
+        value = None
+    if value is None:
+        shown = raw if len(raw) <= 40 else raw[:40] + "…"
+        raise NotFound(f"no {what} with id {shown!r}", hint=f"{what} ids are integers", what=what, id=shown)
+    return value
 
 
 class RunsHandler(ApiHandler):
@@ -269,11 +289,14 @@ class ArtifactBytesHandler(ApiHandler):
 
 
 def _byte_range(header: str | None, size: int) -> tuple[int | None, int]:
-    """One ``bytes=a-b`` / ``bytes=a-`` / ``bytes=-n`` range; anything else means the whole file."""
+    """One ``bytes=a-b`` / ``bytes=a-`` / ``bytes=-n`` range; anything else means the whole file.
+
+    Positions longer than 18 digits are past any file: a start that far is unsatisfiable (416), an end or a
+    suffix that far means "to the end" (never ``int()`` of 5000 digits, which Python refuses)."""
     match = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", header or "")
     if not match or match.groups() == ("", ""):
         return None, size - 1
-    first, last = match.groups()
+    first, last = (g if len(g) <= 18 else str(_MAX_INT) for g in match.groups())
     if first == "":
         return max(0, size - int(last)), size - 1
     return int(first), min(int(last), size - 1) if last else size - 1

@@ -152,8 +152,17 @@ def image_tile(artifact: "Artifact", caption: str, *, eager: bool = False) -> st
 
 
 def current_user() -> str | None:
-    user = pn.state.user
-    return user if user and user != "guest" else None
+    """Who opened this page: the signed ``dsagent_who`` cookie set at login (the login cookie itself is kept out
+    of the page's session token, see auth.py), None without auth."""
+    from tornado.web import decode_signed_value
+
+    from dsagent.panel_app.auth import WHO_COOKIE
+
+    raw, secret = (pn.state.cookies or {}).get(WHO_COOKIE), pn.config.cookie_secret
+    if not raw or not secret:
+        return None
+    user = decode_signed_value(secret, WHO_COOKIE, raw)
+    return user.decode("utf-8", "replace") if user else None
 
 
 def status_badge(status: str) -> str:

@@ -329,3 +329,29 @@ def test_the_websocket_refuses_foreign_origins(seeded):
     except InvalidStatus as exc:
         same_origin = exc.response.status_code
     assert same_origin != 403
+
+
+def test_bad_numbers_and_ranges_answer_4xx_not_500(seeded):
+    dashboard, _, added, data = seeded
+    status, body = dashboard.get_json(f"api/runs?offset={2**63}")
+    assert status == 400 and body["parameter"] == "offset"
+    status, body = dashboard.get_json("api/runs?limit=" + "9" * 5000)
+    assert status == 400 and body["parameter"] == "limit"
+    assert dashboard.get_json("api/runs/" + "9" * 30)[0] == 404
+    artifact = added["notes.txt"]
+    status, headers, _ = dashboard.get(f"api/artifacts/{artifact.id}", {"Range": "bytes=" + "9" * 5000 + "-"})
+    assert status == 416 and headers["Content-Range"] == f"bytes */{len(data['notes.txt'])}"
+    status, _, body = dashboard.get(f"api/artifacts/{artifact.id}", {"Range": "bytes=-" + "9" * 5000})
+    assert status == 206 and body == data["notes.txt"]  # a suffix longer than the file: all of it
+
+
+def test_requests_under_a_foreign_host_name_are_refused(seeded):
+    """DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1 gets nothing from the server."""
+    dashboard, run, _, _ = seeded
+    port = dashboard.url.rsplit(":", 1)[1].strip("/")
+    for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1.evil.example:{port}"):
+        status, _, body = dashboard.get(f"api/runs/{run.id}", {"Host": host})
+        assert status == 400 and b"--allowed-host" in body, host
+        assert dashboard.get("runs", {"Host": host})[0] == 400
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost"):
+        assert dashboard.get(f"api/runs/{run.id}", {"Host": host})[0] == 200, host
