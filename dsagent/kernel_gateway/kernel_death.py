@@ -86,32 +86,36 @@ class StreamCopy:
         except OSError:
             return []
         pieces: list[tuple[str, str]] = []
-        position = {"stdout": 0, "stderr": 0}  # characters of the cell's stream before the record at hand
-        current = None
+        written: dict[str, dict[str, int]] = {}  # characters of each request's streams before the record at hand
+        current: dict[str, int] | None = None
         for kind, payload in _records(data):
             if kind == b"p":
-                parent, out, err = payload.decode(errors="replace").rsplit(" ", 2)
-                current = parent
-                position = {"stdout": int(out), "stderr": int(err)}
+                fields = payload.decode(errors="replace").split(" ")
+                current = written.setdefault(fields[0], {"stdout": 0, "stderr": 0})
+                if len(fields) == 3:  # the kernel started the file over: how much came before
+                    current.update(stdout=int(fields[1]), stderr=int(fields[2]))
+                current = current if fields[0] == msg_id else None
                 continue
             name = _STREAMS.get(kind)
-            if name is None or current != msg_id:
+            if name is None or current is None:
                 continue
             text = payload.decode("utf-8", "surrogatepass")
-            start, position[name] = position[name], position[name] + len(text)
-            missing = text[max(0, received.get(name, 0) - start):]
+            start = current[name]
+            current[name] = start + len(text)
+            missing = text[max(0, received.get(name, 0) - start) :]
             if missing:
                 pieces.append((name, missing))
         return _as_outputs(pieces)
 
 
 def _records(data: bytes):
+    """(kind, payload) of each whole record; the first zero kind byte is the end (the file is sparse)."""
     offset = 0
     while offset + _RECORD.size <= len(data):
         kind, size = _RECORD.unpack_from(data, offset)
         offset += _RECORD.size
-        if offset + size > len(data):
-            return  # cut short (a full disk): what is whole was yielded
+        if kind == b"\0" or offset + size > len(data):
+            return
         yield kind, data[offset : offset + size]
         offset += size
 
