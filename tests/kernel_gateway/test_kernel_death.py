@@ -120,3 +120,19 @@ async def test_a_cgroup_out_of_memory_kill_is_named_with_the_memory_used(backend
         assert "| loading" in evalue
     finally:
         await session.shutdown()
+
+
+async def test_a_recorded_death_says_why_in_the_run_its_events_and_the_run_page(tmp_path):
+    from dsagent.artifacts.store import Store
+    from dsagent.panel_app.run_page import _details
+    from dsagent.runs.exec import exec_recorded
+
+    settings = Settings(home=str(tmp_path / "ws"))
+    recorded = await exec_recorded("import os, signal\nprint('about to go')\nos.kill(os.getpid(), signal.SIGSEGV)", settings=settings)
+    assert recorded.execution.status == "died"
+    assert "about to go" in recorded.execution.stream_text()  # recovered: it was never flushed
+    with Store.open(settings=settings) as store:
+        run = store.get_run(recorded.run.id)
+        finished = [e for e in store.events(run.id) if e.type == "cell_finished"]
+    assert run.status == "failed" and "segmentation fault (SIGSEGV)" in run.error and "| about to go" in run.error
+    assert "died" in _details(finished[0]) and "segmentation fault (SIGSEGV)" in _details(finished[0])
