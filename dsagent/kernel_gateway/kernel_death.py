@@ -28,6 +28,8 @@ from dsagent.kernel_gateway.models import Output
 
 __all__ = [
     "STREAM_COPY_ENV",
+    "MEMORY_ADVICE",
+    "MEMORY_DEATHS",
     "MemoryWitness",
     "StreamCopy",
     "death_reason",
@@ -48,6 +50,8 @@ RECOVERED_NOTE = "[dsagent: recovered after the kernel died; this never arrived 
 LAST_LINES = 5
 #: what a cell can do about running out of memory (agents read this too)
 MEMORY_ADVICE = "load less at once: read in chunks, select fewer columns, downcast dtypes, or del large objects"
+#: words in a death's reason that mean memory ended it (then MEMORY_ADVICE follows it)
+MEMORY_DEATHS = ("out-of-memory killer", "memory limit")
 
 _RECORD = struct.Struct("<cI")
 _STREAMS = {b"o": "stdout", b"e": "stderr"}
@@ -274,7 +278,7 @@ def death_reason(exit_code: int | None, witness: MemoryWitness, *, memory_limit:
             return _oom_sentence(evidence, witness)
         if memory_limit:
             used = f" (it used {_size(witness.peak_virtual_bytes)} of address space)" if witness.peak_virtual_bytes else ""
-            return f"the kernel was killed by SIGKILL at {memory_limit}{used}; {MEMORY_ADVICE}"
+            return f"the kernel was killed by SIGKILL at {memory_limit}{used}"
         unseen = "" if witness.can_see_oom() else ", or the out-of-memory killer: no evidence of it is readable here"
         return f"the kernel was killed by SIGKILL (kill -9 by a user or another process{unseen})"
     if sig is None:
@@ -291,7 +295,7 @@ def _oom_sentence(evidence: str, witness: MemoryWitness) -> str:
     used = f"; the kernel used {_size(witness.peak_bytes)}" if witness.peak_bytes else ""
     total = psutil.virtual_memory().total
     room = f"its memory cgroup's limit is {_size(witness.limit_bytes)}" if witness.limit_bytes else f"this machine has {_size(total)}"
-    return f"the kernel was killed by the out-of-memory killer (SIGKILL; {evidence}){used}, {room}; {MEMORY_ADVICE}"
+    return f"the kernel was killed by the out-of-memory killer (SIGKILL; {evidence}){used}, {room}"
 
 
 def _signal(number: int) -> signal.Signals | None:

@@ -27,6 +27,8 @@ from dsagent.kernel_gateway.base import KernelBackend, KernelSession, OutputHook
 from dsagent.kernel_gateway.execute_loop import KernelLink, restarting, run_cell
 from dsagent.kernel_gateway.forkserver import ForkFailed, ForkingKernelManager, preload_list, runtime_dir, warm_fork_server
 from dsagent.kernel_gateway.kernel_death import (
+    MEMORY_ADVICE,
+    MEMORY_DEATHS,
     STREAM_COPY_ENV,
     MemoryWitness,
     StreamCopy,
@@ -51,6 +53,8 @@ log = logging.getLogger(__name__)
 ALIVE_POLL_SECONDS = 0.2
 #: how long the kernel_info status may lag its reply before the question is asked again (see _wait_ready)
 IOPUB_RETRY_SECONDS = 0.02
+#: how long a kernel_info request may go unanswered before it is sent again (see _wait_ready)
+REASK_SECONDS = 1.0
 #: what a pooled kernel runs before its handout: displays a value (formatters,
 #: rich output on iopub) and leaves no name behind in the user namespace
 _WARM_UP_CELL = "__import__('IPython.display', fromlist=['display']).display(0)"
@@ -349,6 +353,7 @@ async def _wait_ready(km: AsyncKernelManager, kc: AsyncKernelClient, timeout: fl
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
     msg_id = kc.kernel_info()
+    asked = loop.time()
     answered = False
     retry = IOPUB_RETRY_SECONDS
     while loop.time() < end:
@@ -366,8 +371,12 @@ async def _wait_ready(km: AsyncKernelManager, kc: AsyncKernelClient, timeout: fl
             if not await km.is_alive():
                 raise RuntimeError("the kernel died before it replied to kernel_info")
             if answered:  # its status went out before iopub was connected: ask again
-                msg_id, answered = kc.kernel_info(), False
+                msg_id, answered, asked = kc.kernel_info(), False, loop.time()
                 retry = min(2 * retry, ALIVE_POLL_SECONDS)
+            elif loop.time() - asked >= REASK_SECONDS:
+                # after a restart the question may have gone to the old kernel's connection: ask again, as
+                # kc.wait_for_ready does every second
+                msg_id, asked = kc.kernel_info(), loop.time()
     raise RuntimeError(f"the kernel did not answer within {timeout:g}s")
 
 
@@ -508,7 +517,9 @@ class LocalSession(KernelSession):
             return
         evalue = result.error.evalue
         peak = peak_note(self._memory)
-        if peak and "memory" not in evalue:  # (a memory death names the peak in its own sentence)
+        if any(words in evalue for words in MEMORY_DEATHS):  # (it names what the kernel used itself)
+            evalue += f". What to do: {MEMORY_ADVICE}."
+        elif peak:
             evalue += f". {peak[0].upper()}{peak[1:]}."
         lines = last_lines(result.outputs)
         if lines:
