@@ -8,11 +8,14 @@ the same run, and a PNG plot cell. Then ``dsagent --help`` against
 interleaved, so a noisy neighbour slows all of them alike. "cold" means a
 normal launch (``kernel_fork`` off), as before the fork server; the
 ``fork_server`` section (issue 16) measures ``local`` kernels forked from the
-preloaded template against cold launches measured in the same run.
+preloaded template against cold launches measured in the same run; the
+``stream_copy`` section (issue 28) a cell printing 10,000 lines on a kernel
+that keeps the stream copy against one that does not.
 
     .venv/bin/python bench/kernel.py                      # every usable backend
     .venv/bin/python bench/kernel.py --backends local,sandbox --repeat 20
     .venv/bin/python bench/kernel.py --quick --backends local   # smoke run
+    .venv/bin/python bench/kernel.py --stream-copy-only --repeat 20
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ TARGET_FORK_SPEEDUP = 12.0
 TARGET_FORK_FIRST_PLOT_MS = 150.0
 TARGET_FORK_100_SEQUENTIAL_S = 5.0
 TARGET_FORK_PSS_RATIO = 1 / 3
+#: issue 28: a cell printing 10,000 lines, with the stream copy against without it in the same run
+TARGET_STREAM_COPY_RATIO = 1.05
+PRINT_CELL = "for i in range(10_000):\n    print('line', i)"
 #: top-level packages ``dsagent --help`` must not import (issue 3 item 5: the CLI must start fast)
 HEAVY_MODULES = (
     "jupyter_client", "jupyter_server", "jupyter_core", "ipykernel", "zmq", "tornado", "panel", "bokeh",
@@ -492,7 +498,41 @@ async def run(names: list[str], plan: Plan, home: Path) -> tuple[dict[str, Any],
     results = {name: backend_report(name, cold[name], handouts[name], trips, plots[name]) for name in names}
     if "local" in names:
         results["local"]["fork_server"] = await measure_fork_server(settings, plan, cold["local"])
+        results["local"]["stream_copy"] = await measure_stream_copy(settings, plan)
     return results, trips
+
+
+class _NoStreamCopyBackend:
+    """``local`` as it was before issue 28: its kernels keep no stream copy (the wrapper is then not installed)."""
+
+    @staticmethod
+    def make(settings: Settings) -> KernelBackend:
+        from dsagent.kernel_gateway.local import LocalBackend
+
+        class Plain(LocalBackend):
+            def _stream_copy(self, km: Any) -> None:
+                return None
+
+        return Plain(settings, pool_size=0)
+
+
+async def measure_stream_copy(settings: Settings, plan: Plan) -> dict[str, Any]:
+    """The 10,000-line print cell on two forked kernels of one template, with and without the copy, interleaved."""
+    from dsagent.kernel_gateway.local import LocalBackend
+
+    async with LocalBackend(settings, pool_size=0) as with_copy, _NoStreamCopyBackend.make(settings) as without:
+        await with_copy.warm()
+        sessions = {"with_copy": await with_copy.start_session(), "without_copy": await without.start_session()}
+        runners = {name: timer(lambda s=session: s.execute(PRINT_CELL, timeout=120)) for name, session in sessions.items()}
+        samples = await interleave(runners, rounds=max(5, plan.starts * 2), warmup=2)
+        for session in sessions.values():
+            await session.shutdown()
+    ratio = statistics.median(samples["with_copy"]) / statistics.median(samples["without_copy"])
+    return {
+        "print_10000_lines_with_copy_ms": figure(samples["with_copy"]),
+        "print_10000_lines_without_copy_ms": figure(samples["without_copy"]),
+        "ratio": against(ratio, TARGET_STREAM_COPY_RATIO),
+    }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -500,6 +540,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--backends", help="comma-separated backend names (default: every registered backend whose check() passes)")
     parser.add_argument("--repeat", type=int, help="samples per start-up figure (default 10; 1+1 takes 20x as many)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: one sample of each (the figures mean little)")
+    parser.add_argument("--stream-copy-only", action="store_true", help="only the stream copy's cost (issue 28), on local kernels")
     return parser.parse_args(argv)
 
 
@@ -514,6 +555,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.backends and skipped:
         progress("cannot measure: " + "; ".join(f"{n}: {why}" for n, why in skipped.items()))
         return 2
+    if args.stream_copy_only:
+        with tempfile.TemporaryDirectory(prefix="dsagent-bench-") as home:
+            section = asyncio.run(measure_stream_copy(Settings(home=home), plan))
+        print(json.dumps({"machine": machine(), "stream_copy": section, "all_targets_met": targets_met(section)}, indent=2))
+        return 0
     progress(f"measuring {', '.join(names)} ({'quick' if args.quick else f'{plan.starts} starts, {plan.roundtrips} round trips'})")
     with tempfile.TemporaryDirectory(prefix="dsagent-bench-") as home:
         results, trips = asyncio.run(run(names, plan, Path(home)))

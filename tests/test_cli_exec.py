@@ -46,14 +46,20 @@ def test_code_from_a_file(tmp_path):
     [
         ("1 / 0", [], 1, "error: the code raised ZeroDivisionError"),
         ("import time\ntime.sleep(30)", ["--timeout", "1"], 3, "error: timeout"),
-        ("import os\nprint('partial', flush=True)\nos._exit(1)", [], 4, "error: kernel died"),
+        ("import os\nprint('partial', flush=True)\nos._exit(1)", [], 4, "error: kernel died: the kernel process exited with code 1"),
+        # issue 28's command: "before" was lost 5 times in 15; the reason names the signal and quotes it
+        ("import os, signal; print('before', flush=True); os.kill(os.getpid(), signal.SIGKILL)", [], 4,
+         "error: kernel died: the kernel was killed by SIGKILL"),
     ],
-    ids=["raises", "timeout", "died"],
+    ids=["raises", "timeout", "died", "sigkill"],
 )
 def test_failures_exit_non_zero_and_say_which(tmp_path, code, extra, exit_code, message):
     done = dsagent("exec", "--no-record", *extra, code, cwd=tmp_path)
     assert done.returncode == exit_code, (done.stdout, done.stderr)
     assert message in done.stderr
+    if exit_code == 4:  # what the cell printed is on stdout and quoted in the reason
+        printed = "before" if "SIGKILL" in message else "partial"
+        assert printed in done.stdout and f"| {printed}" in done.stderr
 
 
 def test_unknown_backend_lists_the_known_ones(tmp_path):

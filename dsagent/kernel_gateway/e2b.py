@@ -127,6 +127,10 @@ class E2BBackend(KernelBackend):
         "display(..., display_id=True).update() keeps the first value",
         "ipython_history": "E2B's template starts the kernel with its own IPython configuration (history in a "
         "file inside the sandbox), not nbclient's in-memory history",
+        "death_recovery": "the kernel runs in a remote E2B sandbox whose template starts it; dsagent cannot make it keep "
+        "a copy of its output, so what a dying kernel printed but never sent is lost",
+        "death_reason": "E2B's stream says only that the context restarted; the signal and memory of the kernel's "
+        "end stay inside the sandbox",
     }
 
     def __init__(

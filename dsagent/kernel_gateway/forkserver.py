@@ -271,9 +271,9 @@ def remove_stale_files(folder: str, keep: str = "", now: float | None = None) ->
 
     Each template configuration leaves a pid file, its lock and a log (kept
     while it may be read: a template that died starting says why there), a
-    killed template its socket, a killed kernel its unix sockets, and a killed
-    spare its connection file. Run when a template starts (rarely). A file is
-    stale once it is old and nothing owns it: no living template for a pid
+    killed template its socket, a killed kernel its unix sockets, a killed
+    spare its connection file, and a killed owner its kernels' stream copies.
+    Run when a template starts (rarely). A file is stale once it is old and nothing owns it: no living template for a pid
     file, no listener on a unix socket. ``keep``: the starting template's
     files (the path without its suffix).
     """
@@ -295,7 +295,9 @@ def remove_stale_files(folder: str, keep: str = "", now: float | None = None) ->
                 continue
             if name.startswith("k-") and _listening(path):
                 continue
-            if not name.endswith((".pid", ".pid.lock", ".log", ".sock", ".json")) and not name.startswith("k-"):
+            # streams-*.bin: a kernel's stream copy (kernel_death.py) whose owner was killed before it removed it;
+            # a living kernel silent for a day loses only its copy (it writes on into the unlinked file)
+            if not name.endswith((".pid", ".pid.lock", ".log", ".sock", ".json")) and not name.startswith(("k-", "streams-")):
                 continue  # not ours
             os.unlink(path)
             removed += 1

@@ -15,7 +15,7 @@ import os
 import queue
 import uuid
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,9 +23,21 @@ from jupyter_client import AsyncKernelClient, AsyncKernelManager
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
 from dsagent.errors import KernelDied, KernelStartFailed, SessionClosed
-from dsagent.kernel_gateway.base import KernelBackend, KernelSession, OutputHook
+from dsagent.kernel_gateway.base import KernelBackend, KernelSession, OutputHook, run_hook
 from dsagent.kernel_gateway.execute_loop import KernelLink, restarting, run_cell
-from dsagent.kernel_gateway.forkserver import ForkingKernelManager, preload_list, warm_fork_server
+from dsagent.kernel_gateway.forkserver import ForkFailed, ForkingKernelManager, preload_list, runtime_dir, warm_fork_server
+from dsagent.kernel_gateway.kernel_death import (
+    MEMORY_ADVICE,
+    MEMORY_DEATHS,
+    STREAM_COPY_ENV,
+    MemoryWitness,
+    StreamCopy,
+    death_reason,
+    last_lines,
+    peak_note,
+    stream_copy_arguments,
+    stream_copy_path,
+)
 from dsagent.kernel_gateway.local_sockets import ipc_sockets, shared_zmq_context
 from dsagent.kernel_gateway.models import Execution, FileInfo
 from dsagent.kernel_gateway.pool import WarmPool
@@ -41,6 +53,8 @@ log = logging.getLogger(__name__)
 ALIVE_POLL_SECONDS = 0.2
 #: how long the kernel_info status may lag its reply before the question is asked again (see _wait_ready)
 IOPUB_RETRY_SECONDS = 0.02
+#: how long a kernel_info request may go unanswered before it is sent again (see _wait_ready)
+REASK_SECONDS = 1.0
 #: what a pooled kernel runs before its handout: displays a value (formatters,
 #: rich output on iopub) and leaves no name behind in the user namespace
 _WARM_UP_CELL = "__import__('IPython.display', fromlist=['display']).display(0)"
@@ -52,6 +66,9 @@ IPYKERNEL_ARGUMENTS = (
     # ipykernel sleeps 0.5 ms before every reply for clients that stop reading at
     # the reply; ours read iopub until the kernel says idle, so no output is lost
     "--IPythonKernel._execute_sleep=0",
+    # every stream write also goes to a file that outlives the kernel (kernel_death.py), so
+    # what a cell printed just before its kernel died is not lost with the IOPub thread
+    *stream_copy_arguments(),
 )
 _LIVE_MANAGERS: "weakref.WeakSet[AsyncKernelManager]" = weakref.WeakSet()
 
@@ -108,6 +125,7 @@ class _Kernel:
     kc: AsyncKernelClient
     launch_dir: Path
     log_file: Any  # kept open: a restart launches again with the same arguments
+    stream_copy: StreamCopy | None = None  # None: the kernel keeps no copy (its runtime folder was unusable)
 
 
 class LocalBackend(KernelBackend):
@@ -238,11 +256,13 @@ class LocalBackend(KernelBackend):
         km = self._kernel_manager()
         km.shutdown_wait_time = 2.0
         km.context = shared_zmq_context()
+        kernel_env = self._kernel_env(env)
+        copy = self._stream_copy(km)
+        if copy is not None:
+            kernel_env[STREAM_COPY_ENV] = str(copy.path)
         log_file = open(log_path, "ab")
         try:
-            await km.start_kernel(
-                cwd=str(folder), env=self._kernel_env(env), stdout=log_file, stderr=log_file, extra_arguments=_launch_arguments(km)
-            )
+            await km.start_kernel(cwd=str(folder), env=kernel_env, stdout=log_file, stderr=log_file, extra_arguments=_launch_arguments(km))
             _LIVE_MANAGERS.add(km)
             kc = km.client(context=km.context)  # the shared context, see local_sockets.shared_zmq_context
             if isinstance(km, ForkingKernelManager):  # (made while the kernel initializes)
@@ -263,6 +283,8 @@ class LocalBackend(KernelBackend):
         except BaseException as exc:
             _kill_sync(km)
             log_file.close()
+            if copy is not None:
+                copy.remove()
             if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
                 raise
             tail = _tail(log_path)
@@ -273,13 +295,22 @@ class LocalBackend(KernelBackend):
                 kernel_name=self.kernel_name,
                 reason=str(exc),
             ) from exc
-        return _Kernel(km, kc, folder, log_file)
+        return _Kernel(km, kc, folder, log_file, copy)
+
+    def _stream_copy(self, km: AsyncKernelManager) -> StreamCopy | None:
+        """Where the kernel keeps its stream copy: the owner-only runtime folder of its sockets (the sandbox: its bound folder)."""
+        try:
+            return StreamCopy(stream_copy_path(Path(runtime_dir())))
+        except ForkFailed:
+            return None
 
     async def _kernel_alive(self, kernel: _Kernel) -> bool:
         return await kernel.km.is_alive()
 
     async def _stop_kernel(self, kernel: _Kernel) -> None:
         kernel.kc.stop_channels()
+        if kernel.stream_copy is not None:  # nobody reads it any more (a kernel still exiting writes to the unlinked file)
+            kernel.stream_copy.remove()
         if getattr(kernel.km, "forked", False) and not self._closing:
             # A forked kernel's exit after the shutdown request (its atexit work, then the template
             # reaps it: ~30 ms) need not hold up the caller, as it held up every fresh-kernel job of a
@@ -322,6 +353,7 @@ async def _wait_ready(km: AsyncKernelManager, kc: AsyncKernelClient, timeout: fl
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
     msg_id = kc.kernel_info()
+    asked = loop.time()
     answered = False
     retry = IOPUB_RETRY_SECONDS
     while loop.time() < end:
@@ -339,8 +371,12 @@ async def _wait_ready(km: AsyncKernelManager, kc: AsyncKernelClient, timeout: fl
             if not await km.is_alive():
                 raise RuntimeError("the kernel died before it replied to kernel_info")
             if answered:  # its status went out before iopub was connected: ask again
-                msg_id, answered = kc.kernel_info(), False
+                msg_id, answered, asked = kc.kernel_info(), False, loop.time()
                 retry = min(2 * retry, ALIVE_POLL_SECONDS)
+            elif loop.time() - asked >= REASK_SECONDS:
+                # after a restart the question may have gone to the old kernel's connection: ask again, as
+                # kc.wait_for_ready does every second
+                msg_id, asked = kc.kernel_info(), loop.time()
     raise RuntimeError(f"the kernel did not answer within {timeout:g}s")
 
 
@@ -401,6 +437,7 @@ class LocalSession(KernelSession):
         self._closed = False
         self._dead = False
         self._link = _LocalLink(self)
+        self._memory = MemoryWitness()  # the kernel's peak memory and OOM counters, for a death's reason
         self._files.root.mkdir(parents=True, exist_ok=True)
         backend._sessions.add(self)
 
@@ -457,12 +494,41 @@ class LocalSession(KernelSession):
             return await self._execute(code, timeout, on_output)
 
     async def _execute(self, code: str, timeout: float | None, on_output: OutputHook | None) -> Execution:
+        self._memory.begin_cell(self._memory_pid())
         result = await run_cell(
             self._link, code, timeout=timeout, grace=self.settings.interrupt_grace, max_output_bytes=self.settings.max_output_bytes, on_output=on_output
         )
         if result.status == "died":
             self._dead = True
+            if not self._link.aborted:  # (a restart() ended the cell: the kernel was alive)
+                await self._recover(result, on_output)
         return result
+
+    async def _recover(self, result: Execution, on_output: OutputHook | None) -> None:
+        """Add what the dead kernel printed that never arrived (from its stream copy), and quote its last lines in the error."""
+        copy = self._kernel.stream_copy
+        if copy is not None:
+            recovered = copy.recover(self._link.msg_id, self._link.received)
+            copy.remove()  # a restarted kernel starts a new one
+            result.outputs.extend(recovered)
+            for output in recovered:
+                await run_hook(on_output, output)
+        if result.error is None:
+            return
+        evalue = result.error.evalue
+        peak = peak_note(self._memory)
+        if any(words in evalue for words in MEMORY_DEATHS):  # (it names what the kernel used itself)
+            evalue += f". What to do: {MEMORY_ADVICE}."
+        elif peak:
+            evalue += f". {peak[0].upper()}{peak[1:]}."
+        lines = last_lines(result.outputs)
+        if lines:
+            evalue += "\nthe last lines it printed:\n" + "\n".join(f"  | {line}" for line in lines)
+        result.error = replace(result.error, evalue=evalue)
+
+    def _memory_pid(self) -> int | None:
+        """The pid whose memory is the kernel's (the sandbox's is inside bwrap)."""
+        return self.kernel_pid
 
     async def _reply(self, msg_id: str, timeout: float) -> dict[str, Any] | None:
         """The shell reply to ``msg_id``, or None if the kernel died or stayed silent."""
@@ -480,10 +546,13 @@ class LocalSession(KernelSession):
         return None
 
     def _death_reason(self) -> str:
-        """Why the kernel process is gone (the sandbox names the signal that ended it)."""
+        """Why the kernel process is gone: the signal by name, the out-of-memory killer's evidence, its peak memory."""
+        return death_reason(self._exit_code(), self._memory)
+
+    def _exit_code(self) -> int | None:
+        """The kernel's exit code, negative for a signal (the sandbox maps bwrap's)."""
         process = getattr(self._kernel.km.provisioner, "process", None)
-        code = process.poll() if process is not None else None
-        return "the kernel process ended" + (f" (exit code {code})" if code is not None else "")
+        return process.poll() if process is not None else None
 
     async def interrupt(self) -> None:
         self._check_usable()
@@ -500,7 +569,8 @@ class LocalSession(KernelSession):
         # was removed if the session moved elsewhere
         self._kernel.launch_dir.mkdir(parents=True, exist_ok=True)
         await self._kernel.km.restart_kernel(now=True)
-        await self._kernel.kc.wait_for_ready(timeout=self.settings.kernel_start_timeout)
+        # (not kc.wait_for_ready: its 0.2 s of listening for silence was most of a forked kernel's restart)
+        await _wait_ready(self._kernel.km, self._kernel.kc, self.settings.kernel_start_timeout)
         self._dead = False
         await self._apply_setup()
         if self._chdir:
@@ -533,13 +603,15 @@ class _LocalLink(KernelLink):
     def __init__(self, session: LocalSession) -> None:
         super().__init__()
         self._session = session
-        self._msg_id = ""
+        self.msg_id = ""
+        self.received = {"stdout": 0, "stderr": 0}  # characters of the cell's streams that arrived (kernel_death.StreamCopy)
 
     async def send(self, code: str) -> None:
         # stop_on_error=False: cells run one at a time, so the only request that could
         # be queued behind an error is the next cell after a cancelled one, which
         # ipykernel would otherwise abort
-        self._msg_id = self._session._kernel.kc.execute(code, allow_stdin=False, stop_on_error=False)
+        self.msg_id = self._session._kernel.kc.execute(code, allow_stdin=False, stop_on_error=False)
+        self.received = {"stdout": 0, "stderr": 0}
 
     async def receive(self, wait: float) -> dict[str, Any] | None:
         kc = self._session._kernel.kc
@@ -550,11 +622,19 @@ class _LocalLink(KernelLink):
                 msg = await kc.get_iopub_msg(timeout=max(0.0, end - loop.time()))
             except queue.Empty:
                 return None
-            if msg["parent_header"].get("msg_id") == self._msg_id:
+            if msg["parent_header"].get("msg_id") == self.msg_id:
+                if msg["msg_type"] == "stream":
+                    content = msg["content"]
+                    name = content.get("name")
+                    if name in self.received:
+                        self.received[name] += len(content.get("text", ""))
                 return msg
 
     async def probe(self) -> str:
-        return "" if await self._session._kernel.km.is_alive() else self._session._death_reason()
+        if await self._session._kernel.km.is_alive():
+            self._session._memory.sample()
+            return ""
+        return self._session._death_reason()
 
     async def interrupt(self) -> None:
         await self._session._kernel.km.interrupt_kernel()
@@ -563,7 +643,7 @@ class _LocalLink(KernelLink):
         await self._session._restart_kernel()
 
     async def reply(self, timeout: float) -> dict[str, Any] | None:
-        return await self._session._reply(self._msg_id, timeout)
+        return await self._session._reply(self.msg_id, timeout)
 
     async def abandon(self) -> None:
         session = self._session

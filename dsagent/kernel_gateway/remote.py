@@ -81,6 +81,10 @@ class JupyterBackend(KernelBackend):
         "ipython_history": "the server starts the kernel with its own IPython configuration, so history goes to "
         "the server's history.sqlite (session numbers and %history -g show earlier sessions) unless its kernelspec "
         "passes --HistoryManager.hist_file=:memory:",
+        "death_recovery": "the server starts the kernel on its machine with its own command line, so no copy of its "
+        "output is kept where this client could read it; what a dying kernel never sent is lost",
+        "death_reason": "a Jupyter server reports only that the kernel is dead or restarting, not the signal, "
+        "exit code or memory of its end",
     }
 
     def __init__(

@@ -42,6 +42,7 @@ from jupyter_client import AsyncKernelManager
 
 from dsagent.errors import BackendUnavailable
 from dsagent.kernel_gateway import sandbox_loans
+from dsagent.kernel_gateway.kernel_death import MEMORY_ADVICE, STREAM_COPY_SCRIPT, StreamCopy, death_reason, stream_copy_path
 from dsagent.kernel_gateway.local import LocalBackend, LocalSession, _Kernel
 from dsagent.kernel_gateway.models import Execution, ExecutionError
 from dsagent.settings import Settings
@@ -124,12 +125,13 @@ class SandboxPolicy:
         return args + ["--", *self._limits(), *self._uid_drop(), *kernel_cmd]
 
     def _read_only_paths(self, kernel_cmd: list[str]) -> list[Path]:
-        """Python prefixes (this interpreter's and the kernel's) plus ``ro_paths``."""
+        """Python prefixes (this interpreter's and the kernel's), the kernel's stream-copy script and ``ro_paths``."""
         candidates = {Path(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
         exe = kernel_cmd[0] if kernel_cmd else ""
         if os.path.isabs(exe):
             candidates |= {Path(exe).parent.parent, Path(os.path.realpath(exe)).parent.parent}
-        return sorted({p for p in candidates if _is_python_prefix(p)} | {Path(p) for p in self.ro_paths})
+        own = {STREAM_COPY_SCRIPT} if any(STREAM_COPY_SCRIPT.name in arg for arg in kernel_cmd) else set()
+        return sorted({p for p in candidates if _is_python_prefix(p)} | own | {Path(p) for p in self.ro_paths})
 
     def _limits(self) -> list[str]:
         return [self.prlimit, f"--as={self.memory}", f"--nofile={self.open_files}", f"--nproc={self.processes}", "--"]
@@ -378,6 +380,9 @@ class SandboxBackend(LocalBackend):
             if runtime_dir is not None:
                 shutil.rmtree(runtime_dir, ignore_errors=True)
 
+    def _stream_copy(self, km: AsyncKernelManager) -> StreamCopy | None:
+        return StreamCopy(stream_copy_path(km.runtime_dir))  # bound into the sandbox at the same path
+
     def _new_session(self, kernel: _Kernel, work_dir: Path, env: Mapping[str, str] | None) -> "SandboxSession":
         return SandboxSession(self, kernel, work_dir, env)
 
@@ -406,14 +411,26 @@ class SandboxSession(LocalSession):
     async def _execute(self, code: str, timeout: float | None, on_output: Any) -> Execution:
         limit = self.settings.sandbox_cpu_seconds
         if limit <= 0:
-            return await super()._execute(code, timeout, on_output)
+            return self._name_memory_limit(await super()._execute(code, timeout, on_output))
         watch = _CpuWatch(self, limit)
         watcher = asyncio.ensure_future(watch.run())
         try:
             result = await super()._execute(code, timeout, on_output)
         finally:
             watcher.cancel()
-        return watch.report(result)
+        return self._name_memory_limit(watch.report(result))
+
+    def _name_memory_limit(self, result: Execution) -> Execution:
+        """A ``MemoryError`` in the sandbox is its address-space limit, not the machine: say which limit and what to do."""
+        error = result.error
+        if result.status == "error" and error is not None and error.ename == "MemoryError":
+            limit = self._sandbox.policy.memory / 2**30
+            note = (
+                f"the sandbox's memory limit was reached (sandbox_memory = {limit:g} GiB of address space); "
+                f"{MEMORY_ADVICE}; or raise DSAGENT_SANDBOX_MEMORY"
+            )
+            result.error = dataclasses.replace(error, evalue=f"{error.evalue} ({note})" if error.evalue else note)
+        return result
 
     def _find_kernel_process(self) -> psutil.Process | None:
         """The kernel itself (pid 2 in the sandbox), found once per launch under bwrap's pid."""
@@ -432,15 +449,21 @@ class SandboxSession(LocalSession):
                     return self._kernel_process[1]
         return None
 
-    def _death_reason(self) -> str:
-        process = getattr(self._kernel.km.provisioner, "process", None)
-        code = process.poll() if process is not None else None
+    def _exit_code(self) -> int | None:
+        code = super()._exit_code()
         if code is not None and code - 128 in signal.Signals._value2member_map_:
-            # bwrap exits with 128 + the signal that ended the kernel: name it
-            sig = signal.Signals(code - 128)
-            cause = " (kill -9 or the out-of-memory killer)" if sig == signal.SIGKILL else ""
-            return f"the kernel process was ended by {sig.name}{cause}"
-        return super()._death_reason()
+            return 128 - code  # bwrap exits with 128 + the signal that ended the kernel
+        return code
+
+    def _memory_pid(self) -> int | None:
+        process = self._find_kernel_process()
+        return process.pid if process is not None else None
+
+    def _death_reason(self) -> str:
+        limit = self._sandbox.policy.memory
+        near = self._memory.peak_virtual_bytes >= 0.9 * limit
+        named = f"the sandbox's memory limit (sandbox_memory = {limit / 2**30:g} GiB of address space)" if near else ""
+        return death_reason(self._exit_code(), self._memory, memory_limit=named)
 
 
 class _CpuWatch:

@@ -35,7 +35,11 @@ def _details(event: "Event") -> str:
         code = (payload.get("code") or "").strip().splitlines()
         return f"cell {payload.get('cell')}: {code[0][:120] if code else ''}"
     if event.type == "cell_finished":
-        return f"cell {payload.get('cell')} {payload.get('status')} in {payload.get('duration')} s, {payload.get('artifacts', 0)} artifacts"
+        line = f"cell {payload.get('cell')} {payload.get('status')} in {payload.get('duration')} s, {payload.get('artifacts', 0)} artifacts"
+        error = payload.get("error") or {}
+        if payload.get("status") == "died" and error.get("evalue"):  # why the kernel died (issue 28), its first line
+            line += ": " + str(error["evalue"]).splitlines()[0][:300]
+        return line
     return json.dumps(payload, default=str)[:240]
 
 

@@ -42,6 +42,11 @@ gap is always visible in the test report, never silent. Capabilities:
   nbclient's kernels do (checked by the engine-parity tests, not this kit).
 - ``surrogate_text``: text with lone surrogates (``bytes.decode(...,
   'surrogateescape')`` printed) reaches the caller as valid text.
+- ``death_recovery``: what a cell printed just before its kernel died, and
+  which never left the kernel over IOPub, is recovered into the cell's
+  outputs (marked ``{"dsagent": {"recovered": true}}``).
+- ``death_reason``: a died cell's error names how the kernel ended (the
+  signal by name, e.g. SIGSEGV for a segfault) and quotes its last lines.
 """
 
 from __future__ import annotations
@@ -345,6 +350,26 @@ class BackendConformance:
         after = await session.execute("1 + 1")
         assert after.status == "ok" and after.result == "2"
         assert (await session.execute("lost")).error.ename == "NameError"
+
+    async def test_output_printed_just_before_death_is_recovered(self, backend: KernelBackend, session: KernelSession):
+        requires(backend, "death_recovery")
+        # not flushed: ipykernel sends it 0.2 s later, so over IOPub it is always lost
+        result = await session.execute("import os\nprint('said before dying')\nos.kill(os.getpid(), 9)", timeout=60)
+        assert result.status == "died", result
+        assert "said before dying" in result.stream_text()
+        recovered = [o for o in result.outputs if o.get("metadata", {}).get("dsagent", {}).get("recovered")]
+        assert recovered and "said before dying" in text_of(recovered[0])
+        assert "SIGKILL" in result.error.evalue and "| said before dying" in result.error.evalue
+        await session.restart()
+        again = await session.execute("print('after', flush=True)")
+        assert again.outputs == [{"output_type": "stream", "name": "stdout", "text": "after\n"}]
+
+    async def test_segfault_is_named(self, backend: KernelBackend, session: KernelSession):
+        requires(backend, "death_reason")
+        result = await session.execute("import ctypes\nprint('about to crash', flush=True)\nctypes.string_at(0)", timeout=60)
+        assert result.status == "died", result
+        assert "SIGSEGV" in result.error.evalue and "segmentation fault" in result.error.evalue
+        assert result.stream_text().count("about to crash") == 1  # arrived or recovered, never both
 
     async def test_kill_from_outside(self, backend: KernelBackend, session: KernelSession):
         requires(backend, "external_kill")

@@ -9,6 +9,7 @@ import pytest
 from jupyter_client import AsyncKernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
+from dsagent.kernel_gateway.kernel_death import STREAM_COPY_SCRIPT
 from dsagent.kernel_gateway.local import IPYKERNEL_ARGUMENTS, LocalBackend, _launch_arguments
 from dsagent.kernel_gateway.local_sockets import ipc_sockets
 
@@ -70,6 +71,9 @@ async def test_ipykernel_accepts_each_launch_option(option):
     checks = {
         "--HistoryManager.hist_file=:memory:": "str(get_ipython().history_manager.hist_file) == ':memory:'",
         "--IPythonKernel._execute_sleep=0": "get_ipython().kernel._execute_sleep",
+        # the stream copy's wrapper is in place (and left no name in the user's namespace)
+        f"--IPKernelApp.exec_files={STREAM_COPY_SCRIPT}": "__import__('ipykernel.iostream').iostream.OutStream.write.dsagent_stream_copy "
+        "and '_dsagent_stream_copy' not in globals() and 'os' not in globals()",
     }
     async with LocalBackend(pool_size=0) as backend, await backend.start_session() as session:
         value = await session.execute(checks[option])

@@ -198,6 +198,10 @@ async def test_memory_beyond_the_limit_is_a_memory_error():
     async with sandbox_session(sandbox_memory=limit) as session:
         assert await fails_inside(session, f"hog = bytearray({3 * limit})") == "MemoryError"
         assert await fails_inside(session, f"hogs = [bytearray({64 * 2**20}) for _ in range(24)]") == "MemoryError"
+        # the error names the sandbox's limit and what to do, for a user or an agent to act on
+        evalue = (await session.execute(f"hog = bytearray({3 * limit})")).error.evalue
+        assert "sandbox's memory limit was reached (sandbox_memory = 0.5 GiB of address space)" in evalue, evalue
+        assert "read in chunks" in evalue and "DSAGENT_SANDBOX_MEMORY" in evalue
         await assert_usable(session)
 
 
