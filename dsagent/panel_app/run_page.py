@@ -36,8 +36,8 @@ def _details(event: "Event") -> str:
         return f"cell {payload.get('cell')}: {code[0][:120] if code else ''}"
     if event.type == "cell_finished":
         line = f"cell {payload.get('cell')} {payload.get('status')} in {payload.get('duration')} s, {payload.get('artifacts', 0)} artifacts"
-        error = payload.get("error") or {}
-        if payload.get("status") == "died" and error.get("evalue"):  # why the kernel died (issue 28), its first line
+        error = payload.get("error")
+        if payload.get("status") == "died" and isinstance(error, dict) and error.get("evalue"):  # why the kernel died (issue 28), its first line
             line += ": " + str(error["evalue"]).splitlines()[0][:300]
         return line
     return json.dumps(payload, default=str)[:240]
