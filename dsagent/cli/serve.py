@@ -24,7 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workspace", metavar="DIR", help="workspace folder (default: DSAGENT_HOME or ./.dsagent); must exist when named")
     p.add_argument("--basic-auth", metavar="FILE", help="JSON file of user name to password (plain or hashed); turns the login on")
     p.add_argument("--add-user", metavar="NAME", help="write NAME with a hashed password (asked for) into the --basic-auth file, then exit")
-    p.add_argument("--cookie-secret", metavar="S", help="secret for login cookies (default: DSAGENT_DASHBOARD_COOKIE_SECRET, else kept in the workspace)")
+    p.add_argument("--cookie-secret-file", metavar="FILE",
+                   help="file holding the secret that signs login cookies (default: DSAGENT_DASHBOARD_COOKIE_SECRET, else one kept "
+                        "in <workspace>/dashboard-cookie-secret)")
+    # kept only to explain itself: a secret on the command line is in `ps` and /proc/<pid>/cmdline for every local user
+    p.add_argument("--cookie-secret", metavar="S", help=argparse.SUPPRESS)
     p.add_argument("--allow-websocket-origin", action="append", default=[], metavar="HOST:PORT",
                    help="another origin the pages may be opened from (a proxy's name); repeatable")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
@@ -66,11 +70,31 @@ def _workspace_settings(args: argparse.Namespace):
     return Settings()
 
 
+def _secret_from_file(path: str | None) -> str | None:
+    from dsagent.errors import DsagentError
+
+    if path is None:
+        return None
+    try:
+        secret = Path(path).expanduser().read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise DsagentError(f"cannot read the cookie secret file {path}: {exc.strerror or exc}", hint="check the path and its permissions") from None
+    if len(secret) < 16:
+        raise DsagentError(f"the cookie secret in {path} is too short ({len(secret)} characters)",
+                           hint="use 32 random characters or more, e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))' > FILE")
+    return secret
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from dsagent.errors import DsagentError
 
     if args.add_user:
         return _add_user(args)
+    if args.cookie_secret is not None:
+        raise DsagentError("--cookie-secret is no longer accepted: a secret on the command line can be read by every user and "
+                           "every process of this machine (ps, /proc/<pid>/cmdline)",
+                           hint="put it in a file only you can read and pass --cookie-secret-file FILE, or set "
+                                "DSAGENT_DASHBOARD_COOKIE_SECRET; without either, one is generated and kept in the workspace")
     loopback = args.address in ("127.0.0.1", "localhost", "::1")
     if not loopback and not args.basic_auth and not args.insecure_no_auth:
         raise DsagentError(f"refusing to serve on {args.address} without a login: anyone who reaches it could read every run",
@@ -87,7 +111,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from dsagent.panel_app.scheduler_thread import DashboardScheduler
 
         ctx.scheduler = DashboardScheduler(settings)
-    secret = cookie_secret(args.cookie_secret, ctx.home)
+    secret = cookie_secret(_secret_from_file(args.cookie_secret_file), ctx.home)
     server = build_server(ctx, port=args.port, address=args.address, cookie_secret=secret,
                           websocket_origins=origins_for(args.address, args.port) + args.allow_websocket_origin,
                           allowed_hosts=args.allowed_host)

@@ -64,3 +64,14 @@ def test_the_cookie_secret_comes_from_the_flag_the_env_or_is_kept_in_the_workspa
     monkeypatch.setenv("DSAGENT_DASHBOARD_COOKIE_SECRET", "from-env")
     assert cookie_secret(None, tmp_path) == "from-env"
     assert cookie_secret("from-flag", tmp_path) == "from-flag"
+
+
+def test_the_cookie_secret_is_never_taken_from_the_command_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "dsagent", "serve", "--workspace", str(tmp_path), "--cookie-secret", "s3cret-on-the-cmdline"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "--cookie-secret-file" in done.stderr and "ps" in done.stderr
+    short = tmp_path / "secret"
+    short.write_text("abc")
+    done = subprocess.run([sys.executable, "-m", "dsagent", "serve", "--workspace", str(tmp_path), "--cookie-secret-file", str(short)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "too short" in done.stderr

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import httpx
+import psutil
 import pytest
 from bokeh.util.token import get_token_payload
 from tornado.web import decode_signed_value
@@ -28,6 +29,8 @@ from .conftest import serve_dashboard
 
 pytestmark = pytest.mark.xdist_group("panel-sessions")
 
+SECRET = "a-cookie-secret-kept-in-a-file-0123456789"
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
@@ -38,7 +41,10 @@ def server(tmp_path_factory):
     with Store.open(Workspace(home), Settings(home=str(home))) as store:
         run = store.create_run("exec", title="a private run")
         store.update_run_status(run.id, "succeeded")
-    with serve_dashboard(home, "--basic-auth", str(users)) as dashboard:
+    secret_file = root / "cookie-secret"
+    secret_file.write_text(SECRET + "\n")
+    secret_file.chmod(0o600)
+    with serve_dashboard(home, "--basic-auth", str(users), "--cookie-secret-file", str(secret_file)) as dashboard:
         yield dashboard, users, run.id
 
 
@@ -72,8 +78,7 @@ def test_the_page_token_carries_no_login_cookie(server):
         assert "Cookie" not in payload["headers"] and "Authorization" not in payload["headers"]
         assert auth.WHO_COOKIE in payload["cookies"]  # who is logged in, for the page; signed, not a credential
         # the cookie the browser keeps is a session id, not the user name
-        secret = (dashboard.home / "dashboard-cookie-secret").read_text().strip()
-        session_id = decode_signed_value(secret, "user", client.cookies["user"].strip('"'))
+        session_id = decode_signed_value(SECRET, "user", client.cookies["user"].strip('"'))
         assert session_id and b"alice" not in session_id and len(session_id) >= 32
         assert client.get(f"api/runs/{run_id}").status_code == 200
 
@@ -153,3 +158,11 @@ def test_the_throttle_spares_other_clients_and_forgets():
     assert throttle.wait_s("10.0.0.7", "alice") == 0  # the real user elsewhere is not locked out
     throttle.succeeded("10.0.0.9", "alice")
     assert throttle.wait_s("10.0.0.9", "alice") == 0
+
+
+def test_the_cookie_secret_is_on_no_command_line(server):
+    dashboard, _, _ = server
+    server_process = psutil.Process(dashboard.process.pid)
+    for process in [server_process, *server_process.children(recursive=True)]:
+        assert SECRET not in " ".join(process.cmdline()), process.cmdline()
+    assert not (dashboard.home / "dashboard-cookie-secret").exists()  # the file's secret was used, none generated
