@@ -10,6 +10,12 @@ Typical use (an exec, a notebook engine, an agent)::
             #   await rec.cell_started(i, code); ...; await rec.record_cell(i, execution)
         # leaving the block finishes the run: succeeded, or failed when a cell failed
 
+Everything the recorder writes — the run's title and parameters, events,
+artifacts made from outputs, the notebook, the error — passes through a
+``dsagent.secrets.Scrubber`` first: a secret of this process's environment
+that the code printed (or got as a parameter) is stored as ``[redacted NAME]``.
+Files the code wrote and DataFrames it displayed are data and stay as they are.
+
 Leaving with an exception marks the run ``failed`` (with the error), with
 cancellation, Ctrl-C or SIGTERM ``cancelled``. A process killed outright leaves
 the run ``running``; the next ``Store.open`` on this host marks it failed.
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import logging
 import signal
 import threading
@@ -29,9 +36,11 @@ from dsagent.artifacts.capture import Capture, artifacts_from_outputs, CellCaptu
 from dsagent.artifacts.models import Artifact, NewArtifact, Run
 from dsagent.artifacts.store import Store
 from dsagent.kernel_gateway.base import KernelSession, OutputHook
-from dsagent.kernel_gateway.models import Execution
+from dsagent.kernel_gateway.models import Execution, ExecutionError
+from dsagent.secrets import Scrubber
+from dsagent.settings import Settings
 
-__all__ = ["RunRecorder", "CALLER_HANDLES_SIGTERM"]
+__all__ = ["RunRecorder", "CALLER_HANDLES_SIGTERM", "settings_secrets"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +50,8 @@ log = logging.getLogger(__name__)
 CALLER_HANDLES_SIGTERM: contextvars.ContextVar[bool] = contextvars.ContextVar("dsagent_caller_handles_sigterm", default=False)
 
 _CODE_IN_EVENT_LIMIT = 20_000
+#: artifact kinds made from what code printed or displayed (scrubbed); files and tables are the code's data
+_SCRUBBED_KINDS = ("html", "json", "text", "notebook", "image")
 
 
 class RunRecorder:
@@ -58,11 +69,16 @@ class RunRecorder:
         schedule_id: str | None = None,
         run_id: int | None = None,
         launched: Mapping[str, Any] | None = None,
+        scrubber: Scrubber | None = None,
     ) -> None:
         """``run_id``: take over an existing (say, queued) run instead of creating one. ``launched``: who started
-        the run and from where (``{"user": ..., "via": "dashboard"}``), written as a ``launched`` event first."""
+        the run and from where (``{"user": ..., "via": "dashboard"}``), written as a ``launched`` event first.
+        ``scrubber``: what removes secrets from all of it (default: this process's secrets, see the module docstring)."""
         self.store = store
+        self.scrubber = scrubber if scrubber is not None else Scrubber(extra=settings_secrets(getattr(store, "settings", None)))
         self._launched = dict(launched) if launched else None
+        title = self.scrubber.text(title) if title else title
+        params = self.scrubber.value(dict(params)) if params else params
         self._create = dict(kind=kind, title=title, params=params, backend=backend, parent_id=parent_id, schedule_id=schedule_id)
         self._existing = run_id
         self.run: Run | None = None
@@ -98,7 +114,7 @@ class RunRecorder:
         else:
             self.run = await self._write(self.store.update_run_status, self._existing, "running")
         if self._launched is not None:
-            await self._write(self.store.append_events, self.run.id, [("launched", self._launched)])
+            await self._write(self.store.append_events, self.run.id, [("launched", self.scrubber.value(self._launched))])
         self._cancel_on_sigterm()
         return self
 
@@ -186,11 +202,13 @@ class RunRecorder:
         ``follow_up(added_artifacts)`` returns more events for the same transaction (an agent's
         journal of the cell, which names the artifact ids): all of it is kept, or none.
         """
+        execution = self._scrubbed(execution)
         if self.capture is not None:
             captured = await self.capture.after_cell(execution, cell)
         else:
             captured = CellCapture(artifacts_from_outputs(execution.outputs, cell))
         captured.artifacts.extend(extra)
+        captured.artifacts[:] = [self._scrubbed_artifact(item) for item in captured.artifacts]
         finished = {
             "cell": cell,
             "status": execution.status,
@@ -216,8 +234,25 @@ class RunRecorder:
         with self.store.transaction() as tx:
             added = tx.add_artifacts(self.run_id, captured.artifacts)
             more = list(follow_up(added)) if follow_up is not None else []
-            tx.append_events(self.run_id, [*pending, *captured.events, ("cell_finished", finished), *more])
+            tx.append_events(self.run_id, self._scrubbed_events([*pending, *captured.events, ("cell_finished", finished), *more]))
         return added
+
+    def _scrubbed(self, execution: Execution) -> Execution:
+        """A copy of ``execution`` with secrets removed from its code, outputs and error (the caller's stays as it is)."""
+        if not self.scrubber:
+            return execution
+        error = execution.error
+        if error is not None:
+            error = ExecutionError(self.scrubber.text(error.ename), self.scrubber.text(error.evalue), self.scrubber.value(error.traceback))
+        return dataclasses.replace(execution, code=self.scrubber.text(execution.code), outputs=self.scrubber.outputs(execution.outputs), error=error)
+
+    def _scrubbed_artifact(self, item: NewArtifact) -> NewArtifact:
+        if not self.scrubber or item.kind not in _SCRUBBED_KINDS or (item.kind == "image" and item.mime != "image/svg+xml"):
+            return item
+        return dataclasses.replace(item, name=self.scrubber.text(item.name), data=self.scrubber.data(item.data))
+
+    def _scrubbed_events(self, events: Sequence[tuple[str, Mapping[str, Any]]]) -> list[tuple[str, Any]]:
+        return [(kind, self.scrubber.value(dict(payload))) for kind, payload in events]
 
     async def execute(
         self, code: str, *, timeout: float | None = None, on_output: OutputHook | None = None, session: KernelSession | None = None
@@ -235,7 +270,7 @@ class RunRecorder:
 
     async def add_artifacts(self, items: Sequence[NewArtifact]) -> list[Artifact]:
         """Add artifacts not tied to a cell's capture (e.g. the executed notebook)."""
-        added = await self._write(self.store.add_artifacts, self.run_id, list(items))
+        added = await self._write(self.store.add_artifacts, self.run_id, [self._scrubbed_artifact(item) for item in items])
         self.artifacts.extend(added)
         return added
 
@@ -253,7 +288,7 @@ class RunRecorder:
         """Write the deferred events now."""
         pending = self._take_pending()
         if pending:
-            await self._write(self.store.append_events, self.run_id, pending)
+            await self._write(self.store.append_events, self.run_id, self._scrubbed_events(pending))
 
     def _take_pending(self) -> list[tuple[str, dict[str, Any]]]:
         pending, self._pending = self._pending, []
@@ -266,6 +301,14 @@ class RunRecorder:
         if status is None:
             status = "failed" if self.failed_cells else "succeeded"
             error = error or self._first_error
+        error = self.scrubber.text(error) if error else error
         self.run = await self._write(self.store.update_run_status, self.run_id, status, error=error)
         self._finished = True
         return self.run
+
+
+def settings_secrets(settings: Settings | None) -> list[str]:
+    """Secrets that may come from ``dsagent.toml`` rather than the environment (redacted as well)."""
+    if settings is None:
+        return []
+    return [settings.jupyter_token, settings.dashboard_cookie_secret]

@@ -217,7 +217,7 @@ class Chat:
         """Datasets into the work dir, secrets out of the kernel, then every clean cell of every turn again."""
         from dsagent.graphs.chat_history import load_turns, replay_cells
         from dsagent.graphs.runner import _prepare_kernel
-        from dsagent.graphs.secrets import secret_values
+        from dsagent.secrets import secret_values
         from dsagent.kernel_gateway.base import run_hook
 
         started = time.monotonic()

@@ -13,7 +13,7 @@ from typing import Any
 
 from dsagent.artifacts.recorder import RunRecorder
 from dsagent.graphs.llm import LLMClient
-from dsagent.graphs.secrets import Scrubber
+from dsagent.secrets import Scrubber
 from dsagent.graphs.state import AgentState
 from dsagent.graphs.tools import Toolbox
 from dsagent.settings import Settings

@@ -190,7 +190,7 @@ class _Attempt:
         from dsagent.artifacts.recorder import RunRecorder
         from dsagent.graphs.context import AgentContext, Budget
         from dsagent.graphs.export import parameters_code
-        from dsagent.graphs.secrets import Scrubber, secret_values
+        from dsagent.secrets import Scrubber, secret_values
         from dsagent.graphs.tools import Toolbox
         from dsagent.kernel_gateway.base import run_hook
 

@@ -22,7 +22,7 @@ from typing import Any
 from dsagent.artifacts.models import NewArtifact
 from dsagent.artifacts.recorder import RunRecorder
 from dsagent.graphs.llm import ToolCall
-from dsagent.graphs.secrets import Scrubber
+from dsagent.secrets import Scrubber
 from dsagent.graphs.state import CellRecord
 from dsagent.kernel_gateway.base import KernelSession
 from dsagent.kernel_gateway.models import Execution, ExecutionError

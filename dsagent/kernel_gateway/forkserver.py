@@ -41,6 +41,7 @@ from jupyter_client import AsyncKernelManager
 from jupyter_client.provisioning import LocalProvisioner
 
 from dsagent.kernel_gateway.forkprocess import ForkedProcess, fork_reply
+from dsagent.secrets import looks_secret
 
 __all__ = ["ForkServer", "ForkedProcess", "ForkingKernelManager", "adopted_connection", "fork_kernel", "fork_server_for", "preload_list", "runtime_dir", "stop_all"]
 
@@ -330,8 +331,12 @@ def _listening(path: str) -> bool:
 
 
 def _template_env(env: Mapping[str, str]) -> dict[str, str]:
-    """What the template starts with: what changes imports, and no more (its memory is every kernel's)."""
-    return {k: v for k, v in env.items() if k.startswith(IMPORT_ENV_PREFIXES) or k in TEMPLATE_ENV_KEYS}
+    """What the template starts with: what changes imports, and no more (its memory is every kernel's).
+
+    Never a secret, even one a kernel is given on purpose: a forked kernel's
+    ``/proc/self/environ`` is the template's, whatever its ``os.environ`` becomes.
+    """
+    return {k: v for k, v in env.items() if (k.startswith(IMPORT_ENV_PREFIXES) or k in TEMPLATE_ENV_KEYS) and not looks_secret(k)}
 
 
 def _mtime(path: Path) -> float:

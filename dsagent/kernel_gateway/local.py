@@ -38,6 +38,7 @@ from dsagent.kernel_gateway.kernel_death import (
     stream_copy_arguments,
     stream_copy_path,
 )
+from dsagent.kernel_gateway.kernel_env import kernel_environment
 from dsagent.kernel_gateway.local_sockets import ipc_sockets, shared_zmq_context
 from dsagent.kernel_gateway.models import Execution, FileInfo
 from dsagent.kernel_gateway.pool import WarmPool
@@ -210,8 +211,8 @@ class LocalBackend(KernelBackend):
         )
 
     def _kernel_env(self, extra: Mapping[str, str] | None) -> dict[str, str]:
-        """The environment the kernel process starts with."""
-        env = dict(os.environ)
+        """The environment the kernel process starts with: the allowlisted part of ours (no secrets), then ``extra``."""
+        env = kernel_environment(self.settings.kernel_env_allow, self.settings.kernel_env_passthrough)
         # ipykernel stops forwarding fd-level output (os.write, C code, subprocesses)
         # when it sees this variable: a kernel started under pytest would then not
         # behave as it does for users

@@ -28,6 +28,7 @@ from typing import Any
 from dsagent.errors import BackendUnavailable, KernelDied, KernelServerError, KernelStartFailed, SessionClosed
 from dsagent.kernel_gateway.base import KernelBackend, KernelSession, OutputHook
 from dsagent.kernel_gateway.execute_loop import KernelGone, KernelLink, restarting, run_cell
+from dsagent.kernel_gateway.kernel_env import drop_secrets_code
 from dsagent.kernel_gateway.models import Execution, FileInfo
 from dsagent.kernel_gateway.remote_channels import ChannelClosed, KernelChannel
 from dsagent.kernel_gateway.remote_files import ContentsFiles, KernelFiles, RemoteFiles, clean_path
@@ -228,6 +229,8 @@ class JupyterSession(KernelSession):
             "import os as _dsagent_os\n"
             f"_dsagent_os.makedirs({folder!r}, exist_ok=True)\n"
             f"_dsagent_os.chdir({folder!r})\n"
+            # the server's environment is the other machine's: its secrets stay out of code that runs here too
+            + drop_secrets_code(self.settings.kernel_env_passthrough, keep=self._env)
             + (f"_dsagent_os.environ.update({self._env!r})\n" if self._env else "")
             + "del _dsagent_os\n"
         )

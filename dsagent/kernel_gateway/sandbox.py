@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import fnmatch
 import functools
 import logging
 import os
@@ -43,6 +42,7 @@ from jupyter_client import AsyncKernelManager
 from dsagent.errors import BackendUnavailable
 from dsagent.kernel_gateway import sandbox_loans
 from dsagent.kernel_gateway.kernel_death import MEMORY_ADVICE, STREAM_COPY_SCRIPT, StreamCopy, death_reason, stream_copy_path
+from dsagent.kernel_gateway.kernel_env import kernel_environment
 from dsagent.kernel_gateway.local import LocalBackend, LocalSession, _Kernel
 from dsagent.kernel_gateway.models import Execution, ExecutionError
 from dsagent.settings import Settings
@@ -353,8 +353,7 @@ class SandboxBackend(LocalBackend):
         return _SandboxKernelManager(self.policy, runtime_dir, workspace_home=self.workspace.home, kernel_name=self.kernel_name)
 
     def _kernel_env(self, extra: Mapping[str, str] | None) -> dict[str, str]:
-        allowed = [p.strip() for p in self.settings.sandbox_env_allow.split(",") if p.strip()]
-        env = {k: v for k, v in os.environ.items() if any(fnmatch.fnmatchcase(k, p) for p in allowed)}
+        env = kernel_environment(self.settings.sandbox_env_allow, self.settings.kernel_env_passthrough)
         env.update(HOME="/tmp", TMPDIR="/tmp", USER="sandbox", LOGNAME="sandbox")
         # glibc reserves 64 MiB of address space per thread arena: without a cap an idle
         # ipykernel takes ~650 MiB of sandbox_memory, with it ~200 MiB

@@ -19,6 +19,7 @@ A caller that keeps a backend open (dashboard, scheduler, batch) passes it as
 from __future__ import annotations
 
 import asyncio
+import functools
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from dsagent.artifacts.models import Artifact, Run
     from dsagent.artifacts.recorder import RunRecorder
     from dsagent.artifacts.store import Store
+    from dsagent.secrets import Scrubber
 
 __all__ = ["run_notebook", "execute_notebook_run", "NotebookOutcome", "CellFailure", "CellProgress", "NOTEBOOK_MIME"]
 
@@ -178,6 +180,7 @@ async def execute_notebook_run(
 
 def _open_store(settings: Settings) -> "Store":
     from dsagent.artifacts.store import Store
+    from dsagent.secrets import Scrubber
 
     store = Store(settings=settings)
     store.setup()
@@ -233,7 +236,7 @@ class _NotebookRunner:
             target = self.target = self.output or self._workspace_copy(recorder.run_id)
             if on_run is not None:
                 on_run(recorder.run, target)  # type: ignore[arg-type]
-            nb_man = self._manager(self._autosave_path(target, recorder.run_id) if self.autosave else None)
+            nb_man = self._manager(self._autosave_path(target, recorder.run_id) if self.autosave else None, recorder.scrubber)
             session = await asyncio.shield(session_task)
             frames = _frames_dir(session)
             keep_frames = frames is None or frames.exists()  # someone else's: leave it
@@ -262,11 +265,11 @@ class _NotebookRunner:
             return self._workspace_copy(run_id)
         return target
 
-    def _manager(self, target: Path | None) -> Any:
-        from papermill.engines import NotebookExecutionManager
-
-        return NotebookExecutionManager(self.prepared.nb, output_path=str(target) if target else None, log_output=self.log_output,
-                                        progress_bar=self.progress_bar)
+    def _manager(self, target: Path | None, scrubber: "Scrubber") -> Any:
+        manager = _scrubbing_manager()(self.prepared.nb, output_path=str(target) if target else None, log_output=self.log_output,
+                                       progress_bar=self.progress_bar)
+        manager.scrubber = scrubber
+        return manager
 
     async def _execute(self, nb_man: Any, session: KernelSession) -> CellFailure | None:
         """Papermill's ``Engine.execute_notebook`` steps around the shared cell loop; returns the failing cell."""
@@ -308,19 +311,40 @@ class _NotebookRunner:
 
     async def _store_notebook(self, nb_man: Any, target: Path) -> None:
         """Write the executed (or partial) notebook and store it as the run's ``notebook`` artifact."""
-        from nbformat.v4.nbjson import writes  # nbformat.writes without its validation: see below
-
         from dsagent.artifacts.models import NewArtifact
 
         assert self.recorder is not None
-        # nbformat.writes validates first and only logs what it finds; the notebook was validated when papermill
-        # read it and since then got papermill's metadata and outputs built by nbformat, so the check found nothing
-        # and cost every run (a sweep's children: each worker's first write compiled the schema, ~0.15 s of CPU)
-        data = writes(nb_man.nb).encode("utf-8")
+        data = notebook_bytes(nb_man.nb, self.recorder.scrubber)
         for path in {target, Path(nb_man.output_path or target)}:
             await asyncio.shield(asyncio.to_thread(path.write_bytes, data))
         item = NewArtifact(target.name, "notebook", NOTEBOOK_MIME, data, metadata={"path": str(target), "source": str(self.path)})
         await self.recorder.add_artifacts([item])
+
+
+def notebook_bytes(nb: Any, scrubber: "Scrubber") -> bytes:
+    """The notebook as the file to keep: secrets its outputs or parameters hold are redacted."""
+    from nbformat.v4.nbjson import writes  # nbformat.writes without its validation: see below
+
+    # nbformat.writes validates first and only logs what it finds; the notebook was validated when papermill
+    # read it and since then got papermill's metadata and outputs built by nbformat, so the check found nothing
+    # and cost every run (a sweep's children: each worker's first write compiled the schema, ~0.15 s of CPU)
+    return scrubber.data(writes(nb).encode("utf-8"))
+
+
+@functools.cache
+def _scrubbing_manager() -> type:
+    """Papermill's execution manager whose saves (the autosaves while cells run) redact secrets too."""
+    from papermill.engines import NotebookExecutionManager
+
+    class ScrubbingManager(NotebookExecutionManager):  # type: ignore[misc]
+        scrubber: "Scrubber"
+
+        def save(self, **kwargs: Any) -> None:
+            if self.output_path:
+                Path(self.output_path).write_bytes(notebook_bytes(self.nb, self.scrubber))
+            self.last_save_time = self.now()
+
+    return ScrubbingManager
 
 
 def _frames_dir(session: KernelSession) -> Path | None:
