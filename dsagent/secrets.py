@@ -21,9 +21,12 @@ from typing import Any
 
 __all__ = ["NOT_SECRET", "REDACTED", "SECRET_NAME", "Scrubber", "looks_secret", "secret_values"]
 
-#: matched against the upper-cased name: a word that names a credential anywhere, or a whole family of
-#: credentials by prefix (every variable of these services counts: their base URLs say where keys go)
-SECRET_NAME = re.compile(r"^(?:OPENAI_|E2B_|AWS_|ANTHROPIC_)|KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH")
+#: matched against the upper-cased name: a word that names a credential anywhere, or a family of credentials
+#: by prefix, except the settings of those services that say where or how (a base URL, a region): redacting
+#: those would make every "cannot connect to ..." message useless
+SECRET_NAME = re.compile(
+    r"^(?:OPENAI_|E2B_|AWS_|ANTHROPIC_)(?!(?:.*_)?(?:URL|HOST|DOMAIN|PORT|DEBUG|REGION|PROFILE)$)|KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH"
+)
 #: names the rule matches that hold a socket or file path, not a secret
 NOT_SECRET = frozenset({"SSH_AUTH_SOCK", "XAUTHORITY"})
 _MIN_LENGTH = 8  # shorter values ("1", "true") would redact ordinary text

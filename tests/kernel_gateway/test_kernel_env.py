@@ -20,6 +20,7 @@ from dsagent.kernel_gateway.kernel_env import kernel_environment
 from dsagent.kernel_gateway.local import LocalBackend
 from dsagent.kernel_gateway.remote import JupyterBackend
 from dsagent.kernel_gateway.sandbox import SandboxBackend, probe
+from dsagent.secrets import looks_secret
 from dsagent.settings import Settings
 
 PLANTED = {
@@ -83,6 +84,17 @@ def test_the_rule_keeps_secret_names_out_unless_named_exactly():
     assert env == {"PATH": "/bin", "DSAGENT_HOME": "/w", "LC_ALL": "C", "SSH_AUTH_SOCK": "/tmp/s", **WANTED}
     # even "*" in the passthrough passes no secret-looking name; only an exact name does
     assert not set(PLANTED) & set(kernel_environment("", "*", environ))
+
+
+@pytest.mark.parametrize("name", ["OPENAI_API_KEY", "OPENAI_ORG_ID", "E2B_API_KEY", "AWS_ACCESS_KEY_ID", "DSAGENT_JUPYTER_TOKEN",
+                                  "DSAGENT_DASHBOARD_COOKIE_SECRET", "DB_PASSWORD", "GITHUB_TOKEN", "my_api_key"])
+def test_secret_names(name):
+    assert looks_secret(name)
+
+
+@pytest.mark.parametrize("name", ["PATH", "HOME", "OPENAI_BASE_URL", "E2B_DOMAIN", "AWS_DEFAULT_REGION", "SSH_AUTH_SOCK", "DSAGENT_HOME"])
+def test_names_that_say_where_not_what(name):
+    assert not looks_secret(name)  # redacting a base URL would blank every "cannot connect to ..." message
 
 
 async def test_local_forked_kernels_and_their_template_get_no_secrets():
