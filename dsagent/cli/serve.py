@@ -24,6 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workspace", metavar="DIR", help="workspace folder (default: DSAGENT_HOME or ./.dsagent); must exist when named")
     p.add_argument("--basic-auth", metavar="FILE", help="JSON file of user name to password (plain or hashed); turns the login on")
     p.add_argument("--add-user", metavar="NAME", help="write NAME with a hashed password (asked for) into the --basic-auth file, then exit")
+    p.add_argument("--add-token", metavar="NAME",
+                   help="make an API token for scripts (REST routes, sent as 'Authorization: Bearer TOKEN'), print it once, then exit")
+    p.add_argument("--revoke-token", metavar="NAME", help="revoke the API token NAME (a running server refuses it at once), then exit")
+    p.add_argument("--list-tokens", action="store_true", help="list the workspace's API tokens (names and dates, never the tokens), then exit")
     p.add_argument("--cookie-secret-file", metavar="FILE",
                    help="file holding the secret that signs login cookies (default: DSAGENT_DASHBOARD_COOKIE_SECRET, else one kept "
                         "in <workspace>/dashboard-cookie-secret)")
@@ -54,6 +58,31 @@ def _add_user(args: argparse.Namespace) -> int:
         raise DsagentError("an empty password is not allowed", hint="type a password (or set DSAGENT_NEW_PASSWORD)")
     add_user(args.basic_auth, args.add_user, password)
     print(f"{args.add_user} written to {args.basic_auth} (hashed)")
+    return 0
+
+
+def _tokens(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from dsagent.panel_app.api_tokens import ApiTokens
+    from dsagent.workspace import Workspace
+
+    workspace = Workspace.from_settings(_workspace_settings(args))
+    workspace.ensure()
+    tokens = ApiTokens(workspace.home)
+    if args.add_token:
+        token = tokens.add(args.add_token)
+        print(f"API token {args.add_token} (shown only now; only its hash is kept in {tokens.path}):\n{token}\n"
+              f"use: curl -H 'Authorization: Bearer {token}' http://127.0.0.1:5006/api/runs  (needs a server with --basic-auth)")
+    elif args.revoke_token:
+        tokens.revoke(args.revoke_token)
+        print(f"API token {args.revoke_token} revoked")
+    else:
+        listing = tokens.listing()
+        for name, created in listing:
+            print(f"{name}\tcreated {datetime.fromtimestamp(created):%Y-%m-%d %H:%M}")
+        if not listing:
+            print("no API tokens (dsagent serve --add-token NAME makes one)")
     return 0
 
 
@@ -90,6 +119,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.add_user:
         return _add_user(args)
+    if args.add_token or args.revoke_token or args.list_tokens:
+        return _tokens(args)
     if args.cookie_secret is not None:
         raise DsagentError("--cookie-secret is no longer accepted: a secret on the command line can be read by every user and "
                            "every process of this machine (ps, /proc/<pid>/cmdline)",

@@ -5,8 +5,8 @@ password, so a file written for ``panel serve`` works here. A password may also
 be a hash (``pbkdf2_sha256$<iterations>$<salt>$<hex>``), which is what
 ``dsagent serve --add-user NAME`` writes; plain ones are compared in constant
 time. Pages and the websocket use Panel's login with our handlers; the REST
-routes accept the same login cookie or an ``Authorization: Basic`` header (for
-``curl -u``).
+routes accept the same login cookie, an ``Authorization: Basic`` header (for
+``curl -u``) or an API token (``api_tokens.py``).
 
 A login starts a server-side session (``sessions.py``): the ``user`` cookie
 holds its signed id (HttpOnly, SameSite=Lax), never the user name. Bokeh copies
@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Callable
 from dsagent.errors import DsagentError
 
 if TYPE_CHECKING:
+    from dsagent.panel_app.api_tokens import ApiTokens
     from dsagent.panel_app.sessions import LoginSessions
 
 __all__ = ["Credentials", "LoginThrottle", "hash_password", "add_user", "cookie_secret", "make_auth_provider",
@@ -80,6 +81,7 @@ class Credentials:
         self._mtime: float | None = None
         self._users: dict[str, str] = {}
         self.sessions: LoginSessions | None = None  # set by the server: a changed password ends the user's sessions
+        self.tokens: ApiTokens | None = None  # set by the server: scripts' Bearer tokens for the REST routes
         self.throttle = LoginThrottle()
         self._load()
 

@@ -143,7 +143,12 @@ def _sidebar(ctx: "AppContext", host: ChatHost, notice: Notice, ref: str | None)
     more = pn.widgets.Button(name="Older chats", button_type="light", visible=False, width=120)
     cursor: dict[str, str | None] = {"next": None}
     name = pn.widgets.TextInput(name="Name", placeholder="e.g. sales q3 (default: date and time)", width=260)
-    files = pn.widgets.FileInput(accept=",".join(DATA_TYPES), multiple=True, width=260, name="datasets")
+    limit = ctx.settings.dashboard_upload_limit
+    # FileDropper checks the size in the browser, so a file over the limit is refused before a byte is sent, and
+    # sends the rest in chunks: one big websocket message (Bokeh's FileInput) closed the page's connection past ~60 MiB
+    # (no type filter in the browser: Windows reports a .csv as application/vnd.ms-excel; the type is checked on Create)
+    files = pn.widgets.FileDropper(multiple=True, max_file_size=str(limit), width=260, name="datasets", layout="compact")
+    files.param.watch(lambda event: setattr(message, "object", _received(event.new)), "value")
     agent = pn.widgets.Select(name="Agent", options=GRAPHS, value="analysis", width=260)
     from dsagent.kernel_gateway.registry import backend_registry
 
@@ -152,7 +157,6 @@ def _sidebar(ctx: "AppContext", host: ChatHost, notice: Notice, ref: str | None)
                                 value=ctx.settings.agent_backend if ctx.settings.agent_backend in backends else backends[0], width=260)
     create = pn.widgets.Button(name="Create chat", button_type="primary", width=140)
     message = chat_pane("", width=260)
-    limit = ctx.settings.dashboard_upload_limit
 
     async def load(older: bool = False) -> None:
         current = None
@@ -170,10 +174,11 @@ def _sidebar(ctx: "AppContext", host: ChatHost, notice: Notice, ref: str | None)
 
         create.disabled = True
         try:
-            names = files.filename or []
-            contents = files.value or []
-            if isinstance(names, str):
-                names, contents = [names], [contents]
+            if uploading(files):
+                message.object = "<span style='color:#dc3545'>a file is still uploading: create the chat when its bar is full</span>"
+                return
+            names = list(files.value)
+            contents = [data.encode("utf-8") if isinstance(data, str) else data for data in files.value.values()]
             try:
                 checked = check_uploads(names, contents, limit)  # refused before anything is written
             except Exception as exc:
@@ -196,9 +201,20 @@ def _sidebar(ctx: "AppContext", host: ChatHost, notice: Notice, ref: str | None)
     more.on_click(on_more)
     create.on_click(on_create)
     pn.state.onload(load)
-    hint = chat_pane(f"<small>{', '.join(DATA_TYPES)}; up to {limit / 2**20:.0f} MiB each</small>", width=260)
+    # FilePond counts in powers of 1000: say the limit its way too, so its "Maximum file size is ..." matches the hint
+    hint = chat_pane(f"<small>{', '.join(DATA_TYPES)}; up to {limit / 1e6:.1f} MB ({limit / 2**20:.0f} MiB) each</small>", width=260)
     return pn.Column(pn.pane.Markdown("### Chats"), listing, more, pn.pane.Markdown("### New chat"), name, files, hint, agent, backend,
                      create, message, width=290, styles={"border-right": "1px solid #eee"}), load
+
+
+def _received(files: dict[str, Any]) -> str:
+    listed = ", ".join(f"{untrusted.text(name)} ({len(data) / 1e6:.1f} MB)" for name, data in files.items())
+    return f"<small>received: {listed}</small>" if listed else ""
+
+
+def uploading(dropper: pn.widgets.FileDropper) -> bool:
+    """Whether a file's chunks are still arriving (Panel keeps them in ``_file_buffer`` until the last one)."""
+    return bool(getattr(dropper, "_file_buffer", None))
 
 
 def _go(search: str) -> None:

@@ -43,7 +43,10 @@ class AppContext:
         store = Store(settings=read_settings)
         store.setup()
         if credentials is not None:
+            from dsagent.panel_app.api_tokens import ApiTokens
             from dsagent.panel_app.sessions import LoginSessions
+
+            credentials.tokens = ApiTokens(store.workspace.home)
 
             credentials.sessions = LoginSessions(store.workspace.home / "dashboard-sessions.json",
                                                  lifetime_s=settings.dashboard_session_days * 86400,

@@ -61,7 +61,8 @@ class ApiHandler(RequestHandler):
         self.current_user = await self._user()
         if self.current_user is None:
             self.set_header("WWW-Authenticate", 'Basic realm="dsagent"')
-            self._error(401, "login required", "log in on the dashboard, or pass credentials: curl -u USER:PASSWORD ...")
+            self._error(401, "login required", "log in on the dashboard, or pass credentials: curl -u USER:PASSWORD ..., or an API token "
+                        "(dsagent serve --add-token NAME): curl -H 'Authorization: Bearer TOKEN' ...")
             # finished: Tornado does not call get() after a prepare() that finished the request
 
     async def _user(self) -> str | None:
@@ -72,6 +73,8 @@ class ApiHandler(RequestHandler):
         header = self.request.headers.get("Authorization")
         if user or not header:
             return user
+        if header[:7].lower() == "bearer ":
+            return credentials.tokens.user(header) if credentials.tokens is not None else None
         # a script's Basic header costs a PBKDF2: on the login threads, and throttled like the login form
         client, name = self.request.remote_ip or "?", _basic_user(header)
         if credentials.throttle.wait_s(client, name) > 0:

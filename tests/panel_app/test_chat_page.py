@@ -142,20 +142,28 @@ def test_upload_then_two_turns_with_a_plot_stream_live_and_share_the_kernel(serv
     bad = tmp_path / "notes.txt"
     bad.write_text("not data")
     page.locator("input[type=file]").set_input_files(str(bad))
+    page.get_by_text("received: notes.txt").wait_for()
     page.get_by_role("button", name="Create chat").click()
     page.get_by_text("is not a data file the agents read").wait_for()
     assert not (served.home / "chats").exists()
-    # too big: over the 1 MiB limit of this server
+    # too big (over the 1 MiB limit of this server): the browser refuses it, not one chunk is sent
+    page.goto(served.dashboard.url + "chat")
     big = tmp_path / "big.csv"
     big.write_text("x,y\n" + "1,2\n" * 300_000)
     page.locator("input[type=file]").set_input_files(str(big))
-    page.get_by_role("button", name="Create chat").click()
-    page.get_by_text("over the upload limit").wait_for()
-    assert not (served.home / "chats").exists()
+    page.get_by_text("File is too large", exact=True).wait_for()
+    page.screenshot(path=str(tmp_path / "chat-upload-too-large.png"))
+    shown = page.locator(".filepond--file-status-sub").inner_text()
+    assert shown.startswith("Maximum file size is 1"), shown  # FilePond's words, in the hint's unit (MB)
+    page.get_by_text("up to 1.0 MB (1 MiB) each").wait_for()
+    page.wait_for_timeout(500)
+    assert page.get_by_text("received:").count() == 0  # the server got no chunk of it
+    page.goto(served.dashboard.url + "chat")
 
     data = tmp_path / "points.csv"
     data.write_text(CSV)
     page.locator("input[type=file]").set_input_files(str(data))
+    page.get_by_text("received: points.csv").wait_for()
     page.get_by_placeholder("e.g. sales q3").fill("points")
     page.get_by_role("button", name="Create chat").click()
     page.wait_for_url("**/chat?id=*")

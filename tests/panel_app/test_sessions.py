@@ -166,3 +166,31 @@ def test_the_cookie_secret_is_on_no_command_line(server):
     for process in [server_process, *server_process.children(recursive=True)]:
         assert SECRET not in " ".join(process.cmdline()), process.cmdline()
     assert not (dashboard.home / "dashboard-cookie-secret").exists()  # the file's secret was used, none generated
+
+
+def _tokens_cli(home, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dsagent", "serve", "--workspace", str(home), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_api_tokens_work_on_rest_only_are_hashed_and_revocable(server):
+    dashboard, _, run_id = server
+    made = _tokens_cli(dashboard.home, "--add-token", "ci-nightly")
+    assert made.returncode == 0, made.stderr
+    token = re.search(r"^(dsat_\S+)$", made.stdout, re.M).group(1)
+    kept = (dashboard.home / "dashboard-tokens.json")
+    assert token not in kept.read_text() and kept.stat().st_mode & 0o777 == 0o600  # only a hash, only for us
+    bearer = {"Authorization": f"Bearer {token}"}
+    status, body = dashboard.get_json(f"api/runs/{run_id}", bearer)
+    assert status == 200 and body["title"] == "a private run"
+    assert dashboard.get_json(f"api/runs/{run_id}", {"Authorization": f"Bearer {token}x"})[0] == 401
+    assert dashboard.get("runs", bearer)[0] == 302  # pages need a login: a token is for scripts
+    again = _tokens_cli(dashboard.home, "--add-token", "ci-nightly")
+    assert again.returncode != 0 and "exists" in again.stderr and token not in again.stdout
+    listing = _tokens_cli(dashboard.home, "--list-tokens")
+    assert "ci-nightly" in listing.stdout and "dsat_" not in listing.stdout
+    revoked = _tokens_cli(dashboard.home, "--revoke-token", "ci-nightly")
+    assert revoked.returncode == 0, revoked.stderr
+    assert dashboard.get_json(f"api/runs/{run_id}", bearer)[0] == 401  # the running server stops at once
+    unknown = _tokens_cli(dashboard.home, "--revoke-token", "ci-nightly")
+    assert unknown.returncode != 0 and "no token named 'ci-nightly'" in unknown.stderr
