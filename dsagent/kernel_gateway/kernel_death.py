@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 import signal
-import struct
 import subprocess
 import uuid
 from dataclasses import dataclass
@@ -53,7 +52,6 @@ MEMORY_ADVICE = "load less at once: read in chunks, select fewer columns, downca
 #: words in a death's reason that mean memory ended it (then MEMORY_ADVICE follows it)
 MEMORY_DEATHS = ("out-of-memory killer", "memory limit")
 
-_RECORD = struct.Struct("<cI")
 _STREAMS = {b"o": "stdout", b"e": "stderr"}
 #: what the kernel log says when the OOM killer ends a process (global and cgroup OOM, kernels 4.x-6.x)
 _OOM_LINE = re.compile(r"(?:Killed process|oom-kill:.*?,pid=)\s*(\d+)")
@@ -113,15 +111,19 @@ class StreamCopy:
 
 
 def _records(data: bytes):
-    """(kind, payload) of each whole record; the first zero kind byte is the end (the file is sparse)."""
-    offset = 0
-    while offset + _RECORD.size <= len(data):
-        kind, size = _RECORD.unpack_from(data, offset)
-        offset += _RECORD.size
-        if kind == b"\0" or offset + size > len(data):
-            return
-        yield kind, data[offset : offset + size]
-        offset += size
+    """(kind, payload) of each record of the copy (format: ``streamcopy.py``); the first zero byte is the end (the file is sparse)."""
+    stream = b"o"
+    for piece in data.split(b"\0", 1)[0].split(b"\xff")[1:]:
+        marker, text = piece[:1], piece[1:]
+        if marker == b"p":
+            line, _, text = text.partition(b"\n")
+            yield marker, line
+        elif marker in _STREAMS:
+            stream = marker
+        elif marker == b"0":  # an escaped NUL character of the current stream
+            text = b"\0" + text
+        if text:
+            yield stream, text
 
 
 def _as_outputs(pieces: list[tuple[str, str]]) -> list[Output]:

@@ -15,15 +15,21 @@
 # so it imports nothing at module level and leaves no name behind. It never
 # imports dsagent (a sandboxed kernel sees only this one file of it).
 #
-# The file has a fixed size (``$DSAGENT_STREAM_COPY_CAP``, 8 MiB, sparse). Its
-# first 8 bytes (little-endian) say where the records end; the records follow:
-# a kind byte (``o`` stdout, ``e`` stderr, ``p`` parent), a 4-byte
-# little-endian length, then UTF-8 (surrogatepass).
-# A ``p`` record starts the text of one request (``msg_id``) and says how many
-# characters of stdout and stderr it had written before (``msg_id out err``),
-# so the reader can tell exactly which text arrived over IOPub. When the file
-# is full the kernel starts again at the top with a ``p`` record: the copy is
-# bounded, and its tail (what matters after a death) is always there.
+# The file has a fixed size (``$DSAGENT_STREAM_COPY_CAP``, 8 MiB, sparse). It
+# holds UTF-8 text (surrogatepass) with markers: byte 0xFF, which UTF-8 never
+# holds, then ``o`` (stdout text follows), ``e`` (stderr text follows), ``0``
+# (a NUL character of the current text: NUL is escaped because the first zero
+# byte is the end of what was written) or ``p`` (a request starts:
+# ``msg_id`` or ``msg_id out err`` up to a newline, then a kind marker).
+# ``out err`` say how many characters of stdout and stderr the request had
+# written before, so the reader can tell exactly which text arrived over IOPub.
+# When the file is full the kernel starts again at the top with ``p`` records:
+# the copy is bounded, and its tail (what matters after a death) is always there.
+#
+# The common write (same stream and request as the last one) is one encode and
+# one ``mmap.write``, without a lock: markers are written under a lock, and two
+# threads printing to different streams at the same instant can at worst put a
+# piece under the other's marker (the text is kept; only its stream may be wrong).
 #
 # (Comments, not a docstring: run as a startup file, a docstring would set __doc__ in the user's namespace.)
 
@@ -37,7 +43,6 @@ def _dsagent_stream_copy() -> None:
         return
     written_by = _written  # (the module's names are deleted once this has run)
     import mmap
-    import struct
     import threading
 
     from ipykernel.iostream import OutStream
@@ -47,58 +52,71 @@ def _dsagent_stream_copy() -> None:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     os.ftruncate(fd, cap)  # sparse: pages are taken as text is written
     copy_map = mmap.mmap(fd, cap)  # shared: the page cache keeps what is written, whatever ends the process
+    append = copy_map.write  # writes at the map's position and moves it; ValueError when it does not fit
     write_text = OutStream.write
-    pack_header = struct.Struct("<cI").pack_into
     kinds = {"stdout": b"o", "stderr": b"e"}
     lock = threading.Lock()
-    state = [None, 0]  # the parent header of the last text, where the next record goes
-
-    def put(kind: bytes, data: bytes) -> None:
-        end = state[1]
-        copy_map[end + 5 : end + 5 + len(data)] = data
-        pack_header(copy_map, end, kind, len(data))  # after the text: a record is whole once its kind is there
-        state[1] = end + 5 + len(data)
+    # the stream, its request and its kind of the last piece: while they stay, a piece is just appended
+    last_stream = None
+    last_parent = None
+    last_kind = b""
+    parent_now = None  # the last stream's parent-header lookup, without the property's Python frame
 
     def start_over() -> None:
         """The file is full: empty it and go on, first saying how much each request had written (see the top)."""
-        written = written_by(bytes(copy_map[: state[1]]))
+        written = written_by(bytes(copy_map[: copy_map.tell()]))
         os.ftruncate(fd, 0)  # zeroes the mapped pages
         os.ftruncate(fd, cap)
-        state[1] = 0
+        copy_map.seek(0)
         for msg_id, (out, err) in list(written.items())[-16:]:
-            put(b"p", f"{msg_id} {out} {err}".encode())
+            append(b"\xffp%s %d %d\n" % (msg_id.encode(), out, err))
 
-    def switch(parent: dict, room: int) -> None:
-        if state[1] + room + 1024 > cap:
-            start_over()
-        state[0] = parent
-        put(b"p", parent.get("msg_id", "").encode())
+    def parent_lookup(stream: OutStream):
+        """``stream.parent_header`` as one C call where ipykernel keeps it in a context variable (None: ask the property)."""
+        variable = getattr(stream, "_parent_header", None)
+        return variable.get if hasattr(variable, "get") and hasattr(variable, "reset") else lambda default: None
+
+    def put(stream: OutStream, string: str) -> None:
+        """The slow path: a new stream or request (a marker first), a NUL to escape, a full file or a huge piece."""
+        nonlocal last_stream, last_parent, last_kind, parent_now
+        kind = kinds.get(stream.name)
+        if kind is None:
+            return
+        parent = stream.parent_header
+        data = string.encode("utf-8", "surrogatepass").replace(b"\0", b"\xff0")
+        data = data if len(data) + 2048 < cap else data[-(cap // 4) :]  # (the tail of one huge write)
+        with lock:
+            if copy_map.tell() + len(data) + 1024 > cap:
+                start_over()
+                last_parent = None
+            if parent is not last_parent:
+                append(b"\xffp%s\n" % parent.get("msg_id", "").encode())
+                last_parent, last_kind = parent, b""
+            if kind is not last_kind:
+                append(b"\xff" + kind)
+            append(data)
+            last_stream, last_kind, parent_now = stream, kind, parent_lookup(stream)
 
     def write(self: OutStream, string: str) -> "int | None":
-        kind = kinds.get(self.name)
-        if kind is not None and string and string.__class__ is str:
+        if self is last_stream and parent_now(None) is last_parent and string.__class__ is str and "\0" not in string:
             try:
-                try:
-                    data = string.encode()
-                except UnicodeEncodeError:
-                    data = string.encode("utf-8", "surrogatepass")
-                data = data if len(data) + 2048 < cap else data[-(cap // 4) :]  # (the tail of one huge write)
-                parent = self.parent_header
-                with lock:
-                    if parent is not state[0] or state[1] + len(data) + 1029 > cap:
-                        state[0] = None
-                        switch(parent, len(data) + 5)
-                    end = state[1]
-                    stop = end + 5 + len(data)
-                    copy_map[end + 5 : stop] = data
-                    pack_header(copy_map, end, kind, len(data))
-                    state[1] = stop
-            except Exception:  # a full disk or a closed file must not break printing
-                pass
+                append(string.encode())
+            except (ValueError, UnicodeEncodeError):  # full, or a lone surrogate: the slow path handles both
+                put_quietly(self, string)
+        elif string and string.__class__ is str:
+            put_quietly(self, string)
         return write_text(self, string)
 
-    def forget_in_child() -> None:  # a forked child (multiprocessing) shares the map but not the lock or the end
+    def put_quietly(stream: OutStream, string: str) -> None:
+        try:
+            put(stream, string)
+        except Exception:  # a full disk or a closed file must not break printing
+            pass
+
+    def forget_in_child() -> None:  # a forked child (multiprocessing) shares the map but not the lock or the position
+        nonlocal last_stream
         kinds.clear()
+        last_stream = None
 
     os.register_at_fork(after_in_child=forget_in_child)
     write.dsagent_stream_copy = True  # type: ignore[attr-defined]
@@ -107,25 +125,23 @@ def _dsagent_stream_copy() -> None:
 
 def _written(records: bytes) -> dict:
     """Characters of stdout and stderr each request had written by the end of ``records`` (the reader's rule)."""
-    import struct
-
-    header = struct.Struct("<cI")
     written: dict = {}
     current = None
-    offset = 0
-    while offset + 5 <= len(records):
-        kind, size = header.unpack_from(records, offset)
-        payload = records[offset + 5 : offset + 5 + size]
-        offset += 5 + size
-        if kind == b"p":
-            fields = payload.decode("utf-8", "replace").split(" ")
+    stream = 0
+    for piece in records.split(b"\xff")[1:]:
+        marker, text = piece[:1], piece[1:]
+        if marker == b"p":
+            line, _, text = text.partition(b"\n")
+            fields = line.decode("utf-8", "replace").split(" ")
             current = written.setdefault(fields[0], [0, 0])
             if len(fields) == 3:
                 current[:] = [int(fields[1]), int(fields[2])]
-        elif kind in (b"o", b"e") and current is not None:
-            current[kind == b"e"] += len(payload.decode("utf-8", "surrogatepass"))
-        else:
-            break
+        elif marker in (b"o", b"e"):
+            stream = marker == b"e"
+        elif marker == b"0":
+            text = b"\0" + text
+        if current is not None and text:
+            current[stream] += len(text.decode("utf-8", "surrogatepass"))
     return written
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from dsagent.kernel_gateway.kernel_death import RECOVERED_NOTE
 from dsagent.kernel_gateway.local import LocalBackend
 from dsagent.settings import Settings
 
@@ -76,6 +77,25 @@ async def test_the_copy_stays_bounded_and_still_recovers_the_tail(backend):
     finally:
         await session.shutdown()
     assert not copy.path.exists()
+
+
+async def test_nul_characters_and_other_scripts_come_back_exactly_once(backend):
+    # the copy escapes NUL (its end marker) and records where stdout and stderr take turns
+    session = await backend.start_session()
+    try:
+        code = (
+            "import os, sys\n"
+            "print('a\\x00b', 'naïve 東京', end='|')\n"
+            "print('\\x00', file=sys.stderr)\n"
+            "print('after', flush=True)\n"
+            "os.kill(os.getpid(), 9)"
+        )
+        result = await session.execute(code, timeout=60)
+        assert result.status == "died", result
+        texts = {name: result.stream_text(name).replace(RECOVERED_NOTE, "") for name in ("stdout", "stderr")}
+        assert texts == {"stdout": "a\x00b naïve 東京|after\n", "stderr": "\x00\n"}
+    finally:
+        await session.shutdown()
 
 
 def _own_memory_cgroup() -> Path | None:
