@@ -82,6 +82,17 @@ def outputs_html(outputs: list[dict[str, Any]], artifacts: list[dict[str, Any]])
     return "".join(parts)
 
 
+def _merged_streams(outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Consecutive stream outputs of one name as one (a line per event would be a <pre> each)."""
+    merged: list[dict[str, Any]] = []
+    for out in outputs:
+        if merged and merged[-1]["name"] == out["name"]:
+            merged[-1] = {**merged[-1], "text": merged[-1]["text"] + out["text"]}
+        else:
+            merged.append(out)
+    return merged
+
+
 def _code_html(code: str) -> str:
     return f"<pre class='ds-code'><code>{untrusted.text(code)}</code></pre>"
 
@@ -122,6 +133,8 @@ class TurnView:
                                 visible=not hidden)
         self._blocks: list[str] = []
         self._cells: dict[int, int] = {}  # cell number -> index of its block
+        self._running_code: dict[int, str] = {}  # cells started and not yet ended: their code
+        self._streamed: dict[int, list[dict[str, Any]]] = {}  # what those cells printed so far (``cell_output`` events)
         self._artifacts: list[dict[str, Any]] = []
         self._approval: dict[str, Any] | None = None
         self._token_text = ""
@@ -213,10 +226,24 @@ class TurnView:
             return
         self._clear_tokens()
         self._cells[cell] = len(self._blocks)
+        self._running_code[cell] = p.get("code", "")
         self._add(self._cell_block(f"Cell {cell} · running…", p.get("code", ""), "<i>running…</i>", open_=True, kind="running"))
+
+    def _on_cell_output(self, p: dict[str, Any]) -> None:
+        """What a running cell printed since the last such event: shown under its code while it runs."""
+        cell = int(p.get("cell", 0))
+        if cell not in self._running_code:  # its end is shown already (or it never said it started)
+            return
+        outputs = self._streamed.setdefault(cell, [])
+        outputs.append({"output_type": "stream", "name": p.get("name", "stdout"), "text": str(p.get("text", ""))})
+        body = outputs_html(_merged_streams(outputs), []) + "<i>running…</i>"
+        self._blocks[self._cells[cell]] = self._cell_block(f"Cell {cell} · running…", self._running_code[cell], body, open_=True,
+                                                          kind="running")
 
     def _on_agent_cell(self, p: dict[str, Any]) -> None:
         cell = int(p.get("cell", 0))
+        self._running_code.pop(cell, None)
+        self._streamed.pop(cell, None)
         if cell not in self._cells:
             self._cells[cell] = len(self._blocks)
             self._add("")
