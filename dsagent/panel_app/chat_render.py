@@ -14,6 +14,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
 import panel as pn
+import param
 
 from dsagent.panel_app import untrusted
 from dsagent.panel_app.widgets import CSS, run_link, status_badge
@@ -21,7 +22,7 @@ from dsagent.panel_app.widgets import CSS, run_link, status_badge
 if TYPE_CHECKING:
     from dsagent.artifacts.models import Event
 
-__all__ = ["TurnView", "chat_pane", "outputs_html"]
+__all__ = ["Toast", "TurnView", "chat_pane", "outputs_html"]
 
 _OUTPUT_CHARS = 4000  # of a cell's text output a card shows; the full output is in the run's notebook
 _TOKENS_SHOWN = 1500
@@ -337,3 +338,42 @@ class TurnView:
     async def _save(self, _event: Any = None) -> None:
         await self._on_save(self.run_id)
 
+
+
+class Toast(pn.viewable.Viewer):
+    """A snackbar at the bottom of the window, whatever the scroll position: ``show(html)`` for ``seconds``.
+
+    Its own element rather than Panel's notifications (off in this dashboard: their extension loads for every
+    page); ``html`` is built by the caller from escaped text (``untrusted``)."""
+
+    seconds = param.Number(default=12.0, bounds=(0, None), doc="how long a message stays")
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._pane = pn.pane.HTML("", visible=False, stylesheets=[CHAT_CSS + _TOAST_CSS], css_classes=["ds-toast"], margin=0)
+        self._shown = 0  # the newest message's number: an older message's timer does not hide it
+
+    def __panel__(self) -> pn.pane.HTML:
+        return self._pane
+
+    def show(self, html: str) -> None:
+        self._shown += 1
+        self._pane.object = f"<div class='ds-toast-box' role='status'>{html}</div>"
+        self._pane.visible = True
+        number = self._shown
+        if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None and self.seconds:
+            pn.state.curdoc.add_timeout_callback(lambda: self._hide(number), int(self.seconds * 1000))
+
+    def _hide(self, number: int) -> None:
+        if number == self._shown:
+            self._pane.visible = False
+
+
+_TOAST_CSS = """
+:host(.ds-toast) {position: fixed !important; left: 50%; bottom: 16px; transform: translateX(-50%); z-index: 1000;
+                  width: max-content; max-width: calc(100vw - 32px)}
+.ds-toast-box {background: #323232; color: #fff; padding: 10px 16px; border-radius: 6px; box-shadow: 0 3px 10px rgba(0,0,0,.3);
+               overflow-wrap: anywhere}
+.ds-toast-box a {color: #90caf9}
+.ds-toast-box code {color: #fff}
+"""
