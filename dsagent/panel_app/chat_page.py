@@ -214,8 +214,10 @@ class ChatView(pn.viewable.Viewer):
             self.toast, sizing_mode="stretch_width", styles=_MAIN_STYLES)
 
     @param.depends("answering", watch=True)
-    def _show_stop(self) -> None:
+    def _show_answering(self) -> None:
+        """Stop while a turn runs here; the chats list says "(answering)" then, and no more once it ended."""
         self.stop.visible = self.answering
+        asyncio.ensure_future(self.sidebar.load())
 
     # -- loading and following -------------------------------------------------
 
