@@ -242,7 +242,9 @@ class ChatView(pn.viewable.Viewer):
             if self._first is None:  # the preload failed (a busy store): read now
                 turns = await self.ctx.read(self._turn_runs_of, record.id)
                 self._start_with(record, turns, {})
-                self.feed._chat_log.scroll_to_latest()
+            # the browser has built the page by now (onload): open at the newest turn, also where the feed's own
+            # first scroll came before a narrow layout had settled
+            await self._in_doc(self.feed._chat_log.scroll_to_latest)
             if not self.views:
                 questions = await self.ctx.read(self._suggestions, record)
                 self.suggest.objects = [pn.pane.Markdown("**Try:**", margin=(8, 5))] + [self._suggest_button(q) for q in questions]
