@@ -5,10 +5,11 @@ every run) plus a row of the ``chats`` table (same id) with what users change:
 its name, and what it starts turns with: datasets, agent graph, backend. Its
 turns are ``agent`` runs whose ``parent_id`` is the chat's id.
 
-The chat run's status says who holds the chat's kernel: ``running`` while a
-process has it open (that process is the run's owner, so a crash is reaped to
-``failed`` like any run's), ``queued`` while nobody has it open, ``cancelled``
-once the chat is deleted with its runs kept.
+The chat run's status says what the chat does: ``running`` while a turn runs
+(a crash then is reaped to ``failed`` like any run's), ``idle`` between turns,
+``cancelled`` once the chat is deleted with its runs kept. Who holds the chat's
+kernel is the run's owner (pid, host, start time), NULL while nobody has it
+open: a holder that died frees it, checked when the next process opens it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from dsagent.artifacts.models import Page, Run, iso_or_none, utcnow
+from dsagent.artifacts.models import Owner, Page, Run, iso_or_none, utcnow
+from dsagent.artifacts.rows import RUN_COLUMNS, run_from_row
 from dsagent.artifacts.rows import aware_utc, naive_utc
 from dsagent.errors import ChatError, DsagentError, NotFound
 
@@ -42,10 +44,15 @@ class ChatRecord:
     datasets: list[dict[str, str]] = field(default_factory=list)
     created: datetime | None = None
     updated: datetime | None = None
-    status: str = "queued"  # of the chat's run: running = open in a process
+    status: str = "idle"  # of the chat's run: running = a turn runs, idle = between turns, cancelled = deleted
     owner_pid: int | None = None
     owner_host: str | None = None
     turns: int = 0
+
+    @property
+    def held(self) -> bool:
+        """Whether a process has (or had, if it died) the chat open: ``ChatTable.holder`` checks it is alive."""
+        return self.owner_pid is not None
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "graph": self.graph, "backend": self.backend, "datasets": self.datasets,
@@ -60,12 +67,13 @@ class ChatTable:
         self.store = store
 
     def create(self, name: str, *, graph: str, backend: str, datasets: Sequence[Mapping[str, str]]) -> ChatRecord:
-        """A new chat (its run starts ``queued``: nobody has it open yet)."""
+        """A new chat (its run starts ``idle``, held by nobody)."""
         name = _clean_name(name)
         with self.store.transaction() as tx:
             self._refuse_taken(tx.con, name)
-            run = tx.create_run("chat", status="queued", title=name, backend=backend,
+            run = tx.create_run("chat", status="idle", title=name, backend=backend,
                                 params={"graph": graph, "data": [d["source"] for d in datasets]})
+            _set_holder(tx.con, run.id, None)
             now = naive_utc(utcnow())
             tx.con.execute("INSERT INTO chats VALUES (?, ?, ?, ?, ?, ?, ?)",
                            [run.id, name, graph, backend, json.dumps([dict(d) for d in datasets]), now, now])
@@ -112,30 +120,39 @@ class ChatTable:
                 tx.append_events(chat_id, [("chat_renamed", {"from": old.name, "to": name})])
         return self.get(chat_id)
 
-    def touch(self, chat_id: int, events: Sequence[tuple[str, Mapping[str, Any]]] = ()) -> None:
-        """Mark the chat as used now (lists show recent activity), with events for its stream."""
+    def touch(self, chat_id: int, events: Sequence[tuple[str, Mapping[str, Any]]] = (), *, status: str | None = None) -> None:
+        """Mark the chat as used now (lists show recent activity), with events for its stream; ``status``:
+        the chat run's new one in the same transaction (``running`` when a turn starts, ``idle`` when it ends)."""
         with self.store.transaction() as tx:
             tx.con.execute("UPDATE chats SET updated = ? WHERE id = ?", [naive_utc(utcnow()), chat_id])
             if events:
                 tx.append_events(chat_id, events)
+            if status is not None:
+                tx.update_run_status(chat_id, status)
+
+    def holder(self, chat_id: int) -> Owner | None:
+        """The live process that has the chat open, or None (nobody, or a process that died: free to open).
+        A holder on another host counts as live (its liveness cannot be checked from here)."""
+        with self.store.session(write=False) as con:
+            return _live_holder(con, chat_id)
 
     def set_open(self, chat_id: int, is_open: bool) -> Run:
-        """Open: the chat's run becomes ``running``, owned by this process, unless a live process holds it
-        (checked and claimed in one transaction, so two openers cannot both win). Closed: ``queued``."""
-        if not is_open:
-            return self.store.update_run_status(chat_id, "queued")
-        self.store.reap_dead_runs()  # a crashed holder's claim ends here
+        """Open: this process becomes the holder of the chat's kernel, unless a live process holds it
+        (checked and claimed in one transaction, so two openers cannot both win). Closed: held by nobody.
+        Either way the chat is ``idle`` (no turn runs across an open or a close)."""
         with self.store.transaction() as tx:
-            row = tx.con.execute("SELECT status, owner_pid, owner_host, title FROM runs WHERE id = ?", [chat_id]).fetchone()
+            row = tx.con.execute("SELECT status, title FROM runs WHERE id = ?", [chat_id]).fetchone()
             if row is None:
                 raise NotFound(f"no chat with id {chat_id}", hint="`dsagent chats ls` lists the chats", what="chat", id=chat_id)
-            if row[0] == "running":
-                raise ChatError(f"chat {row[3]!r} is already open in process {row[1]} on {row[2]}",
+            owner = _live_holder(tx.con, chat_id) if is_open else None
+            if owner is not None:
+                raise ChatError(f"chat {row[1]!r} is already open in process {owner.pid} on {owner.host}",
                                 hint="use it there, or close it first (a crashed process's chat is freed at the next open)",
                                 reason="open")
-            run = tx.update_run_status(chat_id, "running")
-        assert run is not None
-        return run
+            if row[0] not in ("idle", "cancelled"):  # a turn a crash or an older dsagent left "running", "failed" or "queued"
+                tx.update_run_status(chat_id, "idle")
+            _set_holder(tx.con, chat_id, Owner.current() if is_open else None)
+            return run_from_row(tx.con.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", [chat_id]).fetchone())
 
     def delete(self, chat_id: int, *, purge: bool = False) -> list[int]:
         """Remove the chat from the lists; the run ids deleted (none unless ``purge``).
@@ -163,6 +180,19 @@ class ChatTable:
             raise ChatError(f"there is already a chat named {name!r} (chat {row[0]})",
                             hint="choose another name, or open that chat with `dsagent chat NAME`", reason="name_taken",
                             name=name, chat_id=row[0])
+
+
+def _live_holder(con: Any, chat_id: int) -> Owner | None:
+    row = con.execute("SELECT owner_pid, owner_host, owner_started FROM runs WHERE id = ?", [chat_id]).fetchone()
+    if row is None or row[0] is None:
+        return None
+    owner = Owner(row[0], row[1], row[2])
+    return None if owner.is_gone() else owner
+
+
+def _set_holder(con: Any, chat_id: int, owner: Owner | None) -> None:
+    con.execute("UPDATE runs SET owner_pid = ?, owner_host = ?, owner_started = ? WHERE id = ?",
+                [owner.pid if owner else None, owner.host if owner else None, owner.started if owner else None, chat_id])
 
 
 def _clean_name(name: str) -> str:

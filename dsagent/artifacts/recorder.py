@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 CALLER_HANDLES_SIGTERM: contextvars.ContextVar[bool] = contextvars.ContextVar("dsagent_caller_handles_sigterm", default=False)
 
 _CODE_IN_EVENT_LIMIT = 20_000
+#: seconds between ``cell_output`` events of a running cell: a loop printing fast costs ~2 writes a second, not one per line
+STREAM_EVERY = 0.5
+#: characters of a running cell's printed text written as ``cell_output`` events; the whole output comes with the cell's end
+_STREAMED_LIMIT = 20_000
 #: artifact kinds made from what code printed or displayed (scrubbed); files and tables are the code's data
 _SCRUBBED_KINDS = ("html", "json", "text", "notebook", "image")
 
@@ -92,6 +96,7 @@ class RunRecorder:
         self._pending: list[tuple[str, dict[str, Any]]] = []  # deferred events, written with the next write
         self._announce: asyncio.TimerHandle | None = None  # writes a deferred cell_started if the cell runs long
         self._flushing: asyncio.Task[None] | None = None
+        self._streamed: _StreamBuffer | None = None  # printed text of the running cell, not yet written
 
     @property
     def run_id(self) -> int:
@@ -177,15 +182,43 @@ class RunRecorder:
         if self.capture is not None:
             await self.capture.before_cell()
 
+    def stream_outputs(self, cell: int) -> OutputHook:
+        """An ``on_output`` hook for ``session.execute`` that makes what the running cell prints visible to
+        followers while it runs: ``cell_output`` events (``{"cell", "name", "text"}``, text since the last one)
+        at most every ``STREAM_EVERY`` seconds. A cell that ends sooner writes none (its outputs come with its end)."""
+        self._streamed = buffer = _StreamBuffer(cell)
+
+        def on_output(output: dict[str, Any]) -> None:
+            if self._streamed is buffer and buffer.add(output) and buffer.timer is None:
+                buffer.timer = asyncio.get_running_loop().call_later(STREAM_EVERY, self._emit_stream, buffer)
+        return on_output
+
+    def _emit_stream(self, buffer: "_StreamBuffer") -> None:
+        buffer.timer = None
+        if self._streamed is buffer:
+            self._pending.extend(buffer.take())  # after the cell's deferred cell_started, if it is still pending
+            self._flush_in_background()
+
     def _flush_in_background(self) -> None:
         self._announce = None
-        self._flushing = asyncio.ensure_future(self.flush_events())
+        previous = self._flushing
+
+        async def flush() -> None:  # after the flush in flight: events stay in order
+            if previous is not None:
+                await previous
+            await self.flush_events()
+        self._flushing = asyncio.ensure_future(flush())
 
     async def _settle_announcement(self) -> None:
-        """Cancel a pending announcement, or wait for one in flight (events stay in order)."""
+        """Cancel a pending announcement and streamed text (the cell's end carries it all), or wait for a
+        write in flight (events stay in order)."""
         if self._announce is not None:
             self._announce.cancel()
             self._announce = None
+        if self._streamed is not None:
+            if self._streamed.timer is not None:
+                self._streamed.timer.cancel()
+            self._streamed = None
         if self._flushing is not None:
             flushing, self._flushing = self._flushing, None
             await flushing
@@ -305,6 +338,35 @@ class RunRecorder:
         self.run = await self._write(self.store.update_run_status, self.run_id, status, error=error)
         self._finished = True
         return self.run
+
+
+@dataclasses.dataclass
+class _StreamBuffer:
+    """Text a running cell printed since its last ``cell_output`` event, per stream (stdout, stderr)."""
+
+    cell: int
+    texts: dict[str, str] = dataclasses.field(default_factory=dict)
+    sent: int = 0
+    timer: asyncio.TimerHandle | None = None
+
+    def add(self, output: dict[str, Any]) -> bool:
+        """Keep a ``stream`` output's text (up to ``_STREAMED_LIMIT`` in all); whether it was kept."""
+        if output.get("output_type") != "stream" or self.sent >= _STREAMED_LIMIT:
+            return False
+        text = output.get("text", "")
+        text = "".join(text) if isinstance(text, list) else str(text)
+        room = _STREAMED_LIMIT - self.sent - sum(map(len, self.texts.values()))
+        if room <= 0 or not text:
+            return False
+        name = str(output.get("name", "stdout"))
+        self.texts[name] = self.texts.get(name, "") + text[:room]
+        return True
+
+    def take(self) -> list[tuple[str, dict[str, Any]]]:
+        events = [("cell_output", {"cell": self.cell, "name": name, "text": text}) for name, text in self.texts.items() if text]
+        self.sent += sum(map(len, self.texts.values()))
+        self.texts = {}
+        return events
 
 
 def settings_secrets(settings: Settings | None) -> list[str]:

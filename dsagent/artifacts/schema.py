@@ -19,7 +19,7 @@ __all__ = [
 ]
 
 RUN_KINDS = ("agent", "notebook", "batch", "batch-child", "exec", "chat")
-RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+RUN_STATUSES = ("queued", "running", "idle", "succeeded", "failed", "cancelled")  # idle: a chat between turns
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 ARTIFACT_KINDS = ("image", "table", "html", "json", "text", "file", "notebook")
 
@@ -133,8 +133,19 @@ _V4_BLOB_PACKS = (
     """ALTER TABLE {db}.blobs ADD COLUMN pack_offset BIGINT""",
 )
 
+# a chat's run says what the chat does: ``running`` while a turn runs, else ``idle``; who holds its kernel is
+# the run's owner columns (NULL: nobody). Before v5, ``running`` meant "open in a process" and ``queued`` "closed",
+# so Runs and the Overview showed a chat nobody used as running or queued
+_V5_CHAT_IDLE = (
+    """UPDATE {db}.runs SET status = 'idle',
+        owner_pid = CASE WHEN status = 'running' THEN owner_pid END,
+        owner_host = CASE WHEN status = 'running' THEN owner_host END,
+        owner_started = CASE WHEN status = 'running' THEN owner_started END
+    WHERE kind = 'chat' AND status IN ('queued', 'running')""",
+)
+
 #: forward migrations; index i upgrades version i to i + 1
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2_SCHEDULES, _V3_CHATS, _V4_BLOB_PACKS)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2_SCHEDULES, _V3_CHATS, _V4_BLOB_PACKS, _V5_CHAT_IDLE)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 #: tables in dependency order (copied in this order when gc compacts the file)

@@ -165,7 +165,7 @@ class Store:
     def reap_dead_runs(self) -> list[int]:
         """Mark ``running`` runs (and a batch's ``queued`` children) whose owner process (on this host) is gone as failed; their ids.
 
-        Other ``queued`` runs wait for no process: a closed chat is ``queued`` until someone opens it again.
+        Other ``queued`` runs wait for no process; an ``idle`` chat neither (its kernel's holder is checked when it is opened).
         """
         with self.session(write=False) as con:
             rows = con.execute(

@@ -71,7 +71,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     for c in page.items:
         when = c.updated.strftime("%Y-%m-%d %H:%M") if c.updated else ""
         files = ", ".join(d["path"] for d in c.datasets) or "no data"
-        state = " (open)" if c.status == "running" else ""
+        state = " (answering)" if c.status == "running" else " (open)" if c.held else ""
         print(f"{c.id:>5}  {c.name}{state}  [{c.graph}, {c.backend}]  {c.turns} turn(s)  {files}  {when}")
     if page.next_cursor:
         print(f"more: dsagent chats ls --cursor {page.next_cursor}")

@@ -78,9 +78,9 @@ def rename_chat(store: "Store", chat: int | str, name: str) -> "ChatRecord":
 def delete_chat(store: "Store", chat: int | str, *, purge: bool = False) -> list[int]:
     """Remove a chat; its runs and artifacts stay unless ``purge`` (see ``ChatTable.delete``)."""
     record = store.chats.get(chat)
-    store.reap_dead_runs()
-    if record.status == "running" and store.get_run(record.id).status == "running":
-        raise ChatError(f"chat {record.name!r} is open in process {record.owner_pid} on {record.owner_host}",
+    holder = store.chats.holder(record.id)
+    if holder is not None:
+        raise ChatError(f"chat {record.name!r} is open in process {holder.pid} on {holder.host}",
                         hint="close it there first (leave `dsagent chat`, or close its page)", reason="open")
     deleted = store.chats.delete(record.id, purge=purge)
     if purge:
@@ -342,13 +342,15 @@ class Chat:
             turn = load_turn(self.store, run, number)
         self._history.append(turn)
         self.store.chats.touch(self.id, [("chat_turn_finished", {"run_id": outcome.run.id, "status": outcome.run.status,
-                                                                 "answer": outcome.answer, "error": outcome.run.error})])
+                                                                 "answer": outcome.answer, "error": outcome.run.error})],
+                               status="idle")
 
     def _turn_started(self, run_id: int, task: str, graph: str, on_run: Any) -> None:
         on_run(run_id)
         # written beside the turn, not before its first step (chat followers learn of it a moment later)
         self._announcing = asyncio.ensure_future(asyncio.to_thread(
-            self.store.chats.touch, self.id, [("chat_turn_started", {"run_id": run_id, "task": task, "graph": graph})]))
+            self.store.chats.touch, self.id, [("chat_turn_started", {"run_id": run_id, "task": task, "graph": graph})],
+            status="running"))
 
     async def stop(self) -> AgentOutcome | None:
         """Cancel the running turn: its cell is interrupted, its run ends ``cancelled`` with its partial

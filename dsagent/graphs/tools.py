@@ -272,7 +272,8 @@ class Toolbox:
             return reused
         await self.recorder.cell_started(cell_no, shown_code, announce_after=ANNOUNCE_AFTER)
         timeout = timeout or self.cell_timeout
-        raw = await self.session.execute(code, timeout=timeout)
+        # what the cell prints reaches followers while it runs (``cell_output`` events), not only at its end
+        raw = await self.session.execute(code, timeout=timeout, on_output=self.recorder.stream_outputs(cell_no))
         execution = dataclasses.replace(raw, code=shown_code, outputs=self.scrubber.outputs(raw.outputs))
         if execution.error is not None:
             execution.error = dataclasses.replace(

@@ -55,7 +55,7 @@ def _builtin_pages() -> list[PageSpec]:
         PageSpec("/notebooks", "Notebooks", notebooks_page.page, extensions=table, location=False),
         PageSpec("/notebook", "Notebook", notebook_page.page, in_nav=False, extensions=table),
         PageSpec("/compare", "Compare runs", compare_page.page, in_nav=False, extensions=(), location=False),
-        PageSpec("/chat", "Chat", chat_page.page),
+        PageSpec("/chat", "Chat", chat_page.page, preload=chat_page.preload),
         PageSpec("/schedules", "Schedules", schedules_page.page, extensions=(), location=False),
     ]
 

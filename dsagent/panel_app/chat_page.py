@@ -15,24 +15,27 @@ import asyncio
 import os
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import quote
 
 import panel as pn
+import param
 
 from dsagent.panel_app import untrusted
-from dsagent.panel_app.chat_data import DATA_TYPES, check_uploads, create_chat_with_uploads, save_chat_notebook, save_turn_notebook
+from dsagent.panel_app.chat_data import save_chat_notebook, save_turn_notebook
 from dsagent.panel_app.chat_host import ChatHost
-from dsagent.panel_app.chat_render import TurnView, chat_pane
-from dsagent.panel_app.widgets import Notice, current_user, page_frame, query_arg
+from dsagent.panel_app.chat_render import Toast, TurnView, chat_pane
+from dsagent.panel_app.chat_sidebar import GRAPHS, ChatSidebar, go
+from dsagent.panel_app.widgets import Notice, current_user, page_frame, preloaded, query_arg
 
 if TYPE_CHECKING:
     from dsagent.artifacts.chats import ChatRecord
     from dsagent.panel_app.context import AppContext
     from dsagent.settings import Settings
 
-__all__ = ["llm_problem", "page"]
+__all__ = ["ChatView", "llm_problem", "page", "preload"]
 
-GRAPHS = ["analysis", "coding", "team"]
-SHOWN_TURNS = 30
+SHOWN_TURNS = 30  # the newest turns a page shows; older ones are on the Runs page
+FOLLOW_PX = 250  # the feed follows a growing turn while the user is this close to its end
 # Inline icons for the ChatInterface's buttons: its default icon names make Bokeh fetch a web font from a
 # CDN, which an offline dashboard cannot reach (and the page would log failed requests).
 _SVG = ('<svg xmlns="http://www.w3.org/2000/svg" width="18" height="18" viewBox="0 0 24 24" fill="none" stroke="currentColor" '
@@ -40,7 +43,7 @@ _SVG = ('<svg xmlns="http://www.w3.org/2000/svg" width="18" height="18" viewBox=
 _BUTTON_ICONS = {"send": "M10 14l11 -11M21 3l-6.5 18a.55 .55 0 0 1 -1 0l-3.5 -7l-7 -3.5a.55 .55 0 0 1 0 -1l18 -6.5",
                  "stop": "M6 6h12v12h-12z", "rerun": "M4 12v-3a3 3 0 0 1 3 -3h13m-3 -3l3 3l-3 3",
                  "undo": "M9 14l-4 -4l4 -4M5 10h11a4 4 0 1 1 0 8h-1", "clear": "M4 7h16M10 11v6M14 11v6M5 7l1 12h12l1 -12",
-                 "edit": "M4 20h4l10.5 -10.5a2.83 2.83 0 1 0 -4 -4l-10.5 10.5v4"}  # the newest turns a page shows; older ones are on the Runs page
+                 "edit": "M4 20h4l10.5 -10.5a2.83 2.83 0 1 0 -4 -4l-10.5 10.5v4"}
 
 
 class _Message(pn.chat.ChatMessage):
@@ -102,28 +105,28 @@ def endpoint_models(settings: "Settings") -> tuple[list[str], str]:
     return list(dict.fromkeys([default, *names])), ""
 
 
-def _chat_list(store: Any, current: int | None, cursor: str | None) -> tuple[str, str | None]:
-    page_ = store.chats.list(limit=30, cursor=cursor)
-    rows = []
-    for c in page_.items:
-        state = " <small style='color:#198754'>(open)</small>" if c.status == "running" else ""
-        style = "font-weight:bold" if c.id == current else ""
-        rows.append(f'<div style="margin:3px 0"><a style="{style}" href="./chat?id={c.id}">{untrusted.text(c.name)}</a>{state}'
-                    f'<br><small style="color:#666">{c.turns} turn(s) · {untrusted.text(c.graph)} · {untrusted.text(c.backend)}</small></div>')
-    return "".join(rows) or "<i>no chats yet: create one below</i>", page_.next_cursor
-
-
 def _find_chat(store: Any, ref: str, by_id: bool) -> "ChatRecord":
     return store.chats.get(int(ref) if by_id and ref.isdigit() else ref)
 
 
+def preload(ctx: "AppContext", args: dict[str, str]) -> dict[str, Any] | None:
+    """The chat and its newest turns with their events, read before the page is built: the feed comes with the
+    page, so the browser opens it at the newest turn (a feed filled after load stayed at the first turn)."""
+    ref = args.get("id") or args.get("name")
+    if not ref:
+        return None
+    record = _find_chat(ctx.store, ref, "id" in args)
+    turns = sorted(ctx.store.list_runs(parent_id=record.id, kind="agent", limit=SHOWN_TURNS).items, key=lambda r: r.id)
+    return {"record": record, "turns": turns, "events": {r.id: ctx.store.events(r.id, limit=500) for r in turns}}
+
+
 def page(ctx: "AppContext") -> pn.Column:
     host: ChatHost = ctx.service("chat_host", lambda: ChatHost(ctx.settings))
-    who = current_user() or "anonymous"
     notice = Notice()
     problem = llm_problem(ctx.settings)
     ref = query_arg("id") or query_arg("name")
-    sidebar, reload_sidebar = _sidebar(ctx, host, notice, ref)
+    sidebar = ChatSidebar(ctx, host, notice, current=int(ref) if ref and ref.isdigit() and query_arg("id") else None)
+    pn.state.onload(sidebar.load)
     if ref is None:
         intro = chat_pane("<p>Pick a chat on the left, or create one with your data files: then ask questions, look at the "
                           "plots, ask follow-ups that build on the variables already in the kernel, and save the "
@@ -131,112 +134,36 @@ def page(ctx: "AppContext") -> pn.Column:
         body: list[Any] = [notice.pane, intro]
         if problem:
             body.insert(0, pn.pane.Alert(problem, alert_type="warning", sizing_mode="stretch_width"))
-        return page_frame("/chat", "Chat", pn.Row(sidebar, pn.Column(*body, sizing_mode="stretch_width"), sizing_mode="stretch_width"),
-                          user=current_user())
-    main = _ChatView(ctx, host, notice, ref, who, problem, reload_sidebar)
-    return page_frame("/chat", "Chat", pn.Row(sidebar, main.layout, sizing_mode="stretch_width"), user=current_user())
+        main: Any = pn.Column(*body, sizing_mode="stretch_width", styles=_MAIN_STYLES)
+    else:
+        main = ChatView(ctx, host, notice, ref, current_user() or "anonymous", problem, sidebar, preloaded())
+    # wraps: at a phone's width the chats list goes above the chat instead of beside it
+    return page_frame("/chat", "Chat", pn.FlexBox(sidebar, main, flex_wrap="wrap", align_items="flex-start", sizing_mode="stretch_width"),
+                      user=current_user())
 
 
-def _sidebar(ctx: "AppContext", host: ChatHost, notice: Notice, ref: str | None) -> tuple[pn.Column, Callable[..., Any]]:
-    """The chats column, and its ``load()`` (the page calls it again when a turn ends: the turn counts change)."""
-    listing = chat_pane("loading…")
-    more = pn.widgets.Button(name="Older chats", button_type="light", visible=False, width=120)
-    cursor: dict[str, str | None] = {"next": None}
-    name = pn.widgets.TextInput(name="Name", placeholder="e.g. sales q3 (default: date and time)", width=260)
-    limit = ctx.settings.dashboard_upload_limit
-    # FileDropper checks the size in the browser, so a file over the limit is refused before a byte is sent, and
-    # sends the rest in chunks: one big websocket message (Bokeh's FileInput) closed the page's connection past ~60 MiB
-    # (no type filter in the browser: Windows reports a .csv as application/vnd.ms-excel; the type is checked on Create)
-    files = pn.widgets.FileDropper(multiple=True, max_file_size=str(limit), width=260, name="datasets", layout="compact")
-    files.param.watch(lambda event: setattr(message, "object", _received(event.new)), "value")
-    agent = pn.widgets.Select(name="Agent", options=GRAPHS, value="analysis", width=260)
-    from dsagent.kernel_gateway.registry import backend_registry
-
-    backends = backend_registry.names()
-    backend = pn.widgets.Select(name="Kernel backend", options=backends,
-                                value=ctx.settings.agent_backend if ctx.settings.agent_backend in backends else backends[0], width=260)
-    create = pn.widgets.Button(name="Create chat", button_type="primary", width=140)
-    message = chat_pane("", width=260)
-
-    async def load(older: bool = False) -> None:
-        current = None
-        if ref is not None and ref.isdigit():
-            current = int(ref)
-
-        async def work() -> None:
-            text, cursor["next"] = await ctx.read(_chat_list, ctx.store, current, cursor["next"] if older else None)
-            listing.object = (listing.object + text) if older else text
-            more.visible = cursor["next"] is not None
-        await notice.guard(work)
-
-    async def on_create(_: Any) -> None:
-        from datetime import datetime
-
-        create.disabled = True
-        try:
-            if uploading(files):
-                message.object = "<span style='color:#dc3545'>a file is still uploading: create the chat when its bar is full</span>"
-                return
-            names = list(files.value)
-            contents = [data.encode("utf-8") if isinstance(data, str) else data for data in files.value.values()]
-            try:
-                checked = check_uploads(names, contents, limit)  # refused before anything is written
-            except Exception as exc:
-                message.object = f"<span style='color:#dc3545'>{untrusted.text(str(exc))}</span>"
-                return
-            title = name.value.strip() or datetime.now().strftime("chat %Y-%m-%d %H:%M:%S")
-            try:
-                record = await ctx.read(create_chat_with_uploads, host.store, title, checked, graph=agent.value, backend=backend.value)
-            except Exception as exc:
-                message.object = f"<span style='color:#dc3545'>{untrusted.text(str(exc))}</span>"
-                return
-            message.object = f"created {untrusted.text(record.name)}"
-            _go(f"?id={record.id}")
-        finally:
-            create.disabled = False
-
-    async def on_more(_: Any) -> None:
-        await load(older=True)
-
-    more.on_click(on_more)
-    create.on_click(on_create)
-    pn.state.onload(load)
-    # FilePond counts in powers of 1000: say the limit its way too, so its "Maximum file size is ..." matches the hint
-    hint = chat_pane(f"<small>{', '.join(DATA_TYPES)}; up to {limit / 1e6:.1f} MB ({limit / 2**20:.0f} MiB) each</small>", width=260)
-    return pn.Column(pn.pane.Markdown("### Chats"), listing, more, pn.pane.Markdown("### New chat"), name, files, hint, agent, backend,
-                     create, message, width=290, styles={"border-right": "1px solid #eee"}), load
+_MAIN_STYLES = {"flex": "1 1 320px", "min-width": "0"}  # takes the row's rest, and may shrink below its content's width
 
 
-def _received(files: dict[str, Any]) -> str:
-    listed = ", ".join(f"{untrusted.text(name)} ({len(data) / 1e6:.1f} MB)" for name, data in files.items())
-    return f"<small>received: {listed}</small>" if listed else ""
+class ChatView(pn.viewable.Viewer):
+    """The right side: one chat's header, controls and feed, kept up to date from the store.
 
+    Buttons call the ``on_*`` method of their name (``on_stop``, ``on_save_chat``, ``on_rename``, ``on_delete``);
+    Enter calls ``on_question``. Following the turns is ``_follow`` -> ``_refresh`` -> ``_poll`` (a worker
+    thread) -> ``_show`` (under the document lock)."""
 
-def uploading(dropper: pn.widgets.FileDropper) -> bool:
-    """Whether a file's chunks are still arriving (Panel keeps them in ``_file_buffer`` until the last one)."""
-    return bool(getattr(dropper, "_file_buffer", None))
-
-
-def _go(search: str) -> None:
-    """Load this page again with another query (a new or deleted chat): the address stays bookmarkable."""
-    location = pn.state.location
-    if location is not None:
-        location.reload = True
-        location.search = search
-
-
-class _ChatView:
-    """The right side: one chat's header, controls and feed, kept up to date from the store."""
+    chat_id = param.Integer(default=None, allow_None=True, doc="the chat shown, once read from the store")
+    answering = param.Boolean(default=False, doc="a turn of this chat runs in this server: Stop shows")
+    sending = param.Boolean(default=False, doc="Enter was pressed and the turn's run does not exist yet")
 
     def __init__(self, ctx: "AppContext", host: ChatHost, notice: Notice, ref: str, who: str, problem: str | None,
-                 reload_sidebar: Callable[..., Any]) -> None:
+                 sidebar: ChatSidebar, first: dict[str, Any] | None = None, **params: Any) -> None:
+        super().__init__(**params)
         self.ctx, self.host, self.notice, self.ref, self.who, self.problem = ctx, host, notice, ref, who, problem
-        self.reload_sidebar = reload_sidebar
+        self.sidebar, self._first = sidebar, first
         self.by_id = query_arg("id") is not None
-        self.chat_id: int | None = None
         self.views: dict[int, TurnView] = {}
         self._spare: TurnView | None = None  # a hidden turn pane at the end of the feed, for the next question
-        self.sending = False
         self.closed = False
         self.doc = pn.state.curdoc
         self._follower: "asyncio.Task[None] | None" = None
@@ -244,6 +171,13 @@ class _ChatView:
         self._refreshing = asyncio.Lock()  # one refresh at a time: the follower's, and those after a click
         self._again = False  # asked for while a refresh ran: run once more right after it
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.toast = Toast()
+        self._build_widgets(ctx)
+        if first is not None:  # the turns come with the page (``preload``): the feed opens at the newest
+            self._start_with(first["record"], first["turns"], first["events"])
+        pn.state.onload(self._load)
+
+    def _build_widgets(self, ctx: "AppContext") -> None:
         self.title = chat_pane("loading…")
         self.kernel = chat_pane("")
         self.rename_to = pn.widgets.TextInput(placeholder="new name", width=200)
@@ -257,55 +191,61 @@ class _ChatView:
         self.model_note = chat_pane("", width=300)
         self.approve = pn.widgets.Checkbox(name="approve each cell (Run / Edit / Reject)", value=False)
         self.stop = pn.widgets.Button(name="Stop", button_type="danger", width=90, visible=False)
-        self.suggest = pn.Row(sizing_mode="stretch_width")
+        self.suggest = pn.FlexBox(sizing_mode="stretch_width")
         # without an endpoint the chat is read-only: its history shows, the box says why it cannot ask
-        ask = pn.chat.ChatAreaInput(placeholder="No LLM endpoint is configured (see above): this chat is read-only" if problem else
-                                    "Ask about the data (Enter sends, Shift+Enter: new line)", disabled=bool(problem))
-        self.feed = _Interface(on_question=self._on_question, user=who, show_rerun=False, show_undo=False, show_clear=False,
+        ask = pn.chat.ChatAreaInput(placeholder="No LLM endpoint is configured (see above): this chat is read-only" if self.problem else
+                                    "Ask about the data (Enter sends, Shift+Enter: new line)", disabled=bool(self.problem))
+        self.feed = _Interface(on_question=self.on_question, user=self.who, show_rerun=False, show_undo=False, show_clear=False,
                                show_stop=False, show_button_name=False, sizing_mode="stretch_width", height=640,
                                button_properties={k: {"icon": _SVG.format(_BUTTON_ICONS[k])} for k in ("send", "stop", "rerun", "undo", "clear")},
                                widgets=[ask])
-        self.rename.on_click(self._on_rename)
-        self.delete.on_click(self._on_delete)
-        self.save.on_click(self._on_save_chat)
-        self.stop.on_click(self._on_stop)
-        alert = [pn.pane.Alert(problem, alert_type="warning", sizing_mode="stretch_width")] if problem else []
-        self.layout = pn.Column(
-            *alert, notice.pane, self.title, self.kernel,
-            pn.Row(self.agent, self.model, pn.Column(self.approve, self.model_note), self.stop, sizing_mode="stretch_width"),
-            self.suggest, self.feed,
-            pn.Row(self.save, self.rename_to, self.rename, self.delete, self.purge, sizing_mode="stretch_width"), self.message,
-            sizing_mode="stretch_width")
-        pn.state.onload(self._load)
+        self.rename.on_click(self.on_rename)
+        self.delete.on_click(self.on_delete)
+        self.save.on_click(self.on_save_chat)
+        self.stop.on_click(self.on_stop)
+
+    def __panel__(self) -> pn.Column:
+        alert = [pn.pane.Alert(self.problem, alert_type="warning", sizing_mode="stretch_width")] if self.problem else []
+        wrap = {"flex_wrap": "wrap", "sizing_mode": "stretch_width"}  # controls go on as many lines as the width needs
+        return pn.Column(
+            *alert, self.notice.pane, self.title, self.kernel,
+            pn.FlexBox(self.agent, self.model, pn.Column(self.approve, self.model_note), self.stop, **wrap),
+            self.suggest, self.feed, pn.FlexBox(self.save, self.rename_to, self.rename, self.delete, self.purge, **wrap), self.message,
+            self.toast, sizing_mode="stretch_width", styles=_MAIN_STYLES)
+
+    @param.depends("answering", watch=True)
+    def _show_answering(self) -> None:
+        """Stop while a turn runs here; the chats list says "(answering)" then, and no more once it ended."""
+        self.stop.visible = self.answering
+        asyncio.ensure_future(self.sidebar.load())
 
     # -- loading and following -------------------------------------------------
+
+    def _start_with(self, record: "ChatRecord", turns: list[Any], events: dict[int, list[Any]]) -> None:
+        """The chat's header and turns (one change of the feed, not one per turn: a long chat loads in one go)."""
+        self.chat_id = record.id
+        self.agent.value = record.graph
+        self._show_title(record)
+        for run in turns:
+            self._new_view(run.id, run.params.get("task", run.title or "")).apply(events.get(run.id, []))
+        if not self.problem:
+            self._spare = self._hidden_turn()
+        self.feed.objects = [self.views[run.id].layout for run in turns] + ([self._spare.layout] if self._spare else [])
 
     async def _load(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._woken = asyncio.Event()
 
         async def work() -> None:
-            record = await self.ctx.read(_find_chat, self.ctx.store, self.ref, self.by_id)
-            self.chat_id = record.id
-            self.agent.value = record.graph
-            self._show_title(record)
-            session = pn.state.curdoc.session_context.id if pn.state.curdoc and pn.state.curdoc.session_context else str(id(self))
-            self.host.attach(record.id, session)
-            self.host.watch(record.id, self._wake)
-
-            def gone(_ctx: Any, chat_id: int = record.id) -> None:
-                self.host.detach(chat_id, session)
-                self.host.unwatch(chat_id, self._wake)
-                self._close()
-            pn.state.on_session_destroyed(gone)
-            turns = await self.ctx.read(self._turn_runs)
-            for run in turns:
-                self._new_view(run.id, run.params.get("task", run.title or ""))
-            if not self.problem:
-                self._spare = self._hidden_turn()
-            # one change of the feed, not one per turn: a long chat loads in one go
-            self.feed.objects = [self.views[run.id].layout for run in turns] + ([self._spare.layout] if self._spare else [])
-            if not turns:
+            record = self._first["record"] if self._first else await self.ctx.read(_find_chat, self.ctx.store, self.ref, self.by_id)
+            self._watch(record.id)
+            if self._first is None:  # the preload failed (a busy store): read now
+                turns = await self.ctx.read(self._turn_runs_of, record.id)
+                self._start_with(record, turns, {})
+            # the browser has built the page by now (onload): open at the newest turn, also where the feed's own
+            # first scroll came before a narrow layout had settled
+            await self._in_doc(self.feed._chat_log.scroll_to_latest)
+            if not self.views:
                 questions = await self.ctx.read(self._suggestions, record)
                 self.suggest.objects = [pn.pane.Markdown("**Try:**", margin=(8, 5))] + [self._suggest_button(q) for q in questions]
         if not await self.notice.guard(work):
@@ -317,6 +257,18 @@ class _ChatView:
         if not self.problem:
             models, note = await self.ctx.read(endpoint_models, self.ctx.settings)
             self.model.options, self.model.value, self.model_note.object = models, models[0], f"<small>{untrusted.text(note)}</small>"
+
+    def _watch(self, chat_id: int) -> None:
+        """This page follows the chat: the host wakes it on every step, and forgets it when the session ends."""
+        session = pn.state.curdoc.session_context.id if pn.state.curdoc and pn.state.curdoc.session_context else str(id(self))
+        self.host.attach(chat_id, session)
+        self.host.watch(chat_id, self._wake)
+
+        def gone(_ctx: Any) -> None:
+            self.host.detach(chat_id, session)
+            self.host.unwatch(chat_id, self._wake)
+            self._close()
+        pn.state.on_session_destroyed(gone)
 
     def _wake(self) -> None:
         """A turn of this chat wrote a step (called from the ChatHost's thread): the follower refreshes now."""
@@ -374,8 +326,8 @@ class _ChatView:
                 f"<br><small>{untrusted.text(exc.hint)}</small>" if getattr(exc, "hint", "") else "")
         await self._refresh()
 
-    def _turn_runs(self) -> list[Any]:
-        page_ = self.host.store.list_runs(parent_id=self.chat_id, kind="agent", limit=SHOWN_TURNS)
+    def _turn_runs_of(self, chat_id: int) -> list[Any]:
+        page_ = self.host.store.list_runs(parent_id=chat_id, kind="agent", limit=SHOWN_TURNS)
         return sorted(page_.items, key=lambda r: r.id)
 
     def _suggestions(self, record: "ChatRecord") -> list[str]:
@@ -398,13 +350,13 @@ class _ChatView:
                              f"{untrusted.text(record.backend)} kernel · datasets: {data} · <a href='./run?id={record.id}'>its run</a></small>")
 
     def _new_view(self, run_id: int | None, task: str, asker: str = "") -> TurnView:
-        view = TurnView(run_id, task, on_decide=self._on_decide, on_save=self._on_save_turn, asker=asker)
+        view = TurnView(run_id, task, on_decide=self.on_decide, on_save=self.on_save_turn, asker=asker)
         if run_id is not None:
             self.views[run_id] = view
         return view
 
     def _hidden_turn(self) -> TurnView:
-        return TurnView(None, "", on_decide=self._on_decide, on_save=self._on_save_turn, hidden=True)
+        return TurnView(None, "", on_decide=self.on_decide, on_save=self.on_save_turn, hidden=True)
 
     def _add_turn(self, view: TurnView) -> None:
         """A turn into the feed, before the hidden spare (which stays last, for the next question)."""
@@ -455,11 +407,13 @@ class _ChatView:
             new, events = await self.ctx.read(self._poll, known, following)
             if await self._in_doc(self._show, new, events):  # a turn ended: the sidebar's turn counts changed
                 await self._in_doc(self._make_spare)  # its own update, after the one showing the end
-                await self.reload_sidebar()
+                await self.sidebar.load()
         await self.notice.guard(work)
 
     def _show(self, new: list[Any], events: dict[int, list[Any]]) -> bool:
         """Apply what ``_poll`` read (under the document lock); True when a turn ended."""
+        if new or any(events.values()):
+            self._follow_newest()
         if not self.sending:  # a turn this page is starting is bound to its view by _start_turn
             for run in new:
                 if run.id not in self.views:
@@ -471,15 +425,21 @@ class _ChatView:
                 view.apply(batch)
                 ended = ended or view.done
         running = any(not v.done for v in self.views.values())
-        self.stop.visible = running and self.host.running_run(self.chat_id) is not None
+        self.answering = running and self.host.running_run(self.chat_id) is not None
         self.kernel.object = ("<small>kernel: open in this server</small>" if self.host.is_open(self.chat_id) else
                               "<small>kernel: not started here (read-only without an LLM endpoint)</small>" if self.problem else
                               "<small>kernel: closed (the next question starts it and replays the earlier cells)</small>")
         return ended
 
+    def _follow_newest(self) -> None:
+        """Keep the newest turn in view as it grows, unless the user scrolled up to read: sent before the changes
+        (the same patch), so the browser measures the distance to the end as the user left it."""
+        # the ChatInterface's own auto-scroll acts only when a message is added; a turn grows in place
+        self.feed._chat_log.scroll_to_latest(scroll_limit=FOLLOW_PX)
+
     # -- actions -------------------------------------------------------------------
 
-    def _on_question(self, text: str) -> None:
+    def on_question(self, text: str) -> None:
         """Enter (or a suggested question): the question and "starting…" show at once, then the turn starts."""
         if self.chat_id is None:
             return
@@ -526,7 +486,7 @@ class _ChatView:
             self.sending = False
         await self._refresh()
 
-    async def _on_stop(self, _: Any) -> None:
+    async def on_stop(self, _: Any) -> None:
         self.stop.disabled = True
         try:
             self.message.object = untrusted.text(await self.host.call(self.host.stop(self.chat_id, user=self.who)))
@@ -535,16 +495,16 @@ class _ChatView:
         finally:
             self.stop.disabled = False
 
-    async def _on_decide(self, run_id: int, action: str, code: str | None, reason: str) -> None:
+    async def on_decide(self, run_id: int, action: str, code: str | None, reason: str) -> None:
         try:
             await self.host.call(self.host.decide(self.chat_id, action, code=code, reason=reason, user=self.who))
         except Exception as exc:
             self.message.object = f"<span style='color:#dc3545'>{untrusted.text(str(exc))}</span>"
 
-    async def _on_save_chat(self, _: Any) -> None:
+    async def on_save_chat(self, _: Any) -> None:
         await self._saved(save_chat_notebook, self.host.store, self.chat_id)
 
-    async def _on_save_turn(self, run_id: int) -> None:
+    async def on_save_turn(self, run_id: int) -> None:
         await self._saved(save_turn_notebook, self.host.store, self.chat_id, run_id)
 
     async def _saved(self, fn: Any, *args: Any) -> None:
@@ -553,10 +513,13 @@ class _ChatView:
         except Exception as exc:
             self.message.object = f"<span style='color:#dc3545'>{untrusted.text(str(exc))}</span>"
             return
+        link = f"./notebook?path={quote(str(path), safe='')}"
+        self.toast.show(f"Saved <a href='{untrusted.text(link)}'>{untrusted.text(path.name)}</a>: open it to run it with other "
+                        "parameters, or find it on the <a href='./notebooks'>Notebooks</a> page")
         self.message.object = (f"saved <code>{untrusted.text(str(path))}</code>: it is on the <a href='./notebooks'>Notebooks</a> page, "
                                f"ready to run with other parameters (<code>dsagent run {untrusted.text(str(path))} -p data OTHER.csv</code>)")
 
-    async def _on_rename(self, _: Any) -> None:
+    async def on_rename(self, _: Any) -> None:
         from dsagent.graphs.chat import rename_chat
 
         if not self.rename_to.value.strip():
@@ -570,7 +533,7 @@ class _ChatView:
         self._show_title(record)
         self.message.object = f"renamed to {untrusted.text(record.name)}"
 
-    async def _on_delete(self, _: Any) -> None:
+    async def on_delete(self, _: Any) -> None:
         from dsagent.graphs.chat import delete_chat
 
         if self.host.running_run(self.chat_id) is not None:
@@ -583,4 +546,4 @@ class _ChatView:
             self.message.object = f"<span style='color:#dc3545'>{untrusted.text(str(exc))}</span>"
             return
         self._close()
-        _go("")
+        go("")

@@ -14,6 +14,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
 import panel as pn
+import param
 
 from dsagent.panel_app import untrusted
 from dsagent.panel_app.widgets import CSS, run_link, status_badge
@@ -21,7 +22,7 @@ from dsagent.panel_app.widgets import CSS, run_link, status_badge
 if TYPE_CHECKING:
     from dsagent.artifacts.models import Event
 
-__all__ = ["TurnView", "chat_pane", "outputs_html"]
+__all__ = ["Toast", "TurnView", "chat_pane", "outputs_html"]
 
 _OUTPUT_CHARS = 4000  # of a cell's text output a card shows; the full output is in the run's notebook
 _TOKENS_SHOWN = 1500
@@ -82,6 +83,17 @@ def outputs_html(outputs: list[dict[str, Any]], artifacts: list[dict[str, Any]])
     return "".join(parts)
 
 
+def _merged_streams(outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Consecutive stream outputs of one name as one (a line per event would be a <pre> each)."""
+    merged: list[dict[str, Any]] = []
+    for out in outputs:
+        if merged and merged[-1]["name"] == out["name"]:
+            merged[-1] = {**merged[-1], "text": merged[-1]["text"] + out["text"]}
+        else:
+            merged.append(out)
+    return merged
+
+
 def _code_html(code: str) -> str:
     return f"<pre class='ds-code'><code>{untrusted.text(code)}</code></pre>"
 
@@ -122,6 +134,8 @@ class TurnView:
                                 visible=not hidden)
         self._blocks: list[str] = []
         self._cells: dict[int, int] = {}  # cell number -> index of its block
+        self._running_code: dict[int, str] = {}  # cells started and not yet ended: their code
+        self._streamed: dict[int, list[dict[str, Any]]] = {}  # what those cells printed so far (``cell_output`` events)
         self._artifacts: list[dict[str, Any]] = []
         self._approval: dict[str, Any] | None = None
         self._token_text = ""
@@ -213,10 +227,24 @@ class TurnView:
             return
         self._clear_tokens()
         self._cells[cell] = len(self._blocks)
+        self._running_code[cell] = p.get("code", "")
         self._add(self._cell_block(f"Cell {cell} · running…", p.get("code", ""), "<i>running…</i>", open_=True, kind="running"))
+
+    def _on_cell_output(self, p: dict[str, Any]) -> None:
+        """What a running cell printed since the last such event: shown under its code while it runs."""
+        cell = int(p.get("cell", 0))
+        if cell not in self._running_code:  # its end is shown already (or it never said it started)
+            return
+        outputs = self._streamed.setdefault(cell, [])
+        outputs.append({"output_type": "stream", "name": p.get("name", "stdout"), "text": str(p.get("text", ""))})
+        body = outputs_html(_merged_streams(outputs), []) + "<i>running…</i>"
+        self._blocks[self._cells[cell]] = self._cell_block(f"Cell {cell} · running…", self._running_code[cell], body, open_=True,
+                                                          kind="running")
 
     def _on_agent_cell(self, p: dict[str, Any]) -> None:
         cell = int(p.get("cell", 0))
+        self._running_code.pop(cell, None)
+        self._streamed.pop(cell, None)
         if cell not in self._cells:
             self._cells[cell] = len(self._blocks)
             self._add("")
@@ -310,3 +338,42 @@ class TurnView:
     async def _save(self, _event: Any = None) -> None:
         await self._on_save(self.run_id)
 
+
+
+class Toast(pn.viewable.Viewer):
+    """A snackbar at the bottom of the window, whatever the scroll position: ``show(html)`` for ``seconds``.
+
+    Its own element rather than Panel's notifications (off in this dashboard: their extension loads for every
+    page); ``html`` is built by the caller from escaped text (``untrusted``)."""
+
+    seconds = param.Number(default=12.0, bounds=(0, None), doc="how long a message stays")
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._pane = pn.pane.HTML("", visible=False, stylesheets=[CHAT_CSS + _TOAST_CSS], css_classes=["ds-toast"], margin=0)
+        self._shown = 0  # the newest message's number: an older message's timer does not hide it
+
+    def __panel__(self) -> pn.pane.HTML:
+        return self._pane
+
+    def show(self, html: str) -> None:
+        self._shown += 1
+        self._pane.object = f"<div class='ds-toast-box' role='status'>{html}</div>"
+        self._pane.visible = True
+        number = self._shown
+        if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None and self.seconds:
+            pn.state.curdoc.add_timeout_callback(lambda: self._hide(number), int(self.seconds * 1000))
+
+    def _hide(self, number: int) -> None:
+        if number == self._shown:
+            self._pane.visible = False
+
+
+_TOAST_CSS = """
+:host(.ds-toast) {position: fixed !important; left: 50%; bottom: 16px; transform: translateX(-50%); z-index: 1000;
+                  width: max-content; max-width: calc(100vw - 32px)}
+.ds-toast-box {background: #323232; color: #fff; padding: 10px 16px; border-radius: 6px; box-shadow: 0 3px 10px rgba(0,0,0,.3);
+               overflow-wrap: anywhere}
+.ds-toast-box a {color: #90caf9}
+.ds-toast-box code {color: #fff}
+"""

@@ -202,3 +202,17 @@ def test_a_v1_workspace_keeps_its_inline_bytes_after_the_upgrade(settings, monke
         report = store.gc(timedelta(0))
         assert report.runs == 1 and store.read_bytes(again.id) == data  # still shared by the live run
         assert store.packs.numbers() == []
+
+
+def test_a_v4_workspace_gets_idle_chats(settings, monkeypatch):
+    """Before v5 a chat's run was ``running`` while open and ``queued`` while closed: both become ``idle``,
+    and only the open one keeps its holder."""
+    with monkeypatch.context() as patch:
+        patch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:4])
+        patch.setattr(schema, "SCHEMA_VERSION", 4)
+        with Store.open(settings=settings) as old:
+            closed, held = old.create_run("chat", status="queued"), old.create_run("chat", status="running")
+            turn = old.create_run("agent", status="queued")
+    with Store.open(settings=settings) as store:
+        after = {r.id: (r.status, r.owner_pid) for r in (store.get_run(i) for i in (closed.id, held.id, turn.id))}
+    assert after == {closed.id: ("idle", None), held.id: ("idle", os.getpid()), turn.id: ("queued", os.getpid())}

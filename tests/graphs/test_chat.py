@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from datetime import timedelta
 
 import nbformat
@@ -20,6 +21,7 @@ from dsagent.testing.llm_server import LLMServer, Reply, ToolCall
 ACCEPT = Reply('{"verdict": "accept", "findings": []}', role="reviewer")
 LOAD = "df = load_table(data)\nprint('rows:', len(df), 'mean y:', df['y'].mean())"
 USE = "print('sum y:', df['y'].sum())"  # turn 2: `df` is still in the kernel
+TICKING = "x = 41\nimport time\nfor i in range(600):\n    print('tick', i)\n    time.sleep(0.2)\nx = 0"  # prints 5 lines a second
 
 
 @pytest.fixture
@@ -56,7 +58,8 @@ async def test_two_turns_share_kernel_and_history_then_the_chat_exports_and_reru
     with LLMServer(two_turns()) as llm:
         settings = settings.replace(llm_base_url=llm.base_url)
         async with await Chat.open("points", settings=settings, store=store) as chat:
-            assert (await asyncio.to_thread(store.get_run, record.id)).status == "running"  # open: owned by this process
+            opened = await asyncio.to_thread(store.get_run, record.id)
+            assert (opened.status, opened.owner_pid) == ("idle", os.getpid())  # open: held by this process, no turn yet
             first = await chat.ask("How many rows, and the mean of y?")
             turn = await chat.start("And the sum of y?")
             followed = [e async for e in follow_events(store, turn.run_id, poll=0.05)]  # what a page shows, live
@@ -78,7 +81,8 @@ async def test_two_turns_share_kernel_and_history_then_the_chat_exports_and_reru
     assert roles == ["setup", "analyst"]  # the follow-up ran its parameters cell, no second profile
     chat_events = [e.type for e in store.events(record.id)]
     assert chat_events.count("chat_turn_started") == 2 and chat_events.count("chat_turn_finished") == 2
-    assert store.chats.get("points").status == "queued" and store.chats.get("points").turns == 2
+    closed = store.chats.get("points")
+    assert (closed.status, closed.held, closed.turns) == ("idle", False, 2)
 
     # the whole chat as one notebook: re-runs through the papermill engine on other data
     path = await asyncio.to_thread(export_chat, store, record.id, tmp_path / "chat.ipynb")
@@ -98,7 +102,7 @@ async def test_two_turns_share_kernel_and_history_then_the_chat_exports_and_reru
 async def test_stop_cancels_a_long_cell_and_the_chat_goes_on(csv, settings, store):
     create_chat(store, "long", [csv])
     script = [
-        Reply("1. wait"), Reply(tool_calls=[ToolCall("run_code", {"code": "x = 41\nimport time\ntime.sleep(60)\nx = 0"})]),
+        Reply("1. wait"), Reply(tool_calls=[ToolCall("run_code", {"code": TICKING})]),
         Reply("1. print x"), Reply(tool_calls=[ToolCall("run_code", {"code": "print('x is', x + 1)"})]),
         Reply("x is 42."), ACCEPT,
     ]
@@ -106,9 +110,16 @@ async def test_stop_cancels_a_long_cell_and_the_chat_goes_on(csv, settings, stor
         settings = settings.replace(llm_base_url=llm.base_url)
         async with await Chat.open("long", settings=settings, store=store) as chat:
             turn = await chat.start("Wait a minute")
-            while not any(e.type == "cell_started" and "sleep" in e.payload["code"]
-                          for e in await asyncio.to_thread(store.events, turn.run_id)):
+            # what the cell prints reaches a follower while it runs, a few lines per event
+            printed = ""
+            while "tick 3\n" not in printed:
+                events = await asyncio.to_thread(store.events, turn.run_id)
+                printed = "".join(e.payload["text"] for e in events if e.type == "cell_output")
                 await asyncio.sleep(0.1)
+            assert printed.startswith("tick 0\ntick 1\ntick 2\ntick 3\n")
+            ticking = [e.payload["cell"] for e in events if e.type == "cell_started" and "tick" in e.payload["code"]]
+            assert ticking and not [e for e in events if e.type == "cell_finished" and e.payload["cell"] == ticking[0]]  # still running
+            assert (await asyncio.to_thread(store.get_run, chat.id)).status == "running"  # the chat runs a turn
             stopped = await chat.stop()
             assert stopped is not None and stopped.run.status == "cancelled"
             with pytest.raises(AgentError, match="the task is empty"):  # refused before any run exists
@@ -122,6 +133,7 @@ async def test_stop_cancels_a_long_cell_and_the_chat_goes_on(csv, settings, stor
     assert kept, "the cancelled turn keeps its partial notebook"
     finished = [e.payload for e in store.events(store.chats.get("long").id) if e.type == "chat_turn_finished"]
     assert [f["status"] for f in finished] == ["cancelled", "succeeded"]
+    assert store.get_run(store.chats.get("long").id).status == "idle"  # between turns, whatever the last one did
 
 
 async def test_approval_run_edit_reject(csv, settings, store):

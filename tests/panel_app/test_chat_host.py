@@ -68,7 +68,8 @@ def test_an_idle_chat_is_closed_with_a_reason_and_reopens_by_replay(workspace_ho
                     and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert closed and "idle for" in closed[0]["reason"] and "dashboard_idle_timeout" in closed[0]["reason"]
-            assert host.store.get_run(record.id).status == "queued"  # free for `dsagent chat` or another page
+            closed_run = host.store.get_run(record.id)
+            assert (closed_run.status, closed_run.owner_pid) == ("idle", None)  # held by nobody: free for `dsagent chat` or another page
             launched = [e.payload for e in host.store.events(run_id) if e.type == "launched"]
             assert launched[0]["user"] == "ann" and launched[0]["via"] == "dashboard"
             # the next question opens it again: the replay brings `kept` back

@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import psutil
 import pytest
+from playwright.sync_api import expect
 
 from dsagent.artifacts import Store
 from dsagent.settings import Settings
@@ -32,7 +33,7 @@ ACCEPT = Reply('{"verdict": "accept", "findings": []}', role="reviewer")
 # the cell waits for the test to say go (a file), so "the steps show while the cell runs" needs no timed sleep
 LOAD_AND_PLOT = ("import os, time\nimport matplotlib.pyplot as plt\n"
                  "df = load_table(data)\nprint('rows:', len(df))\n"
-                 "for _ in range(1200):\n    if os.path.exists({go!r}):\n        break\n    time.sleep(0.05)\n"
+                 "for i in range(1200):\n    if os.path.exists({go!r}):\n        break\n    print('waiting', i, flush=True)\n    time.sleep(0.2)\n"
                  "df.plot(x='x', y='y')\nplt.show()")
 USE_DF = "print('sum y:', df['y'].sum())"  # turn 2: `df` from turn 1, not loaded again
 CSV = "x,y\n1,2\n2,4\n3,5\n4,9\n"
@@ -126,6 +127,14 @@ def _kernels_of(home: Path) -> list[psutil.Process]:
     return found
 
 
+def _store_run_status(home: Path, run_id: int) -> str:
+    store = _store(home)
+    try:
+        return store.get_run(run_id).status
+    finally:
+        store.close()
+
+
 def _latest_turn(home: Path, chat_id: int):
     store = _store(home)
     try:
@@ -181,7 +190,12 @@ def test_upload_then_two_turns_with_a_plot_stream_live_and_share_the_kernel(serv
     # steps show while the turn runs: the plan and the running cell appear before the answer exists
     page.get_by_text("plot y against x", exact=True).first.wait_for()  # the plan (a markdown list)
     page.get_by_text("Cell 2 · running…").wait_for()
+    # its prints stream while it runs (a line every 0.2 s), and the feed follows them
+    page.get_by_text(re.compile(r"waiting 5\b")).first.wait_for()
     assert page.get_by_text("There are 4 rows").count() == 0
+    expect(page.get_by_text(re.compile(r"waiting 5\b")).last).to_be_in_viewport()
+    page.get_by_text("(answering)").wait_for()  # the sidebar says what the chat does
+    assert _store_run_status(served.home, served.chat_id) == "running"
     # a second browser on the same chat follows the same live run (it reads the run's events, not the first page)
     other = browser.new_context(viewport={"width": 1280, "height": 900})
     second = other.new_page()
@@ -200,6 +214,7 @@ def test_upload_then_two_turns_with_a_plot_stream_live_and_share_the_kernel(serv
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=plot.element_handle())  # the PNG loaded
     page.get_by_text("Reviewer: accept").wait_for()
     page.get_by_text("1 turn(s)").wait_for()  # the sidebar's count follows without a reload
+    assert _store_run_status(served.home, served.chat_id) == "idle"  # not "running" in Runs and on the Overview
 
     served.llm.add(Reply("1. sum y of the loaded table"), Reply(tool_calls=[ToolCall("run_code", {"code": USE_DF})]),
                    Reply("The sum of y is 20."), ACCEPT)
@@ -208,6 +223,9 @@ def test_upload_then_two_turns_with_a_plot_stream_live_and_share_the_kernel(serv
     page.get_by_text("sum y: 20").first.wait_for()  # `df` from turn 1 was still in the kernel
     page.get_by_text("2 turn(s)").wait_for()
     page.screenshot(path=str(tmp_path / "chat-two-turns.png"), full_page=True)
+    page.reload()  # the feed opens at the newest turn, not at the first
+    expect(page.get_by_text("The sum of y is 20.")).to_be_in_viewport()
+    expect(page.get_by_text("How many rows, and plot y against x").first).not_to_be_in_viewport()
     follow_up = [r for r in served.llm.requests if "sum of y" in json.dumps(r.messages)][0]
     assert "df = load_table(data)" in json.dumps(follow_up.messages)  # the history carried turn 1's code
     # who did what: the turn records that it came from the dashboard
@@ -221,8 +239,12 @@ def test_upload_then_two_turns_with_a_plot_stream_live_and_share_the_kernel(serv
                          "model": "scripted-model", "approve": False}]
     # the whole chat into the Notebooks page's folder
     page.get_by_role("button", name="Save chat as notebook").click()
-    page.get_by_text("it is on the").wait_for()
+    toast = page.locator(".ds-toast-box")
+    toast.wait_for()
+    expect(toast).to_be_in_viewport()  # not below the fold
     saved = served.home / "notebooks" / "chat-points.ipynb"
+    assert toast.get_by_role("link", name="chat-points.ipynb").get_attribute("href") == f"./notebook?path={quote(str(saved), safe='')}"
+    page.screenshot(path=str(tmp_path / "chat-saved-toast.png"))
     assert saved.is_file() and "sum y" in saved.read_text()
     # one turn on its own, from its button
     page.get_by_role("button", name="Save turn as notebook").first.click()
@@ -358,3 +380,22 @@ def test_the_chat_survives_a_restart_and_continues(served, chat_page, tmp_path):
     page.get_by_text("after restart 9").first.wait_for()
     page.screenshot(path=str(tmp_path / "chat-after-restart.png"), full_page=True)
     assert problems.items == [], problems.items
+
+
+@pytest.mark.parametrize("width", [390, 1280])
+def test_the_chat_page_fits_a_phone_and_a_wide_screen(served, browser, tmp_path, width):
+    """No horizontal scrolling at a phone's width (the page overflowed to 1155 px); screenshots to look at."""
+    context = browser.new_context(viewport={"width": width, "height": 844 if width < 500 else 900})
+    try:
+        page = context.new_page()
+        problems = PageProblems(page)
+        page.goto(f"{served.dashboard.url}chat?id={served.chat_id}")
+        page.get_by_text("The sum of y is 20.").wait_for()
+        page.get_by_text("kernel:").first.wait_for()
+        page.screenshot(path=str(tmp_path / f"chat-{width}.png"), full_page=True)
+        wide = page.evaluate("document.documentElement.scrollWidth")
+        assert wide <= width, f"the page is {wide} px wide at a {width} px viewport"
+        assert problems.items == [], problems.items
+    finally:
+        context.close()
+    print(f"screenshot in {tmp_path}")
