@@ -74,6 +74,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("store_lock_timeout", 30.0, "Seconds a process waits for its turn at the workspace database before giving up with StoreLocked.", float),
     Setting("store_hold_seconds", 0.1, "Seconds a process keeps the workspace database attached after a read or write while no other process waits for it (saves the next one's attach; 0 = let go at once).", float),
     Setting("capture_max_file_bytes", "64MiB", "Work-dir files and displayed DataFrames larger than this are not captured (an event says so).", parse_size),
+    Setting("capture_max_files", 500, "Files one run captures at most (the files its code wrote); past it a capture_limited event says so and later files are not kept.", int),
+    Setting("capture_max_run_bytes", "1GiB", "Bytes of files one run captures at most; past it a capture_limited event says so and later files are not kept.", parse_size),
     Setting("jupyter_url", "", "URL of the remote Jupyter Server / Kernel Gateway / Enterprise Gateway the `jupyter` backend uses (a `?token=` in it is used as the token).", str),
     Setting("jupyter_token", "", "Token for jupyter_url (sent as `Authorization: token ...`).", str),
     Setting("jupyter_kernel_name", "", "Kernelspec the `jupyter` backend starts on the server (empty = the server's default).", str),
