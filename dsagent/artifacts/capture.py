@@ -94,6 +94,7 @@ class Capture:
         self._files_kept = 0  # this run's captured files and their bytes, against the per-run limits
         self._bytes_kept = 0
         self._limit_said = False
+        self._last_report = 0  # the kernel numbers its reports: a cell that never reached the kernel has none of its own
 
     async def install(self) -> list[tuple[str, dict[str, Any]]]:
         """Set up the kernel side (DataFrame formatter, written-files hook); returns events (one if it is unavailable)."""
@@ -133,7 +134,10 @@ class Capture:
         except ValueError as exc:
             captured.events.append(("capture_limited", {"what": "files", "reason": f"the kernel's report is unreadable: {exc}"}))
             return None
-        return manifest if isinstance(manifest, dict) else None
+        if not isinstance(manifest, dict) or manifest.get("seq") == self._last_report:
+            return None  # the previous cell's report (say, a file the host uploaded)
+        self._last_report = manifest.get("seq")
+        return manifest
 
     async def _download(self, path: str, captured: CellCapture) -> bytes | None:
         assert self.session is not None

@@ -15,7 +15,7 @@ Two things per cell, both without walking the work dir:
 
 After each cell (IPython's ``post_run_cell``, before the reply is sent) the
 kernel writes ``<folder>/cell.json``: ``{"files": [[path, size, change]],
-"frames": [[name, size]], "removed": [...], "overflow": n}`` with paths relative
+"frames": [[name, size]], "removed": [...], "overflow": n, "seq": n}`` with paths relative
 to the work dir. The hook keeps at most ``max_files`` paths per cell.
 """
 
@@ -37,7 +37,7 @@ def _dsagent_install_capture(folder, max_bytes, max_files):
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
     spawning = {"subprocess.Popen", "os.system", "os.posix_spawn", "os.spawn", "os.exec", "os.fork", "os.forkpty"}
     scan_limit = 10_000
-    cell = {"written": {}, "removed": set(), "spawned": False, "overflow": 0, "start": 0.0}
+    cell = {"written": {}, "removed": set(), "spawned": False, "overflow": 0, "start": 0.0, "seq": 0}
     counter = itertools.count()
 
     def note(path, removed=False):
@@ -115,11 +115,11 @@ def _dsagent_install_capture(folder, max_bytes, max_files):
 
     def start_cell(*args):
         shutil.rmtree(folder, ignore_errors=True)
-        cell.update(written={}, removed=set(), spawned=False, overflow=0, start=time.time())
+        cell.update(written={}, removed=set(), spawned=False, overflow=0, start=time.time(), seq=cell["seq"] + 1)
 
     def report(*args):
         removed = sorted(r for r in map(relative, cell["removed"]) if r and not os.path.exists(os.path.join(root, r)))
-        manifest = {"files": files(), "frames": frames(), "removed": removed, "overflow": cell["overflow"]}
+        manifest = {"seq": cell["seq"], "files": files(), "frames": frames(), "removed": removed, "overflow": cell["overflow"]}
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, "cell.json"), "w") as handle:
             json.dump(manifest, handle)
