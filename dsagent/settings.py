@@ -112,6 +112,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batch_workers", 2, "Dask worker processes of the LocalCluster a batch sweep starts when no --cluster address is given.", int),
     Setting("batch_threads_per_worker", 2, "Children each LocalCluster worker runs at once (each has its own warm kernel); a child mostly waits on its kernel, so two per worker keep 2 cores busy with fewer worker processes.", int),
     Setting("batch_retries", 1, "Further attempts of a failed batch child (a cell raised, its kernel or Dask worker died) before it is recorded failed.", int),
+    Setting("batch_ship_max_bytes", "64MiB", "When the Dask workers cannot see a swept notebook's folder, the sibling files it references (relative paths in its parameters or code) are sent with each child up to this many bytes; more fails the sweep before launch.", parse_size),
     Setting("batch_confirm_above", 200, "A sweep with more parameter sets than this needs confirming (--yes, confirm=True).", int),
     Setting("batch_write_delay", 0.2, "Seconds a finished batch child's results may wait for others to share its store transaction (group commit; 0 = write at once).", float),
     Setting("batch_connect_timeout", 10.0, "Seconds to reach a Dask scheduler address before giving up with a clear error.", float),

@@ -10,11 +10,11 @@ parsing HTML back loses types. Adding the frame's Parquet bytes to the output
 (a custom mime type) would bloat every notebook and count against the output
 cap. Instead ``install()`` runs ``capture_kernel.py`` in the kernel: a display
 formatter that returns nothing (so outputs stay byte-identical) and, as a side
-effect, writes each displayed frame as Parquet into ``.dsagent/frames/`` of the
-work dir, emptied before every cell.
+effect, writes each displayed frame as Parquet into ``.dsagent/frames/<id>/`` of the
+work dir (one folder per session), emptied before every cell.
 
 Files: the same kernel code reports the files the cell's code opened for
-writing (an audit hook; see ``capture_kernel.py``) in ``.dsagent/frames/cell.json``.
+writing (an audit hook; see ``capture_kernel.py``) in ``.dsagent/frames/<id>/cell.json``.
 After the cell that manifest is downloaded, then the files it names, so the
 cost does not grow with the folder (a notebook in ``~`` or ``/tmp`` is not
 walked) and a file another process wrote meanwhile is never taken. It works
@@ -31,6 +31,7 @@ import io
 import json
 import mimetypes
 import re
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,13 +95,16 @@ class Capture:
         self._files_kept = 0  # this run's captured files and their bytes, against the per-run limits
         self._bytes_kept = 0
         self._limit_said = False
+        # this session's own scratch folder: kernels sharing a work dir (a sweep's children in the notebook's
+        # folder, two runs of one notebook) must not empty or read each other's
+        self.folder = f"{FRAMES_DIR}/{uuid.uuid4().hex[:12]}"
         self._last_report = 0  # the kernel numbers its reports: a cell that never reached the kernel has none of its own
 
     async def install(self) -> list[tuple[str, dict[str, Any]]]:
         """Set up the kernel side (DataFrame formatter, written-files hook); returns events (one if it is unavailable)."""
         if self.session is None:
             return []
-        code = (_kernel_code().replace("__FOLDER__", repr(FRAMES_DIR)).replace("__MAX_BYTES__", str(self.settings.capture_max_file_bytes))
+        code = (_kernel_code().replace("__FOLDER__", repr(self.folder)).replace("__MAX_BYTES__", str(self.settings.capture_max_file_bytes))
                 .replace("__MAX_FILES__", str(self.settings.capture_max_files + 1)))
         result = await self.session.execute(code + _HIDE_THIS_CELL, timeout=30)
         self.frames_enabled = result.ok
@@ -127,7 +131,7 @@ class Capture:
         """What the kernel reported for the cell; None (and an event) if it cannot be read, e.g. a dead kernel."""
         assert self.session is not None
         try:
-            manifest = json.loads(await self.session.download(f"{FRAMES_DIR}/cell.json"))
+            manifest = json.loads(await self.session.download(f"{self.folder}/cell.json"))
         except DsagentError as exc:
             captured.events.append(("capture_limited", {"what": "files", "reason": exc.message}))
             return None
@@ -150,7 +154,7 @@ class Capture:
     async def _frames(self, frames: list[list[Any]], cell: int, captured: CellCapture) -> int:
         found = 0
         for name, size in frames:
-            path = f"{FRAMES_DIR}/{name}"
+            path = f"{self.folder}/{name}"
             if name.endswith(".skipped.txt"):
                 data = await self._download(path, captured)
                 reason = data.decode("utf-8", "replace") if data else "unknown"
