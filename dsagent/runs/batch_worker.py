@@ -4,7 +4,9 @@
 worker process, with a warm pool as large as the worker's thread count, and
 closes it (no kernel left) when the plugin is removed or the worker stops.
 ``run_child`` is the task: it writes the notebook the caller sent into a
-scratch folder, runs it with ``execute_notebook_run`` on the pool, records
+scratch folder, runs it with ``execute_notebook_run`` on the pool (the kernel
+in the notebook's own folder when this worker sees it, else in a fresh one
+with the files the caller shipped: ``batch_files.py``), records
 everything into a ``RunJournal`` (workers never open the workspace's DuckDB
 file) and returns the journal's entries for the caller to store.
 

@@ -197,3 +197,16 @@ async def test_the_per_run_file_limit_says_so(store, session):
     assert sorted(files) == ["f0.txt", "f1.txt"], files
     limited = [e.payload for e in store.events(rec.run_id) if e.type == "capture_limited"]
     assert len(limited) == 1 and "capture_max_files (2)" in limited[0]["reason"] and "DSAGENT_CAPTURE_MAX_FILES" in limited[0]["reason"]
+
+
+async def test_a_second_run_on_the_same_kernel_captures_its_own_files(store, session):
+    """A chat's turns are runs on one kernel: the hooks installed by the first are pointed at the next run's folder."""
+    runs = []
+    for name in ("first.txt", "second.txt"):
+        async with RunRecorder(store, "notebook", title=name) as rec:
+            await rec.attach(session)
+            await rec.execute(f"import pandas as pd; open({name!r}, 'w').write('x'); display(pd.DataFrame({{'a': [1]}}))")
+        runs.append(rec.run_id)
+    for run_id, name in zip(runs, ("first.txt", "second.txt")):
+        kinds = sorted((a.kind, a.name) for a in store.list_artifacts(run_id=run_id, limit=100).items if a.kind in ("file", "table"))
+        assert kinds == [("file", name), ("table", "cell-0-table-1.parquet")], kinds
