@@ -216,6 +216,9 @@ def local_cluster_options(settings: Settings, workers: int | None = None) -> dic
         # no Bokeh dashboard: no one is shown its link, and it cost an import of bokeh and
         # periodic updates in this process (the sweep's progress is dsagent's own)
         dashboard_address=None, silence_logs=logging.ERROR,
+        # the scheduler's HTTP server (health, metrics) starts anyway, on 8787 unless told: with another cluster
+        # there (a second sweep, Jupyter's) it warned "Port 8787 is already in use" on every sweep's stderr
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
         # no memory limit: a child's memory is its kernel's, a process of its own that
         # the worker's limit never saw; the limit only cost a monitor every 100 ms
         memory_limit=0, preload=["dsagent.runs.batch_preload"],
