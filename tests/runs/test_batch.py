@@ -313,6 +313,7 @@ def shipped_copy(tmp_path: Path) -> Path:
     return Path(shutil.copytree(SHIPPED, tmp_path / "notebooks", ignore=shutil.ignore_patterns(".dsagent", "*.py")))
 
 
+@pytest.mark.timeout(300)  # a fail-safe for a loaded machine: three CLI processes, each sweep's kernel pools
 def test_every_shipped_notebook_sweeps_from_the_cli(cluster, workspace_home, shipped_copy, tmp_path):
     """Relative data paths resolve as for ``dsagent run``: a LocalCluster's children run in the notebook's folder."""
     assert sorted(p.name for p in shipped_copy.glob("*.ipynb")) == sorted([*SHIPPED_GRIDS, "model_fit.ipynb"])
@@ -325,7 +326,11 @@ def test_every_shipped_notebook_sweeps_from_the_cli(cluster, workspace_home, shi
         assert "batch run" in done.stdout and "2 succeeded" in done.stdout, done.stdout
         assert " - INFO - " not in done.stderr and "distributed." not in done.stderr, done.stderr  # Dask at WARNING unless -v
     assert (shipped_copy / "cohort_retention.csv").exists()  # written where `dsagent run` writes it
-    # the README's sweep: its own LocalCluster, and its INFO logging stays quiet
+
+
+@pytest.mark.timeout(300)  # a fail-safe for a loaded machine: a LocalCluster of its own and 6 children
+def test_the_readmes_sweep_works_as_printed_and_dask_stays_quiet(workspace_home, shipped_copy, tmp_path):
+    """Its own LocalCluster (no --cluster), as printed in the README; Dask's INFO logging stays off stderr."""
     (tmp_path / "grid.yaml").write_text(README_SWEEP)
     readme = Path(__file__).resolve().parents[2] / "README.md"
     assert f"printf '{README_SWEEP}' > grid.yaml".replace("\n", "\\n") in readme.read_text()
