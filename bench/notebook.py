@@ -32,6 +32,13 @@ issue 16) cold and with a template running; the first call not slower (1.0).
     .venv/bin/python bench/notebook.py             # 5 samples each
     .venv/bin/python bench/notebook.py --repeat 9
     .venv/bin/python bench/notebook.py --quick     # one sample each (tests/bench runs this)
+
+``--folder-size N`` measures something else (issue 26): a 2-cell notebook run
+with ``run_notebook`` (warm pool, open store) from an empty folder and from a
+folder tree of N files, interleaved; ``folder_tree_ratio`` = tree / empty, target <= 1.1
+(what a run captures must not cost more where the folder is big):
+
+    .venv/bin/python bench/notebook.py --folder-size 100000
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ import nbformat
 
 TARGET_WARM_RATIO = 0.2  # run_notebook with a warm pool: >= 5x faster than papermill CLI
 TARGET_COLD_RATIO = 0.5  # dsagent run in a fresh process: >= 2x faster than papermill CLI (issue 16)
+TARGET_FOLDER_RATIO = 1.1  # a notebook in a 100k-file tree runs as fast as in an empty folder (issue 26)
 TARGET_FIRST_CALL_RATIO = 1.0  # starting a template in the background must not make the first call slower
 BIN = Path(sys.executable).parent
 
@@ -62,14 +70,67 @@ CELLS = (
     "print(sum(squares))",
 )
 
+TWO_CELLS = (CELLS[0], "print(sum(i * i for i in range(n)))")
 
-def write_notebook(folder: Path) -> Path:
+
+def write_notebook(folder: Path, cells: tuple[str, ...] = CELLS) -> Path:
     nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
-    nb.cells = [nbformat.v4.new_code_cell(source) for source in CELLS]
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in cells]
     nb.cells[0].metadata["tags"] = ["parameters"]
     path = folder / "squares.ipynb"
     nbformat.write(nb, path)
     return path
+
+
+def fill_tree(folder: Path, files: int) -> None:
+    """``files`` small files, 1,000 per subfolder two levels deep (a home folder or /tmp in miniature)."""
+    for i in range(files):
+        sub = folder / f"d{i // 10_000}" / f"e{i // 1000 % 10}"
+        if i % 1000 == 0:
+            sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"f{i}.txt").write_bytes(b"x")
+
+
+async def folder_runs(folders: dict[str, Path], samples: int) -> dict[str, list[float]]:
+    """Interleaved warm ``run_notebook`` runs of each folder's notebook (the first of each is not timed)."""
+    from dsagent.artifacts.store import Store
+    from dsagent.kernel_gateway.local import LocalBackend
+    from dsagent.runs.notebook_run import run_notebook
+
+    times: dict[str, list[float]] = {name: [] for name in folders}
+    with Store.open() as store:
+        async with LocalBackend(pool_size=1) as backend:
+            for i in range(samples + 1):
+                for name, folder in folders.items():
+                    await backend.warm()
+                    start = time.perf_counter()
+                    run = await run_notebook(folder / "squares.ipynb", {"n": 5 + i}, backend=backend, store=store)
+                    seconds = time.perf_counter() - start
+                    if run.status != "succeeded":
+                        raise SystemExit(f"run_notebook failed in {name}: {run.error}")
+                    if i:
+                        times[name].append(seconds)
+    return times
+
+
+def folder_bench(files: int, samples: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="dsagent-bench-tree-") as tmp:
+        root = Path(tmp)
+        os.environ["DSAGENT_HOME"] = str(root / "workspace")
+        folders = {"empty_folder": root / "empty", "folder_tree": root / "tree"}
+        for folder in folders.values():
+            folder.mkdir()
+            write_notebook(folder, TWO_CELLS)
+        print(f"writing {files:,} files", file=sys.stderr, flush=True)
+        fill_tree(folders["folder_tree"], files)
+        print(f"{samples} samples each", file=sys.stderr, flush=True)
+        times = asyncio.run(folder_runs(folders, samples))
+    empty, tree = statistics.median(times["empty_folder"]), statistics.median(times["folder_tree"])
+    report: dict[str, Any] = {"notebook": {"cells": 2, "parameterized": True}, "tree_files": files}
+    report |= {name: {"median_s": round(statistics.median(t), 4), "samples_s": [round(x, 4) for x in t]} for name, t in times.items()}
+    report["folder_tree_ratio"] = {"value": round(tree / empty, 4), "target": TARGET_FOLDER_RATIO, "meets_target": tree / empty <= TARGET_FOLDER_RATIO}
+    report["all_targets_met"] = report["folder_tree_ratio"]["meets_target"]
+    return report
 
 
 def timed_process(argv: list[str], env: dict[str, str], expect: str, output: Path, says: str = "") -> float:
@@ -160,8 +221,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=5, help="samples per figure (median reported)")
     parser.add_argument("--quick", action="store_true", help="one sample each (smoke run)")
+    parser.add_argument("--folder-size", type=int, default=0, metavar="N",
+                        help="instead: the notebook in an empty folder vs a tree of N files (issue 26)")
     args = parser.parse_args()
     samples = 1 if args.quick else max(1, args.repeat)
+    if args.folder_size:
+        print(json.dumps(folder_bench(args.folder_size, samples), indent=2))
+        return 0
 
     with tempfile.TemporaryDirectory(prefix="dsagent-bench-nb-") as tmp:
         folder = Path(tmp)

@@ -8,25 +8,30 @@ events) for the caller to store in one transaction.
 DataFrames: a displayed frame reaches the frontend only as HTML/text, and
 parsing HTML back loses types. Adding the frame's Parquet bytes to the output
 (a custom mime type) would bloat every notebook and count against the output
-cap. Instead ``install()`` registers an IPython display formatter in the
-kernel that returns nothing (so outputs stay byte-identical) and, as a side
-effect, writes each displayed frame as Parquet into ``.dsagent/frames/`` of
-the work dir; the folder is emptied before every cell. After the cell the
-files are fetched with ``list_files``/``download`` like any other file, so
-this works for remote kernels too, with no extra round trip per cell.
+cap. Instead ``install()`` runs ``capture_kernel.py`` in the kernel: a display
+formatter that returns nothing (so outputs stay byte-identical) and, as a side
+effect, writes each displayed frame as Parquet into ``.dsagent/frames/<id>/`` of the
+work dir (one folder per session), emptied before every cell.
 
-Files: the work dir is listed before and after each cell; entries whose size
-or mtime changed are downloaded and hashed, and become ``file`` artifacts
-unless their bytes are the ones already captured for that path.
+Files: the same kernel code reports the files the cell's code opened for
+writing (an audit hook; see ``capture_kernel.py``) in ``.dsagent/frames/<id>/cell.json``.
+After the cell that manifest is downloaded, then the files it names, so the
+cost does not grow with the folder (a notebook in ``~`` or ``/tmp`` is not
+walked) and a file another process wrote meanwhile is never taken. It works
+for remote kernels too, with no extra round trip per cell. Files whose bytes
+are the ones already captured for that path are skipped; per run at most
+``capture_max_files`` files and ``capture_max_run_bytes`` bytes are kept.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import mimetypes
 import re
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +40,7 @@ from dsagent.artifacts.blobfiles import sha256_hex
 from dsagent.artifacts.models import NewArtifact
 from dsagent.errors import DsagentError
 from dsagent.kernel_gateway.base import KernelSession
-from dsagent.kernel_gateway.models import Execution, FileInfo, Output
+from dsagent.kernel_gateway.models import Execution, Output
 from dsagent.runs.record import recorded_value
 from dsagent.settings import Settings
 
@@ -43,65 +48,13 @@ __all__ = ["Capture", "CellCapture", "FRAMES_DIR", "PARQUET_MIME", "artifacts_fr
 
 FRAMES_DIR = ".dsagent/frames"
 PARQUET_MIME = "application/vnd.apache.parquet"
-_IGNORED_PARTS = {".dsagent", ".ipynb_checkpoints", "__pycache__"}
 _OBJECT_REPR = re.compile(r"^<.* at 0x[0-9a-fA-F]+>$|^<Figure size .*>$", re.S)
 _EVENT_TEXT_LIMIT = 2000
 _IMAGE_MIMES = (("image/png", "png"), ("image/jpeg", "jpg"), ("image/svg+xml", "svg"))
 
-# Runs once in the kernel (one ordinary execute: KernelSession has no silent
-# mode). The formatter returns None, so IPython adds nothing to the display
-# data; the cell then hides itself so the user's cells keep their numbers.
-_KERNEL_SETUP = """
-def _dsagent_install_frame_capture(folder, max_bytes):
-    import itertools, os, shutil, sys
-    from IPython import get_ipython
-    from IPython.core.formatters import BaseFormatter
-    ip = get_ipython()
-    mime = "application/vnd.dsagent.frame-capture"
-    if mime in ip.display_formatter.formatters:
-        return
-    counter = itertools.count()
-
-    def note(number, text):
-        with open(os.path.join(folder, "%04d.skipped.txt" % number), "w") as handle:
-            handle.write(text)
-
-    class FrameCapture(BaseFormatter):
-        format_type = mime
-
-        def __call__(self, obj):
-            pandas = sys.modules.get("pandas")
-            if pandas is None or not isinstance(obj, pandas.DataFrame):
-                return None
-            number = next(counter)
-            try:
-                os.makedirs(folder, exist_ok=True)
-                size = int(obj.memory_usage(deep=False).sum())
-                if size > max_bytes:
-                    note(number, "the DataFrame holds %d bytes in memory, above the capture limit of %d" % (size, max_bytes))
-                    return None
-                frame = obj
-                if not all(isinstance(c, str) for c in obj.columns):
-                    frame = obj.copy(deep=False)
-                    frame.columns = [str(c) for c in obj.columns]
-                frame.to_parquet(os.path.join(folder, "%04d.parquet" % number))
-            except Exception as exc:
-                try:
-                    note(number, "could not write the DataFrame as Parquet: %s: %s" % (type(exc).__name__, exc))
-                except Exception:
-                    pass
-            return None
-
-    def empty_folder(*args):
-        shutil.rmtree(folder, ignore_errors=True)
-
-    ip.display_formatter.formatters[mime] = FrameCapture(parent=ip.display_formatter)
-    ip.events.register("pre_run_cell", empty_folder)
-
-_dsagent_install_frame_capture(__import__("os").path.abspath(__FOLDER__), __MAX_BYTES__)
-del _dsagent_install_frame_capture
-
-
+# Runs once in the kernel (one ordinary execute: KernelSession has no silent mode): capture_kernel.py,
+# then this, which hides the cell so the user's cells keep their numbers.
+_HIDE_THIS_CELL = """
 def _dsagent_hide_this_cell():
     # give the user's cells back their numbers: this cell's history entry goes
     # to a closed history session, so the next cell can reuse its line number
@@ -137,72 +90,78 @@ class Capture:
         self.session = session
         self.settings = settings or Settings()
         self.frames_enabled = False
-        self._before: dict[str, FileInfo] = {}
         self._hashes: dict[str, str] = {}  # path -> sha256 of the bytes last captured for it
         self._workspace_prefix = _workspace_inside(session, self.settings)
+        self._files_kept = 0  # this run's captured files and their bytes, against the per-run limits
+        self._bytes_kept = 0
+        self._limit_said = False
+        # this session's own scratch folder: kernels sharing a work dir (a sweep's children in the notebook's
+        # folder, two runs of one notebook) must not empty or read each other's
+        self.folder = f"{FRAMES_DIR}/{uuid.uuid4().hex[:12]}"
+        self._last_report = 0  # the kernel numbers its reports: a cell that never reached the kernel has none of its own
 
     async def install(self) -> list[tuple[str, dict[str, Any]]]:
-        """Register the DataFrame formatter in the kernel; returns events (one if it is unavailable)."""
+        """Set up the kernel side (DataFrame formatter, written-files hook); returns events (one if it is unavailable)."""
         if self.session is None:
             return []
-        code = _KERNEL_SETUP.replace("__FOLDER__", repr(FRAMES_DIR)).replace("__MAX_BYTES__", str(self.settings.capture_max_file_bytes))
-        result = await self.session.execute(code, timeout=30)
+        code = (_kernel_code().replace("__FOLDER__", repr(self.folder)).replace("__MAX_BYTES__", str(self.settings.capture_max_file_bytes))
+                .replace("__MAX_FILES__", str(self.settings.capture_max_files + 1)))
+        result = await self.session.execute(code + _HIDE_THIS_CELL, timeout=30)
         self.frames_enabled = result.ok
         if result.ok:
             return []
         reason = f"{result.error.ename}: {result.error.evalue}" if result.error else result.status
-        return [("capture_limited", {"what": "dataframes", "reason": f"the kernel refused the display hook ({reason})"})]
+        return [("capture_limited", {"what": "dataframes and files", "reason": f"the kernel refused the capture hooks ({reason})"})]
 
     async def before_cell(self) -> None:
-        """Remember the work dir's files (size, mtime) to compare against after the cell."""
-        if self.session is not None:
-            self._before = await self._listing(None) or {}
+        """Nothing to do: the kernel starts a cell's record itself (``pre_run_cell``)."""
 
     async def after_cell(self, execution: Execution, cell: int) -> CellCapture:
-        """Artifacts and events of one finished cell (outputs, DataFrames, changed files)."""
+        """Artifacts and events of one finished cell (outputs, DataFrames, files its code wrote)."""
         captured = CellCapture()
-        after = await self._listing(captured) if self.session is not None else None
-        tables = await self._frames(after, cell, captured) if after is not None else 0
+        manifest = await self._manifest(captured) if self.session is not None and self.frames_enabled else None
+        tables = await self._frames(manifest["frames"], cell, captured) if manifest else 0
         captured.artifacts.extend(artifacts_from_outputs(execution.outputs, cell, skip_frame_html=tables > 0))
         captured.events.extend(_output_events(execution.outputs, cell))
-        if after is not None:
-            await self._changed_files(after, cell, captured)
-            self._before = after
+        if manifest:
+            await self._written_files(manifest, cell, captured)
         return captured
 
-    async def _listing(self, captured: CellCapture | None) -> dict[str, FileInfo] | None:
-        """The work dir's files; None (and an event) if the session cannot list them, e.g. a dead kernel."""
+    async def _manifest(self, captured: CellCapture) -> dict[str, Any] | None:
+        """What the kernel reported for the cell; None (and an event) if it cannot be read, e.g. a dead kernel."""
         assert self.session is not None
         try:
-            entries = await self.session.list_files(".", recursive=True)
+            manifest = json.loads(await self.session.download(f"{self.folder}/cell.json"))
         except DsagentError as exc:
-            if captured is not None:
-                captured.events.append(("capture_limited", {"what": "files", "reason": exc.message}))
+            captured.events.append(("capture_limited", {"what": "files", "reason": exc.message}))
             return None
-        skip = self._workspace_prefix
-        # the workspace's own files (its DuckDB file and WAL, blobs) are never the cell's output
-        return {e.path: e for e in entries if not e.is_dir and not (skip and (e.path == skip or e.path.startswith(skip + "/")))}
+        except ValueError as exc:
+            captured.events.append(("capture_limited", {"what": "files", "reason": f"the kernel's report is unreadable: {exc}"}))
+            return None
+        if not isinstance(manifest, dict) or manifest.get("seq") == self._last_report:
+            return None  # the previous cell's report (say, a file the host uploaded)
+        self._last_report = manifest.get("seq")
+        return manifest
 
     async def _download(self, path: str, captured: CellCapture) -> bytes | None:
         assert self.session is not None
         try:
             return await self.session.download(path)
-        except DsagentError as exc:  # removed between listing and download
+        except DsagentError as exc:  # removed between the report and the download
             captured.events.append(("file_skipped", {"path": path, "reason": exc.message}))
             return None
 
-    async def _frames(self, after: dict[str, FileInfo], cell: int, captured: CellCapture) -> int:
-        prefix = FRAMES_DIR + "/"
+    async def _frames(self, frames: list[list[Any]], cell: int, captured: CellCapture) -> int:
         found = 0
-        for path in sorted(p for p in after if p.startswith(prefix)):
-            info = after[path]
-            if path.endswith(".skipped.txt"):
+        for name, size in frames:
+            path = f"{self.folder}/{name}"
+            if name.endswith(".skipped.txt"):
                 data = await self._download(path, captured)
                 reason = data.decode("utf-8", "replace") if data else "unknown"
                 captured.events.append(("table_skipped", {"cell": cell, "reason": reason}))
                 continue
-            if info.size > self.settings.capture_max_file_bytes:
-                captured.events.append(("table_skipped", {"cell": cell, "reason": f"its Parquet file has {info.size} bytes, above the capture limit"}))
+            if size > self.settings.capture_max_file_bytes:
+                captured.events.append(("table_skipped", {"cell": cell, "reason": f"its Parquet file has {size} bytes, above the capture limit"}))
                 continue
             data = await self._download(path, captured)
             if data is None:
@@ -214,31 +173,59 @@ class Capture:
             found += 1
         return found
 
-    async def _changed_files(self, after: dict[str, FileInfo], cell: int, captured: CellCapture) -> None:
-        limit = self.settings.capture_max_file_bytes
-        for path, info in after.items():
-            if _ignored(path):
-                continue
-            old = self._before.get(path)
-            if old is not None and (old.size, old.mtime) == (info.size, info.mtime):
-                continue
-            if info.size > limit:
-                captured.events.append(("file_skipped", {"cell": cell, "path": path, "size": info.size, "limit": limit,
-                                                         "reason": f"{info.size} bytes is above capture_max_file_bytes ({limit})"}))
+    async def _written_files(self, manifest: dict[str, Any], cell: int, captured: CellCapture) -> None:
+        for path, size, change in manifest.get("files", []):
+            if self._is_workspace(path) or not self._within_limits(path, size, cell, captured):
                 continue
             data = await self._download(path, captured)
             if data is None:
                 continue
             sha = sha256_hex(data)
             if self._hashes.get(path) == sha:
-                continue  # touched, same bytes as captured before
+                continue  # rewritten with the bytes captured before
             self._hashes[path] = sha
+            self._files_kept += 1
+            self._bytes_kept += len(data)
             mime = mimetypes.guess_type(path)[0] or "application/octet-stream"
-            change = "modified" if old is not None else "created"
             captured.artifacts.append(NewArtifact(path, "file", mime, data, cell=cell, metadata={"path": path, "change": change}))
-        deleted = sorted(p for p in self._before if p not in after and not _ignored(p))
+        if manifest.get("overflow"):
+            self._run_limit(cell, captured, f"the cell wrote more than capture_max_files ({self.settings.capture_max_files}) files")
+        deleted = [p for p in manifest.get("removed", []) if not self._is_workspace(p)]
         if deleted:
             captured.events.append(("files_deleted", {"cell": cell, "paths": deleted}))
+
+    def _within_limits(self, path: str, size: int, cell: int, captured: CellCapture) -> bool:
+        limit = self.settings.capture_max_file_bytes
+        if size > limit:
+            captured.events.append(("file_skipped", {"cell": cell, "path": path, "size": size, "limit": limit,
+                                                     "reason": f"{size} bytes is above capture_max_file_bytes ({limit})"}))
+            return False
+        if self._files_kept >= self.settings.capture_max_files:
+            self._run_limit(cell, captured, f"the run reached capture_max_files ({self.settings.capture_max_files})")
+            return False
+        if self._bytes_kept + size > self.settings.capture_max_run_bytes:
+            self._run_limit(cell, captured, f"the run reached capture_max_run_bytes ({self.settings.capture_max_run_bytes} bytes)")
+            return False
+        return True
+
+    def _run_limit(self, cell: int, captured: CellCapture, why: str) -> None:
+        """Say once per run that files were left out, and how to keep them."""
+        if self._limit_said:
+            return
+        self._limit_said = True
+        captured.events.append(("capture_limited", {"what": "files", "cell": cell, "reason": (
+            f"{why}: later files of this run are not captured; raise DSAGENT_CAPTURE_MAX_FILES / "
+            "DSAGENT_CAPTURE_MAX_RUN_BYTES, or write fewer, bigger files")}))
+
+    def _is_workspace(self, path: str) -> bool:
+        """The workspace's own files (its DuckDB file and WAL, blobs) are never the cell's output."""
+        skip = self._workspace_prefix
+        return bool(skip) and (path == skip or path.startswith(skip + "/"))
+
+
+@functools.cache
+def _kernel_code() -> str:
+    return (Path(__file__).with_name("capture_kernel.py")).read_text(encoding="utf-8")
 
 
 def _workspace_inside(session: KernelSession | None, settings: Settings) -> str | None:
@@ -251,10 +238,6 @@ def _workspace_inside(session: KernelSession | None, settings: Settings) -> str 
     except (ValueError, OSError):
         return None  # elsewhere, or a remote work dir this machine does not have
     return relative.as_posix() if relative.parts else None
-
-
-def _ignored(path: str) -> bool:
-    return any(part in _IGNORED_PARTS for part in path.split("/"))
 
 
 def _parquet_shape(data: bytes) -> dict[str, Any]:

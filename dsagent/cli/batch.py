@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-parallel", type=int, metavar="N", help="children in flight at once (default: every worker thread, plus one waiting on each worker)")
     p.add_argument("--retries", type=int, metavar="K", help="further attempts of a failed child (default: the 'batch_retries' setting)")
     p.add_argument("--timeout", type=float, help="seconds one cell may run")
+    p.add_argument("--allow-unknown-parameters", action="store_true", help="inject parameters the notebook does not declare, as papermill does (default: an unknown name is an error)")
     p.add_argument("-y", "--yes", action="store_true", help="run a grid larger than 'batch_confirm_above' without asking")
     p.add_argument("--csv", metavar="FILE", help="with compare: also write the table as CSV (and keep it as an artifact)")
     p.add_argument("--parquet", metavar="FILE", help="with compare: also write the table as Parquet (and keep it as an artifact)")
@@ -105,7 +106,7 @@ def _sweep(args: argparse.Namespace) -> int:
         outcome = asyncio.run(execute_batch(
             args.target, args.grid, backend=args.backend, cluster=args.cluster, workers=args.workers, max_parallel=args.max_parallel,
             retries=args.retries, timeout=args.timeout, confirm=_confirm(args.yes), on_start=progress.start, on_child=progress,
-            launched=launch.launched,
+            launched=launch.launched, allow_unknown_parameters=args.allow_unknown_parameters,
         ))
     except (KeyboardInterrupt, asyncio.CancelledError):
         progress.close()

@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a parameter, typed as papermill types it (0.5 float, True bool); text if the notebook declares it str")
     p.add_argument("-r", "--parameter-raw", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="a parameter kept as a string")
     p.add_argument("-f", "--parameters-file", action="append", default=[], metavar="YAML", help="parameters from a YAML file (repeatable)")
+    p.add_argument("--allow-unknown-parameters", action="store_true", help="inject parameters the notebook does not declare, as papermill does (default: an unknown name is an error)")
     p.add_argument("-o", "--output", help="write the executed notebook here too (default: <workspace>/outputs/notebooks/)")
     p.add_argument("--backend", help="kernel backend (default: the 'backend' setting)")
     p.add_argument("--timeout", type=float, help="seconds one cell may run (default: the 'execution_timeout' setting)")
@@ -127,6 +128,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             _yaml_parameters(args.parameters_file),
             text_parameters=dict(args.parameter),
             raw_parameters=dict(args.parameter_raw),
+            allow_unknown_parameters=args.allow_unknown_parameters,
             backend=args.backend,
             output_path=args.output,
             timeout=args.timeout,
@@ -183,6 +185,7 @@ def _hand_off(args: argparse.Namespace) -> int | None:
         "notebook": absolute(args.notebook), "parameters": _yaml_parameters(args.parameters_file), "text_parameters": dict(args.parameter),
         "raw_parameters": dict(args.parameter_raw), "backend": args.backend, "output": absolute(args.output), "timeout": args.timeout,
         "cwd": absolute(args.cwd), "kernel": args.kernel, "log_output": bool(args.log_output),
+        "allow_unknown_parameters": bool(args.allow_unknown_parameters),
     }  # fmt: skip
     client = HandoffClient(advert)
     try:

@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="a notebook parameter")
     add.add_argument("--data", action="append", default=[], metavar="FILE", help="a data file for --agent (repeatable)")
     add.add_argument("--grid", metavar="YAML", help="the grid of --batch")
+    add.add_argument("--allow-unknown-parameters", action="store_true", help="inject parameters the notebook does not declare, as papermill does (default: an unknown name is an error)")
     add.add_argument("--backend", help="kernel backend (default: the setting)")
     add.add_argument("--timezone", default="UTC", help="time zone the cron expression is read in (IANA name, default UTC)")
     add.add_argument("--overlap", default="skip", choices=("skip", "queue"), help="a firing while the last run still runs (default skip)")
@@ -58,7 +59,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     schedule = make_schedule(
         args.name, args.cron, notebook=args.notebook, text_parameters=dict(args.parameter), agent=args.agent, data=args.data,
         batch=args.batch, grid=args.grid, backend=args.backend, timezone=args.timezone, overlap=args.overlap, misfire=args.misfire,
-        notify_url=args.notify_url, notify_on=args.notify_on,
+        notify_url=args.notify_url, notify_on=args.notify_on, allow_unknown_parameters=args.allow_unknown_parameters,
     )
     with Store.open() as store:
         saved = store.add_schedule(schedule)

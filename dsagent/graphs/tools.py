@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import mimetypes
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -227,8 +228,8 @@ class Toolbox:
         reused = self._reuse(cell_no, shown)
         if reused is not None:  # written before (a node run again, or a resumed run's replay wrote it)
             return ToolResult(reused["observation"], [reused])
-        # the cell starts before the write, so capture sees the file as this cell's (a file artifact)
         await self.recorder.cell_started(cell_no, shown, announce_after=ANNOUNCE_AFTER)
+        extra: list[NewArtifact] = []
         try:
             await self.session.upload(path, content.encode("utf-8"))
         except Exception as exc:
@@ -239,12 +240,15 @@ class Toolbox:
         else:
             execution = Execution(code=shown, outputs=[{"output_type": "stream", "name": "stdout", "text": f"Writing {path}\n"}])
             observation = f"wrote {len(content.encode('utf-8'))} bytes to {path}"
+            # no kernel code wrote it, so the kernel's capture does not report it: the file artifact is made here
+            mime = mimetypes.guess_type(path)[0] or "text/plain"
+            extra.append(NewArtifact(path, "file", mime, content.encode("utf-8"), cell=cell_no, metadata={"path": path, "change": "written"}))
 
         def record(added: list[Any]) -> CellRecord:
             return CellRecord(cell=cell_no, kind="file", code=shown, status=execution.status, outputs=execution.outputs,
                               execution_count=None, artifacts=[_ref(a) for a in added], observation=observation, role=role)
 
-        cell = await self._record(cell_no, execution, record)
+        cell = await self._record(cell_no, execution, record, extra)
         return ToolResult(observation, [cell], ok=execution.status == "ok")
 
     # -- cells ------------------------------------------------------------

@@ -52,6 +52,13 @@ def _progress_html(counts: dict[str, int]) -> str:
     return f"<b class='ds-batch-progress'>{done} of {total} children finished</b> &nbsp; {parts}"
 
 
+def progress_color(counts: dict[str, int]) -> str:
+    """Green while no child failed, amber once some did, red when every finished child failed."""
+    failed = counts.get("failed", 0) + counts.get("cancelled", 0)
+    if not failed:
+        return "success"
+    return "danger" if not counts.get("succeeded") else "warning"
+
 
 def _comparison_frame(frame: pd.DataFrame, plots: dict[int, list[str]]) -> pd.DataFrame:
     """The comparison as shown: escaped titles (record and parameter names come from the runs' code), then our
@@ -101,6 +108,7 @@ class BatchView:
         self.progress_text.object = _progress_html(counts)
         self.bar.max = max(total, 1)
         self.bar.value = sum(counts.get(s, 0) for s in ("succeeded", "failed", "cancelled"))
+        self.bar.bar_color = progress_color(counts)
         for widget in (self.title, self.bar, self.children, self.prev_button, self.next_button):
             widget.visible = True
         await self._children_page()

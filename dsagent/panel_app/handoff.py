@@ -41,7 +41,7 @@ LOOPBACK = ("127.0.0.1", "::1")
 FIELDS: dict[str, type | tuple[type, ...]] = {
     "notebook": str, "parameters": dict, "text_parameters": dict, "raw_parameters": dict, "backend": (str, type(None)),
     "output": (str, type(None)), "timeout": (int, float, type(None)), "cwd": (str, type(None)), "kernel": (str, type(None)),
-    "log_output": bool,
+    "log_output": bool, "allow_unknown_parameters": bool,
 }  # fmt: skip
 
 _SERVED: dict[int, "ServedRun"] = {}  # run id -> a run this process runs (for cancel_run in actions.py)
@@ -164,7 +164,7 @@ class HandoffService:
                 body["notebook"], body.get("parameters") or {}, text_parameters=body.get("text_parameters") or {},
                 raw_parameters=body.get("raw_parameters") or {}, backend=kernels, output_path=body.get("output"),
                 timeout=body.get("timeout"), cwd=body.get("cwd"), kernel_name=body.get("kernel"), settings=self.settings,
-                store=await self._writer(), on_cell=served.on_cell, on_run=on_run,
+                allow_unknown_parameters=bool(body.get("allow_unknown_parameters")), store=await self._writer(), on_cell=served.on_cell, on_run=on_run,
                 stdout_file=_Stream(served, "stdout") if log_output else None, stderr_file=_Stream(served, "stderr") if log_output else None,
             )  # fmt: skip
         except asyncio.CancelledError:

@@ -87,24 +87,20 @@ def load_grid(path: str | Path) -> list[dict[str, Any]]:
     return expand_grid(data)
 
 
-def check_parameter_sets(notebook: Path, kernel: str, sets: Sequence[Mapping[str, Any]]) -> None:
-    """Every name must be a parameter of the notebook and every value of its type (before anything runs)."""
-    from dsagent.runs.notebook_input import notebook_parameters, prepare_notebook
+def check_parameter_sets(notebook: Path, kernel: str, sets: Sequence[Mapping[str, Any]], *, allow_unknown: bool = False) -> None:
+    """Every name must be a parameter of the notebook (unless ``allow_unknown``) and every value of its type (before anything runs)."""
+    from dsagent.runs.notebook_input import notebook_parameters, prepare_notebook, unknown_parameters_error
 
     declared = [p["name"] for p in notebook_parameters(notebook)]
     unknown = sorted({name for s in sets for name in s if name not in declared})
-    if unknown:
-        raise DsagentError(
-            f"{notebook.name} has no parameter {', '.join(map(repr, unknown))}; its parameters: {', '.join(declared) or 'none'}",
-            hint="fix the grid's names, or add them to the notebook's cell tagged 'parameters' (`dsagent inspect` lists them)",
-            reason="unknown_parameter", parameters=unknown,
-        )
+    if unknown and not allow_unknown:
+        raise unknown_parameters_error(notebook, unknown, declared)
     seen: set[str] = set()
     for params in sets:  # types: each distinct value once
         key = repr(sorted((k, repr(v)) for k, v in params.items()))
         if key not in seen:
             seen.add(key)
-            prepare_notebook(notebook, kernel, params)
+            prepare_notebook(notebook, kernel, params, allow_unknown=allow_unknown)
 
 
 @dataclass(frozen=True)
@@ -157,6 +153,7 @@ async def execute_batch(
     on_start: Callable[["Run", list["Run"]], None] | None = None,
     on_child: Callable[[ChildUpdate], None] | None = None,
     launched: Mapping[str, Any] | None = None,
+    allow_unknown_parameters: bool = False,
 ) -> BatchOutcome:
     """A sweep as a recorded ``batch`` run with one ``batch-child`` per parameter set.
 
@@ -166,7 +163,8 @@ async def execute_batch(
     in flight at once (default: the cluster's threads plus one waiting per worker). ``retries``: further
     attempts of a failed child (setting ``batch_retries``). ``confirm``: True, or
     a callable asked with the count, to run more than ``batch_confirm_above``
-    children. ``launched``: who started it (a ``launched`` event on the batch run).
+    children. ``launched``: who started it (a ``launched`` event on the batch run). A grid name the notebook does
+    not declare is an error unless ``allow_unknown_parameters`` (then injected, as papermill does).
     Bad input raises ``DsagentError`` before any run exists.
     """
     from dsagent.runs.notebook_cells import notebook_kernel_name
@@ -180,10 +178,11 @@ async def execute_batch(
     if len(sets) > limit and not (confirm is True or (callable(confirm) and confirm(len(sets)))):
         raise DsagentError(f"the grid makes {len(sets)} runs, more than batch_confirm_above ({limit})",
                            hint="confirm with --yes (confirm=True), or make the grid smaller", reason="too_large", count=len(sets))
-    await asyncio.to_thread(check_parameter_sets, path, kernel, sets)
+    await asyncio.to_thread(check_parameter_sets, path, kernel, sets, allow_unknown=allow_unknown_parameters)
     log.info("batch: %d parameter sets checked", len(sets))
     sweep = _Sweep(path, kernel, sets, settings, backend or settings.backend, retries if retries is not None else settings.batch_retries,
                    timeout, on_child)
+    sweep.allow_unknown = allow_unknown_parameters
     own_store = store is None
     if store is None:
         from dsagent.artifacts.store import Store
@@ -192,6 +191,7 @@ async def execute_batch(
         await asyncio.to_thread(store.setup)
     try:
         async with _dask_client(cluster, settings, workers) as client:
+            await sweep.place(client)
             return await sweep.run(client, store, max_parallel, title, schedule_id, cluster or "local", on_start, launched)
     finally:
         if own_store:
@@ -216,6 +216,9 @@ def local_cluster_options(settings: Settings, workers: int | None = None) -> dic
         # no Bokeh dashboard: no one is shown its link, and it cost an import of bokeh and
         # periodic updates in this process (the sweep's progress is dsagent's own)
         dashboard_address=None, silence_logs=logging.ERROR,
+        # the scheduler's HTTP server (health, metrics) starts anyway, on 8787 unless told: with another cluster
+        # there (a second sweep, Jupyter's) it warned "Port 8787 is already in use" on every sweep's stderr
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
         # no memory limit: a child's memory is its kernel's, a process of its own that
         # the worker's limit never saw; the limit only cost a monitor every 100 ms
         memory_limit=0, preload=["dsagent.runs.batch_preload"],
@@ -229,6 +232,7 @@ async def _dask_client(cluster: str | None, settings: Settings, workers: int | N
     import dask.config
     from distributed import Client, LocalCluster
 
+    _quiet_dask()
     if cluster in (None, "", "local"):
         with dask.config.set(LOCAL_CLUSTER_CONFIG):  # read as the scheduler and nannies start; nannies pass it to workers
             local = await LocalCluster(asynchronous=True, **local_cluster_options(settings, workers))
@@ -252,6 +256,13 @@ async def _dask_client(cluster: str | None, settings: Settings, workers: int | N
         await client.close()
 
 
+def _quiet_dask() -> None:
+    """Dask's own INFO lines (~40 per sweep: scheduler, nannies, clients) only when this process logs INFO (``-v``):
+    importing distributed set its loggers to INFO, and they reach the root handler the CLI set up."""
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+
+
 class _Sweep:
     """One batch in flight: submits children, applies their journals, retries, cancels."""
 
@@ -265,6 +276,19 @@ class _Sweep:
         self.children: list["Run"] = []
         self.final: dict[int, "Run"] = {}
         self.started: dict[int, float] = {}
+        self.folder: str | None = None  # where children run (batch_files.py)
+        self.files: dict[str, bytes] = {}
+        self.allow_unknown = False
+
+    async def place(self, client: Any) -> None:
+        """Children run in the notebook's folder if every worker sees it, else get its referenced files (or fail now)."""
+        from dsagent.runs.batch_files import shipped_files, workers_see
+
+        if await workers_see(client, self.path.parent):
+            self.folder = str(self.path.parent)
+            return
+        self.files = await asyncio.to_thread(shipped_files, self.path, self.sets, self.settings.batch_ship_max_bytes)
+        log.info("batch: the workers cannot see %s; %d referenced files go with each child", self.path.parent, len(self.files))
 
     async def run(self, client: Any, store: "Store", max_parallel: int | None, title: str | None, schedule_id: str | None,
                   cluster: str, on_start: Callable[["Run", list["Run"]], None] | None,
@@ -301,7 +325,9 @@ class _Sweep:
             failed = len(self.sets) - counts.get("succeeded", 0)
             await recorder.event("batch_finished", {"counts": counts})
             if failed:
-                await recorder.finish("failed", error=f"{failed} of {len(self.sets)} children did not succeed ({_describe(counts)})")
+                from dsagent.runs.batch_errors import batch_error
+
+                await recorder.finish("failed", error=batch_error(self.final.values(), counts, len(self.sets)))
         children = [self.final.get(c.id, c) for c in self.children]
         return BatchOutcome(recorder.run, children, _counts(children), self.writer.seconds, self.writer.groups)  # type: ignore[arg-type]
 
@@ -309,7 +335,8 @@ class _Sweep:
         from dsagent.runs.batch_worker import ChildSpec
 
         child = self.children[index]
-        return ChildSpec(child.id, self.token, self.plugin, self.path.name, self.notebook, self.sets[index], self.timeout, attempt)
+        return ChildSpec(child.id, self.token, self.plugin, self.path.name, self.notebook, self.sets[index], self.timeout, attempt,
+                         self.folder, self.files, self.allow_unknown)
 
     async def _drive(self, client: Any, store: "Store", parallel: int) -> None:
         from distributed import as_completed
@@ -448,10 +475,6 @@ def _counts(runs: Any) -> dict[str, int]:
     for run in runs:
         counts[run.status] = counts.get(run.status, 0) + 1
     return counts
-
-
-def _describe(counts: Mapping[str, int]) -> str:
-    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
 
 
 def _now() -> Any:

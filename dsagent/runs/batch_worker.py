@@ -4,7 +4,9 @@
 worker process, with a warm pool as large as the worker's thread count, and
 closes it (no kernel left) when the plugin is removed or the worker stops.
 ``run_child`` is the task: it writes the notebook the caller sent into a
-scratch folder, runs it with ``execute_notebook_run`` on the pool, records
+scratch folder, runs it with ``execute_notebook_run`` on the pool (the kernel
+in the notebook's own folder when this worker sees it, else in a fresh one
+with the files the caller shipped: ``batch_files.py``), records
 everything into a ``RunJournal`` (workers never open the workspace's DuckDB
 file) and returns the journal's entries for the caller to store.
 
@@ -47,6 +49,9 @@ class ChildSpec:
     parameters: dict[str, Any]
     timeout: float | None = None
     attempt: int = 1
+    folder: str | None = None  # the notebook's folder, the kernel's cwd when this worker sees it (batch_files.py)
+    files: dict[str, bytes] = field(default_factory=dict)  # otherwise: its referenced sibling files, by relative path
+    allow_unknown: bool = False  # parameters the notebook does not declare are injected (checked by the caller)
 
 
 @dataclass
@@ -126,13 +131,13 @@ async def _execute(spec: ChildSpec, backend: Any, settings: Any) -> ChildResult:
     try:
         notebook = scratch / spec.notebook_name
         notebook.write_bytes(spec.notebook)
-        work = scratch / "work"  # the kernel's cwd: its own, so parallel children never see each other's files
-        work.mkdir()
+        work = _work_dir(spec, scratch)
         try:
             outcome = await execute_notebook_run(
                 notebook, spec.parameters, backend=backend, output_path=scratch / "executed.ipynb", cwd=work,
                 timeout=spec.timeout, settings=settings, store=journal,  # type: ignore[arg-type]
                 recorder_options={"run_id": spec.run_id}, autosave=False,  # the notebook comes back in the journal
+                allow_unknown_parameters=spec.allow_unknown,
             )
         except asyncio.CancelledError:
             return ChildResult(spec.run_id, journal.entries, "cancelled", "cancelled with its batch", attempt=spec.attempt)
@@ -143,6 +148,20 @@ async def _execute(spec: ChildSpec, backend: Any, settings: Any) -> ChildResult:
         return ChildResult(spec.run_id, journal.entries, run.status, run.error, attempt=spec.attempt, warnings=outcome.warnings)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _work_dir(spec: ChildSpec, scratch: Path) -> Path:
+    """The notebook's own folder, as for ``dsagent run``, if this worker sees it; else a fresh one with the shipped files."""
+    if spec.folder and Path(spec.folder).is_dir():
+        return Path(spec.folder)
+    work = scratch / "work"
+    work.mkdir()
+    for relative, data in spec.files.items():
+        target = (work / relative).resolve()
+        if target.is_relative_to(work.resolve()):  # batch_files made these names; never outside the work dir
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+    return work
 
 
 async def cancel_batch(token: str) -> int:

@@ -25,7 +25,8 @@ from dsagent.errors import NotebookError
 if TYPE_CHECKING:
     from nbformat import NotebookNode
 
-__all__ = ["peek_notebook", "check_output_path", "prepare_notebook", "PreparedNotebook", "notebook_parameters", "expected_type"]
+__all__ = ["peek_notebook", "check_output_path", "prepare_notebook", "PreparedNotebook", "notebook_parameters", "expected_type",
+           "unknown_parameters_error"]
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,12 @@ def prepare_notebook(
     parameters: Mapping[str, Any] | None = None,
     text_parameters: Mapping[str, str] | None = None,
     raw_parameters: Mapping[str, str] | None = None,
+    allow_unknown: bool = False,
 ) -> PreparedNotebook:
     """Load ``path`` with papermill, check and inject the parameters (papermill's injected cell).
+
+    A name the ``parameters`` cell does not declare is a ``NotebookError`` (a typo would otherwise
+    run the notebook on its default, silently); ``allow_unknown`` injects it anyway, as papermill does.
 
     ``parameters`` are Python values; ``text_parameters`` come from ``-p NAME
     VALUE`` and are read as papermill reads them (``0.5`` a float, ``True`` a
@@ -119,7 +124,10 @@ def prepare_notebook(
     for name, text in (text_parameters or {}).items():
         given[name] = text if expected_type(declared.get(name)) == "str" else _resolve_type(text)
     given.update(raw_parameters or {})
-    warnings = [f"the notebook has no parameter {name!r} (it is injected anyway, as papermill does)" for name in given if name not in declared]
+    unknown = [name for name in given if name not in declared]
+    if unknown and not allow_unknown:
+        raise unknown_parameters_error(Path(path), unknown, list(declared))
+    warnings = [f"the notebook has no parameter {name!r} (it is injected anyway, as papermill does)" for name in unknown]
     for warning in warnings:
         log.warning("%s", warning)
     for name, value in given.items():
@@ -128,6 +136,21 @@ def prepare_notebook(
         nb = parameterize_notebook(nb, given, kernel_name=kernel_name, language="python", engine_name="dsagent")
     nb = remove_error_markers(prepare_notebook_metadata(nb, str(path), None))
     return PreparedNotebook(nb, given, warnings)
+
+
+def unknown_parameters_error(path: Path, unknown: list[str], declared: list[str]) -> NotebookError:
+    """``notebook.ipynb has no parameter 'regoin' (did you mean 'region'?); its parameters: region, top_n``."""
+    import difflib
+
+    guesses = [f"{name!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(name, declared, n=1)) else repr(name)
+               for name in unknown]
+    listed = ", ".join(declared) if declared else "none (no cell is tagged 'parameters')"
+    return NotebookError(
+        f"{path.name} has no parameter {', '.join(guesses)}; its parameters: {listed}",
+        hint="fix the name (`dsagent inspect NOTEBOOK` lists them), or pass --allow-unknown-parameters (allow_unknown_parameters=True) "
+             "to inject it anyway as papermill does",
+        path=str(path), reason="unknown_parameter", parameters=unknown,
+    )
 
 
 _LOADED: "OrderedDict[str, NotebookNode]" = OrderedDict()  # sha256 of a notebook file -> papermill's loaded node

@@ -92,6 +92,7 @@ async def run_notebook(
     kernel_name: str | None = None,
     settings: Settings | None = None,
     store: "Store | None" = None,
+    allow_unknown_parameters: bool = False,
 ) -> "Run":
     """Run a notebook with ``parameters`` as a recorded ``notebook`` run and return the finished run.
 
@@ -101,11 +102,12 @@ async def run_notebook(
     the notebook's folder on local backends, a fresh folder elsewhere). A
     failing cell gives a ``failed`` run, not an exception; bad input raises
     ``NotebookError`` before any run exists. ``store``: an open store to
-    record into (a long-lived caller saves opening one per run).
+    record into (a long-lived caller saves opening one per run). A parameter name the notebook does
+    not declare raises ``NotebookError`` (did you mean ...) unless ``allow_unknown_parameters``.
     """
     outcome = await execute_notebook_run(
         path, parameters, backend=backend, output_path=output_path, timeout=timeout, cwd=cwd, kernel_name=kernel_name,
-        settings=settings, store=store,
+        settings=settings, store=store, allow_unknown_parameters=allow_unknown_parameters,
     )
     return outcome.run
 
@@ -131,6 +133,7 @@ async def execute_notebook_run(
     stderr_file: TextIO | None = None,
     recorder_options: Mapping[str, Any] | None = None,
     autosave: bool = True,
+    allow_unknown_parameters: bool = False,
 ) -> NotebookOutcome:
     """``run_notebook`` with everything the CLI needs: text parameters, progress hooks, the outcome.
 
@@ -152,7 +155,7 @@ async def execute_notebook_run(
     own_store = store is None
     try:
         prepared, store = await asyncio.gather(
-            asyncio.to_thread(prepare_notebook, path, kernel, parameters, text_parameters, raw_parameters),
+            asyncio.to_thread(prepare_notebook, path, kernel, parameters, text_parameters, raw_parameters, allow_unknown_parameters),
             asyncio.to_thread(_open_store, settings) if store is None else _given(store),
         )
     except BaseException:
@@ -238,15 +241,12 @@ class _NotebookRunner:
                 on_run(recorder.run, target)  # type: ignore[arg-type]
             nb_man = self._manager(self._autosave_path(target, recorder.run_id) if self.autosave else None, recorder.scrubber)
             session = await asyncio.shield(session_task)
-            frames = _frames_dir(session)
-            keep_frames = frames is None or frames.exists()  # someone else's: leave it
             try:
                 await recorder.attach(session)
                 failure = await self._execute(nb_man, session)
             finally:
                 await self._store_notebook(nb_man, target)
-                if not keep_frames:
-                    _remove_frames_dir(frames)
+                _remove_capture_folder(session, recorder.capture.folder if recorder.capture else None)
             if failure is None:
                 await recorder.finish("succeeded")
             else:
@@ -347,20 +347,18 @@ def _scrubbing_manager() -> type:
     return ScrubbingManager
 
 
-def _frames_dir(session: KernelSession) -> Path | None:
-    from dsagent.artifacts.capture import FRAMES_DIR
-
+def _remove_capture_folder(session: KernelSession, folder: str | None) -> None:
+    """Capture's scratch folder in a local work dir is ours: do not leave it in the user's notebook folder
+    (its parents go too if nothing else is in them; another run's folder stays)."""
     root = Path(session.work_dir)
-    return root / FRAMES_DIR if session.backend_name in LOCAL_FS_BACKENDS and root.is_dir() else None
-
-
-def _remove_frames_dir(frames: Path) -> None:
-    """The DataFrame capture's scratch folder is ours: do not leave it in the user's notebook folder."""
-    shutil.rmtree(frames, ignore_errors=True)
-    try:
-        frames.parent.rmdir()  # .dsagent, only if nothing else is in it
-    except OSError:
-        pass
+    if folder is None or session.backend_name not in LOCAL_FS_BACKENDS or not root.is_dir():
+        return
+    shutil.rmtree(root / folder, ignore_errors=True)
+    for parent in Path(folder).parents[:-1]:  # .dsagent/frames, then .dsagent
+        try:
+            (root / parent).rmdir()
+        except OSError:
+            break
 
 
 def _jsonable(value: Any) -> Any:

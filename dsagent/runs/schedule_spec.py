@@ -107,6 +107,7 @@ def make_schedule(
     misfire: str = "run_once",
     notify_url: str | None = None,
     notify_on: str = "failure",
+    allow_unknown_parameters: bool = False,
 ) -> "Schedule":
     """A checked ``Schedule`` (not stored yet): exactly one of notebook, agent, batch; paths made absolute."""
     from dsagent.artifacts.schedules import Schedule
@@ -123,6 +124,10 @@ def make_schedule(
     _choice("notify-on", notify_on, NOTIFY_ON)
     cron, timezone = check_cron(cron), check_timezone(timezone)  # the cheap checks first
     target = _target(chosen[0], notebook or batch, parameters, text_parameters, agent, data, grid, backend)
+    if allow_unknown_parameters and target["kind"] != "agent":
+        target["allow_unknown_parameters"] = True
+    elif target["kind"] != "agent":
+        _check_names(target)
     return Schedule(name=name, cron=cron, timezone=timezone, target=target, overlap=overlap,
                     misfire=misfire, notify_url=notify_url or None, notify_on=notify_on)
 
@@ -154,16 +159,22 @@ def _target(kind: str, path: str | Path | None, parameters: Mapping[str, Any] | 
         grid_path = Path(grid).expanduser().resolve()
         load_grid(grid_path)  # readable and not empty now; read again at each firing (edits count)
         return {**target, "grid": str(grid_path)}
-    names = [*(parameters or {}), *(text_parameters or {})]
-    if names:
-        from dsagent.runs.notebook_input import notebook_parameters
+    return {**target, "parameters": dict(parameters or {}), "text_parameters": dict(text_parameters or {})}
 
-        declared = {p["name"] for p in notebook_parameters(notebook)}
+
+def _check_names(target: Mapping[str, Any]) -> None:
+    """A schedule's parameter names (or its grid's) must be the notebook's: a typo fails now, not at 6 am."""
+    from dsagent.runs.batch import load_grid
+    from dsagent.runs.notebook_input import notebook_parameters, unknown_parameters_error
+
+    notebook = Path(target["notebook"])
+    sets = load_grid(target["grid"]) if target["kind"] == "batch" else [{**target["parameters"], **target["text_parameters"]}]
+    names = list(dict.fromkeys(name for s in sets for name in s))
+    if names:
+        declared = [p["name"] for p in notebook_parameters(notebook)]
         unknown = [n for n in names if n not in declared]
         if unknown:
-            raise DsagentError(f"{notebook.name} has no parameter {unknown[0]!r}; its parameters: {', '.join(sorted(declared)) or 'none'}",
-                               hint="`dsagent inspect NOTEBOOK` lists them", reason="unknown_parameter")
-    return {**target, "parameters": dict(parameters or {}), "text_parameters": dict(text_parameters or {})}
+            raise unknown_parameters_error(notebook, unknown, declared)
 
 
 def describe_target(target: Mapping[str, Any]) -> str:

@@ -267,13 +267,15 @@ async def _execute(s: "Schedule", store: "Store", settings: Settings, on_run: Ca
         from dsagent.runs.batch import execute_batch
 
         batch = await execute_batch(target["notebook"], target["grid"], backend=target.get("backend"), cluster=target.get("cluster"),
-                                    settings=settings, store=store, schedule_id=s.name, confirm=True, on_start=lambda run, _: on_run(run))
+                                    settings=settings, store=store, schedule_id=s.name, confirm=True, on_start=lambda run, _: on_run(run),
+                                    allow_unknown_parameters=bool(target.get("allow_unknown_parameters")))
         return batch.run
     from dsagent.runs.notebook_run import execute_notebook_run
 
     outcome = await execute_notebook_run(target["notebook"], target.get("parameters") or {}, text_parameters=target.get("text_parameters"),
                                          backend=target.get("backend"), settings=settings, store=store,
-                                         recorder_options={"schedule_id": s.name}, on_run=on_run)
+                                         recorder_options={"schedule_id": s.name}, on_run=on_run,
+                                         allow_unknown_parameters=bool(target.get("allow_unknown_parameters")))
     return outcome.run
 
 

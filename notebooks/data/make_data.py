@@ -1,6 +1,6 @@
 """Write the demo data sets (deterministic: fixed seeds, so the committed CSVs never change).
 
-    python notebooks/data/make_data.py     # rewrites sales.csv and energy.csv next to this file
+    python notebooks/data/make_data.py     # rewrites sales.csv, energy.csv and houses.csv next to this file
 """
 
 from __future__ import annotations
@@ -58,7 +58,22 @@ def energy(seed: int = 11) -> pd.DataFrame:
     return pd.DataFrame({"timestamp": hours.strftime("%Y-%m-%d %H:%M"), "load_kw": load.round(2), "temp_c": temp.round(2)})
 
 
+def houses(seed: int = 5, rows: int = 400) -> pd.DataFrame:
+    """House sales: price from size, rooms, age, distance to the centre and a garden, plus noise and one useless feature."""
+    rng = np.random.default_rng(seed)
+    size = rng.normal(110, 35, rows).clip(30, 300)
+    rooms = np.clip(np.round(size / 28 + rng.normal(0, 0.8, rows)), 1, 9)
+    age = rng.uniform(0, 80, rows)
+    distance = rng.gamma(2.0, 4.0, rows)
+    garden = (rng.random(rows) < 0.4).astype(int)
+    noise_feature = rng.normal(0, 1, rows)  # unrelated to the price: lasso should drop it
+    price = 60 + 2.1 * size + 8 * rooms - 0.9 * age - 4.5 * distance + 25 * garden + rng.normal(0, 20, rows)
+    return pd.DataFrame({"size_m2": size.round(1), "rooms": rooms.astype(int), "age_years": age.round(1), "distance_km": distance.round(2),
+                         "garden": garden, "noise": noise_feature.round(3), "price": price.round(1)})
+
+
 if __name__ == "__main__":
     sales().to_csv(HERE / "sales.csv", index=False)
     energy().to_csv(HERE / "energy.csv", index=False)
-    print("wrote", HERE / "sales.csv", "and", HERE / "energy.csv")
+    houses().to_csv(HERE / "houses.csv", index=False)
+    print("wrote sales.csv, energy.csv and houses.csv in", HERE)

@@ -1,9 +1,13 @@
-"""Capture on a real kernel: rich outputs, displayed DataFrames as Parquet, changed work-dir files."""
+"""Capture on a real kernel: rich outputs, displayed DataFrames as Parquet, the files the cells wrote."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import io
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -92,7 +96,7 @@ async def test_a_recorded_session_captures_outputs_frames_and_files(store, sessi
         third = await rec.execute("1 / 0")
     assert first.ok and second.ok and first.execution_count == 1 and second.execution_count == 2
     assert third.status == "error"
-    assert set(remote.calls) == {"execute", "list_files", "download"}
+    assert set(remote.calls) == {"execute", "download"}  # the work dir is never listed, let alone walked
 
     run = store.get_run(rec.run_id)
     assert run.status == "failed" and "ZeroDivisionError" in run.error
@@ -154,3 +158,55 @@ async def test_a_workspace_inside_the_work_dir_is_not_captured(store):
                 await rec.execute("open('out.txt', 'a').write(' again')")
     files = [a.name for a in store.list_artifacts(run_id=rec.run_id, limit=100).items if a.kind == "file"]
     assert files == ["out.txt", "out.txt"], files
+
+
+WRITER_CELL = """
+import subprocess, time
+open("mine.txt", "w").write("mine")
+time.sleep(1.5)  # another process writes into the folder meanwhile
+"""
+
+
+async def test_only_files_the_run_wrote_are_captured_not_another_process(store, session):
+    folder = Path(session.work_dir)
+    (folder / "deep").mkdir()
+    other = "import pathlib, sys; [pathlib.Path(sys.argv[1], name).write_text('not yours') for name in ('other.txt', 'deep/other.txt')]"
+    async with RunRecorder(store, "notebook", title="other process") as rec:
+        await rec.attach(session)
+
+        async def meanwhile() -> None:
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(subprocess.run, [sys.executable, "-c", other, str(folder)], check=True)
+
+        await asyncio.gather(rec.execute(WRITER_CELL), meanwhile())
+        # a child process the cell starts is the run's: its top-level file is captured
+        await rec.execute("import subprocess; subprocess.run(['sh', '-c', 'echo child > child.txt'], check=True)")
+        await rec.execute("import numpy as np, os; np.save('sub.npy', np.arange(3)); os.replace('sub.npy', 'renamed.npy')")
+    assert (folder / "other.txt").exists() and (folder / "deep" / "other.txt").exists()
+    files = [(a.name, a.cell) for a in store.list_artifacts(run_id=rec.run_id, limit=100).items if a.kind == "file"]
+    assert sorted(files) == [("child.txt", 1), ("mine.txt", 0), ("renamed.npy", 2)], files
+
+
+async def test_the_per_run_file_limit_says_so(store, session):
+    store.settings = store.settings.replace(capture_max_files=2)
+    async with RunRecorder(store, "notebook", title="many files") as rec:
+        await rec.attach(session)
+        await rec.execute("for i in range(4): open(f'f{i}.txt', 'w').write(str(i))")
+        await rec.execute("open('later.txt', 'w').write('x')")
+    files = [a.name for a in store.list_artifacts(run_id=rec.run_id, limit=100).items if a.kind == "file"]
+    assert sorted(files) == ["f0.txt", "f1.txt"], files
+    limited = [e.payload for e in store.events(rec.run_id) if e.type == "capture_limited"]
+    assert len(limited) == 1 and "capture_max_files (2)" in limited[0]["reason"] and "DSAGENT_CAPTURE_MAX_FILES" in limited[0]["reason"]
+
+
+async def test_a_second_run_on_the_same_kernel_captures_its_own_files(store, session):
+    """A chat's turns are runs on one kernel: the hooks installed by the first are pointed at the next run's folder."""
+    runs = []
+    for name in ("first.txt", "second.txt"):
+        async with RunRecorder(store, "notebook", title=name) as rec:
+            await rec.attach(session)
+            await rec.execute(f"import pandas as pd; open({name!r}, 'w').write('x'); display(pd.DataFrame({{'a': [1]}}))")
+        runs.append(rec.run_id)
+    for run_id, name in zip(runs, ("first.txt", "second.txt")):
+        kinds = sorted((a.kind, a.name) for a in store.list_artifacts(run_id=run_id, limit=100).items if a.kind in ("file", "table"))
+        assert kinds == [("file", name), ("table", "cell-0-table-1.parquet")], kinds

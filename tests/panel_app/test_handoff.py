@@ -83,6 +83,19 @@ def test_a_failing_cell_and_bad_input_end_as_they_would_locally(served, tmp_path
     assert missing.returncode == 2 and "hint:" in missing.stderr and "by dsagent serve" not in missing.stderr
 
 
+
+def test_a_misspelt_parameter_is_refused_by_the_server_as_it_is_locally(served, tmp_path):
+    source = write_notebook(tmp_path / "typo.ipynb", "print(region)", params="region = 'all'\ntop_n = 5")
+    for extra in ([], ["--no-server"]):
+        done = _run(served.home, str(source), "-p", "regoin", "north", *extra)
+        assert done.returncode == 2, done.stderr
+        assert "has no parameter 'regoin' (did you mean 'region'?); its parameters: region, top_n" in done.stderr
+        assert "--allow-unknown-parameters" in done.stderr and "by dsagent serve" not in done.stderr
+    # papermill's behaviour on request: injected, the run goes on
+    allowed = _run(served.home, str(source), "-p", "regoin", "north", "--allow-unknown-parameters")
+    assert allowed.returncode == 0 and "by dsagent serve" in allowed.stderr and allowed.stdout.startswith("run "), allowed.stderr
+
+
 def _as_in_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # see tests/runs/test_run_cli.py: a shell's foreground job
 

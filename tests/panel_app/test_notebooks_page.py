@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -23,6 +24,7 @@ from .conftest import serve_dashboard
 # one dashboard server for the module: all its tests on one xdist worker
 pytestmark = pytest.mark.xdist_group("panel-notebooks")
 
+SHIPPED = Path(__file__).resolve().parents[2] / "notebooks"
 PARAMETERS = ('scale = 2  # multiplies the answer\nlabel = "base"  # shown in the output\n'
               'regions = ["eu", "us"]  # regions listed in the output\nverbose = True')
 BODY = 'import dsagent\nanswer = scale * 21\nprint(f"RESULT {label}: {answer} {regions}")\ndsagent.record("answer", answer)'
@@ -47,6 +49,10 @@ def served(tmp_path_factory):
     shipped = root / "shipped"
     shipped.mkdir()
     notebook = _notebook(shipped / "tiny.ipynb")
+    # a notebook of notebooks/ as it ships: its data_path is relative (data/sales.csv)
+    shutil.copy2(SHIPPED / "sales_cohorts.ipynb", shipped)
+    (shipped / "data").mkdir()
+    shutil.copy2(SHIPPED / "data" / "sales.csv", shipped / "data")
     home = root / "ws"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DSAGENT_NOTEBOOK_FOLDERS", str(shipped))
@@ -229,3 +235,36 @@ def test_sweep_from_the_notebooks_page_makes_a_batch_with_one_child_per_set(serv
     page.screenshot(path=str(tmp_path / "sweep-batch.png"), full_page=True)
     assert problems.items == []
     print(f"screenshots in {tmp_path}")
+
+
+def _sweep_from_page(page, notebook: Path, label: str, values: str) -> int:
+    page.goto(_page_url(notebook))
+    sweep = _field(page, f"{label}: sweep values")
+    sweep.fill(values)
+    sweep.press("Enter")
+    page.get_by_text("2 runs").first.wait_for()
+    page.get_by_role("button", name="Launch sweep").click()
+    return _wait_run_id(page)
+
+
+def test_a_shipped_notebook_sweeps_and_failed_children_show_on_the_batch_page(served, new_page, tmp_path):
+    """The issue's case: sales_cohorts, top_n over "2, 4", whose data path is relative, works as Run does;
+    a sweep whose children fail shows it in the bar's colour and names the most common child error."""
+    dashboard, tiny = served
+    notebook = tiny.parent / "sales_cohorts.ipynb"
+    page, problems = new_page(dashboard.url)
+    good = _sweep_from_page(page, notebook, "top_n", "2, 4")
+    assert _wait_done(dashboard.home, good, timeout=180).status == "succeeded"
+    page.reload()
+    page.locator("progress.success").first.wait_for()
+
+    bad = _sweep_from_page(page, notebook, "region", "nowhere, north")
+    run = _wait_done(dashboard.home, bad, timeout=180)
+    assert run.status == "failed" and "1 of 2 children did not succeed" in run.error
+    assert "most common error (1 child): " in run.error and "ValueError: no orders for region='nowhere'" in run.error
+    page.reload()
+    page.locator("progress.warning").first.wait_for()  # amber: some failed (red when all did)
+    assert page.locator("progress.success").count() == 0
+    page.get_by_text("most common error (1 child)").first.wait_for()
+    page.screenshot(path=str(tmp_path / "sweep-failed-children.png"), full_page=True)
+    assert problems.items == []

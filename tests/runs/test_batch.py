@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import time
+import shutil
 import uuid
 from pathlib import Path
 
@@ -111,7 +112,10 @@ async def test_sweep_runs_children_retries_failures_and_compares(cluster, settin
     outcome = await execute_batch(sweep_nb, {"alpha": [0.1, 0.5], "region": ["us"]}, cluster=cluster.scheduler_address,
                                   retries=1, settings=settings, on_child=updates.append)
     run = outcome.run
-    assert (run.kind, run.status, run.error) == ("batch", "failed", "1 of 2 children did not succeed (1 failed, 1 succeeded)")
+    assert (run.kind, run.status) == ("batch", "failed")
+    # the batch's error names the most common child error and what to do next
+    assert run.error.startswith("1 of 2 children did not succeed (1 failed, 1 succeeded); most common error (1 child): cell "), run.error
+    assert "ValueError: no model for us" in run.error and "; hint: open a failed child's page" in run.error
     ok, failed = outcome.children
     assert (ok.status, ok.params, failed.status, failed.params) == ("succeeded", {"alpha": 0.1, "region": "us"}, "failed",
                                                                      {"alpha": 0.5, "region": "us"})
@@ -120,7 +124,7 @@ async def test_sweep_runs_children_retries_failures_and_compares(cluster, settin
     with Store.open(settings=settings) as store:
         assert "attempt_failed" in [e.type for e in store.events(failed.id)]
         kinds = sorted(a.kind for a in store.list_artifacts(run_id=ok.id).items)
-        assert kinds == ["file", "json", "notebook"]  # out.txt from the child's own work dir, the record, the notebook
+        assert kinds == ["file", "json", "notebook"]  # out.txt (written in the notebook's folder), the record, the notebook
         assert ok.finished > ok.started and all(c.parent_id == run.id and c.kind == "batch-child" for c in outcome.children)
         table = batch_table(store, run.id)
         assert table.columns == ["run_id", "alpha", "region", "status", "seconds", "score", "error"]
@@ -133,7 +137,8 @@ async def test_sweep_runs_children_retries_failures_and_compares(cluster, settin
 
 async def test_bad_grids_and_addresses_fail_before_any_run(settings, sweep_nb, tmp_path):
     for grid, message in (({}, "names no parameters"), ([], "empty list"), ({"alpha": []}, "empty list of values"),
-                          ({"alpha": [1], "beta": [2]}, "has no parameter 'beta'"), ({"alpha": ["x"]}, "takes a float")):
+                          ({"alpha": [1], "beta": [2]}, "has no parameter 'beta'"), ({"alpha": ["x"]}, "takes a float"),
+                          ({"alpah": [1]}, r"has no parameter 'alpah' \(did you mean 'alpha'\?\); its parameters: alpha, region")):
         with pytest.raises(DsagentError, match=message):
             await execute_batch(sweep_nb, grid, settings=settings)
     with pytest.raises(DsagentError, match="makes 3 runs, more than batch_confirm_above"):
@@ -206,6 +211,9 @@ async def test_a_killed_worker_does_not_stop_the_batch(cluster, settings, tmp_pa
 
 def test_cli_sweep_and_compare(cluster, workspace_home, sweep_nb, tmp_path):
     grid = tmp_path / "grid.yaml"
+    grid.write_text("regoin: [eu]\n")
+    typo = run_cli(workspace_home, "batch", str(sweep_nb), "--grid", str(grid), "--cluster", cluster.scheduler_address)
+    assert typo.returncode == 2 and "no parameter 'regoin' (did you mean 'region'?)" in typo.stderr, typo.stderr
     grid.write_text("- {alpha: 0.2, region: eu}\n- {alpha: 0.4, region: eu}\n")
     done = run_cli(workspace_home, "batch", str(sweep_nb), "--grid", str(grid), "--cluster", cluster.scheduler_address)
     assert done.returncode == 0, done.stderr
@@ -288,3 +296,69 @@ async def test_a_killed_caller_keeps_every_child_it_wrote_and_records_the_rest_f
                 await client.unregister_worker_plugin(name)
     await _no_kernels_left(cluster)
 
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "notebooks"
+# one swept parameter per shipped notebook (the README's sweep example for model_fit)
+SHIPPED_GRIDS = {
+    "sales_cohorts.ipynb": "top_n: [2, 4]\n",
+    "energy_timeseries.ipynb": "resample: [D, W]\n",
+}
+README_SWEEP = "model: [ridge, lasso]\nalpha: [0.1, 0.5, 1.0]\n"  # the README's example, run as printed there
+
+
+@pytest.fixture
+def shipped_copy(tmp_path: Path) -> Path:
+    """notebooks/ as a user has it (a copy: the runs write their outputs next to the notebooks)."""
+    return Path(shutil.copytree(SHIPPED, tmp_path / "notebooks", ignore=shutil.ignore_patterns(".dsagent", "*.py")))
+
+
+@pytest.mark.timeout(300)  # a fail-safe for a loaded machine: three CLI processes, each sweep's kernel pools
+def test_every_shipped_notebook_sweeps_from_the_cli(cluster, workspace_home, shipped_copy, tmp_path):
+    """Relative data paths resolve as for ``dsagent run``: a LocalCluster's children run in the notebook's folder."""
+    assert sorted(p.name for p in shipped_copy.glob("*.ipynb")) == sorted([*SHIPPED_GRIDS, "model_fit.ipynb"])
+    for name, grid in SHIPPED_GRIDS.items():
+        grid_file = tmp_path / f"{name}.yaml"
+        grid_file.write_text(grid)
+        done = run_cli(workspace_home, "batch", str(shipped_copy / name), "--grid", str(grid_file), "--cluster", cluster.scheduler_address,
+                       timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert "batch run" in done.stdout and "2 succeeded" in done.stdout, done.stdout
+        assert " - INFO - " not in done.stderr and "distributed." not in done.stderr, done.stderr  # Dask at WARNING unless -v
+    assert (shipped_copy / "cohort_retention.csv").exists()  # written where `dsagent run` writes it
+
+
+@pytest.mark.timeout(300)  # a fail-safe for a loaded machine: a LocalCluster of its own and 6 children
+def test_the_readmes_sweep_works_as_printed_and_dask_stays_quiet(workspace_home, shipped_copy, tmp_path):
+    """Its own LocalCluster (no --cluster), as printed in the README; Dask's INFO logging stays off stderr."""
+    (tmp_path / "grid.yaml").write_text(README_SWEEP)
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    assert f"printf '{README_SWEEP}' > grid.yaml".replace("\n", "\\n") in readme.read_text()
+    done = subprocess.run([str(BIN / "dsagent"), "batch", str(shipped_copy / "model_fit.ipynb"), "--grid", "grid.yaml", "--max-parallel", "4",
+                           "--retries", "1"], cwd=tmp_path, env=cli_env(workspace_home), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "6 succeeded" in done.stdout, done.stderr
+    assert "INFO" not in done.stderr and len(done.stderr.splitlines()) == 7, done.stderr  # "batch run N: ..." and one line per child
+
+
+async def test_children_get_the_referenced_files_when_the_workers_cannot_see_the_folder(cluster, settings, shipped_copy, monkeypatch):
+    """A remote cluster's workers may not have the notebook's folder: its referenced sibling files go with each child,
+    and more than batch_ship_max_bytes fails before launch naming the parameter. (A cluster on another machine cannot
+    run here: only the workers' answer to "do you see this folder?" is replaced.)"""
+    from dsagent.runs import batch_files
+
+    async def blind(client, folder):
+        return False
+
+    monkeypatch.setattr(batch_files, "workers_see", blind)
+    notebook = shipped_copy / "sales_cohorts.ipynb"
+    assert set(batch_files.shipped_files(notebook, [{"top_n": 2}], 10**9)) == {"data/sales.csv"}
+    outcome = await execute_batch(notebook, {"top_n": [2, 3]}, cluster=cluster.scheduler_address, settings=settings)
+    assert [c.status for c in outcome.children] == ["succeeded", "succeeded"], [c.error for c in outcome.children]
+    assert not (shipped_copy / "cohort_retention.csv").exists()  # the children ran in folders of their own
+
+    with pytest.raises(DsagentError) as refused:
+        await execute_batch(notebook, {"top_n": [2]}, cluster=cluster.scheduler_address, settings=settings.replace(batch_ship_max_bytes=1000))
+    assert "'data_path'" in refused.value.message and "batch_ship_max_bytes (1000 bytes)" in refused.value.message
+    assert "absolute path or a URL" in refused.value.hint
+    with Store.open(settings=settings) as store:
+        assert len(store.list_runs(kind="batch", limit=10).items) == 1  # the refused sweep made no run

@@ -101,10 +101,15 @@ async def test_old_nbformat_v3_is_upgraded_and_runs(tmp_path, warm):
     assert nb.nbformat == 4 and nb.cells[-1].outputs[0].text == "42\n"
 
 
-async def test_unknown_parameter_warns_like_papermill_and_is_injected(tmp_path, warm, caplog):
-    source = write_notebook(tmp_path / "u.ipynb", "print(extra)", params="n = 1")
+async def test_unknown_parameter_is_an_error_unless_allowed_then_injected_like_papermill(tmp_path, warm, caplog, workspace_home):
+    source = write_notebook(tmp_path / "u.ipynb", "print(extra)", params="n = 1\nextras = 2")
+    with pytest.raises(NotebookError) as refused:
+        await dsagent.run_notebook(source, {"extar": 5}, backend=warm, cwd=tmp_path)
+    assert refused.value.message == "u.ipynb has no parameter 'extar' (did you mean 'extras'?); its parameters: n, extras"
+    assert refused.value.reason == "unknown_parameter" and "allow_unknown_parameters=True" in refused.value.hint
+    assert read_runs(workspace_home) == []  # refused before any run existed
     with caplog.at_level(logging.WARNING):
-        outcome = await execute_notebook_run(source, {"extra": 5}, backend=warm, cwd=tmp_path)
+        outcome = await execute_notebook_run(source, {"extra": 5}, backend=warm, cwd=tmp_path, allow_unknown_parameters=True)
     assert outcome.run.status == "succeeded"
     assert outcome.warnings == ["the notebook has no parameter 'extra' (it is injected anyway, as papermill does)"]
     assert "no parameter 'extra'" in caplog.text

@@ -66,6 +66,12 @@ def test_targets_are_checked_when_the_schedule_is_made(quick_nb, tmp_path):
         make_schedule("two", "0 * * * *", notebook=quick_nb, agent="q")
     with pytest.raises(DsagentError, match="no parameter 'm'"):
         make_schedule("p", "0 * * * *", notebook=quick_nb, text_parameters={"m": "1"})
+    # a sweep's grid too; --allow-unknown-parameters keeps them (and the firing injects them, as papermill does)
+    grid.write_text("nn: [1, 2]\n")
+    with pytest.raises(DsagentError, match=r"no parameter 'nn' \(did you mean 'n'\?\); its parameters: n"):
+        make_schedule("sweep", "0 * * * *", batch=quick_nb, grid=grid)
+    allowed = make_schedule("p", "0 * * * *", notebook=quick_nb, text_parameters={"m": "1"}, allow_unknown_parameters=True)
+    assert allowed.target["allow_unknown_parameters"] is True
 
 
 async def test_fires_on_time_as_a_normal_run_and_edits_count_without_restart(store, settings, quick_nb):
@@ -191,6 +197,8 @@ def test_schedule_cli_add_ls_run_now_pause_rm(workspace_home, quick_nb):
     added = run_cli(workspace_home, "schedule", "add", "daily", "--cron", "30 7 * * *", "--notebook", str(quick_nb), "-p", "n", "5")
     assert added.returncode == 0, added.stderr
     assert "At 07:30 AM" in added.stdout
+    typo = run_cli(workspace_home, "schedule", "add", "x", "--cron", "0 6 * * *", "--notebook", str(quick_nb), "-p", "m", "5")
+    assert typo.returncode == 2 and "no parameter 'm'; its parameters: n" in typo.stderr and "--allow-unknown-parameters" in typo.stderr
     bad = run_cli(workspace_home, "schedule", "add", "x", "--cron", "0 6 * 13 *", "--notebook", str(quick_nb))
     assert bad.returncode == 2 and "the month field '13'" in bad.stderr
     now = run_cli(workspace_home, "schedule", "run-now", "daily")
