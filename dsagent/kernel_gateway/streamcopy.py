@@ -30,6 +30,13 @@
 # one ``mmap.write``, without a lock: markers are written under a lock, and two
 # threads printing to different streams at the same instant can at worst put a
 # piece under the other's marker (the text is kept; only its stream may be wrong).
+# For that common write the wrapper then does ipykernel's own work itself (append
+# to the request's buffer, schedule a flush) rather than calling its ``write``:
+# the extra Python calls (``write``, ``parent_header``, ``_is_master_process``,
+# ``_schedule_flush``) cost more than the copy did, so a printing cell is no
+# slower with the copy than without. It does so only while ipykernel's ``write``
+# uses the names it did when this was written (``_IPYKERNEL_WRITE_NAMES``), with
+# no echo, on an open stream, in the kernel's own process; else it calls it.
 #
 # (Comments, not a docstring: run as a startup file, a docstring would set __doc__ in the user's namespace.)
 
@@ -97,13 +104,26 @@ def _dsagent_stream_copy() -> None:
             append(data)
             last_stream, last_kind, parent_now = stream, kind, parent_lookup(stream)
 
+    mirrored = write_text.__code__.co_names == _IPYKERNEL_WRITE_NAMES
+
     def write(self: OutStream, string: str) -> "int | None":
-        if self is last_stream and parent_now(None) is last_parent and string.__class__ is str and "\0" not in string:
-            try:
-                append(string.encode())
-            except (ValueError, UnicodeEncodeError):  # full, or a lone surrogate: the slow path handles both
-                put_quietly(self, string)
-        elif string and string.__class__ is str:
+        if self is last_stream and string.__class__ is str:
+            parent = parent_now(None)
+            if parent is last_parent and "\0" not in string:
+                try:
+                    append(string.encode())
+                except (ValueError, UnicodeEncodeError):  # full, or a lone surrogate: the slow path handles both
+                    put_quietly(self, string)
+                if mirrored and self.echo is None and self.pub_thread is not None:
+                    # ipykernel's own write, for the case it takes here (no echo, open, this process: a forked
+                    # child never gets this far, see forget_in_child): one Python call per write instead of four
+                    with self._buffer_lock:
+                        self._buffers[frozenset(parent.items())].write(string)
+                    if not self._flush_pending:
+                        self._schedule_flush()
+                    return len(string)
+                return write_text(self, string)
+        if string and string.__class__ is str:
             put_quietly(self, string)
         return write_text(self, string)
 
@@ -120,7 +140,16 @@ def _dsagent_stream_copy() -> None:
 
     os.register_at_fork(after_in_child=forget_in_child)
     write.dsagent_stream_copy = True  # type: ignore[attr-defined]
+    write.dsagent_mirrors_ipykernel = mirrored  # type: ignore[attr-defined]
     OutStream.write = write  # type: ignore[method-assign]
+
+
+#: the names ipykernel 7's ``OutStream.write`` uses: while they are these, the fast path above does what it does
+_IPYKERNEL_WRITE_NAMES = (
+    "parent_header", "isinstance", "str", "type", "TypeError", "echo", "write", "OSError", "sys", "__stderr__",
+    "print", "pub_thread", "ValueError", "_is_master_process", "_buffer_lock", "_buffers", "frozenset", "items",
+    "_subprocess_flush_pending", "schedule", "_flush", "_schedule_flush", "len",
+)
 
 
 def _written(records: bytes) -> dict:
@@ -149,4 +178,4 @@ try:
     _dsagent_stream_copy()
 except Exception:  # the kernel works without the copy; only a death's last output may then be lost
     pass
-del _dsagent_stream_copy, _written
+del _dsagent_stream_copy, _written, _IPYKERNEL_WRITE_NAMES

@@ -98,6 +98,34 @@ async def test_nul_characters_and_other_scripts_come_back_exactly_once(backend):
         await session.shutdown()
 
 
+async def test_printing_keeps_ipykernels_behaviour_with_the_fast_copy(backend):
+    # the common write does ipykernel's own work itself while ipykernel's write is the one it mirrors: check that
+    # it still is (an ipykernel upgrade that changes it turns the fast path off: the copy then costs ~20%)
+    session = await backend.start_session()
+    try:
+        code = (
+            "import os, sys, threading\n"
+            "from ipykernel.iostream import OutStream\n"
+            "print('mirrors', OutStream.write.dsagent_mirrors_ipykernel)\n"
+            "print('err', file=sys.stderr)\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    print('from the child', flush=True)\n"
+            "    os._exit(0)\n"
+            "os.waitpid(pid, 0)\n"
+            "t = threading.Thread(target=print, args=('from a thread',)); t.start(); t.join()\n"
+            "for i in range(3): print(i, end=' ')\n"
+        )
+        result = await session.execute(code, timeout=60)
+        assert result.status == "ok", result
+        out = result.stream_text("stdout")
+        assert out.startswith("mirrors True\n") and out.endswith("0 1 2 "), out
+        assert "from the child\n" in out and "from a thread\n" in out
+        assert result.stream_text("stderr") == "err\n"
+    finally:
+        await session.shutdown()
+
+
 def _own_memory_cgroup() -> Path | None:
     """This process's cgroup v1 memory folder, if we may make a child cgroup in it."""
     try:

@@ -226,7 +226,7 @@ def test_sweep_from_the_notebooks_page_makes_a_batch_with_one_child_per_set(serv
         launched = [e.payload for e in store.events(batch_id) if e.type == "launched"]
     finally:
         store.close()
-    assert batch.kind == "batch" and batch.status == "succeeded", batch
+    assert batch.kind == "batch" and batch.status == "succeeded", (batch, [(c.id, c.status, c.error) for c in children])
     assert sorted(c.params["scale"] for c in children) == [1, 3]
     assert sorted(r["answer"] for r in records.values()) == [21, 63]
     assert launched == [{"user": "anonymous", "via": "dashboard"}]
