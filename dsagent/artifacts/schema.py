@@ -19,8 +19,10 @@ __all__ = [
 ]
 
 RUN_KINDS = ("agent", "notebook", "batch", "batch-child", "exec", "chat")
-RUN_STATUSES = ("queued", "running", "idle", "succeeded", "failed", "cancelled")  # idle: a chat between turns
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+# idle: a chat between turns; unverified: an agent run that ended with an answer its outputs do not support
+# (graphs/grounding.py)
+RUN_STATUSES = ("queued", "running", "idle", "succeeded", "failed", "unverified", "cancelled")
+TERMINAL_STATUSES = ("succeeded", "failed", "unverified", "cancelled")
 ARTIFACT_KINDS = ("image", "table", "html", "json", "text", "file", "notebook")
 
 _V1 = (

@@ -167,6 +167,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"accuracy: {report['accuracy_by_question']:.1%} of {report['questions']} questions, "
               f"{report['accuracy_by_sub_answer']:.1%} of sub-answers"
               + "".join(f"; {level} {acc:.1%}" for level, acc in report["by_level"].items()))
+        print("runs: " + ", ".join(f"{n} {status}" for status, n in report["statuses"].items())
+              + " (only succeeded runs can count as correct)")
         print(f"batch run {report['batch_run_id']} (its children are the agent runs; report artifact dabench-report.json)")
     return 0
 
@@ -227,6 +229,11 @@ def _run_agent(args: argparse.Namespace, start: Any) -> int:
             print("artifacts: " + ", ".join(f"#{a['id']} {a['name']}" for a in shown))
         print(f"notebook: {outcome.notebook_path}")
         print(f"run {run.id}: {run.status}" + (f": {run.error}" if run.error else ""))
+    if run.status == "unverified":
+        if not args.json:
+            print(f"error: the answer is unverified: {run.error}\n  hint: the outputs do not support it; read the run's "
+                  f"notebook ({outcome.notebook_path}), or ask again more precisely (a larger model helps)", file=sys.stderr)
+        return EXIT_CELL_ERROR
     if run.status != "succeeded":
         if not args.json:
             print(f"error: the agent run failed: {run.error}\n  hint: `dsagent resume {run.id}` continues it after you fix the cause",

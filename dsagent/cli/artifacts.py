@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     runs = sub.add_parser("runs", help="list runs, show one, follow its events").add_subparsers(dest="runs_command", metavar="ACTION", required=True)
     p = runs.add_parser("ls", help="runs, newest first")
     p.add_argument("--kind", help="agent, notebook, batch, batch-child or exec")
-    p.add_argument("--status", help="queued, running, succeeded, failed or cancelled")
+    p.add_argument("--status", help="queued, running, succeeded, failed, unverified or cancelled")
     _listing_args(p)
     p.set_defaults(func=cmd_runs_ls)
     p = runs.add_parser("show", help="one run with its artifact count")

@@ -29,6 +29,7 @@ from langgraph.types import interrupt
 from dsagent.graphs.context import AgentContext
 from dsagent.graphs.export import parameters_code
 from dsagent.graphs.llm import ToolCall, tool_message
+from dsagent.graphs.plans import PLAN_FORMAT, PLAN_SCHEMA, parse_plan
 from dsagent.graphs.review import review_work
 from dsagent.graphs.specs import SPECS, AgentSpec
 from dsagent.graphs.state import AgentState
@@ -95,15 +96,28 @@ async def plan(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
     spec = spec_of(state)
     messages = [{"role": "system", "content": spec.planner_system}, {"role": "user", "content": briefing(state)}]
     relay = ctx.token_relay(spec.actor)
-    reply = await ctx.llm.chat(messages, role=spec.role, on_event=ctx.on_llm_event, on_token=relay)
-    await relay.flush()
-    await ctx.step("plan", {"role": spec.actor, "plan": reply.text})
+    for attempt in range(2):  # fail closed: a plan that cannot be read twice ends the run
+        reply = await ctx.llm.chat(messages, role=spec.role, on_event=ctx.on_llm_event, on_token=relay,
+                                   schema=("plan", PLAN_SCHEMA))
+        await relay.flush()
+        try:
+            steps = parse_plan(reply.text)
+            break
+        except ValueError as exc:
+            if attempt == 1:
+                error = f"the planner's reply could not be read twice ({exc}); the run stops instead of guessing a plan"
+                await ctx.step("plan", {"role": spec.actor, "plan": reply.text, "error": error})
+                return {"status": "failed", "error": error}
+            messages += [{"role": "assistant", "content": reply.text},
+                         {"role": "user", "content": f"That plan is not usable: {exc}. {PLAN_FORMAT}"}]
+    text = "\n".join(f"{n}. {step}" for n, step in enumerate(steps, 1))
+    await ctx.step("plan", {"role": spec.actor, "plan": text})
     variables = ", ".join(f"`{d['param']}`" for d in state.get("datasets", [])) or "(none: no datasets)"
     history = [
         {"role": "system", "content": spec.actor_system.format(variables=variables)},
-        {"role": "user", "content": f"{briefing(state)}\n\nPlan:\n{reply.text}"},
+        {"role": "user", "content": f"{briefing(state)}\n\nPlan:\n{text}"},
     ]
-    return {"plan": reply.text, "messages": history}
+    return {"plan": text, "messages": history}
 
 
 def briefing(state: AgentState) -> str:
@@ -195,15 +209,21 @@ async def review(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str,
     ctx = runtime.context
     spec = spec_of(state)
     result = await review_work(ctx, state["task"], state.get("cells", []), state.get("answer", ""), extra_checks=spec.checks,
-                               earlier=state.get("conversation", ""))
-    await ctx.step("review", {"role": "reviewer", "verdict": result["verdict"], "findings": result["findings"]})
+                               earlier=state.get("conversation", ""), profile=state.get("profile", ""),
+                               needs_analysis=spec.wants_data_profile and bool(state.get("datasets")))
+    await ctx.step("review", {"role": "reviewer", "verdict": result["verdict"], "findings": result["findings"],
+                              "grounded": result["grounded"]})
     update: dict[str, Any] = {"reviews": [result], "findings": result["findings"]}
     if result["verdict"] == "revise":
         revisions = state.get("revisions", 0)
         if revisions >= ctx.budget.max_revisions:
-            update.update(status="failed", error=f"the reviewer still found problems after {revisions} revision(s) "
-                                                 f"(agent_max_revisions): " + "; ".join(f["reason"] for f in result["findings"]
-                                                                                        if f["severity"] == "error"))
+            problems = "; ".join(f["reason"] for f in result["findings"] if f["severity"] == "error")
+            if not result["grounded"]:  # an answer the run does not support is never called verified
+                update.update(status="unverified", error=f"the answer is not grounded in the run's outputs after {revisions} "
+                                                         f"revision(s) (agent_max_revisions): {problems}")
+            else:
+                update.update(status="failed", error=f"the reviewer still found problems after {revisions} revision(s) "
+                                                     f"(agent_max_revisions): {problems}")
             return update
         listed = "\n".join(f"- [{f['severity']}] {'cell ' + str(f['cell']) if f['cell'] is not None else 'answer'}: "
                            f"{f['reason']}" + (f" (fix: {f['fix']})" if f["fix"] else "") for f in result["findings"])
@@ -216,20 +236,20 @@ async def review(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str,
 
 async def finish(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     ctx = runtime.context
-    status = "failed" if state.get("status") == "failed" else "succeeded"
+    status = state.get("status") if state.get("status") in ("failed", "unverified") else "succeeded"
     await ctx.step("finish", {"status": status, "error": state.get("error"), "steps": state.get("steps", 0)})
     return {"status": status}
 
 
 def _after_act(state: AgentState) -> str:
-    if state.get("status") == "failed":
+    if state.get("status") in ("failed", "unverified"):
         return "finish"
     last = state["messages"][-1]
     return "tools" if last.get("tool_calls") else "review"
 
 
 def _after_review(state: AgentState) -> str:
-    return "act" if state.get("status") != "failed" and state["reviews"][-1]["verdict"] == "revise" else "finish"
+    return "act" if state.get("status") == "running" and state["reviews"][-1]["verdict"] == "revise" else "finish"
 
 
 def _after_plan(state: AgentState) -> str:

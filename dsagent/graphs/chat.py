@@ -333,7 +333,7 @@ class Chat:
 
         number = len(self._history) + 1
         state, run = outcome.state, outcome.run
-        if state.get("cells") is not None and run.status in ("succeeded", "failed"):  # the final state: no store read
+        if state.get("cells") is not None and run.status in ("succeeded", "failed", "unverified"):  # the final state: no store read
             turn = TurnRecord(run.id, number, state.get("task", ""), run.params.get("graph", "analysis"), run.status,
                               plan=state.get("plan", ""), answer=state.get("answer", ""), error=run.error,
                               cells=list(state.get("cells", [])), reviews=list(state.get("reviews", [])))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,9 +132,12 @@ async def run_dabench(
                     except Exception as exc:  # one broken question must not end the evaluation
                         answer, run_id, status = f"error: {exc}", None, "failed"
                 predicted = parse_answers(answer)
-                subs = [{"name": n, "label": v, "predicted": predicted.get(n), "correct": score_answer(predicted.get(n), v)}
-                        for n, v in q.labels]
-                row = {"id": q.id, "level": q.level, "run_id": run_id, "status": status, "correct": all(s["correct"] for s in subs),
+                # only a verified run's answer counts: an unverified one is wrong even if it guessed the label
+                verified = status == "succeeded"
+                subs = [{"name": n, "label": v, "predicted": predicted.get(n),
+                         "correct": verified and score_answer(predicted.get(n), v)} for n, v in q.labels]
+                correct = verified and all(s["correct"] for s in subs)
+                row = {"id": q.id, "level": q.level, "run_id": run_id, "status": status, "correct": correct,
                        "sub_answers": subs}
                 results.append(row)
                 await batch.event("eval_result", row)
@@ -161,6 +165,7 @@ def _report(results: list[dict[str, Any]]) -> dict[str, Any]:
     levels = sorted({r["level"] for r in results if r["level"]})
     return {
         "questions": len(results),
+        "statuses": dict(sorted(Counter(r["status"] for r in results).items())),
         "accuracy_by_question": _accuracy(results),
         "accuracy_by_sub_answer": _accuracy(subs),
         "by_level": {level: _accuracy([r for r in results if r["level"] == level]) for level in levels},

@@ -65,6 +65,8 @@ __all__ = [
     "TokenUsage",
     "ToolCall",
     "UsageMeter",
+    "fit_messages",
+    "prompt_tokens",
     "tool_message",
 ]
 
@@ -81,6 +83,14 @@ TokenHook = Callable[[str], None | Awaitable[None]]
 EventHook = Callable[[str, dict[str, Any]], None | Awaitable[None]]
 
 _TOOL_REFUSAL = re.compile(r"tool|function", re.IGNORECASE)
+# an endpoint that refuses a response_format says so (vLLM/OpenAI: 400; llama-cpp-python 0.3: a 500 carrying
+# pydantic's "Input should be 'text' or 'json_object'" for response_format.type)
+_FORMAT_REFUSAL = re.compile(r"response_format|json_schema|json_object|grammar", re.IGNORECASE)
+# structured outputs, best first: OpenAI's json_schema (OpenAI, vLLM, llama.cpp's C++ server, Ollama), then
+# json_object + schema (llama-cpp-python's server), then none (the reply is parsed as text)
+STRUCTURED_STYLES = ("json_schema", "json_object", "none")
+STRUCTURED_MODES = ("auto", *STRUCTURED_STYLES)
+CHARS_PER_TOKEN = 3  # for fitting a prompt into llm_context_tokens: on the safe side of the usual ~4
 
 
 # -- results ----------------------------------------------------------------
@@ -235,11 +245,16 @@ class LLMClient:
         if s.llm_tool_mode not in TOOL_MODES:
             raise SettingsError(f"setting llm_tool_mode = {s.llm_tool_mode!r} is invalid",
                                 hint=f"use one of: {', '.join(TOOL_MODES)}", name="llm_tool_mode", value=s.llm_tool_mode)
+        if s.llm_structured_outputs not in STRUCTURED_MODES:
+            raise SettingsError(f"setting llm_structured_outputs = {s.llm_structured_outputs!r} is invalid",
+                                hint=f"use one of: {', '.join(STRUCTURED_MODES)}", name="llm_structured_outputs",
+                                value=s.llm_structured_outputs)
         self.base_url = base_url or s.llm_base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")
         self.code_tool = code_tool
         self.usage = UsageMeter()
         self._fenced_models: set[str] = set()
+        self._structured: dict[str, str] = {}  # model -> the response_format style the endpoint took (or "none")
         if not key and urlsplit(self.base_url).hostname == urlsplit(DEFAULT_BASE_URL).hostname:
             raise LLMRequestError(
                 f"no API key for the LLM endpoint {self.endpoint}",
@@ -276,6 +291,12 @@ class LLMClient:
             return "fenced"
         return "native"
 
+    def structured_style(self, model: str) -> str:
+        """The response_format style requests for ``model`` use: forced by ``llm_structured_outputs``, else the
+        best one the endpoint has not refused for this model (found once per client, as tool support is)."""
+        forced = self.settings.llm_structured_outputs
+        return forced if forced != "auto" else self._structured.get(model, STRUCTURED_STYLES[0])
+
     async def aclose(self) -> None:
         await self._client.close()
 
@@ -296,20 +317,32 @@ class LLMClient:
         stream: bool | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
+        schema: tuple[str, Mapping[str, Any]] | None = None,
     ) -> LLMResponse:
         """One model turn for ``role``; retries transient failures, then raises LLMUnavailable/LLMRequestError.
 
         ``on_token(text)`` gets streamed text as it arrives; ``on_event(kind, data)`` gets
-        ``llm_retry`` and ``llm_fallback`` notices (both hooks may be sync or async).
+        ``llm_retry``, ``llm_fallback`` and ``llm_prompt_trimmed`` notices (both hooks may be sync or async).
+        ``schema``: (name, JSON schema) the reply should follow; sent as ``response_format`` where the
+        endpoint takes it (the caller still parses the text: an endpoint may ignore it).
         """
         model = self.model_for(role)
         options: dict[str, Any] = {}
         if temperature is not None:
             options["temperature"] = temperature
+        context = self.settings.llm_context_tokens
+        if max_tokens is None and context > 0:  # leave the reply room in a small context (see fit_messages)
+            max_tokens = _reply_room(context)
         if max_tokens is not None:
             options["max_tokens"] = max_tokens
         use_stream = self.settings.llm_stream if stream is None else stream
-        call = _Call(self, list(messages), list(tools or []), role, model, use_stream, options, on_token, on_event)
+        messages = list(messages)
+        if context > 0:
+            messages, trimmed = fit_messages(messages, context - (max_tokens or 0), tools)
+            if trimmed:
+                await run_hook(on_event, "llm_prompt_trimmed", {"role": role, "model": model, **trimmed})
+        call = _Call(self, messages, list(tools or []), role, model, use_stream, options, on_token, on_event)
+        call.schema = None if tools else schema
         response = await call.run()
         self.usage.add(role, response.usage)
         return response
@@ -340,6 +373,8 @@ class _Call:
         self.role, self.model, self.stream, self.options = role, model, stream, options
         self.on_token, self.on_event = on_token, on_event
         self.tokens_sent = 0
+        self.schema: tuple[str, Mapping[str, Any]] | None = None
+        self.format_sent: str | None = None
 
     async def run(self) -> LLMResponse:
         s = self.client.settings
@@ -353,6 +388,9 @@ class _Call:
                 failure = _classify(exc)
             if mode == "native" and self._tools_rejected(failure):
                 await self._switch_to_fenced(failure)  # mode_for() answers fenced from now on
+                continue
+            if self._format_rejected(failure):
+                await self._next_structured_style(failure)  # structured_style() answers the next one from now on
                 continue
             attempt += 1
             if not failure.retryable or (failure.wait or 0) > RETRY_AFTER_LIMIT or attempt == attempts:
@@ -377,6 +415,12 @@ class _Call:
             request["messages"] = self.messages
             if self.tools:
                 request["tools"] = self.tools
+        self.format_sent = None
+        if self.schema is not None:
+            style = self.client.structured_style(self.model)
+            response_format = _response_format(style, *self.schema)
+            if response_format is not None:
+                request["response_format"], self.format_sent = response_format, style
         started = time.monotonic()
         if self.stream:
             text, calls, finish, usage = await self._streamed(request)
@@ -436,6 +480,21 @@ class _Call:
                     self.client.endpoint, self.model, self.client._scrub(failure.detail))
         await run_hook(self.on_event, "llm_fallback", {
             "role": self.role, "model": self.model, "mode": "fenced", "reason": self.client._scrub(failure.detail),
+        })
+
+    def _format_rejected(self, failure: _Failure) -> bool:
+        return (self.format_sent is not None and self.client.settings.llm_structured_outputs == "auto"
+                and failure.status in (400, 422, 500) and bool(_FORMAT_REFUSAL.search(failure.detail)))
+
+    async def _next_structured_style(self, failure: _Failure) -> None:
+        assert self.format_sent is not None
+        style = STRUCTURED_STYLES[STRUCTURED_STYLES.index(self.format_sent) + 1]
+        self.client._structured[self.model] = style
+        log.warning("LLM endpoint %s refused response_format %s for model %s (%s); using %s",
+                    self.client.endpoint, self.format_sent, self.model, self.client._scrub(failure.detail)[:300], style)
+        await run_hook(self.on_event, "llm_fallback", {
+            "role": self.role, "model": self.model, "structured": style,
+            "reason": self.client._scrub(failure.detail)[:500],
         })
 
     async def _error(self, failure: _Failure, attempts: int) -> LLMRequestError | LLMUnavailable:
@@ -550,6 +609,47 @@ def _usage(usage: Any) -> TokenUsage | None:
 
 def _estimate(text: str) -> int:
     return (len(text) + 3) // 4  # ~4 characters per token; only when the endpoint reports nothing
+
+
+def _response_format(style: str, name: str, schema: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ``response_format`` of a request in ``style`` (None: send none)."""
+    if style == "json_schema":
+        return {"type": "json_schema", "json_schema": {"name": name, "schema": dict(schema)}}
+    if style == "json_object":  # llama-cpp-python turns the schema into a grammar
+        return {"type": "json_object", "schema": dict(schema)}
+    return None
+
+
+def _reply_room(context: int) -> int:
+    """Tokens kept for the reply in a context of ``context`` tokens: a quarter, at least 256, at most 4096."""
+    return max(256, min(4096, context // 4))
+
+
+def prompt_tokens(messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None) -> int:
+    """A safe-side estimate of a prompt's tokens (``CHARS_PER_TOKEN``; no tokenizer of the model is at hand)."""
+    return (len(json.dumps(list(messages))) + len(json.dumps(list(tools or [])))) // CHARS_PER_TOKEN + 1
+
+
+def fit_messages(messages: list[Mapping[str, Any]], budget: int,
+                 tools: Sequence[Mapping[str, Any]] | None = None) -> tuple[list[Mapping[str, Any]], dict[str, int] | None]:
+    """``messages`` cut to about ``budget`` tokens: the longest text is shortened in its middle (its start and
+    end say most), again until it fits or nothing long is left. (messages, None) when nothing was cut."""
+    before = prompt_tokens(messages, tools)
+    if before <= budget:
+        return messages, None
+    fitted = [dict(m) for m in messages]
+    for _ in range(4 * len(fitted)):
+        excess = (prompt_tokens(fitted, tools) - budget) * CHARS_PER_TOKEN
+        if excess <= 0:
+            break
+        longest = max(fitted, key=lambda m: len(m.get("content") or "") if isinstance(m.get("content"), str) else 0)
+        text = longest.get("content")
+        if not isinstance(text, str) or len(text) <= 400:
+            break  # what is left is short: send it, the endpoint says if it still does not fit
+        keep = max(300, len(text) - excess - 120)
+        head, tail = text[: keep * 2 // 3], text[len(text) - keep // 3:]
+        longest["content"] = f"{head}\n[... {len(text) - keep} characters left out to fit the model's context ...]\n{tail}"
+    return fitted, {"tokens_before": before, "tokens_after": prompt_tokens(fitted, tools), "limit": budget}
 
 
 def _merge_tool_delta(part: dict[str, str], delta: Any) -> None:

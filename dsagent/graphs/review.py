@@ -23,9 +23,10 @@ from typing import Any, TypedDict
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
+from dsagent.graphs.grounding import GROUNDING, check_grounding
 from dsagent.graphs.state import BLOCKING, CellRecord, Finding
 
-__all__ = ["REVIEW_SYSTEM", "ReviewState", "build_review_graph", "check_outputs", "parse_review", "review_work"]
+__all__ = ["REVIEW_SCHEMA", "REVIEW_SYSTEM", "ReviewState", "build_review_graph", "check_outputs", "parse_review", "review_work"]
 
 REVIEW_SYSTEM = """You review a data analysis done in a Jupyter kernel. Check that the outputs support every claim \
 of the answer: numbers must appear in (or follow directly from) the outputs, plots must exist when the task asks \
@@ -34,7 +35,6 @@ for them, rows must not be dropped silently, errors must not be ignored. Reply w
 "reason": "...", "fix": "..."}]}
 Use severity "error" only for problems that make the answer wrong or unsupported."""
 
-_NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?%?")
 _PLOT_WORDS = re.compile(r"\b(plot|chart|graph|figure|histogram|visuali[sz]e|scatter|bar ?chart|line ?chart)", re.IGNORECASE)
 _CELLS_CHARS = 40_000  # of cell text the reviewer sees (the latest cells win)
 
@@ -51,37 +51,11 @@ def _finding(severity: str, cell: int | None, reason: str, fix: str) -> Finding:
     return Finding(severity=severity, cell=cell, reason=reason, fix=fix)  # type: ignore[typeddict-item]
 
 
-def _numbers(text: str) -> list[tuple[str, float, int, bool]]:
-    """(as written, value, decimals, is percent) for each number in ``text``."""
-    found = []
-    for match in _NUMBER.finditer(text):
-        raw = match.group(0)
-        percent = raw.endswith("%")
-        digits = raw.rstrip("%").replace(",", "")
-        try:
-            value = float(digits)
-        except ValueError:
-            continue
-        decimals = len(digits.split(".")[1]) if "." in digits else 0
-        found.append((raw, value, decimals, percent))
-    return found
-
-
-def _trivial(value: float, decimals: int, percent: bool) -> bool:
-    """Small counts, ordinals and years are not claims worth re-deriving."""
-    if percent or decimals:
-        return False
-    return 0 <= value <= 31 or 1900 <= value <= 2100
-
-
-def _supported(value: float, decimals: int, percent: bool, shown: Sequence[float]) -> bool:
-    """Some output shows ``value`` to the precision the answer wrote it (a percent may show as a share)."""
-    tolerance = 0.5 * 10 ** (-decimals) + 1e-9
-    return any(abs(y - value) <= tolerance or (percent and abs(y * 100 - value) <= tolerance) for y in shown)
-
-
-def check_outputs(task: str, cells: Sequence[CellRecord], answer: str, earlier: str = "") -> list[Finding]:
-    """The checks that need no model; ``earlier``: a chat's earlier turns, whose outputs count as shown."""
+def check_outputs(task: str, cells: Sequence[CellRecord], answer: str, earlier: str = "", *, profile: str = "",
+                  needs_analysis: bool = False) -> list[Finding]:
+    """The checks that need no model; ``earlier``: a chat's earlier turns, whose outputs count as shown;
+    ``profile``: the data profile (its numbers and names count as shown); ``needs_analysis``: a data question,
+    which only an executed analysis cell can answer (see ``grounding.py``)."""
     findings: list[Finding] = []
     code_cells = [c for c in cells if c.get("kind", "code") in ("code", "shell") and c.get("role") != "setup"]
     if code_cells and code_cells[-1].get("status") != "ok":
@@ -91,14 +65,7 @@ def check_outputs(task: str, cells: Sequence[CellRecord], answer: str, earlier: 
     if _PLOT_WORDS.search(task) and not any(a.get("kind") == "image" for c in cells for a in c.get("artifacts", [])):
         findings.append(_finding("error", None, "the task asks for a plot but no cell produced an image",
                                  "draw the plot with matplotlib and show it (plt.show())"))
-    shown_text = "\n".join([earlier, *(c.get("observation", "") for c in cells if c.get("status") == "ok")])
-    shown = [value for _, value, _, _ in _numbers(shown_text)]
-    missing = [raw for raw, value, decimals, percent in _numbers(answer)
-               if not _trivial(value, decimals, percent) and not _supported(value, decimals, percent, shown)]
-    if missing:
-        listed = ", ".join(dict.fromkeys(missing))
-        findings.append(_finding("error", None, f"the answer states {listed}, which no output shows",
-                                 "print the values the answer relies on, then quote them from the output"))
+    findings.extend(check_grounding(answer, cells, profile=profile, earlier=earlier, needs_analysis=needs_analysis))
     return findings
 
 
@@ -135,14 +102,34 @@ def _cells_text(cells: Sequence[CellRecord]) -> str:
     return text if len(text) <= _CELLS_CHARS else "[earlier cells left out]\n" + text[-_CELLS_CHARS:]
 
 
+REVIEW_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "verdict": {"type": "string", "enum": ["accept", "revise"]},
+        "findings": {"type": "array", "items": {
+            "type": "object",
+            "properties": {"severity": {"type": "string", "enum": ["error", "warning", "info"]},
+                           "cell": {"type": ["integer", "null"]}, "reason": {"type": "string"}, "fix": {"type": "string"}},
+            "required": ["severity", "reason"],
+        }},
+    },
+    "required": ["verdict", "findings"],
+}
+REVIEW_FORMAT = ('Reply with one JSON object and nothing else, e.g. {"verdict": "accept", "findings": []} or '
+                 '{"verdict": "revise", "findings": [{"severity": "error", "cell": 3, "reason": "...", "fix": "..."}]}')
+
+
 async def review_work(ctx: Any, task: str, cells: Sequence[CellRecord], answer: str,
-                      extra_checks: Any = None, earlier: str = "") -> dict[str, Any]:
-    """Review one piece of work: ``{"verdict", "findings", "source"}``; ``ctx`` is an ``AgentContext``.
+                      extra_checks: Any = None, earlier: str = "", *, profile: str = "",
+                      needs_analysis: bool = False) -> dict[str, Any]:
+    """Review one piece of work: ``{"verdict", "findings", "source", "grounded"}``; ``ctx`` is an ``AgentContext``.
 
     ``extra_checks(task, cells, answer)``: more checks in code (the coder's: did the tests pass?).
-    ``earlier``: a chat's earlier turns (the answer may rest on their outputs).
+    ``earlier``: a chat's earlier turns (the answer may rest on their outputs); ``profile`` and
+    ``needs_analysis``: see ``check_outputs``. Fails closed: a reply that cannot be read is asked
+    for again once, with the format restated, and then counts as *not accepted* (an error finding).
     """
-    findings = check_outputs(task, cells, answer, earlier)
+    findings = check_outputs(task, cells, answer, earlier, profile=profile, needs_analysis=needs_analysis)
     if extra_checks is not None:
         findings.extend(extra_checks(task, cells, answer))
     checks = "\n".join(f"- [{f['severity']}] {f['reason']}" for f in findings) or "- none"
@@ -152,22 +139,25 @@ async def review_work(ctx: Any, task: str, cells: Sequence[CellRecord], answer: 
                                     + f"Task:\n{task}\n\nCells:\n{_cells_text(cells)}\n\nAnswer:\n{answer}\n\n"
                                     f"Automatic checks found:\n{checks}"},
     ]
-    verdict_of_model, source = "accept", "checks+reviewer"
+    verdict_of_model, source = "unread", "checks+reviewer"
     for attempt in range(2):
-        reply = await ctx.llm.chat(messages, role="reviewer", on_event=ctx.on_llm_event)
+        reply = await ctx.llm.chat(messages, role="reviewer", on_event=ctx.on_llm_event, schema=("review", REVIEW_SCHEMA))
         try:
             verdict_of_model, from_model = parse_review(reply.text)
             findings.extend(from_model)
             break
         except ValueError as exc:
-            if attempt == 1:
-                findings.append(_finding("info", None, f"the reviewer's reply could not be read ({exc})", ""))
+            if attempt == 1:  # fail closed: what cannot be read is not an accept
+                findings.append(_finding("error", None, f"the reviewer's reply could not be read twice ({exc}), so the "
+                                                        "work is not accepted", "answer again, plainly, from the outputs"))
                 source = "checks"
                 break
             messages += [{"role": "assistant", "content": reply.text},
-                         {"role": "user", "content": f"That reply is not usable: {exc}. Reply with the JSON object only."}]
+                         {"role": "user", "content": f"That reply is not usable: {exc}. {REVIEW_FORMAT}"}]
     verdict = "revise" if any(f["severity"] in BLOCKING for f in findings) else "accept"
-    return {"verdict": verdict, "findings": findings, "source": source, "model_verdict": verdict_of_model}
+    grounded = not any(f.get("source") == GROUNDING for f in findings)
+    return {"verdict": verdict, "findings": findings, "source": source, "model_verdict": verdict_of_model,
+            "grounded": grounded}
 
 
 def build_review_graph():

@@ -129,8 +129,9 @@ async def resume_agent_run(
         if run.kind != "agent":
             raise AgentError(f"run {run_id} is a {run.kind} run, not an agent run", hint="`dsagent runs ls --kind agent` lists agent runs",
                              reason="not_agent")
-        if run.status == "succeeded":
-            raise AgentError(f"run {run_id} already succeeded; nothing to resume", hint="`dsagent runs show` shows it", reason="done")
+        if run.status in ("succeeded", "unverified"):
+            raise AgentError(f"run {run_id} already ended {run.status}; nothing to resume", hint="`dsagent runs show` shows it",
+                             reason="done")
         if run.status in ("running", "queued"):
             raise AgentError(f"run {run_id} is {run.status} in process {run.owner_pid} on {run.owner_host}",
                              hint="wait for it, or stop that process first (a killed process's run is marked failed at the next open)",
@@ -328,8 +329,8 @@ async def _drive(app: Any, graph_input: dict[str, Any] | None, config: dict[str,
         raise
     path, _ = await _keep_notebook(state, context, workspace)
     await recorder.event("llm_usage", context.llm.usage.to_dict())
-    status = "succeeded" if state.get("status") == "succeeded" else "failed"
-    run = await recorder.finish(status, error=state.get("error") if status == "failed" else None)
+    status = state.get("status") if state.get("status") in ("succeeded", "unverified") else "failed"
+    run = await recorder.finish(status, error=state.get("error") if status != "succeeded" else None)
     return AgentOutcome(run, state.get("answer", ""), recorder.artifacts, path, state)
 
 

@@ -9,7 +9,7 @@ kernel session, the run recorder) are not state: they travel in the run's
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Any, Literal, TypedDict
+from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
 __all__ = ["AgentState", "CellRecord", "DatasetRef", "Finding", "Severity", "BLOCKING"]
 
@@ -46,6 +46,7 @@ class Finding(TypedDict):
     cell: int | None
     reason: str
     fix: str
+    source: NotRequired[str]  # "grounding" when the grounding check made it (graphs/grounding.py)
 
 
 class AgentState(TypedDict, total=False):
@@ -65,5 +66,5 @@ class AgentState(TypedDict, total=False):
     steps: int  # model turns of the acting agent
     started_at: float  # epoch seconds, so wall-time budgets survive a resume
     route: str  # team graph: which agent got the task
-    status: Literal["running", "succeeded", "failed"]
+    status: Literal["running", "succeeded", "failed", "unverified"]
     error: str

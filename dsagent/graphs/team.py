@@ -27,6 +27,11 @@ from dsagent.graphs.state import AgentState
 
 __all__ = ["ROUTER_SYSTEM", "build_team_graph", "parse_route"]
 
+ROUTE_SCHEMA = {
+    "type": "object",
+    "properties": {"route": {"type": "string", "enum": list(SPECS)}, "reason": {"type": "string"}},
+    "required": ["route", "reason"],
+}
 ROUTER_SYSTEM = """You lead a small data team: an analyst (answers questions about data with pandas and plots) and a \
 coder (writes and tests Python code). Decide who takes the task. Reply with JSON only: \
 {"route": "analysis" or "coding", "reason": "one sentence"}"""
@@ -50,7 +55,7 @@ async def route(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
     files = ", ".join(d["path"] for d in datasets) or "none"
     reply = await ctx.llm.chat([{"role": "system", "content": ROUTER_SYSTEM},
                                 {"role": "user", "content": f"Task: {state['task']}\nData files: {files}"}],
-                               role="planner", on_event=ctx.on_llm_event)
+                               role="planner", on_event=ctx.on_llm_event, schema=("route", ROUTE_SCHEMA))
     parsed = parse_route(reply.text)
     if parsed is None:
         chosen, reason = ("analysis", "data files were given") if datasets else ("coding", "no data files were given")

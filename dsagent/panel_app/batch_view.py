@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import panel as pn
 
+from dsagent.artifacts.schema import TERMINAL_STATUSES
 from dsagent.panel_app import untrusted
 from dsagent.panel_app.widgets import html_pane, run_link, status_badge
 
@@ -28,7 +29,7 @@ __all__ = ["BatchView"]
 
 CHILD_PAGE = 50
 MAX_THUMBNAIL_CHILDREN = 200  # plots are read per child: past this many, the table says so instead of reading them all
-_ORDER = ("succeeded", "failed", "cancelled", "running", "queued")
+_ORDER = ("succeeded", "failed", "unverified", "cancelled", "running", "queued")
 
 
 def _duration(run: Run) -> str:
@@ -47,14 +48,14 @@ def _children_frame(children: list[Run]) -> pd.DataFrame:
 
 def _progress_html(counts: dict[str, int]) -> str:
     total = sum(counts.values())
-    done = sum(counts.get(s, 0) for s in ("succeeded", "failed", "cancelled"))
+    done = sum(counts.get(s, 0) for s in TERMINAL_STATUSES)
     parts = " ".join(f"{status_badge(s)} {counts[s]}" for s in _ORDER if counts.get(s))
     return f"<b class='ds-batch-progress'>{done} of {total} children finished</b> &nbsp; {parts}"
 
 
 def progress_color(counts: dict[str, int]) -> str:
     """Green while no child failed, amber once some did, red when every finished child failed."""
-    failed = counts.get("failed", 0) + counts.get("cancelled", 0)
+    failed = sum(counts.get(s, 0) for s in ("failed", "cancelled", "unverified"))
     if not failed:
         return "success"
     return "danger" if not counts.get("succeeded") else "warning"
@@ -107,7 +108,7 @@ class BatchView:
         total = sum(counts.values())
         self.progress_text.object = _progress_html(counts)
         self.bar.max = max(total, 1)
-        self.bar.value = sum(counts.get(s, 0) for s in ("succeeded", "failed", "cancelled"))
+        self.bar.value = sum(counts.get(s, 0) for s in TERMINAL_STATUSES)
         self.bar.bar_color = progress_color(counts)
         for widget in (self.title, self.bar, self.children, self.prev_button, self.next_button):
             widget.visible = True

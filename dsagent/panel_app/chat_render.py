@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import panel as pn
 import param
 
+from dsagent.artifacts.schema import TERMINAL_STATUSES
 from dsagent.panel_app import untrusted
 from dsagent.panel_app.widgets import CSS, run_link, status_badge
 
@@ -316,7 +317,7 @@ class TurnView:
 
     def _on_status(self, p: dict[str, Any]) -> None:
         status = p.get("status", "")
-        if status not in ("succeeded", "failed", "cancelled"):
+        if status not in TERMINAL_STATUSES:
             return
         self.status, self.done = status, True
         self._clear_tokens()
@@ -332,6 +333,9 @@ class TurnView:
         text = (f"artifacts: {', '.join(links)}" if links else "no artifacts") + extra
         if status == "cancelled":
             text = "stopped: the partial notebook is kept; the chat goes on. " + text
+        elif status == "unverified":
+            text = ("unverified: the outputs do not support this answer (see the review); check the cells before "
+                    "using it, or ask again more precisely. " + text)
         self.footer_text.object = text
         self.footer.visible = True
 

@@ -112,7 +112,8 @@ def preloaded() -> Any:
     doc = pn.state.curdoc
     return PRELOADED.pop(doc, None) if doc is not None else None
 
-_STATUS_COLORS = {"queued": "#6c757d", "running": "#0d6efd", "succeeded": "#198754", "failed": "#dc3545", "cancelled": "#b8860b"}
+_STATUS_COLORS = {"queued": "#6c757d", "running": "#0d6efd", "succeeded": "#198754", "failed": "#dc3545",
+                  "unverified": "#fd7e14", "cancelled": "#b8860b"}
 
 CSS = """
 .ds-nav a {margin-right: 18px; text-decoration: none; color: #0d6efd; font-weight: 500}

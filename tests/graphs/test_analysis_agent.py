@@ -160,7 +160,7 @@ async def test_bad_tool_calls_are_explained_and_secrets_never_kept(csv, settings
     assert SECRET not in everything and SECRET.encode() not in blobs
     assert SECRET not in outcome.notebook_path.read_text()
     # the kernel itself never had the key
-    with LLMServer([Reply("1."), Reply(tool_calls=[ToolCall("run_code", {"code": "import os; print(os.environ.get('OPENAI_API_KEY'))"})]),
+    with LLMServer([Reply("1. Look"), Reply(tool_calls=[ToolCall("run_code", {"code": "import os; print(os.environ.get('OPENAI_API_KEY'))"})]),
                     Reply("ok"), ACCEPT]) as llm:
         outcome = await execute_agent_run("env", [], settings=settings.replace(llm_base_url=llm.base_url))
         told = [m["content"] for m in llm.requests[2].messages if m["role"] == "tool"]
@@ -234,7 +234,7 @@ async def test_approve_runs_what_was_allowed_and_tells_the_model_what_was_not(cs
 
 def test_cli_approve_reads_the_answers_from_stdin(csv, workspace_home):
     script = [
-        Reply("1."),
+        Reply("1. Look"),
         Reply(tool_calls=[ToolCall("run_code", {"code": "print('first')"})]),
         Reply(tool_calls=[ToolCall("run_code", {"code": "print('second')"})]),
         Reply("Done."),
