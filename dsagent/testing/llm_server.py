@@ -28,6 +28,15 @@ only used for matching requests, so each role of a team graph can have its
 own script. ``tools_supported=False`` answers every request that carries
 ``tools`` with a 400, as endpoints without tool support do.
 
+Structured outputs (``response_format=``): ``None`` ignores the field, as
+servers without structured outputs do; ``"openai"`` takes ``json_schema`` and
+``json_object`` (OpenAI, vLLM, llama.cpp's C++ server, Ollama); ``"llama_cpp"``
+takes only ``json_object`` (+ ``schema``) and answers ``json_schema`` as
+llama-cpp-python 0.3's server does, a 500 carrying pydantic's validation
+message; ``"reject"`` answers any ``response_format`` with a 400. A server
+that honours a schema constrains the model's output to it, so a scripted
+reply that does not follow it is a script bug: it is recorded in ``errors``.
+
 Run one by hand: ``python -m dsagent.testing.llm_server --script steps.json``
 (a JSON list of steps, see ``steps_from_json``).
 """
@@ -61,6 +70,11 @@ log = logging.getLogger(__name__)
 
 ROLE_HEADER = "X-Dsagent-Role"
 DEFAULT_MODEL = "scripted-model"
+RESPONSE_FORMATS = (None, "openai", "llama_cpp", "reject")
+# llama-cpp-python's server (0.3.x) validates response_format.type against Literal["text", "json_object"]; its route
+# handler turns the pydantic error into a 500 (llama_cpp/server/errors.py: RouteErrorHandler)
+LLAMA_CPP_FORMAT_ERROR = ("1 validation error for CreateChatCompletionRequest\nresponse_format.type\n  Input should be 'text' "
+                          "or 'json_object' [type=literal_error, input_value='json_schema', input_type=str]")
 # What vLLM answers when a request has tools but the server has no tool parser.
 NO_TOOLS_MESSAGE = '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
 
@@ -179,6 +193,11 @@ class RecordedRequest:
     def stream(self) -> bool:
         return bool(self.body.get("stream"))
 
+    @property
+    def response_format(self) -> dict[str, Any] | None:
+        value = self.body.get("response_format")
+        return value if isinstance(value, dict) else None
+
 
 def _matches(step: Step, role: str | None, model: str | None) -> bool:
     return (step.role is None or step.role == role) and (step.model is None or step.model == model)
@@ -192,11 +211,15 @@ class LLMServer:
         steps: Iterable[Step] = (),
         *,
         tools_supported: bool = True,
+        response_format: str | None = None,
         models: Sequence[str] = (DEFAULT_MODEL,),
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
+        if response_format not in RESPONSE_FORMATS:
+            raise ValueError(f"response_format must be one of {RESPONSE_FORMATS}, not {response_format!r}")
         self.tools_supported = tools_supported
+        self.response_format = response_format
         self.models = list(models)
         self.requests: list[RecordedRequest] = []
         self.errors: list[str] = []  # requests no step matched, handler failures
@@ -321,11 +344,22 @@ class _ChatHandler(BaseHTTPRequestHandler):
             self.llm._record_only(request)
             self._send_error(400, NO_TOOLS_MESSAGE, "BadRequestError")
             return
+        refusal = _format_refusal(self.llm.response_format, request.response_format)
+        if refusal is not None:
+            self.llm._record_only(request)
+            self._send_error(*refusal)
+            return
         step = self.llm._take_step(request)
         if step is None:
             self._send_error(400, f"scripted LLM server: no script step left for role={request.role!r}, "
                              f"model={request.model!r} (request #{len(self.llm.requests)})", "script_exhausted")
             return
+        schema = _schema_honoured(self.llm.response_format, request.response_format)
+        if schema is not None and isinstance(step, Reply):
+            problem = _breaks_schema(step.content or "", schema)
+            if problem:
+                self.llm.errors.append(f"request #{len(self.llm.requests)} (role={request.role}) asked for a JSON schema "
+                                       f"the scripted reply breaks ({problem}); a server that honours it cannot answer so")
         try:
             self._answer(step, body)
         except (BrokenPipeError, ConnectionResetError):
@@ -407,6 +441,52 @@ class _ChatHandler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+# -- structured outputs ---------------------------------------------------------
+
+def _format_refusal(mode: str | None, requested: dict[str, Any] | None) -> tuple[int, str, str] | None:
+    """(status, message, error type) when a server of ``mode`` refuses the requested response_format."""
+    if requested is None or mode is None:
+        return None
+    kind = requested.get("type")
+    if mode == "reject":
+        return 400, "response_format is not supported by this server", "invalid_request_error"
+    if mode == "llama_cpp" and kind not in ("text", "json_object"):
+        return 500, LLAMA_CPP_FORMAT_ERROR.replace("'json_schema'", repr(kind)), "internal_server_error"
+    if mode == "openai" and kind not in ("text", "json_object", "json_schema"):
+        return 400, f"Invalid value: {kind!r}. Supported values are: 'text', 'json_object', and 'json_schema'.", \
+            "invalid_request_error"
+    return None
+
+
+def _schema_honoured(mode: str | None, requested: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The JSON schema a server of ``mode`` constrains the reply to ({} = any JSON object), or None."""
+    if mode is None or requested is None:
+        return None
+    kind = requested.get("type")
+    if kind == "json_schema":
+        return dict((requested.get("json_schema") or {}).get("schema") or {})
+    if kind == "json_object":
+        return dict(requested.get("schema") or {}) if mode == "llama_cpp" else {}
+    return None
+
+
+def _breaks_schema(content: str, schema: dict[str, Any]) -> str | None:
+    """Why ``content`` is not a JSON value that ``schema`` allows (None: it is)."""
+    import jsonschema  # comes with nbformat
+
+    try:
+        value = json.loads(content)
+    except ValueError as exc:
+        return f"not JSON: {exc}"
+    if not schema:
+        return None if isinstance(value, dict) else "not a JSON object"
+    try:
+        jsonschema.validate(value, schema)
+    except jsonschema.ValidationError as exc:
+        return exc.message
+    return None
 
 
 # -- OpenAI payloads ----------------------------------------------------------
@@ -510,9 +590,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--script", type=Path, required=True, help="JSON file with a list of steps")
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = a free one)")
     parser.add_argument("--no-tools", action="store_true", help="reject requests with tools, like endpoints without tool support")
+    parser.add_argument("--response-format", choices=[m for m in RESPONSE_FORMATS if m], default=None,
+                        help="structured outputs like this kind of server (default: the field is ignored)")
     args = parser.parse_args(argv)
     steps = steps_from_json(json.loads(args.script.read_text(encoding="utf-8")))
-    with LLMServer(steps, tools_supported=not args.no_tools, port=args.port) as server:
+    with LLMServer(steps, tools_supported=not args.no_tools, response_format=args.response_format,
+                   port=args.port) as server:
         print(f"OPENAI_BASE_URL={server.base_url}", flush=True)
         try:
             threading.Event().wait()
