@@ -16,6 +16,11 @@ answer), per step; ``fixed_overhead_ms_per_run``: the rest of the run (session
 start/shutdown, store, profile, review, notebook export). After a warm-up run.
 Target for the graph: <= 20 ms per step.
 
+``prompt_tokens_by_step``: what each model call of one data question sends
+(plan, each act turn, the review), in tokens (safe-side estimate, 3 characters
+a token, as ``llm_context_tokens`` counts them), for a 2,000-row table of 12
+columns, so a small-context model's budget can be judged (``fits_2k``/``fits_8k``).
+
     .venv/bin/python bench/agent.py              # 20 steps, 3 samples
     .venv/bin/python bench/agent.py --quick      # 3 steps, 1 sample (tests/bench runs this)
 """
@@ -119,6 +124,55 @@ async def graph_run(steps: int, base_url: str, backend: Any, settings: Any) -> t
     return loop, (wall - timers.llm - timers.kernel) - loop
 
 
+def _wide_table(path: str) -> None:
+    """2,000 rows x 12 columns: numbers, dates and categories, as a real question's data looks."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(7)
+    n = 2000
+    frame = pd.DataFrame({
+        "date": pd.date_range("2024-01-01", periods=n, freq="h").astype(str),
+        "region": rng.choice(["North", "South", "East", "West"], n), "product": rng.choice([f"P{i}" for i in range(30)], n),
+        "channel": rng.choice(["web", "store", "partner"], n), **{f"m{i}": rng.normal(100, 20, n).round(2) for i in range(6)},
+        "units": rng.integers(1, 50, n), "returned": rng.random(n) < 0.05,
+    })
+    frame.to_csv(path, index=False)
+
+
+async def prompt_sizes(settings: Any, backend: Any) -> dict[str, Any]:
+    """Tokens of each prompt one data question sends (see the module docstring)."""
+    from dsagent.graphs.llm import prompt_tokens
+    from dsagent.graphs.runner import execute_agent_run
+    from dsagent.testing.llm_server import LLMServer, Reply, ToolCall
+
+    data = os.path.join(settings.home, "sales.csv")
+    _wide_table(data)
+    steps = [Reply("1. Sum m0 by region\n2. Answer"),
+             Reply(tool_calls=[ToolCall("run_code", {"code": "df = load_table(data)\nprint(df.groupby('region')['m0'].sum())"})]),
+             Reply(tool_calls=[ToolCall("run_code", {"code": "print(df.describe().T)"})]),
+             Reply("The sums are in the output above."), Reply('{"verdict": "accept", "findings": []}', role="reviewer")]
+    with LLMServer(steps) as llm:
+        await execute_agent_run("Which region has the most m0?", [data], backend=backend,
+                                settings=settings.replace(llm_base_url=llm.base_url))
+        requests = list(llm.requests)
+    sizes: dict[str, int] = {}
+    acts = 0
+    for request in requests:
+        if request.role == "reviewer":
+            name = "review"
+        elif request.tools:
+            acts += 1
+            name = f"act {acts}"
+        else:
+            name = "plan"
+        sizes[name] = prompt_tokens(request.messages, request.tools)
+    largest = max(sizes.values())
+    return {"table": "2000 rows x 12 columns", "tokens": sizes, "largest": largest,
+            "fits_2k": largest + 512 <= 2048, "fits_8k": largest + 2048 <= 8192,
+            "note": "fits_*: the prompt plus the reply room llm_context_tokens keeps (a quarter of the window)"}
+
+
 async def main(steps: int, samples: int) -> dict[str, Any]:
     from dsagent.kernel_gateway.local import LocalBackend
     from dsagent.settings import Settings
@@ -149,6 +203,7 @@ async def main(steps: int, samples: int) -> dict[str, Any]:
                 bucket.append({"overhead_ms_per_step": loop / steps * 1000, "fixed_overhead_ms_per_run": rest * 1000})
                 print(f"sample {sample + 1}/{samples} {name}: {loop / steps * 1000:.1f} ms/step + {rest * 1000:.0f} ms/run",
                       file=sys.stderr)
+        prompts = await prompt_sizes(settings, backend)
 
     def median(rows_: list[dict[str, float]]) -> dict[str, float]:
         return {key: round(statistics.median(r[key] for r in rows_), 2) for key in rows_[0]}
@@ -163,6 +218,7 @@ async def main(steps: int, samples: int) -> dict[str, Any]:
         "graph_minus_plain_ms_per_step": round(graph["overhead_ms_per_step"] - plain["overhead_ms_per_step"], 2),
         "target_ms_per_step": TARGET_MS_PER_STEP,
         "meets_target": graph["overhead_ms_per_step"] <= TARGET_MS_PER_STEP,
+        "prompt_tokens_by_step": prompts,
         "method": "overhead = wall time outside model calls and kernel executions; per step: over the act<->tools loop "
                   "(end of planning to the answer) divided by the steps; fixed: the rest of the run (session start and "
                   "shutdown, store, profile, review, notebook export)",

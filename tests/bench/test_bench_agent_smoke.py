@@ -19,3 +19,6 @@ def test_quick_run_prints_one_json_object_with_the_target():
     assert report["target_ms_per_step"] == 20.0 and isinstance(report["meets_target"], bool)
     assert report["plain_loop"]["overhead_ms_per_step"] >= 0
     assert "analysis_graph:" in done.stderr
+    prompts = report["prompt_tokens_by_step"]["tokens"]  # what each model call of a data question sends
+    assert list(prompts) == ["plan", "act 1", "act 2", "act 3", "review"] and all(n > 100 for n in prompts.values())
+    assert prompts["act 3"] > prompts["act 1"]  # the history grows with each turn
