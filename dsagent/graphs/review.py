@@ -3,11 +3,14 @@
 Two kinds of check, merged into one list of findings (severity, cell, reason,
 fix):
 
-- checks in code that need no model: numbers in the answer that no output
-  shows, a plot asked for but none made, an answer resting on a cell that
-  failed;
+- checks in code that need no model: the grounding check (``grounding.py``:
+  an executed analysis cell, numbers and quoted names the outputs show), a
+  plot asked for but none made, an answer resting on a cell that failed;
 - the ``reviewer`` model, given the task, the cells (code + trimmed outputs)
-  and the answer, replying in JSON.
+  and the answer, replying in JSON (``REVIEW_SCHEMA``, as structured output
+  where the endpoint takes it). A reply that cannot be read is asked for
+  once more, then counts as *not accepted*: nothing turns "could not read"
+  into "accept".
 
 ``review_work`` is what the other graphs call; ``build_review_graph`` wraps it
 as a graph of its own (``dsagent review``).

@@ -93,6 +93,9 @@ async def test_code_ends_with_a_clear_status(model_settings):
 async def test_a_two_turn_chat_ends_each_turn_with_a_clear_status(model_settings, tmp_path):
     data = tmp_path / "sales.csv"
     data.write_text(SALES)
+    # llama-cpp-python's generic chat format has no tool-call parser (tools are accepted and never called):
+    # fenced mode lets the model's ```python blocks run, so turns exercise real cells
+    model_settings = model_settings.replace(llm_tool_mode="fenced")
     with Store.open(settings=model_settings) as store:
         create_chat(store, "sales", [data])
         async with await Chat.open("sales", settings=model_settings, store=store) as chat:
@@ -125,7 +128,8 @@ async def test_eval_dabench_five_questions_counts_only_verified_answers(model_se
     env = {**os.environ, "DSAGENT_HOME": str(workspace_home), "OPENAI_BASE_URL": model_settings.llm_base_url,
            "DSAGENT_LLM_MODEL": MODEL, "DSAGENT_LLM_CONTEXT_TOKENS": str(model_settings.llm_context_tokens),
            "DSAGENT_LLM_TIMEOUT": "180", "DSAGENT_LLM_MAX_RETRIES": "1", "DSAGENT_AGENT_BACKEND": "local",
-           "DSAGENT_AGENT_MAX_STEPS": "6", "DSAGENT_AGENT_MAX_REVISIONS": "1", "DSAGENT_AGENT_MAX_SECONDS": "300"}
+           "DSAGENT_AGENT_MAX_STEPS": "6", "DSAGENT_AGENT_MAX_REVISIONS": "1", "DSAGENT_AGENT_MAX_SECONDS": "300",
+           "DSAGENT_LLM_TOOL_MODE": "fenced"}  # see the chat test
     started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "dsagent", "eval", "dabench", "--questions", str(tmp_path / "q.jsonl"), "--labels",
