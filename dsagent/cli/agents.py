@@ -84,7 +84,8 @@ class StepPrinter:
             return f"· {p.get('tool')} [{mark}, {p.get('seconds', 0):.1f} s] {first}\n    {summary}"
         if kind == "review":
             problems = [f for f in p.get("findings", []) if f.get("severity") == "error"]
-            return f"· review: {p.get('verdict')}" + "".join(f"\n    - {f.get('reason')}" for f in problems)
+            grounded = " (the answer is not grounded in the outputs)" if p.get("grounded") is False else ""
+            return f"· review: {p.get('verdict')}{grounded}" + "".join(f"\n    - {f.get('reason')}" for f in problems)
         if kind == "delegate":
             return f"· the lead gives the task to the {p.get('to')}: {p.get('reason')}"
         if kind == "resume":
@@ -93,6 +94,9 @@ class StepPrinter:
             return f"· {'approved' if p.get('approved') else 'refused'}: {p.get('tool')}" + (f" ({p['reason']})" if p.get("reason") else "")
         if kind == "revise":
             return f"· revising (revision {p.get('revision')})"
+        if kind == "llm_prompt_trimmed":
+            return (f"· prompt cut to fit the model's context: {p.get('tokens_before')} -> {p.get('tokens_after')} tokens "
+                    f"(room {p.get('limit')}; llm_context_tokens)")
         if kind in ("llm_retry", "llm_fallback"):
             return f"· {kind.replace('_', ' ')}: {p.get('reason') or p.get('detail') or ''}".rstrip()
         return None
