@@ -29,7 +29,7 @@ from langgraph.types import interrupt
 from dsagent.graphs.context import AgentContext
 from dsagent.graphs.export import parameters_code
 from dsagent.graphs.llm import ToolCall, tool_message
-from dsagent.graphs.plans import PLAN_FORMAT, PLAN_SCHEMA, parse_plan
+from dsagent.graphs.plans import PLAN_FORMAT, PLAN_MAX_TOKENS, PLAN_SCHEMA, parse_plan
 from dsagent.graphs.review import review_work
 from dsagent.graphs.specs import SPECS, AgentSpec
 from dsagent.graphs.state import AgentState
@@ -98,7 +98,7 @@ async def plan(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
     relay = ctx.token_relay(spec.actor)
     for attempt in range(2):  # fail closed: a plan that cannot be read twice ends the run
         reply = await ctx.llm.chat(messages, role=spec.role, on_event=ctx.on_llm_event, on_token=relay,
-                                   schema=("plan", PLAN_SCHEMA))
+                                   schema=("plan", PLAN_SCHEMA), max_tokens=PLAN_MAX_TOKENS)
         await relay.flush()
         try:
             steps = parse_plan(reply.text)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import re
 
-__all__ = ["PLAN_FORMAT", "PLAN_SCHEMA", "parse_plan"]
+__all__ = ["PLAN_FORMAT", "PLAN_MAX_TOKENS", "PLAN_SCHEMA", "parse_plan"]
 
 MAX_STEPS = 12
+PLAN_MAX_TOKENS = 600  # six short steps need ~150; a small model left unbounded repeats itself to the context's end
 PLAN_SCHEMA = {
     "type": "object",
     "properties": {"steps": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": MAX_STEPS}},

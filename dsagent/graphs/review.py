@@ -118,6 +118,7 @@ REVIEW_SCHEMA = {
     },
     "required": ["verdict", "findings"],
 }
+REVIEW_MAX_TOKENS = 1000  # a verdict and a few findings; a small model left unbounded repeats findings to the context's end
 REVIEW_FORMAT = ('Reply with one JSON object and nothing else, e.g. {"verdict": "accept", "findings": []} or '
                  '{"verdict": "revise", "findings": [{"severity": "error", "cell": 3, "reason": "...", "fix": "..."}]}')
 
@@ -144,7 +145,8 @@ async def review_work(ctx: Any, task: str, cells: Sequence[CellRecord], answer: 
     ]
     verdict_of_model, source = "unread", "checks+reviewer"
     for attempt in range(2):
-        reply = await ctx.llm.chat(messages, role="reviewer", on_event=ctx.on_llm_event, schema=("review", REVIEW_SCHEMA))
+        reply = await ctx.llm.chat(messages, role="reviewer", on_event=ctx.on_llm_event, schema=("review", REVIEW_SCHEMA),
+                                   max_tokens=REVIEW_MAX_TOKENS)
         try:
             verdict_of_model, from_model = parse_review(reply.text)
             findings.extend(from_model)

@@ -27,7 +27,10 @@ from dsagent.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "smollm2-135m-instruct"  # the alias `make real-model` serves it under
-CONTEXT = 8192  # the server's n_ctx (`make real-model`); the agents are told the same (llm_context_tokens)
+CONTEXT = 8192  # the server's n_ctx (`make real-model`)
+# what the agents are told (llm_context_tokens): half the server's, so a reply gets at most 1024 tokens (~15 s at
+# SmolLM2's ~70 tokens/s on an idle 2-core machine) and the act prompts get cut to fit, as a 4k model's would
+AGENT_CONTEXT = 4096
 RESULTS: list[dict] = []
 
 
@@ -81,9 +84,20 @@ def model_url(tmp_path_factory):
 def model_settings(model_url, workspace_home, monkeypatch):
     """Settings of an agent run against the real model: small budgets, so every run ends in a few minutes."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    return Settings(llm_base_url=model_url, llm_model=MODEL, llm_context_tokens=CONTEXT, llm_timeout=180.0,
-                    llm_max_retries=1, agent_backend="local", agent_cell_timeout=60.0, agent_max_steps=6,
-                    agent_max_revisions=1, agent_max_seconds=300.0)
+    return Settings(llm_base_url=model_url, llm_model=MODEL, llm_context_tokens=AGENT_CONTEXT, llm_timeout=180.0,
+                    llm_max_retries=1, agent_backend="local", agent_cell_timeout=60.0, agent_max_steps=5,
+                    agent_max_revisions=1, agent_max_seconds=180.0)
+
+
+def model_env(settings: Settings, home) -> dict[str, str]:
+    """The environment of a CLI or dashboard process with ``settings``' model and budgets."""
+    base = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}  # a local server needs no key: send none
+    return {**base, "DSAGENT_HOME": str(home), "OPENAI_BASE_URL": settings.llm_base_url, "DSAGENT_LLM_MODEL": MODEL,
+            "DSAGENT_LLM_CONTEXT_TOKENS": str(settings.llm_context_tokens), "DSAGENT_LLM_TIMEOUT": str(settings.llm_timeout),
+            "DSAGENT_LLM_MAX_RETRIES": str(settings.llm_max_retries), "DSAGENT_LLM_TOOL_MODE": settings.llm_tool_mode,
+            "DSAGENT_AGENT_BACKEND": "local", "DSAGENT_AGENT_MAX_STEPS": str(settings.agent_max_steps),
+            "DSAGENT_AGENT_MAX_REVISIONS": str(settings.agent_max_revisions),
+            "DSAGENT_AGENT_MAX_SECONDS": str(settings.agent_max_seconds)}
 
 
 def record(name: str, **row) -> None:

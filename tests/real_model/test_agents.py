@@ -16,7 +16,7 @@ from dsagent.graphs.chat import Chat, create_chat
 from dsagent.graphs.grounding import check_grounding
 from dsagent.graphs.runner import execute_agent_run
 
-from .conftest import MODEL, record
+from .conftest import model_env, record
 
 pytestmark = [pytest.mark.real_model, pytest.mark.timeout(1800)]
 
@@ -64,10 +64,7 @@ def keep(name: str, facts: dict) -> None:
 async def test_ask_ends_with_a_clear_status_and_never_a_verified_invention(model_settings, tmp_path, workspace_home):
     data = tmp_path / "sales.csv"
     data.write_text(SALES)
-    env = {**os.environ, "DSAGENT_HOME": str(workspace_home), "OPENAI_BASE_URL": model_settings.llm_base_url,
-           "DSAGENT_LLM_MODEL": MODEL, "DSAGENT_LLM_CONTEXT_TOKENS": str(model_settings.llm_context_tokens),
-           "DSAGENT_LLM_TIMEOUT": "180", "DSAGENT_LLM_MAX_RETRIES": "1", "DSAGENT_AGENT_BACKEND": "local",
-           "DSAGENT_AGENT_MAX_STEPS": "6", "DSAGENT_AGENT_MAX_REVISIONS": "1", "DSAGENT_AGENT_MAX_SECONDS": "300"}
+    env = model_env(model_settings, workspace_home)
     started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "dsagent", "ask", "Which region has the most revenue?", "--data", str(data), "--json",
@@ -125,11 +122,9 @@ async def test_eval_dabench_five_questions_counts_only_verified_answers(model_se
               {"id": 5, "common_answers": [["product", "Widget"]]}]
     (tmp_path / "q.jsonl").write_text("".join(json.dumps({**q, "file_name": "sales.csv", "level": "easy"}) + "\n" for q in questions))
     (tmp_path / "l.jsonl").write_text("".join(json.dumps(a) + "\n" for a in labels))
-    env = {**os.environ, "DSAGENT_HOME": str(workspace_home), "OPENAI_BASE_URL": model_settings.llm_base_url,
-           "DSAGENT_LLM_MODEL": MODEL, "DSAGENT_LLM_CONTEXT_TOKENS": str(model_settings.llm_context_tokens),
-           "DSAGENT_LLM_TIMEOUT": "180", "DSAGENT_LLM_MAX_RETRIES": "1", "DSAGENT_AGENT_BACKEND": "local",
-           "DSAGENT_AGENT_MAX_STEPS": "6", "DSAGENT_AGENT_MAX_REVISIONS": "1", "DSAGENT_AGENT_MAX_SECONDS": "300",
-           "DSAGENT_LLM_TOOL_MODE": "fenced"}  # see the chat test
+    # fenced: see the chat test; a smaller budget per question, so five fit in a few minutes
+    model_settings = model_settings.replace(llm_tool_mode="fenced", agent_max_seconds=120.0)
+    env = model_env(model_settings, workspace_home)
     started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "dsagent", "eval", "dabench", "--questions", str(tmp_path / "q.jsonl"), "--labels",

@@ -11,19 +11,17 @@ from dsagent.settings import Settings
 from dsagent.workspace import Workspace
 
 from panel_app.conftest import PageProblems, browser, dsagent_env, serve_dashboard  # noqa: F401 (browser: a fixture)
-from .conftest import MODEL, record
+from .conftest import model_env, record
 
 pytestmark = [pytest.mark.real_model, pytest.mark.timeout(900)]
 
 ENDED = {"succeeded", "failed", "unverified"}
 
 
-def test_a_turn_on_the_chat_page_ends_with_its_status_shown(model_url, browser, tmp_path):
+def test_a_turn_on_the_chat_page_ends_with_its_status_shown(model_settings, browser, tmp_path):
     home = tmp_path / "ws"
-    env = {**dsagent_env(home), "OPENAI_BASE_URL": model_url, "DSAGENT_LLM_MODEL": MODEL, "DSAGENT_LLM_CONTEXT_TOKENS": "8192",
-           "DSAGENT_LLM_TIMEOUT": "180", "DSAGENT_LLM_MAX_RETRIES": "1", "DSAGENT_AGENT_BACKEND": "local",
-           "DSAGENT_AGENT_MAX_STEPS": "6", "DSAGENT_AGENT_MAX_REVISIONS": "1", "DSAGENT_AGENT_MAX_SECONDS": "300",
-           "DSAGENT_LLM_TOOL_MODE": "fenced"}  # see tests/real_model/test_agents.py (the chat test)
+    # fenced: see tests/real_model/test_agents.py (the chat test)
+    env = {**dsagent_env(home), **model_env(model_settings.replace(llm_tool_mode="fenced"), home)}
     env.pop("OPENAI_API_KEY", None)
     data = tmp_path / "sales.csv"
     data.write_text("region,revenue\nNorth,120.5\nSouth,80.25\nEast,99.0\n")
