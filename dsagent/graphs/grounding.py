@@ -9,9 +9,11 @@ end ``succeeded``, its answer is held against the run itself:
 - every number in the answer must appear in (or round from) the output of a
   cell that ran cleanly, the data profile, or an earlier turn of the chat
   (small counts, ordinals and years excepted);
-- every quoted name (``"South"``, ``'region'``, `` `revenue` ``, **bold**) must
-  occur in the data profile or in an output, so a column or category the
-  answer names exists.
+- every quoted name (``"South"``, ``'region'``) must occur in the data
+  profile, an output, an artifact's name or the task, so a column or category
+  the answer names exists; a name in backticks (`` `revenue` ``, `` `groupby` ``)
+  may also come from the code that ran (code that filters on an invented
+  category does not make it exist, so quotes are held to the data).
 
 What fails comes back to the agent as review findings (``source: grounding``);
 when the revision budget ends with the answer still rejected, the run ends
@@ -29,9 +31,10 @@ __all__ = ["GROUNDING", "analysis_cells", "check_grounding", "numbers_in", "quot
 
 GROUNDING = "grounding"  # the ``source`` of a finding this module made
 
-_NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?%?")
-# "x", 'x', `x`, “x”, **x**: what an answer marks as a name; 1-60 characters, no line break
-_QUOTED = re.compile(r"\"([^\"\n]{1,60})\"|(?<!\w)'([^'\n]{1,60})'(?!\w)|`([^`\n]{1,60})`|“([^”\n]{1,60})”|\*\*([^*\n]{1,60})\*\*")
+# a number, not a reference: "#12" names an artifact or a cell
+_NUMBER = re.compile(r"(?<![\w.#])-?\d[\d,]*(?:\.\d+)?%?")
+# "x", 'x', `x`, “x”: what an answer marks as a name; 1-60 characters, no line break (bold is emphasis, not a name)
+_QUOTED = re.compile(r"\"([^\"\n]{1,60})\"|(?<!\w)'([^'\n]{1,60})'(?!\w)|`([^`\n]{1,60})`|“([^”\n]{1,60})”")
 
 
 def numbers_in(text: str) -> list[tuple[str, float, int, bool]]:
@@ -71,14 +74,14 @@ def ungrounded(answer: str, shown_text: str) -> list[str]:
     return list(dict.fromkeys(missing))
 
 
-def quoted_names(answer: str) -> list[str]:
-    """The names the answer quotes (code fences left out: they are code, not claims)."""
+def quoted_names(answer: str) -> list[tuple[str, bool]]:
+    """(name, in backticks) for each name the answer quotes (code fences left out: code, not claims)."""
     prose = re.sub(r"```.*?```", " ", answer, flags=re.DOTALL)
     names = []
     for match in _QUOTED.finditer(prose):
         name = next(g for g in match.groups() if g is not None).strip()
         if any(ch.isalpha() for ch in name):  # a quoted number is checked as a number
-            names.append(name)
+            names.append((name, match.group(3) is not None))
     return list(dict.fromkeys(names))
 
 
@@ -93,22 +96,25 @@ def _finding(cell: int | None, reason: str, fix: str) -> Finding:
 
 
 def check_grounding(answer: str, cells: Sequence[CellRecord], *, profile: str = "", earlier: str = "",
-                    needs_analysis: bool = True) -> list[Finding]:
+                    needs_analysis: bool = True, task: str = "") -> list[Finding]:
     """The grounding findings of ``answer`` (empty: grounded). ``needs_analysis``: a data question, which
-    only an executed analysis cell can answer; ``earlier``: a chat's earlier turns, whose outputs count."""
+    only an executed analysis cell can answer; ``earlier``: a chat's earlier turns, whose outputs count;
+    ``task``: what was asked (the answer may quote it)."""
     findings: list[Finding] = []
     executed = analysis_cells(cells)
     if needs_analysis and not executed:
         findings.append(_finding(None, "no analysis cell ran: the answer rests on no computation",
                                  "run code that computes the answer (run_code), print the values, then answer from the output"))
     outputs = "\n".join(c.get("observation", "") for c in cells if c.get("status") == "ok")
-    shown_text = "\n".join([profile, earlier, outputs])
+    shown_text = "\n".join([profile, earlier, outputs, task])
     missing = ungrounded(answer, shown_text)
     if missing:
         findings.append(_finding(None, f"the answer states {', '.join(missing)}, which no output shows",
                                  "print the values the answer relies on, then quote them from the output"))
-    haystack = shown_text.lower()
-    invented = [name for name in quoted_names(answer) if name.lower() not in haystack]
+    artifacts = " ".join(str(a.get("name", "")) for c in cells for a in c.get("artifacts", []))
+    data_names = "\n".join([shown_text, artifacts]).lower()
+    code_names = "\n".join([data_names, *(c.get("code", "") for c in cells if c.get("status") == "ok")]).lower()
+    invented = [name for name, code in quoted_names(answer) if name.lower() not in (code_names if code else data_names)]
     if invented:
         listed = ", ".join(repr(n) for n in invented)
         findings.append(_finding(None, f"the answer names {listed}, which neither the data nor any output contains",

@@ -68,7 +68,8 @@ def check_outputs(task: str, cells: Sequence[CellRecord], answer: str, earlier: 
     if _PLOT_WORDS.search(task) and not any(a.get("kind") == "image" for c in cells for a in c.get("artifacts", [])):
         findings.append(_finding("error", None, "the task asks for a plot but no cell produced an image",
                                  "draw the plot with matplotlib and show it (plt.show())"))
-    findings.extend(check_grounding(answer, cells, profile=profile, earlier=earlier, needs_analysis=needs_analysis))
+    findings.extend(check_grounding(answer, cells, profile=profile, earlier=earlier, needs_analysis=needs_analysis,
+                                    task=task))
     return findings
 
 

@@ -148,6 +148,13 @@ def test_grounding_rules_on_their_own():
     assert [f["reason"] for f in found] == ["the answer states 999.0, which no output shows",
                                             "the answer names 'West', which neither the data nor any output contains"]
     assert all(f["source"] == "grounding" and f["severity"] == "error" for f in found)
+    # references, quotes of the task and of the code are not claims about the data
+    found = check_grounding('See #45; you asked "which region leads"; **Summary**: `groupby` ran.',
+                            [*cells, {"cell": 3, "kind": "code", "status": "ok", "code": "df.groupby('region')", "observation": ""}],
+                            task="Which region leads?")
+    assert found == []
+    ran = [*cells, {"cell": 4, "kind": "code", "status": "ok", "code": "df[df.region == 'South Asia']", "observation": "Empty"}]
+    assert "'South Asia'" in check_grounding('"South Asia" leads.', ran)[0]["reason"]  # code that names it is no proof
     setup_only = cells[:1]
     assert "no analysis cell ran" in check_grounding("North.", setup_only)[0]["reason"]
     assert check_grounding("North.", setup_only, needs_analysis=False) == []
