@@ -233,14 +233,13 @@ def _run_agent(args: argparse.Namespace, start: Any) -> int:
             print("artifacts: " + ", ".join(f"#{a['id']} {a['name']}" for a in shown))
         print(f"notebook: {outcome.notebook_path}")
         print(f"run {run.id}: {run.status}" + (f": {run.error}" if run.error else ""))
+    # the error and its hint go to stderr with --json too: stdout stays one JSON object, a person still reads why
     if run.status == "unverified":
-        if not args.json:
-            print(f"error: the answer is unverified: {run.error}\n  hint: the outputs do not support it; read the run's "
-                  f"notebook ({outcome.notebook_path}), or ask again more precisely (a larger model helps)", file=sys.stderr)
+        print(f"error: the answer is unverified: {run.error}\n  hint: the outputs do not support it; read the run's "
+              f"notebook ({outcome.notebook_path}), or ask again more precisely (a larger model helps)", file=sys.stderr)
         return EXIT_CELL_ERROR
     if run.status != "succeeded":
-        if not args.json:
-            print(f"error: the agent run failed: {run.error}\n  hint: `dsagent resume {run.id}` continues it after you fix the cause",
-                  file=sys.stderr)
+        print(f"error: the agent run failed: {run.error}\n  hint: `dsagent resume {run.id}` continues it after you fix the cause",
+              file=sys.stderr)
         return EXIT_CELL_ERROR
     return EXIT_OK
