@@ -26,6 +26,7 @@ import psutil
 from dsagent.kernel_gateway.models import Output
 
 __all__ = [
+    "LAST_LINES_HEADING",
     "STREAM_COPY_ENV",
     "MEMORY_ADVICE",
     "MEMORY_DEATHS",
@@ -43,6 +44,8 @@ __all__ = [
 STREAM_COPY_SCRIPT = Path(__file__).with_name("streamcopy.py")
 #: the environment variable that tells a kernel where to keep its copy
 STREAM_COPY_ENV = "DSAGENT_STREAM_COPY"
+#: where a death's message starts quoting the last lines the kernel printed (backends that rewrite the reason keep what follows)
+LAST_LINES_HEADING = "\nthe last lines it printed:\n"
 #: the first line of every recovered output: says where the text came from
 RECOVERED_NOTE = "[dsagent: recovered after the kernel died; this never arrived over Jupyter's IOPub]\n"
 #: how many of the cell's last printed lines a death's message quotes

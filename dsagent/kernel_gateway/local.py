@@ -27,6 +27,7 @@ from dsagent.kernel_gateway.base import KernelBackend, KernelSession, OutputHook
 from dsagent.kernel_gateway.execute_loop import KernelLink, restarting, run_cell
 from dsagent.kernel_gateway.forkserver import ForkFailed, ForkingKernelManager, preload_list, runtime_dir, warm_fork_server
 from dsagent.kernel_gateway.kernel_death import (
+    LAST_LINES_HEADING,
     MEMORY_ADVICE,
     MEMORY_DEATHS,
     STREAM_COPY_ENV,
@@ -524,7 +525,7 @@ class LocalSession(KernelSession):
             evalue += f". {peak[0].upper()}{peak[1:]}."
         lines = last_lines(result.outputs)
         if lines:
-            evalue += "\nthe last lines it printed:\n" + "\n".join(f"  | {line}" for line in lines)
+            evalue += LAST_LINES_HEADING + "\n".join(f"  | {line}" for line in lines)
         result.error = replace(result.error, evalue=evalue)
 
     def _memory_pid(self) -> int | None:

@@ -41,7 +41,7 @@ from jupyter_client import AsyncKernelManager
 
 from dsagent.errors import BackendUnavailable
 from dsagent.kernel_gateway import sandbox_loans
-from dsagent.kernel_gateway.kernel_death import MEMORY_ADVICE, STREAM_COPY_SCRIPT, StreamCopy, death_reason, stream_copy_path
+from dsagent.kernel_gateway.kernel_death import LAST_LINES_HEADING, MEMORY_ADVICE, STREAM_COPY_SCRIPT, StreamCopy, death_reason, stream_copy_path
 from dsagent.kernel_gateway.kernel_env import kernel_environment
 from dsagent.kernel_gateway.local import LocalBackend, LocalSession, _Kernel
 from dsagent.kernel_gateway.models import Execution, ExecutionError
@@ -505,7 +505,9 @@ class _CpuWatch:
             result.error = ExecutionError("CPUTimeLimitExceeded", f"{what} and was interrupted", result.error.traceback)
         elif self.action == "killed" and result.status == "died" and result.error is not None:
             evalue = f"{what}, ignored the interrupt and its sandbox was killed; call restart() to continue"
-            result.error = dataclasses.replace(result.error, evalue=evalue)
+            # the reason replaces the signal's; the lines the cell printed last (recovered from its stream copy) stay
+            _, printed, last = result.error.evalue.partition(LAST_LINES_HEADING)
+            result.error = dataclasses.replace(result.error, evalue=evalue + printed + last)
         return result
 
 

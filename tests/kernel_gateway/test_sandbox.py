@@ -222,12 +222,14 @@ async def test_cpu_burn_past_the_limit_is_stopped_and_reported():
 @needs_bwrap
 async def test_cpu_burn_that_ignores_interrupts_is_killed_not_waited_on():
     async with sandbox_session(sandbox_cpu_seconds=2, interrupt_grace=1, execution_timeout=120) as session:
-        code = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass"
+        code = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nprint('burning now', flush=True)\nwhile True:\n    pass"
         start = time.monotonic()
         result = await session.execute(code, timeout=120)
         assert time.monotonic() - start < 30
         assert result.status == "died" and result.error is not None
         assert "sandbox_cpu_seconds" in result.error.evalue
+        # the limit's reason replaces the signal's, but the last lines the cell printed stay in the message
+        assert "the last lines it printed:\n  | burning now" in result.error.evalue
         await session.restart()
         await assert_usable(session)
 
