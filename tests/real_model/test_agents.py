@@ -27,8 +27,14 @@ SLACK = 200.0  # one model turn may start just before the wall-time budget ends 
 
 def kernels_left() -> list[psutil.Process]:
     """Kernel processes this test process started and left running."""
-    me = psutil.Process()
-    return [p for p in me.children(recursive=True) if "ipykernel" in " ".join(p.cmdline()) and p.status() != psutil.STATUS_ZOMBIE]
+    left = []
+    for process in psutil.Process().children(recursive=True):
+        try:  # a child that ends while we look (the model server's make, a kernel exiting) is not left
+            if "ipykernel" in " ".join(process.cmdline()) and process.status() != psutil.STATUS_ZOMBIE:
+                left.append(process)
+        except psutil.Error:
+            continue
+    return left
 
 
 def run_facts(settings, run_id: int, store: Store | None = None) -> dict:
