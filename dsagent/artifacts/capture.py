@@ -40,6 +40,7 @@ from dsagent.artifacts.blobfiles import sha256_hex
 from dsagent.artifacts.models import NewArtifact
 from dsagent.errors import DsagentError
 from dsagent.kernel_gateway.base import KernelSession
+from dsagent.kernel_gateway.hidden_cell import HIDE_THIS_CELL
 from dsagent.kernel_gateway.models import Execution, Output
 from dsagent.runs.record import recorded_value
 from dsagent.settings import Settings
@@ -51,28 +52,6 @@ PARQUET_MIME = "application/vnd.apache.parquet"
 _OBJECT_REPR = re.compile(r"^<.* at 0x[0-9a-fA-F]+>$|^<Figure size .*>$", re.S)
 _EVENT_TEXT_LIMIT = 2000
 _IMAGE_MIMES = (("image/png", "png"), ("image/jpeg", "jpg"), ("image/svg+xml", "svg"))
-
-# Runs once in the kernel (one ordinary execute: KernelSession has no silent mode): capture_kernel.py,
-# then this, which hides the cell so the user's cells keep their numbers.
-_HIDE_THIS_CELL = """
-def _dsagent_hide_this_cell():
-    # give the user's cells back their numbers: this cell's history entry goes
-    # to a closed history session, so the next cell can reuse its line number
-    ip = get_ipython()
-    history = ip.history_manager
-    history.writeout_cache()
-    history.new_session()
-    for hist in (history.input_hist_parsed, history.input_hist_raw):
-        if len(hist) > 1:
-            hist.pop()
-    ip.execution_count -= 1
-
-try:
-    _dsagent_hide_this_cell()
-except Exception:
-    pass
-del _dsagent_hide_this_cell
-"""
 
 
 @dataclass
@@ -106,7 +85,8 @@ class Capture:
             return []
         code = (_kernel_code().replace("__FOLDER__", repr(self.folder)).replace("__MAX_BYTES__", str(self.settings.capture_max_file_bytes))
                 .replace("__MAX_FILES__", str(self.settings.capture_max_files + 1)))
-        result = await self.session.execute(code + _HIDE_THIS_CELL, timeout=30)
+        # one ordinary execute (KernelSession has no silent mode), hidden from the user's numbering
+        result = await self.session.execute(code + HIDE_THIS_CELL, timeout=30)
         self.frames_enabled = result.ok
         if result.ok:
             return []
