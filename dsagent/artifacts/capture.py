@@ -41,7 +41,7 @@ from dsagent.artifacts.models import NewArtifact
 from dsagent.errors import DsagentError
 from dsagent.kernel_gateway.base import KernelSession
 from dsagent.kernel_gateway.hidden_cell import HIDE_THIS_CELL
-from dsagent.kernel_gateway.models import Execution, Output
+from dsagent.kernel_gateway.models import CHART_MIME, Execution, Output
 from dsagent.runs.record import recorded_value
 from dsagent.settings import Settings
 
@@ -232,16 +232,25 @@ def _parquet_shape(data: bytes) -> dict[str, Any]:
 
 
 def artifacts_from_outputs(outputs: list[Output], cell: int | None, *, skip_frame_html: bool = False) -> list[NewArtifact]:
-    """One artifact per rich output (image > HTML > JSON > a text repr worth keeping); streams are not artifacts."""
+    """One artifact per rich output (image > HTML > JSON > a text repr worth keeping); streams are not artifacts.
+
+    A figure's chart data (E2B's ``e2b/chart``, ``CHART_MIME``: the plotted
+    points, a small table) is kept as a JSON artifact of its own beside the image.
+    """
     found: list[NewArtifact] = []
     for index, output in enumerate(outputs):
         if output.get("output_type") not in ("display_data", "execute_result"):
             continue
-        made = _artifact_for(output, f"cell-{cell}-output-{index + 1}", skip_frame_html)
-        if made is not None:
-            made.cell = cell
-            made.metadata = {"output_index": index, "output_type": output["output_type"]}
-            found.append(made)
+        stem = f"cell-{cell}-output-{index + 1}"
+        made = [_artifact_for(output, stem, skip_frame_html)]
+        chart = (output.get("data") or {}).get(CHART_MIME)
+        if chart and (made[0] is None or made[0].mime != CHART_MIME):
+            made.append(NewArtifact(f"{stem}.chart.json", "json", CHART_MIME, json.dumps(chart, indent=1).encode()))
+        for artifact in made:
+            if artifact is not None:
+                artifact.cell = cell
+                artifact.metadata = {"output_index": index, "output_type": output["output_type"]}
+                found.append(artifact)
     return found
 
 

@@ -22,6 +22,7 @@ from e2b_code_interpreter import Result
 
 from dsagent.errors import DsagentError, SandboxServiceError
 from dsagent.kernel_gateway.hidden_cell import HIDE_THIS_CELL
+from dsagent.kernel_gateway.models import CHART_MIME
 
 __all__ = [
     "API_KEY_VAR", "E2B_MIME", "REPR_MIME", "STARTUP_CODE", "STARTUP_FILE", "STARTUP_USER", "result_output", "setup_code", "translate_error",
@@ -73,7 +74,7 @@ E2B_MIME = {
     "latex": "text/latex",
     "json": "application/json",
     "javascript": "application/javascript",
-    "chart": "application/vnd.e2b.chart+json",
+    "chart": CHART_MIME,
 }
 
 
