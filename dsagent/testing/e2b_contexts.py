@@ -37,8 +37,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -53,7 +55,7 @@ from dsagent.kernel_gateway.local_sockets import ipc_sockets, shared_zmq_context
 from dsagent.settings import Settings
 from dsagent.testing.e2b_view import KERNEL_HOME, SANDBOX_HOME, SandboxView, ViewKernelManager
 
-__all__ = ["KernelContext", "LanguageRefused", "normalize_language", "start_context"]
+__all__ = ["Kernel", "KernelContext", "Kernels", "normalize_language", "start_context"]
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +76,6 @@ RESULT_FIELDS = {
     "e2b/chart": "chart",
 }
 KERNEL_START_SECONDS = 120.0
-
-
-class LanguageRefused(Exception):
-    """A context for a language the loopback server has no kernel for."""
 
 
 def normalize_language(language: str | None) -> str:
@@ -128,21 +126,19 @@ class _Execution:
 class KernelContext:
     """One context: a kernel in the sandbox view, the cells in flight on it, and its per-context state."""
 
-    def __init__(
-        self, km: ViewKernelManager, kc: AsyncKernelClient, cwd: str, sandbox_envs: Mapping[str, str], restarter_seconds: float, log_file: Any
-    ) -> None:
+    def __init__(self, kernel: Kernel, cwd: str, sandbox_envs: Mapping[str, str], restarter_seconds: float) -> None:
         self.id = str(uuid.uuid4())
         self.language = "python"
         self.cwd = cwd
-        self.km = km
-        self.kc = kc
+        self.km = km = kernel.km
+        self.kc = kc = kernel.kc
         self.lock = asyncio.Lock()  # one cell at a time, held while its stream is open
         self.cleanup: asyncio.Task[None] | None = None  # the silent cell that removes a cell's env vars
         self._sandbox_envs = sandbox_envs  # envd's /envs: read at the first cell
         self._global_envs: dict[str, str] | None = None
         self._executions: dict[str, _Execution] = {}
         self._replies: dict[str, asyncio.Future[None]] = {}  # kernel_info requests waiting for their reply
-        self._log_file = log_file
+        self._log_file = kernel.log_file
         self._restarter_seconds = restarter_seconds
         self._restart_lock = asyncio.Lock()  # one (re)start of the kernel at a time: the restarter's or a client's
         self._tasks = [asyncio.create_task(self._read(kc.get_iopub_msg)), asyncio.create_task(self._read(kc.get_shell_msg))]
@@ -350,23 +346,96 @@ def kernel_env(settings: Settings, mpl_cache: Path) -> dict[str, str]:
     return {**env, "HOME": KERNEL_HOME, "USER": "root", "MPLCONFIGDIR": str(mpl_cache)}
 
 
-async def start_context(view: SandboxView, settings: Settings, cwd: str, sandbox_envs: Mapping[str, str], *, restarter_seconds: float, log_dir: Path) -> KernelContext:
-    """A new Python context: a kernel started in /home/user inside the view (then ``change_dir`` moves it to ``cwd``)."""
-    km = ViewKernelManager(view, kernel_name="python3", **ipc_sockets())
-    km.shutdown_wait_time = 2.0
-    km.context = shared_zmq_context()
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_file = open(log_dir / f"kernel-{uuid.uuid4().hex[:8]}.log", "ab")
-    mpl_cache = Path(os.environ.get("TMPDIR", "/tmp")) / f"dsagent-e2b-loopback-mpl-{os.getuid()}"
-    mpl_cache.mkdir(parents=True, exist_ok=True)
-    try:
-        await km.start_kernel(cwd=str(view.host_path(SANDBOX_HOME)), env=kernel_env(settings, mpl_cache), stdout=log_file, stderr=log_file)
-        kc = km.client(context=km.context)
-        kc.start_channels(hb=False)
-        await kc.wait_for_ready(timeout=KERNEL_START_SECONDS)
-    except BaseException:
-        log_file.close()
+@dataclass
+class Kernel:
+    """A started kernel in the sandbox view, and the state of root's IPython profile when it started."""
+
+    km: ViewKernelManager
+    kc: AsyncKernelClient
+    log_file: Any
+    profile: str
+
+    async def stop(self) -> None:
+        self.kc.stop_channels()
         with contextlib.suppress(Exception):
-            await km.shutdown_kernel(now=True)
-        raise
-    return KernelContext(km, kc, cwd, sandbox_envs, restarter_seconds, log_file)
+            await self.km.shutdown_kernel(now=True)
+        self.log_file.close()
+
+
+class Kernels:
+    """Where contexts get their kernels: each started inside the view in /home/user, as Jupyter starts a context's kernel.
+
+    ``spare`` kernels are kept started ahead, so a new context does not wait
+    for one (E2B's Jupyter starts a kernel per context; a spare only saves the
+    wait). A spare is handed out only if root's IPython profile (config and
+    startup files, which a kernel reads when it starts) is what it was when the
+    spare started; otherwise a fresh kernel starts.
+    """
+
+    def __init__(self, view: SandboxView, settings: Settings, log_dir: Path, *, spare: int = 1) -> None:
+        self.view = view
+        self.settings = settings
+        self.log_dir = log_dir
+        self.spare = spare
+        self._ready: list[asyncio.Task[Kernel]] = []
+
+    def _profile(self) -> str:
+        folder = self.view.host_path(f"{KERNEL_HOME}/.ipython/profile_default")
+        digest = hashlib.sha256()
+        read_at_start = [*folder.glob("ipython_*config.py"), *(folder / "startup").glob("*.py")]  # not the history file
+        for path in sorted(p for p in read_at_start if p.is_file()):
+            digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes() + b"\0")
+        return digest.hexdigest()
+
+    async def take(self) -> Kernel:
+        profile = self._profile()
+        while self._ready:
+            task = self._ready.pop(0)
+            try:
+                kernel = await task
+            except Exception:
+                continue
+            if kernel.profile == profile and await kernel.km.is_alive():
+                self._refill()
+                return kernel
+            await kernel.stop()
+        kernel = await self._start(profile)
+        self._refill()
+        return kernel
+
+    def _refill(self) -> None:
+        while len(self._ready) < self.spare:
+            self._ready.append(asyncio.create_task(self._start(self._profile())))
+
+    async def _start(self, profile: str) -> Kernel:
+        km = ViewKernelManager(self.view, kernel_name="python3", **ipc_sockets())
+        km.shutdown_wait_time = 2.0
+        km.context = shared_zmq_context()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_file = open(self.log_dir / f"kernel-{uuid.uuid4().hex[:8]}.log", "ab")
+        mpl_cache = Path(tempfile.gettempdir()) / f"dsagent-e2b-loopback-mpl-{os.getuid()}"
+        mpl_cache.mkdir(parents=True, exist_ok=True)
+        try:
+            await km.start_kernel(cwd=str(self.view.host_path(SANDBOX_HOME)), env=kernel_env(self.settings, mpl_cache), stdout=log_file, stderr=log_file)
+            kc = km.client(context=km.context)
+            kc.start_channels(hb=False)
+            await kc.wait_for_ready(timeout=KERNEL_START_SECONDS)
+        except BaseException:
+            log_file.close()
+            with contextlib.suppress(Exception):
+                await km.shutdown_kernel(now=True)
+            raise
+        return Kernel(km, kc, log_file, profile)
+
+    async def close(self) -> None:
+        tasks, self._ready = self._ready, []
+        for task in tasks:
+            task.cancel()
+        for result in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(result, Kernel):
+                await result.stop()
+
+
+async def start_context(kernels: Kernels, cwd: str, sandbox_envs: Mapping[str, str], *, restarter_seconds: float) -> KernelContext:
+    """A new Python context: a kernel started in /home/user inside the view (then ``change_dir`` moves it to ``cwd``)."""
+    return KernelContext(await kernels.take(), cwd, sandbox_envs, restarter_seconds)

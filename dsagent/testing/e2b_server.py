@@ -51,7 +51,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from dsagent.settings import Settings
-from dsagent.testing.e2b_contexts import END, KernelContext, normalize_language, start_context
+from dsagent.testing.e2b_contexts import END, KernelContext, Kernels, normalize_language, start_context
 from dsagent.testing.e2b_envd import FilesystemService, download, upload
 from dsagent.testing.e2b_processes import ProcessService
 from dsagent.testing.e2b_view import KERNEL_HOME, SANDBOX_HOME, SandboxView
@@ -93,6 +93,7 @@ class E2BLoopbackServer:
         keepalive_seconds: float = KEEPALIVE_SECONDS,
         restarter_seconds: float = RESTARTER_SECONDS,
         envs: Mapping[str, str] | None = None,
+        spare_kernels: int = 1,
     ) -> None:
         self.view = SandboxView(Path(root))
         self.root = self.view.root
@@ -101,10 +102,13 @@ class E2BLoopbackServer:
         self.keepalive_seconds = keepalive_seconds
         self.restarter_seconds = restarter_seconds
         self.envs: dict[str, str] = dict(envs or {})
+        self.spare_kernels = spare_kernels
         self.expired = False
         self.contexts: dict[str, KernelContext] = {}
         self._defaults: dict[str, str] = {}  # language -> id of its default context (made on first use)
         self._default_lock: asyncio.Lock | None = None
+        self._kernels: Kernels | None = None
+        self._closing: set[asyncio.Task[None]] = set()  # kernels of removed contexts, exiting
         self._files: FilesystemService | None = None
         self._processes: ProcessService | None = None
         self._servers: list[uvicorn.Server] = []
@@ -180,6 +184,7 @@ class E2BLoopbackServer:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._default_lock = asyncio.Lock()
+        self._kernels = Kernels(self.view, self.settings, self.root.parent / f"{self.root.name}-logs", spare=self.spare_kernels)
         apps = ((self._code_app(), CODE_PORT), (self._envd_app(), ENVD_PORT))
         self._servers = [
             uvicorn.Server(uvicorn.Config(app, host=self.host, port=port, log_level="warning", lifespan="off"))
@@ -195,6 +200,8 @@ class E2BLoopbackServer:
             await asyncio.gather(*tasks)
         finally:
             await self._drop_contexts()
+            await asyncio.gather(*self._closing, return_exceptions=True)
+            await self._kernels.close()
             if self._processes is not None:
                 await self._processes.close()
             if self._files is not None:
@@ -235,10 +242,8 @@ class E2BLoopbackServer:
                 "(E2B's code-interpreter template also has javascript, typescript, r, bash and java)",
                 status_code=500,
             )
-        context = await start_context(
-            self.view, self.settings, cwd or SANDBOX_HOME, self.envs,
-            restarter_seconds=self.restarter_seconds, log_dir=self.root.parent / f"{self.root.name}-logs",
-        )
+        assert self._kernels is not None
+        context = await start_context(self._kernels, cwd or SANDBOX_HOME, self.envs, restarter_seconds=self.restarter_seconds)
         self.contexts[context.id] = context
         if not await context.change_dir(self.keepalive_seconds):
             return PlainTextResponse("Failed to set working directory", status_code=500)
@@ -272,7 +277,10 @@ class E2BLoopbackServer:
         context = self.contexts.pop(request.path_params["context_id"], None)
         if context is None:
             return PlainTextResponse(f"Context {request.path_params['context_id']} not found", status_code=404)
-        await context.close()
+        # the context is gone at once; its kernel's graceful exit (~0.3 s) goes on after the answer
+        closing = asyncio.create_task(context.close())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
         return JSONResponse(None)
 
     async def _default_context(self, language: str | None) -> KernelContext | Response:
