@@ -90,7 +90,7 @@ from dsagent.kernel_gateway.e2b_translate import (
 )
 from dsagent.kernel_gateway.e2b_link import E2BLink
 from dsagent.kernel_gateway.execute_loop import restarting, run_cell
-from dsagent.kernel_gateway.models import Execution, FileInfo
+from dsagent.kernel_gateway.models import Execution, ExecutionError, FileInfo
 from dsagent.settings import Settings
 
 __all__ = ["E2B_MIME", "CommandResult", "E2BBackend", "E2BSession", "SandboxServiceError"]
@@ -405,19 +405,39 @@ class E2BSession(KernelSession):
                 await link.stop_waiting()  # no probe of an earlier cell is left to wait behind
                 if link.unsettled:
                     await link.settle(self.settings.interrupt_grace)
+                previous = link.last_count
                 result = await run_cell(
                     link, code, timeout=timeout, grace=self.settings.interrupt_grace, max_output_bytes=self.settings.max_output_bytes, on_output=on_output
                 )
                 await link.stop_waiting()
-            if result.status == "died":
-                self._dead = True
             count = link.count
             if count is not None:  # the code interpreter tells the count at the end of the stream
                 link.last_count = result.execution_count = count
                 for output in result.outputs:
                     if output["output_type"] == "execute_result":
                         output["execution_count"] = count
+                if previous is not None and count < previous and result.status in ("ok", "error"):
+                    self._restarted_before(result, previous)
+            if result.status == "died":
+                self._dead = True
             return result
+
+    def _restarted_before(self, result: Execution, previous: int) -> None:
+        """The kernel's count went back: E2B's Jupyter restarted it (it had died) between our cells.
+
+        The cell ran, but in a fresh kernel in ``/home/user`` without the session's
+        env. Reported as ``died``, as ``local`` reports a kernel that died between
+        cells, so the caller restarts and re-runs what it needs. (A blank cell or
+        a hidden set-up cell repeats a count; only a count below the previous
+        one is a restart, so one right after a session's first cell goes unseen.)
+        """
+        result.status = "died"
+        result.error = ExecutionError(
+            "KernelDied",
+            f"E2B restarted the kernel in sandbox {self.sandbox_id} before this cell (its execution count went back from "
+            f"{previous} to {result.execution_count}): its variables are gone and the cell ran in /home/user, not in the work dir; "
+            "call restart() to continue",
+        )
 
     async def gone_why(self, exc: Exception) -> str:
         """Why a cell's request failed, when the sandbox or kernel is gone; anything else raises."""

@@ -178,7 +178,9 @@ class E2BLink(KernelLink):
             probe = asyncio.ensure_future(self._host.sandbox.run_code("", context=self._host.context, timeout=0))
             done, _ = await asyncio.wait({probe}, timeout=max(wait, 0.0))
             if done:
-                probe.result()  # a failed request (sandbox gone) raises
+                count = probe.result().execution_count  # a failed request (sandbox gone) raises
+                if count is not None:  # an empty cell shows the number the next cell gets
+                    self.last_count = count - 1
                 self.unsettled = False
                 return True
             probe.cancel()  # aborted behind the interrupted cell, or still queued: ask again

@@ -137,7 +137,7 @@ class KernelContext:
         self._sandbox_envs = sandbox_envs  # envd's /envs: read at the first cell
         self._global_envs: dict[str, str] | None = None
         self._executions: dict[str, _Execution] = {}
-        self._replies: dict[str, asyncio.Future[None]] = {}  # kernel_info requests waiting for their reply
+        self._nudges: dict[str, asyncio.Future[None]] = {}  # kernel_info requests waiting for their idle status on iopub
         self._log_file = kernel.log_file
         self._restarter_seconds = restarter_seconds
         self._restart_lock = asyncio.Lock()  # one (re)start of the kernel at a time: the restarter's or a client's
@@ -162,9 +162,10 @@ class KernelContext:
 
     def _route(self, msg: dict[str, Any]) -> None:
         parent = msg["parent_header"].get("msg_id", "")
-        waiter = self._replies.pop(parent, None) if msg["msg_type"] == "kernel_info_reply" else None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle":
+            waiter = self._nudges.pop(parent, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
         execution = self._executions.get(parent)
         if execution is None:
             return
@@ -226,6 +227,8 @@ class KernelContext:
     async def execute(self, code: str, env_vars: Mapping[str, str] | None, keepalive: float) -> AsyncIterator[dict[str, Any]]:
         """The lines of one cell; closing this generator early (the client left) interrupts the kernel."""
         async with self.lock:
+            async with self._restart_lock:  # a kernel being restarted gets the cell once it is up
+                pass
             if self.cleanup is not None and not self.cleanup.done():
                 with contextlib.suppress(Exception):
                     await self.cleanup
@@ -271,16 +274,23 @@ class KernelContext:
                 execution.queue.put_nowait(error)
                 execution.queue.put_nowait(END)
 
-    async def _wait_ready(self) -> None:
-        """Until the (re)started kernel answers ``kernel_info``; asked again every second, as jupyter_client does."""
+    async def ready(self) -> None:
+        """Until the (re)started kernel's iopub reaches us: ``kernel_info`` until its idle status arrives.
+
+        A subscription connects a moment after the kernel binds; what the kernel
+        publishes before that is lost, a cell's end included. Jupyter Server
+        "nudges" a kernel the same way before it passes messages on.
+        """
         loop = asyncio.get_running_loop()
         end = loop.time() + KERNEL_START_SECONDS
+        wait = 0.05
         while loop.time() < end:
-            waiter = self._replies[self.kc.kernel_info()] = loop.create_future()
+            waiter = self._nudges[self.kc.kernel_info()] = loop.create_future()
             try:
-                await asyncio.wait_for(waiter, 1.0)
+                await asyncio.wait_for(waiter, wait)
                 return
             except TimeoutError:
+                wait = min(2 * wait, 1.0)
                 if not await self.km.is_alive():
                     raise RuntimeError("the kernel died while starting") from None
         raise RuntimeError(f"the kernel did not answer within {KERNEL_START_SECONDS:g}s")
@@ -300,7 +310,7 @@ class KernelContext:
 
     async def _start_again(self, *, now: bool) -> None:
         await self.km.restart_kernel(now=now)
-        await self._wait_ready()
+        await self.ready()
 
     async def restart(self) -> None:
         """``POST /contexts/{id}/restart``: cells in flight end unexpectedly, the kernel starts again in /home/user."""
@@ -438,4 +448,10 @@ class Kernels:
 
 async def start_context(kernels: Kernels, cwd: str, sandbox_envs: Mapping[str, str], *, restarter_seconds: float) -> KernelContext:
     """A new Python context: a kernel started in /home/user inside the view (then ``change_dir`` moves it to ``cwd``)."""
-    return KernelContext(await kernels.take(), cwd, sandbox_envs, restarter_seconds)
+    context = KernelContext(await kernels.take(), cwd, sandbox_envs, restarter_seconds)
+    try:
+        await context.ready()
+    except BaseException:
+        await context.close()
+        raise
+    return context

@@ -96,6 +96,26 @@ async def test_a_kernel_e2b_restarted_is_reported_with_its_variables_gone(backen
         assert after.result == f"(False, '{session.work_dir}', 'yes')"
 
 
+async def test_a_restart_e2b_made_between_cells_is_reported(backend, e2b_debug):
+    async with await backend.start_session() as session:
+        for code in ("lost = 1", "2", "import os, threading\nthreading.Timer(0.3, os._exit, (1,)).start()"):
+            assert (await session.execute(code)).status == "ok"
+        # the kernel dies after its cell; E2B's Jupyter (its restarter) starts a fresh one in /home/user
+        kernel = e2b_debug.contexts[session.context_id].km
+        first = kernel.provisioner.pid
+        end = time.monotonic() + 30
+        while kernel.provisioner is None or kernel.provisioner.pid == first:
+            assert time.monotonic() < end, "the loopback server's restarter did not restart the kernel"
+            await asyncio.sleep(0.2)
+        result = await session.execute("'lost' in globals()")
+        assert result.status == "died" and result.error.ename == "KernelDied"
+        assert "E2B restarted the kernel" in result.error.evalue and "variables are gone" in result.error.evalue
+        assert result.result == "False"  # the cell ran, in the fresh kernel
+        await session.restart()
+        after = await session.execute("import os\nos.getcwd()")
+        assert after.result == repr(session.work_dir) and after.execution_count == 1
+
+
 # -- 2. the work dir after any restart ---------------------------------------------------------
 
 
