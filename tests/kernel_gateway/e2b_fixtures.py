@@ -20,7 +20,8 @@ def e2b_server(tmp_path_factory):
     """E2B's code interpreter and envd on 127.0.0.1:49999/49983, with real ipykernels and commands behind them."""
     root = tmp_path_factory.mktemp("e2b-sandbox")
     settings = Settings(kernel_pool_size=0, home=str(tmp_path_factory.mktemp("e2b-server-home")))
-    with E2BLoopbackServer(root, settings=settings) as server:  # fails clearly if the ports are taken
+    # Jupyter's restarter looks for a dead kernel every 3 s; every 1 s here only makes the death tests quicker
+    with E2BLoopbackServer(root, settings=settings, restarter_seconds=1.0) as server:  # fails clearly if the ports are taken
         yield server
 
 
