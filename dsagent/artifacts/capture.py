@@ -40,7 +40,8 @@ from dsagent.artifacts.blobfiles import sha256_hex
 from dsagent.artifacts.models import NewArtifact
 from dsagent.errors import DsagentError
 from dsagent.kernel_gateway.base import KernelSession
-from dsagent.kernel_gateway.models import Execution, Output
+from dsagent.kernel_gateway.hidden_cell import HIDE_THIS_CELL
+from dsagent.kernel_gateway.models import CHART_MIME, Execution, Output
 from dsagent.runs.record import recorded_value
 from dsagent.settings import Settings
 
@@ -51,28 +52,6 @@ PARQUET_MIME = "application/vnd.apache.parquet"
 _OBJECT_REPR = re.compile(r"^<.* at 0x[0-9a-fA-F]+>$|^<Figure size .*>$", re.S)
 _EVENT_TEXT_LIMIT = 2000
 _IMAGE_MIMES = (("image/png", "png"), ("image/jpeg", "jpg"), ("image/svg+xml", "svg"))
-
-# Runs once in the kernel (one ordinary execute: KernelSession has no silent mode): capture_kernel.py,
-# then this, which hides the cell so the user's cells keep their numbers.
-_HIDE_THIS_CELL = """
-def _dsagent_hide_this_cell():
-    # give the user's cells back their numbers: this cell's history entry goes
-    # to a closed history session, so the next cell can reuse its line number
-    ip = get_ipython()
-    history = ip.history_manager
-    history.writeout_cache()
-    history.new_session()
-    for hist in (history.input_hist_parsed, history.input_hist_raw):
-        if len(hist) > 1:
-            hist.pop()
-    ip.execution_count -= 1
-
-try:
-    _dsagent_hide_this_cell()
-except Exception:
-    pass
-del _dsagent_hide_this_cell
-"""
 
 
 @dataclass
@@ -106,7 +85,8 @@ class Capture:
             return []
         code = (_kernel_code().replace("__FOLDER__", repr(self.folder)).replace("__MAX_BYTES__", str(self.settings.capture_max_file_bytes))
                 .replace("__MAX_FILES__", str(self.settings.capture_max_files + 1)))
-        result = await self.session.execute(code + _HIDE_THIS_CELL, timeout=30)
+        # one ordinary execute (KernelSession has no silent mode), hidden from the user's numbering
+        result = await self.session.execute(code + HIDE_THIS_CELL, timeout=30)
         self.frames_enabled = result.ok
         if result.ok:
             return []
@@ -252,16 +232,25 @@ def _parquet_shape(data: bytes) -> dict[str, Any]:
 
 
 def artifacts_from_outputs(outputs: list[Output], cell: int | None, *, skip_frame_html: bool = False) -> list[NewArtifact]:
-    """One artifact per rich output (image > HTML > JSON > a text repr worth keeping); streams are not artifacts."""
+    """One artifact per rich output (image > HTML > JSON > a text repr worth keeping); streams are not artifacts.
+
+    A figure's chart data (E2B's ``e2b/chart``, ``CHART_MIME``: the plotted
+    points, a small table) is kept as a JSON artifact of its own beside the image.
+    """
     found: list[NewArtifact] = []
     for index, output in enumerate(outputs):
         if output.get("output_type") not in ("display_data", "execute_result"):
             continue
-        made = _artifact_for(output, f"cell-{cell}-output-{index + 1}", skip_frame_html)
-        if made is not None:
-            made.cell = cell
-            made.metadata = {"output_index": index, "output_type": output["output_type"]}
-            found.append(made)
+        stem = f"cell-{cell}-output-{index + 1}"
+        made = [_artifact_for(output, stem, skip_frame_html)]
+        chart = (output.get("data") or {}).get(CHART_MIME)
+        if chart and (made[0] is None or made[0].mime != CHART_MIME):
+            made.append(NewArtifact(f"{stem}.chart.json", "json", CHART_MIME, json.dumps(chart, indent=1).encode()))
+        for artifact in made:
+            if artifact is not None:
+                artifact.cell = cell
+                artifact.metadata = {"output_index": index, "output_type": output["output_type"]}
+                found.append(artifact)
     return found
 
 

@@ -5,22 +5,33 @@ cwd is the session's work dir in the sandbox. The code interpreter's streamed
 results are translated into nbformat outputs by feeding them, shaped as iopub
 messages, through the same ``OutputCollector`` every other backend uses.
 
-Mapping of ``KernelSession`` semantics onto what the SDK and sandbox offer:
+Mapping of ``KernelSession`` semantics onto what E2B's code interpreter does
+(e2b-dev/code-interpreter ``template/server``; docs/architecture.md has the
+table):
 
+- set-up: E2B's server starts a context's kernel in ``/home/user`` and moves
+  it to the context's cwd only when the context is created; a restart (ours,
+  or Jupyter's after the kernel died) leaves it in ``/home/user``. Its per-cell
+  ``envs`` are pasted into the cell between single quotes. So after creating
+  the context and after every restart, a hidden set-up cell (``setup_code``)
+  moves the kernel into the work dir and sets ``env`` from a Python literal;
+  ``env`` is never handed to E2B's own env mechanisms.
 - timeout: the shared execute loop (``execute_loop.py``) owns the deadline; at
   it the ``/execute`` stream is closed, which makes the code interpreter
-  interrupt the kernel, and an empty probe cell runs once the kernel is free;
-  if it is still busy after ``interrupt_grace`` (+5 s, the server's keepalive
-  period) the context is restarted, as on every backend.
+  interrupt the kernel; empty probe cells, each cut off after a second (a
+  request sent while the interrupted cell is ending is aborted by ipykernel,
+  and the server never ends that stream), find out when the kernel is free.
+  If it is still busy after ``interrupt_grace`` the context is restarted and
+  the result says the state is lost, as on every backend.
 - interrupt: the same: cancel the running ``/execute`` stream (the SDK has no
-  interrupt call; the server interrupts the kernel when its client leaves).
-  A cell whose caller was cancelled is settled the same way before the next
-  cell, which says so if the kernel had to be restarted.
+  interrupt call). A cell whose caller was cancelled is settled the same way
+  before the next cell, which says so if the kernel had to be restarted.
 - kernel death: the sandbox's Jupyter restarts a dead kernel and the server
-  reports ``ContextRestarting``: that is status ``died``, and as on ``local``
-  the session then wants ``restart()``.
-- restart: ``restart_code_context`` (a fresh kernel, same cwd); if the sandbox
-  itself is gone, a new sandbox is created.
+  reports ``ContextRestarting``: that is status ``died`` ("... E2B restarted
+  it, so its variables are gone"), and as on ``local`` the session then wants
+  ``restart()``.
+- restart: ``restart_code_context`` (a fresh kernel) + the set-up cell; if the
+  sandbox itself is gone, a new sandbox is created.
 - sandbox gone (timed out, killed): status ``died`` mid-cell, naming the sandbox.
 - keep-alive: while a session is in use, the sandbox timeout is pushed forward
   (``set_timeout``) every third of ``e2b_timeout``.
@@ -59,6 +70,7 @@ from dsagent.errors import (
     DsagentError,
     FileAccessError,
     KernelDied,
+    KernelStartFailed,
     SandboxServiceError,
     SessionClosed,
 )
@@ -73,16 +85,20 @@ from dsagent.kernel_gateway.e2b_translate import (
     STARTUP_CODE,
     STARTUP_FILE,
     STARTUP_USER,
+    setup_code,
     translate_error,
 )
-from dsagent.kernel_gateway.e2b_link import SERVER_NOTICE_SECONDS, E2BLink
+from dsagent.kernel_gateway.e2b_link import E2BLink
 from dsagent.kernel_gateway.execute_loop import restarting, run_cell
-from dsagent.kernel_gateway.models import Execution, FileInfo
+from dsagent.kernel_gateway.models import Execution, ExecutionError, FileInfo
 from dsagent.settings import Settings
 
 __all__ = ["E2B_MIME", "CommandResult", "E2BBackend", "E2BSession", "SandboxServiceError"]
 
 log = logging.getLogger(__name__)
+
+#: seconds the set-up cell of a new or restarted kernel may take
+SETUP_SECONDS = 60.0
 
 NO_KEY = (
     f"{API_KEY_VAR} is not set: the e2b backend needs an E2B API key "
@@ -141,12 +157,9 @@ class E2BBackend(KernelBackend):
         timeout: int | None = None,
         metadata: Mapping[str, str] | None = None,
         api_params: Mapping[str, Any] | None = None,
-        server_notice_seconds: float = SERVER_NOTICE_SECONDS,
         **options: Any,
     ) -> None:
         super().__init__(settings, **options)
-        #: how long the code interpreter takes to notice a client that left (and interrupt the kernel)
-        self.server_notice_seconds = server_notice_seconds
         self.template = template if template is not None else self.settings.e2b_template
         self.timeout = int(timeout if timeout is not None else self.settings.e2b_timeout)
         self.sessions_dir = self.settings.e2b_sessions_dir
@@ -190,12 +203,13 @@ class E2BBackend(KernelBackend):
         """
         if not (_debug() or os.environ.get(API_KEY_VAR) or self.api_params.get("api_key")):
             raise SandboxServiceError(NO_KEY, hint=f"export {API_KEY_VAR}=... or pick another backend", name="e2b", reason="no_api_key", sandbox_id=None)
+        env = _checked_env(env)
         if sandbox_id:
             return await self._reconnect(sandbox_id, context_id, work_dir, env)
         folder = self._sandbox_dir(work_dir)
-        sandbox = await self._create_sandbox(env, folder)
+        sandbox = await self._create_sandbox(folder)
         try:
-            context = await _new_context(sandbox, folder)
+            context = await _new_context(sandbox, folder, env)
         except BaseException:
             await _kill_quietly(sandbox)
             raise
@@ -206,21 +220,19 @@ class E2BBackend(KernelBackend):
             return posixpath.join(self.sessions_dir, uuid.uuid4().hex[:12])
         return posixpath.normpath(posixpath.join("/home/user", str(work_dir)))
 
-    async def _create_sandbox(self, env: Mapping[str, str] | None, folder: str) -> AsyncSandbox:
+    async def _create_sandbox(self, folder: str) -> AsyncSandbox:
+        # no envs here: E2B's server would paste them into every context's first cell between single quotes
         try:
             return await AsyncSandbox.create(
                 template=self.template or None,
                 timeout=self.timeout,
                 metadata={**self.metadata, "dsagent_work_dir": folder},
-                envs=dict(env or {}) or None,
                 **self.api_params,
             )
         except Exception as exc:
             raise translate_error(exc, "creating an E2B sandbox") from exc
 
-    async def _reconnect(
-        self, sandbox_id: str, context_id: str | None, work_dir: str | Path | None, env: Mapping[str, str] | None
-    ) -> E2BSession:
+    async def _reconnect(self, sandbox_id: str, context_id: str | None, work_dir: str | Path | None, env: dict[str, str]) -> E2BSession:
         action = "reconnecting to the E2B sandbox"
         try:
             sandbox = await AsyncSandbox.connect(sandbox_id, timeout=self.timeout, **self.api_params)
@@ -234,21 +246,59 @@ class E2BBackend(KernelBackend):
         if found is not None:
             return E2BSession(self, sandbox, found, env, state_restored=True)
         log.warning("sandbox %s has no kernel %s any more; starting a new one (variables are lost, files are kept)", sandbox_id, context_id)
-        context = await _new_context(sandbox, folder or self._sandbox_dir(None))
+        context = await _new_context(sandbox, folder or self._sandbox_dir(None), env)
         return E2BSession(self, sandbox, context, env, state_restored=False)
 
 
-async def _new_context(sandbox: AsyncSandbox, folder: str) -> Context:
-    """A fresh Python kernel in ``sandbox`` with cwd ``folder`` (created if missing)."""
+def _checked_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    """``env`` as a dict, or a clear error for a name or value no process environment can hold."""
+    checked = dict(env or {})
+    for name, value in checked.items():
+        problem = (
+            "its name is empty or not text" if not isinstance(name, str) or not name
+            else "its name holds '=' or a NUL character" if "=" in name or "\0" in name
+            else "its value is not text" if not isinstance(value, str)
+            else "its value holds a NUL character" if "\0" in value
+            else ""
+        )
+        if problem:
+            raise KernelStartFailed(
+                f"cannot set the env var {name!r} in an E2B kernel: {problem}",
+                hint="process environments hold text without NUL characters, and names without '='; fix the env mapping",
+                kernel_name="e2b",
+                reason="bad_env",
+            )
+    return checked
+
+
+async def _new_context(sandbox: AsyncSandbox, folder: str, env: Mapping[str, str]) -> Context:
+    """A fresh Python kernel in ``sandbox`` in the work dir ``folder`` (created if missing), with ``env``."""
     try:
         await sandbox.files.write(STARTUP_FILE, STARTUP_CODE.encode(), user=STARTUP_USER, use_octet_stream=True)
     except SandboxException as exc:  # a template without root's profile: str results lose their quotes
         log.warning("could not install the IPython startup file in sandbox %s: %s", sandbox.sandbox_id, exc)
     try:
         await sandbox.files.make_dir(folder)
-        return await sandbox.create_code_context(cwd=folder, language="python")
+        context = await sandbox.create_code_context(cwd=folder, language="python")
     except Exception as exc:
         raise translate_error(exc, "starting a kernel in the E2B sandbox", sandbox.sandbox_id) from exc
+    await _set_up(sandbox, context, folder, env)
+    return context
+
+
+async def _set_up(sandbox: AsyncSandbox, context: Context, folder: str, env: Mapping[str, str]) -> None:
+    """Move a new or restarted kernel into ``folder`` and set ``env`` (E2B's server does neither after a restart)."""
+    try:
+        done = await sandbox.run_code(setup_code(folder, env), context=context, timeout=SETUP_SECONDS)
+    except Exception as exc:
+        raise translate_error(exc, "preparing the kernel in the E2B sandbox", sandbox.sandbox_id) from exc
+    if done.error is not None:
+        raise KernelStartFailed(
+            f"could not move the E2B kernel into its work dir {folder} and set its env: {done.error.name}: {done.error.value}",
+            hint="check that the work dir exists in the sandbox; restart() tries again",
+            kernel_name="e2b",
+            reason=done.error.name,
+        )
 
 
 async def _kill_quietly(sandbox: AsyncSandbox) -> None:
@@ -276,11 +326,9 @@ class E2BSession(KernelSession):
         self._closed = False
         self._dead = False
         self._gone = False  # the sandbox itself no longer exists
-        self._unsettled = False  # a cell was cut off; the kernel may still be busy
-        self._note = ""  # said on the next cell's stderr
-        self._last_count: int | None = 0 if not state_restored else None
-        self._running: asyncio.Task[Any] | None = None  # the SDK's /execute stream of the cell running now
         self._link = E2BLink(self)
+        if state_restored:
+            self._link.last_count = None  # a reconnected kernel's count is told by its next cell
         self._extended_at = asyncio.get_running_loop().time()
 
     @property
@@ -290,6 +338,14 @@ class E2BSession(KernelSession):
     @property
     def sandbox_id(self) -> str:
         return self._sandbox.sandbox_id
+
+    @property
+    def sandbox(self) -> AsyncSandbox:
+        return self._sandbox
+
+    @property
+    def context(self) -> Context:
+        return self._context
 
     @property
     def context_id(self) -> str:
@@ -344,32 +400,46 @@ class E2BSession(KernelSession):
         async with self._lock:
             self._check_usable()
             timeout = self.settings.execution_timeout if timeout is None else timeout
+            link = self._link
             async with self._in_use():
-                if self._unsettled:
-                    await self._settle()
+                await link.stop_waiting()  # no probe of an earlier cell is left to wait behind
+                if link.unsettled:
+                    await link.settle(self.settings.interrupt_grace)
+                previous = link.last_count
                 result = await run_cell(
-                    self._link, code, timeout=timeout, grace=self.settings.interrupt_grace, max_output_bytes=self.settings.max_output_bytes, on_output=on_output
+                    link, code, timeout=timeout, grace=self.settings.interrupt_grace, max_output_bytes=self.settings.max_output_bytes, on_output=on_output
                 )
-            if result.status == "died":
-                self._dead = True
-            count = self._link.count
+                await link.stop_waiting()
+            count = link.count
             if count is not None:  # the code interpreter tells the count at the end of the stream
-                self._last_count = result.execution_count = count
+                link.last_count = result.execution_count = count
                 for output in result.outputs:
                     if output["output_type"] == "execute_result":
                         output["execution_count"] = count
+                if previous is not None and count < previous and result.status in ("ok", "error"):
+                    self._restarted_before(result, previous)
+            if result.status == "died":
+                self._dead = True
             return result
 
-    async def _cut_off(self) -> None:
-        """Close the running ``/execute`` stream; the server then interrupts the kernel."""
-        running = self._running
-        if running is not None and not running.done():
-            running.cancel()
-            await asyncio.gather(running, return_exceptions=True)
-        self._unsettled = True
-        self._last_count = None
+    def _restarted_before(self, result: Execution, previous: int) -> None:
+        """The kernel's count went back: E2B's Jupyter restarted it (it had died) between our cells.
 
-    async def _gone_why(self, exc: Exception) -> str:
+        The cell ran, but in a fresh kernel in ``/home/user`` without the session's
+        env. Reported as ``died``, as ``local`` reports a kernel that died between
+        cells, so the caller restarts and re-runs what it needs. (A blank cell or
+        a hidden set-up cell repeats a count; only a count below the previous
+        one is a restart, so one right after a session's first cell goes unseen.)
+        """
+        result.status = "died"
+        result.error = ExecutionError(
+            "KernelDied",
+            f"E2B restarted the kernel in sandbox {self.sandbox_id} before this cell (its execution count went back from "
+            f"{previous} to {result.execution_count}): its variables are gone and the cell ran in /home/user, not in the work dir; "
+            "call restart() to continue",
+        )
+
+    async def gone_why(self, exc: Exception) -> str:
         """Why a cell's request failed, when the sandbox or kernel is gone; anything else raises."""
         error = translate_error(exc, "running a cell", self.sandbox_id)
         running = await self._sandbox_state()
@@ -388,19 +458,6 @@ class E2BSession(KernelSession):
         except Exception:
             return None
 
-    async def _settle(self) -> None:
-        """After a cut-off cell: wait until the kernel is free, else restart it (and say so)."""
-        grace = self.settings.interrupt_grace + self._backend.server_notice_seconds
-        try:
-            async with asyncio.timeout(grace):
-                await self._sandbox.run_code("", context=self._context, timeout=0)
-        except Exception as exc:
-            if not isinstance(exc, TimeoutError):
-                log.warning("probe after an interrupted cell failed: %r", exc)
-            await self._restart_context()
-            self._note = "[dsagent: the previous cell did not stop when interrupted; the kernel was restarted, so its state is lost]\n"
-        self._unsettled = False
-
     async def interrupt(self) -> None:
         self._check_usable()
         await self._link.interrupt()
@@ -409,22 +466,25 @@ class E2BSession(KernelSession):
         if self._closed:
             raise SessionClosed("this kernel session was shut down", hint="start a new session")
         async with restarting(self._lock, self._link):
-            await self._restart_context()
+            await self._link.stop_waiting()
+            await self.restart_context()
 
-    async def _restart_context(self) -> None:
+    async def restart_context(self) -> None:
+        """A fresh kernel in the work dir with the session's env (a new sandbox if this one is gone)."""
+        folder = self.work_dir
         if self._gone:
-            folder = self.work_dir
-            self._sandbox = await self._backend._create_sandbox(self._env, folder)
-            self._context = await _new_context(self._sandbox, folder)
+            self._sandbox = await self._backend._create_sandbox(folder)
+            self._context = await _new_context(self._sandbox, folder, self._env)
             self._gone = False
         else:
             try:
                 await self._sandbox.restart_code_context(self._context)
             except Exception as exc:
                 raise translate_error(exc, "restarting the kernel", self.sandbox_id) from exc
+            await _set_up(self._sandbox, self._context, folder, self._env)
         self._dead = False
-        self._unsettled = False
-        self._last_count = 0
+        self._link.unsettled = False
+        self._link.last_count = 0
 
     async def is_alive(self) -> bool:
         return not self._closed and not self._dead and bool(await self._sandbox_state())
@@ -513,9 +573,7 @@ class E2BSession(KernelSession):
         if self._closed:
             return
         self._closed = True
-        for task in (self._running, self._link.after_cut_off):
-            if task is not None and not task.done():
-                task.cancel()
+        await self._link.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._sandbox.remove_code_context(self._context), 10)
         await _kill_quietly(self._sandbox)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -20,8 +21,12 @@ from e2b.exceptions import (
 from e2b_code_interpreter import Result
 
 from dsagent.errors import DsagentError, SandboxServiceError
+from dsagent.kernel_gateway.hidden_cell import HIDE_THIS_CELL
+from dsagent.kernel_gateway.models import CHART_MIME
 
-__all__ = ["API_KEY_VAR", "E2B_MIME", "REPR_MIME", "STARTUP_CODE", "STARTUP_FILE", "STARTUP_USER", "result_output", "translate_error"]
+__all__ = [
+    "API_KEY_VAR", "E2B_MIME", "REPR_MIME", "STARTUP_CODE", "STARTUP_FILE", "STARTUP_USER", "result_output", "setup_code", "translate_error",
+]
 
 API_KEY_VAR = "E2B_API_KEY"
 
@@ -51,8 +56,13 @@ if _ip is not None:
     _ip.display_formatter.formatters[{REPR_MIME!r}] = _formatter
 del _ip
 '''
-#: the code interpreter's Result fields -> nbformat mime types; E2B's own
-#: structured data gets JSON mime types so the notebook stays valid nbformat
+#: the code interpreter's Result fields -> nbformat mime types. E2B's chart
+#: (``e2b/chart``: a matplotlib figure's elements, a small table) gets a JSON
+#: mime type so the notebook stays valid nbformat, and becomes an artifact of its
+#: own (``artifacts/capture.py``). ``data`` (``e2b/data``: a displayed DataFrame's
+#: whole content again, 18 MB for 300k x 3) is left out on purpose: the frame is
+#: captured as a Parquet table artifact on every backend, and its text/html and
+#: text/plain stay in the output.
 E2B_MIME = {
     "text": "text/plain",
     "html": "text/html",
@@ -64,8 +74,7 @@ E2B_MIME = {
     "latex": "text/latex",
     "json": "application/json",
     "javascript": "application/javascript",
-    "data": "application/vnd.e2b.data+json",
-    "chart": "application/vnd.e2b.chart+json",
+    "chart": CHART_MIME,
 }
 
 
@@ -86,6 +95,23 @@ def result_output(result: Result, execution_count: int | None) -> tuple[str, dic
         content["execution_count"] = execution_count
         return "execute_result", content
     return "display_data", content
+
+
+def setup_code(folder: str, env: Mapping[str, str]) -> str:
+    """The cell that puts a (re)started kernel in the session's work dir with its env, hidden from the user's numbering.
+
+    E2B's server starts a restarted kernel in ``/home/user`` and has no
+    per-context env; its own per-cell ``envs`` quote values naively (a ``'``
+    is a SyntaxError in the user's cell, ``\\n`` becomes a newline), so the
+    env goes in as a Python literal here: any character arrives as it is.
+    """
+    return (
+        "import os as _dsagent_os\n"
+        f"_dsagent_os.chdir({folder!r})\n"
+        + (f"_dsagent_os.environ.update({dict(env)!r})\n" if env else "")
+        + "del _dsagent_os\n"
+        + HIDE_THIS_CELL
+    )
 
 
 def translate_error(exc: BaseException, action: str, sandbox_id: str | None = None) -> DsagentError:

@@ -8,7 +8,10 @@ from typing import Any, Literal
 
 from dsagent.errors import CellExecutionError, ExecutionTimeout, KernelDied
 
-__all__ = ["ExecutionStatus", "ExecutionError", "Execution", "DisplayUpdate", "Displays", "FileInfo", "Output"]
+__all__ = ["CHART_MIME", "ExecutionStatus", "ExecutionError", "Execution", "DisplayUpdate", "Displays", "FileInfo", "Output"]
+
+#: E2B's chart of a matplotlib figure (its ``e2b/chart`` result: type, title, axes, elements), as a JSON mime type
+CHART_MIME = "application/vnd.e2b.chart+json"
 
 ExecutionStatus = Literal["ok", "error", "timeout", "died"]
 Output = dict[str, Any]  # one nbformat v4 output dict (stream, display_data, execute_result, error)

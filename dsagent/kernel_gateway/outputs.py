@@ -3,7 +3,10 @@
 Shared by every backend that speaks the Jupyter protocol (local, sandbox,
 remote): consecutive stream chunks merge, ``clear_output`` and
 ``update_display_data`` apply, and output past a byte cap is dropped and
-marked, so a flood cannot exhaust memory. Display messages that name a
+marked, so a flood cannot exhaust memory. A rich output too big for what is
+left of the cap loses its biggest representations first (a DataFrame's
+``e2b/data``, a huge image), keeping ``text/plain`` and ``text/html`` as long
+as they fit, and the closing note names what was left out. Display messages that name a
 display id are also kept in order (``displays()``), because Jupyter applies
 them to earlier cells too, and only the notebook knows those.
 """
@@ -18,6 +21,8 @@ from dsagent.kernel_gateway.models import DisplayUpdate, Displays, ExecutionErro
 __all__ = ["OutputCollector"]
 
 _OUTPUT_TYPES = {"stream", "display_data", "execute_result", "error"}
+#: what a rich output keeps longest when it is too big: text/plain last of all
+_KEPT_LONGEST = ("text/html", "text/plain")
 
 
 def output_from_msg(msg: dict[str, Any]) -> Output:
@@ -59,6 +64,7 @@ class OutputCollector:
         self.max_bytes = max_bytes
         self.kept_bytes = 0
         self.dropped_bytes = 0
+        self.dropped_mimes: list[tuple[str, int]] = []  # representations left out of rich outputs, with their sizes
         self._clear_on_next = False
         self._full = False  # the cap was reached: keep nothing more until a clear_output
         self._display_ids: dict[str, list[Output]] = {}
@@ -94,8 +100,30 @@ class OutputCollector:
             self.error = ExecutionError(content.get("ename", ""), content.get("evalue", ""), list(content.get("traceback", [])))
         if msg_type == "execute_result":
             self.execution_count = content.get("execution_count", self.execution_count)
+        if msg_type in ("display_data", "execute_result") and not self._full:
+            output = self._fit(output)
         self._keep(output, content)
         return output
+
+    def _fit(self, output: Output) -> Output:
+        """``output`` without its biggest representations, if that makes it fit in what is left of the cap."""
+        room = self.max_bytes - self.kept_bytes
+        data = output.get("data") or {}
+        sizes = {mime: len(json.dumps(value, default=str)) for mime, value in data.items()}
+        total = sum(sizes.values())
+        if total <= room:
+            return output
+        order = sorted((m for m in data if m not in _KEPT_LONGEST), key=lambda m: -sizes[m])
+        order += [m for m in _KEPT_LONGEST if m in data]
+        kept = dict(data)
+        for mime in order:
+            if total <= room or len(kept) == 1:
+                break
+            del kept[mime]
+            total -= sizes[mime]
+            self.dropped_bytes += sizes[mime]
+            self.dropped_mimes.append((mime, sizes[mime]))
+        return {**output, "data": kept}
 
     def _keep(self, output: Output, content: dict[str, Any]) -> None:
         size = _size(output)
@@ -157,12 +185,16 @@ class OutputCollector:
     def finish(self) -> list[Output]:
         """The outputs, with a closing note if some were dropped."""
         if self.truncated:
+            left_out = ""
+            if self.dropped_mimes:
+                names = ", ".join(f"{mime} ({size / 1e6:.1f} MB)" for mime, size in self.dropped_mimes)
+                left_out = f"; left out of rich results, biggest first: {names}"
             self.outputs.append(
                 {
                     "output_type": "stream",
                     "name": "stderr",
                     "text": f"[dsagent: output truncated: kept {self.kept_bytes} bytes, "
-                    f"dropped {self.dropped_bytes} bytes past the max_output_bytes limit]\n",
+                    f"dropped {self.dropped_bytes} bytes past the max_output_bytes limit ({self.max_bytes} bytes){left_out}]\n",
                 }
             )
         return self.outputs

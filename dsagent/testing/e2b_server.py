@@ -1,35 +1,31 @@
-"""E2B's two in-sandbox servers on loopback, backed by real local ipykernels.
+"""E2B's two in-sandbox servers on loopback, with real ipykernels and commands behind them.
 
 The ``e2b`` backend talks to a sandbox through ``e2b-code-interpreter``'s
 ``AsyncSandbox``. With ``E2B_DEBUG=true`` the SDK skips the control plane
 (create, kill and set_timeout become no-ops and the sandbox id is fixed) and
 talks straight to ``localhost:49999`` (the code interpreter) and
-``localhost:49983`` (envd). This module serves both, speaking the same wire
-protocol as the real ones, so the real SDK and dsagent's translation code run:
+``localhost:49983`` (envd). This module serves both, behaving as E2B's own do
+wherever dsagent or a user of the SDK depends on it (``docs/architecture.md``,
+"How a cell runs on the `e2b` backend", has the table of behaviours: what
+E2B's server does, where it is written, what this one does):
 
-code interpreter (port 49999), as in e2b-dev/code-interpreter ``template/server``:
-  ``GET /health``; ``POST /execute`` streaming one JSON object per line
-  (``stdout``, ``stderr``, ``result``, ``error``, ``number_of_executions``,
-  ``keepalive``, ``end_of_execution``); ``POST/GET /contexts``,
-  ``POST /contexts/{id}/restart``, ``DELETE /contexts/{id}``. A client that
-  disconnects mid-execution interrupts the kernel, a kernel that dies is
-  reported as the ``ContextRestarting`` error and restarted (what Jupyter's
-  auto-restart does in the sandbox).
+- code interpreter (port 49999; ``e2b_contexts.py``): ``GET /health``,
+  ``POST /execute`` (JSON lines: ``stdout``, ``stderr``, ``result``,
+  ``error``, ``number_of_executions``, ``keepalive``, ``end_of_execution``),
+  ``POST/GET /contexts``, ``POST /contexts/{id}/restart``,
+  ``DELETE /contexts/{id}``; a client that closes ``/execute`` mid-cell
+  interrupts the kernel; Python only (another ``language`` is refused as E2B
+  refuses a language it has no kernel for);
+- envd (port 49983; ``e2b_envd.py``, ``e2b_processes.py``): ``GET /health``,
+  ``GET /envs``, ``GET/POST /files`` (octet-stream and multipart uploads),
+  the Connect services ``filesystem.Filesystem`` and ``process.Process``.
 
-envd (port 49983):
-  ``GET /health``, ``GET /envs``, ``GET /files`` (download) and ``POST /files``
-  (``application/octet-stream`` upload only: multipart gets a 400), plus the
-  Connect RPC services ``filesystem.Filesystem/ListDir``/``Stat`` and
-  ``process.Process/Start``/``SendSignal``/``List`` through connectrpc's own
-  ASGI applications and the SDK's generated stubs.
-
-What differs from a real sandbox, on purpose: it is one sandbox (debug mode
-has one id); the sandbox filesystem is the folder ``root`` (``/home/user/x``
-is ``root/home/user/x``), but kernels and commands run on this machine, so
-they see host paths (``os.getcwd()``) and the host's network; env vars passed
-to ``/execute`` stay set after the cell (the real server unsets them);
+The sandbox's filesystem is the folder ``root`` (``/home/user/x`` is
+``root/home/user/x``); kernels and commands run inside a mount namespace that
+shows it at those paths (``e2b_view.py``), so ``os.getcwd()`` says
+``/home/user/...`` as in a sandbox. It is one sandbox (debug mode has one id);
 ``expire()`` makes every later request answer as E2B's proxy does for a
-sandbox that timed out (502 "... was not found").
+sandbox that timed out (502 "... was not found") and drops the kernels.
 
 Run one by hand: ``python -m dsagent.testing.e2b_server --root /tmp/sbx``.
 """
@@ -39,68 +35,41 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import posixpath
-import signal
+import logging
 import socket
-import stat as stat_module
 import threading
-import time
-import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import uvicorn
-from connectrpc.code import Code
-from connectrpc.errors import ConnectError
-from e2b.envd.filesystem import filesystem_pb
-from e2b.envd.filesystem.filesystem_connect import Filesystem, FilesystemASGIApplication
-from e2b.envd.process import process_pb
-from e2b.envd.process.process_connect import Process, ProcessASGIApplication
-from protobuf import Oneof
-from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
+from e2b.envd.filesystem.filesystem_connect import FilesystemASGIApplication
+from e2b.envd.process.process_connect import ProcessASGIApplication
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import (
-    JSONResponse,
-    PlainTextResponse,
-    Response,
-    StreamingResponse,
-)
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from dsagent.kernel_gateway.local import LocalBackend, LocalSession
-from dsagent.kernel_gateway.models import Output
 from dsagent.settings import Settings
+from dsagent.testing.e2b_contexts import END, KernelContext, Kernels, normalize_language, start_context
+from dsagent.testing.e2b_envd import FilesystemService, download, upload
+from dsagent.testing.e2b_processes import ProcessService
+from dsagent.testing.e2b_view import KERNEL_HOME, SANDBOX_HOME, SandboxView
 
-__all__ = ["CODE_PORT", "ENVD_PORT", "SANDBOX_HOME", "E2BLoopbackServer"]
+__all__ = ["CODE_PORT", "ENVD_PORT", "KEEPALIVE_SECONDS", "SANDBOX_HOME", "E2BLoopbackServer"]
+
+log = logging.getLogger(__name__)
 
 CODE_PORT = 49999  # e2b_code_interpreter.constants.JUPYTER_PORT
 ENVD_PORT = 49983  # e2b.connection_config.ConnectionConfig.envd_port
-SANDBOX_HOME = "/home/user"
-KERNEL_HOME = "/root"  # Jupyter (and so each kernel) runs as root in the code-interpreter template
-#: the real server writes a keepalive line every 5 s, and notices a client that went
-#: away only when a write fails; 1 s here notices it sooner
-KEEPALIVE_SECONDS = 1.0
+#: E2B's server writes a keepalive line after this many seconds without output
+KEEPALIVE_SECONDS = 5.0
+#: how often Jupyter's restarter looks for a dead kernel (jupyter_client's KernelRestarter.time_to_dead)
+RESTARTER_SECONDS = 3.0
 NOT_FOUND_502 = "The sandbox debug_sandbox_id was not found"
-
-# IPython result mime types -> the fields of the code interpreter's Result
-_RESULT_FIELDS = {
-    "text/html": "html",
-    "text/markdown": "markdown",
-    "image/svg+xml": "svg",
-    "image/png": "png",
-    "image/jpeg": "jpeg",
-    "application/pdf": "pdf",
-    "text/latex": "latex",
-    "application/json": "json",
-    "application/javascript": "javascript",
-    "e2b/data": "data",
-    "e2b/chart": "chart",
-}
+#: the kernel config E2B's template puts in root's IPython profile: plain tracebacks, sequences shown whole
+KERNEL_CONFIG = 'c = get_config()  # noqa\nc.InteractiveShell.colors = "NoColor"\nc.PlainTextFormatter.max_seq_length = 0\n'
+STARTUP_SCRIPT = Path(__file__).with_name("e2b_kernel_startup.py")
 
 
 def port_in_use(port: int) -> bool:
@@ -108,57 +77,40 @@ def port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def result_line(output: Output) -> dict[str, Any]:
-    """A kernel output as the code interpreter streams it (its quote-stripping included)."""
-    kind = output["output_type"]
-    if kind == "stream":
-        return {"type": output["name"], "text": output["text"], "timestamp": time.time_ns()}
-    if kind == "error":
-        return {"type": "error", "name": output["ename"], "value": output["evalue"], "traceback": "".join(output["traceback"])}
-    data = dict(output.get("data", {}))
-    line: dict[str, Any] = {"type": "result", "is_main_result": kind == "execute_result"}
-    text = data.pop("text/plain", None)
-    if isinstance(text, str) and len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        text = text[1:-1]
-    if text is not None:
-        line["text"] = text
-    for mime, name in _RESULT_FIELDS.items():
-        if mime in data:
-            line[name] = data.pop(mime)
-    line["extra"] = data
-    return line
-
-
-@dataclass
-class _Context:
-    id: str
-    cwd: str  # as the sandbox sees it
-    session: LocalSession
-    running: set[asyncio.Task[None]] = field(default_factory=set)  # cells being executed or queued
-
-    async def stop_running(self) -> None:
-        """Cancel the cells in flight (a restart or removal does not wait for a stuck cell)."""
-        tasks = [task for task in self.running if not task.done()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
 class E2BLoopbackServer:
-    """Both servers of one fake sandbox; ``start()`` runs them in a thread of their own."""
+    """Both servers of one loopback sandbox; ``start()`` runs them in a thread of their own.
+
+    ``envs`` are the sandbox's env vars (what envd's ``/envs`` answers: in a real
+    sandbox, those given at its creation, which debug mode skips).
+    """
 
     def __init__(
-        self, root: str | Path, *, settings: Settings | None = None, host: str = "127.0.0.1", keepalive_seconds: float = KEEPALIVE_SECONDS
+        self,
+        root: str | Path,
+        *,
+        settings: Settings | None = None,
+        host: str = "127.0.0.1",
+        keepalive_seconds: float = KEEPALIVE_SECONDS,
+        restarter_seconds: float = RESTARTER_SECONDS,
+        envs: Mapping[str, str] | None = None,
+        spare_kernels: int = 1,
     ) -> None:
-        self.root = Path(root).resolve()
+        self.view = SandboxView(Path(root))
+        self.root = self.view.root
         self.host = host
         self.settings = settings or Settings(kernel_pool_size=0)
-        self.expired = False
-        self.contexts: dict[str, _Context] = {}
         self.keepalive_seconds = keepalive_seconds
-        self._default_id: str | None = None
-        self._processes: dict[int, asyncio.subprocess.Process] = {}
-        self._backend: LocalBackend | None = None
+        self.restarter_seconds = restarter_seconds
+        self.envs: dict[str, str] = dict(envs or {})
+        self.spare_kernels = spare_kernels
+        self.expired = False
+        self.contexts: dict[str, KernelContext] = {}
+        self._defaults: dict[str, str] = {}  # language -> id of its default context (made on first use)
+        self._default_lock: asyncio.Lock | None = None
+        self._kernels: Kernels | None = None
+        self._closing: set[asyncio.Task[None]] = set()  # kernels of removed contexts, exiting
+        self._files: FilesystemService | None = None
+        self._processes: ProcessService | None = None
         self._servers: list[uvicorn.Server] = []
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -175,13 +127,24 @@ class E2BLoopbackServer:
                 f"port(s) {', '.join(map(str, taken))} on 127.0.0.1 are in use: E2B's debug mode has fixed ports, "
                 "so only one loopback E2B server can run at a time (stop the other one, or another test run)"
             )
-        (self.root / SANDBOX_HOME.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        problem = self.view.problem()
+        if problem:
+            raise RuntimeError(f"the loopback E2B server cannot show the sandbox's folders to its kernels: {problem}")
+        self.view.make_folders()
+        self._install_profile()
         self._thread = threading.Thread(target=self._run, name="e2b-loopback", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout) or self._error is not None:
             self.stop()
             raise RuntimeError(f"the loopback E2B server did not start: {self._error!r}")
         return self
+
+    def _install_profile(self) -> None:
+        """What E2B's template puts in root's IPython profile: the kernel config and the startup file of its result types."""
+        profile = self.view.host_path(f"{KERNEL_HOME}/.ipython/profile_default")
+        (profile / "startup").mkdir(parents=True, exist_ok=True)
+        (profile / "ipython_kernel_config.py").write_text(KERNEL_CONFIG)
+        (profile / "startup" / "00-e2b-loopback.py").write_text(STARTUP_SCRIPT.read_text(encoding="utf-8"), encoding="utf-8")
 
     def stop(self) -> None:
         for server in self._servers:
@@ -200,11 +163,16 @@ class E2BLoopbackServer:
         """From now on answer like E2B's proxy for a sandbox that timed out, and drop the kernels."""
         self.expired = True
         if self._loop is not None:
-            asyncio.run_coroutine_threadsafe(self._drop_contexts(), self._loop).result(timeout=30)
+            asyncio.run_coroutine_threadsafe(self._drop_contexts(), self._loop).result(timeout=60)
 
     def revive(self) -> None:
         """Serve again after ``expire()`` (a fresh sandbox: no contexts)."""
         self.expired = False
+
+    def created_contexts(self) -> list[str]:
+        """Ids of the contexts a client created (not the default context of a language)."""
+        defaults = set(self._defaults.values())
+        return sorted(cid for cid in self.contexts if cid not in defaults)
 
     def _run(self) -> None:
         try:
@@ -215,7 +183,8 @@ class E2BLoopbackServer:
 
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._backend = LocalBackend(self.settings, pool_size=0)
+        self._default_lock = asyncio.Lock()
+        self._kernels = Kernels(self.view, self.settings, self.root.parent / f"{self.root.name}-logs", spare=self.spare_kernels)
         apps = ((self._code_app(), CODE_PORT), (self._envd_app(), ENVD_PORT))
         self._servers = [
             uvicorn.Server(uvicorn.Config(app, host=self.host, port=port, log_level="warning", lifespan="off"))
@@ -231,24 +200,17 @@ class E2BLoopbackServer:
             await asyncio.gather(*tasks)
         finally:
             await self._drop_contexts()
-            for process in self._processes.values():
-                if process.returncode is None:
-                    process.kill()
+            await asyncio.gather(*self._closing, return_exceptions=True)
+            await self._kernels.close()
+            if self._processes is not None:
+                await self._processes.close()
+            if self._files is not None:
+                self._files.close()
 
     async def _drop_contexts(self) -> None:
         contexts, self.contexts = list(self.contexts.values()), {}
-        await asyncio.gather(*(ctx.stop_running() for ctx in contexts))
-        await asyncio.gather(*(ctx.session.shutdown() for ctx in contexts), return_exceptions=True)
-
-    # -- paths ----------------------------------------------------------------
-
-    def host_path(self, path: str) -> Path:
-        """Where a sandbox path lives on this machine; relative paths start at the sandbox home."""
-        absolute = posixpath.normpath(posixpath.join(SANDBOX_HOME, path))
-        return self.root / absolute.lstrip("/")
-
-    def sandbox_path(self, host: Path) -> str:
-        return "/" + host.resolve().relative_to(self.root).as_posix()
+        self._defaults.clear()
+        await asyncio.gather(*(ctx.close() for ctx in contexts), return_exceptions=True)
 
     def _gone(self) -> Response | None:
         if self.expired:
@@ -272,33 +234,30 @@ class E2BLoopbackServer:
             ]
         )
 
-    async def _new_context(self, cwd: str) -> _Context:
-        assert self._backend is not None
-        # the code-interpreter template runs Jupyter as root: kernels read root's
-        # IPython profile, so startup files uploaded there run, as in a real sandbox
-        home = self.host_path(KERNEL_HOME)
-        env = {"HOME": str(home), "IPYTHONDIR": str(home / ".ipython")}
-        folder = self.host_path(cwd)
-        folder.mkdir(parents=True, exist_ok=True)
-        session = await self._backend.start_session(work_dir=folder, env=env)
-        context = _Context(uuid.uuid4().hex, posixpath.normpath(posixpath.join(SANDBOX_HOME, cwd)), session)
+    async def _new_context(self, language: str | None, cwd: str | None) -> KernelContext | Response:
+        name = normalize_language(language)
+        if name != "python":
+            return PlainTextResponse(
+                f"Failed to create context: the loopback E2B server has only a Python kernel, no {name!r} kernel "
+                "(E2B's code-interpreter template also has javascript, typescript, r, bash and java)",
+                status_code=500,
+            )
+        assert self._kernels is not None
+        context = await start_context(self._kernels, cwd or SANDBOX_HOME, self.envs, restarter_seconds=self.restarter_seconds)
         self.contexts[context.id] = context
+        if not await context.change_dir(self.keepalive_seconds):
+            return PlainTextResponse("Failed to set working directory", status_code=500)
         return context
-
-    @staticmethod
-    def _context_json(context: _Context) -> dict[str, str]:
-        return {"id": context.id, "language": "python", "cwd": context.cwd}
 
     async def _create_context(self, request: Request) -> Response:
         if gone := self._gone():
             return gone
         body = await request.json()
-        if (body.get("language") or "python").lower() != "python":
-            return PlainTextResponse("the loopback server runs Python contexts only", status_code=500)
-        return JSONResponse(self._context_json(await self._new_context(body.get("cwd") or SANDBOX_HOME)))
+        made = await self._new_context(body.get("language"), body.get("cwd"))
+        return made if isinstance(made, Response) else JSONResponse(made.describe())
 
     async def _list_contexts(self, request: Request) -> Response:
-        return self._gone() or JSONResponse([self._context_json(c) for c in self.contexts.values()])
+        return self._gone() or JSONResponse([c.describe() for c in self.contexts.values()])
 
     async def _restart_context(self, request: Request) -> Response:
         if gone := self._gone():
@@ -306,8 +265,10 @@ class E2BLoopbackServer:
         context = self.contexts.get(request.path_params["context_id"])
         if context is None:
             return PlainTextResponse(f"Context {request.path_params['context_id']} not found", status_code=404)
-        await context.stop_running()
-        await context.session.restart()
+        try:
+            await context.restart()
+        except Exception as exc:
+            return PlainTextResponse(f"Failed to restart context {context.id}: {exc}", status_code=500)
         return JSONResponse(None)
 
     async def _remove_context(self, request: Request) -> Response:
@@ -316,9 +277,24 @@ class E2BLoopbackServer:
         context = self.contexts.pop(request.path_params["context_id"], None)
         if context is None:
             return PlainTextResponse(f"Context {request.path_params['context_id']} not found", status_code=404)
-        await context.stop_running()
-        await context.session.shutdown()
+        # the context is gone at once; its kernel's graceful exit (~0.3 s) goes on after the answer
+        closing = asyncio.create_task(context.close())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
         return JSONResponse(None)
+
+    async def _default_context(self, language: str | None) -> KernelContext | Response:
+        """The language's default context (E2B's server makes Python's and JavaScript's at start; this, on first use)."""
+        name = normalize_language(language)
+        assert self._default_lock is not None
+        async with self._default_lock:
+            known = self.contexts.get(self._defaults.get(name, ""))
+            if known is not None:
+                return known
+            made = await self._new_context(name, SANDBOX_HOME)
+            if isinstance(made, KernelContext):
+                self._defaults[name] = made.id
+            return made
 
     async def _execute(self, request: Request) -> Response:
         if gone := self._gone():
@@ -331,52 +307,24 @@ class E2BLoopbackServer:
             if context is None:
                 return PlainTextResponse(f"Context {body['context_id']} not found", status_code=404)
         else:
-            context = self.contexts.get(self._default_id or "") or await self._new_context(SANDBOX_HOME)
-            self._default_id = context.id
-        code = body["code"]
-        env_vars = body.get("env_vars") or {}
-        if env_vars:  # as the real server does: set them in the same cell, before the code
-            code = f"import os; os.environ.update({dict(env_vars)!r})\n{code}"
-        return StreamingResponse(self._execution_lines(context, code))
+            made = await self._default_context(body.get("language"))
+            if isinstance(made, Response):
+                return made
+            context = made
+        return StreamingResponse(self._stream(context, body["code"], body.get("env_vars") or {}))
 
-    async def _execution_lines(self, context: _Context, code: str) -> AsyncIterator[str]:
-        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-
-        async def run() -> None:
-            try:
-                result = await context.session.execute(code, timeout=None, on_output=lambda out: queue.put_nowait(result_line(out)))
-                if result.status == "died":
-                    # in a sandbox Jupyter restarts the dead kernel and the server reports it so
-                    queue.put_nowait({"type": "error", "name": "ContextRestarting", "value": "Context was restarted", "traceback": ""})
-                    await context.session.restart()
-                if result.execution_count is not None:
-                    queue.put_nowait({"type": "number_of_executions", "execution_count": result.execution_count})
-            except Exception as exc:  # the real server's WebSocketError, in spirit
-                queue.put_nowait({"type": "error", "name": "WebSocketError", "value": repr(exc), "traceback": ""})
-            finally:
-                queue.put_nowait(None)
-
-        task = asyncio.create_task(run())
-        context.running.add(task)
-        task.add_done_callback(context.running.discard)
+    async def _stream(self, context: KernelContext, code: str, env_vars: dict[str, str]) -> AsyncIterator[str]:
+        lines = context.execute(code, env_vars, self.keepalive_seconds)
         try:
-            while True:
-                try:
-                    item = await asyncio.wait_for(queue.get(), self.keepalive_seconds)
-                except TimeoutError:
-                    yield json.dumps({"type": "keepalive"}) + "\n"
-                    continue
-                if item is None:
-                    break
-                yield json.dumps(item) + "\n"
-            if self.expired:  # a sandbox that goes away drops its connections mid-stream
+            async for line in lines:
+                if self.expired:  # a sandbox that goes away drops its connections mid-stream
+                    raise ConnectionAbortedError("the sandbox expired while a cell ran")
+                yield json.dumps(line) + "\n"
+            if self.expired:
                 raise ConnectionAbortedError("the sandbox expired while a cell ran")
-            yield '{"type": "end_of_execution"}\n'
-        except BaseException:
-            # the client went away mid-cell: interrupt the kernel, as the real server does
-            if not task.done() and await context.session.is_alive():
-                await asyncio.shield(context.session.interrupt())
-            raise
+            yield json.dumps(END) + "\n"
+        finally:
+            await lines.aclose()
 
     # -- envd ---------------------------------------------------------------------
 
@@ -385,19 +333,27 @@ class E2BLoopbackServer:
             return self._gone() or Response(status_code=204)
 
         async def envs(request: Request) -> Response:
-            return self._gone() or JSONResponse({})
+            return self._gone() or JSONResponse(self.envs)
+
+        async def get_file(request: Request) -> Response:
+            return await download(self, request)
+
+        async def post_file(request: Request) -> Response:
+            return await upload(self, request)
 
         plain = Starlette(
             routes=[
                 Route("/health", health),
                 Route("/envs", envs),
-                Route("/files", self._download, methods=["GET"]),
-                Route("/files", self._upload, methods=["POST"]),
+                Route("/files", get_file, methods=["GET"]),
+                Route("/files", post_file, methods=["POST"]),
             ]
         )
+        self._files = FilesystemService(self)
+        self._processes = ProcessService(self)
         rpc = {
-            "/filesystem.Filesystem/": FilesystemASGIApplication(_FilesystemService(self)),
-            "/process.Process/": ProcessASGIApplication(_ProcessService(self)),
+            "/filesystem.Filesystem/": FilesystemASGIApplication(self._files),
+            "/process.Process/": ProcessASGIApplication(self._processes),
         }
 
         async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -411,149 +367,6 @@ class E2BLoopbackServer:
             await plain(scope, receive, send)
 
         return app
-
-    def _file_param(self, request: Request) -> Path | Response:
-        path = request.query_params.get("path")
-        if not path:
-            return JSONResponse({"code": 400, "message": "path is required"}, status_code=400)
-        return self.host_path(path)
-
-    async def _download(self, request: Request) -> Response:
-        target = self._file_param(request)
-        if isinstance(target, Response):
-            return target
-        if not target.exists():
-            return JSONResponse({"code": 404, "message": f"path '{request.query_params['path']}' does not exist"}, status_code=404)
-        if target.is_dir():
-            return JSONResponse({"code": 400, "message": "path is a directory"}, status_code=400)
-        data = await asyncio.to_thread(target.read_bytes)
-        return Response(data, media_type="application/octet-stream")
-
-    async def _upload(self, request: Request) -> Response:
-        target = self._file_param(request)
-        if isinstance(target, Response):
-            return target
-        if request.headers.get("content-type", "").split(";")[0] != "application/octet-stream":
-            return JSONResponse({"code": 400, "message": "the loopback envd takes application/octet-stream uploads only"}, status_code=400)
-        data = await request.body()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(target.write_bytes, data)
-        return JSONResponse([{"name": target.name, "type": "file", "path": self.sandbox_path(target)}])
-
-
-class _FilesystemService(Filesystem):
-    """envd's ``filesystem.Filesystem`` service: the calls the SDK makes for ``files.list``/``make_dir``/``get_info``; the rest answer UNIMPLEMENTED."""
-
-    def __init__(self, server: E2BLoopbackServer) -> None:
-        self.server = server
-
-    def _entry(self, path: Path) -> filesystem_pb.EntryInfo:
-        st = path.lstat()
-        kind = filesystem_pb.FileType.DIRECTORY if stat_module.S_ISDIR(st.st_mode) else filesystem_pb.FileType.FILE
-        return filesystem_pb.EntryInfo(
-            name=path.name,
-            type=kind,
-            path=self.server.sandbox_path(path),
-            size=st.st_size,
-            mode=st.st_mode & 0o7777,
-            permissions=stat_module.filemode(st.st_mode),
-            owner="user",
-            group="user",
-            modified_time=Timestamp.from_datetime(datetime.fromtimestamp(st.st_mtime, UTC)),
-        )
-
-    async def stat(self, request: filesystem_pb.StatRequest, ctx: Any) -> filesystem_pb.StatResponse:
-        target = self.server.host_path(request.path)
-        if not target.exists():
-            raise ConnectError(Code.NOT_FOUND, f"path '{request.path}' does not exist")
-        return filesystem_pb.StatResponse(entry=self._entry(target))
-
-    async def make_dir(self, request: filesystem_pb.MakeDirRequest, ctx: Any) -> filesystem_pb.MakeDirResponse:
-        target = self.server.host_path(request.path)
-        if target.exists():
-            raise ConnectError(Code.ALREADY_EXISTS, f"path '{request.path}' already exists")
-        target.mkdir(parents=True)
-        return filesystem_pb.MakeDirResponse(entry=self._entry(target))
-
-    async def list_dir(self, request: filesystem_pb.ListDirRequest, ctx: Any) -> filesystem_pb.ListDirResponse:
-        base = self.server.host_path(request.path)
-        if not base.exists():
-            raise ConnectError(Code.NOT_FOUND, f"path '{request.path}' does not exist")
-        if not base.is_dir():
-            raise ConnectError(Code.INVALID_ARGUMENT, f"path '{request.path}' is not a directory")
-        entries: list[filesystem_pb.EntryInfo] = []
-
-        def walk(folder: Path, level: int) -> None:
-            for child in sorted(folder.iterdir()):
-                entries.append(self._entry(child))
-                if child.is_dir() and not child.is_symlink() and (request.depth == 0 or level < request.depth):
-                    walk(child, level + 1)
-
-        await asyncio.to_thread(walk, base, 1)
-        return filesystem_pb.ListDirResponse(entries=entries)
-
-
-class _ProcessService(Process):
-    """envd's ``process.Process`` service: start a command and stream its output, signal it, list; the rest answer UNIMPLEMENTED."""
-
-    def __init__(self, server: E2BLoopbackServer) -> None:
-        self.server = server
-
-    async def start(self, request: process_pb.StartRequest, ctx: Any) -> AsyncIterator[process_pb.StartResponse]:
-        config = request.process or process_pb.ProcessConfig()
-        home = self.server.host_path(SANDBOX_HOME)
-        cwd = self.server.host_path(config.cwd) if config.has_field("cwd") and config.cwd else home
-        env = {**os.environ, "HOME": str(home), **dict(config.envs)}
-        try:
-            process = await asyncio.create_subprocess_exec(
-                config.cmd, *config.args, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
-            )
-        except OSError as exc:
-            raise ConnectError(Code.INVALID_ARGUMENT, f"cannot start {config.cmd}: {exc}") from exc
-        self.server._processes[process.pid] = process
-        queue: asyncio.Queue[process_pb.ProcessEvent | None] = asyncio.Queue()
-
-        async def pump(stream: asyncio.StreamReader, name: str) -> None:
-            while chunk := await stream.read(32768):
-                queue.put_nowait(_event("data", process_pb.ProcessEvent.DataEvent(output=Oneof(name, chunk))))
-
-        async def watch() -> None:
-            assert process.stdout is not None and process.stderr is not None
-            await asyncio.gather(pump(process.stdout, "stdout"), pump(process.stderr, "stderr"))
-            code = await process.wait()
-            status = f"exit status {code}" if code >= 0 else f"signal: {signal.Signals(-code).name.lower()[3:]}"
-            end = process_pb.ProcessEvent.EndEvent(exit_code=code if code >= 0 else -1, exited=code >= 0, status=status)
-            queue.put_nowait(_event("end", end))
-            queue.put_nowait(None)
-
-        watcher = asyncio.create_task(watch())
-        try:
-            yield process_pb.StartResponse(event=_event("start", process_pb.ProcessEvent.StartEvent(pid=process.pid)))
-            while (event := await queue.get()) is not None:
-                yield process_pb.StartResponse(event=event)
-        finally:
-            if process.returncode is None:  # the client went away: do not leave the command behind
-                process.kill()
-            await asyncio.shield(watcher)
-            self.server._processes.pop(process.pid, None)
-
-    async def send_signal(self, request: process_pb.SendSignalRequest, ctx: Any) -> process_pb.SendSignalResponse:
-        selector = request.process.selector if request.process is not None else None
-        process = self.server._processes.get(selector.value) if selector is not None and selector.field == "pid" else None
-        if process is None or process.returncode is not None:
-            raise ConnectError(Code.NOT_FOUND, "process not found")
-        os.killpg(process.pid, request.signal.value or signal.SIGKILL)
-        return process_pb.SendSignalResponse()
-
-    async def list(self, request: process_pb.ListRequest, ctx: Any) -> process_pb.ListResponse:
-        return process_pb.ListResponse(
-            processes=[process_pb.ProcessInfo(pid=pid) for pid, p in self.server._processes.items() if p.returncode is None]
-        )
-
-
-def _event(kind: str, value: Any) -> process_pb.ProcessEvent:
-    return process_pb.ProcessEvent(event=Oneof(kind, value))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,10 +17,11 @@ from dsagent.testing.e2b_server import E2BLoopbackServer
 
 @pytest.fixture(scope="session")
 def e2b_server(tmp_path_factory):
-    """E2B's code interpreter and envd on 127.0.0.1:49999/49983, with real ipykernels behind them."""
+    """E2B's code interpreter and envd on 127.0.0.1:49999/49983, with real ipykernels and commands behind them."""
     root = tmp_path_factory.mktemp("e2b-sandbox")
     settings = Settings(kernel_pool_size=0, home=str(tmp_path_factory.mktemp("e2b-server-home")))
-    with E2BLoopbackServer(root, settings=settings) as server:  # fails clearly if the ports are taken
+    # Jupyter's restarter looks for a dead kernel every 3 s; every 1 s here only makes the death tests quicker
+    with E2BLoopbackServer(root, settings=settings, restarter_seconds=1.0) as server:  # fails clearly if the ports are taken
         yield server
 
 
@@ -45,9 +46,9 @@ def e2b_debug(e2b_server, monkeypatch):
 def _leaked_contexts(server: E2BLoopbackServer, wait: float = 5.0) -> list[str]:
     """Contexts still open after a test (waiting for removals in flight); they are dropped, so the next test starts clean."""
     end = time.monotonic() + wait
-    while server.contexts and time.monotonic() < end:
+    while server.created_contexts() and time.monotonic() < end:
         time.sleep(0.05)
-    leaked = sorted(server.contexts)
+    leaked = server.created_contexts()
     if leaked:
         server.expire()  # drops every context
         server.revive()

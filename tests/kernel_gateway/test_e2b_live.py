@@ -18,7 +18,7 @@ pytestmark = [
 @pytest.fixture
 async def session():
     async with E2BBackend(timeout=300) as backend:
-        session = await backend.start_session(env={"DSAGENT_LIVE": "1"})
+        session = await backend.start_session(env={"DSAGENT_LIVE": "1", "DSAGENT_AWKWARD": "it's \"C:\\new\"\nline"})
         try:
             yield session
         finally:
@@ -52,3 +52,14 @@ async def test_timeout_and_reconnect(session):
         again = await backend.start_session(sandbox_id=session.sandbox_id, context_id=session.context_id)
         assert again.state_restored and (await again.execute("kept + 1")).result == "42"
         await again.detach()
+
+
+async def test_restart_keeps_work_dir_and_env_values_unchanged(session):
+    await session.upload("in.txt", b"live")
+    check = "import os\nos.getcwd(), open('in.txt').read(), os.environ['DSAGENT_AWKWARD']"
+    expected = repr((session.work_dir, "live", 'it\'s "C:\\new"\nline'))
+    assert (await session.execute(check)).result == expected
+    await session.restart()
+    assert (await session.execute(check)).result == expected
+    assert (await session.execute("import time\nwhile True:\n    try: time.sleep(60)\n    except KeyboardInterrupt: pass", timeout=2)).status == "timeout"
+    assert (await session.execute(check)).result == expected
