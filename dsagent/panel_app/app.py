@@ -152,10 +152,17 @@ def _quiet_tab_closes(server: Any) -> None:
     destroyed first and those futures' ``WebSocketClosedError`` is never retrieved, so asyncio printed "Task
     exception was never retrieved" with two tracebacks per closed tab. Any other unretrieved exception is
     still reported as before."""
+    import warnings
+
+    from bokeh.util.warnings import BokehUserWarning
     from tornado.websocket import WebSocketClosedError
 
     for name in ("bokeh.server.views.ws", "panel.io.document"):
         logging.getLogger(name).addFilter(_TabClosed())
+    # panel-material-ui's theming appends a stylesheet to each Tabulator in the browser; the list it sends back
+    # names the table's stylesheets the server already has, and Bokeh (which then uses the ones it has) warns once
+    # per stylesheet whenever a table joins a page after load (the Artifacts table does)
+    warnings.filterwarnings("ignore", message="reference already known", category=BokehUserWarning)
     loop = server.io_loop.asyncio_loop
     previous = loop.get_exception_handler()
 
