@@ -62,6 +62,7 @@ _ICONS = {
 }
 
 CSS = """
+:host {color: var(--ds-text, inherit); font-size: 0.95rem; line-height: 1.5}
 a {color: var(--ds-link, #1565c0)}
 code {background: var(--ds-code-bg, #f5f5f5); padding: 0 4px; border-radius: 4px; font-size: 0.9em}
 .ds-icon {flex: none; vertical-align: middle}
@@ -76,13 +77,13 @@ code {background: var(--ds-code-bg, #f5f5f5); padding: 0 4px; border-radius: 4px
 .ds-chip-failed {--ds-c: var(--ds-failed, #c62828)} .ds-chip-unverified {--ds-c: var(--ds-unverified, #e65100)}
 .ds-chip-cancelled {--ds-c: var(--ds-cancelled, #8d6e63)} .ds-chip-unknown {--ds-c: var(--ds-muted, #666)}
 .ds-muted {color: var(--ds-muted, rgba(0,0,0,.6))}
-.ds-card-title {font: var(--mui-font-h6, 500 1.1rem/1.6 Roboto, sans-serif); margin: 4px 0 6px 0}
+.ds-card-title {font-size: 1.05rem; font-weight: 500; line-height: 1.6; margin: 4px 0 6px 0; color: var(--ds-text, inherit)}
 .ds-empty {display: flex; flex-direction: column; align-items: center; text-align: center; gap: 6px; padding: 28px 12px;
   color: var(--ds-muted, rgba(0,0,0,.6))}
-.ds-empty-title {font-size: 1.05rem; font-weight: 500; color: var(--mui-palette-text-primary, inherit)}
+.ds-empty-title {font-size: 1.05rem; font-weight: 500; color: var(--ds-text, inherit)}
 .ds-empty-hint {max-width: 560px; overflow-wrap: anywhere}
 .ds-button {display: inline-flex; align-items: center; gap: 6px; padding: 6px 14px; border-radius: 4px; font-weight: 500;
-  text-decoration: none; color: var(--mui-palette-primary-contrastText, #fff); background: var(--mui-palette-primary-main, #1976d2)}
+  text-decoration: none; color: var(--ds-surface, #fff); background: var(--ds-primary, #1565c0)}
 .ds-skeleton {display: flex; flex-direction: column; gap: 10px; padding: 8px 0}
 .ds-skeleton span {display: block; height: 14px; border-radius: 4px; background: var(--ds-skeleton, rgba(0,0,0,.08));
   animation: ds-pulse 1.4s ease-in-out infinite}
@@ -91,7 +92,7 @@ code {background: var(--ds-code-bg, #f5f5f5); padding: 0 4px; border-radius: 4px
 .ds-timeline {list-style: none; margin: 0; padding: 0 0 0 14px; border-left: 2px solid var(--ds-border, rgba(0,0,0,.12))}
 .ds-timeline li {position: relative; margin: 0 0 4px 0; padding-left: 8px}
 .ds-timeline li::before {content: ""; position: absolute; left: -20px; top: 8px; width: 10px; height: 10px; border-radius: 50%;
-  background: var(--ds-c, var(--ds-muted)); border: 2px solid var(--mui-palette-background-paper, #fff)}
+  background: var(--ds-c, var(--ds-muted)); border: 2px solid var(--ds-surface, #fff)}
 .ds-timeline summary {cursor: pointer; overflow-wrap: anywhere; padding: 2px 0}
 .ds-timeline .ds-when {color: var(--ds-muted); font-variant-numeric: tabular-nums; margin-right: 6px}
 .ds-timeline .ds-type {font-weight: 500; margin-right: 6px}
@@ -103,7 +104,7 @@ code {background: var(--ds-code-bg, #f5f5f5); padding: 0 4px; border-radius: 4px
 """
 
 #: a card's look: a bordered block on the page's surface (a Column with inline styles: no component of its own)
-CARD_STYLES = {"background": "var(--mui-palette-background-paper, #fff)", "border": "1px solid var(--ds-border, rgba(0,0,0,.12))",
+CARD_STYLES = {"background": "var(--ds-surface, #fff)", "color": "var(--ds-text, inherit)", "border": "1px solid var(--ds-border, rgba(0,0,0,.12))",
                "border-radius": "8px", "padding": "4px 16px 12px 16px", "box-sizing": "border-box", "min-width": "0"}
 
 

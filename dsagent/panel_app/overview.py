@@ -22,7 +22,7 @@ __all__ = ["OverviewView", "page", "preload", "scheduler_text"]
 _STATUS_ORDER = ("running", "queued", "idle", "failed", "unverified", "cancelled", "succeeded")
 _CSS = """
 .ds-stats {display: grid; grid-template-columns: repeat(auto-fit, minmax(230px, 1fr)); gap: 12px}
-.ds-stat {border: 1px solid var(--ds-border); border-radius: 8px; padding: 10px 14px; background: var(--mui-palette-background-paper, #fff);
+.ds-stat {border: 1px solid var(--ds-border); border-radius: 8px; padding: 10px 14px; background: var(--ds-surface, #fff);
   min-width: 0; overflow-wrap: anywhere}
 .ds-stat h2 {font-size: 0.8rem; font-weight: 500; letter-spacing: 0.04em; text-transform: uppercase; color: var(--ds-muted); margin: 0 0 6px 0}
 .ds-stat .ds-big {font-size: 1.8rem; font-weight: 500; line-height: 1.2}

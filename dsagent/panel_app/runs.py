@@ -20,7 +20,7 @@ import param
 from dsagent.artifacts import schema
 from dsagent.panel_app import formats, untrusted
 from dsagent.panel_app.components import card, empty_state, status_chip
-from dsagent.panel_app.layout import page_frame
+from dsagent.panel_app.layout import after_first_paint, page_frame
 from dsagent.panel_app.widgets import Notice, Poller, Table, current_user, date_range_bounds, html_pane, preloaded, run_link
 
 if TYPE_CHECKING:
@@ -122,15 +122,17 @@ class RunsView(pn.viewable.Viewer):
         self.text_input = pmui.TextInput(label="Title contains", placeholder="text in the title", value=self.text, width=190)
         self.dates_input = pmui.DateRangePicker(label="Created between", value=self.dates, width=230)
         self.sort_input = pmui.Select(label="Sort", options={label: key for key, (label, _, _) in SORTS.items()}, value=self.sort, width=150)
-        self.newer = pmui.Button(label="Newer", icon="chevron_left", variant="outlined", disabled=True, width=110)
-        self.older = pmui.Button(label="Older", end_icon="chevron_right", variant="outlined", disabled=True, width=110)
+        # Panel's own buttons (in panel-material-ui's design): there at first paint, unlike Material UI's
+        self.newer = pn.widgets.Button(name="◀ Newer", button_style="outline", disabled=True, width=110)
+        self.older = pn.widgets.Button(name="Older ▶", button_style="outline", disabled=True, width=110)
         self.position = html_pane("", width=220, margin=(12, 10))
         self.table = Table(
             # fit_columns with set widths: fit_data_fill measured every cell first, which made the first page
             # render markedly slower (bench/dashboard.py)
             runs_frame([]), show_index=False, disabled=True, sizing_mode="stretch_width", height=520, layout="fit_columns",
             widths=_WIDTHS, formatters={c: {"type": "html"} for c in _HTML_COLUMNS},
-            configuration={"columnDefaults": {"headerSort": False}, "columnMinWidth": 60}, name="runs")
+            # the title keeps room to be read on a phone (the table scrolls sideways inside its card instead)
+            configuration={"columnDefaults": {"headerSort": False}, "columns": [{"field": "title", "minWidth": 180}]}, name="runs")
         self.empty = html_pane("", visible=False)
         self.pager = pn.FlexBox(self.newer, self.older, self.position, flex_wrap="wrap", align_items="center", sizing_mode="stretch_width")
         self.text_input.param.watch(self._typed, "value_input")
@@ -143,7 +145,8 @@ class RunsView(pn.viewable.Viewer):
     def __panel__(self) -> Any:
         filters = pn.FlexBox(self.kind_input, self.status_input, self.text_input, self.dates_input, self.sort_input,
                              flex_wrap="wrap", gap="4px 12px", sizing_mode="stretch_width")
-        return page_frame("/runs", "Runs", self.notice.pane, card(filters, margin=(4, 0)),
+        # the Material UI filters join once the first page of runs shows (layout.after_first_paint)
+        return page_frame("/runs", "Runs", self.notice.pane, card(after_first_paint(filters, height=72), margin=(4, 0)),
                           card(self.pager, self.table, self.empty), user=current_user())
 
     # -- reading ---------------------------------------------------------------------------------------------

@@ -132,17 +132,19 @@ CSS = components.CSS + """
 .ds-kv td {padding: 2px 12px 2px 0; vertical-align: top; overflow-wrap: anywhere}
 """
 
-#: Tabulator in the theme's colours: Panel's default table theme has fixed light greys
+#: Tabulator in the theme's colours (light and dark): its bundled themes paint fixed whites and greys, with selectors
+#: more specific than ours, hence the !important
 TABLE_CSS = """
-.tabulator, .tabulator .tabulator-tableholder, .tabulator .tabulator-table {background-color: transparent;
-  color: var(--mui-palette-text-primary, inherit)}
-.tabulator .tabulator-header, .tabulator .tabulator-header .tabulator-col {background-color: transparent;
-  color: var(--mui-palette-text-primary, inherit); border-color: var(--ds-border, #ddd)}
-.tabulator .tabulator-header {border-bottom: 1px solid var(--ds-border, #ddd)}
-.tabulator-row {background-color: transparent; border-bottom: 1px solid var(--ds-border, #eee)}
-.tabulator-row.tabulator-row-even {background-color: color-mix(in srgb, var(--mui-palette-text-primary, #000) 3%, transparent)}
-.tabulator-row .tabulator-cell {border-right: none}
-.tabulator-row.tabulator-selectable:hover {background-color: color-mix(in srgb, var(--mui-palette-primary-main, #1976d2) 8%, transparent)}
+.tabulator, .tabulator .tabulator-tableholder, .tabulator .tabulator-tableholder .tabulator-table {
+  background-color: var(--ds-surface, #fff) !important; color: var(--ds-text, #222) !important; border-color: var(--ds-border, #ddd) !important}
+.tabulator .tabulator-header, .tabulator .tabulator-header .tabulator-col, .tabulator .tabulator-header .tabulator-col .tabulator-col-content {
+  background-color: var(--ds-surface, #fff) !important; color: var(--ds-text, #222) !important; border-color: var(--ds-border, #ddd) !important}
+.tabulator .tabulator-header {border-bottom: 1px solid var(--ds-border, #ddd) !important}
+.tabulator-row, .tabulator-row.tabulator-row-odd {background-color: var(--ds-surface, #fff) !important; color: var(--ds-text, #222) !important;
+  border-bottom: 1px solid var(--ds-border, #eee) !important}
+.tabulator-row.tabulator-row-even {background-color: color-mix(in srgb, var(--ds-text, #000) 4%, var(--ds-surface, #fff)) !important}
+.tabulator-row .tabulator-cell {border-right: none !important; color: var(--ds-text, #222)}
+.tabulator-row.tabulator-selectable:hover {background-color: color-mix(in srgb, var(--ds-primary, #1565c0) 10%, var(--ds-surface, #fff)) !important}
 """
 
 

@@ -3,7 +3,8 @@
 ``look_at(browser, dashboard_url, Look(...), folder)`` opens the page in four fresh browser contexts (390 and
 1280 px wide, the OS in light and in dark mode), waits until ``ready`` shows, and checks what every page must:
 
-- the page follows the OS's colour scheme (``<html data-theme>`` and the frame's background);
+- the page follows the OS's colour scheme (``<html data-theme>``, the page's background, and in the dark mode its
+  tables' rows and headers);
 - at 390 px nothing scrolls sideways: the document is no wider than the window (a wide table scrolls inside
   its card instead);
 - the browser logged no console error, no uncaught exception, no failed request and no HTTP error;
@@ -38,8 +39,8 @@ _PHONE = {"is_mobile": True, "has_touch": True,
           "user_agent": "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Mobile Safari/537.36"}
 _TALLEST_SHOT = 5000  # px: a screenshot shows the whole page up to this height
 
-# the frame scrolls its main area itself (the document does not): its size and sideways overflow, found through
-# the shadow roots Panel renders into
+# the document's width and height (the page scrolls as a document; a frame that scrolled an inner area itself would
+# hide a sideways overflow from the document's width, so a ".main-content" area is measured too if there is one)
 _MAIN_AREA = """() => {
   const find = (root) => {
     const hit = root.querySelector('.main-content');
@@ -48,7 +49,7 @@ _MAIN_AREA = """() => {
     return null };
   const main = find(document);
   return {document: document.documentElement.scrollWidth, overflow: main ? main.scrollWidth - main.clientWidth : 0,
-          top: main ? main.getBoundingClientRect().top : 0, height: main ? main.scrollHeight : 0} }"""
+          height: Math.max(document.documentElement.scrollHeight, main ? main.getBoundingClientRect().top + main.scrollHeight : 0)} }"""
 
 
 @dataclass(frozen=True)
@@ -68,14 +69,24 @@ def screenshot_folder(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("screenshots")
 
 
+def _dark(colour: str) -> bool:
+    """Whether a computed CSS colour is dark: "rgb(18, 18, 18)", "rgba(...)" or "color(srgb 0.15 0.15 0.15 / 1)"."""
+    inside = colour[colour.index("(") + 1:colour.index(")")].split("/")[0]
+    if colour.startswith("color("):
+        return sum(float(v) for v in inside.split()[1:4]) / 3 < 0.4
+    return sum(float(part) for part in inside.split(",")[:3]) / 3 < 100
+
+
 def _background_is_dark(page) -> bool:
-    """Whether the frame's main area is painted dark (its computed background colour's lightness)."""
-    rgb = page.evaluate("""() => {
-        const main = document.querySelector('.main') || [...document.querySelectorAll('*')].map(e => e.shadowRoot)
-            .filter(Boolean).map(r => r.querySelector('.main')).find(Boolean) || document.body;
-        return getComputedStyle(main).backgroundColor }""")
-    numbers = [float(part) for part in rgb[rgb.index("(") + 1:rgb.index(")")].split(",")[:3]]
-    return sum(numbers) / 3 < 100
+    """Whether the page is painted dark (the body's computed background colour's lightness)."""
+    return _dark(page.evaluate("getComputedStyle(document.body).backgroundColor"))
+
+
+def _light_tables(page) -> int:
+    """How many table rows and headers are painted light (in dark mode they must not be: light text on white)."""
+    cells = page.locator(".tabulator-row, .tabulator-header")
+    colours = [cells.nth(i).evaluate("e => getComputedStyle(e).backgroundColor") for i in range(min(cells.count(), 6))]
+    return sum(1 for c in colours if not c.startswith("rgba(0, 0, 0, 0)") and not _dark(c))
 
 
 def look_at(browser, base_url: str, look: Look, folder: Path, ids: dict | None = None) -> list[str]:
@@ -98,12 +109,14 @@ def look_at(browser, base_url: str, look: Look, folder: Path, ids: dict | None =
                 theme = page.evaluate("document.documentElement.dataset.theme")
                 if theme != scheme or _background_is_dark(page) != (scheme == "dark"):
                     problems.append(f"{where}: the page is not in the OS's {scheme} mode (data-theme={theme!r})")
+                if scheme == "dark" and _light_tables(page):
+                    problems.append(f"{where}: a table is painted light in the dark theme")
                 area = page.evaluate(_MAIN_AREA)
                 if width == _PHONE_WIDTH and (area["document"] > width or area["overflow"] > 0):
                     problems.append(f"{where}: the page scrolls sideways (document {area['document']} px in a {width} px window, "
                                     f"main area {area['overflow']} px wider than its box)")
                 # the whole page in one picture: the window as tall as the frame's main area
-                page.set_viewport_size({"width": width, "height": min(_TALLEST_SHOT, max(height, int(area["top"] + area["height"])))})
+                page.set_viewport_size({"width": width, "height": min(_TALLEST_SHOT, max(height, int(area["height"])))})
                 page.wait_for_timeout(150)
                 page.screenshot(path=str(folder / f"{look.name}-{label}-{scheme}.png"))
             finally:

@@ -100,9 +100,14 @@ def test_the_theme_follows_the_os_until_the_toggle_chooses(seeded, browser):
     page.goto("/runs")
     page.locator(".tabulator-row").first.wait_for()
     assert page.evaluate("document.documentElement.dataset.theme") == "dark"
-    page.get_by_label("Toggle theme").click()
-    page.wait_for_function("document.documentElement.dataset.theme === 'light'")
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(18, 18, 18)"
+    with page.expect_navigation():  # the page is built again in the chosen mode, Panel's widgets included
+        page.get_by_role("button", name="switch to light mode").click()
+    page.locator(".tabulator-row").first.wait_for()
+    assert page.evaluate("document.documentElement.dataset.theme") == "light"
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(246, 247, 249)"
     assert page.evaluate("localStorage.getItem('dsagent-theme')") == "light"
+    page.get_by_role("button", name="switch to dark mode").wait_for()
     page.goto("/")  # another page of the same browser keeps the choice, though the OS is still dark
     page.locator(".ds-stats").first.wait_for()
     assert page.evaluate("document.documentElement.dataset.theme") == "light"
@@ -116,6 +121,22 @@ def test_the_theme_follows_the_os_until_the_toggle_chooses(seeded, browser):
     assert page.evaluate("document.documentElement.dataset.theme") == "dark"
     assert page.evaluate("localStorage.getItem('dsagent-theme')") is None  # following the OS is not a choice
     fresh.close()
+
+
+def test_on_a_phone_the_drawer_opens_from_the_menu_button(seeded, browser):
+    from .pagecheck import _PHONE
+
+    dashboard, _ = seeded
+    context = browser.new_context(viewport={"width": 390, "height": 844}, base_url=dashboard.url, **_PHONE)
+    page = context.new_page()
+    page.goto("/")
+    page.locator(".ds-stats").first.wait_for()
+    assert not page.locator(".ds-drawer").is_visible()  # out of the way of a narrow page
+    page.locator(".ds-menu-button").click()
+    page.locator(".ds-drawer a", has_text="Runs").click()
+    page.locator(".tabulator-row").first.wait_for()
+    assert page.url.endswith("/runs")
+    context.close()
 
 
 def _titles(page) -> list[str]:
