@@ -22,7 +22,7 @@ from dsagent.panel_app.layout import NAV, page_frame
 from dsagent.errors import DsagentError, NotFound, StoreLocked
 
 if TYPE_CHECKING:
-    from dsagent.artifacts.models import Artifact, Run
+    from dsagent.artifacts.models import Artifact
     from dsagent.panel_app.context import AppContext
 
 log = logging.getLogger(__name__)
