@@ -14,6 +14,7 @@ import logging
 import socket
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from dsagent.errors import DsagentError
@@ -39,6 +40,8 @@ class PageSpec:
     #: Panel's Location model (pn.state.location, to read or set the address from Python); off, the page
     #: builds one model fewer per session
     location: bool = True
+    #: the icon next to the title in the navigation drawer: a name in ``components.icon``'s set ("page" if unknown)
+    icon: str = "page"
 
 
 def _builtin_pages() -> list[PageSpec]:
@@ -47,16 +50,17 @@ def _builtin_pages() -> list[PageSpec]:
 
     table = ("tabulator",)  # the pages with a Tabulator (widgets.Table, artifact previews, batch views)
     return [
-        PageSpec("/", "Overview", overview.page, preload=overview.preload, extensions=(), location=False),
-        PageSpec("/runs", "Runs", runs.page, preload=runs.preload, extensions=table, location=False),
+        PageSpec("/", "Overview", overview.page, preload=overview.preload, extensions=(), location=False, icon="dashboard"),
+        PageSpec("/runs", "Runs", runs.page, preload=runs.preload, extensions=table, icon="runs"),
         PageSpec("/run", "Run", run_page.page, in_nav=False, preload=run_page.preload, extensions=table, location=False),
-        PageSpec("/artifacts", "Artifacts", artifacts_page.page, preload=artifacts_page.preload, extensions=table, location=False),
-        PageSpec("/artifact", "Artifact", artifact_page.page, in_nav=False, extensions=table, location=False),
-        PageSpec("/notebooks", "Notebooks", notebooks_page.page, extensions=table, location=False),
+        PageSpec("/artifacts", "Artifacts", artifacts_page.page, preload=artifacts_page.preload, extensions=table, location=False,
+                 icon="artifacts"),
+        PageSpec("/artifact", "Artifact", artifact_page.page, in_nav=False, preload=artifact_page.preload, extensions=table, location=False),
+        PageSpec("/notebooks", "Notebooks", notebooks_page.page, extensions=table, location=False, icon="notebooks"),
         PageSpec("/notebook", "Notebook", notebook_page.page, in_nav=False, extensions=table),
         PageSpec("/compare", "Compare runs", compare_page.page, in_nav=False, extensions=(), location=False),
-        PageSpec("/chat", "Chat", chat_page.page, preload=chat_page.preload),
-        PageSpec("/schedules", "Schedules", schedules_page.page, extensions=(), location=False),
+        PageSpec("/chat", "Chat", chat_page.page, preload=chat_page.preload, icon="chat"),
+        PageSpec("/schedules", "Schedules", schedules_page.page, extensions=(), location=False, icon="schedules"),
     ]
 
 
@@ -86,14 +90,14 @@ def build_server(ctx: AppContext, *, port: int, address: str, cookie_secret: str
     """A started-but-not-running Bokeh server (call ``.io_loop.start()``); port problems become DsagentError."""
     import panel as pn
 
-    from dsagent.panel_app import csp, hosts, rest, widgets
+    from dsagent.panel_app import csp, hosts, layout, rest
     from dsagent.panel_app.auth import TOKEN_EXCLUDED_COOKIES, TOKEN_EXCLUDED_HEADERS, make_auth_provider
 
     pn.extension("tabulator", notifications=False)
-    _skip_module_shims()
+    _native_module_imports()
     _trim_page_scripts()
     pages = [*_builtin_pages(), *PAGES]
-    widgets.NAV[:] = [(p.route, p.title) for p in pages if p.in_nav]
+    layout.NAV[:] = [layout.NavItem(p.route, p.title, p.icon) for p in pages if p.in_nav]
     routes = _applications(ctx, pages)
     extra: dict[str, Any] = {}
     if ctx.credentials is not None:
@@ -111,6 +115,7 @@ def build_server(ctx: AppContext, *, port: int, address: str, cookie_secret: str
         if exc.errno == errno.EADDRINUSE:
             raise DsagentError(f"port {port} on {address} is already in use", hint=f"pick another one: dsagent serve --port {port + 1}") from None
         raise DsagentError(f"cannot listen on {address}:{port}: {exc.strerror or exc}", hint="check --address and --port") from None
+    _quiet_tab_closes(server)
     # Bokeh's Server keeps its Tornado application in _tornado; it has no public accessor
     csp.install(server._tornado)
     # the names of the websocket origins are names the server is reached by, too (a proxy's)
@@ -129,32 +134,91 @@ def build_server(ctx: AppContext, *, port: int, address: str, cookie_secret: str
     return server
 
 
-def _skip_module_shims() -> None:
-    """Leave es-module-shims out of every page: only Panel's ESM components (JSComponent, AnyWidget) need it, and
-    no page uses one. Loaded, it ran on each page load and made an iframe to probe the browser (about:srcdoc),
-    tens of milliseconds of the main thread before the page's own scripts (bench/dashboard.py traces)."""
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+class _TabClosed(logging.Filter):
+    """Drops the warning Bokeh and Panel log for each update that was on its way to a browser tab that had just
+    closed: an everyday event (a reload, a closed tab, a link followed while the page polled), not a fault."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "as connection was closed" not in record.getMessage()
+
+
+def _quiet_tab_closes(server: Any) -> None:
+    """No log lines and no tracebacks when a tab closes while the server writes to it.
+
+    Panel writes a session's updates as futures it awaits later; when the tab has gone meanwhile, the session is
+    destroyed first and those futures' ``WebSocketClosedError`` is never retrieved, so asyncio printed "Task
+    exception was never retrieved" with two tracebacks per closed tab. Any other unretrieved exception is
+    still reported as before."""
+    import warnings
+
+    from bokeh.util.warnings import BokehUserWarning
+    from tornado.websocket import WebSocketClosedError
+
+    for name in ("bokeh.server.views.ws", "panel.io.document"):
+        logging.getLogger(name).addFilter(_TabClosed())
+    # panel-material-ui's theming appends a stylesheet to each Tabulator in the browser; the list it sends back
+    # names the table's stylesheets the server already has, and Bokeh (which then uses the ones it has) warns once
+    # per stylesheet whenever a table joins a page after load (the Artifacts table does)
+    warnings.filterwarnings("ignore", message="reference already known", category=BokehUserWarning)
+    loop = server.io_loop.asyncio_loop
+    previous = loop.get_exception_handler()
+
+    def handler(loop: Any, context: dict[str, Any]) -> None:
+        if isinstance(context.get("exception"), WebSocketClosedError):
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
+def _native_module_imports() -> None:
+    """es-module-shims out of every page, ``static/esm_import.js`` (the browser's own dynamic import) in.
+
+    Panel loads its ESM components (the panel-material-ui frame every page has) through ``importShim``. The
+    shim's shim mode fetched and rewrote each module and probed the browser with inline scripts, which the
+    pages' Content-Security-Policy refuses (and which cost tens of milliseconds of the main thread on every
+    load); panel-material-ui is one bundled module without import maps, which native ``import()`` loads."""
+    from bokeh.embed.bundle import extension_dirs
     from panel.models.esm import ReactiveESM
 
     ReactiveESM.__javascript_raw__ = []
+    extension_dirs["dsagent"] = STATIC_DIR
 
 
 def _trim_page_scripts() -> None:
-    """Two changes to the ``<script>`` list of every page (Panel's ``Resources.js_files``).
+    """Changes to the ``<script>`` and stylesheet lists of every page (Panel's ``Resources.js_files``, ``css_files``).
 
     - No bokeh-gl: WebGL for Bokeh plots, and the dashboard draws none (~190 KB evaluated per page load).
     - Panel's bundled libraries (Tabulator, luxon) get Panel's version in their URL, as its own panel.min.js
       has: a versioned static URL is cached for good, so a later page uses them from the cache instead of
       asking the server first (a round trip that held back every script after them, as scripts run in order).
+    - ``static/esm_import.js`` first (``_native_module_imports``), versioned by its content.
+    - The stylesheet list is worked out once per set of extensions, not on every page request: Panel asks each
+      of panel-material-ui's ~150 component classes (and their base classes) for its stylesheets, 30 ms of the
+      server's time per page load (traced), for a list that changes only when a new component class is imported.
     """
+    import hashlib
+
+    import param
     from panel import __version__
     from panel.io.resources import LOCAL_DIST, Resources
+    from panel.io.state import state
+    from panel.reactive import ReactiveCustomBase
 
     listed = Resources.js_files
     if getattr(listed.fget, "_dsagent_trimmed", False):
         return
+    shim = STATIC_DIR / "esm_import.js"
+    shim_url = f"static/extensions/dsagent/{shim.name}?v={hashlib.sha256(shim.read_bytes()).hexdigest()[:16]}"
 
     def js_files(self) -> list[str]:
-        files = []
+        files = [shim_url]
         for url in listed.fget(self):
             if "/bokeh-gl" in url:
                 continue
@@ -166,10 +230,26 @@ def _trim_page_scripts() -> None:
     js_files._dsagent_trimmed = True  # type: ignore[attr-defined]
     Resources.js_files = property(js_files)
 
+    stylesheets = Resources.css_files
+    known: dict[tuple, list[str]] = {}
+
+    def css_files(self) -> list[str]:
+        import panel as pn
+
+        key = (self.mode, state.rel_path, tuple(state._extensions or ()), len(param.concrete_descendents(ReactiveCustomBase)),
+               pn.config.design, tuple(pn.config.css_files))
+        if key not in known:
+            known[key] = stylesheets.fget(self)
+        return list(known[key])
+
+    Resources.css_files = property(css_files)
+
 
 def _page_builder(ctx: AppContext, spec: PageSpec) -> Callable[[], Any]:
     import panel as pn
     from panel import __version__
+
+    from dsagent.panel_app import layout
 
     def build() -> Any:
         doc = pn.state.curdoc
@@ -181,6 +261,7 @@ def _page_builder(ctx: AppContext, spec: PageSpec) -> Callable[[], Any]:
             # what pn.extension(*names) records when called in a session (the page's scripts list only these), without
             # its side effects: it appends to a process-wide list on every call, i.e. on every page load
             pn.state._extensions_[doc] = list(spec.extensions)
+        layout.start_session()
         return spec.builder(ctx)
 
     return build
@@ -197,6 +278,7 @@ def _preload_handler(ctx: AppContext, preload: Callable[[AppContext, dict[str, s
     """
     from bokeh.application.handlers.handler import Handler
 
+    from dsagent.errors import NotFound
     from dsagent.panel_app import widgets
 
     class PreloadHandler(Handler):
@@ -208,6 +290,8 @@ def _preload_handler(ctx: AppContext, preload: Callable[[AppContext, dict[str, s
             args = {k: v[0].decode("utf-8", "replace") for k, v in (request.arguments if request else {}).items() if v}
             try:
                 widgets.PRELOADED[session_context._document] = await ctx.read(preload, ctx, args)
+            except NotFound as exc:  # the address names nothing: the page says so (components.not_found_page)
+                widgets.PRELOADED[session_context._document] = widgets.Missing(exc.message)
             except Exception:  # a busy store, a bad id ...: the page's first refresh reads again and says what is wrong
                 log.debug("preload of %s failed", request and request.path, exc_info=True)
 

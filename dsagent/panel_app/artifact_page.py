@@ -4,31 +4,46 @@ from __future__ import annotations
 
 import io
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import panel as pn
 
 from dsagent.panel_app import untrusted
-from dsagent.panel_app.widgets import html_pane, Notice, artifact_preview, current_user, human_size, page_frame, query_arg, run_link, time_text
+from dsagent.panel_app.components import not_found_page
+from dsagent.panel_app.widgets import (Missing, Notice, artifact_preview, current_user, html_pane, human_size, page_frame, preloaded, query_arg,
+                                       run_link, time_text)
 
 if TYPE_CHECKING:
+    from dsagent.artifacts.models import Artifact
     from dsagent.panel_app.context import AppContext
 
-__all__ = ["page"]
+__all__ = ["page", "preload"]
 
 _PREVIEW_BYTES_LIMIT = 20 << 20  # tables/text beyond this are downloaded, not previewed
 #: FileDownload sends the bytes base64-encoded over the websocket; bigger files use the plain link (HTTP, Range)
 _FILE_DOWNLOAD_LIMIT = 20 << 20
 
 
-def page(ctx: "AppContext") -> pn.Column:
+def preload(ctx: "AppContext", args: dict[str, str]) -> "Artifact | None":
+    """The artifact's record (NotFound if there is none: the page is then the not-found page)."""
+    try:
+        artifact_id = int(args.get("id", ""))
+    except ValueError:
+        return None  # the page says what is wrong with the address
+    return ctx.store.get_artifact(artifact_id)
+
+
+def page(ctx: "AppContext") -> Any:
     raw = query_arg("id")
     notice = Notice()
     try:
         artifact_id = int(raw or "")
     except ValueError:
-        notice.show(f"No artifact id {untrusted.text(raw or '')} in the address: pick one on the <a href='./artifacts'>Artifacts</a> page.", "danger")
-        return page_frame("/artifacts", "Artifact", notice.pane, user=current_user())
+        return not_found_page("/artifacts", "Artifact", f"No artifact id {untrusted.text(raw or '')} in the address", "./artifacts",
+                              "All artifacts", user=current_user())
+    if isinstance(preloaded(), Missing):
+        return not_found_page("/artifacts", f"Artifact {artifact_id}", f"There is no artifact {artifact_id} in this workspace",
+                              "./artifacts", "All artifacts", user=current_user())
     meta = html_pane("loading…")
     preview = pn.Column(sizing_mode="stretch_width")
 

@@ -34,7 +34,11 @@ _SCRIPT_TYPES = {b"text/javascript", b"application/javascript", b"module"}
 
 # unsafe-eval: Bokeh compiles its models' expression code and Panel its templates' callbacks with `new Function`;
 # text from data never reaches those (it is shown, not evaluated), so eval is no path for it.
-# style-src unsafe-inline: Bokeh sizes and positions every element with inline styles.
+# blob: Panel mounts each ESM component (the panel-material-ui frame) from a small module it writes into a blob
+# URL. A blob URL is minted only by script already running in this page (the framework's own, allowed above),
+# so markup that slips through escaping cannot bring a script of its own this way.
+# style-src unsafe-inline: Bokeh sizes and positions every element with inline styles, and Material UI (emotion)
+# writes its components' styles into <style> elements at run time.
 _FIXED = (
     "default-src 'self'; img-src 'self' data: blob:; font-src 'self' data:; style-src 'self' 'unsafe-inline'; "
     "connect-src 'self'; frame-src 'self'; worker-src 'self' blob:; object-src 'none'; base-uri 'self'; "
@@ -45,7 +49,7 @@ _FIXED = (
 def policy_for(page: bytes) -> str:
     """The policy for one HTML page: its own inline scripts allowed by hash, no other inline script."""
     hashes = sorted({_hash(m.group("body")) for m in _INLINE_SCRIPT.finditer(page) if _runs(m.group("attrs"))})
-    sources = " ".join(["'self'", "'unsafe-eval'", *(f"'sha256-{h}'" for h in hashes)])
+    sources = " ".join(["'self'", "blob:", "'unsafe-eval'", *(f"'sha256-{h}'" for h in hashes)])
     return f"{_FIXED}; script-src {sources}"
 
 

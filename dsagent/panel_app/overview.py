@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import panel as pn
+import param
 
-from dsagent.panel_app import untrusted
-from dsagent.panel_app.widgets import html_pane, image_tile, Notice, Poller, preloaded, current_user, duration_text, human_size, page_frame, run_link, status_badge, time_text
+from dsagent.panel_app import formats, untrusted
+from dsagent.panel_app.components import card, empty_state, status_chip
+from dsagent.panel_app.layout import page_frame
+from dsagent.panel_app.widgets import Notice, Poller, current_user, html_pane, image_tile, preloaded, run_link
 
 if TYPE_CHECKING:
+    from dsagent.artifacts.models import Run
     from dsagent.panel_app.context import AppContext
 
-__all__ = ["page", "preload"]
+__all__ = ["OverviewView", "page", "preload", "scheduler_text"]
+
+_STATUS_ORDER = ("running", "queued", "idle", "failed", "unverified", "cancelled", "succeeded")
+_CSS = """
+.ds-stats {display: grid; grid-template-columns: repeat(auto-fit, minmax(230px, 1fr)); gap: 12px}
+.ds-stat {border: 1px solid var(--ds-border); border-radius: 8px; padding: 10px 14px; background: var(--ds-surface, #fff);
+  min-width: 0; overflow-wrap: anywhere}
+.ds-stat h2 {font-size: 0.8rem; font-weight: 500; letter-spacing: 0.04em; text-transform: uppercase; color: var(--ds-muted); margin: 0 0 6px 0}
+.ds-stat .ds-big {font-size: 1.8rem; font-weight: 500; line-height: 1.2}
+.ds-chips {display: flex; flex-wrap: wrap; gap: 6px; margin-top: 6px}
+.ds-chips a {text-decoration: none}
+.ds-runs {border-collapse: collapse; width: 100%; min-width: 560px}
+.ds-runs th {text-align: left; font-weight: 500; color: var(--ds-muted); font-size: 0.85rem; padding: 4px 8px;
+  border-bottom: 1px solid var(--ds-border)}
+.ds-runs td {padding: 5px 8px; border-bottom: 1px solid var(--ds-border); vertical-align: middle}
+.ds-runs td.ds-title {overflow-wrap: anywhere; max-width: 420px}
+"""
 
 
 def _store_size(ctx: "AppContext") -> int:
@@ -29,7 +50,7 @@ def scheduler_text(lease, own_owner: str | None) -> str:
     if lease is None or lease.expires < utcnow() or gone:
         fix = ("this dashboard's scheduler is starting or waiting for the store" if own_owner else
                "start one with <code>dsagent scheduler</code>, or restart <code>dsagent serve</code> without <code>--no-scheduler</code>")
-        return f"<b style='color:#dc3545'>nobody — schedules will not fire</b>; {fix}"
+        return f"<b style='color:var(--ds-failed)'>nobody — schedules will not fire</b>; {fix}"
     where = untrusted.text(f"pid {lease.pid} on {lease.host}")
     if own_owner and lease.owner == own_owner:
         who = "this dashboard"
@@ -40,14 +61,15 @@ def scheduler_text(lease, own_owner: str | None) -> str:
     return f"{who} ({where})"
 
 
-def _runs_table(runs) -> str:
+def runs_table(runs: "list[Run]", now=None) -> str:
+    """A short list of runs as an HTML table (it scrolls sideways inside its card on a phone)."""
+    now = now or formats.minute_now()
     rows = "".join(
-        f"<tr><td>{run_link(r.id)}</td><td>{untrusted.text(r.kind)}</td><td>{status_badge(r.status)}</td>"
-        f"<td>{untrusted.text(r.title or '')}</td><td>{time_text(r.started or r.created)}</td><td>{duration_text(r)}</td></tr>"
-        for r in runs
-    )
-    return ("<table class='ds-kv'><tr><th>run</th><th>kind</th><th>status</th><th>title</th><th>started</th><th>duration</th></tr>"
-            f"{rows}</table>") if rows else "<i>no runs yet</i>"
+        f"<tr><td>{run_link(r.id)}</td><td>{status_chip(r.status)}</td><td class='ds-title'>{untrusted.text(r.title or '')}</td>"
+        f"<td>{untrusted.text(r.kind)}</td><td>{formats.time_cell(r.started or r.created, now)}</td><td>{formats.run_duration(r)}</td></tr>"
+        for r in runs)
+    return ("<div class='ds-scroll'><table class='ds-runs'><tr><th>run</th><th>status</th><th>title</th><th>kind</th><th>started</th>"
+            f"<th>duration</th></tr>{rows}</table></div>")
 
 
 def preload(ctx: "AppContext", args: dict[str, str]) -> dict:
@@ -57,36 +79,76 @@ def preload(ctx: "AppContext", args: dict[str, str]) -> dict:
             "firing": scheduler_text(ctx.store.scheduler_lease(), ctx.scheduler.owner if ctx.scheduler is not None else None)}  # reads /proc
 
 
-def page(ctx: "AppContext") -> pn.Column:
-    notice = Notice()
-    counts = html_pane("loading…")
-    running = html_pane("")
-    latest = html_pane("")
-    images = html_pane("")
+class OverviewView(pn.viewable.Viewer):
+    """The Overview's state is the last read (``data``); ``_render`` shows it whenever it changes."""
 
-    async def refresh() -> None:
+    data = param.Dict(default=None, allow_None=True, doc="what preload read: summary, recent runs, pictures, size, firing")
+
+    def __init__(self, ctx: "AppContext", first: dict | None = None, **params: Any) -> None:
+        super().__init__(**params)
+        self.ctx = ctx
+        self._shown_at = formats.minute_now()
+        self.notice = Notice()
+        self.counts = html_pane(stylesheets=[_CSS], margin=(6, 0))
+        self.running = html_pane(stylesheets=[_CSS])
+        self.latest = html_pane(stylesheets=[_CSS])
+        self.images = html_pane()
+        if first is not None:  # the counts are in the document the browser receives
+            self.data = first
+        else:
+            self._render()
+        Poller(self.refresh, max(2000, ctx.poll_ms * 4), first=first is None)
+
+    def __panel__(self) -> Any:
+        return page_frame("/", "Overview", self.notice.pane, self.counts, card(self.running, title="Running now"),
+                          card(self.latest, title="Latest runs"), card(self.images, title="Latest images"), user=current_user())
+
+    async def refresh(self) -> None:
         async def work() -> None:
-            show(await ctx.read(preload, ctx, {}))
-        await notice.guard(work)
+            data = await self.ctx.read(preload, self.ctx, {})
+            if data != self.data:
+                self.data = data
+            elif formats.minute_now() != self._shown_at:  # the same runs, but "3 min ago" is now "4 min ago"
+                self._render()
+        await self.notice.guard(work)
 
-    def show(data: dict) -> None:
-        summary, recent, pictures, size = data["summary"], data["recent"], data["pictures"], data["size"]
-        by_status = " ".join(f"{status_badge(s)} {n}" for s, n in sorted(summary["runs_by_status"].items()))
-        by_kind = ", ".join(f"{untrusted.text(k)}: {n}" for k, n in sorted(summary["runs_by_kind"].items()))
-        arts = ", ".join(f"{untrusted.text(k)}: {n}" for k, n in sorted(summary["artifacts_by_kind"].items()))
-        counts.object = (f"<table class='ds-kv'><tr><td><b>runs</b></td><td>{recent.total} — {by_status or 'none yet'}</td></tr>"
-                         f"<tr><td><b>by kind</b></td><td>{by_kind or '—'}</td></tr>"
-                         f"<tr><td><b>artifacts</b></td><td>{arts or '—'}</td></tr>"
-                         f"<tr><td><b>store</b></td><td>{human_size(size)} in {untrusted.text(str(ctx.home))}</td></tr>"
-                         f"<tr><td><b>schedules fired by</b></td><td><span class='ds-scheduler'>{data['firing']}</span> · "
-                         f"<a href='./schedules'>schedules</a></td></tr></table>")
-        running.object = "<h3>Running now</h3>" + (_runs_table(summary["running"]) if summary["running"] else "<i>nothing is running</i>")
-        latest.object = "<h3>Latest runs</h3>" + _runs_table(recent.items)
-        tiles = "".join(image_tile(a, f"{a.name[:40]} · run {a.run_id}") for a in pictures.items)
-        images.object = "<h3>Latest images</h3>" + (tiles or "<i>no images yet</i>")
+    @param.depends("data", watch=True)
+    def _render(self) -> None:
+        if self.data is None:
+            from dsagent.panel_app.components import loading_placeholder
 
-    first = preloaded()
-    if first is not None:  # the counts are in the document the browser receives
-        show(first)
-    Poller(refresh, max(2000, ctx.poll_ms * 4), first=first is None)
-    return page_frame("/", "Overview", notice.pane, counts, running, latest, images, user=current_user())
+            self.counts.object = loading_placeholder(3)
+            return
+        now = self._shown_at = formats.minute_now()
+        self.counts.object = self._stats()
+        running = self.data["summary"]["running"]
+        self.running.object = runs_table(running, now) if running else empty_state(
+            "Nothing is running", "Runs appear here while they work; a chat shows here only while it answers.")
+        recent = self.data["recent"].items
+        self.latest.object = (runs_table(recent, now) + "<p><a href='./runs'>All runs →</a></p>") if recent else empty_state(
+            "No runs yet", "Start one: <code>dsagent run notebooks/sales_cohorts.ipynb</code>, or open "
+            "<a href='./notebooks'>Notebooks</a> and press Run.")
+        tiles = "".join(image_tile(a, f"{a.name[:40]} · run {a.run_id}") for a in self.data["pictures"].items)
+        self.images.object = tiles or empty_state("No images yet", "Plots a run makes show here and on the <a href='./artifacts'>Artifacts</a> page.")
+
+    def _stats(self) -> str:
+        summary, data = self.data["summary"], self.data
+        by_status = summary["runs_by_status"]
+        chips = "".join(f"<a href='./runs?status={quote(s)}' title='the {s} runs'>{status_chip(s)} {by_status[s]}</a>"
+                        for s in sorted(by_status, key=lambda s: _STATUS_ORDER.index(s) if s in _STATUS_ORDER else 99))
+        kinds = "".join(f"<a href='./runs?kind={quote(k)}'>{untrusted.text(k)}: {n}</a>" for k, n in sorted(summary["runs_by_kind"].items()))
+        artifacts = ", ".join(f"{untrusted.text(k)}: {n}" for k, n in sorted(summary["artifacts_by_kind"].items()))
+        total_artifacts = sum(summary["artifacts_by_kind"].values())
+        return (
+            "<div class='ds-stats'>"
+            f"<div class='ds-stat'><h2>Runs</h2><div class='ds-big'>{data['recent'].total}</div><div class='ds-chips'>{chips}</div></div>"
+            f"<div class='ds-stat'><h2>By kind</h2><div class='ds-chips'>{kinds or '—'}</div></div>"
+            f"<div class='ds-stat'><h2>Artifacts</h2><div class='ds-big'>{total_artifacts}</div><div class='ds-muted'>{artifacts or '—'}</div></div>"
+            f"<div class='ds-stat'><h2>Store</h2><div class='ds-big'>{formats.size(data['size'])}</div>"
+            f"<div class='ds-muted'>{untrusted.text(str(self.ctx.home))}</div>"
+            f"<div>schedules fired by <span class='ds-scheduler'>{data['firing']}</span> · <a href='./schedules'>schedules</a></div></div>"
+            "</div>")
+
+
+def page(ctx: "AppContext") -> Any:
+    return OverviewView(ctx, preloaded())

@@ -17,7 +17,8 @@ import panel as pn
 from dsagent.panel_app import untrusted
 from dsagent.panel_app.actions import cancel_run
 from dsagent.panel_app.batch_view import BatchView
-from dsagent.panel_app.widgets import (html_pane, image_tile, Notice, Poller, preloaded, current_user, duration_text, page_frame, query_arg, run_link, sandboxed_iframe,
+from dsagent.panel_app.components import not_found_page
+from dsagent.panel_app.widgets import (Missing, html_pane, image_tile, Notice, Poller, preloaded, current_user, duration_text, page_frame, query_arg, run_link, sandboxed_iframe,
                                        status_badge, time_text)
 
 if TYPE_CHECKING:
@@ -82,11 +83,13 @@ def _summary(run: "Run", children, who: list[str]) -> str:
 
 
 def preload(ctx: "AppContext", args: dict[str, str]) -> list["Event"] | None:
-    """The run's first events, read before the page is built: the events table comes with the page."""
+    """The run's first events, read before the page is built: the events table comes with the page. A run that
+    does not exist raises NotFound here, and the page is the not-found page."""
     try:
         run_id = int(args.get("id", ""))
     except ValueError:
         return None  # the page says what is wrong with the address
+    ctx.store.get_run(run_id)
     return ctx.store.events(run_id, after=0, limit=500)
 
 
@@ -96,8 +99,12 @@ def page(ctx: "AppContext") -> pn.Column:
     try:
         run_id = int(raw or "")
     except ValueError:
-        notice.show(f"No run id {untrusted.text(raw or '')!s} in the address: open a run from the <a href='./runs'>Runs</a> page.", "danger")
-        return page_frame("/runs", "Run", notice.pane, user=current_user())
+        return not_found_page("/runs", "Run", f"No run id {untrusted.text(raw or '')} in the address", "./runs", "All runs",
+                              user=current_user())
+    first = preloaded()
+    if isinstance(first, Missing):
+        return not_found_page("/runs", f"Run {run_id}", f"There is no run {run_id} in this workspace", "./runs", "All runs",
+                              user=current_user())
 
     summary = html_pane("loading…")
     events = pn.widgets.Tabulator(_events_frame([]), show_index=False, disabled=True, height=300, sizing_mode="stretch_width",
@@ -167,7 +174,6 @@ def page(ctx: "AppContext") -> pn.Column:
             cancel.disabled = False
 
     cancel.on_click(on_cancel)
-    first = preloaded()
     if first:  # streamed rows could reach the table while the browser still builds it, which drops them
         events.value = _events_frame(first)
         state["after"] = first[-1].seq

@@ -1,5 +1,6 @@
-"""Pieces every page uses, written once: the page frame and navigation, the run status badge,
-links, the "busy" notice, and the artifact preview (by kind)."""
+"""Pieces every page uses, written once: the tables, links, the "busy" notice, polling, and the artifact preview
+(by kind). The frame is ``layout.page_frame``, the status chips and other shared components are in
+``components``, number and time formats in ``formats``; the names pages imported from here before stay."""
 
 from __future__ import annotations
 
@@ -10,25 +11,24 @@ import re
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, ClassVar
 
 import logging
-from datetime import date, datetime, time as dtime, timedelta, timezone
 import weakref
+from dataclasses import dataclass
+from datetime import date, datetime, time as dtime, timedelta, timezone
 
 import panel as pn
 
-from dsagent.panel_app import untrusted
+from dsagent.panel_app import components, formats, untrusted
+from dsagent.panel_app.layout import NAV, page_frame
 from dsagent.errors import DsagentError, NotFound, StoreLocked
 
 if TYPE_CHECKING:
-    from dsagent.artifacts.models import Artifact, Run
+    from dsagent.artifacts.models import Artifact
     from dsagent.panel_app.context import AppContext
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Table", "date_range_bounds", "page_frame", "status_badge", "run_link", "artifact_link", "query_arg", "Notice", "artifact_preview",
+__all__ = ["Missing", "Table", "date_range_bounds", "page_frame", "status_badge", "run_link", "artifact_link", "query_arg", "Notice", "artifact_preview",
            "human_size", "duration_text", "time_text", "NAV", "html_pane", "image_tile", "Poller", "preloaded"]
-
-#: (route, title) shown in the navigation bar; app.py fills it from its page list
-NAV: list[tuple[str, str]] = []
 
 #: a page's first data, read before its document is built (app.py's preload handler), by document
 PRELOADED: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
@@ -52,12 +52,14 @@ class Table(pn.widgets.Tabulator):
     """
 
     _stylesheets: ClassVar[list[str]] = []
-    #: px: one line of text or a status badge (what Tabulator measured for every row of the Runs and Artifacts tables)
+    #: px: one line of text or a status chip (what Tabulator measured for every row of the Runs and Artifacts tables)
     ROW_HEIGHT: ClassVar[int] = 29
 
     def __init__(self, value: Any = None, **params: Any) -> None:
         configuration = dict(params.pop("configuration", None) or {})
         configuration.setdefault("rowHeight", self.ROW_HEIGHT)
+        # the cells' chips, links and times look as they do everywhere else
+        params["stylesheets"] = [components.CSS, TABLE_CSS, *params.get("stylesheets", [])]
         super().__init__(value, configuration=configuration, **params)
 
     def _process_param_change(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -107,41 +109,52 @@ def date_range_bounds(value: "tuple[date | None, date | None] | None") -> tuple[
     return since, until
 
 
+@dataclass(frozen=True)
+class Missing:
+    """What ``preloaded()`` returns when the page's preload found that its subject does not exist (NotFound):
+    the page shows ``components.not_found_page`` instead of waiting for data that will never come."""
+
+    message: str  # the store's own words: "no run with id 9999"
+
+
 def preloaded() -> Any:
-    """This session's preloaded data (``PageSpec.preload``), or None if there is none or it failed."""
+    """This session's preloaded data (``PageSpec.preload``), ``Missing`` if the preload raised NotFound, or None if
+    there is none or it failed (a busy store: the page reads again after load)."""
     doc = pn.state.curdoc
     return PRELOADED.pop(doc, None) if doc is not None else None
 
-_STATUS_COLORS = {"queued": "#6c757d", "running": "#0d6efd", "succeeded": "#198754", "failed": "#dc3545",
-                  "unverified": "#fd7e14", "cancelled": "#b8860b"}
+#: the classes of the dashboard's HTML panes: the shared components' (chips, empty states ...), gallery tiles,
+#: key/value tables; colours from the theme's variables (templates/page.html), so light and dark both read
+CSS = components.CSS + """
+.ds-tile {display: inline-block; margin: 6px; text-align: center; font-size: 0.8em; width: 200px; vertical-align: top;
+  overflow-wrap: anywhere}
+.ds-tile img {max-width: 200px; max-height: 150px; border: 1px solid var(--ds-border, #ddd); border-radius: 4px; background: white}
+.ds-kv td {padding: 2px 12px 2px 0; vertical-align: top; overflow-wrap: anywhere}
+"""
 
-CSS = """
-.ds-nav a {margin-right: 18px; text-decoration: none; color: #0d6efd; font-weight: 500}
-.ds-nav a.active {color: #212529; border-bottom: 2px solid #0d6efd}
-.ds-badge {display: inline-block; padding: 1px 8px; border-radius: 10px; color: white; font-size: 0.85em}
-.ds-tile {display: inline-block; margin: 6px; text-align: center; font-size: 0.8em; width: 200px; vertical-align: top}
-.ds-tile img {max-width: 200px; max-height: 150px; border: 1px solid #ddd; background: white}
-.ds-kv td {padding: 2px 12px 2px 0; vertical-align: top}
+#: Tabulator in the theme's colours (light and dark): its bundled themes paint fixed whites and greys, with selectors
+#: more specific than ours, hence the !important
+TABLE_CSS = """
+.tabulator, .tabulator .tabulator-tableholder, .tabulator .tabulator-tableholder .tabulator-table {
+  background-color: var(--ds-surface, #fff) !important; color: var(--ds-text, #222) !important; border-color: var(--ds-border, #ddd) !important}
+.tabulator .tabulator-header, .tabulator .tabulator-header .tabulator-col, .tabulator .tabulator-header .tabulator-col .tabulator-col-content {
+  background-color: var(--ds-surface, #fff) !important; color: var(--ds-text, #222) !important; border-color: var(--ds-border, #ddd) !important}
+.tabulator .tabulator-header {border-bottom: 1px solid var(--ds-border, #ddd) !important}
+.tabulator-row, .tabulator-row.tabulator-row-odd {background-color: var(--ds-surface, #fff) !important; color: var(--ds-text, #222) !important;
+  border-bottom: 1px solid var(--ds-border, #eee) !important}
+.tabulator-row.tabulator-row-even {background-color: color-mix(in srgb, var(--ds-text, #000) 4%, var(--ds-surface, #fff)) !important}
+.tabulator-row .tabulator-cell {border-right: none !important; color: var(--ds-text, #222)}
+.tabulator-row.tabulator-selectable:hover {background-color: color-mix(in srgb, var(--ds-primary, #1565c0) 10%, var(--ds-surface, #fff)) !important}
 """
 
 
-def page_frame(active: str, title: str, *body: Any, user: str | None = None) -> pn.Column:
-    """The common frame: a title bar with the navigation, then the page's content."""
-    links = " ".join(
-        f'<a href="./{route.lstrip("/")}" class="{"active" if route == active else ""}">{untrusted.text(name)}</a>' for route, name in NAV
-    )
-    who = f'<span style="float:right;color:#666">{untrusted.text(user)} · <a href="./logout">log out</a></span>' if user else ""
-    header = pn.pane.HTML(
-        f'<div class="ds-nav"><b style="margin-right:24px;font-size:1.15em">dsagent</b>{links}{who}</div>',
-        sizing_mode="stretch_width", stylesheets=[CSS],
-    )
-    return pn.Column(header, pn.pane.Markdown(f"## {untrusted.text(title)}", margin=(0, 10)), *body, sizing_mode="stretch_width",
-                     stylesheets=[CSS])
-
-
 def html_pane(text: str = "", **kwargs: Any) -> pn.pane.HTML:
-    """An HTML pane that knows the dashboard's classes (panes live in their own shadow DOM)."""
-    return pn.pane.HTML(text, stylesheets=[CSS], sizing_mode="stretch_width", **kwargs)
+    """An HTML pane that knows the dashboard's classes (panes live in their own shadow DOM). Full width unless it
+    is given a width (both together make Panel warn on every page load)."""
+    if "width" not in kwargs:
+        kwargs.setdefault("sizing_mode", "stretch_width")
+    kwargs["stylesheets"] = [CSS, *kwargs.get("stylesheets", [])]
+    return pn.pane.HTML(text, **kwargs)
 
 
 def image_tile(artifact: "Artifact", caption: str, *, eager: bool = False) -> str:
@@ -166,10 +179,8 @@ def current_user() -> str | None:
     return user.decode("utf-8", "replace") if user else None
 
 
-def status_badge(status: str) -> str:
-    color = _STATUS_COLORS.get(status, "#6c757d")
-    return (f'<span style="display:inline-block;padding:0 8px;border-radius:10px;color:white;font-size:0.85em;'
-            f'background:{color}">{untrusted.text(status)}</span>')
+#: a run's status as a chip (one function for every page: ``components.status_chip``)
+status_badge = components.status_chip
 
 
 def run_link(run_id: int | None) -> str:
@@ -185,26 +196,12 @@ def query_arg(name: str) -> str | None:
     return values[0].decode("utf-8", "replace") if values else None
 
 
-def human_size(size: int | None) -> str:
-    if size is None:
-        return ""
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return ""
+human_size = formats.size
+duration_text = formats.run_duration
 
 
 def time_text(value) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
-
-
-def duration_text(run: "Run") -> str:
-    if run.started is None:
-        return ""
-    if run.finished is None:
-        return "running"
-    return f"{(run.finished - run.started).total_seconds():.1f} s"
 
 
 class Poller:

@@ -313,7 +313,8 @@ def test_stop_and_cancel_from_the_run_page_end_a_long_cell_and_the_chat_goes_on(
 
 def test_approval_with_an_edit_runs_and_records_the_edited_code(served, chat_page, tmp_path):
     page, problems = chat_page
-    approve = page.locator("input[type=checkbox]").first  # "approve each cell (Run / Edit / Reject)"
+    # the page's first checkbox, "approve each cell (Run / Edit / Reject)" (the frame's menu button is a checkbox too)
+    approve = page.locator("input[type=checkbox]:not(.ds-menu-state)").first
     approve.check()
     assert approve.is_checked()
     served.llm.add(Reply("1. print"), Reply(tool_calls=[ToolCall("run_code", {"code": "print('as the model wrote it')"})]))

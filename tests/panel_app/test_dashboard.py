@@ -84,8 +84,8 @@ def test_every_page_loads_without_errors_and_shows_its_content(seeded, new_page,
         ("artifact-image", f"/artifact?id={added['plot one.png'].id}", "plot one.png"),
         ("artifact-table", f"/artifact?id={added['numbers.csv'].id}", "numbers.csv"),
         ("artifact-json", f"/artifact?id={added['result.json'].id}", "answer"),
-        ("unknown-run", "/run?id=999999", "no run with id 999999"),
-        ("unknown-artifact", "/artifact?id=999999", "no artifact with id 999999"),
+        ("unknown-run", "/run?id=999999", "There is no run 999999"),
+        ("unknown-artifact", "/artifact?id=999999", "There is no artifact 999999"),
         ("bad-artifact-id", "/artifact?id=abc", "No artifact id"),
     ]
     for name, path, text in checks:

@@ -1,0 +1,236 @@
+"""The dashboard's frame and the pages moved onto it, in a real Chromium: how they look at 390 and 1280 px in
+light and dark (``pagecheck.look_at``), the theme following the OS and the toggle, the Runs filters in the
+address, empty and not-found states, "Running now" without idle chats, and a quiet server log.
+
+The screenshots' folder is printed (``pytest -s`` or ``-rP`` shows it; ``DSAGENT_SCREENSHOTS=DIR`` keeps
+them there). Another page joins by adding a ``Look`` to ``LOOKS``.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+from dsagent.artifacts import NewArtifact, Store
+from dsagent.artifacts.chats import ChatTable
+from dsagent.settings import Settings
+from dsagent.workspace import Workspace
+
+from .conftest import serve_dashboard
+from .pagecheck import Look, look_at, screenshot_folder
+
+# one dashboard server per module: every test of it on one xdist worker, so it starts once
+pytestmark = pytest.mark.xdist_group("panel-look")
+
+BULK = 60  # more runs than one page of the Runs table (50)
+
+#: the pages this module looks at; ``{name}`` fields are filled from ``seeded``'s ids
+LOOKS = [
+    Look("overview", "/", ".ds-stats"),
+    Look("runs", "/runs", ".tabulator-row"),
+    Look("runs-empty", "/runs?q=no-such-title", "text=No runs match these filters"),
+    Look("run-not-found", "/run?id=999999", "text=There is no run 999999"),
+    Look("artifact-not-found", "/artifact?id=999999", "text=There is no artifact 999999"),
+    Look("run-bad-id", "/run?id=abc", "text=No run id abc"),
+]
+
+
+def _png() -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (90, 60), (200, 80, 40)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _seed(home: Path) -> dict[str, int]:
+    """Runs in every status a page shows differently, two chats (one idle, one answering), an image, and more
+    runs than one page holds."""
+    ids: dict[str, int] = {}
+    with Store.open(Workspace(home), Settings(home=str(home))) as store:
+        with store.transaction() as tx:
+            for number in range(BULK):
+                tx.create_run("exec", status="succeeded", title=f"bulk run {number}")
+        report = store.create_run("notebook", title="weekly sales report", backend="local")
+        store.add_artifacts(report.id, [NewArtifact("revenue by week.png", "image", "image/png", _png(), cell=0)])
+        store.update_run_status(report.id, "succeeded")
+        broken = store.create_run("notebook", title="broken import")
+        store.update_run_status(broken.id, "failed", error="ModuleNotFoundError: no module named 'nope'")
+        answer = store.create_run("agent", title="why did churn rise")
+        store.update_run_status(answer.id, "unverified")
+        long = store.create_run("notebook", title="long running sweep")
+        store.update_run_status(long.id, "running")
+        chats = ChatTable(store)
+        idle = chats.create("idle chat about churn", graph="analysis", backend="local", datasets=[])
+        busy = chats.create("busy chat about revenue", graph="analysis", backend="local", datasets=[])
+        store.update_run_status(busy.id, "running")  # a turn runs: the chat's run says so
+        ids.update(report=report.id, broken=broken.id, answer=answer.id, long=long.id, idle_chat=idle.id, busy_chat=busy.id)
+    return ids
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    home = tmp_path_factory.mktemp("look") / "ws"
+    ids = _seed(home)
+    with serve_dashboard(home) as dashboard:
+        yield dashboard, ids
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory):
+    folder = screenshot_folder(tmp_path_factory)
+    print(f"\nscreenshots of the dashboard's pages in {folder}")
+    return folder
+
+
+@pytest.mark.parametrize("look", LOOKS, ids=[look.name for look in LOOKS])
+def test_page_at_phone_and_laptop_width_in_light_and_dark(seeded, browser, screenshots, look):
+    dashboard, ids = seeded
+    assert look_at(browser, dashboard.url, look, screenshots, ids) == []
+    print(f"{look.name}: screenshots in {screenshots}")
+
+
+def test_the_theme_follows_the_os_until_the_toggle_chooses(seeded, browser):
+    dashboard, _ = seeded
+    context = browser.new_context(color_scheme="dark", base_url=dashboard.url)
+    page = context.new_page()
+    page.goto("/runs")
+    page.locator(".tabulator-row").first.wait_for()
+    assert page.evaluate("document.documentElement.dataset.theme") == "dark"
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(18, 18, 18)"
+    with page.expect_navigation():  # the page is built again in the chosen mode, Panel's widgets included
+        page.get_by_role("button", name="switch to light mode").click()
+    page.locator(".tabulator-row").first.wait_for()
+    assert page.evaluate("document.documentElement.dataset.theme") == "light"
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(246, 247, 249)"
+    assert page.evaluate("localStorage.getItem('dsagent-theme')") == "light"
+    page.get_by_role("button", name="switch to dark mode").wait_for()
+    page.goto("/")  # another page of the same browser keeps the choice, though the OS is still dark
+    page.locator(".ds-stats").first.wait_for()
+    assert page.evaluate("document.documentElement.dataset.theme") == "light"
+    cookies = {c["name"]: c["value"] for c in context.cookies()}
+    assert cookies["dsagent_theme"] == "light"  # so the server builds the next page light at once
+    context.close()
+    fresh = browser.new_context(color_scheme="dark", base_url=dashboard.url)  # another browser: no choice made there
+    page = fresh.new_page()
+    page.goto("/")
+    page.locator(".ds-stats").first.wait_for()
+    assert page.evaluate("document.documentElement.dataset.theme") == "dark"
+    assert page.evaluate("localStorage.getItem('dsagent-theme')") is None  # following the OS is not a choice
+    fresh.close()
+
+
+def test_on_a_phone_the_drawer_opens_from_the_menu_button(seeded, browser):
+    from .pagecheck import _PHONE
+
+    dashboard, _ = seeded
+    context = browser.new_context(viewport={"width": 390, "height": 844}, base_url=dashboard.url, **_PHONE)
+    page = context.new_page()
+    page.goto("/")
+    page.locator(".ds-stats").first.wait_for()
+    assert not page.locator(".ds-drawer").is_visible()  # out of the way of a narrow page
+    page.locator(".ds-menu-button").click()
+    page.locator(".ds-drawer a", has_text="Runs").click()
+    page.locator(".tabulator-row").first.wait_for()
+    assert page.url.endswith("/runs")
+    context.close()
+
+
+def _titles(page) -> list[str]:
+    return page.locator(".tabulator-row .tabulator-cell[tabulator-field=title]").all_inner_texts()
+
+
+def test_runs_filters_and_page_live_in_the_address(seeded, new_page):
+    dashboard, _ = seeded
+    page, problems = new_page(dashboard.url)
+    page.goto("/runs")
+    page.locator(".tabulator-row").first.wait_for()
+    page.get_by_role("combobox", name="Status").click()
+    page.get_by_role("listbox").get_by_text("failed", exact=True).click()
+    page.wait_for_url(re.compile(r"status=failed"))
+    page.get_by_text("broken import").first.wait_for()
+    page.reload()  # a reload (or a bookmark) shows the same runs
+    page.get_by_text("broken import").first.wait_for()
+    assert _titles(page) == ["broken import"]
+    assert page.get_by_role("combobox", name="Status").inner_text().strip() == "failed"
+    page.goto("/runs?kind=exec")
+    page.get_by_text("runs 1–50 of 60").wait_for()
+    page.get_by_role("button", name="Older").click()
+    page.wait_for_url(re.compile(r"kind=exec.*page=2|page=2.*kind=exec"))
+    page.get_by_text("runs 51–60 of 60").wait_for()
+    page.reload()
+    page.get_by_text("runs 51–60 of 60").wait_for()
+    assert sorted(_titles(page)) == sorted(f"bulk run {n}" for n in range(10))
+    assert problems.items == []
+
+
+def test_an_empty_result_says_so_and_what_to_do(seeded, new_page):
+    dashboard, _ = seeded
+    page, problems = new_page(dashboard.url)
+    page.goto("/runs?q=no-such-title")
+    page.get_by_text("No runs match these filters").wait_for()
+    page.get_by_role("link", name="show all runs").wait_for()
+    assert not page.locator(".tabulator-row").count()
+    assert not page.get_by_text(re.compile(r"runs 0.0 of 0")).count()
+    assert not page.locator(".tabulator").first.is_visible()  # no bare headers over nothing
+    page.get_by_role("link", name="show all runs").click()
+    page.locator(".tabulator-row").first.wait_for()
+    box = page.get_by_label("Title contains")
+    box.fill("zzz nothing has this")  # typed: the table goes, the empty state comes, and back
+    page.get_by_text("No runs match these filters").wait_for()
+    assert not page.locator(".tabulator").first.is_visible()
+    box.fill("weekly")
+    page.get_by_text("weekly sales report").first.wait_for()
+    assert _titles(page) == ["weekly sales report"] and not page.get_by_text("No runs match these filters").is_visible()
+    assert problems.items == []
+
+
+def test_running_now_shows_runs_and_answering_chats_not_idle_ones(seeded, new_page):
+    dashboard, ids = seeded
+    page, problems = new_page(dashboard.url)
+    page.goto("/")
+    page.get_by_text("long running sweep").first.wait_for()
+    html = page.evaluate("""() => { const out = [];
+        const walk = (root) => { root.querySelectorAll('*').forEach(e => { if (e.shadowRoot) walk(e.shadowRoot) });
+                                 root.querySelectorAll('table.ds-runs').forEach(t => out.push(t.textContent)) };
+        walk(document); return out }""")
+    running_now = html[0]  # the first runs table of the page is "Running now"
+    assert "long running sweep" in running_now and "busy chat about revenue" in running_now
+    assert "idle chat about churn" not in running_now
+    assert "idle chat about churn" in html[1]  # it is a run all the same: the latest runs list it
+    assert problems.items == []
+
+
+def test_unknown_ids_show_a_not_found_page_with_a_way_back(seeded, new_page):
+    dashboard, _ = seeded
+    page, problems = new_page(dashboard.url)
+    for path, text, back, landing in (("/run?id=999999", "There is no run 999999", "All runs", ".tabulator-row"),
+                                      ("/artifact?id=999999", "There is no artifact 999999", "All artifacts", "text=revenue by week.png")):
+        page.goto(path)
+        page.get_by_text(text).wait_for()
+        assert not page.get_by_text("loading").count()
+        page.get_by_role("link", name=back).click()
+        page.locator(landing).first.wait_for()
+    assert problems.items == []
+
+
+def test_the_server_log_has_no_warnings_or_tracebacks(seeded, new_page):
+    """Last in the module: every page above opened and closed tabs while the pages polled."""
+    dashboard, _ = seeded
+    for _ in range(3):  # tabs closed mid-poll: the server was writing to them
+        page, _problems = new_page(dashboard.url)
+        page.goto("/runs")
+        page.locator(".tabulator-row").first.wait_for()
+        page.context.close()
+    page, _problems = new_page(dashboard.url)
+    page.goto("/artifacts")  # its table joins the page after load
+    page.locator(".tabulator").first.wait_for()
+    page.goto("/")
+    page.locator(".ds-stats").first.wait_for()
+    page.wait_for_timeout(1500)
+    log = dashboard.log.read_text()
+    assert "Traceback" not in log and "WebSocketClosedError" not in log, log[-4000:]
+    assert "sizing_mode" not in log and "warning" not in log.lower(), log[-4000:]
