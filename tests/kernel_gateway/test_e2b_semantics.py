@@ -175,6 +175,16 @@ async def test_e2b_result_types_charts_and_plain_tracebacks(backend):
         assert chart["elements"] == [{"label": "sales", "points": [[0.0, 1.0], [1.0, 3.0], [2.0, 2.0]]}]
         kept = artifacts_from_outputs(plot.outputs, 2)
         assert [(a.kind, a.mime) for a in kept] == [("image", "image/png"), ("json", CHART_MIME)]
+        # what E2B's real server sent for these (e2b_charts): no title is None, a bar's group is its label,
+        # a date axis is a datetime scale with ISO ticks, "x (s)" has the unit s
+        shapes = await session.execute(
+            "import pandas as pd\nfig, (a, b) = plt.subplots(1, 2)\na.bar(['p', 'q'], [3, 4], label='bars')\n"
+            "b.plot(pd.date_range('2024-01-01', periods=2), [1, 2])\nb.set_xlabel('x (s)')\nplt.show()"
+        )
+        [figure] = [o for o in shapes.outputs if o["output_type"] == "display_data"]
+        bar, line = figure["data"][CHART_MIME]["elements"]
+        assert bar["title"] is None and [(e["group"], e["label"], e["value"]) for e in bar["elements"]] == [("bars", "p", 3.0), ("bars", "q", 4.0)]
+        assert (line["x_scale"], line["x_unit"], line["elements"][0]["points"][0]) == ("datetime", "s", ["2024-01-01T00:00:00", 1.0])
         failed = await session.execute("def f():\n    raise ValueError('bad')\nf()")
         assert failed.error.ename == "ValueError" and "\x1b[" not in "".join(failed.error.traceback)
 
