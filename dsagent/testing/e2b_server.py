@@ -51,7 +51,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from dsagent.settings import Settings
-from dsagent.testing.e2b_contexts import END, KernelContext, Kernels, normalize_language, start_context
+from dsagent.testing.e2b_contexts import END, KernelContext, Kernels, RestartRefused, normalize_language, start_context
 from dsagent.testing.e2b_envd import FilesystemService, download, upload
 from dsagent.testing.e2b_processes import ProcessService
 from dsagent.testing.e2b_view import KERNEL_HOME, SANDBOX_HOME, SandboxView
@@ -268,6 +268,8 @@ class E2BLoopbackServer:
             return PlainTextResponse(f"Context {request.path_params['context_id']} not found", status_code=404)
         try:
             await context.restart()
+        except RestartRefused as exc:
+            return PlainTextResponse(str(exc), status_code=500)
         except Exception as exc:
             return PlainTextResponse(f"Failed to restart context {context.id}: {exc}", status_code=500)
         return JSONResponse(None)
