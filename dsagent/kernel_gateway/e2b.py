@@ -31,7 +31,10 @@ table):
   it, so its variables are gone"), and as on ``local`` the session then wants
   ``restart()``.
 - restart: ``restart_code_context`` (a fresh kernel) + the set-up cell; if the
-  sandbox itself is gone, a new sandbox is created.
+  sandbox itself is gone, a new sandbox is created. E2B refuses a restart
+  while its Jupyter restarts a dead kernel itself (tried again for a while),
+  and the first cell after restarting a busy kernel may never end (probe
+  cells go first: ``E2BLink.until_answering``).
 - sandbox gone (timed out, killed): status ``died`` mid-cell, naming the sandbox.
 - keep-alive: while a session is in use, the sandbox timeout is pushed forward
   (``set_timeout``) every third of ``e2b_timeout``.
@@ -99,6 +102,11 @@ log = logging.getLogger(__name__)
 
 #: seconds the set-up cell of a new or restarted kernel may take
 SETUP_SECONDS = 60.0
+#: what E2B's server answers (500) to a restart while Jupyter is restarting a dead kernel itself
+RESTART_REFUSED = "Failed to restart context"
+#: how long such a restart is tried again, every RESTART_RETRY_PAUSE seconds
+RESTART_RETRY_SECONDS = 30.0
+RESTART_RETRY_PAUSE = 0.5
 
 NO_KEY = (
     f"{API_KEY_VAR} is not set: the e2b backend needs an E2B API key "
@@ -477,14 +485,25 @@ class E2BSession(KernelSession):
             self._context = await _new_context(self._sandbox, folder, self._env)
             self._gone = False
         else:
-            try:
-                await self._sandbox.restart_code_context(self._context)
-            except Exception as exc:
-                raise translate_error(exc, "restarting the kernel", self.sandbox_id) from exc
+            await self._restart_code_context()
+            await self._link.until_answering(SETUP_SECONDS)
             await _set_up(self._sandbox, self._context, folder, self._env)
         self._dead = False
         self._link.unsettled = False
         self._link.last_count = 0
+
+    async def _restart_code_context(self) -> None:
+        """``restart_code_context``, tried again while E2B refuses it because its Jupyter is restarting the kernel itself."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + RESTART_RETRY_SECONDS
+        while True:
+            try:
+                await self._sandbox.restart_code_context(self._context)
+                return
+            except Exception as exc:
+                if RESTART_REFUSED not in str(exc) or loop.time() >= end:
+                    raise translate_error(exc, "restarting the kernel", self.sandbox_id) from exc
+            await asyncio.sleep(RESTART_RETRY_PAUSE)
 
     async def is_alive(self) -> bool:
         return not self._closed and not self._dead and bool(await self._sandbox_state())

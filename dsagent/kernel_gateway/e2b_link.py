@@ -26,8 +26,10 @@ from typing import Any, Protocol
 from e2b_code_interpreter import AsyncSandbox, Context
 from e2b_code_interpreter import ExecutionError as E2BExecutionError
 
-from dsagent.kernel_gateway.e2b_translate import result_output
+from dsagent.errors import KernelStartFailed
+from dsagent.kernel_gateway.e2b_translate import result_output, translate_error
 from dsagent.kernel_gateway.execute_loop import KernelGone, KernelLink
+from dsagent.kernel_gateway.hidden_cell import HIDE_THIS_CELL
 
 __all__ = ["DEATH_NAMES", "PROBE_SECONDS", "E2BLink", "LinkHost"]
 
@@ -168,24 +170,46 @@ class E2BLink(KernelLink):
         self.unsettled = True
         self.last_count = None
 
-    async def until_free(self, limit: float | None) -> bool:
-        """Send empty probe cells until one ends (True) or ``limit`` seconds pass (False; None: no limit)."""
+    async def until_free(self, limit: float | None, *, first_delay: float = PROBE_DELAY, code: str = "") -> bool:
+        """Send probe cells (``code``: empty) until one ends (True) or ``limit`` seconds pass (False; None: no limit)."""
         loop = asyncio.get_running_loop()
         end = None if limit is None else loop.time() + limit
-        await asyncio.sleep(PROBE_DELAY if end is None else min(PROBE_DELAY, limit or 0))
+        await asyncio.sleep(first_delay if end is None else min(first_delay, limit or 0))
         while end is None or loop.time() < end:
             wait = self.probe_seconds if end is None else min(self.probe_seconds, end - loop.time())
-            probe = asyncio.ensure_future(self._host.sandbox.run_code("", context=self._host.context, timeout=0))
+            probe = asyncio.ensure_future(self._host.sandbox.run_code(code, context=self._host.context, timeout=0))
             done, _ = await asyncio.wait({probe}, timeout=max(wait, 0.0))
             if done:
                 count = probe.result().execution_count  # a failed request (sandbox gone) raises
-                if count is not None:  # an empty cell shows the number the next cell gets
+                if count is not None:  # an empty (or hidden) cell shows the number the next cell gets
                     self.last_count = count - 1
                 self.unsettled = False
                 return True
             probe.cancel()  # aborted behind the interrupted cell, or still queued: ask again
             await asyncio.gather(probe, return_exceptions=True)
         return False
+
+    async def until_answering(self, limit: float) -> None:
+        """After a restart: empty probe cells until one ends, or ``KernelStartFailed``.
+
+        E2B's server may never end the first cell after restarting a kernel that
+        was busy: Jupyter Server does not nudge a kernel it still has as busy, so
+        the cell's messages can go out before the new connection listens. The
+        probes hide themselves: E2B's server puts the sandbox's env vars (envd's
+        ``/envs``) in front of the first cell after a restart, and such a cell
+        would take the user's execution count 1.
+        """
+        try:
+            answered = await self.until_free(limit, first_delay=0.0, code=HIDE_THIS_CELL)
+        except Exception as exc:
+            raise translate_error(exc, "restarting the kernel", self._host.sandbox_id) from exc
+        if not answered:
+            raise KernelStartFailed(
+                f"the restarted kernel in E2B sandbox {self._host.sandbox_id} did not answer within {limit:g}s",
+                hint="call restart() again; if it keeps failing, start a new session",
+                kernel_name="e2b",
+                reason="restart_unanswered",
+            )
 
     async def interrupt(self) -> None:
         running = self.running

@@ -7,8 +7,9 @@ and run by every kernel at start. Written here from what the template does
 
 - ``e2b/data``: a pandas DataFrame's columns as lists (``to_dict(orient="list")``,
   timestamps as ISO text);
-- ``e2b/chart``: the elements of a matplotlib figure (line, scatter, bar and pie
-  axes; several axes make a ``superchart``; anything else ``unknown``);
+- ``e2b/chart``: a matplotlib figure's elements, from ``e2b_charts.chart_figure_to_dict``
+  (the PyPI package E2B's template installs and calls; checked against the real
+  server: a hand-written extractor differed in titles, groups, date axes, units and box plots);
 - ``application/json`` for dicts and lists (through orjson, numpy values and
   non-str keys included), with ``{"expanded": True}`` metadata;
 - ``PIL.Image.Image.save(path)`` also displays the image, and PIL's viewer is a no-op.
@@ -39,66 +40,6 @@ def _e2b_loopback_startup():
                 for name, values in columns.items()
             }
 
-    def _number(value):
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            return str(value)
-
-    def _line_label(line):
-        label = line.get_label()  # matplotlib names unlabelled lines "_child<n>"; E2B calls them "Line <n>"
-        return f"Line {label[6:]}" if label.startswith("_child") else label
-
-    def _axis_info(ax):
-        return {
-            "title": ax.get_title(),
-            "x_label": ax.get_xlabel() or None,
-            "y_label": ax.get_ylabel() or None,
-            "x_unit": None,
-            "y_unit": None,
-        }
-
-    def _ticks(ax):
-        return {
-            "x_ticks": [_number(t) for t in ax.get_xticks()],
-            "x_tick_labels": [label.get_text() for label in ax.get_xticklabels()],
-            "x_scale": ax.get_xscale(),
-            "y_ticks": [_number(t) for t in ax.get_yticks()],
-            "y_tick_labels": [label.get_text() for label in ax.get_yticklabels()],
-            "y_scale": ax.get_yscale(),
-        }
-
-    def _chart_of_axes(ax):
-        from matplotlib.collections import PathCollection
-        from matplotlib.lines import Line2D
-        from matplotlib.patches import Rectangle, Wedge
-        from matplotlib.text import Text
-
-        drawn = [child for child in ax._children if not isinstance(child, Text)]
-        if drawn and all(isinstance(a, Line2D) for a in drawn):
-            elements = [
-                {"label": _line_label(line), "points": [[_number(x), _number(y)] for x, y in zip(line.get_xdata(), line.get_ydata())]}
-                for line in drawn
-            ]
-            return {"type": "line", **_axis_info(ax), **_ticks(ax), "elements": elements}
-        if drawn and all(isinstance(a, PathCollection) for a in drawn):
-            elements = [
-                {"label": c.get_label(), "points": [[_number(x), _number(y)] for x, y in c.get_offsets()]}
-                for c in drawn
-            ]
-            return {"type": "scatter", **_axis_info(ax), **_ticks(ax), "elements": elements}
-        if drawn and all(isinstance(a, Wedge) for a in drawn):
-            elements = [{"label": w.get_label(), "angle": abs(w.theta2 - w.theta1), "radius": w.r} for w in drawn]
-            return {"type": "pie", "title": ax.get_title(), "elements": elements}
-        if drawn and all(isinstance(a, Rectangle) for a in drawn):
-            labels = [label.get_text() for label in ax.get_xticklabels()]
-            elements = []
-            for index, bar in enumerate(drawn):
-                label = labels[index] if index < len(labels) else str(index)
-                elements.append({"label": label, "group": bar.get_label() or "", "value": _number(bar.get_height())})
-            return {"type": "bar", **_axis_info(ax), "elements": elements}
-        return {"type": "unknown", "title": ax.get_title(), "elements": []}
-
     class _E2BChartFormatter(BaseFormatter):
         format_type = Unicode("e2b/chart")
         print_method = ObjectName("_repr_e2b_chart_")
@@ -111,13 +52,10 @@ def _e2b_loopback_startup():
 
             if not isinstance(obj, Figure):
                 return super().__call__(obj)
+            from e2b_charts import chart_figure_to_dict  # E2B's own extractor (PyPI), as the template uses it
+
             try:
-                axes = [ax for ax in obj.get_axes() if ax.has_data()]
-                if not axes:
-                    return {}
-                if len(obj.get_axes()) > 1:
-                    return {"type": "superchart", "title": obj.get_suptitle(), "elements": [_chart_of_axes(ax) for ax in obj.get_axes()]}
-                return _chart_of_axes(axes[0])
+                return chart_figure_to_dict(obj)
             except Exception:
                 return {}
 

@@ -14,8 +14,8 @@ E2B's server does, where it is written, what this one does):
   ``error``, ``number_of_executions``, ``keepalive``, ``end_of_execution``),
   ``POST/GET /contexts``, ``POST /contexts/{id}/restart``,
   ``DELETE /contexts/{id}``; a client that closes ``/execute`` mid-cell
-  interrupts the kernel; Python only (another ``language`` is refused as E2B
-  refuses a language it has no kernel for);
+  interrupts the kernel; Python only (another ``language`` is refused in the
+  words E2B's server uses for a kernel its sandbox does not have);
 - envd (port 49983; ``e2b_envd.py``, ``e2b_processes.py``): ``GET /health``,
   ``GET /envs``, ``GET/POST /files`` (octet-stream and multipart uploads),
   the Connect services ``filesystem.Filesystem`` and ``process.Process``.
@@ -51,7 +51,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from dsagent.settings import Settings
-from dsagent.testing.e2b_contexts import END, KernelContext, Kernels, normalize_language, start_context
+from dsagent.testing.e2b_contexts import END, KernelContext, Kernels, RestartRefused, normalize_language, start_context
 from dsagent.testing.e2b_envd import FilesystemService, download, upload
 from dsagent.testing.e2b_processes import ProcessService
 from dsagent.testing.e2b_view import KERNEL_HOME, SANDBOX_HOME, SandboxView
@@ -237,11 +237,12 @@ class E2BLoopbackServer:
     async def _new_context(self, language: str | None, cwd: str | None) -> KernelContext | Response:
         name = normalize_language(language)
         if name != "python":
-            return PlainTextResponse(
-                f"Failed to create context: the loopback E2B server has only a Python kernel, no {name!r} kernel "
-                "(E2B's code-interpreter template also has javascript, typescript, r, bash and java)",
-                status_code=500,
-            )
+            # what E2B's server relays from Jupyter for a kernel the sandbox does not have (this one has only Python;
+            # E2B's template also has javascript (typescript runs on it), r, bash and java)
+            kernel = "javascript" if name == "typescript" else name
+            missing = {"message": f"The '{kernel}' kernel is not available. Please pick another suitable kernel instead, or install that kernel.",
+                       "short_message": f"{kernel} not found"}
+            return PlainTextResponse(f"Failed to create context: {json.dumps(missing)}", status_code=500)
         assert self._kernels is not None
         context = await start_context(self._kernels, cwd or SANDBOX_HOME, self.envs, restarter_seconds=self.restarter_seconds)
         self.contexts[context.id] = context
@@ -267,6 +268,8 @@ class E2BLoopbackServer:
             return PlainTextResponse(f"Context {request.path_params['context_id']} not found", status_code=404)
         try:
             await context.restart()
+        except RestartRefused as exc:
+            return PlainTextResponse(str(exc), status_code=500)
         except Exception as exc:
             return PlainTextResponse(f"Failed to restart context {context.id}: {exc}", status_code=500)
         return JSONResponse(None)
