@@ -354,6 +354,57 @@ def test_an_artifact_page_has_its_download_in_the_title_row_and_frames_previews_
         context.close()
 
 
+# -- the Chat page ---------------------------------------------------------------------------------------------
+
+def test_on_a_phone_the_chats_fold_above_the_chat_and_a_wide_screen_shows_them_beside_it(seeded, browser):
+    from .pagecheck import _PHONE
+
+    dashboard, ids = seeded
+    phone = browser.new_context(viewport={"width": 390, "height": 844}, base_url=dashboard.url, **_PHONE)
+    try:
+        page = phone.new_page()
+        problems = PageProblems(page)
+        page.goto(f"/chat?id={ids['idle_chat']}")
+        answer = page.get_by_text("Revenue grew 12% over the quarter.")
+        answer.wait_for()
+        other = page.get_by_role("link", name="busy chat about revenue")
+        assert not other.is_visible()  # folded: the page opens at the chat, not at the list and the new-chat form
+        assert not page.get_by_placeholder("e.g. sales q3").is_visible()
+        page.get_by_role("button", name="Show the chats").click()
+        other.wait_for()
+        assert other.bounding_box()["y"] < page.locator(".ds-alert").bounding_box()["y"]  # above the chat
+        page.get_by_role("button", name="Hide the chats").click()
+        other.wait_for(state="hidden")
+        page.locator(".ds-chat-state .ds-chip-idle").wait_for()  # the title row: what the chat does
+        page.goto("/chat")  # no chat open: the list is what the page is for
+        other.wait_for()
+        page.get_by_role("button", name="Hide the chats").wait_for()
+        assert problems.items == []
+    finally:
+        phone.close()
+    wide = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=dashboard.url)
+    try:
+        page = wide.new_page()
+        page.goto(f"/chat?id={ids['idle_chat']}")
+        page.get_by_text("Revenue grew 12% over the quarter.").wait_for()
+        link = page.get_by_role("link", name="busy chat about revenue")
+        link.wait_for()
+        assert not page.get_by_role("button", name="Show the chats").is_visible()
+        assert link.bounding_box()["x"] + 200 < page.locator(".ds-alert").bounding_box()["x"]  # beside the chat
+    finally:
+        wide.close()
+
+
+def test_an_unknown_chat_is_a_not_found_page_with_a_way_back(seeded, new_page):
+    dashboard, _ = seeded
+    page, problems = new_page(dashboard.url)
+    page.goto("/chat?id=999999")
+    page.get_by_text("There is no chat 999999").wait_for()
+    page.get_by_role("link", name="All chats").click()
+    page.get_by_role("link", name="idle chat about churn").wait_for()
+    assert problems.items == []
+
+
 def test_the_server_log_has_no_warnings_or_tracebacks(seeded, new_page):
     """Last in the module: every page above opened and closed tabs while the pages polled."""
     dashboard, ids = seeded
