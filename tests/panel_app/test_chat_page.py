@@ -204,6 +204,18 @@ def test_upload_then_two_turns_with_a_plot_stream_live_and_share_the_kernel(serv
     second_problems = PageProblems(second)
     second.goto(page.url)
     second.get_by_text("Cell 2 · running…").wait_for()
+    # the second reader scrolls up to read the question: the prints that keep coming do not pull it back down
+    question = second.locator(".ds-ask", has_text="How many rows, and plot y against x").first
+    second.get_by_text("kernel: open in this server").wait_for()  # the page has loaded: its opening scroll to the end was sent
+    feed = second.locator(".chat-feed-log").element_handle()
+    dims = "n => [n.scrollTop, n.scrollHeight, n.clientHeight]"
+    assert feed.evaluate("n => n.scrollHeight > n.clientHeight"), f"the feed should overflow while the cell prints: {feed.evaluate(dims)}"
+    second.wait_for_function("n => n.scrollHeight - n.scrollTop - n.clientHeight < 40", arg=feed)  # it opened at the end
+    feed.evaluate("n => { n.scrollTop = 0 }")
+    seen = int(re.findall(r"waiting (\d+)", second.locator(".ds-out").last.inner_text())[-1])
+    second.get_by_text(re.compile(rf"waiting {seen + 8}\b")).first.wait_for(state="attached")  # more prints arrived
+    expect(question).to_be_in_viewport()
+    assert feed.evaluate("n => n.scrollTop") < 50, f"{feed.evaluate(dims)}: the feed followed the newest print although the reader had scrolled up"
     go.touch()  # the cell goes on
     page.get_by_text("There are 4 rows; the plot shows y growing with x.").wait_for()
     second.get_by_text("There are 4 rows; the plot shows y growing with x.").wait_for()
