@@ -53,8 +53,7 @@ def _builtin_pages() -> list[PageSpec]:
         PageSpec("/", "Overview", overview.page, preload=overview.preload, extensions=(), location=False, icon="dashboard"),
         PageSpec("/runs", "Runs", runs.page, preload=runs.preload, extensions=table, icon="runs"),
         PageSpec("/run", "Run", run_page.page, in_nav=False, preload=run_page.preload, extensions=table, location=False),
-        PageSpec("/artifacts", "Artifacts", artifacts_page.page, preload=artifacts_page.preload, extensions=table, location=False,
-                 icon="artifacts"),
+        PageSpec("/artifacts", "Artifacts", artifacts_page.page, preload=artifacts_page.preload, extensions=(), icon="artifacts"),
         PageSpec("/artifact", "Artifact", artifact_page.page, in_nav=False, preload=artifact_page.preload, extensions=table, location=False),
         PageSpec("/notebooks", "Notebooks", notebooks_page.page, extensions=table, location=False, icon="notebooks"),
         PageSpec("/notebook", "Notebook", notebook_page.page, in_nav=False, extensions=table),
@@ -161,7 +160,7 @@ def _quiet_tab_closes(server: Any) -> None:
         logging.getLogger(name).addFilter(_TabClosed())
     # panel-material-ui's theming appends a stylesheet to each Tabulator in the browser; the list it sends back
     # names the table's stylesheets the server already has, and Bokeh (which then uses the ones it has) warns once
-    # per stylesheet whenever a table joins a page after load (the Artifacts table does)
+    # per stylesheet whenever a table joins a page after load (an artifact's table preview does)
     warnings.filterwarnings("ignore", message="reference already known", category=BokehUserWarning)
     loop = server.io_loop.asyncio_loop
     previous = loop.get_exception_handler()

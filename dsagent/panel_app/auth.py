@@ -248,7 +248,15 @@ def make_auth_provider(credentials: Credentials, *, session_days: float):
 
     templates = Path(__file__).with_name("templates")
     # our own pages: Panel's load their logo and styles from a CDN, which a closed network cannot reach
-    return Provider(login_template=str(templates / "login.html"), logout_template=str(templates / "logout.html"))
+    provider = Provider(login_template=str(templates / "login.html"), logout_template=str(templates / "logout.html"))
+    # both include their look (templates/auth_look.html): Panel's own template environment (the same escaping), with our
+    # folder to find it in
+    from jinja2 import FileSystemLoader
+    from panel.io.resources import _env
+
+    look = _env.overlay(loader=FileSystemLoader(str(templates)))
+    provider._login_template, provider._logout_template = look.get_template("login.html"), look.get_template("logout.html")
+    return provider
 
 
 def session_user(credentials: Credentials, handler, session_days: float) -> str | None:

@@ -23,9 +23,11 @@ import param
 from dsagent.panel_app import untrusted
 from dsagent.panel_app.chat_data import save_chat_notebook, save_turn_notebook
 from dsagent.panel_app.chat_host import ChatHost
-from dsagent.panel_app.chat_render import Toast, TurnView, chat_pane
-from dsagent.panel_app.chat_sidebar import GRAPHS, ChatSidebar, go
-from dsagent.panel_app.widgets import Notice, current_user, page_frame, preloaded, query_arg
+from dsagent.panel_app.chat_render import CHAT_CSS, Toast, TurnView, chat_pane
+from dsagent.panel_app.chat_sidebar import GRAPHS, ROW_CSS, ChatSidebar, chat_chip, go
+from dsagent.panel_app.components import card, loading_placeholder, not_found_page
+from dsagent.panel_app.layout import after_first_paint, page_frame
+from dsagent.panel_app.widgets import Missing, Notice, current_user, preloaded, query_arg
 
 if TYPE_CHECKING:
     from dsagent.artifacts.chats import ChatRecord
@@ -120,26 +122,39 @@ def preload(ctx: "AppContext", args: dict[str, str]) -> dict[str, Any] | None:
     return {"record": record, "turns": turns, "events": {r.id: ctx.store.events(r.id, limit=500) for r in turns}}
 
 
-def page(ctx: "AppContext") -> pn.Column:
+def page(ctx: "AppContext") -> Any:
     host: ChatHost = ctx.service("chat_host", lambda: ChatHost(ctx.settings))
     notice = Notice()
     problem = llm_problem(ctx.settings)
     ref = query_arg("id") or query_arg("name")
-    sidebar = ChatSidebar(ctx, host, notice, current=int(ref) if ref and ref.isdigit() and query_arg("id") else None)
+    first = preloaded()
+    if isinstance(first, Missing):
+        return not_found_page("/chat", "Chat", f"There is no chat {untrusted.text(ref)} in this workspace", "./chat", "All chats",
+                              user=current_user())
+    sidebar = ChatSidebar(ctx, host, notice, current=int(ref) if ref and ref.isdigit() and query_arg("id") else None, open=ref is None)
     pn.state.onload(sidebar.load)
     if ref is None:
-        intro = chat_pane("<p>Pick a chat on the left, or create one with your data files: then ask questions, look at the "
-                          "plots, ask follow-ups that build on the variables already in the kernel, and save the "
-                          "conversation as a notebook.</p>")
-        body: list[Any] = [notice.pane, intro]
-        if problem:
-            body.insert(0, pn.pane.Alert(problem, alert_type="warning", sizing_mode="stretch_width"))
-        main: Any = pn.Column(*body, sizing_mode="stretch_width", styles=_MAIN_STYLES)
+        intro = chat_pane("<p>Pick a chat, or create one with your data files: then ask questions, look at the plots, ask "
+                          "follow-ups that build on the variables already in the kernel, and save the conversation as a notebook.</p>")
+        main: Any = pn.Column(*([problem_pane(problem)] if problem else []), notice.pane, card(intro), sizing_mode="stretch_width",
+                              styles=_MAIN_STYLES, margin=0)
+        title, actions = "Chat", []
     else:
-        main = ChatView(ctx, host, notice, ref, current_user() or "anonymous", problem, sidebar, preloaded())
-    # wraps: at a phone's width the chats list goes above the chat instead of beside it
-    return page_frame("/chat", "Chat", pn.FlexBox(sidebar, main, flex_wrap="wrap", align_items="flex-start", sizing_mode="stretch_width"),
-                      user=current_user())
+        main = ChatView(ctx, host, notice, ref, current_user() or "anonymous", problem, sidebar, first)
+        title, actions = (first["record"].name if first else "Chat"), main.actions()
+    # wraps: narrower than the two side by side, the chats go above the chat (folded, see chat_sidebar)
+    row = pn.FlexBox(sidebar, main, flex_wrap="wrap", align_items="flex-start", gap="0 16px", sizing_mode="stretch_width",
+                     stylesheets=[ROW_CSS])
+    return page_frame("/chat", title, row, actions=actions, user=current_user())
+
+
+def problem_pane(problem: str) -> pn.pane.HTML:
+    """The "no LLM endpoint" notice (the page's own HTML): its long example URL wraps on a phone."""
+    return chat_pane(f"<div class='ds-alert' role='alert'>{problem}</div>", margin=(6, 0))
+
+
+def _state_chip(answering: bool) -> str:
+    return f"<span class='ds-chat-state'>{chat_chip('running' if answering else 'idle')}</span>"
 
 
 _MAIN_STYLES = {"flex": "1 1 320px", "min-width": "0"}  # takes the row's rest, and may shrink below its content's width
@@ -178,20 +193,23 @@ class ChatView(pn.viewable.Viewer):
         pn.state.onload(self._load)
 
     def _build_widgets(self, ctx: "AppContext") -> None:
-        self.title = chat_pane("loading…")
+        import panel_material_ui as pmui
+
+        self.title = chat_pane(loading_placeholder(1, "loading the chat"))
         self.kernel = chat_pane("")
-        self.rename_to = pn.widgets.TextInput(placeholder="new name", width=200)
-        self.rename = pn.widgets.Button(name="Rename", width=90)
-        self.purge = pn.widgets.Checkbox(name="also delete its runs and artifacts", value=False)
-        self.delete = pn.widgets.Button(name="Delete chat", button_type="danger", width=110)
+        self.state_chip = pn.pane.HTML(_state_chip(False), stylesheets=[CHAT_CSS], margin=(0, 4))
+        self.rename_to = pmui.TextInput(label="New name", placeholder="new name", width=220)
+        self.rename = pmui.Button(label="Rename", variant="outlined", width=110)
+        self.purge = pmui.Checkbox(label="also delete its runs and artifacts", value=False)
+        self.delete = pmui.Button(label="Delete chat", color="error", variant="outlined", width=140)
         self.save = pn.widgets.Button(name="Save chat as notebook", button_type="primary", width=190)
         self.message = chat_pane("")
-        self.agent = pn.widgets.Select(name="Agent", options=GRAPHS, width=140)
-        self.model = pn.widgets.Select(name="Model", options=[ctx.settings.llm_model], value=ctx.settings.llm_model, width=220)
+        self.agent = pmui.Select(label="Agent", options=GRAPHS, width=140)
+        self.model = pmui.Select(label="Model", options=[ctx.settings.llm_model], value=ctx.settings.llm_model, width=220)
         self.model_note = chat_pane("", width=300)
-        self.approve = pn.widgets.Checkbox(name="approve each cell (Run / Edit / Reject)", value=False)
+        self.approve = pmui.Checkbox(label="approve each cell (Run / Edit / Reject)", value=False)
         self.stop = pn.widgets.Button(name="Stop", button_type="danger", width=90, visible=False)
-        self.suggest = pn.FlexBox(sizing_mode="stretch_width")
+        self.suggest = pn.FlexBox(sizing_mode="stretch_width", align_items="center")
         # without an endpoint the chat is read-only: its history shows, the box says why it cannot ask
         ask = pn.chat.ChatAreaInput(placeholder="No LLM endpoint is configured (see above): this chat is read-only" if self.problem else
                                     "Ask about the data (Enter sends, Shift+Enter: new line)", disabled=bool(self.problem))
@@ -204,20 +222,33 @@ class ChatView(pn.viewable.Viewer):
         self.save.on_click(self.on_save_chat)
         self.stop.on_click(self.on_stop)
 
+    def actions(self) -> list[Any]:
+        """The title row's: what the chat does now, Stop while a turn runs, Save as notebook."""
+        return [self.state_chip, self.stop, self.save]
+
     def __panel__(self) -> pn.Column:
-        alert = [pn.pane.Alert(self.problem, alert_type="warning", sizing_mode="stretch_width")] if self.problem else []
-        wrap = {"flex_wrap": "wrap", "sizing_mode": "stretch_width"}  # controls go on as many lines as the width needs
+        wrap = {"flex_wrap": "wrap", "sizing_mode": "stretch_width", "align_items": "center", "gap": "4px 12px"}  # as many lines as needed
+        controls = pn.FlexBox(self.agent, self.model, self.approve, self.model_note, **wrap)
+        manage = pn.Card(pn.FlexBox(self.rename_to, self.rename, **wrap), pn.FlexBox(self.delete, self.purge, **wrap),
+                         title="Rename or delete this chat", collapsed=True, sizing_mode="stretch_width", margin=(6, 0))
         return pn.Column(
-            *alert, self.notice.pane, self.title, self.kernel,
-            pn.FlexBox(self.agent, self.model, pn.Column(self.approve, self.model_note), self.stop, **wrap),
-            self.suggest, self.feed, pn.FlexBox(self.save, self.rename_to, self.rename, self.delete, self.purge, **wrap), self.message,
-            self.toast, sizing_mode="stretch_width", styles=_MAIN_STYLES)
+            *([problem_pane(self.problem)] if self.problem else []), self.notice.pane, self.title, self.kernel,
+            # the Material UI controls join once the turns show (layout.after_first_paint)
+            after_first_paint(controls, height=60), self.suggest, self.feed, self.message, after_first_paint(manage, height=48),
+            self.toast, sizing_mode="stretch_width", styles=_MAIN_STYLES, margin=0)
 
     @param.depends("answering", watch=True)
     def _show_answering(self) -> None:
-        """Stop while a turn runs here; the chats list says "(answering)" then, and no more once it ended."""
+        """Stop while a turn runs here, and the title's chip; the chats list says "answering" then, and no more once it ended."""
         self.stop.visible = self.answering
+        self._show_chip()
         asyncio.ensure_future(self.sidebar.load())
+
+    def _show_chip(self) -> None:
+        """The title's chip: answering from Enter on (the question is being started) until the turn ends, else idle."""
+        chip = _state_chip(self.answering or self.sending)
+        if self.state_chip.object != chip:
+            self.state_chip.object = chip
 
     # -- loading and following -------------------------------------------------
 
@@ -247,7 +278,8 @@ class ChatView(pn.viewable.Viewer):
             await self._in_doc(self.feed._chat_log.scroll_to_latest)
             if not self.views:
                 questions = await self.ctx.read(self._suggestions, record)
-                self.suggest.objects = [pn.pane.Markdown("**Try:**", margin=(8, 5))] + [self._suggest_button(q) for q in questions]
+                self.suggest.objects = [chat_pane("<span class='ds-label'>Try</span>", width=40, margin=(4, 4))] + [
+                    self._suggest_button(q) for q in questions]
         if not await self.notice.guard(work):
             return
         if not self.problem:  # start the kernel (and replay) while the user reads and types, not after Enter
@@ -256,7 +288,7 @@ class ChatView(pn.viewable.Viewer):
         self._follower = asyncio.ensure_future(self._follow())
         if not self.problem:
             models, note = await self.ctx.read(endpoint_models, self.ctx.settings)
-            self.model.options, self.model.value, self.model_note.object = models, models[0], f"<small>{untrusted.text(note)}</small>"
+            self.model.options, self.model.value, self.model_note.object = models, models[0], f"<span class='ds-info'>{untrusted.text(note)}</span>"
 
     def _watch(self, chat_id: int) -> None:
         """This page follows the chat: the host wakes it on every step, and forgets it when the session ends."""
@@ -322,7 +354,7 @@ class ChatView(pn.viewable.Viewer):
         try:
             await self.host.call(self.host.open(self.chat_id))
         except Exception as exc:  # e.g. open in `dsagent chat` elsewhere: say so; a question tries again
-            self.message.object = f"<span style='color:#dc3545'>{untrusted.text(str(exc))}</span>" + (
+            self.message.object = f"<span class='ds-note-error'>{untrusted.text(str(exc))}</span>" + (
                 f"<br><small>{untrusted.text(exc.hint)}</small>" if getattr(exc, "hint", "") else "")
         await self._refresh()
 
@@ -336,8 +368,10 @@ class ChatView(pn.viewable.Viewer):
 
         return suggested_questions(record, chat_data_dir(self.ctx.settings, record.id))
 
-    def _suggest_button(self, question: str) -> pn.widgets.Button:
-        button = pn.widgets.Button(name=question[:80], button_type="light", margin=(4, 4))
+    def _suggest_button(self, question: str) -> Any:
+        import panel_material_ui as pmui
+
+        button = pmui.Button(label=question[:80], variant="outlined", size="small", margin=(4, 4))
 
         def ask(_: Any) -> None:
             self.feed.send(question, user=self.who, respond=True)
@@ -346,8 +380,8 @@ class ChatView(pn.viewable.Viewer):
 
     def _show_title(self, record: "ChatRecord") -> None:
         data = ", ".join(f"<code>{untrusted.text(d['param'])}</code> = {untrusted.text(d['path'])}" for d in record.datasets) or "no datasets"
-        self.title.object = (f"<h3 style='margin:4px 0'>{untrusted.text(record.name)}</h3><small>chat {record.id} · {record.graph} agent · "
-                             f"{untrusted.text(record.backend)} kernel · datasets: {data} · <a href='./run?id={record.id}'>its run</a></small>")
+        self.title.object = (f"<div class='ds-info'>chat {record.id} · {untrusted.text(record.graph)} agent · {untrusted.text(record.backend)} "
+                             f"kernel · datasets: {data} · <a href='./run?id={record.id}'>its run</a></div>")
 
     def _new_view(self, run_id: int | None, task: str, asker: str = "") -> TurnView:
         view = TurnView(run_id, task, on_decide=self.on_decide, on_save=self.on_save_turn, asker=asker)
@@ -426,9 +460,12 @@ class ChatView(pn.viewable.Viewer):
                 ended = ended or view.done
         running = any(not v.done for v in self.views.values())
         self.answering = running and self.host.running_run(self.chat_id) is not None
-        self.kernel.object = ("<small>kernel: open in this server</small>" if self.host.is_open(self.chat_id) else
-                              "<small>kernel: not started here (read-only without an LLM endpoint)</small>" if self.problem else
-                              "<small>kernel: closed (the next question starts it and replays the earlier cells)</small>")
+        self._show_chip()
+        kernel = ("kernel: open in this server" if self.host.is_open(self.chat_id) else
+                  "kernel: not started here (read-only without an LLM endpoint)" if self.problem else
+                  "kernel: closed (the next question starts it and replays the earlier cells)")
+        if self.kernel.object != (line := f"<div class='ds-info'>{kernel}</div>"):
+            self.kernel.object = line
         return ended
 
     def _follow_newest(self) -> None:
@@ -458,8 +495,9 @@ class ChatView(pn.viewable.Viewer):
                 self.feed.append(view.layout)
             else:
                 view.ask(text, self.who)
+            self._show_chip()
             if not self.host.is_open(self.chat_id):
-                self.kernel.object = "<small>kernel: starting, replaying the chat's earlier cells…</small>"
+                self.kernel.object = "<div class='ds-info'>kernel: starting, replaying the chat's earlier cells…</div>"
             self.feed.scroll_to(self.feed.objects.index(view.layout))  # the new turn in view, even when the user had scrolled up
         # the patch showing the question is made (sent once this handler returns): now the turn, on the host's thread
         started = self.host.submit(self.host.start(self.chat_id, text, user=self.who, graph=self.agent.value, model=self.model.value,
@@ -478,7 +516,7 @@ class ChatView(pn.viewable.Viewer):
                 self._spare = view
             elif view.layout in self.feed.objects:
                 self.feed.remove(view.layout)
-            self.message.object = f"<span style='color:#dc3545'>{untrusted.text(str(exc))}</span>"
+            self.message.object = f"<span class='ds-note-error'>{untrusted.text(str(exc))}</span>"
             hint = getattr(exc, "hint", "")
             if hint:
                 self.message.object += f"<br><small>{untrusted.text(hint)}</small>"
@@ -491,7 +529,7 @@ class ChatView(pn.viewable.Viewer):
         try:
             self.message.object = untrusted.text(await self.host.call(self.host.stop(self.chat_id, user=self.who)))
         except Exception as exc:
-            self.message.object = f"<span style='color:#dc3545'>{untrusted.text(str(exc))}</span>"
+            self.message.object = f"<span class='ds-note-error'>{untrusted.text(str(exc))}</span>"
         finally:
             self.stop.disabled = False
 
@@ -499,7 +537,7 @@ class ChatView(pn.viewable.Viewer):
         try:
             await self.host.call(self.host.decide(self.chat_id, action, code=code, reason=reason, user=self.who))
         except Exception as exc:
-            self.message.object = f"<span style='color:#dc3545'>{untrusted.text(str(exc))}</span>"
+            self.message.object = f"<span class='ds-note-error'>{untrusted.text(str(exc))}</span>"
 
     async def on_save_chat(self, _: Any) -> None:
         await self._saved(save_chat_notebook, self.host.store, self.chat_id)
@@ -511,7 +549,7 @@ class ChatView(pn.viewable.Viewer):
         try:
             path = await self.ctx.read(fn, *args)
         except Exception as exc:
-            self.message.object = f"<span style='color:#dc3545'>{untrusted.text(str(exc))}</span>"
+            self.message.object = f"<span class='ds-note-error'>{untrusted.text(str(exc))}</span>"
             return
         link = f"./notebook?path={quote(str(path), safe='')}"
         self.toast.show(f"Saved <a href='{untrusted.text(link)}'>{untrusted.text(path.name)}</a>: open it to run it with other "
@@ -522,16 +560,18 @@ class ChatView(pn.viewable.Viewer):
     async def on_rename(self, _: Any) -> None:
         from dsagent.graphs.chat import rename_chat
 
-        if not self.rename_to.value.strip():
+        name = (self.rename_to.value_input or self.rename_to.value or "").strip()  # typed, even before Enter or leaving the box
+        if not name:
             self.message.object = "type the new name first"
             return
         try:
-            record = await self.ctx.read(rename_chat, self.host.store, self.chat_id, self.rename_to.value)
+            record = await self.ctx.read(rename_chat, self.host.store, self.chat_id, name)
         except Exception as exc:
-            self.message.object = f"<span style='color:#dc3545'>{untrusted.text(str(exc))}</span>"
+            self.message.object = f"<span class='ds-note-error'>{untrusted.text(str(exc))}</span>"
             return
         self._show_title(record)
         self.message.object = f"renamed to {untrusted.text(record.name)}"
+        go(f"?id={record.id}")  # the page's title is the chat's name
 
     async def on_delete(self, _: Any) -> None:
         from dsagent.graphs.chat import delete_chat
@@ -543,7 +583,7 @@ class ChatView(pn.viewable.Viewer):
             await self.host.call(self.host.close(self.chat_id, why=f"deleted by {self.who} from the dashboard"))
             await self.ctx.read(delete_chat, self.host.store, self.chat_id, purge=self.purge.value)
         except Exception as exc:
-            self.message.object = f"<span style='color:#dc3545'>{untrusted.text(str(exc))}</span>"
+            self.message.object = f"<span class='ds-note-error'>{untrusted.text(str(exc))}</span>"
             return
         self._close()
         go("")

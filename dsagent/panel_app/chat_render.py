@@ -18,6 +18,7 @@ import param
 
 from dsagent.artifacts.schema import TERMINAL_STATUSES
 from dsagent.panel_app import untrusted
+from dsagent.panel_app.components import icon
 from dsagent.panel_app.widgets import CSS, run_link, status_badge
 
 if TYPE_CHECKING:
@@ -25,33 +26,53 @@ if TYPE_CHECKING:
 
 __all__ = ["Toast", "TurnView", "chat_pane", "outputs_html"]
 
+_SPINNER = icon("running", 16, spin=True)
 _OUTPUT_CHARS = 4000  # of a cell's text output a card shows; the full output is in the run's notebook
 _TOKENS_SHOWN = 1500
 
 CHAT_CSS = CSS + """
-.ds-out {white-space: pre-wrap; font-size: 0.85em; background: #f8f9fa; padding: 4px 6px; margin: 2px 0; max-height: 320px;
-         overflow: auto}
-.ds-err {white-space: pre-wrap; font-size: 0.85em; background: #fdecea; color: #842029; padding: 4px 6px; margin: 2px 0}
-.ds-plot {max-width: 100%; max-height: 420px; border: 1px solid #ddd; background: white; margin: 4px 0}
-.ds-step {color: #555; font-size: 0.9em; margin: 4px 0}
-.ds-code {background: #263238; color: #eceff1; padding: 6px 8px; font-size: 0.85em; white-space: pre-wrap; margin: 4px 0}
-.ds-cell {border: 1px solid #dee2e6; border-radius: 4px; margin: 6px 0; padding: 0 6px 4px 6px}
-.ds-cell summary {font-weight: 600; padding: 4px 0; cursor: pointer}
-.ds-ok summary {color: #146c43} .ds-error summary {color: #b02a37} .ds-running summary {color: #0d6efd}
-.ds-setup summary {color: #6c757d}
-.ds-review {background: #f8f9fa; padding: 2px 8px; margin: 4px 0}
+.ds-out {white-space: pre-wrap; overflow-wrap: anywhere; font-size: 0.85em; background: var(--ds-code-bg); color: var(--ds-text);
+         padding: 6px 8px; margin: 4px 0; max-height: 320px; overflow: auto; border-radius: 4px}
+.ds-err {white-space: pre-wrap; overflow-wrap: anywhere; font-size: 0.85em; padding: 6px 8px; margin: 4px 0; border-radius: 4px;
+         color: var(--ds-failed); background: color-mix(in srgb, var(--ds-failed) 12%, var(--ds-surface))}
+.ds-plot {max-width: 100%; max-height: 420px; border: 1px solid var(--ds-border); border-radius: 4px; background: #fff; margin: 4px 0}
+.ds-step {color: var(--ds-muted); font-size: 0.9em; margin: 4px 0; overflow-wrap: anywhere}
+.ds-code {background: #263238; color: #eceff1; padding: 6px 8px; font-size: 0.85em; white-space: pre-wrap; overflow-wrap: anywhere;
+          margin: 4px 0; border-radius: 4px}
+.ds-code code {background: none; padding: 0; color: inherit; font-size: inherit}
+.ds-cell {border: 1px solid var(--ds-border); border-radius: 6px; margin: 6px 0; padding: 0 8px 4px 8px; min-width: 0}
+.ds-cell summary {font-weight: 600; padding: 5px 0; cursor: pointer; overflow-wrap: anywhere}
+.ds-ok summary {color: var(--ds-succeeded)} .ds-error summary {color: var(--ds-failed)} .ds-running summary {color: var(--ds-running)}
+.ds-setup summary {color: var(--ds-muted)}
+.ds-review {background: color-mix(in srgb, var(--ds-text) 5%, var(--ds-surface)); padding: 2px 10px; margin: 6px 0; border-radius: 6px;
+            border-left: 3px solid var(--ds-idle)}
+.ds-md {overflow-wrap: anywhere}
 .ds-md p {margin: 4px 0}
-.ds-turn {border-top: 1px solid #eee; padding: 6px 0}
-.ds-ask {background: #e7f1ff; border-radius: 8px; padding: 6px 10px; margin: 2px 0 6px 0; white-space: pre-wrap}
-.ds-ask b {color: #0a58ca}
-.ds-wait {color: #0d6efd; font-size: 0.9em}
+.ds-md > b, .ds-label {display: block; font-size: 0.75rem; font-weight: 600; letter-spacing: .06em; text-transform: uppercase;
+  color: var(--ds-muted); margin: 8px 0 2px 0}
+.ds-ask {background: color-mix(in srgb, var(--ds-primary) 13%, var(--ds-surface)); color: var(--ds-text); border-radius: 12px 12px 12px 4px;
+         padding: 8px 12px; margin: 2px 0 8px 0; white-space: pre-wrap; overflow-wrap: anywhere}
+.ds-ask b {color: var(--ds-primary)}
+.ds-turn-head {display: flex; flex-wrap: wrap; align-items: center; gap: 4px 8px; color: var(--ds-muted); font-size: 0.85rem}
+.ds-wait {color: var(--ds-running); font-size: 0.9em; display: flex; align-items: center; gap: 6px; margin: 6px 0}
+.ds-alert {border-radius: 8px; padding: 10px 14px; overflow-wrap: anywhere; color: var(--ds-text);
+           background: color-mix(in srgb, var(--ds-unverified) 12%, var(--ds-surface));
+           border: 1px solid color-mix(in srgb, var(--ds-unverified) 45%, transparent)}
+.ds-alert code {word-break: break-all}
+.ds-note-error {color: var(--ds-failed)}
+.ds-info {color: var(--ds-muted); font-size: 0.85rem; overflow-wrap: anywhere}
 """
+
+#: a turn's look: a card of the feed (a Column with inline styles, like ``components.card``)
+TURN_STYLES = {"background": "var(--ds-surface, #fff)", "color": "var(--ds-text, inherit)", "border": "1px solid var(--ds-border, rgba(0,0,0,.12))",
+               "border-radius": "8px", "padding": "8px 12px", "box-sizing": "border-box", "min-width": "0"}
 
 
 def chat_pane(text: str = "", **kwargs: Any) -> pn.pane.HTML:
     """An HTML pane that knows the dashboard's and the chat's classes (panes live in their own shadow DOM)."""
     kwargs.setdefault("sizing_mode", "stretch_width" if "width" not in kwargs else None)
-    return pn.pane.HTML(text, stylesheets=[CHAT_CSS], **kwargs)
+    kwargs["stylesheets"] = [CHAT_CSS, *kwargs.get("stylesheets", [])]
+    return pn.pane.HTML(text, **kwargs)
 
 
 def _pre(text: str, cls: str = "ds-out") -> str:
@@ -123,7 +144,7 @@ class TurnView:
         self._on_decide, self._on_save = on_decide, on_save
         self.steps = chat_pane("")
         # an HTML pane fed sanitized Markdown: Panel's Markdown pane would pass raw HTML in the model's tokens through
-        self.tokens = chat_pane("", visible=False, styles={"color": "#666"})
+        self.tokens = chat_pane("", visible=False, styles={"color": "var(--ds-muted)"})
         # the finished turn's line and "Save" button exist from the start, hidden: showing them changes a property, while
         # adding models at the end would make Bokeh walk the whole document again
         self.footer_text = chat_pane("")
@@ -132,7 +153,7 @@ class TurnView:
         save.on_click(partial(self._save))
         self.footer = pn.Row(self.footer_text, save, sizing_mode="stretch_width", visible=False)
         self.layout = pn.Column(self.steps, self.tokens, self.footer, sizing_mode="stretch_width", css_classes=["ds-turn"],
-                                visible=not hidden)
+                                visible=not hidden, styles=TURN_STYLES, margin=(6, 2))
         self._blocks: list[str] = []
         self._cells: dict[int, int] = {}  # cell number -> index of its block
         self._running_code: dict[int, str] = {}  # cells started and not yet ended: their code
@@ -178,11 +199,11 @@ class TurnView:
     def _render(self) -> None:
         ask = f"<div class='ds-ask'><b>{untrusted.text(self._asker or 'you')}</b>: {untrusted.text(self.task)}</div>"
         if self.run_id is None:
-            self.steps.object = ask + "<div class='ds-wait'>starting the turn…</div>"
+            self.steps.object = ask + f"<div class='ds-wait'>{_SPINNER}starting the turn…</div>"
             return
-        by = f" · {self._launched_by}" if self._launched_by else ""
-        working = "" if self.done or self._blocks else "<div class='ds-wait'>working: the agent is planning…</div>"
-        header = f"<div>turn run {run_link(self.run_id)} · {status_badge(self.status)}{by}</div>"
+        by = f"<span>{self._launched_by}</span>" if self._launched_by else ""
+        working = "" if self.done or self._blocks else f"<div class='ds-wait'>{_SPINNER}working: the agent is planning…</div>"
+        header = f"<div class='ds-turn-head'>{status_badge(self.status)}<span>turn run {run_link(self.run_id)}</span>{by}</div>"
         self.steps.object = ask + header + "".join(self._blocks) + working
 
     def _add(self, block: str) -> None:
@@ -269,7 +290,7 @@ class TurnView:
         state = chat_pane(f"<b>The agent wants to {untrusted.text(str(p.get('tool', 'run code')))}</b>: run it as is, edit it "
                           "(your code runs and is recorded), or reject it.")
         card = pn.Card(state, editor, pn.Row(*buttons, reason), title="Waiting for your approval", collapsed=False,
-                       sizing_mode="stretch_width", header_background="#fff3cd")
+                       sizing_mode="stretch_width", header_background="color-mix(in srgb, var(--ds-unverified) 22%, var(--ds-surface))")
         self._approval = {"card": card, "buttons": buttons, "state": state, "editor": editor}
         for button, action in zip(buttons, ("run", "edit", "reject")):
             button.on_click(partial(self._decide, action, editor, reason))  # a partial of a coroutine function: Panel awaits it
@@ -307,7 +328,7 @@ class TurnView:
 
     def _on_agent_finish(self, p: dict[str, Any]) -> None:
         if p.get("error"):
-            self._note(f"<span style='color:#dc3545'>{untrusted.text(str(p['error']))}</span>")
+            self._note(f"<span class='ds-note-error'>{untrusted.text(str(p['error']))}</span>")
 
     def _on_agent_retry(self, p: dict[str, Any]) -> None:
         self._note(f"the model endpoint: {untrusted.text(str(p.get('reason') or p.get('error') or 'retrying'))}")

@@ -274,34 +274,63 @@ class Notice:
 
 
 def artifact_preview(ctx: "AppContext", artifact: "Artifact", data: bytes | None) -> Any:
-    """A viewer for one artifact by kind; ``data`` is its bytes when the kind needs them here (text, json, table)."""
+    """A viewer for one artifact by kind; ``data`` is its bytes when the kind needs them here (text, json, table), None
+    when it is too big to preview. Readable in both themes: images on a white frame (plots are drawn for white paper),
+    HTML and notebooks in their sandboxed iframe, framed; wide tables and long lines scroll inside their card."""
+    from dsagent.panel_app.layout import session_dark
+
     url = f"./api/artifacts/{artifact.id}"
-    if artifact.kind == "image" and artifact.mime != "image/svg+xml":
-        return pn.pane.HTML(f'<img src="{url}" alt="{untrusted.text(artifact.name)}" style="max-width:100%">', sizing_mode="stretch_width")
-    if artifact.mime == "image/svg+xml":  # through <img>: an SVG's scripts never run in this page
-        return pn.pane.HTML(f'<img src="{url}" alt="{untrusted.text(artifact.name)}" style="max-width:100%">', sizing_mode="stretch_width")
+    if artifact.kind == "image" or artifact.mime == "image/svg+xml":  # an SVG through <img>: its scripts never run in this page
+        return html_pane(f"<div class='ds-image-frame'><img src='{url}' alt='{untrusted.text(artifact.name)}'></div>",
+                         stylesheets=[_PREVIEW_CSS])
     if artifact.kind in ("html", "notebook"):
         return sandboxed_iframe(f"{url}/preview")
+    textual = artifact.kind in ("table", "text", "json") or artifact.mime.startswith("text/")
+    if textual and data is None:
+        return html_pane(components.empty_state("Too big to preview here", f"It is {formats.size(artifact.size)}: download it with "
+                                                "the button at the top of the page."))
     if artifact.kind == "table" and data is not None:
         frame = _table(artifact, data)
-        if frame is not None:
-            return pn.widgets.Tabulator(untrusted.table(frame), pagination="remote", page_size=25, disabled=True, sizing_mode="stretch_width")
-    if data is not None and (artifact.kind in ("text", "json") or artifact.mime.startswith("text/")):
+        if frame is not None:  # fit_data_table: columns as wide as their data, the table scrolls sideways inside its card
+            return Table(untrusted.table(frame), pagination="remote", page_size=25, disabled=True, sizing_mode="stretch_width",
+                         layout="fit_data_table", name="table-preview", stylesheets=[_PAGINATION_CSS])
+    if data is not None and textual:
         text = data[:200_000].decode("utf-8", "replace")
         if artifact.kind == "json":
             try:
-                return pn.pane.JSON(json.loads(text), depth=3, sizing_mode="stretch_width")
+                return pn.pane.JSON(json.loads(text), depth=3, sizing_mode="stretch_width", theme="dark" if session_dark() else "light",
+                                    styles={"overflow-x": "auto"})
             except ValueError:
                 pass
-        return pn.pane.HTML(f"<pre style='white-space:pre-wrap'>{untrusted.text(text)}</pre>", sizing_mode="stretch_width")
-    return pn.pane.Markdown(f"No preview for `{untrusted.text(artifact.mime)}`; download it below.")
+        return html_pane(f"<pre class='ds-text-preview'>{untrusted.text(text)}</pre>", stylesheets=[_PREVIEW_CSS])
+    return html_pane(components.empty_state(f"No preview for {artifact.mime}", "Download it with the button at the top of the page."))
+
+
+_PREVIEW_CSS = """
+.ds-image-frame {background: #fff; border: 1px solid var(--ds-border); border-radius: 8px; padding: 12px; text-align: center}
+.ds-image-frame img {max-width: 100%; height: auto; vertical-align: middle}
+.ds-text-preview {white-space: pre-wrap; overflow-wrap: anywhere; max-height: 640px; overflow: auto; margin: 0; padding: 10px 12px;
+  background: var(--ds-code-bg); border-radius: 6px; font-size: 0.85rem}
+"""
+
+
+#: the pager under a previewed table in the theme's colours (Tabulator's theme paints it white)
+_PAGINATION_CSS = """
+.tabulator .tabulator-footer {background-color: var(--ds-surface, #fff) !important; color: var(--ds-text, #222) !important;
+  border-top: 1px solid var(--ds-border, #ddd) !important}
+.tabulator .tabulator-footer .tabulator-page {background: transparent !important; color: var(--ds-text, #222) !important;
+  border: 1px solid var(--ds-border, #ddd) !important; border-radius: 4px}
+.tabulator .tabulator-footer .tabulator-page.active {color: var(--ds-primary, #1565c0) !important; font-weight: 600}
+.tabulator .tabulator-footer .tabulator-page:disabled {opacity: 0.45}
+"""
 
 
 def sandboxed_iframe(src: str, height: int = 700) -> pn.pane.HTML:
-    # sandbox without allow-same-origin: the content runs in an opaque origin, cannot read this page or its cookies
+    # sandbox without allow-same-origin: the content runs in an opaque origin, cannot read this page or its cookies.
+    # Framed, on white in both themes: a notebook or an HTML artifact brings its own (light) page.
     return pn.pane.HTML(
         f'<iframe src="{src}" sandbox="allow-scripts" referrerpolicy="no-referrer" '
-        f'style="width:100%;height:{height - 10}px;border:1px solid #ddd"></iframe>',
+        f'style="width:100%;height:{height - 10}px;border:1px solid var(--ds-border, #ddd);border-radius:8px;background:#fff;box-sizing:border-box"></iframe>',
         sizing_mode="stretch_width", height=height,
     )
 

@@ -26,6 +26,7 @@ from dsagent.testing.llm_server import LLMServer, Reply, ToolCall
 from dsagent.workspace import Workspace
 
 from .conftest import PageProblems, dsagent_env, serve_dashboard
+from .pagecheck import Look, look_at, screenshot_folder
 
 pytestmark = pytest.mark.xdist_group("panel-chat")
 
@@ -178,7 +179,7 @@ def test_upload_then_two_turns_with_a_plot_stream_live_and_share_the_kernel(serv
     page.wait_for_url("**/chat?id=*")
     served.chat_id = int(page.url.split("id=")[1])
     page.get_by_text("Plot the distribution of x").wait_for()  # suggested from the uploaded file's columns
-    page.get_by_text("0 turn(s)").wait_for()  # the sidebar
+    page.get_by_text("0 turns").wait_for()  # the sidebar
     page.get_by_text("kernel: open in this server").wait_for()  # opened when the page loaded, before the first question
 
     go = tmp_path / "go"
@@ -190,11 +191,12 @@ def test_upload_then_two_turns_with_a_plot_stream_live_and_share_the_kernel(serv
     # steps show while the turn runs: the plan and the running cell appear before the answer exists
     page.get_by_text("plot y against x", exact=True).first.wait_for()  # the plan (a markdown list)
     page.get_by_text("Cell 2 · running…").wait_for()
+    page.locator(".ds-chat-state .ds-chip-running", has_text="answering").wait_for()  # the title row says what the chat does
     # its prints stream while it runs (a line every 0.2 s), and the feed follows them
     page.get_by_text(re.compile(r"waiting 5\b")).first.wait_for()
     assert page.get_by_text("There are 4 rows").count() == 0
     expect(page.get_by_text(re.compile(r"waiting 5\b")).last).to_be_in_viewport()
-    page.get_by_text("(answering)").wait_for()  # the sidebar says what the chat does
+    page.locator(".ds-chat-list .ds-chip-running", has_text="answering").wait_for()  # the sidebar says what the chat does
     assert _store_run_status(served.home, served.chat_id) == "running"
     # a second browser on the same chat follows the same live run (it reads the run's events, not the first page)
     other = browser.new_context(viewport={"width": 1280, "height": 900})
@@ -202,6 +204,18 @@ def test_upload_then_two_turns_with_a_plot_stream_live_and_share_the_kernel(serv
     second_problems = PageProblems(second)
     second.goto(page.url)
     second.get_by_text("Cell 2 · running…").wait_for()
+    # the second reader scrolls up to read the question: the prints that keep coming do not pull it back down
+    question = second.locator(".ds-ask", has_text="How many rows, and plot y against x").first
+    second.get_by_text("kernel: open in this server").wait_for()  # the page has loaded: its opening scroll to the end was sent
+    feed = second.locator(".chat-feed-log").element_handle()
+    dims = "n => [n.scrollTop, n.scrollHeight, n.clientHeight]"
+    assert feed.evaluate("n => n.scrollHeight > n.clientHeight"), f"the feed should overflow while the cell prints: {feed.evaluate(dims)}"
+    second.wait_for_function("n => n.scrollHeight - n.scrollTop - n.clientHeight < 40", arg=feed)  # it opened at the end
+    feed.evaluate("n => { n.scrollTop = 0 }")
+    seen = int(re.findall(r"waiting (\d+)", second.locator(".ds-out").last.inner_text())[-1])
+    second.get_by_text(re.compile(rf"waiting {seen + 8}\b")).first.wait_for(state="attached")  # more prints arrived
+    expect(question).to_be_in_viewport()
+    assert feed.evaluate("n => n.scrollTop") < 50, f"{feed.evaluate(dims)}: the feed followed the newest print although the reader had scrolled up"
     go.touch()  # the cell goes on
     page.get_by_text("There are 4 rows; the plot shows y growing with x.").wait_for()
     second.get_by_text("There are 4 rows; the plot shows y growing with x.").wait_for()
@@ -213,7 +227,8 @@ def test_upload_then_two_turns_with_a_plot_stream_live_and_share_the_kernel(serv
     assert plot.get_attribute("src").startswith("./api/artifacts/")
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=plot.element_handle())  # the PNG loaded
     page.get_by_text("Reviewer: accept").wait_for()
-    page.get_by_text("1 turn(s)").wait_for()  # the sidebar's count follows without a reload
+    page.get_by_text("1 turn ·").wait_for()  # the sidebar's count follows without a reload
+    page.locator(".ds-chat-state .ds-chip-idle", has_text="idle").wait_for()
     assert _store_run_status(served.home, served.chat_id) == "idle"  # not "running" in Runs and on the Overview
 
     served.llm.add(Reply("1. sum y of the loaded table"), Reply(tool_calls=[ToolCall("run_code", {"code": USE_DF})]),
@@ -221,7 +236,7 @@ def test_upload_then_two_turns_with_a_plot_stream_live_and_share_the_kernel(serv
     _ask(page, "And the sum of y?")
     page.get_by_text("The sum of y is 20.").wait_for()
     page.get_by_text("sum y: 20").first.wait_for()  # `df` from turn 1 was still in the kernel
-    page.get_by_text("2 turn(s)").wait_for()
+    page.get_by_text("2 turns").wait_for()
     page.screenshot(path=str(tmp_path / "chat-two-turns.png"), full_page=True)
     page.reload()  # the feed opens at the newest turn, not at the first
     expect(page.get_by_text("The sum of y is 20.")).to_be_in_viewport()
@@ -383,20 +398,10 @@ def test_the_chat_survives_a_restart_and_continues(served, chat_page, tmp_path):
     assert problems.items == [], problems.items
 
 
-@pytest.mark.parametrize("width", [390, 1280])
-def test_the_chat_page_fits_a_phone_and_a_wide_screen(served, browser, tmp_path, width):
-    """No horizontal scrolling at a phone's width (the page overflowed to 1155 px); screenshots to look at."""
-    context = browser.new_context(viewport={"width": width, "height": 844 if width < 500 else 900})
-    try:
-        page = context.new_page()
-        problems = PageProblems(page)
-        page.goto(f"{served.dashboard.url}chat?id={served.chat_id}")
-        page.get_by_text("The sum of y is 20.").wait_for()
-        page.get_by_text("kernel:").first.wait_for()
-        page.screenshot(path=str(tmp_path / f"chat-{width}.png"), full_page=True)
-        wide = page.evaluate("document.documentElement.scrollWidth")
-        assert wide <= width, f"the page is {wide} px wide at a {width} px viewport"
-        assert problems.items == [], problems.items
-    finally:
-        context.close()
-    print(f"screenshot in {tmp_path}")
+def test_the_chat_page_at_phone_and_laptop_width_in_light_and_dark(served, browser, tmp_path_factory):
+    """No horizontal scrolling at a phone's width (the page overflowed to 1155 px), the OS's mode, no errors;
+    screenshots to look at (``pagecheck.look_at``)."""
+    folder = screenshot_folder(tmp_path_factory)
+    look = Look("chat-live", f"/chat?id={served.chat_id}", "text=The sum of y is 20.")
+    assert look_at(browser, served.dashboard.url, look, folder) == []
+    print(f"screenshots in {folder}")

@@ -122,7 +122,7 @@ def test_downloads_through_the_page_and_rest_have_the_stored_bytes(seeded, new_p
         artifact = added[name]
         page.goto(f"/artifact?id={artifact.id}")
         with page.expect_download() as info:
-            page.get_by_text("⬇ download").click()
+            page.get_by_role("link", name="Download", exact=True).click()  # the title row's, on the REST route
         download = info.value
         assert Path(download.path()).read_bytes() == data[name]
         assert download.suggested_filename == name

@@ -13,19 +13,21 @@ import re
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from dsagent.artifacts import NewArtifact, Store
 from dsagent.artifacts.chats import ChatTable
 from dsagent.settings import Settings
 from dsagent.workspace import Workspace
 
-from .conftest import serve_dashboard
+from .conftest import PageProblems, dsagent_env, serve_dashboard
 from .pagecheck import Look, look_at, screenshot_folder
 
 # one dashboard server per module: every test of it on one xdist worker, so it starts once
 pytestmark = pytest.mark.xdist_group("panel-look")
 
 BULK = 60  # more runs than one page of the Runs table (50)
+PLOTS = 30  # more artifacts than one page of the gallery (24)
 
 #: the pages this module looks at; ``{name}`` fields are filled from ``seeded``'s ids
 LOOKS = [
@@ -35,15 +37,46 @@ LOOKS = [
     Look("run-not-found", "/run?id=999999", "text=There is no run 999999"),
     Look("artifact-not-found", "/artifact?id=999999", "text=There is no artifact 999999"),
     Look("run-bad-id", "/run?id=abc", "text=No run id abc"),
+    Look("artifacts", "/artifacts", "img[src*='/thumb']"),
+    Look("artifacts-empty", "/artifacts?q=no-such-name", "text=No artifacts match these filters"),
+    Look("artifact-image", "/artifact?id={image}", ".ds-image-frame img"),
+    Look("artifact-table", "/artifact?id={wide_table}", ".tabulator-row"),
+    Look("artifact-html", "/artifact?id={html}", "iframe[sandbox='allow-scripts']"),
+    Look("chat", "/chat?id={idle_chat}", "text=Revenue grew 12% over the quarter."),
 ]
 
 
-def _png() -> bytes:
+def _png(colour: tuple[int, int, int] = (200, 80, 40)) -> bytes:
     from PIL import Image
 
     out = io.BytesIO()
-    Image.new("RGB", (90, 60), (200, 80, 40)).save(out, format="PNG")
+    Image.new("RGB", (90, 60), colour).save(out, format="PNG")
     return out.getvalue()
+
+
+def _wide_csv() -> bytes:
+    """A table wider than a phone: it must scroll inside its card, not the page."""
+    header = ",".join(f"region_number_{n}" for n in range(16))
+    return "\n".join([header, *(",".join(str(row * n) for n in range(16)) for row in range(40))]).encode()
+
+
+def _chat_turn(store, chat_id: int) -> None:
+    """A finished turn of a chat as its run's events say it (plan, a cell with its output and plot, review, answer);
+    its output has a line no narrower than a long URL."""
+    turn = store.create_run("agent", title="plot revenue by week", params={"task": "Plot revenue by week"}, parent_id=chat_id)
+    plot = store.add_artifacts(turn.id, [NewArtifact("revenue.png", "image", "image/png", _png((40, 110, 200)), cell=1)])[0]
+    url = "https://data.example.com/exports/" + "quarterly-revenue-by-region-and-week-" * 3 + "final.csv"
+    store.append_events(turn.id, [
+        ("launched", {"user": "analyst", "via": "dashboard", "chat": chat_id, "graph": "analysis", "model": "m", "approve": False}),
+        ("agent_plan", {"plan": "1. load the table\n2. plot revenue by week"}),
+        ("cell_started", {"cell": 1, "code": "df = load_table(data)\ndf.plot(x='week', y='revenue')"}),
+        ("agent_cell", {"cell": 1, "status": "ok", "role": "code", "code": "df = load_table(data)\ndf.plot(x='week', y='revenue')",
+                        "outputs": [{"output_type": "stream", "name": "stdout", "text": f"rows: 52 from {url}\n"}],
+                        "artifacts": [{"id": plot.id, "kind": "image", "name": "revenue.png"}]}),
+        ("agent_review", {"verdict": "accept", "findings": []}),
+        ("agent_answer", {"answer": "Revenue grew **12%** over the quarter."}),
+    ])
+    store.update_run_status(turn.id, "succeeded")
 
 
 def _seed(home: Path) -> dict[str, int]:
@@ -54,9 +87,17 @@ def _seed(home: Path) -> dict[str, int]:
         with store.transaction() as tx:
             for number in range(BULK):
                 tx.create_run("exec", status="succeeded", title=f"bulk run {number}")
+            # more artifacts than a gallery page holds; not an `exec` run: the Runs test counts BULK of those
+            plots = tx.create_run("notebook", status="succeeded", title="many plots")
+            tx.add_artifacts(plots.id, [NewArtifact(f"sweep plot {n:02d}.png", "image", "image/png", _png((20 + 7 * n, 80, 40)), cell=n)
+                                        for n in range(PLOTS)])
         report = store.create_run("notebook", title="weekly sales report", backend="local")
-        store.add_artifacts(report.id, [NewArtifact("revenue by week.png", "image", "image/png", _png(), cell=0)])
+        image, wide, html_page = store.add_artifacts(report.id, [
+            NewArtifact("revenue by week.png", "image", "image/png", _png(), cell=0),
+            NewArtifact("regions by week.csv", "table", "text/csv", _wide_csv(), cell=1),
+            NewArtifact("summary.html", "html", "text/html", b"<h1>Summary</h1><p>revenue grew</p>", cell=2)])
         store.update_run_status(report.id, "succeeded")
+        ids.update(plots=plots.id, image=image.id, wide_table=wide.id, html=html_page.id)
         broken = store.create_run("notebook", title="broken import")
         store.update_run_status(broken.id, "failed", error="ModuleNotFoundError: no module named 'nope'")
         answer = store.create_run("agent", title="why did churn rise")
@@ -67,6 +108,7 @@ def _seed(home: Path) -> dict[str, int]:
         idle = chats.create("idle chat about churn", graph="analysis", backend="local", datasets=[])
         busy = chats.create("busy chat about revenue", graph="analysis", backend="local", datasets=[])
         store.update_run_status(busy.id, "running")  # a turn runs: the chat's run says so
+        _chat_turn(store, idle.id)
         ids.update(report=report.id, broken=broken.id, answer=answer.id, long=long.id, idle_chat=idle.id, busy_chat=busy.id)
     return ids
 
@@ -75,7 +117,9 @@ def _seed(home: Path) -> dict[str, int]:
 def seeded(tmp_path_factory):
     home = tmp_path_factory.mktemp("look") / "ws"
     ids = _seed(home)
-    with serve_dashboard(home) as dashboard:
+    # no LLM endpoint, whatever the environment has: the Chat page shows how to configure one and opens no kernel
+    env = {k: v for k, v in dsagent_env(home).items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "DSAGENT_LLM_BASE_URL")}
+    with serve_dashboard(home, env=env) as dashboard:
         yield dashboard, ids
 
 
@@ -217,17 +261,165 @@ def test_unknown_ids_show_a_not_found_page_with_a_way_back(seeded, new_page):
     assert problems.items == []
 
 
+# -- the Artifacts gallery and an artifact's page --------------------------------------------------------------
+
+def _card_names(page) -> list[str]:
+    return page.locator(".ds-acard-name").all_inner_texts()
+
+
+def test_artifacts_filters_and_page_live_in_the_address(seeded, new_page):
+    dashboard, ids = seeded
+    page, problems = new_page(dashboard.url)
+    page.goto("/artifacts")
+    page.locator(".ds-acard").first.wait_for()
+    first = _card_names(page)
+    # newest first: the chat turn's plot, the report's three, then the sweep's newest
+    assert first == ["revenue.png", "summary.html", "regions by week.csv", "revenue by week.png",
+                     *(f"sweep plot {n:02d}.png" for n in range(29, 9, -1))], first
+    page.get_by_role("button", name="Older").click()
+    page.wait_for_url(re.compile(r"before=\d+"))
+    page.get_by_text("sweep plot 09.png").wait_for()
+    older = _card_names(page)
+    assert older == [f"sweep plot {n:02d}.png" for n in range(9, -1, -1)], older
+    assert page.get_by_role("button", name="Older").is_disabled()  # the last page
+    page.reload()  # the page is in the address
+    page.get_by_text("sweep plot 09.png").wait_for()
+    assert _card_names(page) == older
+    page.get_by_role("button", name="Newer").click()
+    page.get_by_text("summary.html").wait_for()
+    assert _card_names(page) == first
+    page.get_by_role("combobox", name="Kind").click()  # a filter: back to the first page, into the address
+    page.get_by_role("listbox").get_by_text("table", exact=True).click()
+    page.wait_for_url(re.compile(r"kind=table"))
+    page.wait_for_function("() => !location.search.includes('before=')")
+    page.get_by_text("regions by week.csv").wait_for()
+    expect(page.locator(".ds-acard")).to_have_count(1)
+    page.get_by_label("Run", exact=True).fill(str(ids["plots"]))  # typed: filters at once; into the address on Enter
+    page.get_by_text("No artifacts match these filters").wait_for()
+    page.get_by_label("Run", exact=True).press("Enter")
+    page.wait_for_url(re.compile(rf"run={ids['plots']}"))
+    page.reload()
+    page.get_by_text("No artifacts match these filters").wait_for()
+    assert page.get_by_role("combobox", name="Kind").inner_text().strip() == "table"
+    page.get_by_label("Run", exact=True).fill("twelve")  # not a number: said where it was typed and in the list
+    page.get_by_text("The run must be a number").wait_for()
+    page.get_by_text("a run's id is a number").wait_for()
+    assert problems.items == []
+
+
+def test_a_thumbnail_s_frame_pulses_until_its_image_has_loaded(seeded, new_page):
+    dashboard, _ = seeded
+    page, problems = new_page(dashboard.url)
+    held, released = [], []
+
+    def hold(route) -> None:  # the thumbnails wait until the test lets them through
+        route.continue_() if released else held.append(route)
+    page.route("**/thumb?*", hold)
+    page.goto("/artifacts")
+    frame = page.locator(".ds-thumb-image").first
+    frame.wait_for()
+    page.wait_for_function("() => true")
+    assert "ds-loaded" not in frame.get_attribute("class")
+    assert frame.evaluate("e => getComputedStyle(e).animationName") == "ds-thumb-wait"  # the skeleton
+    released.append(True)
+    for route in held:
+        route.continue_()
+    page.locator(".ds-thumb-image.ds-loaded").first.wait_for()
+    assert page.locator(".ds-thumb-image.ds-loaded").first.evaluate("e => getComputedStyle(e).animationName") == "none"
+    assert problems.items == []
+
+
+def test_an_artifact_page_has_its_download_in_the_title_row_and_frames_previews_in_the_dark(seeded, browser):
+    dashboard, ids = seeded
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, color_scheme="dark", base_url=dashboard.url,
+                                  accept_downloads=True)
+    try:
+        page = context.new_page()
+        problems = PageProblems(page)
+        page.goto(f"/artifact?id={ids['image']}")
+        page.locator(".ds-image-frame img").wait_for()
+        heading = page.get_by_role("heading", name="revenue by week.png")
+        download = page.get_by_role("link", name="Download", exact=True)
+        assert abs(heading.bounding_box()["y"] - download.bounding_box()["y"]) < 24  # one row
+        with page.expect_download() as info:
+            download.click()
+        assert info.value.suggested_filename == "revenue by week.png"
+        page.get_by_text("weekly sales report").wait_for()  # the run, by its title, with its status
+        assert page.get_by_role("link", name=f"run {ids['report']}", exact=True).get_attribute("href") == f"./run?id={ids['report']}"
+        assert page.locator(".ds-image-frame").evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(255, 255, 255)"
+        page.goto(f"/artifact?id={ids['html']}")
+        frame = page.locator("iframe[sandbox='allow-scripts']")
+        frame.wait_for()
+        assert frame.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(255, 255, 255)"
+        assert frame.evaluate("e => getComputedStyle(e).borderTopStyle") == "solid"
+        page.frame_locator("iframe[sandbox='allow-scripts']").get_by_text("revenue grew").wait_for()
+        assert problems.items == []
+    finally:
+        context.close()
+
+
+# -- the Chat page ---------------------------------------------------------------------------------------------
+
+def test_on_a_phone_the_chats_fold_above_the_chat_and_a_wide_screen_shows_them_beside_it(seeded, browser):
+    from .pagecheck import _PHONE
+
+    dashboard, ids = seeded
+    phone = browser.new_context(viewport={"width": 390, "height": 844}, base_url=dashboard.url, **_PHONE)
+    try:
+        page = phone.new_page()
+        problems = PageProblems(page)
+        page.goto(f"/chat?id={ids['idle_chat']}")
+        answer = page.get_by_text("Revenue grew 12% over the quarter.")
+        answer.wait_for()
+        other = page.get_by_role("link", name="busy chat about revenue")
+        assert not other.is_visible()  # folded: the page opens at the chat, not at the list and the new-chat form
+        assert not page.get_by_placeholder("e.g. sales q3").is_visible()
+        page.get_by_role("button", name="Show the chats").click()
+        other.wait_for()
+        assert other.bounding_box()["y"] < page.locator(".ds-alert").bounding_box()["y"]  # above the chat
+        page.get_by_role("button", name="Hide the chats").click()
+        other.wait_for(state="hidden")
+        page.locator(".ds-chat-state .ds-chip-idle").wait_for()  # the title row: what the chat does
+        page.goto("/chat")  # no chat open: the list is what the page is for
+        other.wait_for()
+        page.get_by_role("button", name="Hide the chats").wait_for()
+        assert problems.items == []
+    finally:
+        phone.close()
+    wide = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=dashboard.url)
+    try:
+        page = wide.new_page()
+        page.goto(f"/chat?id={ids['idle_chat']}")
+        page.get_by_text("Revenue grew 12% over the quarter.").wait_for()
+        link = page.get_by_role("link", name="busy chat about revenue")
+        link.wait_for()
+        assert not page.get_by_role("button", name="Show the chats").is_visible()
+        assert link.bounding_box()["x"] + 200 < page.locator(".ds-alert").bounding_box()["x"]  # beside the chat
+    finally:
+        wide.close()
+
+
+def test_an_unknown_chat_is_a_not_found_page_with_a_way_back(seeded, new_page):
+    dashboard, _ = seeded
+    page, problems = new_page(dashboard.url)
+    page.goto("/chat?id=999999")
+    page.get_by_text("There is no chat 999999").wait_for()
+    page.get_by_role("link", name="All chats").click()
+    page.get_by_role("link", name="idle chat about churn").wait_for()
+    assert problems.items == []
+
+
 def test_the_server_log_has_no_warnings_or_tracebacks(seeded, new_page):
     """Last in the module: every page above opened and closed tabs while the pages polled."""
-    dashboard, _ = seeded
+    dashboard, ids = seeded
     for _ in range(3):  # tabs closed mid-poll: the server was writing to them
         page, _problems = new_page(dashboard.url)
         page.goto("/runs")
         page.locator(".tabulator-row").first.wait_for()
         page.context.close()
     page, _problems = new_page(dashboard.url)
-    page.goto("/artifacts")  # its table joins the page after load
-    page.locator(".tabulator").first.wait_for()
+    page.goto(f"/artifact?id={ids['wide_table']}")  # the preview's table joins the page after load
+    page.locator(".tabulator-row").first.wait_for()
     page.goto("/")
     page.locator(".ds-stats").first.wait_for()
     page.wait_for_timeout(1500)

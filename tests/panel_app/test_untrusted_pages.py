@@ -31,6 +31,7 @@ from dsagent.settings import Settings
 from dsagent.workspace import Workspace
 
 from .conftest import free_port, serve_dashboard
+from .pagecheck import Look, look_at, screenshot_folder
 
 pytestmark = pytest.mark.xdist_group("panel-untrusted")
 
@@ -193,6 +194,16 @@ def test_the_login_page_shows_its_error_parameter_as_text(hostile, foreign, new_
     page.get_by_text(PAYLOADS[1]).wait_for()  # shown, as the characters it is made of
     assert page.title() == "dsagent · log in"
     assert watch.seen == []
+
+
+@pytest.mark.parametrize("look", [Look("login", "/login?error=Invalid%20user%20name%20or%20password.", "button[type=submit]"),
+                                  Look("logout", "/logout", "text=Log out of the")], ids=lambda look: look.name)
+def test_the_login_and_logout_pages_look_right_on_a_phone_and_a_laptop_in_light_and_dark(hostile, browser, tmp_path_factory, look):
+    """The two pages outside the dashboard's frame in its look: the OS's mode, nothing sideways at 390 px, no errors."""
+    dashboard, _ = hostile
+    folder = screenshot_folder(tmp_path_factory)
+    assert look_at(browser, dashboard.url, look, folder) == []
+    print(f"{look.name}: screenshots in {folder}")
 
 
 def _pages(ids: dict[str, int]) -> list[tuple[str, str, str]]:
