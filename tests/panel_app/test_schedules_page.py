@@ -165,8 +165,8 @@ def test_a_shipped_notebook_is_picked_from_the_list_with_its_parameters_checked_
     page.get_by_label("region (str)").fill("north")
     page.get_by_role("button", name="Create schedule").click()
     page.get_by_text("schedule cohorts created").wait_for()
-    text = _row(page, "cohorts").locator(".ds-schedule").inner_text()
-    assert "notebook sales_cohorts.ipynb region=north top_n=3" in text, text  # only what differs from the notebook's defaults
+    # only what differs from the notebook's defaults
+    _row(page, "cohorts").get_by_text("notebook sales_cohorts.ipynb region=north top_n=3", exact=True).wait_for()
     from dsagent.artifacts.store import Store
     from dsagent.settings import Settings
 
