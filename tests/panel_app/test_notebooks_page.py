@@ -134,6 +134,9 @@ def test_list_shows_shipped_and_uploaded_notebooks(served, new_page, tmp_path):
     # an uploaded notebook without a parameters cell: its page says it runs with its own values
     page.goto(_page_url(dashboard.home / "notebooks" / "my_analysis.ipynb"))
     page.get_by_text("no cell tagged").first.wait_for()
+    # no runs of it yet: the list says what to do, not bare headers
+    page.get_by_text("No runs of this notebook yet").wait_for()
+    page.get_by_text("dsagent run ").first.wait_for()
     assert problems.items == []
     print(f"screenshots in {tmp_path}")
 
