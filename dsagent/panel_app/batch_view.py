@@ -86,8 +86,9 @@ class BatchView:
         self.next_button = pn.widgets.Button(name="▶", width=50, disabled=True, visible=False)
         self.position = html_pane("", width=200)
         self.compare_title = pn.pane.Markdown("### Comparison", visible=False)
-        self.compare = pn.widgets.Tabulator(pd.DataFrame(), show_index=False, disabled=True, sizing_mode="stretch_width", layout="fit_data_fill",
-                                            name="comparison", visible=False, pagination="local", page_size=25)
+        # the comparison's table is made once its data is there: a Tabulator made hidden and empty, then given
+        # new columns and shown in one update, at times rendered no row at all (seen under load in CI)
+        self.compare = pn.Column(sizing_mode="stretch_width")
         self.csv = pn.widgets.FileDownload(label="⬇ comparison as CSV", visible=False, width=220, button_type="light",
                                            callback=lambda: self._file("csv"), filename=f"batch-{run_id}-comparison.csv")
         self.parquet = pn.widgets.FileDownload(label="⬇ comparison as Parquet", visible=False, width=240, button_type="light",
@@ -145,11 +146,12 @@ class BatchView:
         table = await self.ctx.read(batch_table, self.ctx.store, self.run_id)
         plots = await self.ctx.read(self._plots, [row["run_id"] for row in table.rows[:MAX_THUMBNAIL_CHILDREN]])
         frame = _comparison_frame(table.to_frame(), plots)
-        self.compare.formatters = {"run": {"type": "html"}, "plots": {"type": "html"}}
-        self.compare.widths = {"plots": 220}  # room for three thumbnails side by side
-        self.compare.value = frame
+        self.compare.objects = [pn.widgets.Tabulator(frame, show_index=False, disabled=True, sizing_mode="stretch_width", layout="fit_data_fill",
+                                                     name="comparison", pagination="local", page_size=25,
+                                                     formatters={"run": {"type": "html"}, "plots": {"type": "html"}},
+                                                     widths={"plots": 220})]  # room for three thumbnails side by side
         self.state["table"], self.state["compared"] = table, True
-        for widget in (self.compare_title, self.compare, self.csv, self.parquet):
+        for widget in (self.compare_title, self.csv, self.parquet):
             widget.visible = True
 
     def _plots(self, run_ids: list[int]) -> dict[int, list[str]]:

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from .conftest import dsagent_env, serve_dashboard
-from .test_dashboard import _kernels_working_in
+from .test_dashboard import _get_json, _kernels_working_in
 
 SHIPPED = Path(__file__).resolve().parents[2] / "notebooks"  # the repository's notebooks: the default notebook_folders
 
@@ -62,7 +62,7 @@ def _wait_for_last_run(dashboard, name: str, status: str | None = None, timeout:
     """The schedule's last run (through the REST API), once it exists (and has ``status``)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        _, body = dashboard.get_json("api/runs?limit=20")
+        body = _get_json(dashboard, "api/runs?limit=20")  # 503 while the batch writes: asked again
         runs = [r for r in body["items"] if r.get("schedule_id") == name and r["kind"] != "batch-child"]
         if runs and (status is None or runs[0]["status"] == status):
             return runs[0]
@@ -108,10 +108,10 @@ def test_create_a_schedule_checked_as_typed_then_run_it_now_edit_pause_delete(se
     last = row.locator(".ds-schedule-facts dd").nth(1)
     assert re.search(r"run \d+\s+(under a minute|\d+ min) ago", last.inner_text()), last.inner_text()
     assert last.locator("time").get_attribute("title").endswith(" UTC")  # the exact time on hover
-    _, events = dashboard.get_json(f"api/runs/{run['id']}/events")
+    events = _get_json(dashboard, f"api/runs/{run['id']}/events")
     launched = [e["payload"] for e in events["items"] if e["type"] == "launched"]
     assert launched == [{"user": "anonymous", "via": "dashboard", "schedule": "morning"}]
-    _, full = dashboard.get_json(f"api/runs/{run['id']}")
+    full = _get_json(dashboard, f"api/runs/{run['id']}")
     assert full["owner_pid"] == dashboard.process.pid and full["params"] == {"n": 3}
     page.screenshot(path=str(tmp_path / "ran.png"), full_page=True)
     link = row.locator("a", has_text=str(run["id"]))
