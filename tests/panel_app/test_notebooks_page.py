@@ -14,6 +14,7 @@ import nbformat
 import psutil
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
+from playwright.sync_api import expect
 
 from dsagent.artifacts import Store
 from dsagent.settings import Settings
@@ -154,19 +155,22 @@ def test_a_wrong_value_is_said_next_to_its_box_and_nothing_starts_until_it_is_ri
         scale.fill(typed)
         page.get_by_text(f"'{typed}' is not a whole number: type one, e.g. 2").wait_for()  # under the box, as it is typed
         page.get_by_text("Fix the marked box first: scale").wait_for()
-        assert run.is_disabled() and scale.input_value() == typed  # the text stays as typed: nothing reverts
-    scale.press("Tab")  # leaving the box does not put the default back either
-    assert scale.input_value() == "3.7" and run.is_disabled()
+        expect(run).to_be_disabled()
+        assert scale.input_value() == typed  # the text stays as typed: nothing reverts
+    scale.press("Tab")  # leaving the box does not put the default back either (a number box did, at once)
+    page.wait_for_timeout(300)
+    assert scale.input_value() == "3.7"
+    expect(run).to_be_disabled()
     regions = _field(page, "regions (list)")
     regions.fill("5")
     page.get_by_text("'5' is not a Python list").wait_for()
     page.screenshot(path=str(tmp_path / "refused.png"), full_page=True)
     scale.fill("4")
     page.get_by_text("'3.7' is not a whole number").wait_for(state="hidden")
-    assert run.is_disabled()  # regions is still wrong
+    expect(run).to_be_disabled()  # regions is still wrong
     regions.fill("['eu']")
     page.get_by_text("Fix the marked box").wait_for(state="hidden")
-    assert run.is_enabled()
+    expect(run).to_be_enabled()
     assert "/notebook?" in page.url and len(list(launches.glob("*.log"))) == before  # nothing was started
     assert problems.items == []
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import nbformat
 import psutil
 import pytest
+from playwright.sync_api import expect
 
 from .conftest import dsagent_env, serve_dashboard
 from .test_dashboard import _get_json, _kernels_working_in
@@ -80,7 +81,7 @@ def test_create_a_schedule_checked_as_typed_then_run_it_now_edit_pause_delete(se
     cron = page.get_by_label("Cron (minute hour day month weekday)")
     cron.fill("0 25 * * *")
     page.get_by_text("the hour field '25' is not valid").wait_for()  # said as it is typed, before any save
-    assert page.get_by_role("button", name="Create schedule").is_disabled()
+    expect(page.get_by_role("button", name="Create schedule")).to_be_disabled()  # (its own message: waited for)
     page.screenshot(path=str(tmp_path / "bad-cron.png"), full_page=True)
     cron.fill("30 7 * * *")
     zone = page.get_by_label("Time zone")
@@ -157,7 +158,7 @@ def test_a_shipped_notebook_is_picked_from_the_list_with_its_parameters_checked_
     top_n = page.get_by_label("top_n (int)")
     top_n.fill("three")
     page.get_by_text("'three' is not a whole number").wait_for()
-    assert page.get_by_role("button", name="Create schedule").is_disabled()
+    expect(page.get_by_role("button", name="Create schedule")).to_be_disabled()  # (its own message: waited for)
     top_n.fill("3.7")
     page.get_by_text("'3.7' is not a whole number").wait_for()
     page.screenshot(path=str(tmp_path / "wrong-parameter.png"), full_page=True)
