@@ -135,11 +135,10 @@ class NotebookView(pn.viewable.Viewer):
         self.sweep_button.on_click(self.on_sweep)
 
     def _build_runs(self) -> None:
-        # no height: a page of 20 runs is the table's height; on a phone it scrolls sideways inside its card
-        self.runs_table = Table(_runs_frame([]), show_index=False, disabled=True, selectable="checkbox", sizing_mode="stretch_width",
-                                layout="fit_columns", widths=_WIDTHS, name="notebook-runs", visible=False,
-                                formatters={c: {"type": "html"} for c in ("run", "status", "started")},
-                                configuration={"columnDefaults": {"headerSort": False}})
+        # the table is made with the first runs (``_runs_table``): a Tabulator made hidden and empty, then filled and
+        # shown in one update, at times rendered no row at all under load (the batch page's comparison did too)
+        self.runs_table: Table | None = None
+        self.runs_area = pn.Column(sizing_mode="stretch_width", margin=0, visible=False)
         self.runs_empty = html_pane(empty_state(
             "No runs of this notebook yet", "Press <b>Run</b> above, or from a terminal: "
             f"<code>dsagent run {untrusted.text(str(self.entry.path))}</code>"), visible=False)
@@ -172,7 +171,7 @@ class NotebookView(pn.viewable.Viewer):
                            "combination, on Dask (<code>dsagent batch</code>).</span>", margin=0),
                  after_first_paint(pn.FlexBox(*sweeps, gap="8px 16px", sizing_mode="stretch_width"), height=80),
                  self.sweep_count, after_first_paint(sweep_row, height=48), self.sweep_message, title="Sweep"),
-            card(self.pager, self.compare_message, self.runs_loading, self.runs_table, self.runs_empty, title="Recent runs"),
+            card(self.pager, self.compare_message, self.runs_loading, self.runs_area, self.runs_empty, title="Recent runs"),
             user=current_user())
 
     # -- Run and Sweep ----------------------------------------------------------------------------------------
@@ -261,7 +260,12 @@ class NotebookView(pn.viewable.Viewer):
 
     def _show_runs(self, runs: "list[Run]", found: Any) -> None:
         frame = _runs_frame(runs)
-        if not frame.equals(self.runs_table.value):
+        if self.runs_table is None:
+            if runs:
+                self._ids = [r.id for r in runs]
+                self.runs_table = _runs_table(frame)
+                self.runs_area.objects = [self.runs_table]
+        elif not frame.equals(self.runs_table.value):
             chosen = self._chosen()
             self._ids = [r.id for r in runs]
             self.runs_table.value = frame
@@ -272,11 +276,13 @@ class NotebookView(pn.viewable.Viewer):
         self.older.disabled = last >= found.total
         shown = bool(runs)
         self.runs_loading.visible = False
-        if self.runs_table.visible != shown:
-            self.runs_table.visible = self.pager.visible = shown
+        if self.runs_area.visible != shown:
+            self.runs_area.visible = self.pager.visible = shown
         self.runs_empty.visible = not shown
 
     def _chosen(self) -> list[int]:
+        if self.runs_table is None:
+            return []
         return [self._ids[i] for i in self.runs_table.selection if i < len(self._ids)]
 
     async def on_older(self, _: Any) -> None:
@@ -293,6 +299,14 @@ class NotebookView(pn.viewable.Viewer):
             self.compare_message.object = "<span style='color:var(--ds-failed)'>Tick two or more runs to compare them.</span>"
             return
         go_to("compare", "?ids=" + ",".join(str(i) for i in sorted(chosen)))
+
+
+def _runs_table(frame: pd.DataFrame) -> Table:
+    """The recent runs' table, made with its first rows. No height: a page of 20 runs is its height; on a phone it
+    scrolls sideways inside its card."""
+    return Table(frame, show_index=False, disabled=True, selectable="checkbox", sizing_mode="stretch_width", layout="fit_columns",
+                 widths=_WIDTHS, name="notebook-runs", formatters={c: {"type": "html"} for c in ("run", "status", "started")},
+                 configuration={"columnDefaults": {"headerSort": False}})
 
 
 def _problems_html(problems: dict[str, str]) -> str:

@@ -76,10 +76,10 @@ class NotebooksView(pn.viewable.Viewer):
         self.newer = pn.widgets.Button(name="◀ Previous", button_style="outline", disabled=True, width=110)
         self.older = pn.widgets.Button(name="Next ▶", button_style="outline", disabled=True, width=110)
         self.position = html_pane("", width=200, margin=(12, 10))
-        self.table = Table(_frame([]), show_index=False, disabled=True, sizing_mode="stretch_width", layout="fit_columns",
-                           widths=_WIDTHS, formatters={c: {"type": "html"} for c in ("notebook", "from", "modified")},
-                           configuration={"columnDefaults": {"headerSort": False}, "columns": [{"field": "notebook", "minWidth": 180}]},
-                           name="notebooks", visible=False)
+        # the table is made with the first notebooks (``_table``): a Tabulator made hidden and empty, then filled and
+        # shown in one update, at times rendered no row at all under load (the batch page's comparison did too)
+        self.table: Table | None = None
+        self.table_area = pn.Column(sizing_mode="stretch_width", margin=0, visible=False)
         self.pager = pn.FlexBox(self.newer, self.older, self.position, flex_wrap="wrap", align_items="center", sizing_mode="stretch_width",
                                 visible=False)
         self.empty = html_pane(loading_placeholder(4, "loading the notebooks"))
@@ -99,7 +99,7 @@ class NotebooksView(pn.viewable.Viewer):
         upload = pn.FlexBox(self.upload, self.replace, align_items="center", gap="12px", sizing_mode="stretch_width")
         return page_frame(
             "/notebooks", "Notebooks", self.notice.pane, intro,
-            card(after_first_paint(self.text_input, height=56), self.pager, self.table, self.empty, self.folders),
+            card(after_first_paint(self.text_input, height=56), self.pager, self.table_area, self.empty, self.folders),
             card(html_pane("<span class='ds-muted'>An <code>.ipynb</code> saved by Jupyter; it lands in the workspace's "
                            "<code>notebooks/</code> folder. A notebook of the same name is only replaced when you say so.</span>",
                            margin=(0, 5)), after_first_paint(upload, height=48), self.upload_message, title="Upload"),
@@ -118,7 +118,11 @@ class NotebooksView(pn.viewable.Viewer):
 
     def _show(self, result: "NotebookPage") -> None:
         frame = _frame(result.items)
-        if not frame.equals(self.table.value):
+        if self.table is None:
+            if result.items:
+                self.table = _table(frame)
+                self.table_area.objects = [self.table]
+        elif not frame.equals(self.table.value):
             self.table.value = frame
         last = result.offset + len(result.items)
         shown = bool(result.items)
@@ -126,8 +130,8 @@ class NotebooksView(pn.viewable.Viewer):
         self.newer.disabled = result.offset == 0
         self.older.disabled = last >= result.total
         self.newer.visible = self.older.visible = result.total > PAGE_SIZE  # one page: nothing to page through
-        if self.table.visible != shown:
-            self.table.visible = self.pager.visible = shown
+        if self.table_area.visible != shown:
+            self.table_area.visible = self.pager.visible = shown
         self.empty.visible = not shown
         if not shown:
             self.empty.object = self._empty_text()
@@ -182,6 +186,13 @@ class NotebooksView(pn.viewable.Viewer):
         self.replace.visible = False
         self.upload_message.object = f"Saved <a href='{notebook_href(entry.path)}'>{untrusted.text(entry.name)}</a>."
         await self.refresh()
+
+
+def _table(frame: pd.DataFrame) -> Table:
+    """The notebooks' table, made with its first rows."""
+    return Table(frame, show_index=False, disabled=True, sizing_mode="stretch_width", layout="fit_columns", widths=_WIDTHS,
+                 formatters={c: {"type": "html"} for c in ("notebook", "from", "modified")}, name="notebooks",
+                 configuration={"columnDefaults": {"headerSort": False}, "columns": [{"field": "notebook", "minWidth": 180}]})
 
 
 def page(ctx: "AppContext") -> Any:

@@ -212,6 +212,7 @@ def test_run_from_the_form_shows_the_changed_parameter_and_compare_shows_both(se
     table.get_by_text("105").first.wait_for()  # scale 5 recorded 105
     for expected in ("first", "second", "147"):
         table.get_by_text(expected).first.wait_for()
+    page.locator(".ds-plots img").nth(1).wait_for()  # (they can come after the table)
     assert page.locator(".ds-plots img").count() == 2  # one plot per run, side by side
     page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
     assert problems.items == []
