@@ -10,121 +10,192 @@ never replaces a notebook of the same name unless the user says so.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import pandas as pd
 import panel as pn
+import panel_material_ui as pmui
+import param
 
-from dsagent.panel_app import untrusted
 from dsagent.errors import DsagentError
-from dsagent.panel_app.widgets import Notice, current_user, html_pane, human_size, page_frame, time_text
+from dsagent.panel_app import formats, untrusted
+from dsagent.panel_app.components import card, empty_state, loading_placeholder
+from dsagent.panel_app.layout import after_first_paint, page_frame
+from dsagent.panel_app.widgets import Notice, Poller, Table, current_user, html_pane
 from dsagent.runs.notebook_library import WORKSPACE_SOURCE, list_notebooks, notebook_folders, save_uploaded_notebook
 
 if TYPE_CHECKING:
     from dsagent.panel_app.context import AppContext
-    from dsagent.runs.notebook_library import NotebookEntry
+    from dsagent.runs.notebook_library import NotebookEntry, NotebookPage
 
-__all__ = ["page", "notebook_href"]
+__all__ = ["NotebooksView", "page", "notebook_href", "source_text"]
 
 PAGE_SIZE = 25
 COLUMNS = ["notebook", "from", "modified", "size"]
+_WIDTHS = {"from": 210, "modified": 112, "size": 84}  # the name takes the rest
+_NO_NOTEBOOKS_HINT = ("Upload an <code>.ipynb</code> below, save a chat as a notebook on the <a href='./chat'>Chat</a> page, or put "
+                      "notebooks in a folder of the <code>notebook_folders</code> setting (listed under the table).")
 
 
 def notebook_href(path) -> str:
     return f"./notebook?path={quote(str(path), safe='')}"
 
 
-def _frame(items: list["NotebookEntry"]) -> pd.DataFrame:
+def source_text(entry: "NotebookEntry") -> str:
+    """Where a notebook comes from, in words (plain text)."""
+    return "uploaded / saved from a chat" if entry.source == WORKSPACE_SOURCE else f"shipped ({entry.source})"
+
+
+def _frame(items: list["NotebookEntry"], now=None) -> pd.DataFrame:
+    now = now or formats.minute_now()
     return pd.DataFrame(
-        [{"notebook": f'<a href="{notebook_href(e.path)}">{untrusted.text(e.name)}</a>',
-          "from": "uploaded / saved from a chat" if e.source == WORKSPACE_SOURCE else f"shipped ({untrusted.text(e.source)})",
-          "modified": time_text(e.modified), "size": human_size(e.size)} for e in items],
+        [{"notebook": f'<a href="{notebook_href(e.path)}">{untrusted.text(e.name)}</a>', "from": untrusted.text(source_text(e)),
+          "modified": formats.time_cell(e.modified, now), "size": formats.size(e.size)} for e in items],
         columns=COLUMNS,
     )
 
 
-def page(ctx: "AppContext") -> pn.Column:
-    notice = Notice()
-    text = pn.widgets.TextInput(name="name contains", placeholder="text in the file name", width=220)
-    prev_button = pn.widgets.Button(name="◀ previous", width=100, disabled=True)
-    next_button = pn.widgets.Button(name="next ▶", width=90, disabled=True)
-    position = pn.pane.HTML("", width=260)
-    table = pn.widgets.Tabulator(_frame([]), show_index=False, disabled=True, sizing_mode="stretch_width", layout="fit_data_fill",
-                                 widths={"notebook": 320, "from": 360},
-                                 formatters={"notebook": {"type": "html"}, "from": {"type": "html"}},
-                                 configuration={"columnDefaults": {"headerSort": False}}, name="notebooks")
-    folders = html_pane("")
-    upload = pn.widgets.FileInput(accept=".ipynb", multiple=False, name="upload a notebook")
-    replace = pn.widgets.Button(name="Replace it", button_type="warning", visible=False, width=110)
-    upload_message = html_pane("")
-    state: dict = {"offset": 0, "pending": None}
+class NotebooksView(pn.viewable.Viewer):
+    """The list (``text`` filters names, ``offset`` pages) and the upload. ``on_older``/``on_newer`` page through;
+    ``on_upload`` saves a chosen file, ``on_replace`` saves it over the notebook of the same name."""
 
-    async def refresh(*_) -> None:
+    text = param.String(default="", doc="text the file name contains")
+    offset = param.Integer(default=0, bounds=(0, None), doc="the first notebook shown")
+
+    def __init__(self, ctx: "AppContext", **params: Any) -> None:
+        super().__init__(**params)
+        self.ctx = ctx
+        self.notice = Notice()
+        self._pending: tuple[str, bytes] | None = None  # an upload waiting for "Replace it"
+        self._build()
+        Poller(self.refresh, max(3000, ctx.poll_ms * 6))  # uploads and chats add notebooks
+
+    def _build(self) -> None:
+        self.text_input = pmui.TextInput(label="Name contains", placeholder="text in the file name", value=self.text, width=220)
+        self.newer = pn.widgets.Button(name="◀ Previous", button_style="outline", disabled=True, width=110)
+        self.older = pn.widgets.Button(name="Next ▶", button_style="outline", disabled=True, width=110)
+        self.position = html_pane("", width=200, margin=(12, 10))
+        # the table is made with the first notebooks (``_table``): a Tabulator made hidden and empty, then filled and
+        # shown in one update, at times rendered no row at all under load (the batch page's comparison did too)
+        self.table: Table | None = None
+        self.table_area = pn.Column(sizing_mode="stretch_width", margin=0, visible=False)
+        self.pager = pn.FlexBox(self.newer, self.older, self.position, flex_wrap="wrap", align_items="center", sizing_mode="stretch_width",
+                                visible=False)
+        self.empty = html_pane(loading_placeholder(4, "loading the notebooks"))
+        self.folders = html_pane("", margin=(4, 5), stylesheets=["code {overflow-wrap: anywhere}"])
+        self.upload = pmui.FileInput(accept=".ipynb", multiple=False, label="Upload a notebook", icon="upload_file")
+        self.replace = pmui.Button(label="Replace it", color="warning", visible=False, width=130)
+        self.upload_message = html_pane("", margin=(0, 5))
+        self.text_input.param.watch(lambda e: setattr(self, "text", e.new or ""), "value_input")
+        self.upload.param.watch(self.on_upload, "value")
+        self.replace.on_click(self.on_replace)
+        self.older.on_click(self.on_older)
+        self.newer.on_click(self.on_newer)
+
+    def __panel__(self) -> Any:
+        intro = html_pane("<span class='ds-muted'>Pick a notebook to run it with other parameters, sweep a grid of them, or compare "
+                          "its runs.</span>", margin=(0, 5))
+        upload = pn.FlexBox(self.upload, self.replace, align_items="center", gap="12px", sizing_mode="stretch_width")
+        return page_frame(
+            "/notebooks", "Notebooks", self.notice.pane, intro,
+            card(after_first_paint(self.text_input, height=56), self.pager, self.table_area, self.empty, self.folders),
+            card(html_pane("<span class='ds-muted'>An <code>.ipynb</code> saved by Jupyter; it lands in the workspace's "
+                           "<code>notebooks/</code> folder. A notebook of the same name is only replaced when you say so.</span>",
+                           margin=(0, 5)), after_first_paint(upload, height=48), self.upload_message, title="Upload"),
+            user=current_user())
+
+    # -- the list ---------------------------------------------------------------------------------------------
+
+    async def refresh(self) -> None:
         async def work() -> None:
-            result = await ctx.read(list_notebooks, ctx.settings, text=(text.value_input or text.value or None), offset=state["offset"],
-                                    limit=PAGE_SIZE)
-            frame = _frame(result.items)
-            if not frame.equals(table.value):
-                table.value = frame
-            last = min(result.offset + PAGE_SIZE, result.total)
-            position.object = f"notebooks {result.offset + 1 if result.total else 0}–{last} of {result.total}"
-            prev_button.disabled = result.offset == 0
-            next_button.disabled = last >= result.total
-            listed = await ctx.read(notebook_folders, ctx.settings)
-            folders.object = "Listed from: " + ", ".join(f"<code>{untrusted.text(str(folder))}</code>" for _, folder in listed)
-        await notice.guard(work)
+            result = await self.ctx.read(list_notebooks, self.ctx.settings, text=self.text or None, offset=self.offset, limit=PAGE_SIZE)
+            listed = await self.ctx.read(notebook_folders, self.ctx.settings)
+            self._show(result)
+            self.folders.object = ("<span class='ds-muted'>Listed from: " + ", ".join(
+                f"<code>{untrusted.text(str(folder))}</code>" for _, folder in listed) + "</span>")
+        await self.notice.guard(work)
 
-    async def first_page(*_) -> None:
-        state["offset"] = 0
-        await refresh()
+    def _show(self, result: "NotebookPage") -> None:
+        frame = _frame(result.items)
+        if self.table is None:
+            if result.items:
+                self.table = _table(frame)
+                self.table_area.objects = [self.table]
+        elif not frame.equals(self.table.value):
+            self.table.value = frame
+        last = result.offset + len(result.items)
+        shown = bool(result.items)
+        self.position.object = f"notebooks {result.offset + 1}–{last} of {result.total}" if shown else ""
+        self.newer.disabled = result.offset == 0
+        self.older.disabled = last >= result.total
+        self.newer.visible = self.older.visible = result.total > PAGE_SIZE  # one page: nothing to page through
+        if self.table_area.visible != shown:
+            self.table_area.visible = self.pager.visible = shown
+        self.empty.visible = not shown
+        if not shown:
+            self.empty.object = self._empty_text()
 
-    async def older(_) -> None:
-        state["offset"] += PAGE_SIZE
-        await refresh()
+    def _empty_text(self) -> str:
+        if self.offset:
+            return empty_state("No notebooks on this page", "<a href='./notebooks'>Back to the first page</a>")
+        if self.text:
+            return empty_state(f"No notebook names contain “{self.text}”", "Change the text above, or clear it to see every notebook.",
+                               icon_name="search")
+        return empty_state("No notebooks yet", _NO_NOTEBOOKS_HINT, icon_name="notebooks")
 
-    async def newer(_) -> None:
-        state["offset"] = max(0, state["offset"] - PAGE_SIZE)
-        await refresh()
+    @param.depends("text", watch=True)
+    async def _text_changed(self) -> None:
+        self.offset = 0
+        await self.refresh()
 
-    async def save(overwrite: bool) -> None:
-        filename, data = state["pending"]
+    async def on_older(self, _: Any) -> None:
+        self.offset += PAGE_SIZE
+        await self.refresh()
+
+    async def on_newer(self, _: Any) -> None:
+        self.offset = max(0, self.offset - PAGE_SIZE)
+        await self.refresh()
+
+    # -- uploading --------------------------------------------------------------------------------------------
+
+    async def on_upload(self, _: Any) -> None:
+        if not self.upload.value:
+            return
+        self._pending = (self.upload.filename or "notebook.ipynb", bytes(self.upload.value))
+        self.upload.clear()  # so choosing the same file again is a new upload
+        await self._save(False)
+
+    async def on_replace(self, _: Any) -> None:
+        if self._pending is not None:
+            await self._save(True)
+
+    async def _save(self, overwrite: bool) -> None:
+        filename, data = self._pending
         try:
-            entry = await ctx.read(save_uploaded_notebook, filename, data, ctx.settings, overwrite=overwrite)
+            entry = await self.ctx.read(save_uploaded_notebook, filename, data, self.ctx.settings, overwrite=overwrite)
         except DsagentError as exc:
             exists = getattr(exc, "reason", None) == "exists"
-            replace.visible = exists
-            upload_message.object = f"<span style='color:#dc3545'>{untrusted.text(exc.message)}.</span> {untrusted.text(exc.hint)}"
+            self.replace.visible = exists
+            self.upload_message.object = (f"<span style='color:var(--ds-failed)'>{untrusted.text(exc.message)}.</span> "
+                                          f"{untrusted.text(exc.hint)}")
             if not exists:
-                state["pending"] = None
+                self._pending = None
             return
-        state["pending"] = None
-        replace.visible = False
-        upload_message.object = f"Saved <a href='{notebook_href(entry.path)}'>{untrusted.text(entry.name)}</a>."
-        await refresh()
+        self._pending = None
+        self.replace.visible = False
+        self.upload_message.object = f"Saved <a href='{notebook_href(entry.path)}'>{untrusted.text(entry.name)}</a>."
+        await self.refresh()
 
-    async def on_upload(event) -> None:
-        if not upload.value:
-            return
-        state["pending"] = (upload.filename or "notebook.ipynb", bytes(upload.value))
-        upload.clear()  # so choosing the same file again is a new upload
-        await save(False)
 
-    async def on_replace(_) -> None:
-        if state["pending"] is not None:
-            await save(True)
+def _table(frame: pd.DataFrame) -> Table:
+    """The notebooks' table, made with its first rows."""
+    return Table(frame, show_index=False, disabled=True, sizing_mode="stretch_width", layout="fit_columns", widths=_WIDTHS,
+                 formatters={c: {"type": "html"} for c in ("notebook", "from", "modified")}, name="notebooks",
+                 configuration={"columnDefaults": {"headerSort": False}, "columns": [{"field": "notebook", "minWidth": 180}]})
 
-    text.param.watch(first_page, "value_input")
-    upload.param.watch(on_upload, "value")
-    replace.on_click(on_replace)
-    next_button.on_click(older)
-    prev_button.on_click(newer)
-    pn.state.onload(refresh)
-    pn.state.add_periodic_callback(refresh, period=max(3000, ctx.poll_ms * 6))  # uploads and chats add notebooks
-    return page_frame(
-        "/notebooks", "Notebooks", notice.pane,
-        pn.pane.Markdown("Pick a notebook to run it with other parameters, sweep a grid of them, or compare its runs."),
-        pn.Row(text, prev_button, next_button, position), table, folders,
-        pn.pane.Markdown("### Upload"), pn.Row(upload, replace), upload_message,
-        user=current_user(),
-    )
+
+def page(ctx: "AppContext") -> Any:
+    from dsagent.panel_app.widgets import query_arg
+
+    return NotebooksView(ctx, text=(query_arg("q") or "")[:200])  # /notebooks?q=cohort: a link to the names containing it

@@ -199,17 +199,22 @@ def schedule_rows(store: "Store", now: datetime | None = None, *, limit: int = 5
     rows = []
     for s in page.items:
         upcoming = None if s.paused else (s.next_fire or next_fire_after(s.cron, s.timezone, now))
-        last_status = None
+        last_status, last_fire = None, s.last_fire
         if s.last_run_id is not None:
             try:
-                last_status = store.get_run(s.last_run_id).status
+                last_run = store.get_run(s.last_run_id)
             except DsagentError:
                 last_status = "deleted"
+            else:
+                last_status = last_run.status
+                # its run is the last firing too: a run now (dashboard, `schedule run-now`) claims no cron time, so
+                # the schedule's own last_fire is only its last cron firing
+                last_fire = max(filter(None, (last_fire, last_run.created)))
         local = upcoming.astimezone(ZoneInfo(s.timezone)) if upcoming else None
         rows.append({
             "name": s.name, "cron": s.cron, "cron_words": describe_cron(s.cron), "timezone": s.timezone,
             "next_fire": upcoming.isoformat() if upcoming else None, "next_fire_local": local.strftime("%Y-%m-%d %H:%M:%S %Z") if local else None,
-            "last_fire": s.last_fire.isoformat() if s.last_fire else None, "last_run_id": s.last_run_id, "last_status": last_status,
+            "last_fire": last_fire.isoformat() if last_fire else None, "last_run_id": s.last_run_id, "last_status": last_status,
             "paused": s.paused, "target": describe_target(s.target), "overlap": s.overlap, "misfire": s.misfire,
         })
     return rows, page.next_cursor

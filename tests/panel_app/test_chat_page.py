@@ -274,7 +274,7 @@ def test_upload_then_two_turns_with_a_plot_stream_live_and_share_the_kernel(serv
     rerun.set_default_timeout(45_000)
     rerun_problems = PageProblems(rerun)
     rerun.goto(served.dashboard.url + f"notebook?path={quote(str(saved), safe='')}")
-    field = rerun.locator(".bk-input-group", has_text="data (str)").locator("input").first
+    field = rerun.get_by_label("data (str)", exact=True)  # the notebook page's form (Material UI text boxes)
     field.fill(str(more))
     field.press("Enter")
     rerun.get_by_role("button", name="Run", exact=True).click()

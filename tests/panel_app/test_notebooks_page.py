@@ -14,6 +14,7 @@ import nbformat
 import psutil
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
+from playwright.sync_api import expect
 
 from dsagent.artifacts import Store
 from dsagent.settings import Settings
@@ -79,7 +80,7 @@ def _page_url(notebook: Path) -> str:
 
 
 def _field(page, label: str):
-    return page.locator(".bk-input-group", has_text=label).locator("input").first
+    return page.get_by_label(label, exact=True)
 
 
 def _store(home: Path) -> Store:
@@ -134,22 +135,42 @@ def test_list_shows_shipped_and_uploaded_notebooks(served, new_page, tmp_path):
     # an uploaded notebook without a parameters cell: its page says it runs with its own values
     page.goto(_page_url(dashboard.home / "notebooks" / "my_analysis.ipynb"))
     page.get_by_text("no cell tagged").first.wait_for()
+    # no runs of it yet: the list says what to do, not bare headers
+    page.get_by_text("No runs of this notebook yet").wait_for()
+    page.get_by_text("dsagent run ").first.wait_for()
     assert problems.items == []
     print(f"screenshots in {tmp_path}")
 
 
-def test_wrong_typed_value_is_refused_with_the_parameters_name(served, new_page, tmp_path):
+def test_a_wrong_value_is_said_next_to_its_box_and_nothing_starts_until_it_is_right(served, new_page, tmp_path):
+    """The issue's case: "three" or "3.7" in an int box used to turn silently back into the default and run."""
     dashboard, notebook = served
     page, problems = new_page(dashboard.url)
     launches = dashboard.home / "launches"
     before = len(list(launches.glob("*.log")))
     page.goto(_page_url(notebook))
+    run = page.get_by_role("button", name="Run", exact=True)
+    scale = _field(page, "scale (int)")
+    for typed in ("three", "3.7"):
+        scale.fill(typed)
+        page.get_by_text(f"'{typed}' is not a whole number: type one, e.g. 2").wait_for()  # under the box, as it is typed
+        page.get_by_text("Fix the marked box first: scale").wait_for()
+        expect(run).to_be_disabled()
+        assert scale.input_value() == typed  # the text stays as typed: nothing reverts
+    scale.press("Tab")  # leaving the box does not put the default back either (a number box did, at once)
+    page.wait_for_timeout(300)
+    assert scale.input_value() == "3.7"
+    expect(run).to_be_disabled()
     regions = _field(page, "regions (list)")
     regions.fill("5")
-    regions.press("Enter")
-    page.get_by_role("button", name="Run", exact=True).click()
-    page.get_by_text("parameter 'regions' takes a list").first.wait_for()
+    page.get_by_text("'5' is not a Python list").wait_for()
     page.screenshot(path=str(tmp_path / "refused.png"), full_page=True)
+    scale.fill("4")
+    page.get_by_text("'3.7' is not a whole number").wait_for(state="hidden")
+    expect(run).to_be_disabled()  # regions is still wrong
+    regions.fill("['eu']")
+    page.get_by_text("Fix the marked box").wait_for(state="hidden")
+    expect(run).to_be_enabled()
     assert "/notebook?" in page.url and len(list(launches.glob("*.log"))) == before  # nothing was started
     assert problems.items == []
 
@@ -191,6 +212,7 @@ def test_run_from_the_form_shows_the_changed_parameter_and_compare_shows_both(se
     table.get_by_text("105").first.wait_for()  # scale 5 recorded 105
     for expected in ("first", "second", "147"):
         table.get_by_text(expected).first.wait_for()
+    page.locator(".ds-plots img").nth(1).wait_for()  # (they can come after the table)
     assert page.locator(".ds-plots img").count() == 2  # one plot per run, side by side
     page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
     assert problems.items == []

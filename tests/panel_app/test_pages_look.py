@@ -43,6 +43,11 @@ LOOKS = [
     Look("artifact-table", "/artifact?id={wide_table}", ".tabulator-row"),
     Look("artifact-html", "/artifact?id={html}", "iframe[sandbox='allow-scripts']"),
     Look("chat", "/chat?id={idle_chat}", "text=Revenue grew 12% over the quarter."),
+    Look("notebooks", "/notebooks", ".tabulator-row"),
+    Look("notebooks-none-match", "/notebooks?q=no-such-notebook", "text=No notebook names contain"),
+    Look("notebook", "/notebook?path=store_digest.ipynb", ".tabulator-row"),
+    Look("notebook-not-found", "/notebook?path=no_such.ipynb", "text=All notebooks"),
+    Look("schedules", "/schedules", ".ds-schedule"),
 ]
 
 
@@ -110,7 +115,40 @@ def _seed(home: Path) -> dict[str, int]:
         store.update_run_status(busy.id, "running")  # a turn runs: the chat's run says so
         _chat_turn(store, idle.id)
         ids.update(report=report.id, broken=broken.id, answer=answer.id, long=long.id, idle_chat=idle.id, busy_chat=busy.id)
+        ids.update(_seed_notebooks_and_schedules(home, store))
     return ids
+
+
+NOTEBOOK_PARAMETERS = ('weeks = 4  # how many weeks back\nthreshold = 0.25\nregion = "north"  # a sales region\nverbose = True\n'
+                       'regions = ["north", "south"]\nlimits = {"low": 1, "high": 9}')
+
+
+def _seed_notebooks_and_schedules(home: Path, store: Store) -> dict[str, int]:
+    """A workspace notebook with a parameter of each type and two runs of it; schedules that fired, never fired, paused."""
+    import nbformat
+
+    from dsagent.runs.schedule_spec import make_schedule
+
+    folder = Workspace(home).notebooks_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    cell = nbformat.v4.new_code_cell(NOTEBOOK_PARAMETERS)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell, nbformat.v4.new_code_cell("print(weeks, region)")]
+    path = folder / "store_digest.ipynb"
+    nbformat.write(nb, path)
+    runs = []
+    for weeks, status in ((4, "succeeded"), (8, "cancelled")):
+        run = store.create_run("notebook", title="store_digest.ipynb", params={"weeks": weeks, "region": "north"}, backend="local")
+        store.update_run_status(run.id, status)
+        runs.append(run.id)
+    store.add_schedule(make_schedule("store-digest", "0 6 * * 1", notebook=path, parameters={"weeks": 8}, timezone="Europe/Berlin"))
+    store.set_schedule_last_run("store-digest", runs[0])
+    store.add_schedule(make_schedule("nightly", "30 2 * * *", notebook=path))
+    store.add_schedule(make_schedule("on-hold", "*/15 9-17 * * 1-5", notebook=path))
+    store.update_schedule("on-hold", paused=True)
+    return {"digest_run": runs[0]}
 
 
 @pytest.fixture(scope="module")

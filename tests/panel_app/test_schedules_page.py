@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import signal
 import time
 from pathlib import Path
@@ -10,9 +11,12 @@ from pathlib import Path
 import nbformat
 import psutil
 import pytest
+from playwright.sync_api import expect
 
 from .conftest import dsagent_env, serve_dashboard
 from .test_dashboard import _get_json, _kernels_working_in
+
+SHIPPED = Path(__file__).resolve().parents[2] / "notebooks"  # the repository's notebooks: the default notebook_folders
 
 # one server (with its scheduler) per module: every test of it on one xdist worker
 pytestmark = pytest.mark.xdist_group("panel-schedules")
@@ -45,7 +49,14 @@ def served(tmp_path_factory):
 
 
 def _row(page, name: str):
-    return page.locator(f"tr.ds-schedule[data-name='{name}']")
+    """A schedule's block on the list: its facts and its buttons."""
+    return page.locator(".ds-schedule-item").filter(has=page.locator(f".ds-schedule[data-name='{name}']"))
+
+
+def _pick_notebook(page, option: str) -> None:
+    """Choose a notebook in the form's picker (the Notebooks page's list) by the start of its option's text."""
+    page.get_by_role("combobox", name="Notebook").click()
+    page.get_by_role("listbox").get_by_role("menuitem", name=re.compile("^" + re.escape(option))).click()
 
 
 def _wait_for_last_run(dashboard, name: str, status: str | None = None, timeout: float = 120) -> dict:
@@ -64,34 +75,40 @@ def test_create_a_schedule_checked_as_typed_then_run_it_now_edit_pause_delete(se
     dashboard = served
     page, problems = new_page(dashboard.url)
     page.goto("/schedules")
-    page.get_by_text("no schedules yet").wait_for()
-    page.get_by_label("name", exact=True).fill("morning")
-    cron = page.get_by_label("cron (minute hour day month weekday)")
+    page.get_by_text("No schedules yet").wait_for()
+    page.get_by_text("dsagent schedule add").first.wait_for()  # the empty list says how to add one, here or in a terminal
+    page.get_by_label("Name", exact=True).fill("morning")
+    cron = page.get_by_label("Cron (minute hour day month weekday)")
     cron.fill("0 25 * * *")
     page.get_by_text("the hour field '25' is not valid").wait_for()  # said as it is typed, before any save
-    assert page.get_by_role("button", name="Create schedule").is_disabled()
+    expect(page.get_by_role("button", name="Create schedule")).to_be_disabled()  # (its own message: waited for)
     page.screenshot(path=str(tmp_path / "bad-cron.png"), full_page=True)
     cron.fill("30 7 * * *")
-    zone = page.get_by_label("time zone")
+    zone = page.get_by_label("Time zone")
     zone.fill("Mars/Base")
     page.get_by_text("unknown time zone 'Mars/Base'").wait_for()
     zone.fill("Europe/Berlin")
     page.get_by_text("At 07:30 AM — next").wait_for()
-    page.get_by_label("notebook (path, or a name in the workspace's notebooks/)").fill("quick.ipynb")
-    page.get_by_label("parameters (name = value per line)").fill("n = 3")
+    _pick_notebook(page, "quick.ipynb")
+    page.get_by_label("n (int)").fill("3")
     page.get_by_role("button", name="Create schedule").click()
     page.get_by_text("schedule morning created").wait_for()
     row = _row(page, "morning")
     row.get_by_text("At 07:30 AM").wait_for()
-    text = row.inner_text()
-    assert "Europe/Berlin" in text and "notebook quick.ipynb n=3" in text and "in " in text and "never ran" in text
+    text = row.locator(".ds-schedule").inner_text()
+    assert "Europe/Berlin" in text and "notebook quick.ipynb n=3" in text and "in " in text and "never fired" in text
     page.screenshot(path=str(tmp_path / "created.png"), full_page=True)
 
-    # Run now: this dashboard's scheduler fires it; the run is listed, linked, and says who launched it
-    page.get_by_role("button", name="Run now").click()
+    # Run now: this dashboard's scheduler fires it; the list says so at once, then shows the firing: its run (linked),
+    # the run's status and when; the run says who launched it
+    row.get_by_role("button", name="Run now").click()
+    row.get_by_text("firing now").wait_for(timeout=10_000)
     run = _wait_for_last_run(dashboard, "morning", "succeeded")
     row.locator("a", has_text=str(run["id"])).wait_for(timeout=30_000)
     row.get_by_text("succeeded").wait_for()
+    last = row.locator(".ds-schedule-facts dd").nth(1)
+    assert re.search(r"run \d+\s+(under a minute|\d+ min) ago", last.inner_text()), last.inner_text()
+    assert last.locator("time").get_attribute("title").endswith(" UTC")  # the exact time on hover
     events = _get_json(dashboard, f"api/runs/{run['id']}/events")
     launched = [e["payload"] for e in events["items"] if e["type"] == "launched"]
     assert launched == [{"user": "anonymous", "via": "dashboard", "schedule": "morning"}]
@@ -106,19 +123,21 @@ def test_create_a_schedule_checked_as_typed_then_run_it_now_edit_pause_delete(se
     # edit (no restart: the row is what the scheduler reads), pause, resume, delete
     page.goto("/schedules")
     _row(page, "morning").wait_for()
-    page.get_by_role("button", name="Edit").click()
+    _row(page, "morning").get_by_role("button", name="Edit").click()
     page.get_by_text("Edit schedule morning").wait_for()
-    page.get_by_label("cron (minute hour day month weekday)").fill("0 8 * * 1-5")
+    assert page.get_by_label("n (int)").input_value() == "3"  # the stored parameter, in the notebook's form
+    page.get_by_label("Cron (minute hour day month weekday)").fill("0 8 * * 1-5")
     page.get_by_role("button", name="Save changes").click()
     _row(page, "morning").get_by_text("At 08:00 AM, Monday through Friday").wait_for()
-    page.get_by_role("button", name="Pause").click()
-    _row(page, "morning").get_by_text("paused").wait_for()
-    page.get_by_role("button", name="Resume").click()
-    _row(page, "morning").get_by_text("paused").wait_for(state="hidden")
-    page.get_by_role("button", name="Delete").click()
-    page.get_by_role("button", name="Really delete?").click()
+    _row(page, "morning").get_by_role("button", name="Pause").click()
+    _row(page, "morning").get_by_text("paused").first.wait_for()
+    _row(page, "morning").get_by_role("button", name="Resume").click()
+    _row(page, "morning").get_by_text("paused").first.wait_for(state="hidden")
+    _row(page, "morning").get_by_role("button", name="Delete").click()
+    _row(page, "morning").get_by_role("button", name="Really delete?").click()
     page.get_by_text("schedule morning deleted").wait_for()
     _row(page, "morning").wait_for(state="detached")
+    page.get_by_text("No schedules yet").wait_for()
     assert problems.items == []
 
     page.goto("/")
@@ -128,20 +147,51 @@ def test_create_a_schedule_checked_as_typed_then_run_it_now_edit_pause_delete(se
     print(f"screenshots in {tmp_path}")
 
 
+def test_a_shipped_notebook_is_picked_from_the_list_with_its_parameters_checked_as_typed(served, new_page, tmp_path):
+    """The issue's case: "sales_cohorts.ipynb" as the Notebooks page shows it was refused ("no notebook at
+    ./sales_cohorts.ipynb"); now it is picked from that list, and its parameters are the notebook page's form."""
+    dashboard = served
+    page, problems = new_page(dashboard.url)
+    page.goto("/schedules")
+    page.get_by_label("Name", exact=True).fill("cohorts")
+    _pick_notebook(page, "sales_cohorts.ipynb · shipped")
+    top_n = page.get_by_label("top_n (int)")
+    top_n.fill("three")
+    page.get_by_text("'three' is not a whole number").wait_for()
+    expect(page.get_by_role("button", name="Create schedule")).to_be_disabled()  # (its own message: waited for)
+    top_n.fill("3.7")
+    page.get_by_text("'3.7' is not a whole number").wait_for()
+    page.screenshot(path=str(tmp_path / "wrong-parameter.png"), full_page=True)
+    top_n.fill("3")
+    page.get_by_label("region (str)").fill("north")
+    page.get_by_role("button", name="Create schedule").click()
+    page.get_by_text("schedule cohorts created").wait_for()
+    # only what differs from the notebook's defaults
+    _row(page, "cohorts").get_by_text("notebook sales_cohorts.ipynb region=north top_n=3", exact=True).wait_for()
+    from dsagent.artifacts.store import Store
+    from dsagent.settings import Settings
+
+    with Store.open(settings=Settings(home=str(dashboard.home))) as store:
+        target = store.get_schedule("cohorts").target
+        store.delete_schedule("cohorts")
+    assert target["notebook"] == str(SHIPPED / "sales_cohorts.ipynb") and target["parameters"] == {"region": "north", "top_n": 3}
+    assert problems.items == []
+    print(f"screenshots in {tmp_path}")
+
+
 @pytest.mark.timeout(300)  # a LocalCluster and a fresh kernel per child: a minute and more on a loaded 2-core machine
 def test_a_scheduled_batch_shows_its_children_then_the_comparison(served, new_page, tmp_path):
     dashboard = served
     page, problems = new_page(dashboard.url)
     page.goto("/schedules")
-    page.get_by_label("name", exact=True).fill("sweep")
-    page.get_by_label("cron (minute hour day month weekday)").fill("0 3 * * *")
+    page.get_by_label("Name", exact=True).fill("sweep")
+    page.get_by_label("Cron (minute hour day month weekday)").fill("0 3 * * *")
     page.get_by_role("button", name="batch").click()
-    page.get_by_label("notebook (path, or a name in the workspace's notebooks/)").fill("sweep.ipynb")
-    page.get_by_label("grid file (YAML: alpha: [0.1, 0.5])").fill(str(dashboard.home / "grid.yaml"))
+    _pick_notebook(page, "sweep.ipynb")
+    page.get_by_label("Grid file (YAML: alpha: [0.1, 0.5])").fill(str(dashboard.home / "grid.yaml"))
     page.get_by_role("button", name="Create schedule").click()
     _row(page, "sweep").get_by_text("batch sweep.ipynb x grid.yaml").wait_for()
-    page.locator("select").first.select_option("sweep")
-    page.get_by_role("button", name="Run now").click()
+    _row(page, "sweep").get_by_role("button", name="Run now").click()
     batch = _wait_for_last_run(dashboard, "sweep")  # exists once its children do
     page.goto(f"/run?id={batch['id']}")
     page.get_by_text("children finished").first.wait_for(timeout=60_000)

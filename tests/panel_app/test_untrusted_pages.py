@@ -119,6 +119,11 @@ def _seed(home: Path) -> dict[str, int]:
 
         store.add_schedule(Schedule(name=FILE_NAME, cron="0 6 * * *", timezone="UTC", paused=True,
                                     target={"kind": "notebook", "notebook": f"{FILE_NAME}.ipynb", "params": {"region": ALL}}))
+        # a run of the notebook below (its page lists it) that is the schedule's last firing (the list shows it)
+        fired = store.create_run("notebook", title=f"{FILE_NAME}.ipynb", params={"region": ALL, PAYLOADS[2]: PAYLOADS[4]},
+                                 schedule_id=FILE_NAME)
+        store.update_run_status(fired.id, "failed", error=ALL)
+        store.set_schedule_last_run(FILE_NAME, fired.id)
     notebooks = Workspace(home).notebooks_dir
     notebooks.mkdir(parents=True, exist_ok=True)
     (notebooks / f"{FILE_NAME}.ipynb").write_text(_notebook())
