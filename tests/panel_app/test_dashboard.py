@@ -250,7 +250,7 @@ def test_a_cli_run_appears_in_the_table_and_its_page_follows_it_live(seeded, new
         page.evaluate("window.__same_page = true")
         page.goto(f"/run?id={run['id']}")
         page.evaluate("window.__same_page = true")
-        page.get_by_text("cell_finished").first.wait_for(timeout=60_000)
+        page.get_by_text("cell finished").first.wait_for(timeout=60_000)  # the timeline writes the type in words
         page.locator("span", has_text="succeeded").first.wait_for(timeout=30_000)
         assert page.evaluate("window.__same_page") is True  # followed live, not reloaded
         assert cli.wait(60) == 0
@@ -273,7 +273,7 @@ def test_cancel_from_the_run_page_ends_the_run_cancelled_with_no_kernel_left(see
             time.sleep(0.1)
         assert kernels, "the CLI's kernel never started"
         page.goto(f"/run?id={run['id']}")
-        page.get_by_text("cell_started").first.wait_for(timeout=60_000)
+        page.get_by_text("cell started").first.wait_for(timeout=60_000)
         page.get_by_role("button", name="Cancel run").click()
         page.locator("span", has_text="cancelled").first.wait_for(timeout=60_000)
         page.get_by_text("cancel asked by anonymous").first.wait_for()  # who did it, from the run's events
