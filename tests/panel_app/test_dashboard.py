@@ -357,3 +357,26 @@ def test_requests_under_a_foreign_host_name_are_refused(seeded):
         assert dashboard.get("runs", {"Host": host})[0] == 400
     for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost"):
         assert dashboard.get(f"api/runs/{run.id}", {"Host": host})[0] == 200, host
+
+
+def test_two_requests_for_thumbnails_of_the_same_content_both_get_it(tmp_path, monkeypatch):
+    """Two images with the same bytes share a thumbnail; a page showing both asks for it twice at once (one server, one
+    pid). Both threads reach the rename with their file written: each must have written its own."""
+    import threading
+
+    from dsagent.panel_app import thumbnails
+
+    both_written = threading.Barrier(2, timeout=10)
+    rename = thumbnails.os.replace
+
+    def replace_together(src, dst):
+        both_written.wait()
+        rename(src, dst)
+
+    monkeypatch.setattr(thumbnails.os, "replace", replace_together)
+    from .test_pages_look import _png
+
+    sha = "ab" * 32
+    with ThreadPoolExecutor(2) as pool:
+        made = list(pool.map(lambda _: thumbnails.thumbnail(tmp_path, sha, _png), range(2)))
+    assert made[0] and made[0] == made[1] and (tmp_path / "ab" / f"{sha}.png").read_bytes() == made[0]
