@@ -154,7 +154,9 @@ class BatchView(pn.viewable.Viewer):
     total = param.Integer(default=0, doc="how many children the batch has")
     grid = param.Dict(default=None, allow_None=True, doc="{parameter: its values}, read from the children once they exist")
 
-    def __init__(self, ctx: "AppContext", run_id: int, **params: Any) -> None:
+    def __init__(self, ctx: "AppContext", run_id: int, is_batch: bool = False, **params: Any) -> None:
+        """``is_batch``: the preload read the run and it is a batch, so its cards show from the start (a card shown
+        later would hold a Tabulator made while it was hidden, which can render without rows)."""
         super().__init__(**params)
         self.ctx, self.run_id = ctx, run_id
         self.compared = False
@@ -166,17 +168,16 @@ class BatchView(pn.viewable.Viewer):
         self.older = pn.widgets.Button(name="Next ▶", button_style="outline", disabled=True, width=110)
         self.position = html_pane("", margin=(8, 10))
         self.pager = pn.FlexBox(self.newer, self.older, self.position, flex_wrap="wrap", align_items="center", sizing_mode="stretch_width")
-        self.children_table = Table(
-            children_frame([]), show_index=False, disabled=True, sizing_mode="stretch_width", layout="fit_columns",
-            widths={"run": 70, "status": 130, "duration": 100}, formatters={c: {"type": "html"} for c in ("run", "status")}, name="children",
-            configuration={"columnDefaults": {"headerSort": False},
-                           "columns": [{"field": "parameters", "minWidth": 170}, {"field": "error", "minWidth": 200}]})
-        self.no_children = html_pane(empty_state("No children yet", "The batch makes one child per set of values as it starts."),
-                                     visible=False)
-        self.comparison_slot = pn.Column(html_pane(loading_placeholder(3, "loading the comparison")), sizing_mode="stretch_width", margin=0)
-        self.grid_card = card(self.grid_pane, title="Grid", visible=False)
-        self.children_card = card(self.progress, self.bar, self.pager, self.children_table, self.no_children, title="Children", visible=False)
-        self.comparison_card = card(self.comparison_slot, title="Comparison", visible=False)
+        self.children_table: Table | None = None  # made with its first page of children, in a card already shown
+        self._said_none = False  # the children slot says "No children yet"
+        self.children_slot = pn.Column(html_pane(loading_placeholder(3, "loading the children")), sizing_mode="stretch_width", margin=0)
+        self.comparison_slot = pn.Column(html_pane(empty_state("The comparison shows once every child has finished",
+                                                               "Parameters, recorded values, status and plots of each child, "
+                                                               "side by side, with CSV and Parquet downloads.", icon_name="runs")),
+                                         sizing_mode="stretch_width", margin=0)
+        self.grid_card = card(self.grid_pane, title="Grid", visible=is_batch)
+        self.children_card = card(self.progress, self.bar, self.pager, self.children_slot, title="Children", visible=is_batch)
+        self.comparison_card = card(self.comparison_slot, title="Comparison", visible=is_batch)
         self.newer.on_click(self.on_newer)
         self.older.on_click(self.on_older)
 
@@ -188,9 +189,13 @@ class BatchView(pn.viewable.Viewer):
         (once). True when nothing more is to be read."""
         if run.kind != "batch":
             return True
+        if not self.children_card.visible:  # the preload did not say (the store was busy): shown now, before any table is made
+            self.grid_card.visible = self.children_card.visible = self.comparison_card.visible = True
         counts = await self.ctx.read(self.ctx.store.child_status_counts, self.run_id)
         if self.grid is None and sum(counts.values()):  # the children are made at the start: their values are the grid
             self.grid = await self.ctx.read(self._read_grid, run)
+        elif self.grid is None and run.done:
+            self.grid_pane.object = empty_state("No grid", "The batch ended before it made its children.", icon_name="page")
         self.counts = counts
         await self._children_page()
         if run.done and not self.compared:
@@ -210,28 +215,40 @@ class BatchView(pn.viewable.Viewer):
         self.bar.max = max(total, 1)
         self.bar.value = sum(self.counts.get(s, 0) for s in TERMINAL_STATUSES)
         self.bar.bar_color = progress_color(self.counts)
-        self.children_card.visible = True
 
     @param.depends("grid", "total", watch=True)
     def _draw_grid(self) -> None:
         if self.grid is not None:
             self.grid_pane.object = grid_html(self.grid, self.total)
-            self.grid_card.visible = True
 
     async def _children_page(self) -> None:
         page = await self.ctx.read(self.ctx.store.search_runs, parent_id=self.run_id, sort="id", descending=False,
                                    offset=self.offset, limit=CHILD_PAGE)
-        frame = children_frame(page.items, _varying(self.grid))
-        if not frame.equals(self.children_table.value):
-            self.children_table.value = frame  # as tall as its rows (a page is at most CHILD_PAGE)
+        self._show_children(children_frame(page.items, _varying(self.grid)))
         self.total = page.total
         last = min(page.offset + CHILD_PAGE, page.total)
         self.position.object = f"children {page.offset + 1:,}–{last:,} of {page.total:,}" if page.total else ""
         self.newer.disabled = page.offset == 0
         self.older.disabled = last >= page.total
         self.pager.visible = page.total > CHILD_PAGE
-        self.children_table.visible = bool(page.total)
-        self.no_children.visible = not page.total
+
+    def _show_children(self, frame: pd.DataFrame) -> None:
+        """The page of children: the table made with its first rows (then only its value changes), or the empty state."""
+        if frame.empty:
+            if self.children_table is not None or not self._said_none:
+                self.children_table, self._said_none = None, True
+                self.children_slot.objects = [html_pane(empty_state("No children yet",
+                                                                    "The batch makes one child per set of values as it starts."))]
+            return
+        if self.children_table is None:
+            self.children_table = Table(
+                frame, show_index=False, disabled=True, sizing_mode="stretch_width", layout="fit_columns",
+                widths={"run": 70, "status": 130, "duration": 100}, formatters={c: {"type": "html"} for c in ("run", "status")},
+                name="children", configuration={"columnDefaults": {"headerSort": False},
+                                                "columns": [{"field": "parameters", "minWidth": 170}, {"field": "error", "minWidth": 200}]})
+            self.children_slot.objects = [self.children_table]
+        elif not frame.equals(self.children_table.value):
+            self.children_table.value = frame  # as tall as its rows (a page is at most CHILD_PAGE)
 
     async def on_older(self, _: Any = None) -> None:
         self.offset += CHILD_PAGE
@@ -248,7 +265,6 @@ class BatchView(pn.viewable.Viewer):
         plots = await self.ctx.read(self._plots, [row["run_id"] for row in table.rows[:MAX_THUMBNAIL_CHILDREN]])
         frame = _comparison_frame(table.to_frame(), plots)
         self.table, self.compared = table, True
-        self.comparison_card.visible = True
         if frame.empty:
             self.comparison_slot.objects = [html_pane(empty_state("Nothing to compare", "The batch ended without children."))]
             return

@@ -195,7 +195,7 @@ class RunView(pn.viewable.Viewer):
         self.ctx, self.run_id = ctx, run_id
         self.notice = Notice()
         self.events = EventsView(ctx, run_id, (first.outline, first.events) if first else None)
-        self.batch = BatchView(ctx, run_id)
+        self.batch = BatchView(ctx, run_id, is_batch=first is not None and first.run.kind == "batch")
         self._build(first)
         if first is not None:
             self.param.update(run=first.run, children=first.children, artifacts=(first.artifact_count, first.artifacts),
