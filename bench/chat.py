@@ -66,7 +66,8 @@ READING_SECONDS = 0.5  # between a turn's end and the next question in the brows
 def turn_script(i: int) -> list[Any]:
     from dsagent.testing.llm_server import Reply, ToolCall
 
-    return [Reply(f"Plan {i}: count"), Reply(tool_calls=[ToolCall("run_code", {"code": f"x_{i} = {i}"})]), Reply(f"Done {i}."),
+    # a plan is {"steps": [...]} (or a numbered list) since plans fail closed: unreadable text ends the run
+    return [Reply(json.dumps({"steps": [f"Plan {i}: count"]})), Reply(tool_calls=[ToolCall("run_code", {"code": f"x_{i} = {i}"})]), Reply(f"Done {i}."),
             Reply('{"verdict": "accept", "findings": []}', role="reviewer")]
 
 
