@@ -9,18 +9,20 @@ through a small method.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from dsagent.artifacts.models import Artifact, Owner, Page, Run
-from dsagent.artifacts.rows import ARTIFACT_COLUMNS, BLOB_WHERE_COLUMNS, RUN_COLUMNS, artifact_from_row, naive_utc, run_from_row
+from dsagent.artifacts.models import Artifact, Event, Owner, Page, Run
+from dsagent.artifacts.rows import ARTIFACT_COLUMNS, BLOB_WHERE_COLUMNS, RUN_COLUMNS, artifact_from_row, aware_utc, naive_utc, run_from_row
 from dsagent.errors import DsagentError, NotFound
 
 if TYPE_CHECKING:
     from dsagent.artifacts.store import Store
 
-__all__ = ["RunTablePage", "RUN_SORT_COLUMNS", "listing_filters", "search_runs", "search_artifacts", "overview_counts", "read_artifact", "run_owner"]
+__all__ = ["RunTablePage", "RUN_SORT_COLUMNS", "listing_filters", "search_runs", "search_artifacts", "overview_counts", "read_artifact", "run_owner",
+           "EventOutline", "event_outline"]
 
 #: columns a runs table may be sorted by (anything else is refused, never spliced into SQL)
 RUN_SORT_COLUMNS = ("id", "kind", "status", "title", "created", "started", "finished", "duration", "backend", "parent_id")
@@ -149,3 +151,22 @@ def run_owner(store: "Store", run_id: int) -> Owner | None:
     if row is None:
         raise NotFound(f"no run with id {run_id}", hint="`dsagent runs ls` lists runs", what="run", id=run_id)
     return Owner(row[0], row[1], row[2]) if row[0] is not None else None
+
+
+@dataclass(frozen=True)
+class EventOutline:
+    """What a run's page needs to show one window of a long event list: how many events there are (seqs count
+    1, 2, 3 ... per run, so the newest seq is also the count) and the events a person took from the dashboard."""
+
+    last_seq: int  # 0: no events yet
+    actions: list[Event]  # events whose payload says ``"via": "dashboard"`` and names a ``"user"``, oldest first
+
+
+def event_outline(store: "Store", run_id: int, action_limit: int = 50) -> EventOutline:
+    """A run's newest event seq and its dashboard actions (launched, cancel asked ...), without reading every event."""
+    with store.session(write=False) as con:
+        last = con.execute("SELECT coalesce(max(seq), 0) FROM run_events WHERE run_id = ?", [run_id]).fetchone()[0]
+        rows = con.execute(
+            "SELECT run_id, seq, time, type, payload FROM run_events WHERE run_id = ? AND payload->>'via' = 'dashboard' "
+            "AND payload->>'user' IS NOT NULL ORDER BY seq LIMIT ?", [run_id, action_limit]).fetchall()
+    return EventOutline(int(last), [Event(r[0], r[1], aware_utc(r[2]), r[3], json.loads(r[4]) if r[4] else {}) for r in rows])

@@ -49,7 +49,7 @@ from dsagent.artifacts.journal import apply_entries
 from dsagent.artifacts.models import Artifact, Event, GcReport, NewArtifact, Owner, Page, Run
 from dsagent.artifacts.packs import BlobPacks
 from dsagent.artifacts.rows import ARTIFACT_COLUMNS, BLOB_WHERE_COLUMNS, RUN_COLUMNS, artifact_from_row, aware_utc, run_from_row
-from dsagent.artifacts.run_queries import RunTablePage, listing_filters
+from dsagent.artifacts.run_queries import EventOutline, RunTablePage, listing_filters
 from dsagent.artifacts.transaction import Transaction, save_held_ids
 from dsagent.errors import NotFound, SchemaTooNew
 from dsagent.settings import Settings
@@ -417,6 +417,12 @@ class Store:
 
         with self.session(write=False) as con:
             return batches.child_status_counts(con, parent_id)
+
+    def event_outline(self, run_id: int) -> "EventOutline":
+        """A run's newest event seq and the events a person took from the dashboard (see ``run_queries.event_outline``)."""
+        from dsagent.artifacts import run_queries
+
+        return run_queries.event_outline(self, run_id)
 
     # -- retention --------------------------------------------------------------
 

@@ -57,7 +57,7 @@ def _builtin_pages() -> list[PageSpec]:
         PageSpec("/artifact", "Artifact", artifact_page.page, in_nav=False, preload=artifact_page.preload, extensions=table, location=False),
         PageSpec("/notebooks", "Notebooks", notebooks_page.page, extensions=table, location=False, icon="notebooks"),
         PageSpec("/notebook", "Notebook", notebook_page.page, in_nav=False, extensions=table),
-        PageSpec("/compare", "Compare runs", compare_page.page, in_nav=False, extensions=(), location=False),
+        PageSpec("/compare", "Compare runs", compare_page.page, in_nav=False, preload=compare_page.preload, extensions=(), location=False),
         PageSpec("/chat", "Chat", chat_page.page, preload=chat_page.preload, icon="chat"),
         PageSpec("/schedules", "Schedules", schedules_page.page, extensions=(), location=False, icon="schedules"),
     ]

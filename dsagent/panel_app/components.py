@@ -171,9 +171,20 @@ def event_summary(event: "Event") -> str:
         return line
     if event.type == "status":
         return f"now {payload.get('status')}" + (f": {str(payload['error']).splitlines()[0][:200]}" if payload.get("error") else "")
+    if event.type == "output":  # what a cell printed or showed: its first line (the rest is folded)
+        if payload.get("output_type") == "error":
+            return f"cell {payload.get('cell')} error: {payload.get('ename')}: {_first_line(payload.get('evalue'))}"
+        return f"cell {payload.get('cell')} {payload.get('name') or payload.get('output_type')}: {_first_line(payload.get('text'))}"
+    if event.type == "record":
+        return f"{payload.get('name')} = {_first_line(json.dumps(payload.get('value'), default=str))}"
     if "user" in payload:
         return f"by {payload['user']}"
     return ""
+
+
+def _first_line(text: Any, limit: int = 200) -> str:
+    lines = str(text or "").strip().splitlines()
+    return lines[0][:limit] + (" …" if len(lines) > 1 or len(lines[0]) > limit else "") if lines else ""
 
 
 def _value_html(value: Any, depth: int = 0) -> str:

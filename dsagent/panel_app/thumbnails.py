@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from pathlib import Path
 
 __all__ = ["thumbnail", "kept_thumbnail", "THUMB_SIZE"]
@@ -25,7 +26,8 @@ def thumbnail(folder: Path, sha256: str, data_loader) -> bytes | None:
         return data or None  # an empty file: known not to be thumbnailable
     made = _make(data_loader())
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    # one temporary file per thread: two requests for images of the same content make it at once (one server, one pid)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_bytes(made or b"")
     os.replace(tmp, path)
     return made

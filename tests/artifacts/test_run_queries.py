@@ -73,3 +73,16 @@ def test_overview_read_artifact_and_owner(store, filled):
     with pytest.raises(NotFound):
         store.read_artifact(999)
     assert store.run_owner(runs[0].id).pid == os.getpid()
+
+
+def test_the_event_outline_counts_a_run_s_events_and_finds_its_dashboard_actions(store):
+    run = store.create_run("notebook", title="outlined")
+    first = store.event_outline(run.id)
+    assert first.last_seq == 1 and first.actions == []  # the status event of its creation
+    store.append_events(run.id, [("launched", {"user": "alice", "via": "dashboard"})] + [("output", {"cell": 0, "text": str(i)}) for i in range(500)]
+                        + [("cancel_requested", {"user": "bob", "via": "cli"}), ("cancel_requested", {"user": "carol", "via": "dashboard"}),
+                           ("status", {"via": "dashboard"})])
+    outline = store.event_outline(run.id)
+    assert outline.last_seq == 505 and len(store.events(run.id)) == 505  # seqs count 1, 2, 3 ...: the newest is how many
+    assert [(e.seq, e.type, e.payload["user"]) for e in outline.actions] == [(2, "launched", "alice"), (504, "cancel_requested", "carol")]
+    assert store.event_outline(run.id + 1000).last_seq == 0

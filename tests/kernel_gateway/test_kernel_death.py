@@ -172,7 +172,7 @@ async def test_a_cgroup_out_of_memory_kill_is_named_with_the_memory_used(backend
 
 async def test_a_recorded_death_says_why_in_the_run_its_events_and_the_run_page(tmp_path):
     from dsagent.artifacts.store import Store
-    from dsagent.panel_app.run_page import _details
+    from dsagent.panel_app.components import event_summary as _details  # the run page's line for an event
     from dsagent.runs.exec import exec_recorded
 
     settings = Settings(home=str(tmp_path / "ws"))

@@ -250,7 +250,7 @@ def test_a_cli_run_appears_in_the_table_and_its_page_follows_it_live(seeded, new
         page.evaluate("window.__same_page = true")
         page.goto(f"/run?id={run['id']}")
         page.evaluate("window.__same_page = true")
-        page.get_by_text("cell_finished").first.wait_for(timeout=60_000)
+        page.get_by_text("cell finished").first.wait_for(timeout=60_000)  # the timeline writes the type in words
         page.locator("span", has_text="succeeded").first.wait_for(timeout=30_000)
         assert page.evaluate("window.__same_page") is True  # followed live, not reloaded
         assert cli.wait(60) == 0
@@ -273,7 +273,7 @@ def test_cancel_from_the_run_page_ends_the_run_cancelled_with_no_kernel_left(see
             time.sleep(0.1)
         assert kernels, "the CLI's kernel never started"
         page.goto(f"/run?id={run['id']}")
-        page.get_by_text("cell_started").first.wait_for(timeout=60_000)
+        page.get_by_text("cell started").first.wait_for(timeout=60_000)
         page.get_by_role("button", name="Cancel run").click()
         page.locator("span", has_text="cancelled").first.wait_for(timeout=60_000)
         page.get_by_text("cancel asked by anonymous").first.wait_for()  # who did it, from the run's events
@@ -357,3 +357,26 @@ def test_requests_under_a_foreign_host_name_are_refused(seeded):
         assert dashboard.get("runs", {"Host": host})[0] == 400
     for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost"):
         assert dashboard.get(f"api/runs/{run.id}", {"Host": host})[0] == 200, host
+
+
+def test_two_requests_for_thumbnails_of_the_same_content_both_get_it(tmp_path, monkeypatch):
+    """Two images with the same bytes share a thumbnail; a page showing both asks for it twice at once (one server, one
+    pid). Both threads reach the rename with their file written: each must have written its own."""
+    import threading
+
+    from dsagent.panel_app import thumbnails
+
+    both_written = threading.Barrier(2, timeout=10)
+    rename = thumbnails.os.replace
+
+    def replace_together(src, dst):
+        both_written.wait()
+        rename(src, dst)
+
+    monkeypatch.setattr(thumbnails.os, "replace", replace_together)
+    from .test_pages_look import _png
+
+    sha = "ab" * 32
+    with ThreadPoolExecutor(2) as pool:
+        made = list(pool.map(lambda _: thumbnails.thumbnail(tmp_path, sha, _png), range(2)))
+    assert made[0] and made[0] == made[1] and (tmp_path / "ab" / f"{sha}.png").read_bytes() == made[0]

@@ -156,7 +156,7 @@ def test_cancel_on_the_run_page_cancels_a_handed_off_run_and_the_cli_says_so(ser
         run = next(r for r in read_runs(served.home) if r.title == "page.ipynb")
         page, problems = new_page(served.url)
         page.goto(f"/run?id={run.id}")
-        page.get_by_text("cell_started").first.wait_for(timeout=60_000)
+        page.get_by_text("cell started").first.wait_for(timeout=60_000)
         page.get_by_role("button", name="Cancel run").click()
         page.locator("span", has_text="cancelled").first.wait_for(timeout=60_000)
         _, err = cli.communicate(timeout=60)

@@ -48,6 +48,11 @@ LOOKS = [
     Look("notebook", "/notebook?path=store_digest.ipynb", ".tabulator-row"),
     Look("notebook-not-found", "/notebook?path=no_such.ipynb", "text=All notebooks"),
     Look("schedules", "/schedules", ".ds-schedule"),
+    Look("run-events", "/run?id={events}", "text=newest first"),
+    Look("run-died", "/run?id={died}", "text=the last lines it printed:"),
+    Look("batch", "/run?id={batch}", "text=Comparison as CSV"),
+    Look("compare", "/compare?ids={compare_a},{compare_b}", "text=default"),
+    Look("compare-not-found", "/compare?ids={compare_a},999999", "text=There is no run 999999"),
 ]
 
 
@@ -96,6 +101,7 @@ def _seed(home: Path) -> dict[str, int]:
             plots = tx.create_run("notebook", status="succeeded", title="many plots")
             tx.add_artifacts(plots.id, [NewArtifact(f"sweep plot {n:02d}.png", "image", "image/png", _png((20 + 7 * n, 80, 40)), cell=n)
                                         for n in range(PLOTS)])
+        ids.update(_seed_run_pages(store, home))  # first: the runs the Overview's tests look for stay the newest
         report = store.create_run("notebook", title="weekly sales report", backend="local")
         image, wide, html_page = store.add_artifacts(report.id, [
             NewArtifact("revenue by week.png", "image", "image/png", _png(), cell=0),
@@ -149,6 +155,64 @@ def _seed_notebooks_and_schedules(home: Path, store: Store) -> dict[str, int]:
     store.add_schedule(make_schedule("on-hold", "*/15 9-17 * * 1-5", notebook=path))
     store.update_schedule("on-hold", paused=True)
     return {"digest_run": runs[0]}
+#: what a dead kernel's run says (the local backend's words, kernel_gateway/kernel_death.py): a reason, then its last lines
+DEATH = ("cell 2 (In [2]) kernel died: DeadKernelError: the kernel crashed with a segmentation fault (SIGSEGV), usually a bug in a "
+         "C extension or a bad pointer (ctypes)\nthe last lines it printed:\n| loading chunk 1 of 40\n| loading chunk 2 of 40")
+#: the titles of the seeded runs that failed
+FAILED = ["broken import", "kernel died mid-cell", "sweep of look_compare.ipynb", "look_compare [4]"]
+EVENTS = 1500  # a long run's events: more than a window of the run page's timeline
+COMPARED = "look_compare.ipynb"  # a notebook whose defaults Compare fills in
+
+
+def _notebook(parameters: str) -> str:
+    import json
+
+    cells = [{"cell_type": "code", "execution_count": None, "id": "p", "metadata": {"tags": ["parameters"]}, "outputs": [], "source": parameters},
+             {"cell_type": "code", "execution_count": None, "id": "b", "metadata": {}, "outputs": [], "source": "print(region, top_n)"}]
+    return json.dumps({"cells": cells, "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+                       "nbformat": 4, "nbformat_minor": 5})
+
+
+def _seed_run_pages(store: Store, home: Path) -> dict[str, int]:
+    """The run page's cases: thousands of events, a dead kernel's error, a finished sweep with a failed child, and two runs
+    of one notebook that each left a parameter at its default (Compare)."""
+    from dsagent.runs.batch_errors import batch_error
+
+    logged = store.create_run("notebook", title="long event log", params={"region": "north", "top_n": 3}, backend="local")
+    events = []
+    for number in range(EVENTS // 3):
+        events += [("cell_started", {"cell": number, "code": f"total = step({number})\nprint(total)"}),
+                   ("output", {"cell": number, "index": 0, "output_type": "stream", "name": "stdout", "text": f"step {number} done\n"}),
+                   ("cell_finished", {"cell": number, "status": "ok", "duration": 0.01, "artifacts": 0})]
+    store.append_events(logged.id, events)
+    store.update_run_status(logged.id, "succeeded")
+    died = store.create_run("notebook", title="kernel died mid-cell", backend="local")
+    store.append_events(died.id, [("cell_finished", {"cell": 1, "status": "died", "duration": 3.2, "error": {"evalue": DEATH}})])
+    store.update_run_status(died.id, "failed", error=DEATH)
+
+    notebooks = Workspace(home).notebooks_dir
+    notebooks.mkdir(parents=True, exist_ok=True)
+    (notebooks / COMPARED).write_text(_notebook('region = "all"\ntop_n = 5\n'))
+    sets = [{"alpha": alpha, "region": region} for alpha in (0.1, 0.5) for region in ("north", "south")]
+    batch = store.create_run("batch", title="sweep of look_compare.ipynb", backend="local",
+                             params={"notebook": str(notebooks / COMPARED), "parameters": ["alpha", "region"], "children": len(sets)})
+    children = store.create_children(batch.id, sets, title="look_compare", backend="local")
+    for number, child in enumerate(children):
+        store.append_events(child.id, [("record", {"cell": 1, "name": "score", "value": 0.5 + number / 10})])
+        store.update_run_status(child.id, "running")
+        store.update_run_status(child.id, "failed" if number == 3 else "succeeded",
+                                error="cell 2 (In [2]) raised: ValueError: no orders for region='south'" if number == 3 else None)
+    finished = [store.get_run(c.id) for c in children]
+    store.update_run_status(batch.id, "failed", error=batch_error(finished, {"succeeded": 3, "failed": 1}, len(sets)))
+    compared = []
+    for params, revenue in (({"region": "south"}, 10.5), ({"top_n": 3}, 12.0)):
+        run = store.create_run("notebook", title=COMPARED, params=params, backend="local")
+        store.append_events(run.id, [("record", {"cell": 1, "name": "revenue", "value": revenue})])
+        store.add_artifacts(run.id, [NewArtifact(f"revenue {revenue}.png", "image", "image/png", _png(), cell=1)])
+        store.update_run_status(run.id, "succeeded")
+        compared.append(run.id)
+    return {"events": logged.id, "died": died.id, "batch": batch.id, "child": children[0].id, "compare_a": compared[0],
+            "compare_b": compared[1]}
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +300,7 @@ def test_runs_filters_and_page_live_in_the_address(seeded, new_page):
     page.get_by_text("broken import").first.wait_for()
     page.reload()  # a reload (or a bookmark) shows the same runs
     page.get_by_text("broken import").first.wait_for()
-    assert _titles(page) == ["broken import"]
+    assert sorted(_titles(page)) == sorted(FAILED)
     assert page.get_by_role("combobox", name="Status").inner_text().strip() == "failed"
     page.goto("/runs?kind=exec")
     page.get_by_text("runs 1–50 of 60").wait_for()
@@ -444,6 +508,125 @@ def test_an_unknown_chat_is_a_not_found_page_with_a_way_back(seeded, new_page):
     page.get_by_text("There is no chat 999999").wait_for()
     page.get_by_role("link", name="All chats").click()
     page.get_by_role("link", name="idle chat about churn").wait_for()
+# -- a run's page, a batch's, Compare (issue 27, phase 2) ----------------------------------------------------------
+
+def _open_details(page, text: str):
+    """The timeline item whose one-line summary has ``text``."""
+    return page.locator(".ds-timeline details", has=page.locator("summary", has_text=text)).first
+
+
+def test_a_long_run_s_events_are_a_timeline_one_window_at_a_time(seeded, new_page):
+    dashboard, ids = seeded
+    page, problems = new_page(dashboard.url)
+    page.goto(f"/run?id={ids['events']}")
+    total = EVENTS + 2  # with the status events of its creation and its end
+    page.get_by_text(f"events {total - 99:,}–{total:,} of {total:,}, newest first").wait_for()
+    assert page.locator(".ds-timeline details").count() == 100  # one window in the page, not 1,503 events
+    assert "now succeeded" in page.locator(".ds-timeline summary").first.inner_text()  # the newest on top
+    item = _open_details(page, "cell 499 stdout: step 499 done")
+    assert not item.evaluate("d => d.open")  # folded until clicked, then the payload as a list (not JSON)
+    item.locator("summary").click()
+    item.locator("dd", has_text="step 499 done").wait_for()
+    assert '{"' not in item.inner_text()
+    page.get_by_role("button", name="Older ▶").click()
+    page.get_by_text(f"events {total - 199:,}–{total - 100:,} of {total:,}").wait_for()
+    assert page.locator(".ds-timeline details").count() == 100
+    page.get_by_role("button", name="Newest").click()
+    page.get_by_text(f"events {total - 99:,}–{total:,} of {total:,}").wait_for()
+    assert problems.items == []
+
+
+def test_a_running_run_s_page_follows_its_events_and_keeps_what_was_unfolded(seeded, new_page):
+    dashboard, ids = seeded
+    page, problems = new_page(dashboard.url)
+    page.goto(f"/run?id={ids['long']}")
+    header = page.locator(".ds-chip-running").first
+    header.wait_for()
+    page.get_by_role("button", name="Cancel run").wait_for()  # in the title's row while the run goes on
+    page.get_by_text("still running").wait_for()
+    first = _open_details(page, "now running")
+    first.locator("summary").click()
+    page.evaluate("window.__same_page = true")
+    with Store.open(Workspace(dashboard.home), Settings(home=str(dashboard.home))) as store:
+        for line in ("fresh line 1", "fresh line 2"):
+            store.append_events(ids["long"], [("output", {"cell": 3, "index": 0, "output_type": "stream", "name": "stdout", "text": line})])
+            page.get_by_text(f"cell 3 stdout: {line}").wait_for()  # read by the page's next poll, no reload
+    assert "fresh line 2" in page.locator(".ds-timeline summary").first.inner_text()  # the newest on top
+    assert page.evaluate("window.__same_page") is True
+    opened = page.locator(".ds-timeline details[open]")
+    assert opened.count() == 1 and "now running" in opened.first.inner_text()  # what the reader unfolded stays unfolded
+    assert problems.items == []
+
+
+def test_a_dead_kernel_s_run_says_why_readably_and_an_ended_run_has_no_cancel(seeded, new_page):
+    dashboard, ids = seeded
+    page, problems = new_page(dashboard.url)
+    page.goto(f"/run?id={ids['died']}")
+    page.get_by_text("Why it failed").wait_for()
+    assert page.locator(".ds-error-head").inner_text().startswith("cell 2 (In [2]) kernel died: DeadKernelError: the kernel crashed")
+    page.locator(".ds-error").get_by_text("the last lines it printed:", exact=True).wait_for()
+    assert page.locator(".ds-error pre").inner_text() == "| loading chunk 1 of 40\n| loading chunk 2 of 40"  # a line each
+    assert page.locator(".ds-chip-failed").first.is_visible()
+    page.get_by_text("This run saved no plots, tables or files.").wait_for()  # what is true, no "yet" on an ended run
+    assert not page.get_by_text("No artifacts yet").count()
+    assert not page.get_by_role("button", name="Cancel run").count()
+    assert problems.items == []
+
+
+def test_a_finished_batch_shows_its_grid_its_children_and_what_is_true_of_its_artifacts(seeded, new_page):
+    dashboard, ids = seeded
+    page, problems = new_page(dashboard.url)
+    page.goto(f"/run?id={ids['batch']}")
+    page.get_by_text("4 children: every combination of these values.").wait_for()
+    grid = page.locator(".ds-grid")
+    assert [row.inner_text().split() for row in grid.locator("tr").all()] == [["alpha", "0.1", "0.5"], ["region", "north", "south"]]
+    children = page.locator(".tabulator", has_text="parameters")
+    failed = children.locator(".tabulator-row", has_text="alpha=0.5, region=south")
+    failed.locator(".ds-chip-failed").wait_for()  # each child with its status chip and its parameters
+    assert children.locator(".ds-chip-succeeded").count() == 3
+    assert failed.locator("a").get_attribute("href") == f"./run?id={ids['child'] + 3}"
+    page.get_by_text("No artifacts of the batch itself").wait_for()
+    assert not page.get_by_text("none yet").count() and not page.get_by_text("No artifacts yet").count()
+    # the sweep's one-line error, a line per part
+    assert page.locator(".ds-error-head").inner_text() == "1 of 4 children did not succeed (1 failed, 3 succeeded)"
+    assert page.locator(".ds-error pre").inner_text().splitlines()[0].startswith("most common error (1 child): cell 2 (In [2]) raised")
+    page.get_by_text("4 (listed below)").wait_for()
+    page.goto(f"/run?id={ids['child']}")  # a child links its batch
+    page.locator("a", has_text=str(ids["batch"])).first.wait_for()
+    assert page.locator(f"a[href='./run?id={ids['batch']}']").count() == 1
+    assert problems.items == []
+
+
+def _compare_row(page, name: str):
+    return page.locator("table.ds-compare tr", has=page.locator("th", has_text=name)).first
+
+
+def test_compare_shows_the_notebook_s_default_for_a_parameter_not_passed_and_highlights_differences(seeded, new_page):
+    dashboard, ids = seeded
+    page, problems = new_page(dashboard.url)
+    page.goto(f"/compare?ids={ids['compare_a']},{ids['compare_b']}")
+    region, top_n = _compare_row(page, "region"), _compare_row(page, "top_n")
+    region.wait_for()
+    assert [c.strip() for c in region.locator("td").all_inner_texts()][0] == "south"
+    assert region.locator("td").nth(1).locator(".ds-default").inner_text().replace(" ", "") == "alldefault"
+    assert top_n.locator("td").nth(0).locator(".ds-default").inner_text().replace(" ", "") == "5default"
+    assert "—" not in page.locator("table.ds-compare").inner_text()
+    for row in (region, top_n, _compare_row(page, "revenue")):
+        assert "ds-differs" in row.get_attribute("class")
+    assert "ds-differs" not in _compare_row(page, "status").get_attribute("class")
+    assert problems.items == []
+
+
+def test_compare_with_bad_or_unknown_ids_is_a_not_found_page_like_a_run_s(seeded, new_page):
+    dashboard, ids = seeded
+    page, problems = new_page(dashboard.url)
+    for path, text in ((f"/compare?ids={ids['compare_a']},999999", "There is no run 999999 in this workspace"),
+                       ("/compare?ids=abc", "Compare needs two or more run ids"), (f"/compare?ids={ids['compare_a']}", "Compare needs two")):
+        page.goto(path)
+        page.get_by_text(text).wait_for()
+        assert not page.get_by_text("loading").count() and not page.locator(".ds-skeleton").count()
+        page.get_by_role("link", name="All runs").click()
+        page.locator(".tabulator-row").first.wait_for()
     assert problems.items == []
 
 

@@ -118,7 +118,7 @@ def test_create_a_schedule_checked_as_typed_then_run_it_now_edit_pause_delete(se
     link = row.locator("a", has_text=str(run["id"]))
     assert link.get_attribute("href") == f"./run?id={run['id']}"
     page.goto(f"/run?id={run['id']}")
-    page.get_by_text("schedule_fired").first.wait_for()
+    page.get_by_text("schedule fired").first.wait_for()
 
     # edit (no restart: the row is what the scheduler reads), pause, resume, delete
     page.goto("/schedules")
@@ -210,11 +210,11 @@ def test_a_scheduled_batch_shows_its_children_then_the_comparison(served, new_pa
         assert images.nth(i).evaluate("img => img.naturalWidth") > 0
     page.screenshot(path=str(tmp_path / "batch-done.png"), full_page=True)
     with page.expect_download() as info:
-        page.get_by_text("⬇ comparison as CSV").click()
+        page.get_by_role("button", name="Comparison as CSV").click()
     lines = Path(info.value.path()).read_text().splitlines()
     assert lines[0] == "run_id,alpha,status,seconds,score,error" and len(lines) == 3
     with page.expect_download() as info:
-        page.get_by_text("⬇ comparison as Parquet").click()
+        page.get_by_role("button", name="Comparison as Parquet").click()
     import pandas as pd
 
     frame = pd.read_parquet(io.BytesIO(Path(info.value.path()).read_bytes()))
@@ -254,7 +254,7 @@ def test_cancel_a_scheduled_run_from_its_page_then_sigterm_stops_the_dashboard_c
     kernels = _kernels_started(dashboard.home)
     page, problems = new_page(dashboard.url)
     page.goto(f"/run?id={first['id']}")
-    page.get_by_text("cell_started").first.wait_for(timeout=60_000)
+    page.get_by_text("cell started").first.wait_for(timeout=60_000)
     page.get_by_role("button", name="Cancel run").click()
     page.get_by_text("this dashboard's scheduler is stopping its firing").wait_for()
     page.locator("span", has_text="cancelled").first.wait_for(timeout=60_000)
