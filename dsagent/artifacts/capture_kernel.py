@@ -52,6 +52,17 @@ class _DsagentCapture:
         self.written, self.removed, self.spawned, self.overflow = {}, set(), False, 0
         self.start, self.seq = time.time(), self.seq + 1
 
+    def make_folder(self):
+        """The folder, made again if a run that shares the work dir (a sweep's sibling) tidied away the empty
+        ``.dsagent/frames`` and ``.dsagent`` above it between two of makedirs' steps."""
+        for attempt in range(10):
+            try:
+                self.os.makedirs(self.folder, exist_ok=True)
+                return
+            except FileNotFoundError:
+                if attempt == 9:
+                    raise
+
     # -- the audit hook: every audit event of the process comes here, so it is quick and never raises
 
     def hook(self, event, args):
@@ -141,7 +152,7 @@ class _DsagentCapture:
         exists = self.os.path.exists
         removed = sorted(r for r in map(self.relative, self.removed) if r and not exists(self.os.path.join(self.root, r)))
         manifest = {"seq": self.seq, "files": self.files(), "frames": self.frame_files(), "removed": removed, "overflow": self.overflow}
-        self.os.makedirs(self.folder, exist_ok=True)
+        self.make_folder()
         with open(self.os.path.join(self.folder, "cell.json"), "w") as handle:
             json.dump(manifest, handle)
 
@@ -156,7 +167,7 @@ class _DsagentCapture:
             return None
         number = next(self.frames)
         try:
-            self.os.makedirs(self.folder, exist_ok=True)
+            self.make_folder()
             size = int(obj.memory_usage(deep=False).sum())
             if size > self.max_bytes:
                 return self.skipped(number, "the DataFrame holds %d bytes in memory, above the capture limit of %d" % (size, self.max_bytes))

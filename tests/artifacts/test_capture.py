@@ -210,3 +210,32 @@ async def test_a_second_run_on_the_same_kernel_captures_its_own_files(store, ses
     for run_id, name in zip(runs, ("first.txt", "second.txt")):
         kinds = sorted((a.kind, a.name) for a in store.list_artifacts(run_id=run_id, limit=100).items if a.kind in ("file", "table"))
         assert kinds == [("file", name), ("table", "cell-0-table-1.parquet")], kinds
+
+
+SIBLING_TIDIES_UP = '''
+import os, shutil, types
+capture = get_ipython()._dsagent_capture
+real_os = capture.os
+
+def makedirs(path, exist_ok=False, _raced=[]):
+    if not _raced:  # what a sweep sibling's end does between two of makedirs' steps: the empty parents go
+        _raced.append(True)
+        shutil.rmtree(os.path.dirname(os.path.dirname(path)), ignore_errors=True)
+        raise FileNotFoundError(2, "No such file or directory", os.path.dirname(path))
+    return real_os.makedirs(path, exist_ok=exist_ok)
+
+capture.os = types.SimpleNamespace(**{name: getattr(real_os, name) for name in dir(real_os) if not name.startswith("__")})
+capture.os.makedirs = makedirs
+'''
+
+
+async def test_a_sibling_run_tidying_the_shared_scratch_folder_away_fails_no_cell(store, session):
+    """Sweep children share the notebook's folder; one that ends removes the empty .dsagent/frames (CI saw a
+    child fail with FileNotFoundError on it). The kernel makes its folder again instead of failing the cell."""
+    async with RunRecorder(store, "notebook", title="sibling race") as rec:
+        await rec.attach(session)
+        assert (await rec.execute(SIBLING_TIDIES_UP)).ok
+        shown = await rec.execute("import pandas as pd; display(pd.DataFrame({'a': [1, 2]})); open('out.txt', 'w').write('x')")
+        assert shown.ok, shown.error
+    kinds = sorted((a.kind, a.name) for a in store.list_artifacts(run_id=rec.run_id, limit=100).items if a.kind in ("file", "table"))
+    assert kinds == [("file", "out.txt"), ("table", "cell-1-table-1.parquet")], kinds
