@@ -21,7 +21,7 @@ from e2b.exceptions import (
 from e2b_code_interpreter import Result
 
 from dsagent.errors import DsagentError, SandboxServiceError
-from dsagent.kernel_gateway.hidden_cell import HIDE_THIS_CELL
+from dsagent.kernel_gateway.hidden_cell import NUMBER_FROM_ONE
 from dsagent.kernel_gateway.models import CHART_MIME
 
 __all__ = [
@@ -98,7 +98,7 @@ def result_output(result: Result, execution_count: int | None) -> tuple[str, dic
 
 
 def setup_code(folder: str, env: Mapping[str, str]) -> str:
-    """The cell that puts a (re)started kernel in the session's work dir with its env, hidden from the user's numbering.
+    """The cell that puts a (re)started kernel in the session's work dir with its env; the user's next cell is In [1].
 
     E2B's server starts a restarted kernel in ``/home/user`` and has no
     per-context env; its own per-cell ``envs`` quote values naively (a ``'``
@@ -110,7 +110,7 @@ def setup_code(folder: str, env: Mapping[str, str]) -> str:
         f"_dsagent_os.chdir({folder!r})\n"
         + (f"_dsagent_os.environ.update({dict(env)!r})\n" if env else "")
         + "del _dsagent_os\n"
-        + HIDE_THIS_CELL
+        + NUMBER_FROM_ONE
     )
 
 
