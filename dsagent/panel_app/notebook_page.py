@@ -135,10 +135,10 @@ class NotebookView(pn.viewable.Viewer):
         self.sweep_button.on_click(self.on_sweep)
 
     def _build_runs(self) -> None:
-        # the table is made with the first runs (``_runs_table``): a Tabulator made hidden and empty, then filled and
-        # shown in one update, at times rendered no row at all under load (the batch page's comparison did too)
+        # the table is made with its rows in an area that is already showing, and dropped when there are none: a
+        # Tabulator made inside a hidden area and shown in the same update at times rendered no row at all under load
         self.runs_table: Table | None = None
-        self.runs_area = pn.Column(sizing_mode="stretch_width", margin=0, visible=False)
+        self.runs_area = pn.Column(sizing_mode="stretch_width", margin=0)
         self.runs_empty = html_pane(empty_state(
             "No runs of this notebook yet", "Press <b>Run</b> above, or from a terminal: "
             f"<code>dsagent run {untrusted.text(str(self.entry.path))}</code>"), visible=False)
@@ -260,11 +260,13 @@ class NotebookView(pn.viewable.Viewer):
 
     def _show_runs(self, runs: "list[Run]", found: Any) -> None:
         frame = _runs_frame(runs)
-        if self.runs_table is None:
-            if runs:
-                self._ids = [r.id for r in runs]
-                self.runs_table = _runs_table(frame)
-                self.runs_area.objects = [self.runs_table]
+        if not runs:
+            if self.runs_table is not None:
+                self.runs_table, self.runs_area.objects, self._ids = None, [], []
+        elif self.runs_table is None:
+            self._ids = [r.id for r in runs]
+            self.runs_table = _runs_table(frame)
+            self.runs_area.objects = [self.runs_table]
         elif not frame.equals(self.runs_table.value):
             chosen = self._chosen()
             self._ids = [r.id for r in runs]
@@ -276,8 +278,7 @@ class NotebookView(pn.viewable.Viewer):
         self.older.disabled = last >= found.total
         shown = bool(runs)
         self.runs_loading.visible = False
-        if self.runs_area.visible != shown:
-            self.runs_area.visible = self.pager.visible = shown
+        self.pager.visible = shown
         self.runs_empty.visible = not shown
 
     def _chosen(self) -> list[int]:

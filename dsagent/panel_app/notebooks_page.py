@@ -76,10 +76,11 @@ class NotebooksView(pn.viewable.Viewer):
         self.newer = pn.widgets.Button(name="◀ Previous", button_style="outline", disabled=True, width=110)
         self.older = pn.widgets.Button(name="Next ▶", button_style="outline", disabled=True, width=110)
         self.position = html_pane("", width=200, margin=(12, 10))
-        # the table is made with the first notebooks (``_table``): a Tabulator made hidden and empty, then filled and
-        # shown in one update, at times rendered no row at all under load (the batch page's comparison did too)
+        # the table is made with its rows in an area that is already showing, and dropped when the list is empty: a
+        # Tabulator made or filled inside a hidden area and shown in the same update at times rendered no row at all
+        # under load (CI saw it here, on the notebook page and on the batch page's comparison)
         self.table: Table | None = None
-        self.table_area = pn.Column(sizing_mode="stretch_width", margin=0, visible=False)
+        self.table_area = pn.Column(sizing_mode="stretch_width", margin=0)
         self.pager = pn.FlexBox(self.newer, self.older, self.position, flex_wrap="wrap", align_items="center", sizing_mode="stretch_width",
                                 visible=False)
         self.empty = html_pane(loading_placeholder(4, "loading the notebooks"))
@@ -118,10 +119,12 @@ class NotebooksView(pn.viewable.Viewer):
 
     def _show(self, result: "NotebookPage") -> None:
         frame = _frame(result.items)
-        if self.table is None:
-            if result.items:
-                self.table = _table(frame)
-                self.table_area.objects = [self.table]
+        if not result.items:
+            if self.table is not None:
+                self.table, self.table_area.objects = None, []
+        elif self.table is None:
+            self.table = _table(frame)
+            self.table_area.objects = [self.table]
         elif not frame.equals(self.table.value):
             self.table.value = frame
         last = result.offset + len(result.items)
@@ -130,8 +133,7 @@ class NotebooksView(pn.viewable.Viewer):
         self.newer.disabled = result.offset == 0
         self.older.disabled = last >= result.total
         self.newer.visible = self.older.visible = result.total > PAGE_SIZE  # one page: nothing to page through
-        if self.table_area.visible != shown:
-            self.table_area.visible = self.pager.visible = shown
+        self.pager.visible = shown
         self.empty.visible = not shown
         if not shown:
             self.empty.object = self._empty_text()

@@ -126,13 +126,10 @@ class RunsView(pn.viewable.Viewer):
         self.newer = pn.widgets.Button(name="◀ Newer", button_style="outline", disabled=True, width=110)
         self.older = pn.widgets.Button(name="Older ▶", button_style="outline", disabled=True, width=110)
         self.position = html_pane("", width=220, margin=(12, 10))
-        self.table = Table(
-            # fit_columns with set widths: fit_data_fill measured every cell first, which made the first page
-            # render markedly slower (bench/dashboard.py)
-            runs_frame([]), show_index=False, disabled=True, sizing_mode="stretch_width", height=520, layout="fit_columns",
-            widths=_WIDTHS, formatters={c: {"type": "html"} for c in _HTML_COLUMNS},
-            # the title keeps room to be read on a phone (the table scrolls sideways inside its card instead)
-            configuration={"columnDefaults": {"headerSort": False}, "columns": [{"field": "title", "minWidth": 180}]}, name="runs")
+        self.table = _runs_table(runs_frame([]))
+        # the table leaves the page while no run matches and comes back made anew: a Tabulator hidden, then given rows
+        # and shown in one update, at times rendered no row at all under load (CI saw it on the notebook page)
+        self.table_area = pn.Column(self.table, sizing_mode="stretch_width", margin=0)
         self.empty = html_pane("", visible=False)
         self.pager = pn.FlexBox(self.newer, self.older, self.position, flex_wrap="wrap", align_items="center", sizing_mode="stretch_width")
         self.text_input.param.watch(self._typed, "value_input")
@@ -147,7 +144,7 @@ class RunsView(pn.viewable.Viewer):
                              flex_wrap="wrap", gap="4px 12px", sizing_mode="stretch_width")
         # the Material UI filters join once the first page of runs shows (layout.after_first_paint)
         return page_frame("/runs", "Runs", self.notice.pane, card(after_first_paint(filters, height=72), margin=(4, 0)),
-                          card(self.pager, self.table, self.empty), user=current_user())
+                          card(self.pager, self.table_area, self.empty), user=current_user())
 
     # -- reading ---------------------------------------------------------------------------------------------
 
@@ -166,15 +163,19 @@ class RunsView(pn.viewable.Viewer):
 
     def _show(self, result: "RunPage") -> None:
         frame = runs_frame(result.items)
-        if not frame.equals(self.table.value):
-            self.table.value = frame
         self.total, shown = result.total, bool(result.items)
+        if not shown:
+            self.table_area.objects = []
+        elif not self.table_area.objects:
+            self.table = _runs_table(frame)
+            self.table_area.objects = [self.table]
+        elif not frame.equals(self.table.value):
+            self.table.value = frame
         last = result.offset + len(result.items)
         self.position.object = f"runs {result.offset + 1}–{last} of {result.total}" if shown else ""
         self.newer.disabled = result.offset == 0
         self.older.disabled = last >= result.total
-        if self.table.visible != shown:
-            self.table.visible = self.pager.visible = shown
+        self.pager.visible = shown
         self.empty.visible = not shown
         if not shown:
             self.empty.object = self._empty_text()
@@ -237,3 +238,13 @@ def page(ctx: "AppContext") -> Any:
 
     args = {name: value for name in ("kind", "status", "q", "since", "until", "sort", "page") if (value := query_arg(name))}
     return RunsView(ctx, preloaded(), **query_filters(args))
+
+
+def _runs_table(frame: pd.DataFrame) -> Table:
+    return Table(
+        # fit_columns with set widths: fit_data_fill measured every cell first, which made the first page
+        # render markedly slower (bench/dashboard.py)
+        frame, show_index=False, disabled=True, sizing_mode="stretch_width", height=520, layout="fit_columns",
+        widths=_WIDTHS, formatters={c: {"type": "html"} for c in _HTML_COLUMNS},
+        # the title keeps room to be read on a phone (the table scrolls sideways inside its card instead)
+        configuration={"columnDefaults": {"headerSort": False}, "columns": [{"field": "title", "minWidth": 180}]}, name="runs")
