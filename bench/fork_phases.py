@@ -42,7 +42,7 @@ PHASES = (
     (forkserver.ForkingKernelManager, "start_kernel", "start_kernel (kernelspec, ports, connection file, fork request)"),
     (forkserver.ForkServer, "spawn", "fork request round trip (the template's fork() included)"),
     (forkserver.ForkingKernelManager, "wait_started", "the kernel's initialize() until it says it has started (client made meanwhile)"),
-    (local, "_wait_ready", "kernel_info answered and its status seen on iopub (before wait_started: the child's initialize() too)"),
+    (local, "wait_ready", "kernel_info answered and its status seen on iopub (before wait_started: the child's initialize() too)"),
     (forkserver.ForkingKernelManager, "_async_request_shutdown", "shutdown request"),
     (forkserver.ForkingKernelManager, "_async_finish_shutdown", "kernel exit, seen by its pidfd (in the background)"),
 )

@@ -18,9 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add.add_argument("name", help="its name (letters, digits, - _ .)")
     add.add_argument("--cron", required=True, help='when: "MIN HOUR DAY MONTH WEEKDAY", e.g. "0 6 * * 1-5" (06:00 on weekdays)')
     what = add.add_mutually_exclusive_group(required=True)
-    what.add_argument("--notebook", metavar="PATH", help="run this notebook")
+    what.add_argument("--notebook", metavar="NOTEBOOK", help="run this notebook: a path, or the name of one in the notebook folders "
+                      "(sales_cohorts; the dashboard's Notebooks page lists them)")
     what.add_argument("--agent", metavar="QUESTION", help="ask the analysis agent this question (with --data)")
-    what.add_argument("--batch", metavar="NOTEBOOK", help="run this notebook as a sweep over --grid")
+    what.add_argument("--batch", metavar="NOTEBOOK", help="run this notebook (a path or a name, as --notebook) as a sweep over --grid")
     add.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="a notebook parameter")
     add.add_argument("--data", action="append", default=[], metavar="FILE", help="a data file for --agent (repeatable)")
     add.add_argument("--grid", metavar="YAML", help="the grid of --batch")

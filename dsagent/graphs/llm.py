@@ -32,25 +32,24 @@ appears in errors, events or logs.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import functools
 import json
 import logging
 import os
-import random
 import re
 import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Self
+from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import openai
 
 from dsagent.errors import LLMRequestError, LLMUnavailable, SettingsError
 from dsagent.graphs.fenced import extract_code_blocks, fenced_history
+from dsagent.graphs.llm_failures import Failure, backoff, classify, refused_text, unavailable_text
+from dsagent.graphs.llm_results import LLMResponse, TokenUsage, ToolCall, ToolMode, UsageMeter, tool_message
 from dsagent.kernel_gateway.base import run_hook
 from dsagent.settings import Settings
 
@@ -77,7 +76,6 @@ ROLE_HEADER = "X-Dsagent-Role"  # lets a scripted test server give each role its
 CODE_TOOL = "run_code"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRY_AFTER_LIMIT = 120.0  # a longer wait than this means "quota", not "busy": fail instead
-ToolMode = Literal["native", "fenced"]
 TOOL_MODES = ("auto", "native", "fenced")
 TokenHook = Callable[[str], None | Awaitable[None]]
 EventHook = Callable[[str, dict[str, Any]], None | Awaitable[None]]
@@ -93,129 +91,7 @@ STRUCTURED_MODES = ("auto", *STRUCTURED_STYLES)
 CHARS_PER_TOKEN = 3  # for fitting a prompt into llm_context_tokens: on the safe side of the usual ~4
 
 
-# -- results ----------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ToolCall:
-    """One tool call; ``arguments`` is None and ``error`` says why when ``raw_arguments`` is unusable."""
-
-    id: str
-    name: str
-    raw_arguments: str
-    arguments: dict[str, Any] | None = None
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    @classmethod
-    def parse(cls, id: str, name: str, raw_arguments: str) -> ToolCall:
-        """Parse the model's argument string; bad JSON or a non-object becomes ``error``, never an exception."""
-        if not name:
-            return cls(id, name, raw_arguments, error="the tool call has no function name")
-        if not raw_arguments.strip():
-            return cls(id, name, raw_arguments, arguments={})
-        try:
-            value = json.loads(raw_arguments)
-        except json.JSONDecodeError as exc:
-            problem = f"the arguments of {name} are not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
-            return cls(id, name, raw_arguments, error=problem)
-        if not isinstance(value, dict):
-            problem = f"the arguments of {name} must be a JSON object, not {type(value).__name__}"
-            return cls(id, name, raw_arguments, error=problem)
-        return cls(id, name, raw_arguments, arguments=value)
-
-
-@dataclass(frozen=True)
-class TokenUsage:
-    """Token counts of one or more calls; ``estimated`` when the endpoint did not report them."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    estimated: bool = False
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    def __add__(self, other: TokenUsage) -> TokenUsage:
-        return TokenUsage(self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens,
-                          self.estimated or other.estimated)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.total_tokens, "estimated": self.estimated}
-
-
-@dataclass(frozen=True)
-class LLMResponse:
-    """One model turn. In fenced mode ``text`` is the prose and the code blocks are ``tool_calls``."""
-
-    text: str
-    tool_calls: tuple[ToolCall, ...]
-    finish_reason: str | None
-    usage: TokenUsage
-    model: str
-    role: str
-    mode: ToolMode
-
-    def assistant_message(self) -> dict[str, Any]:
-        """The message to append to the history before the tool results (OpenAI's shape, either mode)."""
-        message: dict[str, Any] = {"role": "assistant", "content": self.text or None}
-        if self.tool_calls:
-            message["tool_calls"] = [
-                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.raw_arguments}}
-                for c in self.tool_calls
-            ]
-        return message
-
-
-def tool_message(call_id: str, content: str) -> dict[str, Any]:
-    """The history message carrying a tool's result back to the model."""
-    return {"role": "tool", "tool_call_id": call_id, "content": content}
-
-
-@dataclass
-class UsageMeter:
-    """Tokens and calls summed per role; ``to_dict``/``from_dict`` let a run persist and resume it."""
-
-    by_role: dict[str, TokenUsage] = field(default_factory=dict)
-    calls: dict[str, int] = field(default_factory=dict)
-
-    def add(self, role: str, usage: TokenUsage) -> None:
-        self.by_role[role] = self.by_role.get(role, TokenUsage()) + usage
-        self.calls[role] = self.calls.get(role, 0) + 1
-
-    @property
-    def total(self) -> TokenUsage:
-        return sum(self.by_role.values(), TokenUsage())
-
-    def to_dict(self) -> dict[str, Any]:
-        roles = {role: {**u.to_dict(), "calls": self.calls.get(role, 0)} for role, u in self.by_role.items()}
-        return {"roles": roles, "total": {**self.total.to_dict(), "calls": sum(self.calls.values())}}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> UsageMeter:
-        meter = cls()
-        for role, u in (data.get("roles") or {}).items():
-            meter.by_role[role] = TokenUsage(u["prompt_tokens"], u["completion_tokens"], bool(u.get("estimated")))
-            meter.calls[role] = int(u.get("calls", 0))
-        return meter
-
-
 # -- the client -------------------------------------------------------------
-
-@dataclass
-class _Failure:
-    """A failed attempt, classified: retry (after ``wait`` if the endpoint said) or give up."""
-
-    retryable: bool
-    reason: str  # connection, timeout, rate_limit, server_error, quota, auth, ...
-    detail: str
-    status: int | None = None
-    wait: float | None = None
-
 
 @functools.cache
 def _tls_context() -> ssl.SSLContext:
@@ -385,7 +261,7 @@ class _Call:
             try:
                 return await self._attempt(mode)
             except openai.APIError as exc:
-                failure = _classify(exc)
+                failure = classify(exc)
             if mode == "native" and self._tools_rejected(failure):
                 await self._switch_to_fenced(failure)  # mode_for() answers fenced from now on
                 continue
@@ -395,7 +271,7 @@ class _Call:
             attempt += 1
             if not failure.retryable or (failure.wait or 0) > RETRY_AFTER_LIMIT or attempt == attempts:
                 raise await self._error(failure, attempt)
-            delay = _backoff(attempt, s.llm_backoff_initial, s.llm_backoff_max, failure.wait)
+            delay = backoff(attempt, s.llm_backoff_initial, s.llm_backoff_max, failure.wait)
             log.info("LLM %s (role %s) at %s: %s; retry %d/%d in %.2fs", self.model, self.role,
                      self.client.endpoint, failure.reason, attempt, attempts - 1, delay)
             await run_hook(self.on_event, "llm_retry", {
@@ -470,11 +346,11 @@ class _Call:
         return "".join(pieces), calls, finish, usage
 
     # -- fallback and errors ---------------------------------------------------
-    def _tools_rejected(self, failure: _Failure) -> bool:
+    def _tools_rejected(self, failure: Failure) -> bool:
         return (bool(self.tools) and self.client.settings.llm_tool_mode == "auto"
                 and failure.status in (400, 422) and bool(_TOOL_REFUSAL.search(failure.detail)))
 
-    async def _switch_to_fenced(self, failure: _Failure) -> None:
+    async def _switch_to_fenced(self, failure: Failure) -> None:
         self.client._fenced_models.add(self.model)
         log.warning("LLM endpoint %s rejected tools for model %s (%s); using fenced code blocks",
                     self.client.endpoint, self.model, self.client._scrub(failure.detail))
@@ -482,11 +358,11 @@ class _Call:
             "role": self.role, "model": self.model, "mode": "fenced", "reason": self.client._scrub(failure.detail),
         })
 
-    def _format_rejected(self, failure: _Failure) -> bool:
+    def _format_rejected(self, failure: Failure) -> bool:
         return (self.format_sent is not None and self.client.settings.llm_structured_outputs == "auto"
                 and failure.status in (400, 422, 500) and bool(_FORMAT_REFUSAL.search(failure.detail)))
 
-    async def _next_structured_style(self, failure: _Failure) -> None:
+    async def _next_structured_style(self, failure: Failure) -> None:
         assert self.format_sent is not None
         style = STRUCTURED_STYLES[STRUCTURED_STYLES.index(self.format_sent) + 1]
         self.client._structured[self.model] = style
@@ -497,7 +373,7 @@ class _Call:
             "reason": self.client._scrub(failure.detail)[:500],
         })
 
-    async def _error(self, failure: _Failure, attempts: int) -> LLMRequestError | LLMUnavailable:
+    async def _error(self, failure: Failure, attempts: int) -> LLMRequestError | LLMUnavailable:
         c = self.client
         where = f"the LLM endpoint {c.endpoint} (model {self.model!r}, role {self.role})"
         detail = c._scrub(failure.detail)
@@ -505,7 +381,7 @@ class _Call:
                   "status": failure.status, "reason": failure.reason}
         setting = c._model_setting(self.role)
         if failure.retryable or failure.reason == "rate_limit":
-            message, hint = _unavailable_text(where, failure, detail, attempts, c.settings.llm_timeout)
+            message, hint = unavailable_text(where, failure, detail, attempts, c.settings.llm_timeout)
             return LLMUnavailable(message, hint=hint, attempts=attempts, **fields)
         if failure.reason == "not_found":
             known = await c._known_models()
@@ -514,92 +390,11 @@ class _Call:
                     f"OPENAI_BASE_URL is the API root, usually ending in /v1{offered}")
             return LLMRequestError(f"{where} does not know the model or the chat route (HTTP 404): {detail}",
                                    hint=hint, **fields)
-        message, hint = _refused_text(where, failure, detail, setting)
+        message, hint = refused_text(where, failure, detail, setting)
         return LLMRequestError(message, hint=hint, **fields)
 
 
-def _unavailable_text(where: str, failure: _Failure, detail: str, attempts: int, timeout: float) -> tuple[str, str]:
-    tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
-    if failure.reason == "rate_limit":
-        wait = f"; it asks to wait {failure.wait:g} s" if failure.wait else ""
-        return (f"{where} kept rate-limiting requests (HTTP 429) after {tries}{wait}: {detail}",
-                "wait and try again, run fewer agents at once, or raise llm_max_retries / llm_backoff_max")
-    if failure.reason == "timeout":
-        return (f"{where} did not answer within llm_timeout={timeout:g} s ({tries})",
-                ("check that the endpoint is up and not overloaded; for slow local models raise llm_timeout "
-                 "(DSAGENT_LLM_TIMEOUT)"))
-    if failure.reason == "connection":
-        return (f"cannot connect to {where} after {tries}: {detail}",
-                "check that the server is running and that OPENAI_BASE_URL (or llm_base_url) points at it")
-    last = f"HTTP {failure.status}" if failure.status else failure.reason
-    return (f"{where} failed on every attempt ({tries}; last: {last}): {detail}",
-            "the endpoint itself is failing: check its logs or status page and try again later")
-
-
-def _refused_text(where: str, failure: _Failure, detail: str, setting: str) -> tuple[str, str]:
-    if failure.reason == "auth":
-        return (f"{where} rejected the API key (HTTP 401): {detail}",
-                "set OPENAI_API_KEY to a valid key for this endpoint (and OPENAI_BASE_URL to the endpoint it is for)")
-    if failure.reason == "permission":
-        return (f"{where} refused access (HTTP 403): {detail}",
-                f"use a key with access to this model, or pick another model ({setting})")
-    if failure.reason == "quota":
-        return (f"{where} says the quota is exhausted (HTTP 429): {detail}",
-                "check the account's billing and limits, or use another endpoint/key")
-    return (f"{where} refused the request (HTTP {failure.status}): {detail}",
-            (f"the endpoint's message says what it disliked; check that the model ({setting}) supports chat "
-             "completions and the options used (tools: set llm_tool_mode=fenced for endpoints without tool calling)"))
-
-
 # -- helpers ------------------------------------------------------------------
-
-_NOT_RETRYABLE = {400: "bad_request", 401: "auth", 403: "permission", 404: "not_found", 422: "bad_request"}
-
-
-def _classify(exc: openai.APIError) -> _Failure:
-    if isinstance(exc, openai.APITimeoutError):
-        return _Failure(True, "timeout", "timed out")
-    if isinstance(exc, openai.APIConnectionError):
-        cause = exc.__cause__ or exc.__context__
-        return _Failure(True, "connection", str(cause or exc) or type(cause or exc).__name__)
-    if not isinstance(exc, openai.APIStatusError):  # an error event inside a stream
-        return _Failure(True, "stream_error", exc.message)
-    status = exc.status_code
-    body = exc.body if isinstance(exc.body, dict) else {}
-    detail = str(body.get("message") or exc.message)
-    if status == 429 and (exc.code == "insufficient_quota" or body.get("type") == "insufficient_quota"):
-        return _Failure(False, "quota", detail, status)
-    if status == 429:
-        return _Failure(True, "rate_limit", detail, status, _retry_after(exc.response.headers))
-    if status in (408, 409) or status >= 500:
-        return _Failure(True, "server_error", detail, status, _retry_after(exc.response.headers))
-    return _Failure(False, _NOT_RETRYABLE.get(status, "bad_request"), detail, status)
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date); None when absent or unreadable."""
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            return max(0.0, float(value) * scale)
-        except ValueError:
-            pass
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            continue
-        return max(0.0, when.timestamp() - time.time())
-    return None
-
-
-def _backoff(attempt: int, initial: float, maximum: float, wait: float | None) -> float:
-    """Exponential backoff with jitter (half to full); the endpoint's Retry-After wins when given."""
-    if wait is not None:
-        return wait
-    return min(maximum, initial * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-
 
 def _usage(usage: Any) -> TokenUsage | None:
     if usage is None:

@@ -8,19 +8,16 @@ how the kernel process is launched.
 from __future__ import annotations
 
 import asyncio
-import atexit
-import functools
 import logging
-import os
 import queue
 import uuid
 import weakref
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from jupyter_client import AsyncKernelClient, AsyncKernelManager
-from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+from jupyter_client import AsyncKernelManager
+from jupyter_client.kernelspec import NoSuchKernel
 
 from dsagent.errors import KernelDied, KernelStartFailed, SessionClosed
 from dsagent.kernel_gateway.base import KernelBackend, KernelSession, OutputHook, run_hook
@@ -40,6 +37,18 @@ from dsagent.kernel_gateway.kernel_death import (
     stream_copy_path,
 )
 from dsagent.kernel_gateway.kernel_env import kernel_environment
+from dsagent.kernel_gateway.local_kernel import (
+    ALIVE_POLL_SECONDS,
+    LIVE_MANAGERS,
+    StartedKernel,
+    is_idle_of,
+    kernel_spec_manager,
+    kill_now,
+    log_tail,
+    remove_if_empty,
+    wait_ready,
+    warm_up_cell,
+)
 from dsagent.kernel_gateway.local_sockets import ipc_sockets, shared_zmq_context
 from dsagent.kernel_gateway.models import Execution, FileInfo
 from dsagent.kernel_gateway.pool import WarmPool
@@ -51,15 +60,6 @@ __all__ = ["LocalBackend", "LocalSession"]
 
 log = logging.getLogger(__name__)
 
-#: how often a silent kernel is checked for being alive; bounds death detection
-ALIVE_POLL_SECONDS = 0.2
-#: how long the kernel_info status may lag its reply before the question is asked again (see _wait_ready)
-IOPUB_RETRY_SECONDS = 0.02
-#: how long a kernel_info request may go unanswered before it is sent again (see _wait_ready)
-REASK_SECONDS = 1.0
-#: what a pooled kernel runs before its handout: displays a value (formatters,
-#: rich output on iopub) and leaves no name behind in the user namespace
-_WARM_UP_CELL = "__import__('IPython.display', fromlist=['display']).display(0)"
 #: launch options for ipykernel kernels (other kernels get none), each worth ~0.5-1.3 ms a cell
 IPYKERNEL_ARGUMENTS = (
     # IPython history in an in-memory database, as nbclient (papermill's engine) starts
@@ -72,62 +72,6 @@ IPYKERNEL_ARGUMENTS = (
     # what a cell printed just before its kernel died is not lost with the IOPub thread
     *stream_copy_arguments(),
 )
-_LIVE_MANAGERS: "weakref.WeakSet[AsyncKernelManager]" = weakref.WeakSet()
-
-
-def _kill_sync(km: AsyncKernelManager) -> None:
-    """Kill a kernel without awaiting: safe in atexit and while being cancelled."""
-    process = getattr(km.provisioner, "process", None) if km.provisioner else None
-    if process is not None and process.poll() is None:
-        process.kill()
-        try:
-            process.wait(timeout=5)
-        except Exception:  # pragma: no cover - the kernel is killed either way
-            pass
-    give_back = getattr(km, "_give_back", None)  # a sandbox returns a lent work dir to its owner
-    if give_back is not None:
-        give_back()
-    try:
-        km.cleanup_connection_file()
-    except Exception:
-        pass
-
-
-#: environment variables that decide where kernelspecs are looked for (jupyter_core's paths, IPython's dir)
-_KERNELSPEC_ENV_PREFIXES = ("JUPYTER", "XDG_", "IPYTHON", "HOME", "VIRTUAL_ENV", "CONDA_PREFIX")
-
-
-def _kernel_spec_manager() -> KernelSpecManager:
-    """One kernelspec finder per search path, for all of this process's kernel managers (as jupyter_server shares one).
-
-    Each manager would otherwise make its own and work out its kernel dirs
-    again (~3 ms of every fresh kernel's start, most of it finding the
-    Jupyter and IPython data folders); the kernelspec itself is still read
-    from disk for each kernel, and a changed search path gets a new finder.
-    """
-    return _kernel_spec_manager_for(tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_KERNELSPEC_ENV_PREFIXES))))
-
-
-@functools.lru_cache(maxsize=8)
-def _kernel_spec_manager_for(env: tuple[tuple[str, str], ...]) -> KernelSpecManager:
-    return KernelSpecManager()
-
-
-@atexit.register
-def _kill_leftover_kernels() -> None:
-    for km in list(_LIVE_MANAGERS):
-        _kill_sync(km)
-
-
-@dataclass
-class _Kernel:
-    """A started, ready kernel and the folder it was launched in."""
-
-    km: AsyncKernelManager
-    kc: AsyncKernelClient
-    launch_dir: Path
-    log_file: Any  # kept open: a restart launches again with the same arguments
-    stream_copy: StreamCopy | None = None  # None: the kernel keeps no copy (its runtime folder was unusable)
 
 
 class LocalBackend(KernelBackend):
@@ -142,7 +86,7 @@ class LocalBackend(KernelBackend):
         self.workspace = Workspace.from_settings(self.settings)
         self.kernel_name = kernel_name or self.settings.kernel_name
         size = self.settings.kernel_pool_size if pool_size is None else pool_size
-        self.pool: WarmPool[_Kernel] = WarmPool(
+        self.pool: WarmPool[StartedKernel] = WarmPool(
             self._start_pooled, self._stop_kernel, size, self._kernel_alive, self.settings.kernel_pool_replenish_delay
         )
         self._sessions: "weakref.WeakSet[LocalSession]" = weakref.WeakSet()  # open ones: aclose() stops them too
@@ -174,13 +118,13 @@ class LocalBackend(KernelBackend):
                 await session.shutdown()
                 raise
             if work_dir and kernel.launch_dir != session.work_path:
-                _remove_if_empty(kernel.launch_dir)
+                remove_if_empty(kernel.launch_dir)
             return session
         folder = Path(work_dir) if work_dir else self._new_session_dir()
         kernel = await self._start_kernel(folder, env)
         return self._new_session(kernel, folder, None)
 
-    def _new_session(self, kernel: _Kernel, work_dir: Path, env: Mapping[str, str] | None) -> "LocalSession":
+    def _new_session(self, kernel: StartedKernel, work_dir: Path, env: Mapping[str, str] | None) -> "LocalSession":
         """The session object around a started kernel (the sandbox backend makes its own kind)."""
         return LocalSession(self, kernel, work_dir, env)
 
@@ -200,10 +144,10 @@ class LocalBackend(KernelBackend):
         """A manager for one kernel of ``kernel_name``: forked from a preloaded template unless ``kernel_fork`` is off."""
         sockets = ipc_sockets()
         if not (self.fork_kernels and self.settings.kernel_fork):
-            return AsyncKernelManager(kernel_name=self.kernel_name, kernel_spec_manager=_kernel_spec_manager(), **sockets)
+            return AsyncKernelManager(kernel_name=self.kernel_name, kernel_spec_manager=kernel_spec_manager(), **sockets)
         return ForkingKernelManager(
             kernel_name=self.kernel_name,
-            kernel_spec_manager=_kernel_spec_manager(),
+            kernel_spec_manager=kernel_spec_manager(),
             **sockets,
             preload=preload_list(self.settings.kernel_preload),
             start_timeout=self.settings.kernel_start_timeout,
@@ -228,22 +172,22 @@ class LocalBackend(KernelBackend):
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
-    async def _start_pooled(self) -> _Kernel:
+    async def _start_pooled(self) -> StartedKernel:
         kernel = await self._start_kernel(self._new_session_dir(), None)
         # IPython's first cells pay one-off costs (the non-silent execute path, the
         # display formatters, the first rich output on iopub); pay them here so a
         # session's first cell is as fast as its later ones. A statement whose value
         # is None, with store_history=False: no In/Out/_ entry, execution count stays 1.
         kc = kernel.kc
-        msg_id = kc.execute(_warm_up_cell(self.settings.kernel_preload), store_history=False, allow_stdin=False)
+        msg_id = kc.execute(warm_up_cell(self.settings.kernel_preload), store_history=False, allow_stdin=False)
         timeout = self.settings.kernel_start_timeout
-        while not _is_idle_of(await kc.get_iopub_msg(timeout=timeout), msg_id):
+        while not is_idle_of(await kc.get_iopub_msg(timeout=timeout), msg_id):
             pass  # drained, so the session's first execute does not skip stale messages
         while (await kc.get_shell_msg(timeout=timeout))["parent_header"].get("msg_id") != msg_id:
             pass
         return kernel
 
-    async def _start_kernel(self, folder: Path, env: Mapping[str, str] | None) -> _Kernel:
+    async def _start_kernel(self, folder: Path, env: Mapping[str, str] | None) -> StartedKernel:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -265,14 +209,14 @@ class LocalBackend(KernelBackend):
         log_file = open(log_path, "ab")
         try:
             await km.start_kernel(cwd=str(folder), env=kernel_env, stdout=log_file, stderr=log_file, extra_arguments=_launch_arguments(km))
-            _LIVE_MANAGERS.add(km)
+            LIVE_MANAGERS.add(km)
             kc = km.client(context=km.context)  # the shared context, see local_sockets.shared_zmq_context
             if isinstance(km, ForkingKernelManager):  # (made while the kernel initializes)
                 await km.wait_started(self.settings.kernel_start_timeout)
             # liveness comes from the manager (the process), so the heartbeat
             # thread jupyter_client would start, waking every second, is not needed
             kc.start_channels(hb=False)
-            await _wait_ready(km, kc, self.settings.kernel_start_timeout)
+            await wait_ready(km, kc, self.settings.kernel_start_timeout)
         except NoSuchKernel:
             log_file.close()
             raise KernelStartFailed(
@@ -283,13 +227,13 @@ class LocalBackend(KernelBackend):
                 reason="no such kernelspec",
             ) from None
         except BaseException as exc:
-            _kill_sync(km)
+            kill_now(km)
             log_file.close()
             if copy is not None:
                 copy.remove()
             if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
                 raise
-            tail = _tail(log_path)
+            tail = log_tail(log_path)
             raise KernelStartFailed(
                 f"kernel {self.kernel_name!r} failed to start: {exc or type(exc).__name__}"
                 + (f"\n  kernel log ({log_path}):\n    " + tail.replace("\n", "\n    ") if tail else ""),
@@ -297,7 +241,7 @@ class LocalBackend(KernelBackend):
                 kernel_name=self.kernel_name,
                 reason=str(exc),
             ) from exc
-        return _Kernel(km, kc, folder, log_file, copy)
+        return StartedKernel(km, kc, folder, log_file, copy)
 
     def _stream_copy(self, km: AsyncKernelManager) -> StreamCopy | None:
         """Where the kernel keeps its stream copy: the owner-only runtime folder of its sockets (the sandbox: its bound folder)."""
@@ -306,10 +250,10 @@ class LocalBackend(KernelBackend):
         except ForkFailed:
             return None
 
-    async def _kernel_alive(self, kernel: _Kernel) -> bool:
+    async def _kernel_alive(self, kernel: StartedKernel) -> bool:
         return await kernel.km.is_alive()
 
-    async def _stop_kernel(self, kernel: _Kernel) -> None:
+    async def _stop_kernel(self, kernel: StartedKernel) -> None:
         kernel.kc.stop_channels()
         if kernel.stream_copy is not None:  # nobody reads it any more (a kernel still exiting writes to the unlinked file)
             kernel.stream_copy.remove()
@@ -326,82 +270,17 @@ class LocalBackend(KernelBackend):
             return
         await self._shutdown(kernel)
 
-    async def _shutdown(self, kernel: _Kernel) -> None:
+    async def _shutdown(self, kernel: StartedKernel) -> None:
         try:
             await kernel.km.shutdown_kernel(now=False)
         except asyncio.CancelledError:
-            _kill_sync(kernel.km)
+            kill_now(kernel.km)
             raise
         except Exception:
             log.warning("graceful kernel shutdown failed; killing it", exc_info=True)
-            _kill_sync(kernel.km)
-        _LIVE_MANAGERS.discard(kernel.km)
+            kill_now(kernel.km)
+        LIVE_MANAGERS.discard(kernel.km)
         kernel.log_file.close()
-
-
-async def _wait_ready(km: AsyncKernelManager, kc: AsyncKernelClient, timeout: float) -> None:
-    """Return once the kernel answers on shell and its iopub reaches us, drained up to that answer.
-
-    ``kc.wait_for_ready`` ends with 0.2 s of listening for silence on iopub and
-    retries only after a second: fine for a 1 s kernel start, most of a forked
-    kernel's ~0.1 s start. Here the proof that iopub is connected is the idle
-    status of our own ``kernel_info`` request; until it shows, ask again. The
-    status follows the reply at once, so the first new question goes out
-    ``IOPUB_RETRY_SECONDS`` after the reply (then twice as long each time):
-    about one forked kernel in twenty publishes it before our subscription
-    reaches the kernel, and a 0.2 s wait for it was 10 ms on average of every
-    fresh kernel's start.
-    """
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    msg_id = kc.kernel_info()
-    asked = loop.time()
-    answered = False
-    retry = IOPUB_RETRY_SECONDS
-    while loop.time() < end:
-        try:
-            if not answered:
-                msg = await kc.get_shell_msg(timeout=ALIVE_POLL_SECONDS)
-                if msg["parent_header"].get("msg_id") == msg_id:
-                    answered = True
-                    kc._handle_kernel_info_reply(msg)  # the protocol version adaptation wait_for_ready does
-                continue
-            msg = await kc.get_iopub_msg(timeout=retry)
-            if _is_idle_of(msg, msg_id):
-                return
-        except queue.Empty:
-            if not await km.is_alive():
-                raise RuntimeError("the kernel died before it replied to kernel_info")
-            if answered:  # its status went out before iopub was connected: ask again
-                msg_id, answered, asked = kc.kernel_info(), False, loop.time()
-                retry = min(2 * retry, ALIVE_POLL_SECONDS)
-            elif loop.time() - asked >= REASK_SECONDS:
-                # after a restart the question may have gone to the old kernel's connection: ask again, as
-                # kc.wait_for_ready does every second
-                msg_id, asked = kc.kernel_info(), loop.time()
-    raise RuntimeError(f"the kernel did not answer within {timeout:g}s")
-
-
-def _warm_up_cell(preload: str) -> str:
-    """The pool's warm-up cell: also imports the preload list, so a handed-out kernel's first plot is not slowed by imports.
-
-    Runs in a throwaway namespace (no names left behind); a module that is not
-    installed is skipped, as the fork template does.
-    """
-    names = list(preload_list(preload))
-    if "matplotlib" in names:
-        names += ["matplotlib.pyplot", "matplotlib_inline.backend_inline"]
-    if not names:
-        return _WARM_UP_CELL
-    imports = f"for m in {names!r}:\n try: __import__(m)\n except Exception: pass\n"
-    return f"exec({imports!r}, {{}})\n{_WARM_UP_CELL}"
-
-
-def _tail(path: Path, lines: int = 8) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def _launch_arguments(km: AsyncKernelManager) -> list[str]:
@@ -409,27 +288,12 @@ def _launch_arguments(km: AsyncKernelManager) -> list[str]:
     return list(IPYKERNEL_ARGUMENTS) if any("ipykernel" in arg for arg in km.kernel_spec.argv) else []
 
 
-def _is_idle_of(msg: dict[str, Any], msg_id: str) -> bool:
-    return (
-        msg["msg_type"] == "status"
-        and msg["parent_header"].get("msg_id") == msg_id
-        and msg["content"].get("execution_state") == "idle"
-    )
-
-
-def _remove_if_empty(folder: Path) -> None:
-    try:
-        folder.rmdir()
-    except OSError:
-        pass
-
-
 class LocalSession(KernelSession):
     """One kernel of a ``LocalBackend``; the work dir is on this machine."""
 
     backend_name = "local"
 
-    def __init__(self, backend: LocalBackend, kernel: _Kernel, work_dir: Path, env: Mapping[str, str] | None) -> None:
+    def __init__(self, backend: LocalBackend, kernel: StartedKernel, work_dir: Path, env: Mapping[str, str] | None) -> None:
         self._backend = backend
         self._kernel = kernel
         self._files = WorkDir(work_dir)
@@ -572,11 +436,11 @@ class LocalSession(KernelSession):
         self._kernel.launch_dir.mkdir(parents=True, exist_ok=True)
         await self._kernel.km.restart_kernel(now=True)
         # (not kc.wait_for_ready: its 0.2 s of listening for silence was most of a forked kernel's restart)
-        await _wait_ready(self._kernel.km, self._kernel.kc, self.settings.kernel_start_timeout)
+        await wait_ready(self._kernel.km, self._kernel.kc, self.settings.kernel_start_timeout)
         self._dead = False
         await self._apply_setup()
         if self._chdir:
-            _remove_if_empty(self._kernel.launch_dir)
+            remove_if_empty(self._kernel.launch_dir)
 
     async def is_alive(self) -> bool:
         return not self._closed and await self._kernel.km.is_alive()

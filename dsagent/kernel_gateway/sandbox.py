@@ -43,7 +43,8 @@ from dsagent.errors import BackendUnavailable
 from dsagent.kernel_gateway import sandbox_loans
 from dsagent.kernel_gateway.kernel_death import LAST_LINES_HEADING, MEMORY_ADVICE, STREAM_COPY_SCRIPT, StreamCopy, death_reason, stream_copy_path
 from dsagent.kernel_gateway.kernel_env import kernel_environment
-from dsagent.kernel_gateway.local import LocalBackend, LocalSession, _Kernel
+from dsagent.kernel_gateway.local import LocalBackend, LocalSession
+from dsagent.kernel_gateway.local_kernel import StartedKernel
 from dsagent.kernel_gateway.models import Execution, ExecutionError
 from dsagent.settings import Settings
 
@@ -361,7 +362,7 @@ class SandboxBackend(LocalBackend):
         env.update(extra or {})  # what the caller passes explicitly is theirs to pass
         return env
 
-    async def _start_kernel(self, folder: Path, env: Mapping[str, str] | None) -> _Kernel:
+    async def _start_kernel(self, folder: Path, env: Mapping[str, str] | None) -> StartedKernel:
         error = self.unavailable()
         if error is not None:
             raise error
@@ -371,7 +372,7 @@ class SandboxBackend(LocalBackend):
             sandbox_loans.reclaim(self.workspace.home)
         return await super()._start_kernel(folder, env)
 
-    async def _stop_kernel(self, kernel: _Kernel) -> None:
+    async def _stop_kernel(self, kernel: StartedKernel) -> None:
         try:
             await super()._stop_kernel(kernel)
         finally:
@@ -382,7 +383,7 @@ class SandboxBackend(LocalBackend):
     def _stream_copy(self, km: AsyncKernelManager) -> StreamCopy | None:
         return StreamCopy(stream_copy_path(km.runtime_dir))  # bound into the sandbox at the same path
 
-    def _new_session(self, kernel: _Kernel, work_dir: Path, env: Mapping[str, str] | None) -> "SandboxSession":
+    def _new_session(self, kernel: StartedKernel, work_dir: Path, env: Mapping[str, str] | None) -> "SandboxSession":
         return SandboxSession(self, kernel, work_dir, env)
 
 
@@ -391,7 +392,7 @@ class SandboxSession(LocalSession):
 
     backend_name = "sandbox"
 
-    def __init__(self, backend: SandboxBackend, kernel: _Kernel, work_dir: Path, env: Mapping[str, str] | None) -> None:
+    def __init__(self, backend: SandboxBackend, kernel: StartedKernel, work_dir: Path, env: Mapping[str, str] | None) -> None:
         super().__init__(backend, kernel, work_dir, env)
         self._sandbox = backend
         self._kernel_process: tuple[int, psutil.Process] | None = None

@@ -9,7 +9,6 @@ new artifacts; an older page stays put.
 from __future__ import annotations
 
 import asyncio
-from datetime import date
 from typing import TYPE_CHECKING, Any
 
 import panel as pn
@@ -20,6 +19,7 @@ from dsagent.artifacts import schema
 from dsagent.panel_app import artifact_cards, formats
 from dsagent.panel_app.components import card, empty_state
 from dsagent.panel_app.layout import after_first_paint, page_frame
+from dsagent.panel_app.paging import put_in_address, query_day
 from dsagent.panel_app.widgets import Notice, Poller, current_user, date_range_bounds, html_pane, preloaded, query_arg
 
 if TYPE_CHECKING:
@@ -36,13 +36,6 @@ _NO_ARTIFACTS_HINT = ("Runs keep their plots, tables and files here. Make some: 
                       "and press Run, or ask a question on the <a href='./chat'>Chat</a> page.")
 
 
-def _day(text: str | None) -> date | None:
-    try:
-        return date.fromisoformat(text) if text else None
-    except ValueError:
-        return None
-
-
 def query_filters(args: dict[str, str]) -> dict[str, Any]:
     """The page's state from the address's query (unknown values are ignored): what ``ArtifactsView`` takes."""
     state: dict[str, Any] = {}
@@ -53,7 +46,7 @@ def query_filters(args: dict[str, str]) -> dict[str, Any]:
             state[name] = args[key][:200]
     if (args.get("run") or "").isdigit():
         state["run"] = args["run"][:18]
-    since, until = _day(args.get("since")), _day(args.get("until"))
+    since, until = query_day(args.get("since")), query_day(args.get("until"))
     if since or until:
         state["dates"] = (since, until)
     if (args.get("before") or "").isdigit():
@@ -248,12 +241,7 @@ class ArtifactsView(pn.viewable.Viewer):
 
     def _remember(self) -> None:
         """The filters and the page into the address (a bookmark, a reload, the back button show the same cards)."""
-        from urllib.parse import urlencode
-
-        location = pn.state.location
-        if location is not None:
-            query = urlencode(self.query())
-            location.search = f"?{query}" if query else ""
+        put_in_address(self.query())
 
 
 def page(ctx: "AppContext") -> Any:

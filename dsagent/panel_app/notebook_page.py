@@ -24,6 +24,7 @@ from dsagent.panel_app import formats, untrusted
 from dsagent.panel_app.actions import launch_notebook_run, launch_sweep
 from dsagent.panel_app.components import card, empty_state, not_found_page, status_chip
 from dsagent.panel_app.layout import after_first_paint, page_frame
+from dsagent.panel_app.paging import Pager, TableSlot
 from dsagent.panel_app.parameter_form import ParameterForm
 from dsagent.panel_app.widgets import Notice, Poller, Table, current_user, html_pane, query_arg, run_link
 
@@ -135,23 +136,15 @@ class NotebookView(pn.viewable.Viewer):
         self.sweep_button.on_click(self.on_sweep)
 
     def _build_runs(self) -> None:
-        # the table is made with its rows in an area that is already showing, and dropped when there are none: a
-        # Tabulator made inside a hidden area and shown in the same update at times rendered no row at all under load
-        self.runs_table: Table | None = None
-        self.runs_area = pn.Column(sizing_mode="stretch_width", margin=0)
+        self.runs = TableSlot(_runs_table)  # made with its first rows (paging.TableSlot says why)
         self.runs_empty = html_pane(empty_state(
             "No runs of this notebook yet", "Press <b>Run</b> above, or from a terminal: "
             f"<code>dsagent run {untrusted.text(str(self.entry.path))}</code>"), visible=False)
         self.runs_loading = html_pane(_loading())
-        self.newer = pn.widgets.Button(name="◀ Newer", button_style="outline", disabled=True, width=110)
-        self.older = pn.widgets.Button(name="Older ▶", button_style="outline", disabled=True, width=110)
-        self.position = html_pane("", width=160, margin=(12, 10))
         self.compare_button = pmui.Button(label="Compare selected", variant="outlined", icon="compare_arrows", width=190)
         self.compare_message = html_pane("", margin=(0, 5))
-        self.pager = pn.FlexBox(self.newer, self.older, self.position, after_first_paint(self.compare_button, height=40, sizing_mode=None, width=200),
-                                flex_wrap="wrap", align_items="center", sizing_mode="stretch_width", visible=False)
-        self.newer.on_click(self.on_newer)
-        self.older.on_click(self.on_older)
+        self.pager = Pager(self.on_newer, self.on_older, position_width=160, visible=False,
+                           extra=(after_first_paint(self.compare_button, height=40, sizing_mode=None, width=200),))
         self.compare_button.on_click(self.on_compare)
 
     def __panel__(self) -> Any:
@@ -171,7 +164,7 @@ class NotebookView(pn.viewable.Viewer):
                            "combination, on Dask (<code>dsagent batch</code>).</span>", margin=0),
                  after_first_paint(pn.FlexBox(*sweeps, gap="8px 16px", sizing_mode="stretch_width"), height=80),
                  self.sweep_count, after_first_paint(sweep_row, height=48), self.sweep_message, title="Sweep"),
-            card(self.pager, self.compare_message, self.runs_loading, self.runs_area, self.runs_empty, title="Recent runs"),
+            card(self.pager.row, self.compare_message, self.runs_loading, self.runs.area, self.runs_empty, title="Recent runs"),
             user=current_user())
 
     # -- Run and Sweep ----------------------------------------------------------------------------------------
@@ -259,32 +252,19 @@ class NotebookView(pn.viewable.Viewer):
         await self.notice.guard(work)
 
     def _show_runs(self, runs: "list[Run]", found: Any) -> None:
-        frame = _runs_frame(runs)
-        if not runs:
-            if self.runs_table is not None:
-                self.runs_table, self.runs_area.objects, self._ids = None, [], []
-        elif self.runs_table is None:
-            self._ids = [r.id for r in runs]
-            self.runs_table = _runs_table(frame)
-            self.runs_area.objects = [self.runs_table]
-        elif not frame.equals(self.runs_table.value):
-            chosen = self._chosen()
-            self._ids = [r.id for r in runs]
-            self.runs_table.value = frame
-            self.runs_table.selection = [i for i, run_id in enumerate(self._ids) if run_id in chosen]
-        last = found.offset + len(found.items)
-        self.position.object = f"runs {found.offset + 1}–{last} of {found.total}" if found.total else ""
-        self.newer.disabled = found.offset == 0
-        self.older.disabled = last >= found.total
+        chosen = self._chosen()
+        self._ids = [r.id for r in runs]
+        if self.runs.show(_runs_frame(runs)):  # the same table, new rows: the runs still listed stay ticked
+            self.runs.table.selection = [i for i, run_id in enumerate(self._ids) if run_id in chosen]
         shown = bool(runs)
+        self.pager.show("runs", found.offset, len(found.items) if shown else 0, found.total)
         self.runs_loading.visible = False
-        self.pager.visible = shown
         self.runs_empty.visible = not shown
 
     def _chosen(self) -> list[int]:
-        if self.runs_table is None:
+        if self.runs.table is None:
             return []
-        return [self._ids[i] for i in self.runs_table.selection if i < len(self._ids)]
+        return [self._ids[i] for i in self.runs.table.selection if i < len(self._ids)]
 
     async def on_older(self, _: Any) -> None:
         self.offset += RUNS_PAGE

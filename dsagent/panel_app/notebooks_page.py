@@ -22,6 +22,7 @@ from dsagent.errors import DsagentError
 from dsagent.panel_app import formats, untrusted
 from dsagent.panel_app.components import card, empty_state, loading_placeholder
 from dsagent.panel_app.layout import after_first_paint, page_frame
+from dsagent.panel_app.paging import Pager, TableSlot
 from dsagent.panel_app.widgets import Notice, Poller, Table, current_user, html_pane
 from dsagent.runs.notebook_library import WORKSPACE_SOURCE, list_notebooks, notebook_folders, save_uploaded_notebook
 
@@ -73,16 +74,8 @@ class NotebooksView(pn.viewable.Viewer):
 
     def _build(self) -> None:
         self.text_input = pmui.TextInput(label="Name contains", placeholder="text in the file name", value=self.text, width=220)
-        self.newer = pn.widgets.Button(name="◀ Previous", button_style="outline", disabled=True, width=110)
-        self.older = pn.widgets.Button(name="Next ▶", button_style="outline", disabled=True, width=110)
-        self.position = html_pane("", width=200, margin=(12, 10))
-        # the table is made with its rows in an area that is already showing, and dropped when the list is empty: a
-        # Tabulator made or filled inside a hidden area and shown in the same update at times rendered no row at all
-        # under load (CI saw it here, on the notebook page and on the batch page's comparison)
-        self.table: Table | None = None
-        self.table_area = pn.Column(sizing_mode="stretch_width", margin=0)
-        self.pager = pn.FlexBox(self.newer, self.older, self.position, flex_wrap="wrap", align_items="center", sizing_mode="stretch_width",
-                                visible=False)
+        self.pager = Pager(self.on_newer, self.on_older, labels=("◀ Previous", "Next ▶"), position_width=200, visible=False)
+        self.rows = TableSlot(_table)  # made with its first rows (paging.TableSlot says why)
         self.empty = html_pane(loading_placeholder(4, "loading the notebooks"))
         self.folders = html_pane("", margin=(4, 5), stylesheets=["code {overflow-wrap: anywhere}"])
         self.upload = pmui.FileInput(accept=".ipynb", multiple=False, label="Upload a notebook", icon="upload_file")
@@ -91,8 +84,6 @@ class NotebooksView(pn.viewable.Viewer):
         self.text_input.param.watch(lambda e: setattr(self, "text", e.new or ""), "value_input")
         self.upload.param.watch(self.on_upload, "value")
         self.replace.on_click(self.on_replace)
-        self.older.on_click(self.on_older)
-        self.newer.on_click(self.on_newer)
 
     def __panel__(self) -> Any:
         intro = html_pane("<span class='ds-muted'>Pick a notebook to run it with other parameters, sweep a grid of them, or compare "
@@ -100,7 +91,7 @@ class NotebooksView(pn.viewable.Viewer):
         upload = pn.FlexBox(self.upload, self.replace, align_items="center", gap="12px", sizing_mode="stretch_width")
         return page_frame(
             "/notebooks", "Notebooks", self.notice.pane, intro,
-            card(after_first_paint(self.text_input, height=56), self.pager, self.table_area, self.empty, self.folders),
+            card(after_first_paint(self.text_input, height=56), self.pager.row, self.rows.area, self.empty, self.folders),
             card(html_pane("<span class='ds-muted'>An <code>.ipynb</code> saved by Jupyter; it lands in the workspace's "
                            "<code>notebooks/</code> folder. A notebook of the same name is only replaced when you say so.</span>",
                            margin=(0, 5)), after_first_paint(upload, height=48), self.upload_message, title="Upload"),
@@ -118,22 +109,10 @@ class NotebooksView(pn.viewable.Viewer):
         await self.notice.guard(work)
 
     def _show(self, result: "NotebookPage") -> None:
-        frame = _frame(result.items)
-        if not result.items:
-            if self.table is not None:
-                self.table, self.table_area.objects = None, []
-        elif self.table is None:
-            self.table = _table(frame)
-            self.table_area.objects = [self.table]
-        elif not frame.equals(self.table.value):
-            self.table.value = frame
-        last = result.offset + len(result.items)
         shown = bool(result.items)
-        self.position.object = f"notebooks {result.offset + 1}–{last} of {result.total}" if shown else ""
-        self.newer.disabled = result.offset == 0
-        self.older.disabled = last >= result.total
-        self.newer.visible = self.older.visible = result.total > PAGE_SIZE  # one page: nothing to page through
-        self.pager.visible = shown
+        self.rows.show(_frame(result.items))
+        self.pager.newer.visible = self.pager.older.visible = result.total > PAGE_SIZE  # one page: nothing to page through
+        self.pager.show("notebooks", result.offset, len(result.items), result.total)
         self.empty.visible = not shown
         if not shown:
             self.empty.object = self._empty_text()

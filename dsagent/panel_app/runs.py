@@ -9,7 +9,6 @@ shows the same runs, and the preload reads them before the page is built.
 
 from __future__ import annotations
 
-from datetime import date
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -21,6 +20,7 @@ from dsagent.artifacts import schema
 from dsagent.panel_app import formats, untrusted
 from dsagent.panel_app.components import card, empty_state, status_chip
 from dsagent.panel_app.layout import after_first_paint, page_frame
+from dsagent.panel_app.paging import Pager, TableSlot, put_in_address, query_day
 from dsagent.panel_app.widgets import Notice, Poller, Table, current_user, date_range_bounds, html_pane, preloaded, run_link
 
 if TYPE_CHECKING:
@@ -52,13 +52,6 @@ def runs_frame(runs: "list[Run]", now=None) -> pd.DataFrame:
     )
 
 
-def _day(text: str | None) -> date | None:
-    try:
-        return date.fromisoformat(text) if text else None
-    except ValueError:
-        return None
-
-
 def query_filters(args: dict[str, str]) -> dict[str, Any]:
     """The page's state from the address's query (unknown values are ignored): what ``RunsView`` takes."""
     state: dict[str, Any] = {}
@@ -68,7 +61,7 @@ def query_filters(args: dict[str, str]) -> dict[str, Any]:
         state["status"] = args["status"]
     if args.get("q"):
         state["text"] = args["q"][:200]
-    since, until = _day(args.get("since")), _day(args.get("until"))
+    since, until = query_day(args.get("since")), query_day(args.get("until"))
     if since or until:
         state["dates"] = (since, until)
     if args.get("sort") in SORTS:
@@ -122,29 +115,22 @@ class RunsView(pn.viewable.Viewer):
         self.text_input = pmui.TextInput(label="Title contains", placeholder="text in the title", value=self.text, width=190)
         self.dates_input = pmui.DateRangePicker(label="Created between", value=self.dates, width=230)
         self.sort_input = pmui.Select(label="Sort", options={label: key for key, (label, _, _) in SORTS.items()}, value=self.sort, width=150)
-        # Panel's own buttons (in panel-material-ui's design): there at first paint, unlike Material UI's
-        self.newer = pn.widgets.Button(name="◀ Newer", button_style="outline", disabled=True, width=110)
-        self.older = pn.widgets.Button(name="Older ▶", button_style="outline", disabled=True, width=110)
-        self.position = html_pane("", width=220, margin=(12, 10))
-        self.table = _runs_table(runs_frame([]))
-        # the table leaves the page while no run matches and comes back made anew: a Tabulator hidden, then given rows
-        # and shown in one update, at times rendered no row at all under load (CI saw it on the notebook page)
-        self.table_area = pn.Column(self.table, sizing_mode="stretch_width", margin=0)
+        self.pager = Pager(self.on_newer, self.on_older, position_width=220)
+        # the table leaves the page while no run matches and comes back made anew (paging.TableSlot); until the first
+        # read it shows empty, its header in place
+        self.rows = TableSlot(_runs_table, _runs_table(runs_frame([])))
         self.empty = html_pane("", visible=False)
-        self.pager = pn.FlexBox(self.newer, self.older, self.position, flex_wrap="wrap", align_items="center", sizing_mode="stretch_width")
         self.text_input.param.watch(self._typed, "value_input")
         self.text_input.param.watch(lambda _: self._remember(), "value")  # Enter or leaving the box: into the address
         self.dates_input.param.watch(lambda e: setattr(self, "dates", e.new), "value")
         self.sort_input.param.watch(lambda e: setattr(self, "sort", e.new), "value")
-        self.older.on_click(self.on_older)
-        self.newer.on_click(self.on_newer)
 
     def __panel__(self) -> Any:
         filters = pn.FlexBox(self.kind_input, self.status_input, self.text_input, self.dates_input, self.sort_input,
                              flex_wrap="wrap", gap="4px 12px", sizing_mode="stretch_width")
         # the Material UI filters join once the first page of runs shows (layout.after_first_paint)
         return page_frame("/runs", "Runs", self.notice.pane, card(after_first_paint(filters, height=72), margin=(4, 0)),
-                          card(self.pager, self.table_area, self.empty), user=current_user())
+                          card(self.pager.row, self.rows.area, self.empty), user=current_user())
 
     # -- reading ---------------------------------------------------------------------------------------------
 
@@ -162,20 +148,9 @@ class RunsView(pn.viewable.Viewer):
         await self.notice.guard(work)
 
     def _show(self, result: "RunPage") -> None:
-        frame = runs_frame(result.items)
         self.total, shown = result.total, bool(result.items)
-        if not shown:
-            self.table_area.objects = []
-        elif not self.table_area.objects:
-            self.table = _runs_table(frame)
-            self.table_area.objects = [self.table]
-        elif not frame.equals(self.table.value):
-            self.table.value = frame
-        last = result.offset + len(result.items)
-        self.position.object = f"runs {result.offset + 1}–{last} of {result.total}" if shown else ""
-        self.newer.disabled = result.offset == 0
-        self.older.disabled = last >= result.total
-        self.pager.visible = shown
+        self.rows.show(runs_frame(result.items))
+        self.pager.show("runs", result.offset, len(result.items), result.total)
         self.empty.visible = not shown
         if not shown:
             self.empty.object = self._empty_text()
@@ -225,12 +200,7 @@ class RunsView(pn.viewable.Viewer):
 
     def _remember(self) -> None:
         """The filters into the address (a bookmark, a reload, the back button show the same runs)."""
-        from urllib.parse import urlencode
-
-        location = pn.state.location
-        if location is not None:
-            query = urlencode(self.query())
-            location.search = f"?{query}" if query else ""
+        put_in_address(self.query())
 
 
 def page(ctx: "AppContext") -> Any:

@@ -10,6 +10,7 @@ is run only when it resolves to one of them.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from dsagent.errors import DsagentError, NotebookError, NotFound
 from dsagent.settings import Settings
 from dsagent.workspace import Workspace
 
-__all__ = ["NotebookEntry", "NotebookPage", "notebook_folders", "list_notebooks", "find_notebook", "save_uploaded_notebook",
+__all__ = ["NotebookEntry", "NotebookPage", "notebook_folders", "list_notebooks", "find_notebook", "resolve_notebook", "save_uploaded_notebook",
            "safe_notebook_name", "WORKSPACE_SOURCE"]
 
 WORKSPACE_SOURCE = "workspace"
@@ -97,6 +98,29 @@ def find_notebook(path: str | Path, settings: Settings | None = None) -> Noteboo
             return NotebookEntry(candidate.name, candidate, source, datetime.fromtimestamp(stat.st_mtime, timezone.utc), stat.st_size)
     raise NotFound(f"no notebook {str(path)!r} in the notebook folders", hint="pick one on the Notebooks page (or upload it there)",
                    what="notebook", id=str(path))
+
+
+def resolve_notebook(text: str | Path, settings: Settings | None = None) -> Path:
+    """The notebook a command line names, as the dashboard's pickers would find it: a path that exists, as given; else a
+    bare name (``sales_cohorts`` or ``sales_cohorts.ipynb``) of a notebook in the notebook folders. ``NotFound`` names
+    the folders looked in and the notebooks of a like name (or the first few)."""
+    raw = Path(str(text)).expanduser()
+    if raw.exists() or len(raw.parts) != 1:  # a path: as it is (its own error if it is not a notebook)
+        return raw.resolve()
+    settings = settings or Settings()
+    name = raw.name if raw.suffix == ".ipynb" else f"{raw.name}.ipynb"
+    try:
+        return find_notebook(name, settings).path
+    except NotFound:
+        pass
+    names = [e.name for e in _entries(settings)]
+    alike = difflib.get_close_matches(name, names, n=5) or names[:8]  # a typo's likely meaning first
+    more = f" and {len(names) - len(alike)} more" if len(alike) < len(names) else ""
+    known = f"; notebooks there: {', '.join(alike)}{more}" if names else "; there are none yet"
+    folders = ", ".join(str(folder) for _, folder in notebook_folders(settings))
+    raise NotFound(f"no notebook {str(text)!r} in this folder or in the notebook folders ({folders})",
+                   hint=f"give the notebook's path, or the name of one in the notebook folders{known} (the dashboard's "
+                   "Notebooks page lists them; the notebook_folders setting adds folders)", what="notebook", id=str(text))
 
 
 def safe_notebook_name(filename: str) -> str:

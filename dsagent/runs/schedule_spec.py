@@ -140,6 +140,7 @@ def _choice(what: str, value: str, allowed: tuple[str, ...]) -> None:
 def _target(kind: str, path: str | Path | None, parameters: Mapping[str, Any] | None, text_parameters: Mapping[str, str] | None,
             question: str | None, data: Sequence[str | Path], grid: str | Path | None, backend: str | None) -> dict[str, Any]:
     from dsagent.runs.notebook_input import peek_notebook
+    from dsagent.runs.notebook_library import resolve_notebook
 
     target: dict[str, Any] = {"kind": kind, "backend": backend}
     if kind == "agent":
@@ -148,7 +149,7 @@ def _target(kind: str, path: str | Path | None, parameters: Mapping[str, Any] | 
         if missing:
             raise DsagentError(f"data file {missing[0]} does not exist", hint="pass existing files with --data", reason="bad_data")
         return {**target, "question": question, "data": files}
-    notebook = Path(str(path)).expanduser().resolve()
+    notebook = resolve_notebook(path)  # a path, or a notebook's name in the library (as the Schedules page picks one)
     peek_notebook(notebook)
     target["notebook"] = str(notebook)
     if kind == "batch":

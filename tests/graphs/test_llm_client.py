@@ -286,13 +286,13 @@ def test_retry_after_forms():
     from datetime import UTC, datetime, timedelta
     from email.utils import format_datetime
 
-    from dsagent.graphs.llm import _retry_after
+    from dsagent.graphs.llm_failures import retry_after
 
-    assert _retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
-    assert _retry_after({"retry-after": "2"}) == 2.0
+    assert retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    assert retry_after({"retry-after": "2"}) == 2.0
     in_30s = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
-    assert 25 < _retry_after({"retry-after": in_30s}) <= 30
-    assert _retry_after({"retry-after": "soon"}) is None and _retry_after({}) is None
+    assert 25 < retry_after({"retry-after": in_30s}) <= 30
+    assert retry_after({"retry-after": "soon"}) is None and retry_after({}) is None
 
 
 def test_settings_checks(monkeypatch):

@@ -36,9 +36,10 @@ def cli_env(home: Path) -> dict[str, str]:
     return {**os.environ, "DSAGENT_HOME": str(home), "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
 
 
-def run_cli(home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """``dsagent ARGS`` in a fresh process on the test's workspace."""
-    return subprocess.run([str(BIN / "dsagent"), *args], env=cli_env(home), capture_output=True, text=True, timeout=timeout, check=False)
+def run_cli(home: Path, *args: str, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``dsagent ARGS`` in a fresh process on the test's workspace (in ``cwd``, else this process's folder)."""
+    return subprocess.run([str(BIN / "dsagent"), *args], env=cli_env(home), capture_output=True, text=True, timeout=timeout, check=False,
+                          cwd=cwd)
 
 
 def read_runs(home: Path) -> list[Any]:
