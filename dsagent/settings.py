@@ -68,6 +68,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("kernel_preload", "numpy, pandas, matplotlib", "Modules (comma-separated) the fork template and pooled kernels import ahead of time, so a new kernel's first cells do not wait for them (matplotlib includes pyplot and the inline backend; empty = none).", str),
     Setting("kernel_start_timeout", 60.0, "Seconds a kernel may take to start before it counts as failed.", float),
     Setting("execution_timeout", 600.0, "Default seconds one cell may run before it is interrupted.", float),
+    Setting("kernel_shutdown_wait", 2.0, "Seconds a `local` kernel gets to exit after a shutdown request (its atexit work, closing and flushing its files) before it is killed.", float),
     Setting("interrupt_grace", 3.0, "Seconds to wait for an interrupted cell to stop before restarting the kernel.", float),
     Setting("max_output_bytes", "16MiB", "Output kept in memory per execution; the rest is dropped and marked truncated.", parse_size),
     Setting("store_inline_max_bytes", "32MiB", "Artifacts up to this size keep their bytes inside DuckDB; larger ones go to <workspace>/blobs/.", parse_size),

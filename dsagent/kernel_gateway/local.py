@@ -200,7 +200,7 @@ class LocalBackend(KernelBackend):
         log_path = self.workspace.home / "logs" / f"kernel-{folder.name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         km = self._kernel_manager()
-        km.shutdown_wait_time = 2.0
+        km.shutdown_wait_time = self.settings.kernel_shutdown_wait
         km.context = shared_zmq_context()
         kernel_env = self._kernel_env(env)
         copy = self._stream_copy(km)

@@ -143,7 +143,8 @@ async def test_a_forked_kernel_is_wired_like_a_normally_launched_one(backend, tm
 
 async def test_shutdown_returns_at_once_and_the_kernel_still_exits_gracefully(tmp_path):
     """shutdown() of a forked kernel does not wait for its exit; aclose() does, and the exit runs the kernel's atexit work."""
-    async with await _warm_backend(_settings(tmp_path), pool_size=0) as backend:
+    # time enough for the graceful exit on a loaded machine (the default 2 s ran out under make test's load in CI)
+    async with await _warm_backend(_settings(tmp_path, kernel_shutdown_wait=30.0), pool_size=0) as backend:
         session = await backend.start_session()
         await session.execute(
             "import atexit\nheld = open('unflushed.txt', 'w'); held.write('kept')\n"
