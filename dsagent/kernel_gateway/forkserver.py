@@ -143,7 +143,11 @@ class ForkServer:
             if self.template_pid() is not None:
                 return
             if self._started is not None and self._started.poll() is not None:
-                if self._ready:  # it worked, then ended (killed): replace it
+                if self._started.returncode == 0:
+                    # it retired after its idle time (a template exits 0 only from serving, so it was ready; another
+                    # client of this process, with a shorter kernel_fork_idle, may have been the one using it)
+                    log.info("the kernel fork template (pid %s) retired when idle; starting a new one", self._started.pid)
+                elif self._ready:  # it worked, then ended (killed): replace it
                     log.warning("the kernel fork template (pid %s) ended with %s; starting a new one", self._started.pid, self._started.returncode)
                 else:
                     self._failed_at = time.monotonic()

@@ -396,3 +396,21 @@ def test_a_runtime_folder_others_can_write_is_refused(tmp_path, monkeypatch):
         forkserver.runtime_dir()
     folder.chmod(0o700)
     assert forkserver.runtime_dir() == str(folder)
+
+
+async def test_a_template_that_retired_when_idle_is_started_again_not_taken_for_a_failure(tmp_path, monkeypatch, caplog):
+    """A template this process started but never used (a pre-start, or another client of it) retires after
+    kernel_fork_idle with exit code 0: the next kernel starts a new one instead of falling back to a normal launch
+    (make test saw "the fork template exited with 0 while starting" and an unforked kernel)."""
+    monkeypatch.setattr(forkserver, "_WARNED", set())
+    caplog.set_level(logging.WARNING, logger="dsagent.kernel_gateway.forkserver")
+    # its own template (a preload list no other test has; the idle time is not part of a template's identity)
+    async with LocalBackend(_settings(tmp_path, kernel_preload="colorsys, html", kernel_fork_idle=0.5), pool_size=0) as backend:
+        server = backend._kernel_manager().fork_server(backend._kernel_env(None))
+        server.start()  # started, never connected to by this process
+        assert await asyncio.to_thread(server._started.wait, 60) == 0  # ready, then retired when idle
+        await backend.warm()  # waits for a template, as `dsagent serve` does at its start
+        session = await backend.start_session()
+        assert session._kernel.km.forked
+        await session.shutdown()
+    assert not [r.getMessage() for r in caplog.records if "fork server unavailable" in r.getMessage()]
