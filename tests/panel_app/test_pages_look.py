@@ -504,6 +504,11 @@ def test_on_a_phone_the_chats_fold_above_the_chat_and_a_wide_screen_shows_them_b
         page.get_by_role("button", name="Hide the chats").click()
         other.wait_for(state="hidden")
         page.locator(".ds-chat-state .ds-chip-idle").wait_for()  # the title row: what the chat does
+        # below the title, the chip and "Save chat as notebook" side by side, lined up with the title's left edge
+        title, chip = page.get_by_role("heading", name="idle chat about churn").bounding_box(), page.locator(".ds-chat-state").bounding_box()
+        save = page.get_by_role("button", name="Save chat as notebook").bounding_box()
+        assert chip["y"] > title["y"] + title["height"] - 4 and abs(chip["x"] - title["x"]) <= 6, (title, chip)
+        assert abs((save["y"] + save["height"] / 2) - (chip["y"] + chip["height"] / 2)) < 8 and save["height"] < 40, (chip, save)
         page.goto("/chat")  # no chat open: the list is what the page is for
         other.wait_for()
         page.get_by_role("button", name="Hide the chats").wait_for()
@@ -519,6 +524,11 @@ def test_on_a_phone_the_chats_fold_above_the_chat_and_a_wide_screen_shows_them_b
         link.wait_for()
         assert not page.get_by_role("button", name="Show the chats").is_visible()
         assert link.bounding_box()["x"] + 200 < page.locator(".ds-alert").bounding_box()["x"]  # beside the chat
+        # the folded "Rename or delete" card right under the chat's input row, no empty band between them
+        manage = page.locator(".card-header", has_text="Rename or delete this chat")
+        manage.wait_for()
+        ask = page.locator("textarea").last.bounding_box()
+        assert manage.bounding_box()["y"] - (ask["y"] + ask["height"]) < 30, (ask, manage.bounding_box())
     finally:
         wide.close()
 
