@@ -64,7 +64,12 @@ def _shoot(browser, url: str, path: Path, *, width: int, scheme: str, ready: str
     page.goto(url)
     page.locator(ready).first.wait_for(timeout=60_000)
     time.sleep(6)  # thumbnails, Material UI widgets and the executed notebook arrive after the first paint
-    page.screenshot(path=str(path), full_page=not phone)
+    if not phone:
+        # the whole page, by a window as tall as the page rather than full_page=True: headless chromium paints a
+        # framed preview (the executed notebook's sandboxed iframe) only inside the window, and below it left a blank box
+        page.set_viewport_size({"width": width, "height": min(5000, page.evaluate("document.documentElement.scrollHeight"))})
+        time.sleep(1)
+    page.screenshot(path=str(path))
     context.close()
     print(f"wrote {path}")
 

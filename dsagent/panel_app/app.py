@@ -115,6 +115,7 @@ def build_server(ctx: AppContext, *, port: int, address: str, cookie_secret: str
             raise DsagentError(f"port {port} on {address} is already in use", hint=f"pick another one: dsagent serve --port {port + 1}") from None
         raise DsagentError(f"cannot listen on {address}:{port}: {exc.strerror or exc}", hint="check --address and --port") from None
     _quiet_tab_closes(server)
+    _ping_only_open_tabs(server)
     # Bokeh's Server keeps its Tornado application in _tornado; it has no public accessor
     csp.install(server._tornado)
     # the names of the websocket origins are names the server is reached by, too (a proxy's)
@@ -174,6 +175,37 @@ def _quiet_tab_closes(server: Any) -> None:
             loop.default_exception_handler(context)
 
     loop.set_exception_handler(handler)
+
+
+def _ping_only_open_tabs(server: Any) -> None:
+    """Bokeh's keep-alive job (a ping to every tab every 37 s) no longer lets go of a tab's session while that tab's
+    websocket handler is still at work.
+
+    A tab's websocket handles one message at a time, and a message that changes the page waits for the page's
+    document lock (held, say, by a poll reading the store). When the tab closes meanwhile, its socket is closed but the
+    handler is still inside that message; Bokeh's job found the socket closing and detached the connection from its
+    session at once, so the waiting message, and the handler's own close after it, met a connection without a session:
+    ``AssertionError`` tracebacks in the server log ("error handling message ... PATCH-DOC"). The handler detaches the
+    connection itself when it closes (``WSHandler.on_close``), after its last message: the job leaves a closing socket
+    to it and pings the open ones."""
+    from tornado.websocket import WebSocketClosedError
+
+    bokeh_app = server._tornado  # Bokeh's Tornado application: its clients and its ping job have no public accessor
+    job = getattr(bokeh_app, "_ping_job", None)
+    if job is None:
+        return
+
+    def keep_alive() -> None:
+        for connection in list(bokeh_app._clients):
+            websocket = getattr(connection._socket, "ws_connection", None)
+            if websocket is None or websocket.is_closing():
+                continue  # closing: its handler's on_close lets go of the session
+            try:
+                connection.send_ping()
+            except WebSocketClosedError:  # closed since the check: the same
+                continue
+
+    job.callback = keep_alive
 
 
 def _native_module_imports() -> None:

@@ -42,6 +42,9 @@ FOLLOW_PX = 250  # the feed follows a growing turn while the user is this close 
 # CDN, which an offline dashboard cannot reach (and the page would log failed requests).
 _SVG = ('<svg xmlns="http://www.w3.org/2000/svg" width="18" height="18" viewBox="0 0 24 24" fill="none" stroke="currentColor" '
         'stroke-width="2" stroke-linecap="round" stroke-linejoin="round"><path d="{}"/></svg>')
+#: the feed fills the chat's box down to the input row. Panel keeps 75 px under the feed for an input area with tabs
+#: and buttons; this one input row is 41 px, and the rest was an empty band above "Rename or delete this chat"
+_FEED_CSS = ".chat-feed-log {max-height: none; flex: 1 1 0; min-height: 0}"
 _BUTTON_ICONS = {"send": "M10 14l11 -11M21 3l-6.5 18a.55 .55 0 0 1 -1 0l-3.5 -7l-7 -3.5a.55 .55 0 0 1 0 -1l18 -6.5",
                  "stop": "M6 6h12v12h-12z", "rerun": "M4 12v-3a3 3 0 0 1 3 -3h13m-3 -3l3 3l-3 3",
                  "undo": "M9 14l-4 -4l4 -4M5 10h11a4 4 0 1 1 0 8h-1", "clear": "M4 7h16M10 11v6M14 11v6M5 7l1 12h12l1 -12",
@@ -202,19 +205,19 @@ class ChatView(pn.viewable.Viewer):
         self.rename = pmui.Button(label="Rename", variant="outlined", width=110)
         self.purge = pmui.Checkbox(label="also delete its runs and artifacts", value=False)
         self.delete = pmui.Button(label="Delete chat", color="error", variant="outlined", width=140)
-        self.save = pn.widgets.Button(name="Save chat as notebook", button_type="primary", width=190)
-        self.message = chat_pane("")
+        self.save = pn.widgets.Button(name="Save chat as notebook", button_type="primary", width=190, margin=0)
+        self.message = chat_pane("", margin=(0, 10))  # empty most of the time: no band of margins under the chat
         self.agent = pmui.Select(label="Agent", options=GRAPHS, width=140)
         self.model = pmui.Select(label="Model", options=[ctx.settings.llm_model], value=ctx.settings.llm_model, width=220)
         self.model_note = chat_pane("", width=300)
         self.approve = pmui.Checkbox(label="approve each cell (Run / Edit / Reject)", value=False)
-        self.stop = pn.widgets.Button(name="Stop", button_type="danger", width=90, visible=False)
+        self.stop = pn.widgets.Button(name="Stop", button_type="danger", width=90, visible=False, margin=0)
         self.suggest = pn.FlexBox(sizing_mode="stretch_width", align_items="center")
         # without an endpoint the chat is read-only: its history shows, the box says why it cannot ask
         ask = pn.chat.ChatAreaInput(placeholder="No LLM endpoint is configured (see above): this chat is read-only" if self.problem else
                                     "Ask about the data (Enter sends, Shift+Enter: new line)", disabled=bool(self.problem))
         self.feed = _Interface(on_question=self.on_question, user=self.who, show_rerun=False, show_undo=False, show_clear=False,
-                               show_stop=False, show_button_name=False, sizing_mode="stretch_width", height=640,
+                               show_stop=False, show_button_name=False, sizing_mode="stretch_width", height=640, stylesheets=[_FEED_CSS],
                                button_properties={k: {"icon": _SVG.format(_BUTTON_ICONS[k])} for k in ("send", "stop", "rerun", "undo", "clear")},
                                widgets=[ask])
         self.rename.on_click(self.on_rename)
@@ -223,8 +226,10 @@ class ChatView(pn.viewable.Viewer):
         self.stop.on_click(self.on_stop)
 
     def actions(self) -> list[Any]:
-        """The title row's: what the chat does now, Stop while a turn runs, Save as notebook."""
-        return [self.state_chip, self.stop, self.save]
+        """The title row's: what the chat does now, Stop while a turn runs, Save as notebook; one group, so that on a
+        narrow screen they go below the title together, lined up with it, rather than the button alone on a line."""
+        return [pn.FlexBox(self.state_chip, self.stop, self.save, align_items="center", flex_wrap="nowrap", gap="8px", margin=0,
+                           styles={"flex": "0 0 auto", "width": "auto"})]
 
     def __panel__(self) -> pn.Column:
         wrap = {"flex_wrap": "wrap", "sizing_mode": "stretch_width", "align_items": "center", "gap": "4px 12px"}  # as many lines as needed

@@ -8,6 +8,8 @@
 - at 390 px nothing scrolls sideways: the document is no wider than the window (a wide table scrolls inside
   its card instead);
 - the browser logged no console error, no uncaught exception, no failed request and no HTTP error;
+- every framed preview (an executed notebook, an HTML artifact) has loaded its document and shows something in the
+  screenshot, not a blank box;
 
 and saves a full-page screenshot of each as ``<folder>/<name>-<390|1280>-<light|dark>.png``. It returns the
 problems found (an empty list when all is well), so a test asserts ``== []`` and sees every problem at once.
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from .conftest import PageProblems
 
-__all__ = ["Look", "VIEWPORTS", "SCHEMES", "look_at", "screenshot_folder"]
+__all__ = ["Look", "VIEWPORTS", "SCHEMES", "is_dark", "look_at", "screenshot_folder"]
 
 #: (label, width, height): a phone (an iPhone 12-15's CSS width) and a laptop
 VIEWPORTS = [("390", 390, 844), ("1280", 1280, 900)]
@@ -69,7 +71,7 @@ def screenshot_folder(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("screenshots")
 
 
-def _dark(colour: str) -> bool:
+def is_dark(colour: str) -> bool:
     """Whether a computed CSS colour is dark: "rgb(18, 18, 18)", "rgba(...)" or "color(srgb 0.15 0.15 0.15 / 1)"."""
     inside = colour[colour.index("(") + 1:colour.index(")")].split("/")[0]
     if colour.startswith("color("):
@@ -79,14 +81,42 @@ def _dark(colour: str) -> bool:
 
 def _background_is_dark(page) -> bool:
     """Whether the page is painted dark (the body's computed background colour's lightness)."""
-    return _dark(page.evaluate("getComputedStyle(document.body).backgroundColor"))
+    return is_dark(page.evaluate("getComputedStyle(document.body).backgroundColor"))
 
 
 def _light_tables(page) -> int:
     """How many table rows and headers are painted light (in dark mode they must not be: light text on white)."""
     cells = page.locator(".tabulator-row, .tabulator-header")
     colours = [cells.nth(i).evaluate("e => getComputedStyle(e).backgroundColor") for i in range(min(cells.count(), 6))]
-    return sum(1 for c in colours if not c.startswith("rgba(0, 0, 0, 0)") and not _dark(c))
+    return sum(1 for c in colours if not c.startswith("rgba(0, 0, 0, 0)") and not is_dark(c))
+
+
+def _shown_frames(page) -> list:
+    """The page's visible preview frames (``<iframe src=...>``, not a hidden card's about:blank), once each has loaded
+    its document and shows text or an image."""
+    frames = []
+    for handle in page.locator("iframe:visible").element_handles():
+        if (handle.get_attribute("src") or "about:blank") == "about:blank":
+            continue
+        frame = handle.content_frame()
+        frame.wait_for_load_state()
+        frame.wait_for_function("() => document.body && (document.body.innerText.trim() !== '' || document.images.length > 0)")
+        frames.append(handle)
+    return frames
+
+
+def _blank_frames(screenshot: Path, frames: list) -> list[str]:
+    """The frames that show one flat colour in the screenshot (a blank box: the frame's content was not painted)."""
+    from PIL import Image
+
+    blank = []
+    with Image.open(screenshot) as shot:
+        for handle in frames:
+            box = handle.bounding_box()
+            inside = (int(box["x"]) + 4, int(box["y"]) + 4, int(box["x"] + box["width"]) - 4, int(box["y"] + box["height"]) - 4)
+            if all(high - low <= 8 for low, high in shot.convert("RGB").crop(inside).getextrema()):
+                blank.append(handle.get_attribute("src"))
+    return blank
 
 
 def look_at(browser, base_url: str, look: Look, folder: Path, ids: dict | None = None) -> list[str]:
@@ -118,7 +148,10 @@ def look_at(browser, base_url: str, look: Look, folder: Path, ids: dict | None =
                 # the whole page in one picture: the window as tall as the frame's main area
                 page.set_viewport_size({"width": width, "height": min(_TALLEST_SHOT, max(height, int(area["height"])))})
                 page.wait_for_timeout(150)
-                page.screenshot(path=str(folder / f"{look.name}-{label}-{scheme}.png"))
+                frames = _shown_frames(page)
+                shot = folder / f"{look.name}-{label}-{scheme}.png"
+                page.screenshot(path=str(shot))
+                problems += [f"{where}: the frame of {src} is a blank box in the screenshot" for src in _blank_frames(shot, frames)]
             finally:
                 context.close()
     return problems

@@ -21,7 +21,7 @@ from dsagent.settings import Settings
 from dsagent.workspace import Workspace
 
 from .conftest import PageProblems, dsagent_env, serve_dashboard
-from .pagecheck import Look, look_at, screenshot_folder
+from .pagecheck import Look, is_dark, look_at, screenshot_folder
 
 # one dashboard server per module: every test of it on one xdist worker, so it starts once
 pytestmark = pytest.mark.xdist_group("panel-look")
@@ -50,6 +50,7 @@ LOOKS = [
     Look("schedules", "/schedules", ".ds-schedule"),
     Look("run-events", "/run?id={events}", "text=newest first"),
     Look("run-died", "/run?id={died}", "text=the last lines it printed:"),
+    Look("run-notebook", "/run?id={executed}", "iframe[src*='/preview']"),
     Look("batch", "/run?id={batch}", "text=Comparison as CSV"),
     Look("compare", "/compare?ids={compare_a},{compare_b}", "text=default"),
     Look("compare-not-found", "/compare?ids={compare_a},999999", "text=There is no run 999999"),
@@ -174,10 +175,28 @@ def _notebook(parameters: str) -> str:
                        "nbformat": 4, "nbformat_minor": 5})
 
 
+#: what the executed notebook's cell printed: the run page's frame must show it, in light and dark
+PRINTED = "weekly revenue 98,472 from 671 customers"
+
+
+def _executed_notebook() -> bytes:
+    """A notebook as papermill leaves it: a heading, a cell with its count and its printed output."""
+    import nbformat
+
+    cell = nbformat.v4.new_code_cell("print(f'weekly revenue {revenue:,} from {customers} customers')", execution_count=1)
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=PRINTED + "\n")]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Store digest"), cell])
+    return nbformat.writes(notebook).encode()
+
+
 def _seed_run_pages(store: Store, home: Path) -> dict[str, int]:
-    """The run page's cases: thousands of events, a dead kernel's error, a finished sweep with a failed child, and two runs
-    of one notebook that each left a parameter at its default (Compare)."""
+    """The run page's cases: an executed notebook, thousands of events, a dead kernel's error, a finished sweep with a
+    failed child, and two runs of one notebook that each left a parameter at its default (Compare)."""
     from dsagent.runs.batch_errors import batch_error
+
+    executed = store.create_run("notebook", title="store digest, executed", backend="local")  # first: the gallery's oldest
+    store.add_artifacts(executed.id, [NewArtifact("store_digest-run.ipynb", "notebook", "application/x-ipynb+json", _executed_notebook())])
+    store.update_run_status(executed.id, "succeeded")
 
     logged = store.create_run("notebook", title="long event log", params={"region": "north", "top_n": 3}, backend="local")
     events = []
@@ -212,7 +231,7 @@ def _seed_run_pages(store: Store, home: Path) -> dict[str, int]:
         store.add_artifacts(run.id, [NewArtifact(f"revenue {revenue}.png", "image", "image/png", _png(), cell=1)])
         store.update_run_status(run.id, "succeeded")
         compared.append(run.id)
-    return {"events": logged.id, "died": died.id, "batch": batch.id, "child": children[0].id, "compare_a": compared[0],
+    return {"executed": executed.id, "events": logged.id, "died": died.id, "batch": batch.id, "child": children[0].id, "compare_a": compared[0],
             "compare_b": compared[1]}
 
 
@@ -384,7 +403,8 @@ def test_artifacts_filters_and_page_live_in_the_address(seeded, new_page):
     page.get_by_text("sweep plot 09.png").wait_for()
     older = _card_names(page)
     # then the Compare seeds' two plots, made before the sweep's
-    assert older == [f"sweep plot {n:02d}.png" for n in range(9, -1, -1)] + ["revenue 12.0.png", "revenue 10.5.png"], older
+    assert older == [f"sweep plot {n:02d}.png" for n in range(9, -1, -1)] + ["revenue 12.0.png", "revenue 10.5.png",
+                                                                            "store_digest-run.ipynb"], older
     assert page.get_by_role("button", name="Older").is_disabled()  # the last page
     page.reload()  # the page is in the address
     page.get_by_text("sweep plot 09.png").wait_for()
@@ -484,6 +504,11 @@ def test_on_a_phone_the_chats_fold_above_the_chat_and_a_wide_screen_shows_them_b
         page.get_by_role("button", name="Hide the chats").click()
         other.wait_for(state="hidden")
         page.locator(".ds-chat-state .ds-chip-idle").wait_for()  # the title row: what the chat does
+        # below the title, the chip and "Save chat as notebook" side by side, lined up with the title's left edge
+        title, chip = page.get_by_role("heading", name="idle chat about churn").bounding_box(), page.locator(".ds-chat-state").bounding_box()
+        save = page.get_by_role("button", name="Save chat as notebook").bounding_box()
+        assert chip["y"] > title["y"] + title["height"] - 4 and abs(chip["x"] - title["x"]) <= 6, (title, chip)
+        assert abs((save["y"] + save["height"] / 2) - (chip["y"] + chip["height"] / 2)) < 8 and save["height"] < 40, (chip, save)
         page.goto("/chat")  # no chat open: the list is what the page is for
         other.wait_for()
         page.get_by_role("button", name="Hide the chats").wait_for()
@@ -499,6 +524,11 @@ def test_on_a_phone_the_chats_fold_above_the_chat_and_a_wide_screen_shows_them_b
         link.wait_for()
         assert not page.get_by_role("button", name="Show the chats").is_visible()
         assert link.bounding_box()["x"] + 200 < page.locator(".ds-alert").bounding_box()["x"]  # beside the chat
+        # the folded "Rename or delete" card right under the chat's input row, no empty band between them
+        manage = page.locator(".card-header", has_text="Rename or delete this chat")
+        manage.wait_for()
+        ask = page.locator("textarea").last.bounding_box()
+        assert manage.bounding_box()["y"] - (ask["y"] + ask["height"]) < 30, (ask, manage.bounding_box())
     finally:
         wide.close()
 
@@ -558,6 +588,29 @@ def test_a_running_run_s_page_follows_its_events_and_keeps_what_was_unfolded(see
     opened = page.locator(".ds-timeline details[open]")
     assert opened.count() == 1 and "now running" in opened.first.inner_text()  # what the reader unfolded stays unfolded
     assert problems.items == []
+
+
+def test_a_run_s_executed_notebook_is_readable_in_its_frame_in_the_dark(seeded, browser):
+    """The frame's own document has the notebook's cells, its text dark on its white page although the dashboard
+    around it is dark; the pixels in its box are not one colour (``pagecheck`` checks that at every look)."""
+    dashboard, ids = seeded
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, color_scheme="dark", base_url=dashboard.url)
+    try:
+        page = context.new_page()
+        problems = PageProblems(page)
+        page.goto(f"/run?id={ids['executed']}")
+        page.get_by_text("Executed notebook").wait_for()
+        notebook = page.frame_locator("iframe[src*='/preview']")
+        printed = notebook.get_by_text(PRINTED)
+        printed.wait_for()
+        notebook.get_by_role("heading", name="Store digest").wait_for()
+        assert notebook.locator(".jp-CodeCell").count() == 1 and notebook.locator(".jp-OutputArea").count() == 1
+        text, page_colour = printed.evaluate("e => [getComputedStyle(e).color, getComputedStyle(document.body).backgroundColor]")
+        assert page_colour == "rgb(255, 255, 255)" and is_dark(text), (text, page_colour)
+        assert is_dark(page.evaluate("getComputedStyle(document.body).backgroundColor"))  # the dashboard around it is dark
+        assert problems.items == []
+    finally:
+        context.close()
 
 
 def test_a_dead_kernel_s_run_says_why_readably_and_an_ended_run_has_no_cancel(seeded, new_page):
