@@ -247,7 +247,8 @@ class ChatView(pn.viewable.Viewer):
         """Stop while a turn runs here, and the title's chip; the chats list says "answering" then, and no more once it ended."""
         self.stop.visible = self.answering
         self._show_chip()
-        asyncio.ensure_future(self.sidebar.load())
+        if self.chat_id is not None:
+            asyncio.ensure_future(self.sidebar.load_when(self.chat_id, "running" if self.answering else "idle"))
 
     def _show_chip(self) -> None:
         """The title's chip: answering from Enter on (the question is being started) until the turn ends, else idle."""

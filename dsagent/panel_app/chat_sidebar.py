@@ -7,6 +7,7 @@ right state shows at first paint whatever the width; the button only flips the c
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,7 @@ __all__ = ["ChatSidebar", "GRAPHS", "chat_chip", "go", "uploading"]
 
 GRAPHS = ["analysis", "coding", "team"]
 CHATS_PER_PAGE = 30
+STATUS_WAIT_SECONDS = 5.0  # how long the list waits for a turn's start or end to reach the store
 SIDEBAR_WIDTH = 290
 NARROW_PX = 900  # below this the column sits above the chat, folded
 
@@ -168,6 +170,20 @@ class ChatSidebar(pn.viewable.Viewer):
             self.listing.object = (self.listing.object + text) if older else text
             self.older.visible = self.cursor is not None
         await self.notice.guard(work)
+
+    async def load_when(self, chat_id: int, status: str, within: float = STATUS_WAIT_SECONDS) -> None:
+        """``load`` once the chat's status in the store is ``status`` (or ``within`` seconds passed): a chat's page knows
+        a turn started before the store says so (the chat's status is written beside the turn, not before its first
+        step), and a list read in between would say "idle" until the turn ended."""
+        end = asyncio.get_running_loop().time() + within
+        while asyncio.get_running_loop().time() < end:
+            try:
+                if (await self.ctx.read(self.ctx.store.chats.get, chat_id)).status == status:
+                    break
+            except Exception:
+                break  # gone or unreadable: load() says what it can
+            await asyncio.sleep(0.1)
+        await self.load()
 
     async def on_older(self, _: Any = None) -> None:
         await self.load(older=True)
