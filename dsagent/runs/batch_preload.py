@@ -14,6 +14,8 @@ external cluster (``--cluster ADDRESS``) is left as its owner set it up.
 
 from __future__ import annotations
 
+import logging
+
 from dsagent.cli import skip_slow_optional_imports
 
 skip_slow_optional_imports()  # as the CLI does: jsonschema then has no iri (or other optional format) checkers
@@ -28,6 +30,20 @@ import dsagent.artifacts.recorder  # noqa: E402,F401
 import dsagent.kernel_gateway.local  # noqa: E402,F401
 import dsagent.runs.batch_worker  # noqa: E402,F401
 import dsagent.runs.notebook_run  # noqa: E402,F401
+
+
+def _not_the_shutdown_heartbeat(record: logging.LogRecord) -> bool:
+    """False for the heartbeat a worker sends as the sweep's cluster closes (the scheduler went first).
+
+    Dask logs it at ERROR with a traceback (dask/distributed#7105), and so it
+    reached ``dsagent batch``'s stderr at the end of a sweep whose children all
+    succeeded. The scheduler of a sweep's own cluster lives in the sweep's
+    process: if it really were lost, the sweep fails and says so itself.
+    """
+    return not record.getMessage().startswith("Failed to communicate with scheduler during heartbeat")
+
+
+logging.getLogger("distributed.worker").addFilter(_not_the_shutdown_heartbeat)
 
 
 def dask_setup(worker: object) -> None:

@@ -362,3 +362,25 @@ async def test_children_get_the_referenced_files_when_the_workers_cannot_see_the
     assert "absolute path or a URL" in refused.value.hint
     with Store.open(settings=settings) as store:
         assert len(store.list_runs(kind="batch", limit=10).items) == 1  # the refused sweep made no run
+
+
+def test_a_sweeps_workers_drop_only_the_heartbeat_that_meets_the_closing_scheduler(caplog):
+    """make test once saw that heartbeat's ERROR traceback on `dsagent batch`'s stderr after 6 children succeeded.
+    The filter matches the message as this Dask version logs it, and lets the worker's other errors through."""
+    import inspect
+    import logging
+
+    import distributed.worker
+
+    from dsagent.runs import batch_preload
+
+    assert 'logger.exception("Failed to communicate with scheduler during heartbeat.")' in inspect.getsource(distributed.worker.Worker.heartbeat)
+    worker_log = logging.getLogger("distributed.worker")
+    assert batch_preload._not_the_shutdown_heartbeat in worker_log.filters
+    with caplog.at_level(logging.ERROR, logger="distributed.worker"):
+        try:
+            raise OSError("Stream is closed")
+        except OSError:
+            worker_log.exception("Failed to communicate with scheduler during heartbeat.")
+            worker_log.exception("Compute Failed")
+    assert [r.getMessage() for r in caplog.records] == ["Compute Failed"]
